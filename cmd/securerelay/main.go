@@ -1,0 +1,178 @@
+// Command securerelay is a mail relay: an inbound MX filter and an outbound
+// smarthost in one binary. This file is the command line; wire.go builds
+// the running relay from the configuration.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"text/tabwriter"
+	"time"
+
+	"securerelay/config"
+	"securerelay/queue"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = ""
+
+const usage = `usage: securerelay <command> [flags]
+
+commands:
+  serve --config FILE          run the relay
+  check-config --config FILE   validate FILE; print every problem as FILE:LINE: key: what is wrong
+  queue list|count --config FILE   show what is in the spool (read only)
+  version                      print the version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmd, args := args[0], args[1:]
+	switch cmd {
+	case "serve":
+		path, ok := configFlag("serve", args, stderr)
+		if !ok {
+			return 2
+		}
+		cfg, code := load(path, stderr)
+		if cfg == nil {
+			return code
+		}
+		if err := serve(cfg, path, stderr); err != nil {
+			fmt.Fprintf(stderr, "securerelay: %v\n", err)
+			return 1
+		}
+		return 0
+	case "check-config":
+		path, ok := configFlag("check-config", args, stderr)
+		if !ok {
+			return 2
+		}
+		cfg, code := load(path, stderr)
+		if cfg == nil {
+			return code
+		}
+		fmt.Fprintf(stdout, "%s: OK (%d listeners, %d domains, %d routes)\n", path, len(cfg.Listeners), len(cfg.Domains), len(cfg.Outbound.Routes))
+		return 0
+	case "queue":
+		if len(args) == 0 || (args[0] != "list" && args[0] != "count") {
+			fmt.Fprint(stderr, usage)
+			return 2
+		}
+		path, ok := configFlag("queue", args[1:], stderr)
+		if !ok {
+			return 2
+		}
+		cfg, code := load(path, stderr)
+		if cfg == nil {
+			return code
+		}
+		return queueCmd(args[0], cfg, stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, "securerelay", versionString())
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "securerelay: unknown command %q\n%s", cmd, usage)
+	return 2
+}
+
+func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file (YAML)")
+	if err := fs.Parse(args); err != nil {
+		return "", false
+	}
+	if *path == "" {
+		fmt.Fprintf(stderr, "securerelay %s: --config FILE is required\n", name)
+		return "", false
+	}
+	return *path, true
+}
+
+func load(path string, stderr io.Writer) (*config.Config, int) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		var errs config.Errors
+		if errors.As(err, &errs) {
+			for _, e := range errs {
+				fmt.Fprintln(stderr, e.Error())
+			}
+		} else {
+			fmt.Fprintf(stderr, "%s: %v\n", path, err)
+		}
+		return nil, 1
+	}
+	return cfg, 0
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		rev, dirty := "", ""
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				if s.Value == "true" {
+					dirty = "+dirty"
+				}
+			}
+		}
+		if rev != "" {
+			return "dev-" + rev[:min(12, len(rev))] + dirty + " (" + bi.GoVersion + ")"
+		}
+		return "dev (" + bi.GoVersion + ")"
+	}
+	return "dev"
+}
+
+func queueCmd(sub string, cfg *config.Config, stdout, stderr io.Writer) int {
+	items, err := queue.Scan(spoolDir(cfg))
+	if err != nil {
+		fmt.Fprintf(stderr, "securerelay queue: %v\n", err)
+		return 1
+	}
+	if sub == "count" {
+		fmt.Fprintln(stdout, len(items))
+		return 0
+	}
+	tw := tabwriter.NewWriter(stdout, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "QUEUE ID\tSIZE\tARRIVAL\tATTEMPTS\tNEXT\tSENDER\tRECIPIENTS")
+	for _, it := range items {
+		if it.Err != nil {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t(%v)\t\n", it.ID, it.Err)
+			continue
+		}
+		from := it.Envelope.From
+		if from == "" {
+			from = "<>"
+		}
+		next := "-"
+		if !it.Next.IsZero() {
+			next = it.Next.Format(time.DateTime)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\t%d of %d pending\n", it.ID, it.Size,
+			it.Envelope.Received.Format(time.DateTime), it.Attempts, next, from,
+			len(it.Envelope.To)-it.Done, len(it.Envelope.To))
+	}
+	tw.Flush()
+	return 0
+}

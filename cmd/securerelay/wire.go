@@ -1,0 +1,282 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"securerelay/config"
+	"securerelay/dnsutil"
+	"securerelay/inbound"
+	"securerelay/outbound"
+	"securerelay/queue"
+	"securerelay/smtpd"
+)
+
+// shutdownGrace bounds how long SIGTERM waits for transactions and
+// deliveries in flight; whatever is cut short was either never acknowledged
+// (the client retries) or stays in the spool.
+const shutdownGrace = 30 * time.Second
+
+func spoolDir(cfg *config.Config) string { return filepath.Join(cfg.StateDir, "spool") }
+
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	switch cfg.Log.Level {
+	case "debug":
+		lvl = slog.LevelDebug
+	case "warn":
+		lvl = slog.LevelWarn
+	case "error":
+		lvl = slog.LevelError
+	}
+	ho := &slog.HandlerOptions{Level: lvl}
+	if cfg.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, ho))
+	}
+	return slog.New(slog.NewTextHandler(w, ho))
+}
+
+func router(cfg *config.Config) (*outbound.Router, error) {
+	r := &outbound.Router{Local: map[string]outbound.Target{}}
+	for name, d := range cfg.Domains {
+		t, err := outbound.ParseTarget(d.DeliverTo)
+		if err != nil {
+			return nil, fmt.Errorf("domains.%s.deliver_to: %w", name, err)
+		}
+		r.Local[name] = t
+	}
+	for i, rt := range cfg.Outbound.Routes {
+		t, err := outbound.ParseTarget(rt.NextHop)
+		if err != nil || t.Kind == "maildir" {
+			return nil, fmt.Errorf("outbound.routes[%d].next_hop: %q is not smtp://host:port or lmtp://host:port", i, rt.NextHop)
+		}
+		if rt.Auth != nil {
+			t.Auth = &outbound.RouteAuth{Username: rt.Auth.Username, Password: rt.Auth.Password, AllowInsecure: rt.Auth.AllowInsecureAuth}
+		}
+		r.Routes = append(r.Routes, outbound.Route{Match: strings.ToLower(rt.Match), Target: t})
+	}
+	return r, nil
+}
+
+func userHashes(cfg *config.Config) map[string]string {
+	m := map[string]string{}
+	for _, u := range cfg.Outbound.Users {
+		m[u.Name] = u.PasswordHash
+	}
+	return m
+}
+
+func domainList(cfg *config.Config) []string {
+	var ds []string
+	for d := range cfg.Domains {
+		ds = append(ds, d)
+	}
+	return ds
+}
+
+func trusted(l config.Listener) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range l.TrustedNetworks {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+		} else if a, err := netip.ParseAddr(s); err == nil {
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	return out
+}
+
+// relay is the running process, kept so SIGHUP can update it in place.
+type relay struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	certs    *smtpd.Certs
+	q        *queue.Queue
+	engine   *outbound.Engine
+	users    *outbound.Users
+	inbound  []*inbound.Role
+	servers  []*smtpd.Server
+	cfgPath  string
+	serveErr chan error
+}
+
+func serve(cfg *config.Config, path string, stderr io.Writer) error {
+	log := newLogger(cfg, stderr)
+	slog.SetDefault(log)
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state_dir: %w", err)
+	}
+	certs, err := smtpd.LoadCerts(cfg.TLS.Cert, cfg.TLS.Key, cfg.StateDir, cfg.Hostname, log)
+	if err != nil {
+		return err
+	}
+	rt, err := router(cfg)
+	if err != nil {
+		return err
+	}
+	if cfg.DNS.Resolver == "" {
+		log.Warn("no dns.resolver configured and none found in /etc/resolv.conf: MX delivery will be deferred")
+	}
+	res := dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D())
+	idle := 5 * time.Second
+	if cfg.Outbound.IdleConnectionTimeout != nil {
+		idle = cfg.Outbound.IdleConnectionTimeout.D()
+	}
+	r := &relay{cfg: cfg, log: log, certs: certs, cfgPath: path, serveErr: make(chan error, len(cfg.Listeners))}
+	r.engine = outbound.NewEngine(outbound.EngineOptions{
+		Helo:              cfg.Outbound.Helo,
+		Resolver:          res,
+		MaxPerDestination: cfg.Outbound.MaxConnectionsPerDestination,
+		ConnectTimeout:    cfg.Outbound.ConnectTimeout.D(),
+		CommandTimeout:    cfg.Outbound.CommandTimeout.D(),
+		IdleTimeout:       idle,
+		StartTLS:          cfg.Outbound.StartTLS != "off",
+		Logger:            log,
+	}, rt)
+	var retry []time.Duration
+	for _, d := range cfg.Queue.Retry {
+		retry = append(retry, d.D())
+	}
+	r.q, err = queue.Open(queue.Options{
+		Dir:       spoolDir(cfg),
+		Retry:     retry,
+		MaxAge:    cfg.Queue.MaxAge.D(),
+		Workers:   cfg.Queue.Workers,
+		Logger:    log,
+		Deliverer: r.engine,
+		Bouncer:   outbound.NewBouncer(func() *queue.Queue { return r.q }, cfg.Hostname, cfg.Postmaster),
+	})
+	if err != nil {
+		return err
+	}
+	r.users = outbound.NewUsers(userHashes(cfg))
+	tlsConf := certs.Config()
+	for _, l := range cfg.Listeners {
+		var role smtpd.Role
+		if l.Role == "inbound" {
+			ir := inbound.New(domainList(cfg))
+			r.inbound = append(r.inbound, ir)
+			role = ir
+		} else {
+			role = outbound.NewSubmission(outbound.SubmissionOptions{Trusted: trusted(l), Auth: l.Auth}, r.users)
+		}
+		lim := l.Limits
+		s := smtpd.New(smtpd.Options{
+			Name: l.Name, Address: l.Address, Hostname: cfg.Hostname, TLS: tlsConf,
+			MaxMessageSize: int64(lim.MaxMessageSize), MaxRecipients: lim.MaxRecipients,
+			MaxLineLength: lim.MaxLineLength, MaxErrors: lim.MaxErrors, MaxConnections: lim.MaxConnections,
+			CommandTimeout: lim.CommandTimeout.D(), DataTimeout: lim.DataTimeout.D(),
+			NormalizeLineEndings: lim.BareLineEndings == "normalize",
+			AllowInsecureAuth:    l.AllowInsecureAuth, RequireTLS: l.RequireTLS,
+			Queue: r.q, Role: role, Logger: log,
+		})
+		// Bind everything before accepting anything: a port conflict must
+		// fail the start, not leave a half-running relay.
+		if err := s.Listen(); err != nil {
+			return err
+		}
+		r.servers = append(r.servers, s)
+	}
+	r.q.Start()
+	for _, s := range r.servers {
+		go func(s *smtpd.Server) { r.serveErr <- s.Serve() }(s)
+	}
+	log.Info("securerelay started", "version", versionString(), "config", path, "hostname", cfg.Hostname,
+		"state_dir", cfg.StateDir, "spooled", r.q.Len(), "pid", os.Getpid())
+	return r.loop()
+}
+
+func (r *relay) loop() error {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	for {
+		select {
+		case err := <-r.serveErr:
+			if err != nil {
+				r.log.Error("listener failed, shutting down", "error", err)
+				r.shutdown()
+				return err
+			}
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				r.reload()
+				continue
+			}
+			r.log.Info("shutting down", "signal", sig.String())
+			r.shutdown()
+			return nil
+		}
+	}
+}
+
+func (r *relay) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, s := range r.servers {
+		wg.Add(1)
+		go func(s *smtpd.Server) { defer wg.Done(); s.Shutdown(ctx) }(s)
+	}
+	wg.Wait()
+	r.q.Stop(ctx)
+	r.engine.Close()
+	r.log.Info("stopped", "spooled", r.q.Len())
+}
+
+// reload applies what can change safely while sessions run: certificates,
+// our domains, routes, users. Listeners, state_dir, queue and log settings
+// need a restart; a change to them is logged and not applied, so that a
+// reload never half-applies a configuration.
+func (r *relay) reload() {
+	cfg, err := config.Load(r.cfgPath)
+	if err != nil {
+		r.log.Error("reload failed, keeping the running configuration", "error", strings.ReplaceAll(err.Error(), "\n", "; "))
+		return
+	}
+	rt, err := router(cfg)
+	if err != nil {
+		r.log.Error("reload failed, keeping the running configuration", "error", err)
+		return
+	}
+	for _, k := range []struct {
+		name     string
+		old, new any
+	}{
+		{"listeners", r.cfg.Listeners, cfg.Listeners},
+		{"state_dir", r.cfg.StateDir, cfg.StateDir},
+		{"queue", r.cfg.Queue, cfg.Queue},
+		{"log", r.cfg.Log, cfg.Log},
+		{"dns", r.cfg.DNS, cfg.DNS},
+		{"hostname", r.cfg.Hostname, cfg.Hostname},
+		{"outbound (except users and routes)", stripOutbound(r.cfg.Outbound), stripOutbound(cfg.Outbound)},
+	} {
+		if !reflect.DeepEqual(k.old, k.new) {
+			r.log.Warn("reload: this setting changed but needs a restart; not applied", "key", k.name)
+		}
+	}
+	if err := r.certs.Reload(cfg.TLS.Cert, cfg.TLS.Key, r.cfg.StateDir, r.cfg.Hostname, r.log); err != nil {
+		r.log.Error("reload: certificate not reloaded, keeping the old one", "error", err)
+	}
+	for _, ir := range r.inbound {
+		ir.SetDomains(domainList(cfg))
+	}
+	r.users.Set(userHashes(cfg))
+	r.engine.SetRouter(rt)
+	r.log.Info("configuration reloaded", "domains", len(cfg.Domains), "routes", len(cfg.Outbound.Routes), "users", len(cfg.Outbound.Users))
+}
+
+func stripOutbound(o config.Outbound) config.Outbound {
+	o.Users, o.Routes = nil, nil
+	return o
+}

@@ -1,0 +1,234 @@
+// Package dnstest runs a real DNS server on 127.0.0.1 for tests, so that
+// code under test talks to DNS over the wire exactly as in production and
+// nothing ever reaches the internet. Mock is the network-free alternative
+// for unit tests that only need a dnsutil.Resolver.
+package dnstest
+
+import (
+	"net"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+// DefaultTTL applies to zone records without a TTL or $TTL.
+const DefaultTTL = 60
+
+// Query is one question the server received.
+type Query struct {
+	Name string // lower case, without trailing dot
+	Type string // "MX", "A", ...
+	Net  string // "udp" or "tcp"
+}
+
+// Server answers from a zone like an authoritative server that also
+// follows CNAMEs the way a recursive resolver would present them.
+type Server struct {
+	tb   testing.TB
+	addr string
+
+	mu       sync.Mutex
+	records  map[string][]dns.RR // by canonical owner name
+	exists   map[string]bool     // owners and their ancestors (empty non-terminals)
+	servfail map[string]bool
+	drop     map[string]bool
+	queries  []Query
+}
+
+// NewServer starts a server on 127.0.0.1 (UDP and TCP, same port) that
+// answers from zone, RFC 1035 master-file text; relative names are relative
+// to the root unless $ORIGIN says otherwise. It stops when the test ends.
+func NewServer(tb testing.TB, zone string) *Server {
+	tb.Helper()
+	s := &Server{tb: tb, servfail: map[string]bool{}, drop: map[string]bool{}}
+	s.records, s.exists = parseZone(tb, zone)
+
+	pc, l := listen(tb)
+	s.addr = pc.LocalAddr().String()
+	for _, srv := range []*dns.Server{
+		{PacketConn: pc, Handler: s},
+		{Listener: l, Handler: s},
+	} {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		errc := make(chan error, 1)
+		go func() { errc <- srv.ActivateAndServe() }()
+		select {
+		case <-started:
+		case err := <-errc:
+			tb.Fatalf("dnstest: starting server: %v", err)
+		}
+		tb.Cleanup(func() { _ = srv.Shutdown() })
+	}
+	return s
+}
+
+// listen finds a port free for both UDP and TCP; the UDP port the kernel
+// picks may be taken for TCP, hence the retries.
+func listen(tb testing.TB) (net.PacketConn, net.Listener) {
+	tb.Helper()
+	var lastErr error
+	for range 20 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatalf("dnstest: %v", err)
+		}
+		l, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, l
+		}
+		lastErr = err
+		pc.Close()
+	}
+	tb.Fatalf("dnstest: no port free for both UDP and TCP: %v", lastErr)
+	return nil, nil
+}
+
+// Addr is the server's address, host:port, for dnsutil.New.
+func (s *Server) Addr() string { return s.addr }
+
+// SetZone replaces all records at once. Like NewServer it fails the test
+// on a syntax error, so call it from the test goroutine.
+func (s *Server) SetZone(zone string) {
+	s.tb.Helper()
+	records, exists := parseZone(s.tb, zone)
+	s.mu.Lock()
+	s.records, s.exists = records, exists
+	s.mu.Unlock()
+}
+
+// ServFail makes every question for name fail with SERVFAIL.
+func (s *Server) ServFail(name string) {
+	s.mu.Lock()
+	s.servfail[dns.CanonicalName(name)] = true
+	s.mu.Unlock()
+}
+
+// Drop makes the server ignore every question for name, so clients time out.
+func (s *Server) Drop(name string) {
+	s.mu.Lock()
+	s.drop[dns.CanonicalName(name)] = true
+	s.mu.Unlock()
+}
+
+// Queries returns the questions received so far, in order.
+func (s *Server) Queries() []Query {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Query(nil), s.queries...)
+}
+
+func parseZone(tb testing.TB, zone string) (map[string][]dns.RR, map[string]bool) {
+	tb.Helper()
+	records := map[string][]dns.RR{}
+	exists := map[string]bool{}
+	zp := dns.NewZoneParser(strings.NewReader(zone), ".", "")
+	zp.SetDefaultTTL(DefaultTTL)
+	for rr, ok := zp.Next(); ok; rr, ok = zp.Next() {
+		owner := dns.CanonicalName(rr.Header().Name)
+		records[owner] = append(records[owner], rr)
+		for off, end := 0, false; !end; off, end = dns.NextLabel(owner, off) {
+			exists[owner[off:]] = true
+		}
+	}
+	if err := zp.Err(); err != nil {
+		tb.Fatalf("dnstest: zone: %v", err)
+	}
+	return records, exists
+}
+
+// ServeDNS implements dns.Handler.
+func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	resp := new(dns.Msg)
+	if len(req.Question) != 1 || req.Opcode != dns.OpcodeQuery {
+		resp.SetRcode(req, dns.RcodeFormatError)
+		_ = w.WriteMsg(resp)
+		return
+	}
+	q := req.Question[0]
+	name := dns.CanonicalName(q.Name)
+	_, udp := w.RemoteAddr().(*net.UDPAddr)
+	network := "tcp"
+	if udp {
+		network = "udp"
+	}
+
+	s.mu.Lock()
+	s.queries = append(s.queries, Query{Name: strings.TrimSuffix(name, "."), Type: dns.TypeToString[q.Qtype], Net: network})
+	drop, servfail := s.drop[name], s.servfail[name]
+	resp.SetReply(req)
+	resp.Authoritative = true
+	resp.RecursionAvailable = true
+	if servfail {
+		resp.Rcode = dns.RcodeServerFailure
+	} else if !drop {
+		s.answer(resp, name, q.Qtype)
+	}
+	s.mu.Unlock()
+	if drop {
+		return
+	}
+
+	size := dns.MinMsgSize
+	if opt := req.IsEdns0(); opt != nil {
+		size = max(size, int(opt.UDPSize()))
+		resp.SetEdns0(4096, false)
+	}
+	if udp {
+		resp.Truncate(size)
+	}
+	_ = w.WriteMsg(resp)
+}
+
+// answer fills resp for name and qtype; s.mu must be held. Records are
+// copied because packing writes to them and answers are packed concurrently.
+func (s *Server) answer(resp *dns.Msg, name string, qtype uint16) {
+	for range 16 {
+		rrs, ok := s.records[name]
+		if !ok {
+			if !s.exists[name] {
+				resp.Rcode = dns.RcodeNameError
+			}
+			s.addSOA(resp, name)
+			return
+		}
+		var match []dns.RR
+		var cname *dns.CNAME
+		for _, rr := range rrs {
+			switch t := rr.Header().Rrtype; {
+			case t == qtype || qtype == dns.TypeANY:
+				match = append(match, dns.Copy(rr))
+			case t == dns.TypeCNAME:
+				cname = rr.(*dns.CNAME)
+			}
+		}
+		if len(match) > 0 {
+			resp.Answer = append(resp.Answer, match...)
+			return
+		}
+		if cname == nil {
+			s.addSOA(resp, name)
+			return
+		}
+		resp.Answer = append(resp.Answer, dns.Copy(cname))
+		name = dns.CanonicalName(cname.Target)
+	}
+	// What resolvers do with a CNAME loop.
+	resp.Answer = nil
+	resp.Rcode = dns.RcodeServerFailure
+}
+
+// addSOA puts the closest enclosing SOA, if the zone has one, into the
+// authority section, as negative answers carry it for caching (RFC 2308).
+func (s *Server) addSOA(resp *dns.Msg, name string) {
+	for off, end := 0, false; !end; off, end = dns.NextLabel(name, off) {
+		for _, rr := range s.records[name[off:]] {
+			if rr.Header().Rrtype == dns.TypeSOA {
+				resp.Ns = append(resp.Ns, dns.Copy(rr))
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,82 @@
+package dnsutil
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+)
+
+// ErrNullMX means the domain publishes a null MX (RFC 7505): it accepts no
+// mail at all, so delivery must fail permanently without retries.
+var ErrNullMX = errors.New("domain accepts no mail (null MX, RFC 7505)")
+
+// shuffle spreads load over equal-preference MX hosts (RFC 5321 §5.1).
+// Tests replace it to get a fixed order.
+var shuffle = rand.Shuffle
+
+// IsNullMX reports whether err comes from a null MX.
+func IsNullMX(err error) bool { return errors.Is(err, ErrNullMX) }
+
+// IsPermanent reports whether err is a definitive DNS answer that retrying
+// will not change: NXDOMAIN, NODATA (including no MX and no address), null
+// MX, or a name that cannot exist. Everything else, including errors not
+// from this package, is treated as temporary by the caller's default.
+func IsPermanent(err error) bool {
+	if IsNullMX(err) {
+		return true
+	}
+	k, ok := kindOf(err)
+	return ok && k != Temporary
+}
+
+// MXTargets returns the hosts to try for mail to domain, in order (RFC 5321
+// §5.1): MX hosts by preference, equal preferences shuffled. A domain with
+// no MX records but with an address gets its implicit MX, the domain itself.
+// Names are lower case without trailing dot.
+func MXTargets(ctx context.Context, r Resolver, domain string) ([]string, error) {
+	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	mxs, err := r.LookupMX(ctx, domain)
+	if err == nil && len(mxs) == 0 {
+		// A Resolver may signal NODATA as an empty answer.
+		err = &Error{Name: domain, Type: "MX", Kind: NoData}
+	}
+	switch {
+	case err == nil:
+	case IsNoData(err):
+		if _, herr := r.LookupHost(ctx, domain); herr != nil {
+			if IsTemporary(herr) {
+				return nil, herr
+			}
+			return nil, fmt.Errorf("%s has no MX and no address records: %w", domain, herr)
+		}
+		return []string{domain}, nil
+	default:
+		return nil, err
+	}
+
+	mxs = slices.Clone(mxs)
+	// A null MX mixed with real ones is a misconfiguration; the real ones
+	// are still the only hosts that could take the mail.
+	mxs = slices.DeleteFunc(mxs, func(m MX) bool { return m.Host == "." || m.Host == "" })
+	if len(mxs) == 0 {
+		return nil, fmt.Errorf("%s: %w", domain, ErrNullMX)
+	}
+	shuffle(len(mxs), func(i, j int) { mxs[i], mxs[j] = mxs[j], mxs[i] })
+	slices.SortStableFunc(mxs, func(a, b MX) int { return cmp.Compare(a.Pref, b.Pref) })
+
+	hosts := make([]string, 0, len(mxs))
+	seen := make(map[string]bool, len(mxs))
+	for _, m := range mxs {
+		h := strings.ToLower(strings.TrimSuffix(m.Host, "."))
+		// A host listed twice is tried once, at its best preference.
+		if !seen[h] {
+			seen[h] = true
+			hosts = append(hosts, h)
+		}
+	}
+	return hosts, nil
+}

@@ -1,0 +1,60 @@
+package outbound
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"time"
+
+	"securerelay/dsn"
+	"securerelay/queue"
+)
+
+// NewBouncer returns the queue's Bouncer: it builds an RFC 3464 DSN for the
+// permanently failed recipients and spools it, with the null sender so that
+// a DSN can never cause another DSN. The queue calls it only for outbound
+// mail with a non-null sender (inbound mail was refused in the dialog
+// instead, and <> must never get a bounce).
+func NewBouncer(q func() *queue.Queue, hostname, postmaster string) queue.Bouncer {
+	return func(d *queue.Delivery, failed []queue.Bounce) error {
+		var orig []byte
+		if r, err := d.Open(); err == nil {
+			orig, _ = io.ReadAll(io.LimitReader(r, 64<<10))
+			r.Close()
+		}
+		rep := dsn.Report{
+			ReportingMTA: hostname,
+			Postmaster:   postmaster,
+			Sender:       d.Envelope.From,
+			QueueID:      d.ID,
+			Arrival:      d.Envelope.Received,
+			Original:     orig,
+			Now:          time.Now(),
+		}
+		for _, f := range failed {
+			rep.Recipients = append(rep.Recipients, dsn.Recipient{
+				Address:     f.Rcpt,
+				Action:      "failed",
+				Status:      f.Result.Code,
+				RemoteMTA:   f.Result.Relay,
+				Diagnostic:  f.Result.Reply,
+				LastAttempt: time.Now(),
+			})
+		}
+		msg, err := dsn.Build(rep)
+		if err != nil {
+			return fmt.Errorf("building DSN: %w", err)
+		}
+		id, err := q().Put(queue.Envelope{
+			From:   "",
+			To:     []string{d.Envelope.From},
+			Origin: queue.OriginLocal,
+			Client: "DSN for " + d.ID,
+		}, bytes.NewReader(msg))
+		if err != nil {
+			return err
+		}
+		q().Logger().Info("sender non-delivery notification", "queue_id", d.ID, "dsn_queue_id", id, "to", d.Envelope.From)
+		return nil
+	}
+}

@@ -1,0 +1,132 @@
+// Package outbound is the smarthost/submission role (who may relay through
+// us) and the delivery engine (routes, MX lookup, the SMTP/LMTP client,
+// maildir, DSNs).
+package outbound
+
+import (
+	"net/netip"
+	"sync/atomic"
+
+	"github.com/emersion/go-smtp"
+	"golang.org/x/crypto/bcrypt"
+
+	"securerelay/queue"
+	"securerelay/smtpd"
+	"securerelay/smtputil"
+)
+
+// SubmissionOptions say who may relay through an outbound listener.
+type SubmissionOptions struct {
+	// Trusted networks relay without AUTH (Postfix's mynetworks).
+	Trusted []netip.Prefix
+	// Auth: "required", "optional" or "off".
+	Auth string
+}
+
+// Submission implements smtpd.Role for outbound listeners.
+type Submission struct {
+	opts  SubmissionOptions
+	users *Users
+}
+
+// Users is the shared, reloadable table of SMTP AUTH accounts.
+type Users struct {
+	m atomic.Pointer[map[string][]byte]
+}
+
+// NewUsers makes a table from name → bcrypt hash.
+func NewUsers(hashes map[string]string) *Users {
+	u := &Users{}
+	u.Set(hashes)
+	return u
+}
+
+// Set replaces the accounts (SIGHUP).
+func (u *Users) Set(hashes map[string]string) {
+	m := make(map[string][]byte, len(hashes))
+	for k, v := range hashes {
+		m[k] = []byte(v)
+	}
+	u.m.Store(&m)
+}
+
+// dummyHash keeps the time of a login for an unknown user the same as for
+// a wrong password, so that user names cannot be probed by timing.
+var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("securerelay-dummy"), bcrypt.DefaultCost)
+
+func (u *Users) check(user, pass string) bool {
+	h, ok := (*u.m.Load())[user]
+	if !ok {
+		bcrypt.CompareHashAndPassword(dummyHash, []byte(pass))
+		return false
+	}
+	return bcrypt.CompareHashAndPassword(h, []byte(pass)) == nil
+}
+
+// NewSubmission returns the role for one outbound listener.
+func NewSubmission(o SubmissionOptions, users *Users) *Submission {
+	return &Submission{opts: o, users: users}
+}
+
+// Origin implements smtpd.Role.
+func (s *Submission) Origin() string { return queue.OriginOutbound }
+
+// Connect implements smtpd.Role.
+func (s *Submission) Connect(*smtpd.State) error { return nil }
+
+// AuthEnabled implements smtpd.Role.
+func (s *Submission) AuthEnabled() bool { return s.opts.Auth != "off" }
+
+// Authenticate implements smtpd.Role.
+func (s *Submission) Authenticate(_ *smtpd.State, user, pass string) error {
+	if s.users != nil && s.users.check(user, pass) {
+		return nil
+	}
+	return smtp.ErrAuthFailed
+}
+
+func (s *Submission) trusted(ip netip.Addr) bool {
+	for _, p := range s.opts.Trusted {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// Mail implements smtpd.Role: the relay decision is made here, once per
+// transaction, so a stranger is refused before naming any recipient.
+func (s *Submission) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, error) {
+	if st.AuthUser == "" {
+		switch {
+		case s.opts.Auth == "required":
+			return "", smtputil.AuthRequired()
+		case !s.trusted(st.RemoteIP):
+			if s.opts.Auth == "off" {
+				return "", &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+					Message: "relay access denied: client " + st.RemoteIP.String() + " is not in this listener's trusted_networks"}
+			}
+			return "", smtputil.AuthRequired()
+		}
+	}
+	if from == "" {
+		return "", nil
+	}
+	a, err := smtputil.ParseAddress(from)
+	if err != nil {
+		return "", smtputil.BadSenderSyntax(err.Error())
+	}
+	return a.String(), nil
+}
+
+// Rcpt implements smtpd.Role: any domain, but a well-formed address.
+func (s *Submission) Rcpt(_ *smtpd.State, to string, _ *smtp.RcptOptions) (string, error) {
+	a, err := smtputil.ParseAddress(to)
+	if err != nil {
+		return "", smtputil.BadAddressSyntax(err.Error())
+	}
+	return a.String(), nil
+}
+
+// Data implements smtpd.Role.
+func (s *Submission) Data(*smtpd.State, *smtpd.Message) error { return nil }

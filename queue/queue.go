@@ -1,0 +1,581 @@
+// Package queue is securerelay's durable spool: a message is acknowledged
+// only after its file and directory entry are fsync'd, everything still
+// spooled is picked up again at start, and deliveries are at-least-once (a
+// crash between the next hop's 250 and our bookkeeping may duplicate a
+// message, never lose it).
+//
+// The queue schedules attempts and keeps per-recipient state; it does not
+// know SMTP. The delivery engine (package outbound) implements Deliverer,
+// and a Bouncer turns permanent failures into DSNs.
+package queue
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Status is the outcome of one delivery attempt for one recipient.
+type Status int
+
+// Outcomes of an attempt.
+const (
+	Delivered Status = iota
+	TempFail
+	PermFail
+)
+
+// Result reports one recipient's attempt.
+type Result struct {
+	Status Status
+	// Code is the enhanced status code (RFC 3463), e.g. "5.1.1".
+	Code string
+	// Reply is what the next hop said, or our own explanation
+	// ("connect to mx.example.org[192.0.2.1]:25: connection refused").
+	Reply string
+	// Relay names the next hop ("mx.example.org[192.0.2.1]:25", "maildir").
+	Relay string
+	// TLS describes the connection ("TLS1.3 TLS_AES_128_GCM_SHA256"), or "".
+	TLS string
+}
+
+// Delivery is one attempt to deliver a message to some of its recipients.
+type Delivery struct {
+	ID       string
+	Envelope *Envelope
+	// Rcpts are the recipients to attempt now (those not done yet).
+	Rcpts []string
+	// Attempt counts from 1.
+	Attempt int
+	// Size is the length of the message data.
+	Size int64
+
+	path    string
+	dataOff int64
+}
+
+// Open returns the message data (CRLF lines, including our Received:).
+func (d *Delivery) Open() (io.ReadCloser, error) {
+	f, err := os.Open(d.path)
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.NewSectionReader(f, d.dataOff, d.Size), f}, nil
+}
+
+// Deliverer delivers messages; implemented by the outbound delivery engine.
+// Deliver must return one Result per d.Rcpts, in order. When ctx is
+// cancelled (shutdown) it should return promptly with TempFail results.
+type Deliverer interface {
+	Deliver(ctx context.Context, d *Delivery) []Result
+}
+
+// Bounce is a permanent failure the Bouncer must report.
+type Bounce struct {
+	Rcpt   string
+	Result Result
+}
+
+// Bouncer builds and enqueues a DSN for permanent failures. It is called only
+// for messages whose origin allows it (not inbound, not the null sender).
+// When it returns an error the failure stays pending and is retried, so a
+// DSN is never lost either.
+type Bouncer func(d *Delivery, failed []Bounce) error
+
+// Options configure a Queue.
+type Options struct {
+	Dir     string
+	Retry   []time.Duration
+	MaxAge  time.Duration
+	Workers int
+	Logger  *slog.Logger
+	// Now is the clock; tests move it. Default time.Now.
+	Now       func() time.Time
+	Deliverer Deliverer
+	Bouncer   Bouncer
+}
+
+// Queue is the spool plus its scheduler.
+type Queue struct {
+	opts  Options
+	store *store
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	items   map[string]*item
+	waiting waitHeap
+	wake    chan struct{}
+
+	sem     chan struct{}
+	running sync.WaitGroup
+	ctx     context.Context
+	cancel  context.CancelFunc
+	loop    chan struct{}
+}
+
+type item struct {
+	id       string
+	st       *stored
+	done     map[int]bool
+	attempts int
+	next     time.Time
+	index    int // in waiting heap; -1 when not waiting
+	busy     bool
+}
+
+// Open opens (creating if needed) the spool in opts.Dir and loads every
+// message still in it. Nothing is delivered until Start.
+func Open(opts Options) (*Queue, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 100
+	}
+	if len(opts.Retry) == 0 {
+		opts.Retry = []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, time.Hour, 4 * time.Hour}
+	}
+	if opts.MaxAge <= 0 {
+		opts.MaxAge = 5 * 24 * time.Hour
+	}
+	st, err := openStore(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	q := &Queue{
+		opts:  opts,
+		store: st,
+		log:   opts.Logger,
+		items: map[string]*item{},
+		wake:  make(chan struct{}, 1),
+		sem:   make(chan struct{}, opts.Workers),
+	}
+	if err := q.recover(); err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// recover loads the spool: valid files are scheduled now, incomplete ones
+// (never acknowledged) are moved to quarantine/ with a log line, so that an
+// admin can look at them and nothing disappears silently.
+func (q *Queue) recover() error {
+	now := q.opts.Now()
+	for i := 0; i < shards; i++ {
+		dir := filepath.Join(q.store.dir, fmt.Sprintf("%X", i))
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return fmt.Errorf("spool: %w", err)
+		}
+		for _, e := range ents {
+			name := e.Name()
+			if strings.HasSuffix(name, statusExt) {
+				if _, err := os.Stat(filepath.Join(dir, strings.TrimSuffix(name, statusExt))); errors.Is(err, os.ErrNotExist) {
+					os.Remove(filepath.Join(dir, name))
+				}
+				continue
+			}
+			st, err := readStored(filepath.Join(dir, name))
+			if err != nil {
+				q.log.Warn("spool file not loadable, moved to quarantine (it was never acknowledged with 250 if incomplete)",
+					"queue_id", name, "error", err)
+				if qerr := q.store.quarantine(name); qerr != nil {
+					q.log.Error("quarantine failed", "queue_id", name, "error", qerr)
+				}
+				continue
+			}
+			done, attempts, next := readStatus(filepath.Join(dir, name+statusExt))
+			it := &item{id: name, st: st, done: done, attempts: attempts, next: next, index: -1}
+			if it.next.IsZero() || it.next.After(now.Add(q.opts.Retry[len(q.opts.Retry)-1])) {
+				it.next = now
+			}
+			q.items[name] = it
+			heap.Push(&q.waiting, it)
+			q.log.Info("recovered from spool", "queue_id", name, "from", st.env.From,
+				"nrcpt", len(st.env.To)-len(done), "attempts", attempts)
+		}
+	}
+	return nil
+}
+
+// Len is the number of messages in the spool.
+func (q *Queue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items)
+}
+
+// NewWriter starts a message. The caller writes the data, then calls Commit
+// (durable, scheduled) or Abort.
+func (q *Queue) NewWriter(env Envelope) (*Writer, error) {
+	if len(env.To) == 0 {
+		return nil, errors.New("queue: message without recipients")
+	}
+	if env.Received.IsZero() {
+		env.Received = q.opts.Now()
+	}
+	var lastErr error
+	for try := 0; try < 3; try++ {
+		id := newID(q.opts.Now())
+		f, bw, off, err := q.store.create(id, &env)
+		if errors.Is(err, os.ErrExist) {
+			lastErr = err
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("spool: %w", err)
+		}
+		return &Writer{q: q, id: id, env: env, f: f, bw: bw, off: off, crc: crc32.New(castagnoli)}, nil
+	}
+	return nil, fmt.Errorf("spool: %w", lastErr)
+}
+
+// Commit makes the message durable and schedules its delivery. Only when
+// Commit returns nil may the client be told 250.
+func (w *Writer) Commit() error {
+	if w.closed {
+		return errors.New("queue: writer already closed")
+	}
+	if err := w.finish(); err != nil {
+		w.Abort()
+		return err
+	}
+	w.closed = true
+	st := &stored{env: w.env, dataOff: w.off, dataLen: w.n}
+	it := &item{id: w.id, st: st, done: map[int]bool{}, next: w.q.opts.Now(), index: -1}
+	w.q.mu.Lock()
+	w.q.items[w.id] = it
+	heap.Push(&w.q.waiting, it)
+	w.q.mu.Unlock()
+	w.q.poke()
+	return nil
+}
+
+// Put is NewWriter + copy + Commit for callers that have the data at hand
+// (DSNs, tests).
+func (q *Queue) Put(env Envelope, data io.Reader) (string, error) {
+	w, err := q.NewWriter(env)
+	if err != nil {
+		return "", err
+	}
+	if _, err := io.Copy(w, data); err != nil {
+		w.Abort()
+		return "", err
+	}
+	if err := w.Commit(); err != nil {
+		return "", err
+	}
+	return w.id, nil
+}
+
+func (q *Queue) poke() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Start runs the scheduler until Stop.
+func (q *Queue) Start() {
+	q.ctx, q.cancel = context.WithCancel(context.Background())
+	q.loop = make(chan struct{})
+	go q.run()
+}
+
+// Kick makes every waiting message due now (tests; `queue flush`).
+func (q *Queue) Kick() {
+	now := q.opts.Now()
+	q.mu.Lock()
+	for _, it := range q.waiting {
+		it.next = now
+	}
+	heap.Init(&q.waiting)
+	q.mu.Unlock()
+	q.poke()
+}
+
+// Stop stops scheduling new attempts and waits for attempts in flight until
+// ctx is done; then it cancels them (they end as temporary failures and the
+// messages stay spooled). Nothing is lost either way.
+func (q *Queue) Stop(ctx context.Context) {
+	if q.cancel == nil {
+		return
+	}
+	close(q.loop)
+	done := make(chan struct{})
+	go func() { q.running.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		q.cancel()
+		<-done
+	}
+	q.cancel()
+}
+
+func (q *Queue) run() {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		now := q.opts.Now()
+		var due []*item
+		wait := time.Hour
+		q.mu.Lock()
+		for q.waiting.Len() > 0 {
+			it := q.waiting[0]
+			if it.next.After(now) {
+				wait = it.next.Sub(now)
+				break
+			}
+			heap.Pop(&q.waiting)
+			it.busy = true
+			due = append(due, it)
+		}
+		q.mu.Unlock()
+		for i, it := range due {
+			select {
+			case q.sem <- struct{}{}:
+			case <-q.loop:
+				q.requeue(due[i:])
+				return
+			}
+			q.running.Add(1)
+			go q.attempt(it)
+		}
+		if len(due) > 0 {
+			continue
+		}
+		timer.Reset(wait)
+		select {
+		case <-q.loop:
+			return
+		case <-q.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+func (q *Queue) requeue(its []*item) {
+	q.mu.Lock()
+	for _, it := range its {
+		it.busy = false
+		heap.Push(&q.waiting, it)
+	}
+	q.mu.Unlock()
+}
+
+func (q *Queue) attempt(it *item) {
+	defer func() {
+		<-q.sem
+		q.running.Done()
+	}()
+	env := &it.st.env
+	d := &Delivery{
+		ID: it.id, Envelope: env, Attempt: it.attempts + 1, Size: it.st.dataLen,
+		path: q.store.path(it.id), dataOff: it.st.dataOff,
+	}
+	var idx []int
+	for i, r := range env.To {
+		if !it.done[i] {
+			d.Rcpts = append(d.Rcpts, r)
+			idx = append(idx, i)
+		}
+	}
+	start := q.opts.Now()
+	results := q.opts.Deliverer.Deliver(q.ctx, d)
+	now := q.opts.Now()
+	it.attempts++
+	expired := now.Sub(env.Received) >= q.opts.MaxAge
+
+	var bounces []Bounce
+	var bounceIdx []int
+	newlyDone := []int{}
+	pending := 0
+	for k, i := range idx {
+		r := Result{Status: TempFail, Code: "4.0.0", Reply: "delivery engine returned no result"}
+		if k < len(results) {
+			r = results[k]
+		}
+		if r.Status == TempFail && expired {
+			r.Status = PermFail
+			r.Code = "4.4.7"
+			r.Reply = fmt.Sprintf("message expired after %s in queue; last error: %s", q.opts.MaxAge, r.Reply)
+		}
+		q.logResult(it, env.To[i], r, now.Sub(env.Received), now.Sub(start))
+		switch r.Status {
+		case Delivered:
+			newlyDone = append(newlyDone, i)
+		case PermFail:
+			bounces = append(bounces, Bounce{Rcpt: env.To[i], Result: r})
+			bounceIdx = append(bounceIdx, i)
+		default:
+			pending++
+		}
+	}
+	if len(bounces) > 0 {
+		switch {
+		case env.Origin == OriginInbound:
+			q.log.Warn("permanent failure of accepted inbound mail: no DSN is sent for inbound mail; check the downstream system",
+				"queue_id", it.id, "from", env.From, "nrcpt", len(bounces))
+			newlyDone = append(newlyDone, bounceIdx...)
+		case env.From == "":
+			q.log.Info("no DSN for the null sender", "queue_id", it.id, "nrcpt", len(bounces))
+			newlyDone = append(newlyDone, bounceIdx...)
+		case q.opts.Bouncer == nil:
+			newlyDone = append(newlyDone, bounceIdx...)
+		default:
+			if err := q.opts.Bouncer(d, bounces); err != nil {
+				q.log.Error("could not queue DSN, will try again", "queue_id", it.id, "error", err)
+				pending += len(bounces)
+			} else {
+				newlyDone = append(newlyDone, bounceIdx...)
+			}
+		}
+	}
+	for _, i := range newlyDone {
+		it.done[i] = true
+	}
+	if len(it.done) >= len(env.To) {
+		q.mu.Lock()
+		delete(q.items, it.id)
+		q.mu.Unlock()
+		if err := q.store.remove(it.id); err != nil {
+			q.log.Error("could not remove delivered message from spool; it may be delivered again", "queue_id", it.id, "error", err)
+		} else {
+			q.log.Info("removed", "queue_id", it.id)
+		}
+		return
+	}
+	it.next = now.Add(q.backoff(it.attempts))
+	if q.ctx.Err() != nil {
+		// Shutting down: the attempt was cut short, not really failed.
+		it.next = now
+	}
+	var doneList []int
+	for i := range it.done {
+		doneList = append(doneList, i)
+	}
+	if err := q.store.appendStatus(it.id, status{Done: doneList, Attempts: it.attempts, Next: it.next}); err != nil {
+		q.log.Warn("could not record delivery status; recipients may be retried", "queue_id", it.id, "error", err)
+	}
+	q.mu.Lock()
+	it.busy = false
+	heap.Push(&q.waiting, it)
+	q.mu.Unlock()
+	q.poke()
+}
+
+// backoff is the delay after the n-th attempt, with up to 10% jitter so that
+// messages deferred together (a next hop that was down) do not all come
+// back in the same second.
+func (q *Queue) backoff(n int) time.Duration {
+	r := q.opts.Retry
+	d := r[len(r)-1]
+	if n-1 < len(r) {
+		d = r[n-1]
+	}
+	return d + time.Duration(rand.Int64N(int64(d)/10+1))
+}
+
+func (q *Queue) logResult(it *item, rcpt string, r Result, delay, attemptDur time.Duration) {
+	st := map[Status]string{Delivered: "sent", TempFail: "deferred", PermFail: "bounced"}[r.Status]
+	args := []any{
+		"queue_id", it.id, "to", rcpt, "relay", r.Relay,
+		"delay", fmt.Sprintf("%.2f", delay.Seconds()),
+		"attempt_time", fmt.Sprintf("%.2f", attemptDur.Seconds()),
+		"dsn", r.Code, "status", st, "reply", r.Reply,
+	}
+	if r.TLS != "" {
+		args = append(args, "tls", r.TLS)
+	}
+	if r.Status == Delivered {
+		q.log.Info(st, args...)
+	} else {
+		q.log.Warn(st, args...)
+	}
+}
+
+type waitHeap []*item
+
+func (h waitHeap) Len() int           { return len(h) }
+func (h waitHeap) Less(i, j int) bool { return h[i].next.Before(h[j].next) }
+func (h waitHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index = i
+	h[j].index = j
+}
+func (h *waitHeap) Push(x any) {
+	it := x.(*item)
+	it.index = len(*h)
+	*h = append(*h, it)
+}
+func (h *waitHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	it.index = -1
+	return it
+}
+
+// Logger is the queue's logger, for components that log about its messages.
+func (q *Queue) Logger() *slog.Logger { return q.log }
+
+// Info describes a spooled message for `securerelay queue list`.
+type Info struct {
+	ID       string
+	Envelope Envelope
+	Size     int64
+	Done     int
+	Attempts int
+	Next     time.Time
+	Err      error
+}
+
+// Scan reads the spool in dir without a running queue (for the CLI). It
+// does not modify anything.
+func Scan(dir string) ([]Info, error) {
+	var out []Info
+	for i := 0; i < shards; i++ {
+		sd := filepath.Join(dir, fmt.Sprintf("%X", i))
+		ents, err := os.ReadDir(sd)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range ents {
+			if strings.HasSuffix(e.Name(), statusExt) {
+				continue
+			}
+			inf := Info{ID: e.Name()}
+			st, err := readStored(filepath.Join(sd, e.Name()))
+			if err != nil {
+				inf.Err = err
+			} else {
+				inf.Envelope, inf.Size = st.env, st.dataLen
+				done, att, next := readStatus(filepath.Join(sd, e.Name()+statusExt))
+				inf.Done, inf.Attempts, inf.Next = len(done), att, next
+			}
+			out = append(out, inf)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,420 @@
+package queue
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// On-disk layout. Each message is ONE file, spool/<shard>/<id>:
+//
+//	SRQ1 <envelope-length>\n
+//	<envelope JSON>\n
+//	<message data, CRLF lines, as it will be sent>
+//	\nSRQ-END <data-length %016x> <crc32c %08x>\n
+//
+// Why one file and no rename: on ext4 the cost of a spool is in creating,
+// renaming and unlinking directory entries and in directory lock contention,
+// not in fsync (0.14 ms on the reference machine). Postfix needs one file per
+// message, maddy three. We write the final name directly (O_EXCL) and make
+// completeness self-describing instead: a file whose trailer is missing,
+// whose lengths do not add up or whose CRC does not match was never
+// acknowledged (the 250 is sent only after fsync of the file and of its
+// directory), so recovery may discard it. The CRC guards against the case
+// where a crash during writeback persisted the trailer but not an earlier
+// block.
+//
+// Delivery progress lives in an optional sidecar spool/<shard>/<id>.st,
+// created only when a message is not fully delivered at the first attempt.
+// It is appended without fsync: losing it can only cause a recipient to be
+// tried again (a duplicate), never a loss, which is the at-least-once
+// contract.
+//
+// shards spreads the files over directories so that concurrent creates and
+// unlinks do not all queue on one directory's inode lock, and so that one
+// directory fsync (group-committed, see dirSyncer) covers many messages.
+const (
+	shards      = 16
+	magic       = "SRQ1 "
+	trailerFmt  = "\nSRQ-END %016x %08x\n"
+	trailerLen  = 1 + 8 + 16 + 1 + 8 + 1
+	statusExt   = ".st"
+	brokenDir   = "quarantine"
+	maxEnvelope = 1 << 20
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Envelope is what the queue keeps about a message besides its data.
+type Envelope struct {
+	// From is the envelope sender; "" is the null sender <>.
+	From string `json:"from"`
+	// To lists the envelope recipients in the order received.
+	To []string `json:"to"`
+	// Origin says where the message came from: OriginInbound (MX; never
+	// bounced), OriginOutbound (submission/smarthost) or OriginLocal
+	// (generated here, e.g. a DSN).
+	Origin string `json:"origin"`
+	// Listener is the name of the listener that accepted the message.
+	Listener string `json:"listener,omitempty"`
+	// Client describes the sending client for logs ("helo [ip]").
+	Client string `json:"client,omitempty"`
+	// AuthUser is the SMTP AUTH identity, if any.
+	AuthUser string `json:"auth_user,omitempty"`
+	// Received is when the message was accepted; max_age counts from it.
+	Received time.Time `json:"received"`
+}
+
+// Origins of a message.
+const (
+	OriginInbound  = "inbound"
+	OriginOutbound = "outbound"
+	OriginLocal    = "local"
+)
+
+var idCounter atomic.Uint32
+
+// newID returns a queue ID: 11 hex digits of microseconds since the epoch and
+// 5 of a counter, upper case like Postfix's. It sorts by arrival, stays
+// unique across restarts (the clock moves on), and its last digit (from the
+// counter) spreads consecutive messages over the shards.
+func newID(now time.Time) string {
+	c := idCounter.Add(1)
+	return fmt.Sprintf("%011X%05X", uint64(now.UnixMicro())&0xFFFFFFFFFFF, c&0xFFFFF)
+}
+
+func shardOf(id string) string {
+	return id[len(id)-1:]
+}
+
+// dirSyncer group-commits fsyncs of one directory: every caller needs a
+// directory fsync that *started* after its own file was created; one fsync
+// serves everybody who was waiting when it started.
+type dirSyncer struct {
+	path string
+
+	mu        sync.Mutex
+	cond      *sync.Cond
+	started   uint64
+	completed uint64
+	running   bool
+	failed    map[uint64]error
+}
+
+func newDirSyncer(path string) *dirSyncer {
+	d := &dirSyncer{path: path, failed: map[uint64]error{}}
+	d.cond = sync.NewCond(&d.mu)
+	return d
+}
+
+func (d *dirSyncer) sync() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	need := d.started + 1
+	for d.completed < need {
+		if d.running {
+			d.cond.Wait()
+			continue
+		}
+		d.running = true
+		d.started++
+		n := d.started
+		d.mu.Unlock()
+		err := syncDir(d.path)
+		d.mu.Lock()
+		d.running = false
+		d.completed = n
+		if err != nil {
+			if len(d.failed) > 1000 {
+				clear(d.failed)
+			}
+			d.failed[n] = err
+		}
+		d.cond.Broadcast()
+	}
+	if err, ok := d.failed[need]; ok {
+		return err
+	}
+	return nil
+}
+
+func syncDir(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// store owns the spool directory.
+type store struct {
+	dir   string
+	dsync [shards]*dirSyncer
+}
+
+func openStore(dir string) (*store, error) {
+	s := &store{dir: dir}
+	for i := 0; i < shards; i++ {
+		p := filepath.Join(dir, fmt.Sprintf("%X", i))
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			return nil, fmt.Errorf("spool: %w", err)
+		}
+		s.dsync[i] = newDirSyncer(p)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, brokenDir), 0o700); err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	// The shard directories themselves must survive a crash.
+	if err := syncDir(dir); err != nil {
+		return nil, fmt.Errorf("spool: fsync %s: %w", dir, err)
+	}
+	return s, nil
+}
+
+func (s *store) path(id string) string {
+	return filepath.Join(s.dir, shardOf(id), id)
+}
+
+func (s *store) syncer(id string) *dirSyncer {
+	n, _ := strconv.ParseUint(shardOf(id), 16, 8)
+	return s.dsync[n]
+}
+
+// Writer streams one message into the spool. Nothing written through it is
+// durable, nor will be delivered, until Commit returns nil.
+type Writer struct {
+	q      *Queue
+	id     string
+	env    Envelope
+	f      *os.File
+	bw     *bufio.Writer
+	off    int64
+	crc    hash.Hash32
+	n      int64
+	err    error
+	closed bool
+}
+
+// ID is the queue ID the message will have.
+func (w *Writer) ID() string { return w.id }
+
+// Write appends message data.
+func (w *Writer) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	n, err := w.bw.Write(p)
+	w.crc.Write(p[:n])
+	w.n += int64(n)
+	if err != nil {
+		w.err = fmt.Errorf("spool write %s: %w", w.id, err)
+	}
+	return n, w.err
+}
+
+// Size is the number of data bytes written so far.
+func (w *Writer) Size() int64 { return w.n }
+
+// Abort discards the message. It is safe to call after Commit (then it does
+// nothing) and more than once.
+func (w *Writer) Abort() {
+	if w.closed {
+		return
+	}
+	w.closed = true
+	w.f.Close()
+	os.Remove(w.f.Name())
+}
+
+func (w *Writer) finish() error {
+	if w.err != nil {
+		return w.err
+	}
+	if _, err := fmt.Fprintf(w.bw, trailerFmt, w.n, w.crc.Sum32()); err != nil {
+		return err
+	}
+	if err := w.bw.Flush(); err != nil {
+		return err
+	}
+	// The acknowledgement point: the file's data, then its directory entry.
+	if err := w.f.Sync(); err != nil {
+		return fmt.Errorf("fsync: %w", err)
+	}
+	if err := w.f.Close(); err != nil {
+		return err
+	}
+	if err := w.q.store.syncer(w.id).sync(); err != nil {
+		return fmt.Errorf("fsync spool directory: %w", err)
+	}
+	return nil
+}
+
+// create starts a spool file and returns it with the offset of the data.
+func (s *store) create(id string, env *Envelope) (*os.File, *bufio.Writer, int64, error) {
+	ej, err := json.Marshal(env)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	f, err := os.OpenFile(s.path(id), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	bw := bufio.NewWriterSize(f, 64<<10)
+	hdr := fmt.Sprintf("%s%d\n", magic, len(ej))
+	bw.WriteString(hdr)
+	bw.Write(ej)
+	bw.WriteByte('\n')
+	return f, bw, int64(len(hdr) + len(ej) + 1), nil
+}
+
+// stored is a message as found in the spool.
+type stored struct {
+	env     Envelope
+	dataOff int64
+	dataLen int64
+}
+
+var errIncomplete = errors.New("incomplete or damaged spool file")
+
+// readStored checks a spool file and returns its envelope and data extent.
+func readStored(path string) (*stored, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	br := bufio.NewReader(f)
+	line, err := br.ReadString('\n')
+	if err != nil || len(line) < len(magic)+2 || line[:len(magic)] != magic {
+		return nil, fmt.Errorf("%w: bad header", errIncomplete)
+	}
+	elen, err := strconv.Atoi(line[len(magic) : len(line)-1])
+	if err != nil || elen <= 0 || elen > maxEnvelope {
+		return nil, fmt.Errorf("%w: bad envelope length", errIncomplete)
+	}
+	ej := make([]byte, elen+1)
+	if _, err := io.ReadFull(br, ej); err != nil || ej[elen] != '\n' {
+		return nil, fmt.Errorf("%w: short envelope", errIncomplete)
+	}
+	st := &stored{dataOff: int64(len(line) + elen + 1)}
+	if err := json.Unmarshal(ej[:elen], &st.env); err != nil {
+		return nil, fmt.Errorf("%w: envelope: %v", errIncomplete, err)
+	}
+	if fi.Size() < st.dataOff+trailerLen {
+		return nil, fmt.Errorf("%w: no trailer", errIncomplete)
+	}
+	tr := make([]byte, trailerLen)
+	if _, err := f.ReadAt(tr, fi.Size()-trailerLen); err != nil {
+		return nil, err
+	}
+	var dlen int64
+	var sum uint32
+	if _, err := fmt.Sscanf(string(tr), trailerFmt, &dlen, &sum); err != nil {
+		return nil, fmt.Errorf("%w: no trailer", errIncomplete)
+	}
+	if st.dataOff+dlen+trailerLen != fi.Size() {
+		return nil, fmt.Errorf("%w: length mismatch", errIncomplete)
+	}
+	st.dataLen = dlen
+	h := crc32.New(castagnoli)
+	if _, err := io.Copy(h, io.NewSectionReader(f, st.dataOff, dlen)); err != nil {
+		return nil, err
+	}
+	if h.Sum32() != sum {
+		return nil, fmt.Errorf("%w: checksum mismatch", errIncomplete)
+	}
+	if len(st.env.To) == 0 {
+		return nil, fmt.Errorf("%w: no recipients", errIncomplete)
+	}
+	return st, nil
+}
+
+// status is one line of the sidecar.
+type status struct {
+	// Done lists recipient indexes that need no more attempts (delivered
+	// or failed permanently and reported).
+	Done     []int     `json:"done,omitempty"`
+	Attempts int       `json:"attempts"`
+	Next     time.Time `json:"next"`
+}
+
+func (s *store) appendStatus(id string, st status) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(s.path(id)+statusExt, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(append(b, '\n'))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// readStatus folds the sidecar's lines; a torn last line (crash while
+// appending) is ignored.
+func readStatus(path string) (done map[int]bool, attempts int, next time.Time) {
+	done = map[int]bool{}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	for _, line := range bytes.Split(b, []byte{'\n'}) {
+		var st status
+		if len(line) == 0 || json.Unmarshal(line, &st) != nil {
+			continue
+		}
+		for _, i := range st.Done {
+			done[i] = true
+		}
+		attempts, next = st.Attempts, st.Next
+	}
+	return
+}
+
+func (s *store) remove(id string) error {
+	p := s.path(id)
+	os.Remove(p + statusExt)
+	return os.Remove(p)
+}
+
+func (s *store) quarantine(id string) error {
+	src := s.path(id)
+	dst := filepath.Join(s.dir, brokenDir, id)
+	os.Rename(src+statusExt, dst+statusExt)
+	return os.Rename(src, dst)
+}
+
+// Reader returns the data written so far, for content checks before Commit.
+func (w *Writer) Reader() (io.Reader, error) {
+	if w.err != nil {
+		return nil, w.err
+	}
+	if err := w.bw.Flush(); err != nil {
+		w.err = err
+		return nil, err
+	}
+	return io.NewSectionReader(w.f, w.off, w.n), nil
+}

@@ -1,0 +1,72 @@
+// Package smtpd is the SMTP listener plumbing shared by both roles: the
+// go-smtp server, STARTTLS, limits and time-outs, AUTH mechanics, the
+// Received: header and the spooling of DATA into the queue. What a role
+// accepts or refuses is decided by a Role (package inbound for the MX role,
+// package outbound for submission/smarthost); this package only enforces the
+// mechanics and the acknowledgement rule: 250 only after queue.Commit.
+//
+// go-smtp turns any error that is not a bare *smtp.SMTPError into a 451
+// carrying internal text (MAIL/RCPT) or, worse, a permanent 554 (DATA), so
+// every error returned to go-smtp from here is built with smtpError or one of
+// the smtputil reply values, never passed through.
+package smtpd
+
+import (
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net/netip"
+
+	"github.com/emersion/go-smtp"
+)
+
+// State is what a role may see of a session. Roles must treat it as read
+// only, except Data which a Connect hook may set for its own use.
+type State struct {
+	ConnID   string
+	Listener string
+	RemoteIP netip.Addr
+	// Helo is the EHLO/HELO argument as sent.
+	Helo string
+	// TLS is non-nil once STARTTLS succeeded.
+	TLS *tls.ConnectionState
+	// AuthUser is the SMTP AUTH identity, "" when not authenticated.
+	AuthUser string
+	// From and Rcpts are the current transaction's envelope, as the role
+	// canonicalised them.
+	From  string
+	Rcpts []string
+	Log   *slog.Logger
+	// Data is free for the role's per-session use (screening verdicts…).
+	Data any
+}
+
+// Message gives a Data hook the spooled message before it is committed.
+type Message struct {
+	QueueID string
+	Size    int64
+	Open    func() (io.Reader, error)
+}
+
+// Role decides what a listener accepts. Every method returns nil or a bare
+// *smtp.SMTPError; anything else is logged and turned into a 451 4.3.0.
+type Role interface {
+	// Origin is recorded in the queue envelope (queue.OriginInbound or
+	// queue.OriginOutbound); it decides, for one, whether DSNs are sent.
+	Origin() string
+	// Connect runs when the client's EHLO/HELO arrives, before anything
+	// else; it is the screening seam.
+	Connect(st *State) error
+	// AuthEnabled tells whether AUTH is offered on this listener at all.
+	AuthEnabled() bool
+	// Authenticate checks credentials; return smtp.ErrAuthFailed (or a
+	// 454 for a temporary problem).
+	Authenticate(st *State, username, password string) error
+	// Mail checks the sender and returns its canonical form ("" for <>).
+	Mail(st *State, from string, opts *smtp.MailOptions) (string, error)
+	// Rcpt checks one recipient and returns its canonical form.
+	Rcpt(st *State, to string, opts *smtp.RcptOptions) (string, error)
+	// Data runs after the message is spooled, before it is committed: the
+	// content-scanning seam. A refusal discards the spooled copy.
+	Data(st *State, msg *Message) error
+}

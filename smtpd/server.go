@@ -1,0 +1,263 @@
+package smtpd
+
+import (
+	"context"
+	"crypto/tls"
+		"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"securerelay/queue"
+)
+
+// Options configure one listener.
+type Options struct {
+	Name     string
+	Address  string
+	Hostname string
+	// TLS enables STARTTLS; nil disables it.
+	TLS *tls.Config
+
+	MaxMessageSize int64
+	MaxRecipients  int
+	MaxLineLength  int
+	MaxErrors      int
+	MaxConnections int
+	CommandTimeout time.Duration
+	DataTimeout    time.Duration
+	// NormalizeLineEndings rewrites bare CR/LF in DATA to CRLF instead of
+	// refusing the message.
+	NormalizeLineEndings bool
+	AllowInsecureAuth    bool
+	RequireTLS           bool
+
+	Queue  *queue.Queue
+	Role   Role
+	Logger *slog.Logger
+}
+
+// Server is one listening socket and its sessions.
+type Server struct {
+	opts Options
+	log  *slog.Logger
+	smtp *smtp.Server
+	ln   net.Listener
+
+	shutting atomic.Bool
+	mu       sync.Mutex
+	conns    map[*trackedConn]struct{}
+	nextID   atomic.Uint64
+}
+
+// New prepares a listener; call Listen then Serve.
+func New(o Options) *Server {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	s := &Server{opts: o, log: o.Logger.With("listener", o.Name), conns: map[*trackedConn]struct{}{}}
+	srv := smtp.NewServer(s)
+	srv.Addr = o.Address
+	srv.Domain = o.Hostname
+	srv.TLSConfig = o.TLS
+	srv.MaxMessageBytes = o.MaxMessageSize
+	srv.MaxRecipients = o.MaxRecipients
+	if o.MaxLineLength > 0 {
+		srv.MaxLineLength = o.MaxLineLength
+	}
+	srv.ReadTimeout = o.CommandTimeout
+	srv.WriteTimeout = o.CommandTimeout
+	srv.AllowInsecureAuth = o.AllowInsecureAuth
+	srv.ErrorLog = slogPrinter{s.log}
+	s.smtp = srv
+	return s
+}
+
+// Listen binds the socket, so that errors (address in use, privileged
+// port) surface at start, before any message is accepted.
+func (s *Server) Listen() error {
+	ln, err := net.Listen("tcp", s.opts.Address)
+	if err != nil {
+		return fmt.Errorf("listener %s: %w", s.opts.Name, err)
+	}
+	s.ln = ln
+	return nil
+}
+
+// Addr is the bound address (useful with port 0).
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve accepts connections until Shutdown.
+func (s *Server) Serve() error {
+	s.log.Info("listening", "address", s.ln.Addr().String(), "role", s.opts.Role.Origin(), "starttls", s.opts.TLS != nil)
+	err := s.smtp.Serve(&trackingListener{Listener: s.ln, s: s})
+	if s.shutting.Load() {
+		return nil
+	}
+	return err
+}
+
+// SetTLS replaces the TLS configuration for new sessions (SIGHUP).
+func (s *Server) SetTLS(c *tls.Config) {
+	s.mu.Lock()
+	s.smtp.TLSConfig = c
+	s.mu.Unlock()
+}
+
+// Shutdown stops accepting, ends idle sessions with a 421, lets
+// transactions in flight finish until ctx is done, then closes what is left.
+// A transaction cut short never got its 250, so nothing is lost.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.shutting.Store(true)
+	done := make(chan struct{})
+	go func() {
+		s.smtp.Shutdown(ctx)
+		close(done)
+	}()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		// Poke idle sessions repeatedly: one may have been between two
+		// reads (and re-armed its deadline) the first time.
+		s.mu.Lock()
+		for c := range s.conns {
+			if !c.inTxn.Load() {
+				c.Conn.SetReadDeadline(time.Now())
+			}
+		}
+		s.mu.Unlock()
+		select {
+		case <-done:
+			return
+		case <-ctx.Done():
+			s.smtp.Close()
+			<-done
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// NewSession implements smtp.Backend; go-smtp calls it at EHLO/HELO (again
+// after STARTTLS).
+func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	tc := trackedOf(c.Conn())
+	if tc == nil {
+		return nil, &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "internal error, try again later"}
+	}
+	ss := &session{srv: s, c: c, tc: tc}
+	ss.st = State{
+		ConnID:   tc.id,
+		Listener: s.opts.Name,
+		RemoteIP: tc.remote,
+		Helo:     c.Hostname(),
+		Log:      s.log.With("conn_id", tc.id, "client", tc.remote.String()),
+	}
+	if cs, ok := c.TLSConnectionState(); ok {
+		ss.st.TLS = &cs
+	}
+	if err := s.opts.Role.Connect(&ss.st); err != nil {
+		tc.closeAfterWrite.Store(true)
+		return nil, ss.edge(err, "connect")
+	}
+	return ss, nil
+}
+
+type trackingListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		s := l.s
+		tc := &trackedConn{Conn: c, s: s, id: fmt.Sprintf("%s-%d", s.opts.Name, s.nextID.Add(1))}
+		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+			tc.remote = ap.Addr().Unmap()
+		}
+		s.mu.Lock()
+		n := len(s.conns)
+		if s.opts.MaxConnections > 0 && n >= s.opts.MaxConnections {
+			s.mu.Unlock()
+			s.log.Warn("connection refused: too many sessions", "client", tc.remote.String(), "limit", s.opts.MaxConnections)
+			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			fmt.Fprintf(c, "421 4.7.0 %s too many connections, try again later\r\n", s.opts.Hostname)
+			c.Close()
+			continue
+		}
+		s.conns[tc] = struct{}{}
+		s.mu.Unlock()
+		s.log.Debug("connect", "conn_id", tc.id, "client", tc.remote.String())
+		return tc, nil
+	}
+}
+
+// trackedConn is the raw connection under go-smtp (and under TLS after
+// STARTTLS). It lets us close a session right after a final reply, and find
+// idle sessions at shutdown.
+type trackedConn struct {
+	net.Conn
+	s               *Server
+	id              string
+	remote          netip.Addr
+	inTxn           atomic.Bool
+	closeAfterWrite atomic.Bool
+	closeOnce       sync.Once
+}
+
+func (c *trackedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if c.closeAfterWrite.Load() {
+		c.Close()
+	}
+	return n, err
+}
+
+func (c *trackedConn) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		err = c.Conn.Close()
+		c.s.mu.Lock()
+		delete(c.s.conns, c)
+		c.s.mu.Unlock()
+	})
+	return err
+}
+
+func trackedOf(c net.Conn) *trackedConn {
+	for c != nil {
+		switch v := c.(type) {
+		case *trackedConn:
+			return v
+		case *tls.Conn:
+			c = v.NetConn()
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+type slogPrinter struct{ l *slog.Logger }
+
+func (p slogPrinter) Printf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	// A panic in a session is our bug and must be seen; connection resets
+	// and failed handshakes of scanners are noise outside debugging.
+	if strings.HasPrefix(msg, "panic") {
+		p.l.Error("smtp: " + msg)
+		return
+	}
+	p.l.Debug("smtp: " + msg)
+}
+func (p slogPrinter) Println(v ...any) { p.l.Debug("smtp: " + fmt.Sprint(v...)) }

@@ -1,0 +1,261 @@
+package smtpd
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"securerelay/queue"
+	"securerelay/smtputil"
+)
+
+type session struct {
+	srv       *Server
+	c         *smtp.Conn
+	tc        *trackedConn
+	st        State
+	errors    int
+	authFails int
+}
+
+// edge turns whatever a role or the queue returned into the bare
+// *smtp.SMTPError go-smtp needs, counts refusals, and ends the session once
+// the client has had max_errors of them (a client that keeps trying
+// addresses is probing, not sending mail).
+func (s *session) edge(err error, stage string) error {
+	if err == nil {
+		return nil
+	}
+	se, ok := err.(*smtp.SMTPError)
+	if !ok {
+		s.st.Log.Error("internal error, answering 451", "stage", stage, "error", err)
+		se = smtputil.QueueFailed()
+	}
+	if se.Code >= 400 {
+		s.errors++
+		s.st.Log.Info("reject", "stage", stage, "code", se.Code,
+			"dsn", fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2]),
+			"reply", se.Message, "helo", s.st.Helo, "from", s.st.From)
+		if max := s.srv.opts.MaxErrors; max > 0 && s.errors >= max && se.Code != 421 {
+			s.st.Log.Warn("too many errors, closing session", "errors", s.errors)
+			s.tc.closeAfterWrite.Store(true)
+			return smtputil.TooManyErrors()
+		}
+	}
+	if se.Code == 421 {
+		s.tc.closeAfterWrite.Store(true)
+	}
+	return se
+}
+
+func (s *session) AuthMechanisms() []string {
+	if !s.srv.opts.Role.AuthEnabled() {
+		return nil
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	if !s.srv.opts.Role.AuthEnabled() {
+		return nil, smtp.ErrAuthUnsupported
+	}
+	if s.st.TLS == nil && !s.srv.opts.AllowInsecureAuth {
+		return nil, smtputil.TLSRequired()
+	}
+	check := func(user, pass string) error {
+		err := s.srv.opts.Role.Authenticate(&s.st, user, pass)
+		if err == nil {
+			s.st.AuthUser = user
+			s.st.Log = s.st.Log.With("sasl_username", user)
+			s.st.Log.Info("authenticated", "mechanism", mech)
+			return nil
+		}
+		s.authFails++
+		s.st.Log.Warn("authentication failed", "mechanism", mech, "sasl_username", sanitize(user), "failures", s.authFails)
+		// Slow guessing down: each failure in a session costs more.
+		time.Sleep(time.Duration(min(s.authFails, 5)) * time.Second)
+		return s.edge(err, "auth")
+	}
+	switch strings.ToUpper(mech) {
+	case sasl.Plain:
+		return sasl.NewPlainServer(func(identity, user, pass string) error {
+			if identity != "" && identity != user {
+				return s.edge(smtp.ErrAuthFailed, "auth")
+			}
+			return check(user, pass)
+		}), nil
+	case sasl.Login:
+		return &loginServer{check: check}, nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if s.srv.shutting.Load() {
+		return s.edge(smtputil.ShuttingDown(), "mail")
+	}
+	if s.srv.opts.RequireTLS && s.st.TLS == nil {
+		return s.edge(smtputil.TLSRequired(), "mail")
+	}
+	canon, err := s.srv.opts.Role.Mail(&s.st, from, opts)
+	if err != nil {
+		return s.edge(err, "mail")
+	}
+	s.st.From = canon
+	s.st.Rcpts = nil
+	s.tc.inTxn.Store(true)
+	return nil
+}
+
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	canon, err := s.srv.opts.Role.Rcpt(&s.st, to, opts)
+	if err != nil {
+		return s.edge(err, "rcpt")
+	}
+	s.st.Rcpts = append(s.st.Rcpts, canon)
+	return nil
+}
+
+func (s *session) Data(r io.Reader) error {
+	o := &s.srv.opts
+	if o.DataTimeout > 0 {
+		s.c.Conn().SetReadDeadline(time.Now().Add(o.DataTimeout))
+	}
+	env := queue.Envelope{
+		From:     s.st.From,
+		To:       append([]string(nil), s.st.Rcpts...),
+		Origin:   o.Role.Origin(),
+		Listener: o.Name,
+		Client:   fmt.Sprintf("%s[%s]", sanitize(s.st.Helo), s.st.RemoteIP),
+		AuthUser: s.st.AuthUser,
+	}
+	w, err := o.Queue.NewWriter(env)
+	if err != nil {
+		s.st.Log.Error("cannot spool message", "error", err)
+		return s.edge(smtputil.QueueFailed(), "data")
+	}
+	defer w.Abort()
+
+	ri := smtputil.ReceivedInfo{
+		FromHelo: s.st.Helo,
+		ClientIP: s.st.RemoteIP,
+		ByHost:   o.Hostname,
+		Listener: o.Name,
+		Protocol: "ESMTP",
+		QueueID:  w.ID(),
+		Time:     time.Now(),
+	}
+	if s.st.TLS != nil {
+		ri.Protocol += "S"
+		ri.TLSVersion = tlsVersion(s.st.TLS.Version)
+		ri.TLSCipher = tlsCipher(s.st.TLS.CipherSuite)
+	}
+	if s.st.AuthUser != "" {
+		ri.Protocol += "A"
+	}
+	if len(env.To) == 1 {
+		ri.For = env.To[0]
+	}
+	if _, err := io.WriteString(w, smtputil.Received(ri)); err != nil {
+		s.st.Log.Error("cannot spool message", "queue_id", w.ID(), "error", err)
+		return s.edge(smtputil.QueueFailed(), "data")
+	}
+	_, err = io.Copy(w, smtputil.NewLineEndingReader(r, o.NormalizeLineEndings))
+	if err != nil {
+		var se *smtp.SMTPError
+		var ne net.Error
+		switch {
+		case errors.Is(err, smtputil.ErrBareLineEnding):
+			return s.edge(smtputil.BareLineEnding(), "data")
+		case errors.As(err, &se):
+			// go-smtp's own ErrDataTooLarge (552 5.3.4) and BDAT errors.
+			return s.edge(se, "data")
+		case errors.As(err, &ne) && ne.Timeout():
+			s.tc.closeAfterWrite.Store(true)
+			return s.edge(&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "timeout while receiving the message, closing connection"}, "data")
+		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+			s.st.Log.Info("client disconnected during DATA", "queue_id", w.ID())
+			return s.edge(&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "connection lost during DATA"}, "data")
+		default:
+			// Anything else is our side: the spool could not be written.
+			s.st.Log.Error("cannot spool message", "queue_id", w.ID(), "error", err)
+			return s.edge(smtputil.QueueFailed(), "data")
+		}
+	}
+	msg := &Message{QueueID: w.ID(), Size: w.Size(), Open: w.Reader}
+	if err := o.Role.Data(&s.st, msg); err != nil {
+		return s.edge(err, "data")
+	}
+	if err := w.Commit(); err != nil {
+		s.st.Log.Error("cannot commit message to the spool", "queue_id", w.ID(), "error", err)
+		return s.edge(smtputil.QueueFailed(), "data")
+	}
+	s.st.Log.Info("queued", "queue_id", w.ID(), "from", env.From, "nrcpt", len(env.To),
+		"size", w.Size(), "helo", sanitize(s.st.Helo), "tls", ri.TLSVersion)
+	s.endTxn()
+	// go-smtp sends whatever SMTPError Data returns, 2xx included; this is
+	// how the client learns the queue ID, as Postfix admins expect.
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + w.ID()}
+}
+
+func (s *session) endTxn() {
+	s.st.From = ""
+	s.st.Rcpts = nil
+	s.tc.inTxn.Store(false)
+	if s.srv.shutting.Load() {
+		s.tc.Conn.SetReadDeadline(time.Now())
+	}
+}
+
+func (s *session) Reset() { s.endTxn() }
+
+func (s *session) Logout() error { return nil }
+
+// loginServer is the server side of the LOGIN SASL mechanism (a de-facto
+// standard, draft-murchison-sasl-login), which go-sasl implements only as a
+// client; Outlook-era clients and many ticket systems still use it.
+type loginServer struct {
+	check    func(user, pass string) error
+	step     int
+	username string
+}
+
+func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
+	switch l.step {
+	case 0:
+		l.step++
+		if len(resp) > 0 { // initial response carries the username
+			l.username = string(resp)
+			l.step++
+			return []byte("Password:"), false, nil
+		}
+		return []byte("Username:"), false, nil
+	case 1:
+		l.username = string(resp)
+		l.step++
+		return []byte("Password:"), false, nil
+	case 2:
+		l.step++
+		return nil, true, l.check(l.username, string(resp))
+	}
+	return nil, true, smtp.ErrAuthFailed
+}
+
+// sanitize bounds and cleans client-supplied text for logs.
+func sanitize(s string) string {
+	if len(s) > 255 {
+		s = s[:255]
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, s)
+}

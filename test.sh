@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this script).
+#
+# 1. Installs the Debian packages the integration tests talk to, where they
+#    are missing (needs root, as CI has; otherwise it says what to install).
+# 2. gofmt, go vet, staticcheck.
+# 3. go test -race over every package, integration tests included.
+#
+# With CI=true a missing tool makes the tests that need it fail instead of
+# skip.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Debian packages: swaks (SMTP client), postfix (smtp-source/smtp-sink,
+# the load tools), openssl (s_client against STARTTLS).
+PKGS=(swaks postfix openssl ca-certificates)
+missing=()
+for p in "${PKGS[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	if [ "$(id -u)" = 0 ]; then
+		echo "== installing Debian packages: ${missing[*]}"
+		export DEBIAN_FRONTEND=noninteractive
+		# postfix must not configure or start a system MTA on port 25:
+		# the tests bind 127.0.0.x:25 themselves.
+		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+		apt-get update -qq
+		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	else
+		echo "== not root: cannot install ${missing[*]}; tests that need them will skip (or fail with CI=true)"
+	fi
+fi
+# smtp-source and smtp-sink live outside PATH on Debian.
+export PATH="$PATH:/usr/sbin:/usr/lib/postfix/sbin"
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt would change: $unformatted"
+	exit 1
+fi
+echo "== go vet"
+go vet ./...
+echo "== staticcheck"
+go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+echo "== go test -race"
+go test -race -count=1 -timeout 20m ./...
