@@ -496,7 +496,7 @@ func (q *Queue) backoff(n int) time.Duration {
 func (q *Queue) logResult(it *item, rcpt string, r Result, delay, attemptDur time.Duration) {
 	st := map[Status]string{Delivered: "sent", TempFail: "deferred", PermFail: "bounced"}[r.Status]
 	args := []any{
-		"queue_id", it.id, "to", rcpt, "relay", r.Relay,
+		"queue_id", it.id, "from", it.st.env.From, "to", rcpt, "relay", r.Relay,
 		"delay", fmt.Sprintf("%.2f", delay.Seconds()),
 		"attempt_time", fmt.Sprintf("%.2f", attemptDur.Seconds()),
 		"dsn", r.Code, "status", st, "reply", r.Reply,
