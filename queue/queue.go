@@ -134,6 +134,9 @@ type item struct {
 	next     time.Time
 	index    int // in waiting heap; -1 when not waiting
 	busy     bool
+	// sidecar is set once a .st file may exist, so that the common case
+	// (delivered at the first attempt) costs no extra unlink.
+	sidecar bool
 }
 
 // Open opens (creating if needed) the spool in opts.Dir and loads every
@@ -201,7 +204,7 @@ func (q *Queue) recover() error {
 				continue
 			}
 			done, attempts, next := readStatus(filepath.Join(dir, name+statusExt))
-			it := &item{id: name, st: st, done: done, attempts: attempts, next: next, index: -1}
+			it := &item{id: name, st: st, done: done, attempts: attempts, next: next, index: -1, sidecar: true}
 			if it.next.IsZero() || it.next.After(now.Add(q.opts.Retry[len(q.opts.Retry)-1])) {
 				it.next = now
 			}
@@ -455,7 +458,7 @@ func (q *Queue) attempt(it *item) {
 		q.mu.Lock()
 		delete(q.items, it.id)
 		q.mu.Unlock()
-		if err := q.store.remove(it.id); err != nil {
+		if err := q.store.remove(it.id, it.sidecar); err != nil {
 			q.log.Error("could not remove delivered message from spool; it may be delivered again", "queue_id", it.id, "error", err)
 		} else {
 			q.log.Info("removed", "queue_id", it.id)
@@ -471,6 +474,7 @@ func (q *Queue) attempt(it *item) {
 	for i := range it.done {
 		doneList = append(doneList, i)
 	}
+	it.sidecar = true
 	if err := q.store.appendStatus(it.id, status{Done: doneList, Attempts: it.attempts, Next: it.next}); err != nil {
 		q.log.Warn("could not record delivery status; recipients may be retried", "queue_id", it.id, "error", err)
 	}
@@ -579,3 +583,6 @@ func Scan(dir string) ([]Info, error) {
 	}
 	return out, nil
 }
+
+// Close releases the spool's open directories; call it after Stop.
+func (q *Queue) Close() { q.store.close() }

@@ -103,6 +103,9 @@ func shardOf(id string) string {
 // serves everybody who was waiting when it started.
 type dirSyncer struct {
 	path string
+	// dir stays open: opening the directory for every fsync would cost an
+	// openat and a close per message.
+	dir *os.File
 
 	mu        sync.Mutex
 	cond      *sync.Cond
@@ -112,10 +115,14 @@ type dirSyncer struct {
 	failed    map[uint64]error
 }
 
-func newDirSyncer(path string) *dirSyncer {
-	d := &dirSyncer{path: path, failed: map[uint64]error{}}
+func newDirSyncer(path string) (*dirSyncer, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	d := &dirSyncer{path: path, dir: f, failed: map[uint64]error{}}
 	d.cond = sync.NewCond(&d.mu)
-	return d
+	return d, nil
 }
 
 func (d *dirSyncer) sync() error {
@@ -131,7 +138,7 @@ func (d *dirSyncer) sync() error {
 		d.started++
 		n := d.started
 		d.mu.Unlock()
-		err := syncDir(d.path)
+		err := d.dir.Sync()
 		d.mu.Lock()
 		d.running = false
 		d.completed = n
@@ -174,7 +181,11 @@ func openStore(dir string) (*store, error) {
 		if err := os.MkdirAll(p, 0o700); err != nil {
 			return nil, fmt.Errorf("spool: %w", err)
 		}
-		s.dsync[i] = newDirSyncer(p)
+		ds, err := newDirSyncer(p)
+		if err != nil {
+			return nil, fmt.Errorf("spool: %w", err)
+		}
+		s.dsync[i] = ds
 	}
 	if err := os.MkdirAll(filepath.Join(dir, brokenDir), 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
@@ -394,9 +405,11 @@ func readStatus(path string) (done map[int]bool, attempts int, next time.Time) {
 	return
 }
 
-func (s *store) remove(id string) error {
+func (s *store) remove(id string, sidecar bool) error {
 	p := s.path(id)
-	os.Remove(p + statusExt)
+	if sidecar {
+		os.Remove(p + statusExt)
+	}
 	return os.Remove(p)
 }
 
@@ -417,4 +430,12 @@ func (w *Writer) Reader() (io.Reader, error) {
 		return nil, err
 	}
 	return io.NewSectionReader(w.f, w.off, w.n), nil
+}
+
+func (s *store) close() {
+	for _, d := range s.dsync {
+		if d != nil {
+			d.dir.Close()
+		}
+	}
 }

@@ -232,6 +232,7 @@ func (r *relay) shutdown() {
 	r.q.Stop(ctx)
 	r.engine.Close()
 	r.log.Info("stopped", "spooled", r.q.Len())
+	r.q.Close()
 }
 
 // reload applies what can change safely while sessions run: certificates,

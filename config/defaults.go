@@ -1,0 +1,189 @@
+package config
+
+import (
+	"bufio"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+)
+
+// Defaults. They are documented next to each field in schema.go and in
+// config.example.yaml; change all three together.
+const (
+	DefaultStateDir                     = "./var"
+	DefaultLogFormat                    = "text"
+	DefaultLogLevel                     = "info"
+	DefaultDNSTimeout                   = Duration(5 * time.Second)
+	DefaultMaxConnectionsPerDestination = 20
+	DefaultConnectTimeout               = Duration(30 * time.Second)
+	DefaultOutboundCommandTimeout       = Duration(5 * time.Minute)
+	DefaultIdleConnectionTimeout        = Duration(5 * time.Second)
+	DefaultStartTLS                     = "opportunistic"
+	DefaultQueueMaxAge                  = Duration(5 * day)
+	DefaultQueueWorkers                 = 100
+)
+
+// defaultLimits are the global limits when the file sets none.
+var defaultLimits = Limits{
+	MaxMessageSize:  50 * 1000 * 1000, // 50MB
+	MaxRecipients:   100,
+	MaxLineLength:   2000,
+	MaxErrors:       10,
+	CommandTimeout:  Duration(5 * time.Minute),
+	DataTimeout:     Duration(10 * time.Minute),
+	MaxConnections:  500,
+	BareLineEndings: "reject",
+}
+
+// DefaultRetry is the retry schedule when the file sets none: quick
+// retries first for greylisting, then spaced out.
+func DefaultRetry() []Duration {
+	return []Duration{
+		Duration(time.Minute), Duration(5 * time.Minute), Duration(15 * time.Minute),
+		Duration(time.Hour), Duration(4 * time.Hour),
+	}
+}
+
+// Seams for tests: the defaults depend on the machine.
+var (
+	osHostname     = os.Hostname
+	resolvConfPath = "/etc/resolv.conf"
+)
+
+// applyDefaults fills every unset field, so that the rest of the program
+// reads the configuration without knowing the defaults. Zero means unset:
+// there is no useful zero for any of these settings (except
+// idle_connection_timeout, which is a pointer for that reason).
+func (l *loader) applyDefaults(c *Config) {
+	if c.Hostname == "" {
+		if h, err := osHostname(); err == nil && h != "" {
+			c.Hostname = h
+			l.hostnameFromOS = true
+		}
+	}
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if c.Postmaster == "" && c.Hostname != "" {
+		c.Postmaster = "postmaster@" + c.Hostname
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = DefaultLogFormat
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = DefaultLogLevel
+	}
+	if c.DNS.Resolver == "" {
+		// Left empty if there is none: maildir-only setups never need DNS,
+		// so only serve may insist.
+		c.DNS.Resolver = systemResolver(resolvConfPath)
+	}
+	if c.DNS.Timeout == 0 {
+		c.DNS.Timeout = DefaultDNSTimeout
+	}
+
+	c.Limits.inherit(defaultLimits)
+	hasUsers := len(c.Outbound.Users) > 0
+	for i := range c.Listeners {
+		ln := &c.Listeners[i]
+		ln.Limits.inherit(c.Limits)
+		if ln.Auth == "" {
+			switch {
+			case ln.Role != "outbound":
+				ln.Auth = "off"
+			case len(ln.TrustedNetworks) == 0:
+				ln.Auth = "required"
+			case hasUsers:
+				ln.Auth = "optional"
+			default:
+				// Trusted networks only, and no accounts to log in to:
+				// advertising AUTH would only invite failed attempts.
+				ln.Auth = "off"
+			}
+		}
+	}
+
+	o := &c.Outbound
+	if o.Helo == "" {
+		o.Helo = c.Hostname
+	}
+	if o.MaxConnectionsPerDestination == 0 {
+		o.MaxConnectionsPerDestination = DefaultMaxConnectionsPerDestination
+	}
+	if o.ConnectTimeout == 0 {
+		o.ConnectTimeout = DefaultConnectTimeout
+	}
+	if o.CommandTimeout == 0 {
+		o.CommandTimeout = DefaultOutboundCommandTimeout
+	}
+	if o.IdleConnectionTimeout == nil {
+		d := DefaultIdleConnectionTimeout
+		o.IdleConnectionTimeout = &d
+	}
+	if o.StartTLS == "" {
+		o.StartTLS = DefaultStartTLS
+	}
+
+	q := &c.Queue
+	if len(q.Retry) == 0 {
+		q.Retry = DefaultRetry()
+	}
+	if q.MaxAge == 0 {
+		q.MaxAge = DefaultQueueMaxAge
+	}
+	if q.Workers == 0 {
+		q.Workers = DefaultQueueWorkers
+	}
+}
+
+// inherit fills each zero field from d: a listener states only what differs
+// from the global limits, and callers read only the listener's copy.
+func (lim *Limits) inherit(d Limits) {
+	if lim.MaxMessageSize == 0 {
+		lim.MaxMessageSize = d.MaxMessageSize
+	}
+	if lim.MaxRecipients == 0 {
+		lim.MaxRecipients = d.MaxRecipients
+	}
+	if lim.MaxLineLength == 0 {
+		lim.MaxLineLength = d.MaxLineLength
+	}
+	if lim.MaxErrors == 0 {
+		lim.MaxErrors = d.MaxErrors
+	}
+	if lim.CommandTimeout == 0 {
+		lim.CommandTimeout = d.CommandTimeout
+	}
+	if lim.DataTimeout == 0 {
+		lim.DataTimeout = d.DataTimeout
+	}
+	if lim.MaxConnections == 0 {
+		lim.MaxConnections = d.MaxConnections
+	}
+	if lim.BareLineEndings == "" {
+		lim.BareLineEndings = d.BareLineEndings
+	}
+}
+
+// systemResolver returns the first usable nameserver of a resolv.conf as
+// host:port, or "" if there is none.
+func systemResolver(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) < 2 || fields[0] != "nameserver" {
+			continue
+		}
+		if _, err := netip.ParseAddr(fields[1]); err == nil {
+			return net.JoinHostPort(fields[1], "53")
+		}
+	}
+	return ""
+}

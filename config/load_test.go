@@ -1,0 +1,402 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// minimal is the smallest configuration that loads.
+const minimal = `
+hostname: relay.example.com
+listeners:
+  - {name: mx, address: ":25", role: inbound}
+`
+
+func mustParse(t *testing.T, yaml, baseDir string) *Config {
+	t.Helper()
+	cfg, err := Parse("test.yaml", []byte(yaml), baseDir)
+	if err != nil {
+		t.Fatalf("Parse failed:\n%v", err)
+	}
+	return cfg
+}
+
+func parseErrors(t *testing.T, yaml string) string {
+	t.Helper()
+	_, err := Parse("test.yaml", []byte(yaml), "/base")
+	if err == nil {
+		t.Fatalf("Parse succeeded, want errors")
+	}
+	var errs Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("error is %T, want Errors", err)
+	}
+	return err.Error()
+}
+
+func TestExampleConfigLoads(t *testing.T) {
+	cfg, err := Load("../config.example.yaml")
+	if err != nil {
+		t.Fatalf("config.example.yaml does not load:\n%v", err)
+	}
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Path != filepath.Join(root, "config.example.yaml") {
+		t.Errorf("Path = %q", cfg.Path)
+	}
+	if cfg.Hostname != "relay.localhost" || cfg.DNS.Resolver != "127.0.0.1:53" {
+		t.Errorf("hostname %q, resolver %q", cfg.Hostname, cfg.DNS.Resolver)
+	}
+	if cfg.StateDir != filepath.Join(root, "var") {
+		t.Errorf("state_dir = %q, want it relative to the file", cfg.StateDir)
+	}
+	if got := cfg.Domains["example.test"].DeliverTo; got != "maildir:"+filepath.Join(root, "var", "mail") {
+		t.Errorf("deliver_to = %q", got)
+	}
+	if len(cfg.Listeners) != 2 {
+		t.Fatalf("listeners: %+v", cfg.Listeners)
+	}
+	mx, sub := cfg.Listeners[0], cfg.Listeners[1]
+	if mx.Name != "mx" || mx.Address != "127.0.0.1:2525" || mx.Role != "inbound" || mx.Auth != "off" {
+		t.Errorf("mx listener: %+v", mx)
+	}
+	if sub.Name != "submission" || sub.Address != "127.0.0.1:2587" || sub.Role != "outbound" || sub.Auth != "optional" ||
+		!reflect.DeepEqual(sub.TrustedNetworks, []string{"127.0.0.0/8", "::1/128"}) {
+		t.Errorf("submission listener: %+v", sub)
+	}
+	if len(cfg.Outbound.Users) != 1 || cfg.Outbound.Users[0].Name != "demo" {
+		t.Fatalf("users: %+v", cfg.Outbound.Users)
+	}
+	if err := bcryptCheck(cfg.Outbound.Users[0].PasswordHash, "demo"); err != nil {
+		t.Errorf("the example user's password is documented as demo: %v", err)
+	}
+	// The example spells out the defaults; they must be the real ones.
+	def := mustParse(t, minimal, "/base")
+	if cfg.Limits != def.Limits || !reflect.DeepEqual(cfg.Queue, def.Queue) {
+		t.Errorf("example limits/queue differ from the defaults:\n%+v %+v\n%+v %+v", cfg.Limits, cfg.Queue, def.Limits, def.Queue)
+	}
+	if *cfg.Outbound.IdleConnectionTimeout != *def.Outbound.IdleConnectionTimeout ||
+		cfg.Outbound.MaxConnectionsPerDestination != def.Outbound.MaxConnectionsPerDestination ||
+		cfg.Outbound.ConnectTimeout != def.Outbound.ConnectTimeout ||
+		cfg.Outbound.CommandTimeout != def.Outbound.CommandTimeout ||
+		cfg.Outbound.StartTLS != def.Outbound.StartTLS ||
+		cfg.DNS.Timeout != def.DNS.Timeout || cfg.Log != def.Log {
+		t.Errorf("example outbound/dns/log differ from the defaults")
+	}
+}
+
+// TestExampleDocumentsEveryKey keeps config.example.yaml and schema.go in
+// step: every schema key must appear in the example, set or commented out.
+func TestExampleDocumentsEveryKey(t *testing.T) {
+	data, err := os.ReadFile("../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(data)
+	for typeName, typ := range schemaTypes {
+		for _, key := range yamlKeys(typ) {
+			if !strings.Contains(text, key+":") {
+				t.Errorf("config.example.yaml does not document %s key %q", typeName, key)
+			}
+		}
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	withMachine(t, "box.example.net", writeFile(t, "resolv.conf", "# comment\nsearch example.net\nnameserver fe80::1%eth0\nnameserver 192.0.2.53\n"))
+	cfg := mustParse(t, `
+listeners:
+  - {name: mx, address: ":25", role: inbound}
+  - {name: sub, address: ":587", role: outbound}
+  - {name: relay, address: ":2525", role: outbound, trusted_networks: [10.0.0.0/8]}
+outbound:
+  users: [{name: u, password_hash: "$2a$10$2i/uRSSVtsw9SFVyBdYQkuTX9YP46UVMoLgXaI5p0vehZ8UPWr5gu"}]
+`, "/srv/relay")
+
+	want := Config{
+		Hostname:   "box.example.net",
+		StateDir:   "/srv/relay/var",
+		Postmaster: "postmaster@box.example.net",
+		Log:        Log{Format: "text", Level: "info"},
+		DNS:        DNS{Resolver: "[fe80::1%eth0]:53", Timeout: Duration(5 * time.Second)},
+		Limits: Limits{
+			MaxMessageSize: 50_000_000, MaxRecipients: 100, MaxLineLength: 2000, MaxErrors: 10,
+			CommandTimeout: Duration(5 * time.Minute), DataTimeout: Duration(10 * time.Minute),
+			MaxConnections: 500, BareLineEndings: "reject",
+		},
+		Queue: Queue{
+			Retry: []Duration{
+				Duration(time.Minute), Duration(5 * time.Minute), Duration(15 * time.Minute),
+				Duration(time.Hour), Duration(4 * time.Hour),
+			},
+			MaxAge:  Duration(5 * 24 * time.Hour),
+			Workers: 100,
+		},
+	}
+	got := *cfg
+	got.Listeners, got.Outbound, got.Path = nil, Outbound{}, ""
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("defaults:\n got %+v\nwant %+v", got, want)
+	}
+
+	o := cfg.Outbound
+	if o.Helo != "box.example.net" || o.MaxConnectionsPerDestination != 20 ||
+		o.ConnectTimeout.D() != 30*time.Second || o.CommandTimeout.D() != 5*time.Minute ||
+		o.IdleConnectionTimeout == nil || o.IdleConnectionTimeout.D() != 5*time.Second ||
+		o.StartTLS != "opportunistic" {
+		t.Errorf("outbound defaults: %+v (idle %v)", o, o.IdleConnectionTimeout)
+	}
+	for i, wantAuth := range []string{"off", "required", "optional"} {
+		if got := cfg.Listeners[i].Auth; got != wantAuth {
+			t.Errorf("listeners[%d].auth = %q, want %q", i, got, wantAuth)
+		}
+		if cfg.Listeners[i].Limits != cfg.Limits {
+			t.Errorf("listeners[%d].limits = %+v, want the global ones", i, cfg.Listeners[i].Limits)
+		}
+	}
+	if cfg.Path != "test.yaml" {
+		t.Errorf("Path = %q", cfg.Path)
+	}
+}
+
+func TestDefaultAuthWithoutUsers(t *testing.T) {
+	// Trusted networks and no accounts: AUTH would be offered for nothing.
+	cfg := mustParse(t, `
+hostname: relay.example.com
+listeners: [{name: relay, address: ":25", role: outbound, trusted_networks: [10.0.0.1]}]
+`, "/")
+	if got := cfg.Listeners[0].Auth; got != "off" {
+		t.Errorf("auth = %q, want off", got)
+	}
+	if got := cfg.Listeners[0].TrustedNetworks; !reflect.DeepEqual(got, []string{"10.0.0.1/32"}) {
+		t.Errorf("trusted_networks = %q, want the bare address as a /32", got)
+	}
+	if got := cfg.Listeners[0].TrustedPrefixes(); len(got) != 1 || got[0].String() != "10.0.0.1/32" {
+		t.Errorf("TrustedPrefixes = %v", got)
+	}
+}
+
+func TestExplicitZeroIdleTimeout(t *testing.T) {
+	cfg := mustParse(t, minimal+"outbound: {idle_connection_timeout: 0}\n", "/")
+	if cfg.Outbound.IdleConnectionTimeout == nil || *cfg.Outbound.IdleConnectionTimeout != 0 {
+		t.Errorf("idle_connection_timeout: 0 must stay 0 (no reuse), got %v", cfg.Outbound.IdleConnectionTimeout)
+	}
+}
+
+func TestNoResolver(t *testing.T) {
+	withMachine(t, "box.example.net", writeFile(t, "resolv.conf", "search example.net\n"))
+	cfg := mustParse(t, minimal, "/")
+	if cfg.DNS.Resolver != "" {
+		t.Errorf("resolver = %q, want empty (serve decides whether it needs one)", cfg.DNS.Resolver)
+	}
+}
+
+func TestHostnameFromSystem(t *testing.T) {
+	const cfg = "listeners: [{name: mx, address: \":25\", role: inbound}]\n"
+	withMachine(t, "buildbox", "/nonexistent")
+	got := parseErrors(t, cfg)
+	want := `test.yaml: hostname: not set, and the system hostname "buildbox" cannot be used: it has no dot; set hostname: to the fully qualified name this relay's IP address resolves to, e.g. mx1.example.com (other mail servers check it)`
+	if got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+
+	withMachine(t, "", "/nonexistent")
+	if got := parseErrors(t, cfg); !strings.HasPrefix(got, "test.yaml: hostname: not set, and the system hostname is unknown") {
+		t.Errorf("got %s", got)
+	}
+}
+
+func TestListenerLimitsInherit(t *testing.T) {
+	cfg := mustParse(t, `
+hostname: relay.example.com
+limits:
+  max_message_size: 20MiB
+  max_recipients: 50
+listeners:
+  - name: mx
+    address: ":25"
+    role: inbound
+    limits:
+      max_message_size: 100MB
+      command_timeout: 1m
+      bare_line_endings: normalize
+  - {name: mx2, address: ":26", role: inbound}
+`, "/")
+	g := cfg.Limits
+	if g.MaxMessageSize != 20<<20 || g.MaxRecipients != 50 || g.MaxErrors != 10 {
+		t.Errorf("global limits: %+v", g)
+	}
+	l0 := cfg.Listeners[0].Limits
+	want := g
+	want.MaxMessageSize = 100_000_000
+	want.CommandTimeout = Duration(time.Minute)
+	want.BareLineEndings = "normalize"
+	if l0 != want {
+		t.Errorf("listener limits:\n got %+v\nwant %+v", l0, want)
+	}
+	if cfg.Listeners[1].Limits != g {
+		t.Errorf("listener without limits: %+v, want %+v", cfg.Listeners[1].Limits, g)
+	}
+}
+
+func TestRelativePaths(t *testing.T) {
+	cfg := mustParse(t, minimal+`
+state_dir: spool/../state
+tls: {cert: tls/cert.pem, key: /etc/ssl/private/key.pem}
+domains:
+  a.example: {deliver_to: "maildir:mail/a"}
+  b.example: {deliver_to: "maildir:/var/mail/b"}
+  c.example: {deliver_to: "smtp://kopano.internal:25"}
+`, "/etc/securerelay")
+	checks := map[string]string{
+		cfg.StateDir:                       "/etc/securerelay/state",
+		cfg.TLS.Cert:                       "/etc/securerelay/tls/cert.pem",
+		cfg.TLS.Key:                        "/etc/ssl/private/key.pem",
+		cfg.Domains["a.example"].DeliverTo: "maildir:/etc/securerelay/mail/a",
+		cfg.Domains["b.example"].DeliverTo: "maildir:/var/mail/b",
+		cfg.Domains["c.example"].DeliverTo: "smtp://kopano.internal:25",
+	}
+	for got, want := range checks {
+		if got != want {
+			t.Errorf("got %q, want %q", got, want)
+		}
+	}
+}
+
+func TestLoadIsRelativeToTheFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "conf", "relay.yaml")
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(minimal), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(dir, "conf", "var"); cfg.StateDir != want {
+		t.Errorf("state_dir = %q, want %q", cfg.StateDir, want)
+	}
+	if cfg.Path != path {
+		t.Errorf("Path = %q, want %q", cfg.Path, path)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("err = %v, want a not-exist error", err)
+	}
+}
+
+func TestDomainNormalisation(t *testing.T) {
+	cfg := mustParse(t, minimal+`
+domains:
+  Example.COM.: {deliver_to: "smtp://kopano.internal:25"}
+`, "/")
+	if _, ok := cfg.Domains["example.com"]; !ok || len(cfg.Domains) != 1 {
+		t.Errorf("domains = %v, want the key example.com", cfg.Domains)
+	}
+}
+
+func TestAnchorsAndMerge(t *testing.T) {
+	cfg := mustParse(t, `
+hostname: relay.example.com
+listeners:
+  - &base {name: mx, address: ":25", role: inbound, limits: {max_recipients: 7}}
+  - <<: *base
+    name: mx2
+    address: ":2525"
+`, "/")
+	if l := cfg.Listeners[1]; l.Name != "mx2" || l.Role != "inbound" || l.Limits.MaxRecipients != 7 {
+		t.Errorf("merged listener: %+v", l)
+	}
+	// A mistake inside a merged mapping is reported where it is written.
+	got := parseErrors(t, `
+hostname: relay.example.com
+listeners:
+  - &base {name: mx, address: ":25", role: inbound, colour: blue}
+  - <<: *base
+    name: mx2
+`)
+	if !strings.HasPrefix(got, "test.yaml:4: listeners[0].colour: unknown key") {
+		t.Errorf("got:\n%s", got)
+	}
+}
+
+func TestSeveralMistakesOnOneLine(t *testing.T) {
+	got := parseErrors(t, `
+hostname: relay.example.com
+listeners: [{name: a, address: ":25", role: inbound, port: 1}, {name: b, address: ":26", role: inbound, port: 2}]
+queue: {retry: [1m, 1x, 2x], max_age: 1y}
+`)
+	want := `test.yaml:3: listeners[0].port: unknown key; valid keys here: name, address, role, trusted_networks, auth, allow_insecure_auth, require_tls, limits
+test.yaml:3: listeners[1].port: unknown key; valid keys here: name, address, role, trusted_networks, auth, allow_insecure_auth, require_tls, limits
+test.yaml:4: queue.retry[1]: invalid duration "1x": unknown unit "x"; use s, m, h or d (also ms), e.g. 30s, 5m, 1h30m, 5d
+test.yaml:4: queue.retry[2]: invalid duration "2x": unknown unit "x"; use s, m, h or d (also ms), e.g. 30s, 5m, 1h30m, 5d
+test.yaml:4: queue.max_age: invalid duration "1y": unknown unit "y"; use s, m, h or d (also ms), e.g. 30s, 5m, 1h30m, 5d`
+	if got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestDroppedListItemKeepsIndexes(t *testing.T) {
+	// yaml.v3 drops the undecodable retry[0]; the bad retry[2] must still
+	// be reported under its own index and line.
+	got := parseErrors(t, minimal+`
+queue:
+  retry:
+    - soon
+    - 5m
+    - -1h
+`)
+	want := `test.yaml:8: queue.retry[0]: invalid duration "soon": expected a number followed by a unit, e.g. 30s, 5m, 1h30m, 5d
+test.yaml:10: queue.retry[2]: must be a positive delay, e.g. 5m`
+	if got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestSecondDocument(t *testing.T) {
+	got := parseErrors(t, minimal+"---\nhostname: other.example.com\n")
+	if !strings.HasPrefix(got, "test.yaml:5: a second YAML document") {
+		t.Errorf("got %s", got)
+	}
+}
+
+func TestPathIsNotAKey(t *testing.T) {
+	got := parseErrors(t, minimal+"path: /etc/x.yaml\n")
+	if !strings.HasPrefix(got, "test.yaml:5: path: unknown key") {
+		t.Errorf("got %s", got)
+	}
+}
+
+func TestErrorFormat(t *testing.T) {
+	errs := Errors{
+		{File: "c.yaml", Line: 3, Key: "listeners[1].role", Msg: "bad"},
+		{File: "c.yaml", Line: 7, Msg: "YAML syntax error: x"},
+		{File: "c.yaml", Key: "listeners", Msg: "none"},
+	}
+	want := "c.yaml:3: listeners[1].role: bad\nc.yaml:7: YAML syntax error: x\nc.yaml: listeners: none"
+	if got := errs.Error(); got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

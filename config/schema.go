@@ -1,0 +1,168 @@
+// Package config defines securerelay's YAML configuration: the schema, its
+// defaults, and validation that reports every problem as FILE:LINE: key: what.
+//
+// The structs below are the schema. Every key is documented in
+// config.example.yaml at the repository root; keep the two in step.
+package config
+
+import "time"
+
+// Config is the whole configuration file.
+type Config struct {
+	// Hostname is our name in the SMTP greeting, EHLO, Received: headers
+	// and DSNs. Default: os.Hostname().
+	Hostname string `yaml:"hostname"`
+	// StateDir holds the spool, the self-signed certificate and caches.
+	// Relative paths are relative to the config file's directory.
+	StateDir string `yaml:"state_dir"`
+	// Postmaster receives nothing yet; it is named in DSNs. Default
+	// postmaster@<hostname>.
+	Postmaster string     `yaml:"postmaster"`
+	Log        Log        `yaml:"log"`
+	TLS        TLS        `yaml:"tls"`
+	DNS        DNS        `yaml:"dns"`
+	Limits     Limits     `yaml:"limits"`
+	Listeners  []Listener `yaml:"listeners"`
+	// Domains are the domains we are MX for, keyed by domain name
+	// (lower case, no trailing dot).
+	Domains  map[string]Domain `yaml:"domains"`
+	Outbound Outbound          `yaml:"outbound"`
+	Queue    Queue             `yaml:"queue"`
+
+	// Path is the file the config was read from (not a YAML key).
+	Path string `yaml:"-"`
+}
+
+// Log selects the log format.
+type Log struct {
+	Format string `yaml:"format"` // text (default) | json
+	Level  string `yaml:"level"`  // debug | info (default) | warn | error
+}
+
+// TLS names the certificate used by every listener for STARTTLS.
+// Both empty: a self-signed certificate is created in state_dir.
+type TLS struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// DNS is the resolver securerelay uses for everything (MX lookups, later
+// DNSBL, MTA-STS, DANE). It never reads /etc/resolv.conf when set.
+type DNS struct {
+	// Resolver is host:port of a recursive resolver. Default: the first
+	// nameserver in /etc/resolv.conf, port 53.
+	Resolver string   `yaml:"resolver"`
+	Timeout  Duration `yaml:"timeout"` // default 5s
+}
+
+// Limits apply to every listener unless the listener overrides them.
+type Limits struct {
+	MaxMessageSize Size     `yaml:"max_message_size"` // default 50MB; advertised as SIZE
+	MaxRecipients  int      `yaml:"max_recipients"`   // default 100 per message
+	MaxLineLength  int      `yaml:"max_line_length"`  // default 2000 bytes (RFC 5321 §4.5.3.1.6 doubled)
+	MaxErrors      int      `yaml:"max_errors"`       // default 10 refused commands, then 421 and close
+	CommandTimeout Duration `yaml:"command_timeout"`  // default 5m: idle time allowed between commands
+	DataTimeout    Duration `yaml:"data_timeout"`     // default 10m: a whole DATA transfer
+	MaxConnections int      `yaml:"max_connections"`  // default 500 concurrent sessions per listener
+	// BareLineEndings: what to do with a bare CR or bare LF in message data:
+	// reject (default; 550 5.6.11 refused in the dialog) or normalize (to CRLF).
+	BareLineEndings string `yaml:"bare_line_endings"`
+}
+
+// Listener is one SMTP listening socket with a role.
+type Listener struct {
+	Name    string `yaml:"name"`
+	Address string `yaml:"address"` // host:port
+	// Role: inbound (MX for our domains) or outbound (smarthost/submission).
+	Role string `yaml:"role"`
+	// TrustedNetworks (outbound only): clients in these CIDRs may relay
+	// without AUTH.
+	TrustedNetworks []string `yaml:"trusted_networks"`
+	// Auth (outbound only): required (default when no trusted_networks),
+	// optional, or off.
+	Auth string `yaml:"auth"`
+	// AllowInsecureAuth permits AUTH before STARTTLS. Default false.
+	AllowInsecureAuth bool `yaml:"allow_insecure_auth"`
+	// RequireTLS refuses MAIL before STARTTLS. Default false.
+	RequireTLS bool `yaml:"require_tls"`
+	// Limits overrides the global limits for this listener; zero values
+	// inherit.
+	Limits Limits `yaml:"limits"`
+}
+
+// Domain is one of our domains.
+type Domain struct {
+	// DeliverTo is where mail for this domain goes:
+	// smtp://host:port, lmtp://host:port or maildir:PATH.
+	DeliverTo string `yaml:"deliver_to"`
+}
+
+// Outbound configures the submission side and the delivery engine.
+type Outbound struct {
+	// Users may authenticate on outbound listeners (SMTP AUTH PLAIN/LOGIN).
+	Users []User `yaml:"users"`
+	// Routes send recipient domains to a fixed next hop, in order; the
+	// first match wins; no match: MX lookup.
+	Routes []Route `yaml:"routes"`
+	// Helo is the name sent in EHLO. Default: hostname.
+	Helo string `yaml:"helo"`
+	// MaxConnectionsPerDestination limits parallel sessions to one next
+	// hop (MX host set or route target). Default 20.
+	MaxConnectionsPerDestination int `yaml:"max_connections_per_destination"`
+	// ConnectTimeout for outgoing TCP connects. Default 30s.
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	// CommandTimeout for each outgoing SMTP command. Default 5m.
+	CommandTimeout Duration `yaml:"command_timeout"`
+	// IdleConnectionTimeout: how long an idle outgoing connection is kept
+	// for reuse. Default 5s; 0 disables reuse.
+	IdleConnectionTimeout *Duration `yaml:"idle_connection_timeout"`
+	// StartTLS for MX and route delivery: opportunistic (default) or off.
+	// Mandatory levels come with the TLS policy.
+	StartTLS string `yaml:"starttls"`
+}
+
+// User is one SMTP AUTH account.
+type User struct {
+	Name         string `yaml:"name"`
+	PasswordHash string `yaml:"password_hash"` // bcrypt ($2a$/$2b$/$2y$)
+}
+
+// Route is one transport_maps-like entry.
+type Route struct {
+	// Match: "example.org" (that domain), ".example.org" (its
+	// subdomains) or "*" (everything).
+	Match string `yaml:"match"`
+	// NextHop: smtp://host:port or lmtp://host:port.
+	NextHop string `yaml:"next_hop"`
+	// Auth for an ISP smarthost; sent only over TLS unless
+	// allow_insecure_auth.
+	Auth *RouteAuth `yaml:"auth"`
+}
+
+// RouteAuth are credentials presented to a next hop.
+type RouteAuth struct {
+	Username          string `yaml:"username"`
+	Password          string `yaml:"password"`
+	AllowInsecureAuth bool   `yaml:"allow_insecure_auth"`
+}
+
+// Queue configures the spool and the retry schedule.
+type Queue struct {
+	// Retry lists the delays between attempts; the last repeats.
+	// Default [1m, 5m, 15m, 1h, 4h].
+	Retry []Duration `yaml:"retry"`
+	// MaxAge: after this a message still undelivered fails permanently
+	// (DSN for outbound mail). Default 5d.
+	MaxAge Duration `yaml:"max_age"`
+	// Workers: deliveries in parallel. Default 100.
+	Workers int `yaml:"workers"`
+}
+
+// Duration is a time.Duration that also accepts a "d" (day) unit: "5d", "1h30m".
+type Duration time.Duration
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Size is a byte count that accepts units: 4096, "4KiB", "50MB", "1G".
+type Size int64

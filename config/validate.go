@@ -1,0 +1,524 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// validate checks what decoding cannot: values that parse but make no
+// sense, and combinations that cannot work. It runs after defaults, so a
+// zero or negative number here was written in the file.
+func (l *loader) validate(c *Config) {
+	l.checkHostname(c)
+	if l.idx.has("postmaster") {
+		if err := checkAddress(c.Postmaster); err != nil {
+			l.errorf("postmaster", "%v; write a full address, e.g. postmaster@example.com", err)
+		}
+	}
+	l.oneOf("log.format", c.Log.Format, "text", "json")
+	l.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+
+	switch {
+	case c.TLS.Cert != "" && c.TLS.Key == "":
+		l.errorf("tls.key", "missing: tls.cert is set, so tls.key must name its private key file (or remove both to use a generated self-signed certificate)")
+	case c.TLS.Cert == "" && c.TLS.Key != "":
+		l.errorf("tls.cert", "missing: tls.key is set, so tls.cert must name the certificate file (or remove both to use a generated self-signed certificate)")
+	}
+
+	if c.DNS.Resolver != "" {
+		hp, err := checkHostPort(c.DNS.Resolver, true, 1)
+		if err == nil {
+			host, _, _ := net.SplitHostPort(hp)
+			if _, perr := netip.ParseAddr(host); perr != nil {
+				err = fmt.Errorf("%q: the resolver must be an IP address (a name would need a resolver to look it up), e.g. 127.0.0.1:53", c.DNS.Resolver)
+			}
+		}
+		if err != nil {
+			l.errorf("dns.resolver", "%v", err)
+		}
+	}
+	l.positiveDuration("dns.timeout", c.DNS.Timeout, "the default, "+DefaultDNSTimeout.String())
+
+	l.checkLimits("limits", c.Limits, nil)
+	l.checkListeners(c)
+	l.checkDomains(c)
+	l.checkOutbound(c)
+
+	for i, d := range c.Queue.Retry {
+		if d <= 0 {
+			l.errorf(fmt.Sprintf("queue.retry[%d]", i), "must be a positive delay, e.g. 5m")
+		}
+	}
+	l.positiveDuration("queue.max_age", c.Queue.MaxAge, "the default, "+DefaultQueueMaxAge.String())
+	l.positiveInt("queue.workers", c.Queue.Workers, "the default, "+strconv.Itoa(DefaultQueueWorkers))
+}
+
+func (l *loader) checkHostname(c *Config) {
+	const hint = "set hostname: to the fully qualified name this relay's IP address resolves to, e.g. mx1.example.com (other mail servers check it)"
+	switch err := checkDomainName(c.Hostname, true); {
+	case c.Hostname == "":
+		l.errorf("hostname", "not set, and the system hostname is unknown; %s", hint)
+	case err == nil:
+	case l.hostnameFromOS:
+		l.errorf("hostname", "not set, and the system hostname %q cannot be used: %v; %s", c.Hostname, err, hint)
+	default:
+		l.errorf("hostname", "%q is not a fully qualified host name: %v; %s", c.Hostname, err, hint)
+	}
+	if l.idx.has("outbound.helo") {
+		if err := checkDomainName(c.Outbound.Helo, true); err != nil {
+			l.errorf("outbound.helo", "%q is not a fully qualified host name: %v; remove it to use hostname, or write the name this relay's IP address resolves to", c.Outbound.Helo, err)
+		}
+	}
+}
+
+// checkLimits checks one set of limits. For a listener, global is the
+// (already checked) global set: a field equal to it was inherited, and its
+// problem has been reported once already.
+func (l *loader) checkLimits(prefix string, lim Limits, global *Limits) {
+	def := func(field string, v any) string {
+		if global != nil {
+			return "the global limits." + field
+		}
+		return fmt.Sprintf("the default, %v", v)
+	}
+	own := func(a, b any) bool { return global == nil || a != b }
+	var g Limits
+	if global != nil {
+		g = *global
+	}
+	if own(lim.MaxMessageSize, g.MaxMessageSize) && lim.MaxMessageSize <= 0 {
+		l.errorf(prefix+".max_message_size", "must be positive, e.g. 50MB (0 or leaving it out means %s)", def("max_message_size", defaultLimits.MaxMessageSize))
+	}
+	for _, f := range []struct {
+		name   string
+		v, gv  int
+		defVal int
+	}{
+		{"max_recipients", lim.MaxRecipients, g.MaxRecipients, defaultLimits.MaxRecipients},
+		{"max_line_length", lim.MaxLineLength, g.MaxLineLength, defaultLimits.MaxLineLength},
+		{"max_errors", lim.MaxErrors, g.MaxErrors, defaultLimits.MaxErrors},
+		{"max_connections", lim.MaxConnections, g.MaxConnections, defaultLimits.MaxConnections},
+	} {
+		if own(f.v, f.gv) {
+			l.positiveInt(prefix+"."+f.name, f.v, def(f.name, f.defVal))
+		}
+	}
+	if own(lim.MaxLineLength, g.MaxLineLength) && lim.MaxLineLength > 0 && lim.MaxLineLength < 1000 {
+		l.errorf(prefix+".max_line_length", "%d is below the 1000 bytes RFC 5321 requires every server to accept; legitimate mail would be refused", lim.MaxLineLength)
+	}
+	if own(lim.CommandTimeout, g.CommandTimeout) {
+		l.positiveDuration(prefix+".command_timeout", lim.CommandTimeout, def("command_timeout", defaultLimits.CommandTimeout))
+	}
+	if own(lim.DataTimeout, g.DataTimeout) {
+		l.positiveDuration(prefix+".data_timeout", lim.DataTimeout, def("data_timeout", defaultLimits.DataTimeout))
+	}
+	if own(lim.BareLineEndings, g.BareLineEndings) {
+		l.oneOf(prefix+".bare_line_endings", lim.BareLineEndings, "reject", "normalize")
+	}
+}
+
+func (l *loader) checkListeners(c *Config) {
+	if len(c.Listeners) == 0 {
+		l.errorf("listeners", `no listeners; add at least one, e.g. {name: mx, address: ":25", role: inbound}`)
+		return
+	}
+	names := map[string]int{}
+	addrs := map[string]int{}
+	for i := range c.Listeners {
+		ln := &c.Listeners[i]
+		p := fmt.Sprintf("listeners[%d]", i)
+
+		switch j, dup := names[ln.Name]; {
+		case ln.Name == "":
+			l.errorf(p+".name", "missing; every listener needs a name (it appears in logs and Received: headers)")
+		case dup:
+			l.errorf(p+".name", "%q is already the name of %s; names must be unique", ln.Name, l.ref(fmt.Sprintf("listeners[%d]", j)))
+		default:
+			names[ln.Name] = i
+		}
+
+		if ln.Address == "" {
+			l.errorf(p+".address", `missing; write host:port, e.g. ":25" (all addresses) or "127.0.0.1:2525"`)
+		} else if hp, err := checkHostPort(ln.Address, false, 0); err != nil {
+			l.errorf(p+".address", "%v", err)
+		} else if j, dup := addrs[hp]; dup && !strings.HasSuffix(hp, ":0") {
+			l.errorf(p+".address", "%q is already used by %s; two listeners cannot share a socket", ln.Address, l.ref(fmt.Sprintf("listeners[%d]", j)))
+		} else {
+			addrs[hp] = i
+		}
+
+		const roles = "inbound (MX: accepts mail for your domains from anyone) or outbound (submission/smarthost: relays for your own systems)"
+		switch ln.Role {
+		case "inbound":
+			if len(ln.TrustedNetworks) > 0 {
+				l.errorf(p+".trusted_networks", "only outbound listeners have trusted networks; an inbound (MX) listener relays for no one, so put relaying clients on an outbound listener")
+			}
+			if ln.Auth != "off" {
+				l.errorf(p+".auth", "%q: inbound (MX) listeners do not offer AUTH; remove it, or set role: outbound for a submission listener", ln.Auth)
+			}
+			if ln.AllowInsecureAuth {
+				l.errorf(p+".allow_insecure_auth", "inbound (MX) listeners do not offer AUTH; remove it")
+			}
+		case "outbound":
+			l.checkOutboundListener(c, i)
+		case "":
+			l.errorf(p+".role", "missing; set %s", roles)
+		default:
+			l.errorf(p+".role", "%q is not a role; use %s", ln.Role, roles)
+		}
+
+		l.checkLimits(p+".limits", ln.Limits, &c.Limits)
+	}
+}
+
+func (l *loader) checkOutboundListener(c *Config, i int) {
+	ln := &c.Listeners[i]
+	p := fmt.Sprintf("listeners[%d]", i)
+	for j, s := range ln.TrustedNetworks {
+		pfx, err := parseNetwork(s)
+		if err != nil {
+			l.errorf(fmt.Sprintf("%s.trusted_networks[%d]", p, j), "%q is not a network; write a CIDR such as 10.0.0.0/24 or fd00::/64, or a single address such as 192.0.2.10", s)
+			continue
+		}
+		// Canonical form, so that callers can use netip.ParsePrefix.
+		ln.TrustedNetworks[j] = pfx.String()
+	}
+	if l.failed(p + ".trusted_networks") {
+		// Unreadable, hence empty: the checks below would blame auth for it.
+		return
+	}
+	authKey := p
+	if l.idx.has(l.filePath(p + ".auth")) {
+		authKey = p + ".auth"
+	}
+	switch ln.Auth {
+	case "off":
+		if len(ln.TrustedNetworks) == 0 {
+			l.errorf(authKey, "auth is off and there are no trusted_networks, so no client could send through this listener; add trusted_networks or set auth: required")
+		}
+	case "required", "optional":
+		if len(c.Outbound.Users) == 0 {
+			if authKey == p {
+				l.errorf(p, "this outbound listener has no trusted_networks and outbound.users is empty, so no client could send through it; add trusted_networks (clients that may relay by IP) or a user under outbound.users")
+			} else {
+				l.errorf(authKey, "auth is %s but outbound.users is empty, so nobody can log in; add a user under outbound.users, or set auth: off and use trusted_networks", ln.Auth)
+			}
+		}
+	default:
+		l.errorf(p+".auth", "%q is not an auth mode; use required (AUTH needed to relay), optional (AUTH or a trusted network) or off (trusted networks only)", ln.Auth)
+	}
+}
+
+func (l *loader) checkDomains(c *Config) {
+	names := make([]string, 0, len(c.Domains))
+	for name := range c.Domains {
+		names = append(names, name)
+	}
+	sort.Slice(names, func(i, j int) bool {
+		return l.idx.line(l.domainPath(names[i])) < l.idx.line(l.domainPath(names[j]))
+	})
+	for _, name := range names {
+		key := l.domainPath(name) + ".deliver_to"
+		d := c.Domains[name]
+		if d.DeliverTo == "" {
+			l.errorf(key, "missing; say where mail for %s goes: smtp://host:port, lmtp://host:port or maildir:PATH", name)
+		} else if _, _, err := ParseDeliverTo(d.DeliverTo); err != nil {
+			l.errorf(key, "%v", err)
+		}
+	}
+}
+
+func (l *loader) checkOutbound(c *Config) {
+	o := &c.Outbound
+	names := map[string]int{}
+	for i, u := range o.Users {
+		p := fmt.Sprintf("outbound.users[%d]", i)
+		switch j, dup := names[u.Name]; {
+		case u.Name == "":
+			l.errorf(p+".name", "missing; every user needs the name it logs in with")
+		case dup:
+			l.errorf(p+".name", "%q is already defined at %s; user names must be unique", u.Name, l.ref(fmt.Sprintf("outbound.users[%d]", j)))
+		default:
+			names[u.Name] = i
+		}
+		const howto = `create one with: htpasswd -bnBC 10 "" 'PASSWORD' | tr -d ':\n'`
+		if u.PasswordHash == "" {
+			l.errorf(p+".password_hash", "missing; %s", howto)
+		} else if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
+			l.errorf(p+".password_hash", "not a bcrypt hash (it must look like $2y$10$ followed by 53 characters; plain passwords are not accepted); %s", howto)
+		}
+	}
+
+	seen := map[string]int{}
+	catchAll := -1
+	for i := range o.Routes {
+		r := &o.Routes[i]
+		p := fmt.Sprintf("outbound.routes[%d]", i)
+		if r.Match != "*" {
+			r.Match = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(r.Match)), ".")
+		}
+		switch j, dup := seen[r.Match]; {
+		case r.Match == "":
+			l.errorf(p+".match", `missing; write a domain (example.org), its subdomains (.example.org) or "*" for everything`)
+		case checkRouteMatch(r.Match) != nil:
+			l.errorf(p+".match", "%q %v; write a domain (example.org), its subdomains (.example.org) or \"*\" for everything", r.Match, checkRouteMatch(r.Match))
+		case dup:
+			l.errorf(p+".match", "%q is already matched by %s; the first match wins, so this route is never used", r.Match, l.ref(fmt.Sprintf("outbound.routes[%d]", j)))
+		case catchAll >= 0:
+			l.errorf(p+".match", `never used: %s matches "*" before it and the first match wins; move "*" last`, l.ref(fmt.Sprintf("outbound.routes[%d]", catchAll)))
+		default:
+			seen[r.Match] = i
+			if r.Match == "*" {
+				catchAll = i
+			}
+		}
+		if r.NextHop == "" {
+			l.errorf(p+".next_hop", "missing; write smtp://host:port or lmtp://host:port")
+		} else if _, _, err := ParseNextHop(r.NextHop); err != nil {
+			l.errorf(p+".next_hop", "%v", err)
+		}
+		if r.Auth != nil {
+			if r.Auth.Username == "" {
+				l.errorf(p+".auth.username", "missing; the next hop needs a user name and a password (remove auth: if it needs none)")
+			}
+			if r.Auth.Password == "" {
+				l.errorf(p+".auth.password", "missing; the next hop needs a user name and a password (remove auth: if it needs none)")
+			}
+		}
+	}
+
+	l.positiveInt("outbound.max_connections_per_destination", o.MaxConnectionsPerDestination, "the default, "+strconv.Itoa(DefaultMaxConnectionsPerDestination))
+	l.positiveDuration("outbound.connect_timeout", o.ConnectTimeout, "the default, "+DefaultConnectTimeout.String())
+	l.positiveDuration("outbound.command_timeout", o.CommandTimeout, "the default, "+DefaultOutboundCommandTimeout.String())
+	if o.IdleConnectionTimeout != nil && *o.IdleConnectionTimeout < 0 {
+		l.errorf("outbound.idle_connection_timeout", "must not be negative; 0 disables connection reuse")
+	}
+	l.oneOf("outbound.starttls", o.StartTLS, "opportunistic", "off")
+}
+
+func (l *loader) oneOf(key, v string, allowed ...string) {
+	for _, a := range allowed {
+		if v == a {
+			return
+		}
+	}
+	l.errorf(key, "%q is not allowed; use %s", v, strings.Join(allowed, " or "))
+}
+
+func (l *loader) positiveInt(key string, v int, unset string) {
+	if v <= 0 {
+		l.errorf(key, "must be positive (0 or leaving it out means %s)", unset)
+	}
+}
+
+func (l *loader) positiveDuration(key string, v Duration, unset string) {
+	if v <= 0 {
+		l.errorf(key, "must be positive, e.g. 30s or 5m (0 or leaving it out means %s)", unset)
+	}
+}
+
+// ParseNextHop parses a route's next_hop: smtp://host:port or
+// lmtp://host:port. The port is required: a smarthost on 25 and one on 587
+// behave differently, and guessing wrong fails only at delivery time.
+// scheme is "smtp" or "lmtp"; hostport is suitable for net.Dial (IPv6
+// literals in brackets).
+func ParseNextHop(s string) (scheme, hostport string, err error) {
+	return parseHop(s, false)
+}
+
+// ParseDeliverTo parses a domain's deliver_to: smtp://host:port,
+// lmtp://host:port or maildir:PATH. scheme is "smtp", "lmtp" or "maildir";
+// target is host:port or the maildir path (absolute after Load).
+func ParseDeliverTo(s string) (scheme, target string, err error) {
+	return parseHop(s, true)
+}
+
+func parseHop(s string, maildir bool) (scheme, target string, err error) {
+	forms := "smtp://host:port or lmtp://host:port"
+	if maildir {
+		forms = "smtp://host:port, lmtp://host:port or maildir:PATH"
+	}
+	if maildir && len(s) >= 8 && strings.EqualFold(s[:8], "maildir:") {
+		if s[8:] == "" {
+			return "", "", fmt.Errorf("%q has no path; write e.g. maildir:/var/mail/example.com", s)
+		}
+		return "maildir", s[8:], nil
+	}
+	sch, rest, ok := strings.Cut(s, "://")
+	if !ok {
+		switch {
+		case maildir && strings.HasPrefix(s, "/"):
+			return "", "", fmt.Errorf("%q has no scheme; write maildir:%s, or use %s", s, s, forms)
+		case strings.Contains(s, ":"):
+			return "", "", fmt.Errorf("%q has no scheme; write smtp://%s (or lmtp://%s for LMTP)", s, s, s)
+		}
+		return "", "", fmt.Errorf("%q is not %s", s, forms)
+	}
+	sch = strings.ToLower(sch)
+	if sch != "smtp" && sch != "lmtp" {
+		return "", "", fmt.Errorf("%q: unknown scheme %q; use %s", s, sch, forms)
+	}
+	rest = strings.TrimSuffix(rest, "/")
+	if strings.Contains(rest, "@") {
+		return "", "", fmt.Errorf("%q: a user name cannot go into the address; put credentials under auth: (username, password)", s)
+	}
+	if strings.ContainsAny(rest, "/?#") {
+		return "", "", fmt.Errorf("%q: only %s://host:port is allowed, without a path or options", s, sch)
+	}
+	if _, _, err := net.SplitHostPort(rest); err != nil && !strings.Contains(rest, ":") {
+		port := "25"
+		if sch == "lmtp" {
+			port = "24"
+		}
+		return "", "", fmt.Errorf("%q has no port; write e.g. %s://%s:%s", s, sch, rest, port)
+	}
+	hp, err := checkHostPort(rest, true, 1)
+	if err != nil {
+		return "", "", fmt.Errorf("%q: %v", s, err)
+	}
+	return sch, hp, nil
+}
+
+// checkHostPort validates host:port and returns it in canonical form.
+// Listeners may leave the host empty (all addresses) and use port 0 (any
+// free port, for tests); destinations need both.
+func checkHostPort(s string, needHost bool, minPort int) (string, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		switch {
+		case strings.Count(s, ":") > 1 && !strings.Contains(s, "["):
+			return "", fmt.Errorf("%q: an IPv6 address needs brackets, e.g. [::1]:25", s)
+		case !strings.Contains(s, ":"):
+			if _, err := strconv.Atoi(s); err == nil {
+				if needHost {
+					return "", fmt.Errorf("%q is only a port; write host:%s", s, s)
+				}
+				return "", fmt.Errorf("%q is only a port; write \":%s\" (all addresses) or \"127.0.0.1:%s\"", s, s, s)
+			}
+			return "", fmt.Errorf("%q has no port; write host:port, e.g. %s:25", s, s)
+		}
+		return "", fmt.Errorf("%q is not host:port, e.g. 127.0.0.1:25, [::1]:25 or :25", s)
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || int(n) < minPort {
+		return "", fmt.Errorf("%q: the port must be a number from %d to 65535 (names such as \"smtp\" are not looked up)", s, minPort)
+	}
+	switch {
+	case host == "" && needHost:
+		return "", fmt.Errorf("%q has no host; write host:port", s)
+	case host == "":
+	default:
+		if _, err := netip.ParseAddr(host); err != nil {
+			if err := checkDomainName(host, false); err != nil {
+				return "", fmt.Errorf("%q: %q is neither an IP address nor a host name: %v", s, host, err)
+			}
+		}
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// checkDomainName checks DNS host name syntax (letters, digits, hyphens).
+// fqdn additionally wants a dot and a non-numeric top label, which is what
+// receiving servers expect from an EHLO name.
+func checkDomainName(s string, fqdn bool) error {
+	if s == "" {
+		return errors.New("it is empty")
+	}
+	if _, err := netip.ParseAddr(s); err == nil {
+		return errors.New("it is an IP address, not a name")
+	}
+	if len(s) > 253 {
+		return errors.New("it is longer than 253 characters")
+	}
+	labels := strings.Split(s, ".")
+	for _, label := range labels {
+		if label == "" {
+			return errors.New("it has an empty label (two dots in a row, or a leading or trailing dot)")
+		}
+		if len(label) > 63 {
+			return fmt.Errorf("the label %q is longer than 63 characters", label)
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				if r > 127 {
+					return fmt.Errorf("it contains %q; write international names in their xn-- (punycode) form", r)
+				}
+				return fmt.Errorf("it contains %q; only letters, digits, \"-\" and \".\" are allowed", r)
+			}
+		}
+		if label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("the label %q starts or ends with \"-\"", label)
+		}
+	}
+	if fqdn {
+		if len(labels) < 2 {
+			return errors.New("it has no dot")
+		}
+		if _, err := strconv.Atoi(labels[len(labels)-1]); err == nil {
+			return errors.New("its last label is numeric")
+		}
+	}
+	return nil
+}
+
+func checkRouteMatch(m string) error {
+	if m == "*" {
+		return nil
+	}
+	return checkDomainName(strings.TrimPrefix(m, "."), false)
+}
+
+// checkAddress is a deliberately loose mail address check: it catches the
+// usual mistakes (a bare name, a missing domain) without rejecting valid
+// but unusual local parts.
+func checkAddress(a string) error {
+	local, domain, ok := strings.Cut(a, "@")
+	switch {
+	case !ok || local == "" || domain == "":
+		return fmt.Errorf("%q is not a mail address", a)
+	case strings.ContainsAny(a, " <>\t"):
+		return fmt.Errorf("%q must be a bare address, without spaces or angle brackets", a)
+	}
+	if err := checkDomainName(domain, false); err != nil {
+		return fmt.Errorf("%q has an invalid domain: %v", a, err)
+	}
+	return nil
+}
+
+// parseNetwork accepts a CIDR or a single address, the two forms Postfix's
+// mynetworks accepts, and returns the masked prefix.
+func parseNetwork(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	a = a.WithZone("")
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// TrustedPrefixes returns TrustedNetworks parsed; Load has already
+// validated them (and turned bare addresses into /32 or /128 prefixes), so
+// it never fails on a loaded configuration.
+func (ln *Listener) TrustedPrefixes() []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(ln.TrustedNetworks))
+	for _, s := range ln.TrustedNetworks {
+		if p, err := parseNetwork(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
