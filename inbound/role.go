@@ -55,7 +55,7 @@ func (r *Role) Mail(_ *smtpd.State, from string, _ *smtp.MailOptions) (string, e
 	}
 	a, err := smtputil.ParseAddress(from)
 	if err != nil {
-		return "", smtputil.BadSenderSyntax(err.Error())
+		return "", smtputil.AddressReply(err, true)
 	}
 	return a.String(), nil
 }
@@ -65,7 +65,7 @@ func (r *Role) Mail(_ *smtpd.State, from string, _ *smtp.MailOptions) (string, e
 func (r *Role) Rcpt(_ *smtpd.State, to string, _ *smtp.RcptOptions) (string, error) {
 	a, err := smtputil.ParseAddress(to)
 	if err != nil {
-		return "", smtputil.BadAddressSyntax(err.Error())
+		return "", smtputil.AddressReply(err, false)
 	}
 	if a.IsIPLiteral() || !(*r.domains.Load())[a.Domain] {
 		return "", smtputil.RelayDenied(a.Domain)

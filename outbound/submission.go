@@ -114,7 +114,7 @@ func (s *Submission) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (st
 	}
 	a, err := smtputil.ParseAddress(from)
 	if err != nil {
-		return "", smtputil.BadSenderSyntax(err.Error())
+		return "", smtputil.AddressReply(err, true)
 	}
 	return a.String(), nil
 }
@@ -123,7 +123,7 @@ func (s *Submission) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (st
 func (s *Submission) Rcpt(_ *smtpd.State, to string, _ *smtp.RcptOptions) (string, error) {
 	a, err := smtputil.ParseAddress(to)
 	if err != nil {
-		return "", smtputil.BadAddressSyntax(err.Error())
+		return "", smtputil.AddressReply(err, false)
 	}
 	return a.String(), nil
 }

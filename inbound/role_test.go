@@ -1,0 +1,127 @@
+package inbound_test
+
+import (
+	"testing"
+
+	"github.com/emersion/go-smtp"
+
+	"securerelay/inbound"
+	"securerelay/queue"
+	"securerelay/smtpd"
+)
+
+// bare asserts that err is exactly a *smtp.SMTPError (go-smtp uses a type
+// assertion, so a wrapped one would turn into a 451/554 with internal text)
+// with the given codes.
+func bare(t *testing.T, what string, err error, code int, enh smtp.EnhancedCode) {
+	t.Helper()
+	se, ok := err.(*smtp.SMTPError)
+	if !ok {
+		t.Errorf("%s: error %T %v, want a bare *smtp.SMTPError", what, err, err)
+		return
+	}
+	if se.Code != code || se.EnhancedCode != enh {
+		t.Errorf("%s: %d %v %q, want %d %v", what, se.Code, se.EnhancedCode, se.Message, code, enh)
+	}
+}
+
+func TestRoleBasics(t *testing.T) {
+	r := inbound.New([]string{"ours.test"})
+	if r.Origin() != queue.OriginInbound {
+		t.Errorf("Origin = %q", r.Origin())
+	}
+	if r.AuthEnabled() {
+		t.Error("AUTH enabled on the MX role")
+	}
+	if err := r.Authenticate(&smtpd.State{}, "u", "p"); err == nil {
+		t.Error("Authenticate succeeded on the MX role")
+	}
+	if err := r.Connect(&smtpd.State{}); err != nil {
+		t.Errorf("Connect: %v", err)
+	}
+	if err := r.Data(&smtpd.State{}, &smtpd.Message{}); err != nil {
+		t.Errorf("Data: %v", err)
+	}
+}
+
+func TestMail(t *testing.T) {
+	r := inbound.New([]string{"ours.test"})
+	st := &smtpd.State{}
+	for in, want := range map[string]string{
+		"":                       "",
+		"sender@example.org":     "sender@example.org",
+		"Sender@EXAMPLE.org.":    "Sender@example.org",
+		"a b@example.org":        `"a b"@example.org`,
+		"sender@[192.0.2.1]":     "sender@[192.0.2.1]",
+		"user%x@example.org":     "user%x@example.org", // only recipients are checked for routing tricks
+		"first.last@example.org": "first.last@example.org",
+	} {
+		got, err := r.Mail(st, in, &smtp.MailOptions{})
+		if err != nil || got != want {
+			t.Errorf("Mail(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"user@localhost", "no-at-sign", "user@exa mple.org", "user@-bad.example"} {
+		_, err := r.Mail(st, in, &smtp.MailOptions{})
+		bare(t, "Mail("+in+")", err, 501, smtp.EnhancedCode{5, 1, 7})
+	}
+}
+
+func TestRcpt(t *testing.T) {
+	r := inbound.New([]string{"ours.test", "second.test"})
+	st := &smtpd.State{}
+	accept := map[string]string{
+		"user@ours.test":       "user@ours.test",
+		"user@ours.test.":      "user@ours.test",
+		"USER@OURS.TEST":       "USER@ours.test",
+		"user@Second.Test":     "user@second.test",
+		"first.last@ours.test": "first.last@ours.test",
+		"user+tag@ours.test":   "user+tag@ours.test",
+	}
+	for in, want := range accept {
+		got, err := r.Rcpt(st, in, &smtp.RcptOptions{})
+		if err != nil || got != want {
+			t.Errorf("Rcpt(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	// What go-smtp hands over: quotes and source routes already removed.
+	relay := []string{
+		"user@other.test",
+		"user@sub.ours.test",
+		"user@ours.test.other.test",
+		"user@[127.0.0.1]",
+		"user@[ipv6:::1]",
+		"user%other.test@ours.test",
+		"other.test!user@ours.test",
+		"user@other.test@ours.test", // "user@other.test"@ours.test
+		"@hop:user@ours.test",
+		"a,b@ours.test",
+	}
+	for _, in := range relay {
+		_, err := r.Rcpt(st, in, &smtp.RcptOptions{})
+		bare(t, "Rcpt("+in+")", err, 550, smtp.EnhancedCode{5, 7, 1})
+	}
+	for _, in := range []string{"no-at-sign", "user@", "@ours.test", "user@ours..test"} {
+		_, err := r.Rcpt(st, in, &smtp.RcptOptions{})
+		bare(t, "Rcpt("+in+")", err, 501, smtp.EnhancedCode{5, 1, 3})
+	}
+}
+
+func TestSetDomains(t *testing.T) {
+	r := inbound.New([]string{"old.test"})
+	st := &smtpd.State{}
+	if _, err := r.Rcpt(st, "user@old.test", &smtp.RcptOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r.SetDomains([]string{"new.test"})
+	if _, err := r.Rcpt(st, "user@old.test", &smtp.RcptOptions{}); err == nil {
+		t.Error("old domain still accepted after SetDomains")
+	}
+	if _, err := r.Rcpt(st, "user@new.test", &smtp.RcptOptions{}); err != nil {
+		t.Errorf("new domain refused after SetDomains: %v", err)
+	}
+	r.SetDomains(nil)
+	if _, err := r.Rcpt(st, "user@new.test", &smtp.RcptOptions{}); err == nil {
+		t.Error("accepted with no domains configured")
+	}
+}

@@ -1,0 +1,176 @@
+package smtputil
+
+import (
+	"bytes"
+	"errors"
+	"io"
+)
+
+// ErrBareLineEnding is returned by a strict NewLineEndingReader when the
+// message contains a CR not followed by LF or an LF not preceded by CR.
+var ErrBareLineEnding = errors.New("message contains a bare CR or LF")
+
+// NewLineEndingReader guards against SMTP smuggling (CVE-2023-51764/5/6).
+//
+// RFC 5321 §2.3.8 allows CR and LF only as the CRLF pair. go-smtp ends DATA
+// only on CRLF.CRLF, but it passes bare CR and LF through, and a
+// downstream MTA that treats "LF.LF" or "LF.CRLF" as end-of-data would
+// split the message there when we relay it and read the rest as new SMTP
+// commands: a second, forged message that inherits our authentication
+// and reputation. Every line ending therefore has to be CRLF before the
+// message is stored.
+//
+// r is the DATA stream from go-smtp (dot-unstuffed, end marker removed).
+// With normalize false the reader returns ErrBareLineEnding at the first
+// bare CR or LF (the data before it is returned first); with normalize
+// true it rewrites each bare CR and each bare LF to CRLF (Postfix'
+// smtpd_forbid_bare_newline = normalize does this for LF). A last line
+// without any
+// line ending is left alone (BDAT content need not end in CRLF); a CR as
+// the very last byte is a bare CR.
+//
+// Two go-smtp v0.25 data-reader quirks (seen on a live go-smtp server):
+// a CR right after a leading dot is dropped (".\rX" arrives as "X"), so
+// this reader never sees it; and after "CR CR LF" the state machine loses
+// the line start, so "\r\r\n.\r\n" does not end DATA and the "." line
+// (not unstuffed) plus whatever follows becomes message content. The
+// strict mode refuses such a message (bare CR); in normalize mode it is
+// stored as "\r\n\r\n.\r\n..." and is only safe because the delivery
+// side dot-stuffs (textproto.DotWriter in go-smtp's client): never write
+// stored messages to an SMTP or LMTP stream without dot-stuffing.
+func NewLineEndingReader(r io.Reader, normalize bool) io.Reader {
+	if normalize {
+		return &normalizingReader{r: r}
+	}
+	return &strictReader{r: r}
+}
+
+// strictReader checks in place: the caller's buffer is filled directly and
+// scanned with IndexAny, so the clean path costs one pass and no copy.
+type strictReader struct {
+	r         io.Reader
+	pendingCR bool // the last byte returned was CR; the next must be LF
+	err       error
+}
+
+func (s *strictReader) Read(p []byte) (int, error) {
+	if s.err != nil {
+		return 0, s.err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, err := s.r.Read(p)
+	b := p[:n]
+	i := 0
+	if s.pendingCR && n > 0 {
+		if b[0] != '\n' {
+			s.err = ErrBareLineEnding
+			return 0, s.err
+		}
+		s.pendingCR = false
+		i = 1
+	}
+	for i < n {
+		j := bytes.IndexAny(b[i:], "\r\n")
+		if j < 0 {
+			break
+		}
+		j += i
+		if b[j] == '\n' { // an LF not consumed as part of CRLF
+			s.err = ErrBareLineEnding
+			return j, s.err
+		}
+		if j+1 == n { // CR at the end of this chunk: decide on the next
+			s.pendingCR = true
+			break
+		}
+		if b[j+1] != '\n' {
+			s.err = ErrBareLineEnding
+			return j, s.err
+		}
+		i = j + 2
+	}
+	if err != nil {
+		if err == io.EOF && s.pendingCR {
+			// CR as the very last byte of the message.
+			s.err = ErrBareLineEnding
+			return n, s.err
+		}
+		s.err = err
+	}
+	return n, err
+}
+
+// normalizingReader may have to insert bytes, so it reads into its own
+// buffer and copies the runs between line endings with copy(). It never
+// needs more than one byte of room in p to make progress, so it works
+// with one-byte reads too.
+type normalizingReader struct {
+	r      io.Reader
+	buf    []byte
+	in     []byte // unconsumed input, a window into buf
+	needLF bool   // a CR was emitted; its LF did not fit into p yet
+	skipLF bool   // a CR from the input was emitted as CRLF; drop a following LF
+	err    error  // from r, returned once in is drained
+}
+
+const normBufSize = 32 * 1024
+
+func (z *normalizingReader) Read(p []byte) (int, error) {
+	out := 0
+	empty := 0
+	for out < len(p) {
+		if z.needLF {
+			p[out] = '\n'
+			out++
+			z.needLF = false
+			continue
+		}
+		if len(z.in) == 0 {
+			if z.err != nil || out > 0 {
+				break // do not block on the source when we have data
+			}
+			if z.buf == nil {
+				z.buf = make([]byte, normBufSize)
+			}
+			n, err := z.r.Read(z.buf)
+			z.in, z.err = z.buf[:n], err
+			if n == 0 && err == nil {
+				if empty++; empty >= 100 {
+					z.err = io.ErrNoProgress
+				}
+			}
+			continue
+		}
+		if z.skipLF {
+			z.skipLF = false
+			if z.in[0] == '\n' {
+				z.in = z.in[1:]
+				continue
+			}
+		}
+		j := bytes.IndexAny(z.in, "\r\n")
+		if j != 0 {
+			if j < 0 {
+				j = len(z.in)
+			}
+			c := copy(p[out:], z.in[:j])
+			out += c
+			z.in = z.in[c:]
+			continue
+		}
+		// A line ending starts here. A CR may be followed by its LF (then
+		// it is dropped via skipLF) or not (bare CR); an LF seen here was
+		// not preceded by CR (bare LF). Either way the output gets CRLF.
+		z.skipLF = z.in[0] == '\r'
+		z.in = z.in[1:]
+		p[out] = '\r'
+		out++
+		z.needLF = true
+	}
+	if out == 0 && len(z.in) == 0 && !z.needLF && z.err != nil {
+		return 0, z.err
+	}
+	return out, nil
+}
