@@ -137,7 +137,7 @@ const DateFormat = "Mon, 2 Jan 2006 15:04:05 -0700"
 
 // FoldClauses renders a header field from name and clauses of words.
 // Each clause after the first starts on a continuation line (CRLF TAB); a
-// clause that does not fit is folded between words. The result ends in
+// clause that does not fit is folded between words (CRLF SP). The result ends in
 // CRLF. Words must not contain CR or LF.
 func FoldClauses(name string, clauses [][]string) string {
 	var b strings.Builder
@@ -150,7 +150,10 @@ func FoldClauses(name string, clauses [][]string) string {
 				b.WriteString("\r\n\t")
 				col = 1
 			case col+1+len(w) > foldWidth && col > 1:
-				b.WriteString("\r\n\t")
+				// Fold before the space that separates the words, so that
+				// unfolding (RFC 5322 §2.2.3: remove the CRLF) gives back
+				// exactly the original text, e.g. a quoted remote reply.
+				b.WriteString("\r\n ")
 				col = 1
 			default:
 				b.WriteByte(' ')

@@ -1,0 +1,261 @@
+package e2e
+
+import (
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"golang.org/x/crypto/bcrypt"
+
+	"securerelay/dnsutil/dnstest"
+)
+
+// partnerZone sends partner.test's mail to mxIP (port 25).
+func partnerZone(mxIP string) string {
+	return fmt.Sprintf(`partner.test.    MX 10 mx.partner.test.
+mx.partner.test. A  %s
+example.org.     A  192.0.2.1
+`, mxIP)
+}
+
+// submissionConfig is a relay with an outbound listener that trusts only
+// 10.0.0.0/8 (so that 127.0.0.1 must authenticate), the user otrs, and
+// example.test as a local maildir domain.
+func submissionConfig(dir, resolver, sub, mx, hash string) string {
+	return configHead(filepath.Join(dir, "state"), resolver) + fmt.Sprintf(`listeners:
+  - name: mx
+    address: %q
+    role: inbound
+  - name: submission
+    address: %q
+    role: outbound
+    trusted_networks: [10.0.0.0/8]
+    auth: optional
+domains:
+  example.test:
+    deliver_to: "maildir:%s"
+outbound:
+  users:
+    - name: otrs
+      password_hash: %q
+%s`, mx, sub, filepath.Join(dir, "mail"), hash, outboundTimeouts)
+}
+
+func bcryptHash(t *testing.T, pass string) string {
+	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(h)
+}
+
+// TestSubmissionAuthToMX: an authenticated client submits over STARTTLS;
+// the relay finds the partner's MX in (test) DNS and delivers there on
+// port 25 over TLS. Without AUTH, or AUTH in clear, nothing is relayed.
+func TestSubmissionAuthToMX(t *testing.T) {
+	requireTool(t, "swaks")
+	mxDown := startTestServer(t, listenMX(t, "127.0.0.5"), serverOptions{TLS: selfSignedTLS(t, "mx.partner.test")})
+	dns := dnstest.NewServer(t, partnerZone("127.0.0.5"))
+
+	dir := t.TempDir()
+	mx, sub := freeAddr(t), freeAddr(t)
+	cfg := filepath.Join(dir, "relay.yaml")
+	writeFile(t, cfg, submissionConfig(dir, dns.Addr(), sub, mx, bcryptHash(t, "s3cret pass")))
+	r := startRelay(t, cfg, mx, sub)
+
+	var want []string
+	for _, mech := range []string{"PLAIN", "LOGIN"} {
+		t.Run("auth "+mech, func(t *testing.T) {
+			to := "user-" + strings.ToLower(mech) + "@partner.test"
+			res := mustSend(t, "--server", sub, "--tls", "--auth", mech, "--auth-user", "otrs", "--auth-password", "s3cret pass",
+				"--from", "otrs@example.test", "--to", to, "--header", "Subject: e2e auth "+mech)
+			want = append(want, to)
+			msgs := mxDown.WaitMessages(t, len(want), 10*time.Second)
+			m := msgs[len(msgs)-1]
+			if m.From != "otrs@example.test" || len(m.To) != 1 || m.To[0] != to {
+				t.Errorf("MX got envelope from %q to %q, want otrs@example.test to [%s]", m.From, m.To, to)
+			}
+			if !m.TLS {
+				t.Errorf("MX received the message without TLS; it offered STARTTLS")
+			}
+			if m.Helo != "relay.e2e.test" {
+				t.Errorf("relay said EHLO %q to the MX, want relay.e2e.test (outbound.helo defaults to hostname)", m.Helo)
+			}
+			if !strings.Contains(string(m.Data), "Subject: e2e auth "+mech) {
+				t.Errorf("MX got the wrong message:\n%s", m.Data)
+			}
+			// Our Received: records the submission with TLS and AUTH.
+			if !strings.Contains(headerSection(m.Data), "with ESMTPSA id "+res.QueueID()) {
+				t.Errorf("Received: does not say ESMTPSA id %s:\n%s", res.QueueID(), headerSection(m.Data))
+			}
+			if !strings.Contains(res.Out, "AUTH "+mech) {
+				t.Errorf("swaks did not use AUTH %s:\n%s", mech, res.Out)
+			}
+			r.WaitLog(0, 5*time.Second, "msg=authenticated", "mechanism="+mech, "sasl_username=otrs")
+			line := r.WaitLog(0, 5*time.Second, "msg=sent", "queue_id="+res.QueueID())
+			if !strings.Contains(line, "127.0.0.5") || !strings.Contains(line, "TLS1.") {
+				t.Errorf("delivery log line does not show the MX address and TLS: %s", line)
+			}
+		})
+	}
+
+	t.Run("no auth", func(t *testing.T) {
+		for _, tlsArg := range [][]string{nil, {"--tls"}} {
+			args := append([]string{"--server", sub, "--from", "otrs@example.test", "--to", "stranger@partner.test"}, tlsArg...)
+			res := swaks(t, args...)
+			errs := res.ErrorReplies()
+			if res.Code != 23 || len(errs) == 0 || !strings.HasPrefix(errs[0], "530 5.7.0 ") {
+				t.Errorf("swaks %v: exit %d, refusals %q; want MAIL refused with 530 5.7.0:\n%s", tlsArg, res.Code, errs, res.Out)
+			}
+		}
+	})
+
+	t.Run("wrong password", func(t *testing.T) {
+		res := swaks(t, "--server", sub, "--tls", "--auth", "PLAIN", "--auth-user", "otrs", "--auth-password", "wrong",
+			"--from", "otrs@example.test", "--to", "stranger@partner.test")
+		errs := res.ErrorReplies()
+		if res.Code != 28 || len(errs) == 0 || !strings.HasPrefix(errs[0], "535 5.7.8") {
+			t.Errorf("exit %d, refusals %q; want AUTH refused with 535 5.7.8:\n%s", res.Code, errs, res.Out)
+		}
+	})
+
+	t.Run("auth before STARTTLS", func(t *testing.T) {
+		// swaks will not even try: AUTH is not offered in clear.
+		res := swaks(t, "--server", sub, "--auth", "PLAIN", "--auth-user", "otrs", "--auth-password", "s3cret pass",
+			"--from", "otrs@example.test", "--to", "stranger@partner.test")
+		if res.Code == 0 {
+			t.Fatalf("swaks --auth without --tls succeeded:\n%s", res.Out)
+		}
+		// A client that sends AUTH anyway is refused, and stays
+		// unauthenticated.
+		c := dialSMTP(t, sub)
+		ehlo := c.Expect("EHLO client.e2e.test", 250)
+		if strings.Contains(ehlo, "AUTH") {
+			t.Errorf("AUTH offered before STARTTLS:\n%s", ehlo)
+		}
+		if !strings.Contains(ehlo, "STARTTLS") {
+			t.Errorf("STARTTLS not offered:\n%s", ehlo)
+		}
+		code, text := c.Cmd("AUTH PLAIN AG90cnMAczNjcmV0IHBhc3M=") // \0otrs\0s3cret pass
+		if code < 500 || code > 599 {
+			t.Errorf("AUTH PLAIN in clear: %q, want a 5xx refusal", text)
+		}
+		code, text = c.Cmd("MAIL FROM:<otrs@example.test>")
+		if code != 530 || !strings.HasPrefix(text, "530 5.7.0") {
+			t.Errorf("MAIL after refused clear-text AUTH: %q, want 530 5.7.0", text)
+		}
+		c.Cmd("QUIT")
+	})
+
+	// Only the two authenticated messages ever reached the MX.
+	time.Sleep(200 * time.Millisecond)
+	if got := mxDown.Rcpts(); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("MX saw RCPT TO %q, want %q", got, want)
+	}
+}
+
+// TestDSN: a permanent failure at the partner's MX becomes a DSN to a
+// local sender; never a DSN to the null sender, never one for inbound mail.
+func TestDSN(t *testing.T) {
+	requireTool(t, "swaks")
+	unknown := &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user here (e2e partner)"}
+	mxDown := startTestServer(t, listenMX(t, "127.0.0.6"), serverOptions{
+		TLS:     selfSignedTLS(t, "mx.partner.test"),
+		RcptErr: func(string) error { return unknown },
+	})
+	refusing := startTestServer(t, listenLoopback(t), serverOptions{
+		DataErr: &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "downstream refuses everything (e2e)"},
+	})
+	dns := dnstest.NewServer(t, partnerZone("127.0.0.6"))
+
+	dir := t.TempDir()
+	mail := filepath.Join(dir, "mail")
+	mx, sub := freeAddr(t), freeAddr(t)
+	cfg := filepath.Join(dir, "relay.yaml")
+	writeFile(t, cfg, configHead(filepath.Join(dir, "state"), dns.Addr())+fmt.Sprintf(`listeners:
+  - name: mx
+    address: %q
+    role: inbound
+  - name: submission
+    address: %q
+    role: outbound
+    trusted_networks: [127.0.0.0/8]
+domains:
+  example.test:
+    deliver_to: "maildir:%s"
+  refusing.test:
+    deliver_to: "smtp://%s"
+outbound:
+%s`, mx, sub, mail, refusing.Addr, outboundTimeouts))
+	r := startRelay(t, cfg, mx, sub)
+
+	t.Run("bounce to sender", func(t *testing.T) {
+		res := mustSend(t, "--server", sub, "--from", "sender@example.test", "--to", "user@partner.test",
+			"--header", "Subject: e2e will bounce")
+		dsns := waitMaildir(t, mail, "sender@example.test", 1, 10*time.Second)
+		if len(dsns) != 1 {
+			t.Fatalf("%d DSNs, want 1", len(dsns))
+		}
+		d := string(dsns[0])
+		for _, re := range []string{
+			`(?im)^Content-Type: multipart/report;(.|\r?\n[ \t])*report-type="?delivery-status`,
+			`(?im)^Content-Type: message/delivery-status`,
+			`(?im)^Final-Recipient: rfc822; ?user@partner\.test\r?$`,
+			`(?im)^Action: failed\r?$`,
+			`(?im)^Status: 5\.1\.1\r?$`,
+			// The remote reply, quoted (perhaps folded).
+			`(?i)550[ -]5\.1\.1\s+no\s+such\s+user\s+here\s+\(e2e\s+partner\)`,
+			`Subject: e2e will bounce`,
+		} {
+			if !regexp.MustCompile(re).MatchString(d) {
+				t.Errorf("DSN does not match %s:\n%s", re, d)
+			}
+		}
+		r.WaitLog(0, 5*time.Second, "sender non-delivery notification", "queue_id="+res.QueueID())
+	})
+
+	t.Run("null sender", func(t *testing.T) {
+		res := mustSend(t, "--server", sub, "--from", "<>", "--to", "user@partner.test")
+		r.WaitLog(0, 10*time.Second, "no DSN for the null sender", "queue_id="+res.QueueID())
+	})
+
+	t.Run("inbound refused downstream", func(t *testing.T) {
+		res := mustSend(t, "--server", mx, "--from", "other@example.test", "--to", "someone@refusing.test")
+		r.WaitLog(0, 10*time.Second, "no DSN is sent for inbound mail", "queue_id="+res.QueueID())
+	})
+
+	// Let anything that should not exist arrive, then look everywhere.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, _, code := runRelayCmd(t, "queue", "count", "--config", cfg)
+		if code == 0 && strings.TrimSpace(out) == "0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			qlist, _, _ := runRelayCmd(t, "queue", "list", "--config", cfg)
+			t.Fatalf("spool not empty 5s after the last attempt:\n%s", qlist)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if boxes := mailboxes(t, mail); strings.Join(boxes, ",") != "sender@example.test" {
+		t.Errorf("mailboxes %q, want only sender@example.test (one DSN)", boxes)
+	}
+	if n := len(maildirMessages(t, mail, "sender@example.test")); n != 1 {
+		t.Errorf("sender@example.test has %d messages, want exactly 1 DSN", n)
+	}
+	if n := len(r.LogLines("sender non-delivery notification")); n != 1 {
+		t.Errorf("%d DSNs logged, want 1", n)
+	}
+	if got := len(refusing.Messages()); got != 0 {
+		t.Errorf("refusing downstream accepted %d messages", got)
+	}
+	if len(mxDown.Messages()) != 0 {
+		t.Errorf("partner MX accepted a message although it refuses every recipient")
+	}
+}
