@@ -8,6 +8,7 @@ import (
 	"securerelay/inbound"
 	"securerelay/queue"
 	"securerelay/smtpd"
+	"securerelay/smtputil"
 )
 
 // bare asserts that err is exactly a *smtp.SMTPError (go-smtp uses a type
@@ -63,7 +64,11 @@ func TestMail(t *testing.T) {
 	}
 	for _, in := range []string{"user@localhost", "no-at-sign", "user@exa mple.org", "user@-bad.example"} {
 		_, err := r.Mail(st, in, &smtp.MailOptions{})
-		bare(t, "Mail("+in+")", err, 501, smtp.EnhancedCode{5, 1, 7})
+		want := addressReply(t, in, true)
+		if want.Code/100 != 5 || want.EnhancedCode != (smtp.EnhancedCode{5, 1, 7}) {
+			t.Errorf("smtputil picks %d %v for sender %q", want.Code, want.EnhancedCode, in)
+		}
+		bare(t, "Mail("+in+")", err, want.Code, want.EnhancedCode)
 	}
 }
 
@@ -97,13 +102,23 @@ func TestRcpt(t *testing.T) {
 		"@hop:user@ours.test",
 		"a,b@ours.test",
 	}
+	// Relay refusals are whatever smtputil.RelayDenied says: a permanent
+	// X.7.1 (RFC 5321 allows 550 at RCPT; Postfix sends 554).
+	denied := smtputil.RelayDenied("other.test")
+	if denied.Code/100 != 5 || denied.EnhancedCode != (smtp.EnhancedCode{5, 7, 1}) {
+		t.Fatalf("RelayDenied is %d %v, want a 5xx 5.7.1", denied.Code, denied.EnhancedCode)
+	}
 	for _, in := range relay {
 		_, err := r.Rcpt(st, in, &smtp.RcptOptions{})
-		bare(t, "Rcpt("+in+")", err, 550, smtp.EnhancedCode{5, 7, 1})
+		bare(t, "Rcpt("+in+")", err, denied.Code, denied.EnhancedCode)
 	}
-	for _, in := range []string{"no-at-sign", "user@", "@ours.test", "user@ours..test"} {
+	for _, in := range []string{"no-at-sign", "user@", "@ours.test", "user@ours..test", "user@localhost"} {
 		_, err := r.Rcpt(st, in, &smtp.RcptOptions{})
-		bare(t, "Rcpt("+in+")", err, 501, smtp.EnhancedCode{5, 1, 3})
+		want := addressReply(t, in, false)
+		if want.Code/100 != 5 || want.EnhancedCode != (smtp.EnhancedCode{5, 1, 3}) {
+			t.Errorf("smtputil picks %d %v for recipient %q", want.Code, want.EnhancedCode, in)
+		}
+		bare(t, "Rcpt("+in+")", err, want.Code, want.EnhancedCode)
 	}
 }
 
@@ -124,4 +139,15 @@ func TestSetDomains(t *testing.T) {
 	if _, err := r.Rcpt(st, "user@new.test", &smtp.RcptOptions{}); err == nil {
 		t.Error("accepted with no domains configured")
 	}
+}
+
+// addressReply is the reply smtputil picks for an address that does not
+// parse; the roles must pass it on unchanged.
+func addressReply(t *testing.T, in string, sender bool) *smtp.SMTPError {
+	t.Helper()
+	_, err := smtputil.ParseAddress(in)
+	if err == nil {
+		t.Fatalf("%q parses", in)
+	}
+	return smtputil.AddressReply(err, sender)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"securerelay/dsn"
@@ -36,7 +37,7 @@ func NewBouncer(q func() *queue.Queue, hostname, postmaster string) queue.Bounce
 				Address:     f.Rcpt,
 				Action:      "failed",
 				Status:      f.Result.Code,
-				RemoteMTA:   f.Result.Relay,
+				RemoteMTA:   relayHost(f.Result.Relay),
 				Diagnostic:  f.Result.Reply,
 				LastAttempt: time.Now(),
 			})
@@ -57,4 +58,14 @@ func NewBouncer(q func() *queue.Queue, hostname, postmaster string) queue.Bounce
 		q().Logger().Info("sender non-delivery notification", "queue_id", d.ID, "dsn_queue_id", id, "to", d.Envelope.From)
 		return nil
 	}
+}
+
+// relayHost is the host name in a Result.Relay, which reads
+// "mx.example.org[192.0.2.1]:25": Remote-MTA wants the name alone (the dsn
+// package drops a value that is not a host name).
+func relayHost(relay string) string {
+	if i := strings.IndexByte(relay, '['); i > 0 {
+		return relay[:i]
+	}
+	return relay
 }

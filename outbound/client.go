@@ -75,6 +75,9 @@ type client interface {
 	data(r io.Reader, rcpts []string) (perRcpt []error, err error)
 	reset() error
 	quit()
+	// abort closes the connection at once, ending a read or write in
+	// progress in another goroutine.
+	abort()
 	tlsInfo() string
 }
 
@@ -110,6 +113,7 @@ func (s *smtpClient) quit() {
 		s.c.Close()
 	}
 }
+func (s *smtpClient) abort()          { s.conn.Close() }
 func (s *smtpClient) tlsInfo() string { return s.tls }
 
 // newSMTPClient greets the server, and with starttls tries STARTTLS when
@@ -215,4 +219,5 @@ func (l *lmtpClient) quit() {
 		l.c.Close()
 	}
 }
+func (l *lmtpClient) abort()          { l.conn.Close() }
 func (l *lmtpClient) tlsInfo() string { return "" }

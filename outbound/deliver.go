@@ -176,7 +176,16 @@ func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target,
 				return all(len(rcpts), *fail)
 			}
 		}
+		// queue.Deliverer: return promptly when ctx is cancelled. The
+		// time-outs allow a next hop 10 minutes after the dot (and go-smtp's
+		// LMTP client sets none while sending), so closing the connection
+		// is what ends a transaction in progress; its recipients then
+		// fail temporarily as with any lost connection.
+		stop := context.AfterFunc(ctx, p.cl.abort)
 		res, broken, stale := e.transact(d, p, rcpts)
+		if !stop() {
+			broken, stale = true, false
+		}
 		if stale && reused && try == 0 {
 			// A pooled session the peer had already closed: not a real
 			// failure, try once more on a fresh connection.
@@ -349,9 +358,10 @@ func (e *Engine) connect(ctx context.Context, t Target) (*pooled, *queue.Result)
 	if rp := toReply(lastErr, "greeting"); rp != nil {
 		r.Code = rp.enh
 		r.Reply = fmt.Sprintf("%s said: %s", lastRelay, rp.Error())
-		if rp.permanent() && len(hosts) == 1 {
-			// Still temporary: a 5xx greeting is a refusal of the session,
-			// not of this message (RFC 5321 §3.1); keep trying until max_age.
+		if rp.permanent() {
+			// Still temporary: a 5xx greeting or EHLO reply refuses the
+			// session, not this message (RFC 5321 §3.1); keep trying until
+			// max_age, and keep the code consistent with that.
 			r.Code = "4" + rp.enh[1:]
 		}
 	}

@@ -3,7 +3,7 @@ package smtpd
 import (
 	"context"
 	"crypto/tls"
-		"fmt"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -103,13 +103,6 @@ func (s *Server) Serve() error {
 	return err
 }
 
-// SetTLS replaces the TLS configuration for new sessions (SIGHUP).
-func (s *Server) SetTLS(c *tls.Config) {
-	s.mu.Lock()
-	s.smtp.TLSConfig = c
-	s.mu.Unlock()
-}
-
 // Shutdown stops accepting, ends idle sessions with a 421, lets
 // transactions in flight finish until ctx is done, then closes what is left.
 // A transaction cut short never got its 250, so nothing is lost.
@@ -136,7 +129,17 @@ func (s *Server) Shutdown(ctx context.Context) {
 		case <-done:
 			return
 		case <-ctx.Done():
-			s.smtp.Close()
+			// go-smtp's Close does nothing once its Shutdown has begun
+			// (both share one "done" channel), so close what is left here.
+			s.mu.Lock()
+			left := make([]*trackedConn, 0, len(s.conns))
+			for c := range s.conns {
+				left = append(left, c)
+			}
+			s.mu.Unlock()
+			for _, c := range left {
+				c.Close()
+			}
 			<-done
 			return
 		case <-tick.C:

@@ -215,7 +215,14 @@ func (s *session) endTxn() {
 
 func (s *session) Reset() { s.endTxn() }
 
-func (s *session) Logout() error { return nil }
+// Logout runs when the connection closes and when STARTTLS discards the
+// session (go-smtp then calls neither Reset nor anything else): a
+// transaction begun before STARTTLS ends with it, or Shutdown would take
+// the session for busy and wait for it until its deadline.
+func (s *session) Logout() error {
+	s.tc.inTxn.Store(false)
+	return nil
+}
 
 // loginServer is the server side of the LOGIN SASL mechanism (a de-facto
 // standard, draft-murchison-sasl-login), which go-sasl implements only as a

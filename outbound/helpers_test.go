@@ -1,0 +1,367 @@
+package outbound_test
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"securerelay/dnsutil/dnstest"
+	"securerelay/outbound"
+	"securerelay/queue"
+	"securerelay/smtpd"
+)
+
+const testTimeout = 10 * time.Second
+
+var discard = slog.New(slog.DiscardHandler)
+
+// spool is a real queue in a temporary directory whose Deliverer only
+// hands the *queue.Delivery to the test (and keeps the message spooled), so
+// that tests can call the engine with genuine deliveries.
+type spool struct {
+	t  *testing.T
+	q  *queue.Queue
+	ch chan *queue.Delivery
+}
+
+type handOver chan *queue.Delivery
+
+func (h handOver) Deliver(ctx context.Context, d *queue.Delivery) []queue.Result {
+	select {
+	case h <- d:
+	case <-ctx.Done():
+	}
+	return all(len(d.Rcpts), queue.Result{Status: queue.TempFail, Code: "4.0.0", Reply: "held for the test"})
+}
+
+func all(n int, r queue.Result) []queue.Result {
+	out := make([]queue.Result, n)
+	for i := range out {
+		out[i] = r
+	}
+	return out
+}
+
+func newSpool(t *testing.T) *spool {
+	t.Helper()
+	ch := make(chan *queue.Delivery, 16)
+	q, err := queue.Open(queue.Options{Dir: t.TempDir(), Retry: []time.Duration{time.Hour}, Logger: discard, Deliverer: handOver(ch)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Start()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		defer cancel()
+		q.Stop(ctx)
+	})
+	return &spool{t: t, q: q, ch: ch}
+}
+
+// put spools a message and returns the queue's delivery for it.
+func (s *spool) put(from string, to []string, data string) *queue.Delivery {
+	s.t.Helper()
+	id, err := s.q.Put(queue.Envelope{From: from, To: to, Origin: queue.OriginOutbound}, strings.NewReader(data))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for {
+		select {
+		case d := <-s.ch:
+			if d.ID == id {
+				return d
+			}
+		case <-time.After(testTimeout):
+			s.t.Fatalf("queue did not hand over %s", id)
+		}
+	}
+}
+
+// hopMsg is one message a test next hop accepted.
+type hopMsg struct {
+	From string
+	To   []string
+	Data []byte
+	TLS  bool
+	Auth string
+	Helo string
+}
+
+// hopOptions shape a test next hop's answers.
+type hopOptions struct {
+	LMTP bool
+	TLS  *tls.Config
+	Addr string // default 127.0.0.1:0
+	// Mail and Rcpt refuse when they return an error.
+	Mail func(from string) error
+	Rcpt func(to string) error
+	// Status is the LMTP per-recipient reply after DATA.
+	Status func(to string) error
+	// Users enables AUTH PLAIN with these passwords.
+	Users map[string]string
+}
+
+// hop is a go-smtp server on 127.0.0.1 that records what it is sent.
+type hop struct {
+	t     *testing.T
+	o     hopOptions
+	addr  string
+	port  string
+	conns atomic.Int32
+	got   chan hopMsg
+
+	mu       sync.Mutex
+	sessions []*smtp.Conn
+}
+
+func newHop(t *testing.T, o hopOptions) *hop {
+	t.Helper()
+	addr := o.Addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &hop{t: t, o: o, addr: ln.Addr().String(), got: make(chan hopMsg, 100)}
+	_, h.port, _ = net.SplitHostPort(h.addr)
+	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		h.mu.Lock()
+		h.sessions = append(h.sessions, c)
+		h.mu.Unlock()
+		return &hopSession{h: h, c: c}, nil
+	}))
+	srv.Domain = "hop.test"
+	srv.LMTP = o.LMTP
+	srv.TLSConfig = o.TLS
+	srv.ReadTimeout = testTimeout
+	srv.WriteTimeout = testTimeout
+	srv.ErrorLog = log.New(io.Discard, "", 0)
+	go srv.Serve(countingListener{ln, &h.conns})
+	t.Cleanup(func() { srv.Close() })
+	return h
+}
+
+// dropSessions closes the server side of every connection, as a next hop
+// does with idle clients.
+func (h *hop) dropSessions() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, c := range h.sessions {
+		c.Close()
+	}
+	h.sessions = nil
+}
+
+func (h *hop) next() hopMsg {
+	h.t.Helper()
+	select {
+	case m := <-h.got:
+		return m
+	case <-time.After(testTimeout):
+		h.t.Fatal("next hop received no message")
+	}
+	return hopMsg{}
+}
+
+// none checks that nothing (more) arrived.
+func (h *hop) none() {
+	h.t.Helper()
+	select {
+	case m := <-h.got:
+		h.t.Errorf("next hop received an unexpected message from <%s> to %v", m.From, m.To)
+	default:
+	}
+}
+
+type countingListener struct {
+	net.Listener
+	n *atomic.Int32
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
+}
+
+type hopSession struct {
+	h    *hop
+	c    *smtp.Conn
+	from string
+	to   []string
+	auth string
+}
+
+func (s *hopSession) Reset()        { s.from, s.to = "", nil }
+func (s *hopSession) Logout() error { return nil }
+
+func (s *hopSession) AuthMechanisms() []string {
+	if s.h.o.Users == nil {
+		return nil
+	}
+	return []string{sasl.Plain}
+}
+
+func (s *hopSession) Auth(mech string) (sasl.Server, error) {
+	if s.h.o.Users == nil || mech != sasl.Plain {
+		return nil, smtp.ErrAuthUnknownMechanism
+	}
+	return sasl.NewPlainServer(func(_, user, pass string) error {
+		if p, ok := s.h.o.Users[user]; ok && p == pass {
+			s.auth = user
+			return nil
+		}
+		return smtp.ErrAuthFailed
+	}), nil
+}
+
+func (s *hopSession) Mail(from string, _ *smtp.MailOptions) error {
+	if s.h.o.Users != nil && s.auth == "" {
+		return smtp.ErrAuthRequired
+	}
+	if s.h.o.Mail != nil {
+		if err := s.h.o.Mail(from); err != nil {
+			return err
+		}
+	}
+	s.from = from
+	return nil
+}
+
+func (s *hopSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if s.h.o.Rcpt != nil {
+		if err := s.h.o.Rcpt(to); err != nil {
+			return err
+		}
+	}
+	s.to = append(s.to, to)
+	return nil
+}
+
+func (s *hopSession) record(b []byte, to []string) {
+	_, isTLS := s.c.TLSConnectionState()
+	s.h.got <- hopMsg{From: s.from, To: to, Data: b, TLS: isTLS, Auth: s.auth, Helo: s.c.Hostname()}
+}
+
+func (s *hopSession) Data(r io.Reader) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	s.record(b, append([]string(nil), s.to...))
+	return nil
+}
+
+func (s *hopSession) LMTPData(r io.Reader, status smtp.StatusCollector) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	var ok []string
+	for _, to := range s.to {
+		var e error
+		if s.h.o.Status != nil {
+			e = s.h.o.Status(to)
+		}
+		status.SetStatus(to, e)
+		if e == nil {
+			ok = append(ok, to)
+		}
+	}
+	if len(ok) > 0 {
+		s.record(b, ok)
+	}
+	return nil
+}
+
+func smtpErr(code int, enh smtp.EnhancedCode, msg string) error {
+	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: msg}
+}
+
+// engine returns a delivery engine with short time-outs; mod adjusts it.
+func engine(t *testing.T, r *outbound.Router, mod func(*outbound.EngineOptions)) *outbound.Engine {
+	t.Helper()
+	o := outbound.EngineOptions{
+		Helo:           "relay.ours.test",
+		Resolver:       dnstest.Mock{},
+		ConnectTimeout: 5 * time.Second,
+		CommandTimeout: testTimeout,
+		StartTLS:       true,
+		Logger:         discard,
+	}
+	if mod != nil {
+		mod(&o)
+	}
+	e := outbound.NewEngine(o, r)
+	t.Cleanup(e.Close)
+	return e
+}
+
+func target(t *testing.T, s string) outbound.Target {
+	t.Helper()
+	tg, err := outbound.ParseTarget(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tg
+}
+
+// everything routes all domains to one next hop.
+func everything(t *testing.T, next string) *outbound.Router {
+	return &outbound.Router{Routes: []outbound.Route{{Match: "*", Target: target(t, next)}}}
+}
+
+func deliver(t *testing.T, e *outbound.Engine, d *queue.Delivery) []queue.Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	res := e.Deliver(ctx, d)
+	if len(res) != len(d.Rcpts) {
+		t.Fatalf("%d results for %d recipients", len(res), len(d.Rcpts))
+	}
+	return res
+}
+
+func statusName(s queue.Status) string {
+	switch s {
+	case queue.Delivered:
+		return "Delivered"
+	case queue.TempFail:
+		return "TempFail"
+	case queue.PermFail:
+		return "PermFail"
+	}
+	return "?"
+}
+
+// check compares one result's status and enhanced code.
+func check(t *testing.T, what string, r queue.Result, st queue.Status, code string) {
+	t.Helper()
+	if r.Status != st || r.Code != code {
+		t.Errorf("%s: %s %s %q (relay %q), want %s %s", what, statusName(r.Status), r.Code, r.Reply, r.Relay, statusName(st), code)
+	}
+}
+
+func selfSigned(t *testing.T) *tls.Config {
+	t.Helper()
+	c, err := smtpd.LoadCerts("", "", t.TempDir(), "hop.test", discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Config()
+}

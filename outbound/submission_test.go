@@ -1,0 +1,136 @@
+package outbound_test
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+	"golang.org/x/crypto/bcrypt"
+
+	"securerelay/outbound"
+	"securerelay/queue"
+	"securerelay/smtpd"
+)
+
+func hash(t *testing.T, pw string) string {
+	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(h)
+}
+
+func code(err error) (int, smtp.EnhancedCode, bool) {
+	se, ok := err.(*smtp.SMTPError)
+	if !ok {
+		return 0, smtp.EnhancedCode{}, false
+	}
+	return se.Code, se.EnhancedCode, true
+}
+
+func TestSubmissionAuthenticate(t *testing.T) {
+	users := outbound.NewUsers(map[string]string{"otrs": hash(t, "s3cret")})
+	s := outbound.NewSubmission(outbound.SubmissionOptions{Auth: "required"}, users)
+	st := &smtpd.State{}
+	if s.Origin() != queue.OriginOutbound || !s.AuthEnabled() {
+		t.Fatalf("Origin %q AuthEnabled %v", s.Origin(), s.AuthEnabled())
+	}
+	if err := s.Authenticate(st, "otrs", "s3cret"); err != nil {
+		t.Errorf("right password: %v", err)
+	}
+	// Unknown users cost a bcrypt compare at DefaultCost (timing
+	// equalisation), so only one of them here.
+	for _, c := range [][2]string{{"otrs", "wrong"}, {"otrs", ""}, {"nobody", "s3cret"}} {
+		err := s.Authenticate(st, c[0], c[1])
+		if n, enh, ok := code(err); !ok || n != 535 || enh != (smtp.EnhancedCode{5, 7, 8}) {
+			t.Errorf("Authenticate(%q, %q) = %v, want a bare 535 5.7.8", c[0], c[1], err)
+		}
+	}
+	// Reload: the old password stops working, the new one works.
+	users.Set(map[string]string{"otrs": hash(t, "new")})
+	if s.Authenticate(st, "otrs", "s3cret") == nil || s.Authenticate(st, "otrs", "new") != nil {
+		t.Error("Users.Set did not replace the accounts")
+	}
+	if err := outbound.NewSubmission(outbound.SubmissionOptions{}, nil).Authenticate(st, "otrs", "new"); err == nil {
+		t.Error("authenticated without any user table")
+	}
+	if outbound.NewSubmission(outbound.SubmissionOptions{Auth: "off"}, users).AuthEnabled() {
+		t.Error("AUTH enabled with auth: off")
+	}
+	if !outbound.NewSubmission(outbound.SubmissionOptions{}, users).AuthEnabled() {
+		t.Error("AUTH disabled by default")
+	}
+}
+
+func TestSubmissionMailPolicy(t *testing.T) {
+	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("2001:db8::/32")}
+	in := netip.MustParseAddr("10.0.0.7")
+	in6 := netip.MustParseAddr("2001:db8::7")
+	out := netip.MustParseAddr("192.0.2.1")
+	type want struct {
+		code int
+		enh  smtp.EnhancedCode
+	}
+	ok := want{}
+	authReq := want{530, smtp.EnhancedCode{5, 7, 0}}
+	denied := want{554, smtp.EnhancedCode{5, 7, 1}}
+	for _, c := range []struct {
+		auth string
+		ip   netip.Addr
+		user string
+		want want
+	}{
+		{"optional", in, "", ok},
+		{"optional", in6, "", ok},
+		{"optional", out, "", authReq},
+		{"optional", out, "otrs", ok},
+		{"", out, "", authReq},
+		{"required", in, "", authReq},
+		{"required", out, "otrs", ok},
+		{"off", in, "", ok},
+		{"off", out, "", denied},
+	} {
+		s := outbound.NewSubmission(outbound.SubmissionOptions{Trusted: trusted, Auth: c.auth}, nil)
+		st := &smtpd.State{RemoteIP: c.ip, AuthUser: c.user}
+		got, err := s.Mail(st, "App@Ours.Test", &smtp.MailOptions{})
+		if c.want == ok {
+			if err != nil || got != "App@ours.test" {
+				t.Errorf("auth=%q ip=%s user=%q: %q, %v; want accepted", c.auth, c.ip, c.user, got, err)
+			}
+			continue
+		}
+		if n, enh, isBare := code(err); !isBare || n != c.want.code || enh != c.want.enh {
+			t.Errorf("auth=%q ip=%s user=%q: %v, want %d %v", c.auth, c.ip, c.user, err, c.want.code, c.want.enh)
+		}
+	}
+}
+
+func TestSubmissionAddresses(t *testing.T) {
+	s := outbound.NewSubmission(outbound.SubmissionOptions{Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, nil)
+	st := &smtpd.State{RemoteIP: netip.MustParseAddr("127.0.0.1")}
+	if got, err := s.Mail(st, "", &smtp.MailOptions{}); err != nil || got != "" {
+		t.Errorf("null sender: %q, %v", got, err)
+	}
+	if _, err := s.Mail(st, "app@localhost", &smtp.MailOptions{}); err == nil {
+		t.Error("unqualified sender accepted")
+	} else if n, enh, ok := code(err); !ok || n/100 != 5 || enh != (smtp.EnhancedCode{5, 1, 7}) {
+		t.Errorf("unqualified sender: %v", err)
+	}
+	// Any domain, canonicalised.
+	for in, want := range map[string]string{
+		"someone@remote.test":  "someone@remote.test",
+		"Someone@REMOTE.test.": "Someone@remote.test",
+		"a b@remote.test":      `"a b"@remote.test`,
+	} {
+		if got, err := s.Rcpt(st, in, &smtp.RcptOptions{}); err != nil || got != want {
+			t.Errorf("Rcpt(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"nobody", "x@localhost", "x@[300.0.0.1]"} {
+		_, err := s.Rcpt(st, in, &smtp.RcptOptions{})
+		if n, _, ok := code(err); !ok || n/100 != 5 {
+			t.Errorf("Rcpt(%q) = %v, want a bare 5xx", in, err)
+		}
+	}
+}

@@ -1,0 +1,144 @@
+package smtpd_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"securerelay/smtpd"
+)
+
+func TestMaxConnections(t *testing.T) {
+	h := start(t, ours(), func(o *smtpd.Options) { o.MaxConnections = 2 })
+	a := dial(t, h.addr)
+	b := dial(t, h.addr)
+
+	over := dialNoGreeting(t, h.addr)
+	code, msg := over.reply()
+	if code != 421 || !strings.HasPrefix(msg, "4.7.0 ") {
+		t.Fatalf("connection over the limit: %d %s, want 421 4.7.0", code, msg)
+	}
+	over.expectClosed()
+
+	// The sessions within the limit are unaffected.
+	a.ehlo("a.example.org")
+	b.ehlo("b.example.org")
+
+	// A closed session frees its slot.
+	a.expect("QUIT", 221, "")
+	a.expectClosed()
+	// The server may see the close of a a moment after we do; the slot is
+	// free once a new connection gets a greeting.
+	deadline := time.Now().Add(testTimeout)
+	for {
+		c := dialNoGreeting(t, h.addr)
+		code, msg := c.reply()
+		if code == 220 {
+			c.ehlo("c.example.org")
+			break
+		}
+		if code != 421 || time.Now().After(deadline) {
+			t.Fatalf("after a QUIT: %d %s", code, msg)
+		}
+		c.expectClosed()
+	}
+}
+
+// Shutdown closes idle sessions at once and lets a transaction in DATA
+// finish and get its 250.
+func TestShutdownIdleAndDATA(t *testing.T) {
+	h := start(t, ours(), nil)
+	idle := dial(t, h.addr)
+	idle.ehlo("idle.example.org")
+	fresh := dial(t, h.addr) // not even EHLO yet
+
+	busy := simple(t, h.addr, "sender@example.org", "user@ours.test")
+	busy.expect("DATA", 354, "")
+	busy.raw("Subject: slow\r\n\r\nfirst half\r\n")
+
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		h.srv.Shutdown(ctx)
+		close(done)
+	}()
+
+	// The idle sessions are told and closed while DATA is still open.
+	for _, c := range []*client{idle, fresh} {
+		if code, msg := c.reply(); code != 421 {
+			t.Fatalf("idle session at shutdown: %d %s, want 421", code, msg)
+		}
+		c.expectClosed()
+	}
+	select {
+	case <-done:
+		t.Fatal("Shutdown returned while a transaction was in DATA")
+	default:
+	}
+
+	busy.raw("second half\r\n.\r\n")
+	id := h.queueID(busy.reply())
+	// Then the session ends too: with a 421, or closed outright.
+	if line, err := busy.tp.ReadLine(); err == nil && !strings.HasPrefix(line, "421") {
+		t.Fatalf("after the 250 during shutdown the server sent %q", line)
+	}
+	busy.expectClosed()
+
+	select {
+	case <-done:
+	case <-time.After(testTimeout):
+		t.Fatal("Shutdown did not return")
+	}
+	if ctx.Err() != nil {
+		t.Error("Shutdown waited for its deadline instead of returning when the sessions were done")
+	}
+	d := h.next()
+	if d.ID != id {
+		t.Errorf("spooled %s, reply said %s", d.ID, id)
+	}
+	if _, rest := splitReceived(t, d.Data); string(rest) != "Subject: slow\r\n\r\nfirst half\r\nsecond half\r\n" {
+		t.Errorf("message %q", rest)
+	}
+}
+
+// A MAIL FROM before STARTTLS opens a transaction that the handshake
+// discards; the session is idle afterwards and must not hold up shutdown.
+func TestShutdownAfterMailBeforeSTARTTLS(t *testing.T) {
+	h := start(t, ours(), nil)
+	c := dial(t, h.addr)
+	c.ehlo("client.example.org")
+	c.expect("MAIL FROM:<sender@example.org>", 250, "")
+	c.starttls()
+	c.ehlo("client.example.org")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		h.srv.Shutdown(ctx)
+		close(done)
+	}()
+	if code, msg := c.reply(); code != 421 {
+		t.Fatalf("idle TLS session at shutdown: %d %s, want 421", code, msg)
+	}
+	c.expectClosed()
+	<-done
+	if ctx.Err() != nil {
+		t.Error("Shutdown waited for its deadline: the session was still counted as in a transaction")
+	}
+}
+
+// A transaction that does not finish by the deadline is cut off: its
+// connection is closed (it never got a 250, so nothing is lost).
+func TestShutdownDeadlineClosesTransactions(t *testing.T) {
+	h := start(t, ours(), nil)
+	c := simple(t, h.addr, "sender@example.org", "user@ours.test")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	h.srv.Shutdown(ctx)
+	c.expectClosed()
+	h.expectNothingSpooled()
+}
