@@ -124,6 +124,8 @@ type Queue struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 	loop    chan struct{}
+	// runDone is closed when run has returned: after that no attempt starts.
+	runDone chan struct{}
 }
 
 type item struct {
@@ -195,17 +197,32 @@ func (q *Queue) recover() error {
 				continue
 			}
 			st, err := readStored(filepath.Join(dir, name))
+			if err == nil && !validID(name, i) {
+				// Not ours (an admin's copy, an editor's backup): the
+				// queue finds a message only under spool/<shardOf(id)>/<id>.
+				err = fmt.Errorf("%q is not a queue ID of shard %X", name, i)
+			}
 			if err != nil {
 				q.log.Warn("spool file not loadable, moved to quarantine (it was never acknowledged with 250 if incomplete)",
 					"queue_id", name, "error", err)
-				if qerr := q.store.quarantine(name); qerr != nil {
+				if qerr := q.store.quarantine(dir, name); qerr != nil {
 					q.log.Error("quarantine failed", "queue_id", name, "error", qerr)
 				}
 				continue
 			}
 			done, attempts, next := readStatus(filepath.Join(dir, name+statusExt))
+			for k := range done {
+				// Only a damaged sidecar names recipients the message does
+				// not have; counted, they would end it with some pending.
+				if k < 0 || k >= len(st.env.To) {
+					delete(done, k)
+				}
+			}
 			it := &item{id: name, st: st, done: done, attempts: attempts, next: next, index: -1, sidecar: true}
-			if it.next.IsZero() || it.next.After(now.Add(q.opts.Retry[len(q.opts.Retry)-1])) {
+			// A next time beyond the longest backoff (with its up to 10%
+			// jitter) means the clock was set back: do not trust it.
+			last := q.opts.Retry[len(q.opts.Retry)-1]
+			if it.next.IsZero() || it.next.After(now.Add(last+last/10)) {
 				it.next = now
 			}
 			q.items[name] = it
@@ -298,7 +315,11 @@ func (q *Queue) poke() {
 func (q *Queue) Start() {
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	q.loop = make(chan struct{})
-	go q.run()
+	q.runDone = make(chan struct{})
+	go func() {
+		defer close(q.runDone)
+		q.run()
+	}()
 }
 
 // Kick makes every waiting message due now (tests; `queue flush`).
@@ -321,6 +342,9 @@ func (q *Queue) Stop(ctx context.Context) {
 		return
 	}
 	close(q.loop)
+	// Wait for the scheduler first: until it has returned it may still
+	// start an attempt (running.Add), which must not race running.Wait.
+	<-q.runDone
 	done := make(chan struct{})
 	go func() { q.running.Wait(); close(done) }()
 	select {
@@ -352,6 +376,12 @@ func (q *Queue) run() {
 		}
 		q.mu.Unlock()
 		for i, it := range due {
+			select {
+			case <-q.loop: // stopping wins over a free worker
+				q.requeue(due[i:])
+				return
+			default:
+			}
 			select {
 			case q.sem <- struct{}{}:
 			case <-q.loop:

@@ -98,6 +98,20 @@ func shardOf(id string) string {
 	return id[len(id)-1:]
 }
 
+// validID reports whether name is a queue ID (16 upper-case hex digits)
+// that belongs in shard directory n.
+func validID(name string, n int) bool {
+	if len(name) != 16 || shardOf(name) != fmt.Sprintf("%X", n) {
+		return false
+	}
+	for _, c := range name {
+		if (c < '0' || c > '9') && (c < 'A' || c > 'F') {
+			return false
+		}
+	}
+	return true
+}
+
 // dirSyncer group-commits fsyncs of one directory: every caller needs a
 // directory fsync that *started* after its own file was created; one fsync
 // serves everybody who was waiting when it started.
@@ -413,9 +427,10 @@ func (s *store) remove(id string, sidecar bool) error {
 	return os.Remove(p)
 }
 
-func (s *store) quarantine(id string) error {
-	src := s.path(id)
-	dst := filepath.Join(s.dir, brokenDir, id)
+// quarantine moves dir/name (and its sidecar) to quarantine/.
+func (s *store) quarantine(dir, name string) error {
+	src := filepath.Join(dir, name)
+	dst := filepath.Join(s.dir, brokenDir, name)
 	os.Rename(src+statusExt, dst+statusExt)
 	return os.Rename(src, dst)
 }
