@@ -71,7 +71,7 @@ func buildSpoolFile(e Envelope, data []byte) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "SRQ1 %d\n%s\n", len(ej), ej)
 	b.Write(data)
-	fmt.Fprintf(&b, "\nSRQ-END %016x %08x\n", len(data), crc32.Checksum(data, testCRC))
+	fmt.Fprintf(&b, "\nSRQ-END %016x %08x\n", len(data), crc32.Update(crc32.Checksum(ej, testCRC), testCRC, data))
 	return b.Bytes()
 }
 
@@ -109,7 +109,11 @@ func checkConsistent(t *testing.T, raw []byte, st *stored) {
 		t.Fatalf("accepted trailer %q", tr)
 	}
 	data := raw[st.dataOff : st.dataOff+st.dataLen]
-	if dlen != st.dataLen || crc32.Checksum(data, testCRC) != sum {
-		t.Fatalf("trailer says len %d crc %08x; data has len %d crc %08x", dlen, sum, len(data), crc32.Checksum(data, testCRC))
+	// The checksum covers the envelope JSON (after the header line, before
+	// its newline) and the data.
+	ej := raw[bytes.IndexByte(raw, '\n')+1 : st.dataOff-1]
+	want := crc32.Update(crc32.Checksum(ej, testCRC), testCRC, data)
+	if dlen != st.dataLen || want != sum {
+		t.Fatalf("trailer says len %d crc %08x; envelope+data have len %d crc %08x", dlen, sum, len(data), want)
 	}
 }

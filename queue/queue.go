@@ -126,6 +126,7 @@ type Queue struct {
 	loop    chan struct{}
 	// runDone is closed when run has returned: after that no attempt starts.
 	runDone chan struct{}
+	stopped bool
 }
 
 type item struct {
@@ -210,7 +211,7 @@ func (q *Queue) recover() error {
 				}
 				continue
 			}
-			done, attempts, next := readStatus(filepath.Join(dir, name+statusExt))
+			done, attempts, next := readStatus(filepath.Join(dir, name+statusExt), name)
 			for k := range done {
 				// Only a damaged sidecar names recipients the message does
 				// not have; counted, they would end it with some pending.
@@ -253,7 +254,7 @@ func (q *Queue) NewWriter(env Envelope) (*Writer, error) {
 	var lastErr error
 	for try := 0; try < 3; try++ {
 		id := newID(q.opts.Now())
-		f, bw, off, err := q.store.create(id, &env)
+		f, bw, off, ej, err := q.store.create(id, &env)
 		if errors.Is(err, os.ErrExist) {
 			lastErr = err
 			continue
@@ -261,7 +262,9 @@ func (q *Queue) NewWriter(env Envelope) (*Writer, error) {
 		if err != nil {
 			return nil, fmt.Errorf("spool: %w", err)
 		}
-		return &Writer{q: q, id: id, env: env, f: f, bw: bw, off: off, crc: crc32.New(castagnoli)}, nil
+		w := &Writer{q: q, id: id, env: env, f: f, bw: bw, off: off, crc: crc32.New(castagnoli)}
+		w.crc.Write(ej)
+		return w, nil
 	}
 	return nil, fmt.Errorf("spool: %w", lastErr)
 }
@@ -338,9 +341,10 @@ func (q *Queue) Kick() {
 // ctx is done; then it cancels them (they end as temporary failures and the
 // messages stay spooled). Nothing is lost either way.
 func (q *Queue) Stop(ctx context.Context) {
-	if q.cancel == nil {
+	if q.cancel == nil || q.stopped {
 		return
 	}
+	q.stopped = true
 	close(q.loop)
 	// Wait for the scheduler first: until it has returned it may still
 	// start an attempt (running.Add), which must not race running.Wait.
@@ -605,7 +609,7 @@ func Scan(dir string) ([]Info, error) {
 				inf.Err = err
 			} else {
 				inf.Envelope, inf.Size = st.env, st.dataLen
-				done, att, next := readStatus(filepath.Join(sd, e.Name()+statusExt))
+				done, att, next := readStatus(filepath.Join(sd, e.Name()+statusExt), e.Name())
 				inf.Done, inf.Attempts, inf.Next = len(done), att, next
 			}
 			out = append(out, inf)

@@ -22,7 +22,7 @@ import (
 //	SRQ1 <envelope-length>\n
 //	<envelope JSON>\n
 //	<message data, CRLF lines, as it will be sent>
-//	\nSRQ-END <data-length %016x> <crc32c %08x>\n
+//	\nSRQ-END <data-length %016x> <crc32c of envelope JSON and data %08x>\n
 //
 // Why one file and no rename: on ext4 the cost of a spool is in creating,
 // renaming and unlinking directory entries and in directory lock contention,
@@ -33,7 +33,10 @@ import (
 // acknowledged (the 250 is sent only after fsync of the file and of its
 // directory), so recovery may discard it. The CRC guards against the case
 // where a crash during writeback persisted the trailer but not an earlier
-// block.
+// block; it covers the envelope too, so a damaged recipient address is
+// caught as well, and because the envelope holds the queue ID and arrival
+// time, message content cannot carry a trailer that would validate a
+// truncated copy.
 //
 // Delivery progress lives in an optional sidecar spool/<shard>/<id>.st,
 // created only when a message is not fully delivered at the first attempt.
@@ -126,7 +129,16 @@ type dirSyncer struct {
 	started   uint64
 	completed uint64
 	running   bool
-	failed    map[uint64]error
+	// results of the last len(results) fsyncs, by sequence number modulo
+	// the ring size; a waiter whose entry was already overwritten (it
+	// slept through 256 fsyncs) cannot know its result and reports
+	// failure: a needless 451 is safe, a false 250 is not.
+	results [256]syncResult
+}
+
+type syncResult struct {
+	seq uint64
+	err error
 }
 
 func newDirSyncer(path string) (*dirSyncer, error) {
@@ -134,7 +146,7 @@ func newDirSyncer(path string) (*dirSyncer, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &dirSyncer{path: path, dir: f, failed: map[uint64]error{}}
+	d := &dirSyncer{path: path, dir: f}
 	d.cond = sync.NewCond(&d.mu)
 	return d, nil
 }
@@ -156,18 +168,14 @@ func (d *dirSyncer) sync() error {
 		d.mu.Lock()
 		d.running = false
 		d.completed = n
-		if err != nil {
-			if len(d.failed) > 1000 {
-				clear(d.failed)
-			}
-			d.failed[n] = err
-		}
+		d.results[n%uint64(len(d.results))] = syncResult{seq: n, err: err}
 		d.cond.Broadcast()
 	}
-	if err, ok := d.failed[need]; ok {
-		return err
+	r := d.results[need%uint64(len(d.results))]
+	if r.seq != need {
+		return errors.New("directory fsync result lost (too many fsyncs while waiting)")
 	}
-	return nil
+	return r.err
 }
 
 func syncDir(path string) error {
@@ -289,22 +297,23 @@ func (w *Writer) finish() error {
 	return nil
 }
 
-// create starts a spool file and returns it with the offset of the data.
-func (s *store) create(id string, env *Envelope) (*os.File, *bufio.Writer, int64, error) {
+// create starts a spool file and returns it with the offset of the data
+// and the envelope JSON (the checksum starts with it).
+func (s *store) create(id string, env *Envelope) (*os.File, *bufio.Writer, int64, []byte, error) {
 	ej, err := json.Marshal(env)
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, nil, 0, nil, err
 	}
 	f, err := os.OpenFile(s.path(id), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, nil, 0, nil, err
 	}
 	bw := bufio.NewWriterSize(f, 64<<10)
 	hdr := fmt.Sprintf("%s%d\n", magic, len(ej))
 	bw.WriteString(hdr)
 	bw.Write(ej)
 	bw.WriteByte('\n')
-	return f, bw, int64(len(hdr) + len(ej) + 1), nil
+	return f, bw, int64(len(hdr) + len(ej) + 1), ej, nil
 }
 
 // stored is a message as found in the spool.
@@ -361,6 +370,7 @@ func readStored(path string) (*stored, error) {
 	}
 	st.dataLen = dlen
 	h := crc32.New(castagnoli)
+	h.Write(ej[:elen])
 	if _, err := io.Copy(h, io.NewSectionReader(f, st.dataOff, dlen)); err != nil {
 		return nil, err
 	}
@@ -375,6 +385,10 @@ func readStored(path string) (*stored, error) {
 
 // status is one line of the sidecar.
 type status struct {
+	// ID names the message: on a filesystem that can show stale blocks
+	// after a crash, a line from another (deleted) message's sidecar must
+	// not count as this one's progress.
+	ID string `json:"id"`
 	// Done lists recipient indexes that need no more attempts (delivered
 	// or failed permanently and reported).
 	Done     []int     `json:"done,omitempty"`
@@ -383,6 +397,7 @@ type status struct {
 }
 
 func (s *store) appendStatus(id string, st status) error {
+	st.ID = id
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
@@ -398,9 +413,9 @@ func (s *store) appendStatus(id string, st status) error {
 	return err
 }
 
-// readStatus folds the sidecar's lines; a torn last line (crash while
-// appending) is ignored.
-func readStatus(path string) (done map[int]bool, attempts int, next time.Time) {
+// readStatus folds the sidecar's lines for message id; a torn last line
+// (crash while appending) and lines of another message are ignored.
+func readStatus(path, id string) (done map[int]bool, attempts int, next time.Time) {
 	done = map[int]bool{}
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -408,7 +423,7 @@ func readStatus(path string) (done map[int]bool, attempts int, next time.Time) {
 	}
 	for _, line := range bytes.Split(b, []byte{'\n'}) {
 		var st status
-		if len(line) == 0 || json.Unmarshal(line, &st) != nil {
+		if len(line) == 0 || json.Unmarshal(line, &st) != nil || st.ID != id {
 			continue
 		}
 		for _, i := range st.Done {

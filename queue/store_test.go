@@ -34,7 +34,7 @@ func wantFile(t *testing.T, e Envelope, data []byte) []byte {
 	b.Write(ej)
 	b.WriteByte('\n')
 	b.Write(data)
-	fmt.Fprintf(&b, "\nSRQ-END %016x %08x\n", len(data), crc32.Checksum(data, testCRC))
+	fmt.Fprintf(&b, "\nSRQ-END %016x %08x\n", len(data), crc32.Update(crc32.Checksum(ej, testCRC), testCRC, data))
 	return b.Bytes()
 }
 
@@ -377,16 +377,18 @@ func TestWriterReader(t *testing.T) {
 func TestReadStatusTornLastLine(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "X.st")
 	next := t0.Add(time.Hour)
-	l1, _ := json.Marshal(status{Done: []int{0}, Attempts: 1, Next: t0})
-	l2, _ := json.Marshal(status{Done: []int{0, 2}, Attempts: 2, Next: next})
-	l3, _ := json.Marshal(status{Done: []int{0, 1, 2}, Attempts: 3, Next: next.Add(time.Hour)})
-	content := string(l1) + "\n" + string(l2) + "\n" + string(l3[:len(l3)/2])
+	l1, _ := json.Marshal(status{ID: "X", Done: []int{0}, Attempts: 1, Next: t0})
+	l2, _ := json.Marshal(status{ID: "X", Done: []int{0, 2}, Attempts: 2, Next: next})
+	// A stale line of another message (old blocks after a crash) is ignored.
+	other, _ := json.Marshal(status{ID: "Y", Done: []int{1}, Attempts: 9, Next: next})
+	l3, _ := json.Marshal(status{ID: "X", Done: []int{0, 1, 2}, Attempts: 3, Next: next.Add(time.Hour)})
+	content := string(l1) + "\n" + string(l2) + "\n" + string(other) + "\n" + string(l3[:len(l3)/2])
 	os.WriteFile(p, []byte(content), 0o600)
-	done, attempts, n := readStatus(p)
+	done, attempts, n := readStatus(p, "X")
 	if len(done) != 2 || !done[0] || !done[2] || attempts != 2 || !n.Equal(next) {
 		t.Fatalf("readStatus = %v %d %v; want {0,2} 2 %v", done, attempts, n, next)
 	}
-	done, attempts, n = readStatus(filepath.Join(t.TempDir(), "missing.st"))
+	done, attempts, n = readStatus(filepath.Join(t.TempDir(), "missing.st"), "X")
 	if len(done) != 0 || attempts != 0 || !n.IsZero() {
 		t.Fatalf("missing sidecar: %v %d %v", done, attempts, n)
 	}
