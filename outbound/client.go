@@ -121,7 +121,10 @@ func (s *smtpClient) tlsInfo() string { return s.tls }
 // is exactly RFC 7435's opportunistic security; verified levels come from
 // the TLS policy. tlsFailed reports a failed handshake so the caller can
 // retry in clear, as Postfix does at the "may" level.
-func newSMTPClient(conn net.Conn, host, helo string, timeout time.Duration, starttls bool, auth *RouteAuth) (c *smtpClient, tlsFailed bool, err error) {
+//
+// With required, a peer that does not offer STARTTLS, or a failed
+// handshake, is an error: the caller must not fall back to clear text.
+func newSMTPClient(conn net.Conn, host, helo string, timeout time.Duration, starttls, required bool, auth *RouteAuth) (c *smtpClient, tlsFailed bool, err error) {
 	conn.SetDeadline(time.Now().Add(timeout))
 	nc, err := netsmtp.NewClient(conn, host)
 	if err != nil {
@@ -133,11 +136,19 @@ func newSMTPClient(conn net.Conn, host, helo string, timeout time.Duration, star
 		nc.Close()
 		return nil, false, err
 	}
-	if ok, _ := nc.Extension("STARTTLS"); ok && starttls {
+	offered, _ := nc.Extension("STARTTLS")
+	if required && !offered {
+		nc.Close()
+		return nil, false, &tlsRequiredError{"the next hop does not offer STARTTLS"}
+	}
+	if offered && starttls {
 		sc.deadline()
 		cfg := &tls.Config{ServerName: host, InsecureSkipVerify: true, MinVersion: tls.VersionTLS10}
 		if err := nc.StartTLS(cfg); err != nil {
 			nc.Close()
+			if required {
+				return nil, true, &tlsRequiredError{"STARTTLS failed: " + err.Error()}
+			}
 			return nil, true, fmt.Errorf("STARTTLS: %w", err)
 		}
 		if st, ok := nc.TLSConnectionState(); ok {
@@ -221,3 +232,11 @@ func (l *lmtpClient) quit() {
 }
 func (l *lmtpClient) abort()          { l.conn.Close() }
 func (l *lmtpClient) tlsInfo() string { return "" }
+
+// tlsRequiredError says a session could not meet a mandatory TLS level; the
+// delivery is deferred with X.7.10 (encryption needed, RFC 5248).
+type tlsRequiredError struct{ why string }
+
+func (e *tlsRequiredError) Error() string {
+	return "TLS required by policy: " + e.why + "; not sent in clear"
+}

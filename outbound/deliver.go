@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -29,8 +30,13 @@ type EngineOptions struct {
 	CommandTimeout    time.Duration
 	// IdleTimeout keeps a connection for reuse; 0 disables reuse.
 	IdleTimeout time.Duration
-	// StartTLS enables opportunistic STARTTLS.
+	// StartTLS enables opportunistic STARTTLS; it is the default TLS level
+	// (TLSMay, or TLSNone when false) when TLSLevel is nil.
 	StartTLS bool
+	// TLSLevel decides the level per target (the TLS policy seam).
+	TLSLevel func(Target) TLSLevel
+	// Transform, if set, rewrites the message per transaction.
+	Transform Transform
 	// MXPort is the port of MX hosts: "25" in real life.
 	MXPort string
 	Logger *slog.Logger
@@ -76,6 +82,13 @@ func NewEngine(o EngineOptions, r *Router) *Engine {
 	if o.Dial == nil {
 		d := &net.Dialer{Timeout: o.ConnectTimeout}
 		o.Dial = d.DialContext
+	}
+	if o.TLSLevel == nil {
+		lvl := TLSNone
+		if o.StartTLS {
+			lvl = TLSMay
+		}
+		o.TLSLevel = func(Target) TLSLevel { return lvl }
 	}
 	e := &Engine{o: o, dests: map[string]*dest{}}
 	e.router.Store(r)
@@ -182,7 +195,7 @@ func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target,
 		// is what ends a transaction in progress; its recipients then
 		// fail temporarily as with any lost connection.
 		stop := context.AfterFunc(ctx, p.cl.abort)
-		res, broken, stale := e.transact(d, p, rcpts)
+		res, broken, stale := e.transact(d, t, p, rcpts)
 		if !stop() {
 			broken, stale = true, false
 		}
@@ -238,9 +251,15 @@ func (e *Engine) release(ds *dest, p *pooled) {
 // transact runs one MAIL/RCPT/DATA. broken reports that the session cannot
 // be reused; stale that it failed on its very first command without a reply
 // (a pooled session the peer had closed), so nothing was sent.
-func (e *Engine) transact(d *queue.Delivery, p *pooled, rcpts []string) (res []queue.Result, broken, stale bool) {
+func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string) (res []queue.Result, broken, stale bool) {
 	res = make([]queue.Result, len(rcpts))
 	tlsInfo := p.cl.tlsInfo()
+	if lvl := e.o.TLSLevel(t); lvl >= TLSEncrypt && tlsInfo == "" {
+		// open() never hands out such a session; this is the last line of
+		// defence for a policy that changed while a session sat in the pool.
+		return all(len(rcpts), queue.Result{Status: queue.TempFail, Code: "4.7.5", Relay: p.relay,
+			Reply: fmt.Sprintf("TLS level %s required for %s, session is not encrypted; not sent", lvl, t.Addr)}), true, false
+	}
 	set := func(i int, err error, stage string) {
 		r := queue.Result{Relay: p.relay, TLS: tlsInfo}
 		if err == nil {
@@ -296,7 +315,18 @@ func (e *Engine) transact(d *queue.Delivery, p *pooled, rcpts []string) (res []q
 		return res, true, false
 	}
 	defer r.Close()
-	per, err := p.cl.data(r, ok)
+	var data io.Reader = r
+	if e.o.Transform != nil {
+		data, err = e.o.Transform(d, t, ok, tlsInfo, r)
+		if err != nil {
+			for _, i := range okIdx {
+				res[i] = queue.Result{Status: queue.TempFail, Code: "4.3.0", Relay: p.relay, TLS: tlsInfo,
+					Reply: "preparing the message failed: " + err.Error()}
+			}
+			return res, p.cl.reset() != nil, false
+		}
+	}
+	per, err := p.cl.data(data, ok)
 	for k, i := range okIdx {
 		e := err
 		if err == nil && per != nil {
@@ -355,6 +385,10 @@ func (e *Engine) connect(ctx context.Context, t Target) (*pooled, *queue.Result)
 	}
 	r := &queue.Result{Status: queue.TempFail, Code: "4.4.1", Relay: lastRelay,
 		Reply: fmt.Sprintf("could not connect to any next hop for %s: %v", t.Addr, lastErr)}
+	var tre *tlsRequiredError
+	if errors.As(lastErr, &tre) {
+		r.Code = "4.7.10"
+	}
 	if rp := toReply(lastErr, "greeting"); rp != nil {
 		r.Code = rp.enh
 		r.Reply = fmt.Sprintf("%s said: %s", lastRelay, rp.Error())
@@ -379,7 +413,12 @@ func (e *Engine) addrs(ctx context.Context, host string) ([]netip.Addr, error) {
 }
 
 func (e *Engine) open(ctx context.Context, t Target, host, addr, relay string) (*pooled, error) {
-	starttls := e.o.StartTLS && t.Kind != "lmtp"
+	level := e.o.TLSLevel(t)
+	starttls := level >= TLSMay && t.Kind != "lmtp"
+	required := level >= TLSEncrypt
+	if required && t.Kind == "lmtp" {
+		return nil, &tlsRequiredError{"LMTP delivery has no STARTTLS here"}
+	}
 	for {
 		dctx, cancel := context.WithTimeout(ctx, e.o.ConnectTimeout)
 		conn, err := e.o.Dial(dctx, "tcp", addr)
@@ -393,8 +432,8 @@ func (e *Engine) open(ctx context.Context, t Target, host, addr, relay string) (
 		} else {
 			var tlsFailed bool
 			var sc *smtpClient
-			sc, tlsFailed, err = newSMTPClient(conn, host, e.o.Helo, e.o.CommandTimeout, starttls, t.Auth)
-			if tlsFailed && starttls {
+			sc, tlsFailed, err = newSMTPClient(conn, host, e.o.Helo, e.o.CommandTimeout, starttls, required, t.Auth)
+			if tlsFailed && starttls && !required {
 				e.o.Logger.Info("STARTTLS failed, retrying in clear (opportunistic TLS)", "relay", relay, "error", err)
 				starttls = false
 				continue

@@ -1,0 +1,73 @@
+package outbound_test
+
+import (
+	"bytes"
+	"crypto/tls"
+	"io"
+	"strings"
+	"testing"
+
+	"securerelay/outbound"
+	"securerelay/queue"
+)
+
+// A mandatory level is never met in clear text: a next hop without
+// STARTTLS, or with a failing handshake, gets nothing, and the delivery is
+// deferred with 4.7.10.
+func TestTLSEncryptNeverFallsBackToClear(t *testing.T) {
+	encrypt := func(o *outbound.EngineOptions) {
+		o.TLSLevel = func(outbound.Target) outbound.TLSLevel { return outbound.TLSEncrypt }
+	}
+	for name, hopTLS := range map[string]*tls.Config{
+		"no STARTTLS offered": nil,
+		"handshake fails":     {}, // offers STARTTLS, has no certificate
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHop(t, hopOptions{TLS: hopTLS})
+			e := engine(t, everything(t, "smtp://"+h.addr), encrypt)
+			res := deliver(t, e, newSpool(t).put("sender@ours.test", []string{"a@remote.test"}, message))
+			check(t, name, res[0], queue.TempFail, "4.7.10")
+			if !strings.Contains(res[0].Reply, "TLS required") {
+				t.Errorf("reply %q does not say TLS was required", res[0].Reply)
+			}
+			h.none()
+		})
+	}
+	t.Run("STARTTLS works", func(t *testing.T) {
+		h := newHop(t, hopOptions{TLS: selfSigned(t)})
+		e := engine(t, everything(t, "smtp://"+h.addr), encrypt)
+		res := deliver(t, e, newSpool(t).put("sender@ours.test", []string{"a@remote.test"}, message))
+		check(t, "encrypted", res[0], queue.Delivered, "2.0.0")
+		if m := h.next(); !m.TLS {
+			t.Errorf("delivered without TLS")
+		}
+	})
+}
+
+// The transform seam sees the session's TLS state and its output is what
+// leaves; an error defers the recipients and sends nothing.
+func TestTransformSeam(t *testing.T) {
+	h := newHop(t, hopOptions{TLS: selfSigned(t)})
+	var sawTLS string
+	e := engine(t, everything(t, "smtp://"+h.addr), func(o *outbound.EngineOptions) {
+		o.Transform = func(d *queue.Delivery, tg outbound.Target, rcpts []string, tlsInfo string, r io.Reader) (io.Reader, error) {
+			sawTLS = tlsInfo
+			if rcpts[0] == "fail@remote.test" {
+				return nil, io.ErrUnexpectedEOF
+			}
+			b, err := io.ReadAll(r)
+			return bytes.NewReader(append([]byte("X-Transformed: yes\r\n"), b...)), err
+		}
+	})
+	res := deliver(t, e, newSpool(t).put("sender@ours.test", []string{"a@remote.test"}, message))
+	check(t, "transformed", res[0], queue.Delivered, "2.0.0")
+	if m := h.next(); string(m.Data) != "X-Transformed: yes\r\n"+message {
+		t.Errorf("next hop got %q", m.Data)
+	}
+	if !strings.HasPrefix(sawTLS, "TLS1.") {
+		t.Errorf("transform saw TLS %q", sawTLS)
+	}
+	res = deliver(t, e, newSpool(t).put("sender@ours.test", []string{"fail@remote.test"}, message))
+	check(t, "transform error", res[0], queue.TempFail, "4.3.0")
+	h.none()
+}
