@@ -18,6 +18,10 @@ import (
 //
 //   - securerelay: one file written in place, file fsync, group-committed
 //     directory fsync over 16 shard directories; unlink.
+//   - securerelay-preallocated: the same with Options.Preallocate: files
+//     are created ahead in batches, one directory fsync per batch, so a
+//     message costs one write and one file fsync.
+//   - floor-one-fsync: not durable, the lower bound of one fsync.
 //   - tmp-rename: chasquid/safeio style: temp file, fsync, rename into
 //     place, directory fsync; unlink.
 //   - three-files: maddy style: header and body files fsync'd, metadata
@@ -28,25 +32,13 @@ func BenchmarkSpoolLayouts(b *testing.B) {
 	body := bytes.Repeat([]byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n"), 64)
 	env := Envelope{From: "user@example.com", To: []string{"rcpt@partner.test"}, Origin: OriginOutbound, Received: time.Now()}
 
-	b.Run("securerelay", func(b *testing.B) {
-		q, err := Open(Options{Dir: b.TempDir()})
-		if err != nil {
-			b.Fatal(err)
+	for _, pre := range []int{0, 128} {
+		name := "securerelay"
+		if pre > 0 {
+			name = "securerelay-preallocated"
 		}
-		defer q.Close()
-		b.SetParallelism(10) // 2 cores × 10 = 20 writers
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				id, err := q.Put(env, bytes.NewReader(body))
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				q.store.remove(id, false)
-			}
-		})
-	})
+		b.Run(name, func(b *testing.B) { benchQueuePut(b, pre, env, body) })
+	}
 
 	b.Run("tmp-rename", func(b *testing.B) {
 		dir := b.TempDir()
@@ -72,6 +64,30 @@ func BenchmarkSpoolLayouts(b *testing.B) {
 				os.Rename(t, filepath.Join(dir, name))
 				d.Sync()
 				os.Remove(filepath.Join(dir, name))
+			}
+		})
+	})
+
+	// Not a durable design (the directory entry may be lost): the floor
+	// set by one file fsync per message, to show what the directory fsync
+	// and the rest of our bookkeeping cost on top.
+	b.Run("floor-one-fsync", func(b *testing.B) {
+		dir := b.TempDir()
+		var n atomic.Int64
+		b.SetParallelism(10)
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				p := filepath.Join(dir, fmt.Sprint(n.Add(1)))
+				f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				f.Write(body)
+				f.Sync()
+				f.Close()
+				os.Remove(p)
 			}
 		})
 	})
@@ -110,5 +126,28 @@ func BenchmarkSpoolLayouts(b *testing.B) {
 				}
 			}
 		})
+	})
+}
+
+func benchQueuePut(b *testing.B, preallocate int, env Envelope, body []byte) {
+	q, err := Open(Options{Dir: b.TempDir(), Preallocate: preallocate})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer q.Close()
+	if preallocate > 0 {
+		time.Sleep(200 * time.Millisecond) // let the pool fill once
+	}
+	b.SetParallelism(10) // 2 cores × 10 = 20 writers
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			id, err := q.Put(env, bytes.NewReader(body))
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			q.store.remove(id, false)
+		}
 	})
 }

@@ -12,6 +12,7 @@ package queue
 import (
 	"container/heap"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -106,6 +107,9 @@ type Options struct {
 	Now       func() time.Time
 	Deliverer Deliverer
 	Bouncer   Bouncer
+	// Preallocate keeps this many empty spool files ready (see pool.go);
+	// 0 disables it.
+	Preallocate int
 }
 
 // Queue is the spool plus its scheduler.
@@ -173,7 +177,11 @@ func Open(opts Options) (*Queue, error) {
 		sem:   make(chan struct{}, opts.Workers),
 	}
 	if err := q.recover(); err != nil {
+		st.close()
 		return nil, err
+	}
+	if opts.Preallocate > 0 {
+		st.pool = newPool(st, opts.Preallocate, opts.Now, opts.Logger)
 	}
 	return q, nil
 }
@@ -195,6 +203,12 @@ func (q *Queue) recover() error {
 				if _, err := os.Stat(filepath.Join(dir, strings.TrimSuffix(name, statusExt))); errors.Is(err, os.ErrNotExist) {
 					os.Remove(filepath.Join(dir, name))
 				}
+				continue
+			}
+			if fi, err := e.Info(); err == nil && fi.Size() == 0 {
+				// An unused pre-created file, or a create that crashed
+				// before its header: never acknowledged, nothing to keep.
+				os.Remove(filepath.Join(dir, name))
 				continue
 			}
 			st, err := readStored(filepath.Join(dir, name))
@@ -251,6 +265,19 @@ func (q *Queue) NewWriter(env Envelope) (*Writer, error) {
 	if env.Received.IsZero() {
 		env.Received = q.opts.Now()
 	}
+	if q.store.pool != nil {
+		if f := q.store.pool.take(); f != nil {
+			ej, err := json.Marshal(&env)
+			if err != nil {
+				discard([]*os.File{f})
+				return nil, err
+			}
+			bw, off := startFile(f, ej)
+			w := &Writer{q: q, id: filepath.Base(f.Name()), env: env, f: f, bw: bw, off: off, pooled: true, crc: crc32.New(castagnoli)}
+			w.crc.Write(ej)
+			return w, nil
+		}
+	}
 	var lastErr error
 	for try := 0; try < 3; try++ {
 		id := newID(q.opts.Now())
@@ -280,6 +307,7 @@ func (w *Writer) Commit() error {
 		return err
 	}
 	w.closed = true
+	w.releaseBuf()
 	st := &stored{env: w.env, dataOff: w.off, dataLen: w.n}
 	it := &item{id: w.id, st: st, done: map[int]bool{}, next: w.q.opts.Now(), index: -1}
 	w.q.mu.Lock()
@@ -602,6 +630,9 @@ func Scan(dir string) ([]Info, error) {
 		for _, e := range ents {
 			if strings.HasSuffix(e.Name(), statusExt) {
 				continue
+			}
+			if fi, err := e.Info(); err == nil && fi.Size() == 0 {
+				continue // a pre-created file, not a message
 			}
 			inf := Info{ID: e.Name()}
 			st, err := readStored(filepath.Join(sd, e.Name()))

@@ -112,8 +112,24 @@ func openQuiet(t *testing.T, dir string, logs *logBuf) *Queue {
 
 func TestRecoverQuarantinesEveryTruncation(t *testing.T) {
 	dir, id, raw := spoolOne(t, env("a@example.com", "b@example.com"), msg1)
-	for cut := 0; cut < len(raw); cut++ {
+	for cut := 1; cut < len(raw); cut++ {
 		checkQuarantined(t, dir, id, raw[:cut], "truncated at "+itoa(cut))
+	}
+	// An empty file is an unused pre-created one (or a create that died
+	// before its header): removed, neither loaded nor quarantined.
+	shardPath := filepath.Join(dir, shardOf(id), id)
+	os.Remove(filepath.Join(dir, brokenDir, id)) // left by the last cut
+	os.WriteFile(shardPath, nil, 0o600)
+	q0 := openQuiet(t, dir, &logBuf{})
+	if q0.Len() != 0 {
+		t.Fatalf("empty file loaded")
+	}
+	q0.Close()
+	if _, err := os.Stat(shardPath); !os.IsNotExist(err) {
+		t.Fatalf("empty file left in the shard: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, brokenDir, id)); !os.IsNotExist(err) {
+		t.Fatalf("empty file quarantined: %v", err)
 	}
 	// control: the complete file is loaded
 	os.WriteFile(filepath.Join(dir, shardOf(id), id), raw, 0o600)
