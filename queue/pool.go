@@ -69,19 +69,29 @@ func (p *pool) take() *os.File {
 func (p *pool) run() {
 	defer close(p.done)
 	shard := 0
+	failing := false
 	for {
 		for len(p.files) < cap(p.files) {
 			n := min(p.batch, cap(p.files)-len(p.files))
 			made, err := p.fill(shard, n)
 			shard = (shard + 1) % shards
 			if err != nil {
-				p.log.Warn("spool: could not pre-create files; messages are spooled without the pool", "error", err)
+				// Once per failure streak: a full disk must not also
+				// flood the log every second.
+				if !failing {
+					p.log.Warn("spool: could not pre-create files; messages are spooled without the pool", "error", err)
+					failing = true
+				}
 				select {
 				case <-p.stop:
 					return
 				case <-time.After(time.Second):
 				}
 				break
+			}
+			if failing {
+				p.log.Info("spool: pre-creating files works again")
+				failing = false
 			}
 			for _, f := range made {
 				select {
