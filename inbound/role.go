@@ -50,22 +50,15 @@ func (r *Role) Authenticate(*smtpd.State, string, string) error { return smtp.Er
 
 // Mail implements smtpd.Role.
 func (r *Role) Mail(_ *smtpd.State, from string, _ *smtp.MailOptions) (string, error) {
-	if from == "" {
-		return "", nil
-	}
-	a, err := smtputil.ParseAddress(from)
-	if err != nil {
-		return "", smtputil.AddressReply(err, true)
-	}
-	return a.String(), nil
+	return smtputil.ReversePath(from)
 }
 
 // Rcpt implements smtpd.Role: only our domains, and no local part that a
 // downstream MTA could read as a route elsewhere.
 func (r *Role) Rcpt(_ *smtpd.State, to string, _ *smtp.RcptOptions) (string, error) {
-	a, err := smtputil.ParseAddress(to)
+	a, err := smtputil.ForwardPath(to)
 	if err != nil {
-		return "", smtputil.AddressReply(err, false)
+		return "", err
 	}
 	if a.IsIPLiteral() || !(*r.domains.Load())[a.Domain] {
 		return "", smtputil.RelayDenied(a.Domain)

@@ -109,21 +109,14 @@ func (s *Submission) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (st
 			return "", smtputil.AuthRequired()
 		}
 	}
-	if from == "" {
-		return "", nil
-	}
-	a, err := smtputil.ParseAddress(from)
-	if err != nil {
-		return "", smtputil.AddressReply(err, true)
-	}
-	return a.String(), nil
+	return smtputil.ReversePath(from)
 }
 
 // Rcpt implements smtpd.Role: any domain, but a well-formed address.
 func (s *Submission) Rcpt(_ *smtpd.State, to string, _ *smtp.RcptOptions) (string, error) {
-	a, err := smtputil.ParseAddress(to)
+	a, err := smtputil.ForwardPath(to)
 	if err != nil {
-		return "", smtputil.AddressReply(err, false)
+		return "", err
 	}
 	return a.String(), nil
 }

@@ -226,3 +226,27 @@ func replyText(s string) string {
 	}
 	return b.String()
 }
+
+// ReversePath checks a MAIL FROM address as go-smtp hands it over and
+// returns its canonical form; the null sender "" stays "". The error, if
+// any, is the *smtp.SMTPError to send.
+func ReversePath(from string) (string, error) {
+	if from == "" {
+		return "", nil
+	}
+	a, err := ParseAddress(from)
+	if err != nil {
+		return "", AddressReply(err, true)
+	}
+	return a.String(), nil
+}
+
+// ForwardPath parses a RCPT TO address; the error, if any, is the
+// *smtp.SMTPError to send.
+func ForwardPath(to string) (Address, error) {
+	a, err := ParseAddress(to)
+	if err != nil {
+		return Address{}, AddressReply(err, false)
+	}
+	return a, nil
+}
