@@ -210,18 +210,44 @@ func (l *lmtpClient) data(r io.Reader, rcpts []string) ([]error, error) {
 	if _, err := io.Copy(w, r); err != nil {
 		return nil, err
 	}
-	_, err = w.CloseWithLMTPResponse()
-	per := make([]error, len(rcpts))
-	var le gosmtp.LMTPDataError
-	if errors.As(err, &le) {
-		for i, rc := range rcpts {
-			if e, ok := le[rc]; ok {
-				per[i] = e
+	resp, err := w.CloseWithLMTPResponse()
+	if err == nil {
+		return make([]error, len(rcpts)), nil
+	}
+	// A bare LMTPDataError: every recipient got its own reply (accepted
+	// ones are in resp). go-smtp joins it with the I/O error when the
+	// connection broke half way: then only the recipients with a reply
+	// know their fate, and the others get the I/O error, never "accepted".
+	le, ioErr := gosmtp.LMTPDataError(nil), error(nil)
+	switch e := err.(type) {
+	case gosmtp.LMTPDataError:
+		le = e
+	case interface{ Unwrap() []error }:
+		for _, x := range e.Unwrap() {
+			if l, ok := x.(gosmtp.LMTPDataError); ok {
+				le = l
+			} else if ioErr == nil {
+				ioErr = x
 			}
 		}
-		return per, nil
+	default:
+		return nil, err
 	}
-	return per, err
+	if ioErr == nil && le == nil {
+		return nil, err
+	}
+	per := make([]error, len(rcpts))
+	for i, rc := range rcpts {
+		switch {
+		case le[rc] != nil:
+			per[i] = le[rc]
+		case resp[rc] != nil:
+			per[i] = nil
+		default:
+			per[i] = ioErr
+		}
+	}
+	return per, ioErr
 }
 func (l *lmtpClient) reset() error { return l.c.Reset() }
 func (l *lmtpClient) quit() {

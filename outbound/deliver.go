@@ -252,8 +252,11 @@ func (e *Engine) release(ds *dest, p *pooled) {
 // be reused; stale that it failed on its very first command without a reply
 // (a pooled session the peer had closed), so nothing was sent.
 func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string) (res []queue.Result, broken, stale bool) {
-	res = make([]queue.Result, len(rcpts))
 	tlsInfo := p.cl.tlsInfo()
+	// Every recipient starts as a temporary failure: only a reply to the
+	// end of DATA may turn one into Delivered.
+	res = all(len(rcpts), queue.Result{Status: queue.TempFail, Code: "4.4.2", Relay: p.relay, TLS: tlsInfo,
+		Reply: "transaction with " + p.relay + " did not complete"})
 	if lvl := e.o.TLSLevel(t); lvl >= TLSEncrypt && tlsInfo == "" {
 		// open() never hands out such a session; this is the last line of
 		// defence for a policy that changed while a session sat in the pool.
@@ -294,8 +297,12 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 		if err := p.cl.rcpt(rc); err != nil {
 			set(i, err, "RCPT TO")
 			if toReply(err, "") == nil {
-				for j := i + 1; j < len(rcpts); j++ {
-					set(j, err, "RCPT TO")
+				// The connection is gone: recipients accepted so far never
+				// got their DATA, later ones were never asked.
+				for j := range rcpts {
+					if j != i && (j > i || res[j].Status != queue.PermFail) {
+						set(j, err, "RCPT TO")
+					}
 				}
 				return res, true, false
 			}
@@ -328,8 +335,10 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 	}
 	per, err := p.cl.data(data, ok)
 	for k, i := range okIdx {
+		// Per-recipient replies (LMTP) take precedence; nil there means
+		// accepted, and a recipient without a reply carries the I/O error.
 		e := err
-		if err == nil && per != nil {
+		if per != nil {
 			e = per[k]
 		}
 		set(i, e, "end of DATA")

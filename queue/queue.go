@@ -29,9 +29,11 @@ import (
 // Status is the outcome of one delivery attempt for one recipient.
 type Status int
 
-// Outcomes of an attempt.
+// Outcomes of an attempt. The zero value is deliberately none of them: a
+// Result a Deliverer forgot to fill in must never read as Delivered; the
+// queue treats it as a temporary failure.
 const (
-	Delivered Status = iota
+	Delivered Status = iota + 1
 	TempFail
 	PermFail
 )
