@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -16,9 +17,13 @@ import (
 )
 
 type session struct {
-	srv       *Server
-	c         *smtp.Conn
-	tc        *trackedConn
+	srv *Server
+	c   *smtp.Conn
+	tc  *trackedConn
+	// mu guards st and errors against the one concurrent caller go-smtp
+	// has: with BDAT, Data runs in its own goroutine while the command
+	// loop goes on, and an RSET then calls Reset during Data.
+	mu        sync.Mutex
 	st        State
 	errors    int
 	authFails int
@@ -32,10 +37,15 @@ func (s *session) edge(err error, stage string) error {
 	if err == nil {
 		return nil
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	se, ok := err.(*smtp.SMTPError)
 	if !ok {
-		s.st.Log.Error("internal error, answering 451", "stage", stage, "error", err)
+		s.st.Log.Error("internal error, answering with a temporary failure", "stage", stage, "error", err)
 		se = smtputil.QueueFailed()
+		if stage == "auth" {
+			se = smtputil.AuthTempFail()
+		}
 	}
 	if se.Code >= 400 {
 		s.errors++
@@ -127,14 +137,17 @@ func (s *session) Data(r io.Reader) error {
 	if o.DataTimeout > 0 {
 		s.c.Conn().SetReadDeadline(time.Now().Add(o.DataTimeout))
 	}
+	s.mu.Lock()
+	helo := s.st.Helo
 	env := queue.Envelope{
 		From:     s.st.From,
 		To:       append([]string(nil), s.st.Rcpts...),
 		Origin:   o.Role.Origin(),
 		Listener: o.Name,
-		Client:   fmt.Sprintf("%s[%s]", sanitize(s.st.Helo), s.st.RemoteIP),
+		Client:   fmt.Sprintf("%s[%s]", sanitize(helo), s.st.RemoteIP),
 		AuthUser: s.st.AuthUser,
 	}
+	s.mu.Unlock()
 	w, err := o.Queue.NewWriter(env)
 	if err != nil {
 		s.st.Log.Error("cannot spool message", "error", err)
@@ -143,7 +156,7 @@ func (s *session) Data(r io.Reader) error {
 	defer w.Abort()
 
 	ri := smtputil.ReceivedInfo{
-		FromHelo: s.st.Helo,
+		FromHelo: helo,
 		ClientIP: s.st.RemoteIP,
 		ByHost:   o.Hostname,
 		Listener: o.Name,
@@ -171,6 +184,15 @@ func (s *session) Data(r io.Reader) error {
 		var se *smtp.SMTPError
 		var ne net.Error
 		switch {
+		case errors.Is(err, smtp.ErrDataReset):
+			// RSET during BDAT: the client gave the message up. Not a
+			// refusal, so neither logged nor counted. Normally nobody sees
+			// this reply; it is a temporary SMTPError because go-smtp
+			// v0.25.1 can deliver an aborted transfer's result to the next
+			// BDAT transaction, which must then read "try again", never a
+			// permanent 554 with internal text.
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+				Message: "message transfer aborted (RSET during BDAT); send the message again"}
 		case errors.Is(err, smtputil.ErrBareLineEnding):
 			return s.edge(smtputil.BareLineEnding(), "data")
 		case errors.As(err, &se):
@@ -197,7 +219,7 @@ func (s *session) Data(r io.Reader) error {
 		return s.edge(smtputil.QueueFailed(), "data")
 	}
 	s.st.Log.Info("queued", "queue_id", w.ID(), "from", env.From, "nrcpt", len(env.To),
-		"size", w.Size(), "helo", sanitize(s.st.Helo), "tls", ri.TLSVersion)
+		"size", w.Size(), "helo", sanitize(helo), "tls", ri.TLSVersion)
 	s.endTxn()
 	// go-smtp sends whatever SMTPError Data returns, 2xx included; this is
 	// how the client learns the queue ID, as Postfix admins expect.
@@ -205,6 +227,8 @@ func (s *session) Data(r io.Reader) error {
 }
 
 func (s *session) endTxn() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.st.From = ""
 	s.st.Rcpts = nil
 	s.tc.inTxn.Store(false)
@@ -213,7 +237,14 @@ func (s *session) endTxn() {
 	}
 }
 
-func (s *session) Reset() { s.endTxn() }
+// Reset runs on RSET and on a repeated EHLO/HELO (RFC 5321 §4.1.4), so
+// the HELO name is refreshed here too.
+func (s *session) Reset() {
+	s.endTxn()
+	s.mu.Lock()
+	s.st.Helo = s.c.Hostname()
+	s.mu.Unlock()
+}
 
 // Logout runs when the connection closes and when STARTTLS discards the
 // session (go-smtp then calls neither Reset nor anything else): a
