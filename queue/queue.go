@@ -146,6 +146,9 @@ type item struct {
 	// sidecar is set once a .st file may exist, so that the common case
 	// (delivered at the first attempt) costs no extra unlink.
 	sidecar bool
+	// held: a recipient failed permanently without a DSN; the message
+	// ends in hold/ rather than being removed.
+	held bool
 }
 
 // Open opens (creating if needed) the spool in opts.Dir and loads every
@@ -219,6 +222,13 @@ func (q *Queue) recover() error {
 				// queue finds a message only under spool/<shardOf(id)>/<id>.
 				err = fmt.Errorf("%q is not a queue ID of shard %X", name, i)
 			}
+			if err != nil && !errors.Is(err, errIncomplete) && validID(name, i) {
+				// Not a verdict on the file (permissions, I/O, too many
+				// open files): quarantining it would strand a message
+				// that may well have been acknowledged. Refuse to start
+				// instead, so the admin sees it and fixes the cause.
+				return fmt.Errorf("spool: cannot read %s: %w (fix the cause and start again; the file is left in place)", filepath.Join(dir, name), err)
+			}
 			if err != nil {
 				q.log.Warn("spool file not loadable, moved to quarantine (it was never acknowledged with 250 if incomplete)",
 					"queue_id", name, "error", err)
@@ -227,7 +237,7 @@ func (q *Queue) recover() error {
 				}
 				continue
 			}
-			done, attempts, next := readStatus(filepath.Join(dir, name+statusExt), name)
+			done, attempts, next, held := readStatus(filepath.Join(dir, name+statusExt), name)
 			for k := range done {
 				// Only a damaged sidecar names recipients the message does
 				// not have; counted, they would end it with some pending.
@@ -235,7 +245,7 @@ func (q *Queue) recover() error {
 					delete(done, k)
 				}
 			}
-			it := &item{id: name, st: st, done: done, attempts: attempts, next: next, index: -1, sidecar: true}
+			it := &item{id: name, st: st, done: done, attempts: attempts, next: next, index: -1, sidecar: true, held: held}
 			// A next time beyond the longest backoff (with its up to 10%
 			// jitter) means the clock was set back: do not trust it.
 			last := q.opts.Retry[len(q.opts.Retry)-1]
@@ -468,7 +478,9 @@ func (q *Queue) attempt(it *item) {
 	results := q.opts.Deliverer.Deliver(q.ctx, d)
 	now := q.opts.Now()
 	it.attempts++
-	expired := now.Sub(env.Received) >= q.opts.MaxAge
+	// An attempt cut short by shutdown says nothing about the next hop: it
+	// must not turn into an expiry.
+	expired := now.Sub(env.Received) >= q.opts.MaxAge && q.ctx.Err() == nil
 
 	var bounces []Bounce
 	var bounceIdx []int
@@ -498,14 +510,17 @@ func (q *Queue) attempt(it *item) {
 	if len(bounces) > 0 {
 		switch {
 		case env.Origin == OriginInbound:
-			q.log.Warn("permanent failure of accepted inbound mail: no DSN is sent for inbound mail; check the downstream system",
+			q.log.Warn("permanent failure of accepted inbound mail: no DSN is sent for inbound mail; the message will be kept in spool/hold; check the downstream system",
 				"queue_id", it.id, "from", env.From, "nrcpt", len(bounces))
 			newlyDone = append(newlyDone, bounceIdx...)
+			it.held = true
 		case env.From == "":
-			q.log.Info("no DSN for the null sender", "queue_id", it.id, "nrcpt", len(bounces))
+			q.log.Warn("no DSN for the null sender; the message will be kept in spool/hold", "queue_id", it.id, "nrcpt", len(bounces))
 			newlyDone = append(newlyDone, bounceIdx...)
+			it.held = true
 		case q.opts.Bouncer == nil:
 			newlyDone = append(newlyDone, bounceIdx...)
+			it.held = true
 		default:
 			if err := q.opts.Bouncer(d, bounces); err != nil {
 				q.log.Error("could not queue DSN, will try again", "queue_id", it.id, "error", err)
@@ -522,6 +537,17 @@ func (q *Queue) attempt(it *item) {
 		q.mu.Lock()
 		delete(q.items, it.id)
 		q.mu.Unlock()
+		if it.held {
+			// Never deleted: whoever accepted it must deliver it, and
+			// nobody can be told it failed. An admin looks at hold/.
+			if err := q.store.hold(it.id); err != nil {
+				q.log.Error("could not move undeliverable message to spool/hold; it stays in the spool and may be tried again", "queue_id", it.id, "error", err)
+			} else {
+				q.log.Warn("held: message could not be delivered to every recipient and no DSN was possible; kept in spool/hold",
+					"queue_id", it.id, "from", env.From)
+			}
+			return
+		}
 		if err := q.store.remove(it.id, it.sidecar); err != nil {
 			q.log.Error("could not remove delivered message from spool; it may be delivered again", "queue_id", it.id, "error", err)
 		} else {
@@ -539,7 +565,7 @@ func (q *Queue) attempt(it *item) {
 		doneList = append(doneList, i)
 	}
 	it.sidecar = true
-	if err := q.store.appendStatus(it.id, status{Done: doneList, Attempts: it.attempts, Next: it.next}); err != nil {
+	if err := q.store.appendStatus(it.id, status{Done: doneList, Attempts: it.attempts, Next: it.next, Held: it.held}); err != nil {
 		q.log.Warn("could not record delivery status; recipients may be retried", "queue_id", it.id, "error", err)
 	}
 	q.mu.Lock()
@@ -614,14 +640,21 @@ type Info struct {
 	Attempts int
 	Next     time.Time
 	Err      error
+	// Held: in hold/ (not being delivered; see the log for why).
+	Held bool
 }
 
 // Scan reads the spool in dir without a running queue (for the CLI). It
 // does not modify anything.
 func Scan(dir string) ([]Info, error) {
 	var out []Info
+	dirs := []string{}
 	for i := 0; i < shards; i++ {
-		sd := filepath.Join(dir, fmt.Sprintf("%X", i))
+		dirs = append(dirs, fmt.Sprintf("%X", i))
+	}
+	dirs = append(dirs, holdDir)
+	for _, d := range dirs {
+		sd := filepath.Join(dir, d)
 		ents, err := os.ReadDir(sd)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
@@ -636,13 +669,13 @@ func Scan(dir string) ([]Info, error) {
 			if fi, err := e.Info(); err == nil && fi.Size() == 0 {
 				continue // a pre-created file, not a message
 			}
-			inf := Info{ID: e.Name()}
+			inf := Info{ID: e.Name(), Held: d == holdDir}
 			st, err := readStored(filepath.Join(sd, e.Name()))
 			if err != nil {
 				inf.Err = err
 			} else {
 				inf.Envelope, inf.Size = st.env, st.dataLen
-				done, att, next := readStatus(filepath.Join(sd, e.Name()+statusExt), e.Name())
+				done, att, next, _ := readStatus(filepath.Join(sd, e.Name()+statusExt), e.Name())
 				inf.Done, inf.Attempts, inf.Next = len(done), att, next
 			}
 			out = append(out, inf)

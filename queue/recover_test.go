@@ -392,3 +392,28 @@ func TestRecoverQuarantinesStrayFiles(t *testing.T) {
 		t.Errorf("log: %s", logs.String())
 	}
 }
+
+// An entry that cannot be read for a reason that says nothing about its
+// content (here a directory where a message file should be: EISDIR, as
+// EACCES or EIO would be) is not quarantined: Open refuses to start and
+// leaves it in place, so a possibly acknowledged message is not stranded.
+func TestRecoverRefusesToStartOnReadErrors(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "spool")
+	q, err := Open(Options{Dir: dir, Logger: slogTo(&logBuf{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	id := newID(t0)
+	bad := filepath.Join(dir, shardOf(id), id)
+	if err := os.Mkdir(bad, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(Options{Dir: dir, Logger: slogTo(&logBuf{})})
+	if err == nil || !strings.Contains(err.Error(), bad) {
+		t.Fatalf("Open = %v, want an error naming %s", err, bad)
+	}
+	if fi, err := os.Stat(bad); err != nil || !fi.IsDir() {
+		t.Fatalf("the unreadable entry was moved: %v", err)
+	}
+}

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -65,7 +66,7 @@ func TestRetrySchedule(t *testing.T) {
 			t.Fatalf("after attempt %d: next in %v, want %v + at most 10%%", k+1, delay, w)
 		}
 		// the sidecar records the same
-		done, attempts, next := readStatus(q.store.path(id)+statusExt, id)
+		done, attempts, next, _ := readStatus(q.store.path(id)+statusExt, id)
 		if len(done) != 0 || attempts != k+1 || !next.Equal(s.next) {
 			t.Fatalf("sidecar: done %v attempts %d next %v; want none, %d, %v", done, attempts, next, k+1, s.next)
 		}
@@ -336,6 +337,7 @@ func TestBouncerRules(t *testing.T) {
 			q.rec.next(t)
 			gone(t, q.Queue, id)
 			q.stop()
+			isHeld(t, q.dir, id, msg1)
 			if b.n() != 0 {
 				t.Fatalf("Bouncer called: %+v", b.calls)
 			}
@@ -417,4 +419,52 @@ func TestNoBouncerConfigured(t *testing.T) {
 	q.Start()
 	q.rec.next(t)
 	gone(t, q.Queue, id)
+	isHeld(t, q.dir, id, msg1)
+}
+
+// isHeld checks that a message nobody could be told about was kept, whole,
+// in hold/ instead of being deleted.
+func isHeld(t *testing.T, dir, id, data string) {
+	t.Helper()
+	st, err := readStored(filepath.Join(dir, holdDir, id))
+	if err != nil {
+		t.Fatalf("message %s not in hold/: %v", id, err)
+	}
+	if st.dataLen != int64(len(data)) {
+		t.Fatalf("held message has %d bytes of data, want %d", st.dataLen, len(data))
+	}
+}
+
+// A permanent failure without a DSN marks the message for hold/; the mark
+// survives a restart while other recipients are still pending, and the
+// message ends in hold/, not deleted, once they are done.
+func TestHeldSurvivesRestart(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "spool")
+	e := env("bad@example.com", "later@example.com")
+	e.Origin = OriginInbound
+	q1 := open(t, dir, Options{Retry: []time.Duration{time.Hour}}, func(ctx context.Context, d *Delivery) []Result {
+		var rs []Result
+		for _, r := range d.Rcpts {
+			if r == "bad@example.com" {
+				rs = append(rs, permFail)
+			} else {
+				rs = append(rs, tempFail)
+			}
+		}
+		return rs
+	})
+	id := put(t, q1.Queue, e, msg1)
+	q1.Start()
+	q1.rec.next(t)
+	idle(t, q1.Queue, id)
+	q1.stop()
+	q1.Close()
+	q2 := open(t, dir, Options{}, func(ctx context.Context, d *Delivery) []Result { return all(len(d.Rcpts), Result{Status: Delivered}) })
+	q2.Kick()
+	q2.Start()
+	if c := q2.rec.next(t); strings.Join(c.rcpts, ",") != "later@example.com" {
+		t.Fatalf("after restart: %v", c.rcpts)
+	}
+	gone(t, q2.Queue, id)
+	isHeld(t, dir, id, msg1)
 }

@@ -54,6 +54,7 @@ const (
 	trailerLen  = 1 + 8 + 16 + 1 + 8 + 1
 	statusExt   = ".st"
 	brokenDir   = "quarantine"
+	holdDir     = "hold"
 	maxEnvelope = 1 << 20
 )
 
@@ -223,6 +224,9 @@ func openStore(dir string) (*store, error) {
 		}
 		s.dsync[i] = ds
 	}
+	if err := os.MkdirAll(filepath.Join(dir, holdDir), 0o700); err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
 	if err := os.MkdirAll(filepath.Join(dir, brokenDir), 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
@@ -368,6 +372,9 @@ func readStored(path string) (*stored, error) {
 	}
 	br := bufio.NewReader(f)
 	line, err := br.ReadString('\n')
+	if err != nil && err != io.EOF {
+		return nil, err // an I/O error says nothing about the file
+	}
 	if err != nil || len(line) < len(magic)+2 || line[:len(magic)] != magic {
 		return nil, fmt.Errorf("%w: bad header", errIncomplete)
 	}
@@ -377,6 +384,9 @@ func readStored(path string) (*stored, error) {
 	}
 	ej := make([]byte, elen+1)
 	if _, err := io.ReadFull(br, ej); err != nil || ej[elen] != '\n' {
+		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+			return nil, err
+		}
 		return nil, fmt.Errorf("%w: short envelope", errIncomplete)
 	}
 	st := &stored{dataOff: int64(len(line) + elen + 1)}
@@ -424,6 +434,10 @@ type status struct {
 	Done     []int     `json:"done,omitempty"`
 	Attempts int       `json:"attempts"`
 	Next     time.Time `json:"next"`
+	// Held: some recipient failed permanently and no DSN could be sent
+	// (inbound mail, null sender): keep the message in hold/ at the end
+	// instead of removing it.
+	Held bool `json:"held,omitempty"`
 }
 
 func (s *store) appendStatus(id string, st status) error {
@@ -445,7 +459,7 @@ func (s *store) appendStatus(id string, st status) error {
 
 // readStatus folds the sidecar's lines for message id; a torn last line
 // (crash while appending) and lines of another message are ignored.
-func readStatus(path, id string) (done map[int]bool, attempts int, next time.Time) {
+func readStatus(path, id string) (done map[int]bool, attempts int, next time.Time, held bool) {
 	done = map[int]bool{}
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -460,6 +474,7 @@ func readStatus(path, id string) (done map[int]bool, attempts int, next time.Tim
 			done[i] = true
 		}
 		attempts, next = st.Attempts, st.Next
+		held = held || st.Held
 	}
 	return
 }
@@ -473,6 +488,16 @@ func (s *store) remove(id string, sidecar bool) error {
 }
 
 // quarantine moves dir/name (and its sidecar) to quarantine/.
+// hold moves a finished message that could not be delivered to everyone,
+// and could not be reported either, to hold/: never deleted, for the admin
+// (the log names each failed recipient and why).
+func (s *store) hold(id string) error {
+	src := s.path(id)
+	dst := filepath.Join(s.dir, holdDir, id)
+	os.Rename(src+statusExt, dst+statusExt)
+	return os.Rename(src, dst)
+}
+
 func (s *store) quarantine(dir, name string) error {
 	src := filepath.Join(dir, name)
 	dst := filepath.Join(s.dir, brokenDir, name)

@@ -25,7 +25,8 @@ const usage = `usage: securerelay <command> [flags]
 commands:
   serve --config FILE          run the relay
   check-config --config FILE   validate FILE; print every problem as FILE:LINE: key: what is wrong
-  queue list|count --config FILE   show what is in the spool (read only)
+  queue list|count --config FILE   show the spool (read only); list includes spool/hold,
+                               count only messages still being delivered
   version                      print the version
 `
 
@@ -151,7 +152,14 @@ func queueCmd(sub string, cfg *config.Config, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if sub == "count" {
-		fmt.Fprintln(stdout, len(items))
+		// Messages still being delivered; held ones wait for the admin.
+		n := 0
+		for _, it := range items {
+			if !it.Held {
+				n++
+			}
+		}
+		fmt.Fprintln(stdout, n)
 		return 0
 	}
 	tw := tabwriter.NewWriter(stdout, 2, 8, 2, ' ', 0)
@@ -168,6 +176,9 @@ func queueCmd(sub string, cfg *config.Config, stdout, stderr io.Writer) int {
 		next := "-"
 		if !it.Next.IsZero() {
 			next = it.Next.Format(time.DateTime)
+		}
+		if it.Held {
+			next = "held"
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\t%d of %d pending\n", it.ID, it.Size,
 			it.Envelope.Received.Format(time.DateTime), it.Attempts, next, from,

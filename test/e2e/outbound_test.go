@@ -219,14 +219,17 @@ outbound:
 		r.WaitLog(0, 5*time.Second, "sender non-delivery notification", "queue_id="+res.QueueID())
 	})
 
+	var heldIDs []string
 	t.Run("null sender", func(t *testing.T) {
 		res := mustSend(t, "--server", sub, "--from", "<>", "--to", "user@partner.test")
 		r.WaitLog(0, 10*time.Second, "no DSN for the null sender", "queue_id="+res.QueueID())
+		heldIDs = append(heldIDs, res.QueueID())
 	})
 
 	t.Run("inbound refused downstream", func(t *testing.T) {
 		res := mustSend(t, "--server", mx, "--from", "other@example.test", "--to", "someone@refusing.test")
 		r.WaitLog(0, 10*time.Second, "no DSN is sent for inbound mail", "queue_id="+res.QueueID())
+		heldIDs = append(heldIDs, res.QueueID())
 	})
 
 	// Let anything that should not exist arrive, then look everywhere.
@@ -241,6 +244,13 @@ outbound:
 			t.Fatalf("spool not empty 5s after the last attempt:\n%s", qlist)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	// Nobody could be told about those two: they are kept, not deleted.
+	qlist, _, _ := runRelayCmd(t, "queue", "list", "--config", cfg)
+	for _, id := range heldIDs {
+		if !regexp.MustCompile(`(?m)^` + id + `\s.*\sheld\s`).MatchString(qlist) {
+			t.Errorf("queue list does not show %s as held:\n%s", id, qlist)
+		}
 	}
 	time.Sleep(300 * time.Millisecond)
 	if boxes := mailboxes(t, mail); strings.Join(boxes, ",") != "sender@example.test" {
