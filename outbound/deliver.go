@@ -372,7 +372,7 @@ func (e *Engine) connect(ctx context.Context, t Target) (*pooled, *queue.Result)
 	var lastErr error
 	lastRelay := ""
 	for _, h := range hosts {
-		addrs, err := e.addrs(ctx, h)
+		addrs, err := e.addrs(ctx, h, t.Kind != "mx")
 		if err != nil {
 			lastErr, lastRelay = err, h
 			continue
@@ -411,11 +411,14 @@ func (e *Engine) connect(ctx context.Context, t Target) (*pooled, *queue.Result)
 	return nil, r
 }
 
-func (e *Engine) addrs(ctx context.Context, host string) ([]netip.Addr, error) {
+// addrs resolves a next hop. "localhost" is taken literally only for a
+// next hop the admin configured: an MX record naming localhost is a
+// hostile or broken domain's, and must not make us connect to ourselves.
+func (e *Engine) addrs(ctx context.Context, host string, configured bool) ([]netip.Addr, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
 		return []netip.Addr{a}, nil
 	}
-	if host == "localhost" {
+	if host == "localhost" && configured {
 		return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
 	}
 	return e.o.Resolver.LookupHost(ctx, host)

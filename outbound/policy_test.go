@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"securerelay/dnsutil"
+	"securerelay/dnsutil/dnstest"
 	"securerelay/outbound"
 	"securerelay/queue"
 )
@@ -70,4 +72,26 @@ func TestTransformSeam(t *testing.T) {
 	res = deliver(t, e, newSpool(t).put("sender@ours.test", []string{"fail@remote.test"}, message))
 	check(t, "transform error", res[0], queue.TempFail, "4.3.0")
 	h.none()
+}
+
+// An MX record naming "localhost" is resolved like any other name (here it
+// does not resolve), never short-cut to 127.0.0.1: a hostile domain must
+// not make the relay deliver to itself. A configured next hop may say
+// localhost.
+func TestLocalhostOnlyForConfiguredNextHops(t *testing.T) {
+	h := newHop(t, hopOptions{})
+	e := engine(t, &outbound.Router{}, func(o *outbound.EngineOptions) {
+		o.Resolver = dnstest.Mock{MX: map[string][]dnsutil.MX{"evil.test": {{Host: "localhost", Pref: 10}}}}
+		o.MXPort = h.port
+	})
+	res := deliver(t, e, newSpool(t).put("sender@ours.test", []string{"a@evil.test"}, message))
+	if res[0].Status == queue.Delivered {
+		t.Fatalf("delivered through an MX named localhost: %+v", res[0])
+	}
+	h.none()
+
+	e = engine(t, everything(t, "smtp://localhost:"+h.port), nil)
+	res = deliver(t, e, newSpool(t).put("sender@ours.test", []string{"a@remote.test"}, message))
+	check(t, "configured localhost", res[0], queue.Delivered, "2.0.0")
+	h.next()
 }

@@ -17,7 +17,14 @@ type Target struct {
 }
 
 // Key identifies a destination for connection reuse and concurrency limits.
-func (t Target) Key() string { return t.Kind + ":" + t.Addr }
+// The AUTH user is part of it: a pooled session is already authenticated,
+// so two routes to one smarthost with different accounts must not share.
+func (t Target) Key() string {
+	if t.Auth != nil {
+		return t.Kind + ":" + t.Auth.Username + "@" + t.Addr
+	}
+	return t.Kind + ":" + t.Addr
+}
 
 // RouteAuth are credentials for a next hop.
 type RouteAuth struct {

@@ -16,6 +16,10 @@ import (
 	"securerelay/smtputil"
 )
 
+// maxHops is the number of Received: fields a message may already carry,
+// as Postfix's hopcount_limit.
+const maxHops = 50
+
 type session struct {
 	srv *Server
 	c   *smtp.Conn
@@ -179,7 +183,8 @@ func (s *session) Data(r io.Reader) error {
 		s.st.Log.Error("cannot spool message", "queue_id", w.ID(), "error", err)
 		return s.edge(smtputil.QueueFailed(), "data")
 	}
-	_, err = io.Copy(w, smtputil.NewLineEndingReader(r, o.NormalizeLineEndings))
+	hops := &smtputil.HopCounter{}
+	_, err = io.Copy(w, io.TeeReader(smtputil.NewLineEndingReader(r, o.NormalizeLineEndings), hops))
 	if err != nil {
 		var se *smtp.SMTPError
 		var ne net.Error
@@ -209,6 +214,14 @@ func (s *session) Data(r io.Reader) error {
 			s.st.Log.Error("cannot spool message", "queue_id", w.ID(), "error", err)
 			return s.edge(smtputil.QueueFailed(), "data")
 		}
+	}
+	if hops.N > maxHops {
+		// RFC 5321 §6.3: a loop, almost certainly (a deliver_to or a
+		// forwarding rule pointing back here). Refusing ends it; for our
+		// own deliveries the refusal reaches the queue, which holds or
+		// bounces the message once instead of circulating it forever.
+		return s.edge(&smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 4, 6},
+			Message: fmt.Sprintf("too many hops (%d Received: header fields, limit %d): this looks like a mail loop; check the forwarding and routing between your servers and this one", hops.N, maxHops)}, "data")
 	}
 	msg := &Message{QueueID: w.ID(), Size: w.Size(), Open: w.Reader}
 	if err := o.Role.Data(&s.st, msg); err != nil {
