@@ -93,12 +93,11 @@ func (p *pool) run() {
 				p.log.Info("spool: pre-creating files works again")
 				failing = false
 			}
-			for _, f := range made {
+			for i, f := range made {
 				select {
 				case p.files <- f:
 				case <-p.stop:
-					f.Close()
-					os.Remove(f.Name())
+					discard(made[i:]) // the ones not handed over yet
 					return
 				}
 			}
