@@ -110,6 +110,8 @@ func (s *Server) Shutdown(ctx context.Context) {
 	s.shutting.Store(true)
 	done := make(chan struct{})
 	go func() {
+		// Waits for every session, or returns at ctx's deadline with
+		// sessions still open.
 		s.smtp.Shutdown(ctx)
 		close(done)
 	}()
@@ -127,23 +129,33 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.mu.Unlock()
 		select {
 		case <-done:
+			// go-smtp's Shutdown also returns at the deadline (and both
+			// cases may be ready at once): only then are sessions left.
+			if ctx.Err() != nil {
+				s.closeAll()
+			}
 			return
 		case <-ctx.Done():
-			// go-smtp's Close does nothing once its Shutdown has begun
-			// (both share one "done" channel), so close what is left here.
-			s.mu.Lock()
-			left := make([]*trackedConn, 0, len(s.conns))
-			for c := range s.conns {
-				left = append(left, c)
-			}
-			s.mu.Unlock()
-			for _, c := range left {
-				c.Close()
-			}
+			s.closeAll()
 			<-done
 			return
 		case <-tick.C:
 		}
+	}
+}
+
+// closeAll ends every session still open. go-smtp's Close does nothing once
+// its Shutdown has begun (both share one "done" channel), so this closes
+// the connections we track; a transaction cut here never got its 250.
+func (s *Server) closeAll() {
+	s.mu.Lock()
+	left := make([]*trackedConn, 0, len(s.conns))
+	for c := range s.conns {
+		left = append(left, c)
+	}
+	s.mu.Unlock()
+	for _, c := range left {
+		c.Close()
 	}
 }
 
