@@ -20,6 +20,8 @@ const (
 	DefaultConnectTimeout               = Duration(30 * time.Second)
 	DefaultOutboundCommandTimeout       = Duration(5 * time.Minute)
 	DefaultIdleConnectionTimeout        = Duration(5 * time.Second)
+	DefaultDKIMCanonicalization         = "relaxed/relaxed"
+	DefaultForeignFrom                  = "reject"
 	DefaultStartTLS                     = "opportunistic"
 	DefaultQueueMaxAge                  = Duration(5 * day)
 	DefaultQueueWorkers                 = 100
@@ -125,6 +127,17 @@ func (l *loader) applyDefaults(c *Config) {
 	if o.StartTLS == "" {
 		o.StartTLS = DefaultStartTLS
 	}
+	if o.DKIM.Canonicalization == "" {
+		o.DKIM.Canonicalization = DefaultDKIMCanonicalization
+	}
+	if o.DKIM.Oversign == nil {
+		o.DKIM.Oversign = DefaultDKIMOversign()
+	}
+	for i := range c.Listeners {
+		if ln := &c.Listeners[i]; ln.Role == "outbound" && ln.ForeignFrom == "" {
+			ln.ForeignFrom = DefaultForeignFrom
+		}
+	}
 
 	q := &c.Queue
 	if len(q.Retry) == 0 {
@@ -186,4 +199,10 @@ func systemResolver(path string) string {
 		}
 	}
 	return ""
+}
+
+// DefaultDKIMOversign is the default of outbound.dkim.oversign: the fields a
+// reader trusts most, which a replayer would most like to add or replace.
+func DefaultDKIMOversign() []string {
+	return []string{"From", "To", "Cc", "Subject", "Date", "Reply-To"}
 }

@@ -103,6 +103,8 @@ func Parse(name string, data []byte, baseDir string) (*Config, error) {
 		return nil, l.errs
 	}
 	cfg.Path = name
+	cfg.idx = l.idx
+	cfg.domainKeys = l.domainKey
 	return cfg, nil
 }
 
@@ -556,8 +558,11 @@ func (l *loader) resolvePaths(c *Config) {
 	for name, d := range c.Domains {
 		if scheme, target, err := ParseDeliverTo(d.DeliverTo); err == nil && scheme == "maildir" {
 			d.DeliverTo = "maildir:" + l.abs(target)
-			c.Domains[name] = d
 		}
+		for i := range d.DKIM {
+			d.DKIM[i].Key = l.abs(d.DKIM[i].Key)
+		}
+		c.Domains[name] = d
 	}
 }
 

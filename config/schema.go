@@ -31,6 +31,28 @@ type Config struct {
 
 	// Path is the file the config was read from (not a YAML key).
 	Path string `yaml:"-"`
+
+	idx        *index
+	domainKeys map[string]string
+}
+
+// Line returns the line of a key path ("domains.example.com.dkim[0].key")
+// in the file, or 0, so that checks made outside this package (loading
+// key files) can still report FILE:LINE: key.
+func (c *Config) Line(key string) int {
+	if c.idx == nil {
+		return 0
+	}
+	return c.idx.line(key)
+}
+
+// DomainPath is the key path of a domain as written in the file (domain
+// names are normalised when loaded).
+func (c *Config) DomainPath(name string) string {
+	if raw, ok := c.domainKeys[name]; ok {
+		return "domains." + raw
+	}
+	return "domains." + name
 }
 
 // Log selects the log format.
@@ -85,16 +107,51 @@ type Listener struct {
 	AllowInsecureAuth bool `yaml:"allow_insecure_auth"`
 	// RequireTLS refuses MAIL before STARTTLS. Default false.
 	RequireTLS bool `yaml:"require_tls"`
+	// ForeignFrom (outbound only): what to do with mail from an
+	// authenticated user whose From: domain is not in domains: reject
+	// (default; 553 5.7.1, so a misconfigured application is noticed) or
+	// unsigned (send it without a DKIM signature).
+	ForeignFrom string `yaml:"foreign_from"`
 	// Limits overrides the global limits for this listener; zero values
 	// inherit.
 	Limits Limits `yaml:"limits"`
 }
 
-// Domain is one of our domains.
+// Domain is one of our domains: one we receive mail for (deliver_to), one
+// we sign outgoing mail for (dkim), or both.
 type Domain struct {
 	// DeliverTo is where mail for this domain goes:
-	// smtp://host:port, lmtp://host:port or maildir:PATH.
+	// smtp://host:port, lmtp://host:port or maildir:PATH. Empty: the
+	// inbound listeners do not accept mail for the domain (a domain we
+	// only send from).
 	DeliverTo string `yaml:"deliver_to"`
+	// DKIM lists the keys that sign mail from this domain; with several,
+	// each signs (RSA + Ed25519, or old and new selector during rotation).
+	DKIM []DKIMKey `yaml:"dkim"`
+}
+
+// DKIMKey is one selector and its private key file.
+type DKIMKey struct {
+	Selector string `yaml:"selector"`
+	// Key is a PEM private key (RSA >= 1024 bits, 2048+ advised, or
+	// Ed25519), as written by `securerelay dkim keygen`.
+	Key string `yaml:"key"`
+}
+
+// DKIMOptions say how outbound mail is signed.
+type DKIMOptions struct {
+	// Canonicalization: header/body, each relaxed or simple. Default
+	// relaxed/relaxed.
+	Canonicalization string `yaml:"canonicalization"`
+	// Oversign names header fields signed once more than they occur, so
+	// that one added later breaks the signature. From is always
+	// over-signed. Default From, To, Cc, Subject, Date, Reply-To.
+	Oversign []string `yaml:"oversign"`
+	// Expiration sets x= this long after signing; 0 (default): none.
+	Expiration Duration `yaml:"expiration"`
+	// UseEnvelopeSender: when the From: domain has no key, sign with the
+	// key of the envelope sender's domain. Default false.
+	UseEnvelopeSender bool `yaml:"use_envelope_sender"`
 }
 
 // Outbound configures the submission side and the delivery engine.
@@ -119,6 +176,8 @@ type Outbound struct {
 	// StartTLS for MX and route delivery: opportunistic (default) or off.
 	// Mandatory levels come with the TLS policy.
 	StartTLS string `yaml:"starttls"`
+	// DKIM signing options; the keys are per domain (domains.*.dkim).
+	DKIM DKIMOptions `yaml:"dkim"`
 }
 
 // User is one SMTP AUTH account.

@@ -166,8 +166,12 @@ func (l *loader) checkListeners(c *Config) {
 			if ln.AllowInsecureAuth {
 				l.errorf(p+".allow_insecure_auth", "inbound (MX) listeners do not offer AUTH; remove it")
 			}
+			if ln.ForeignFrom != "" {
+				l.errorf(p+".foreign_from", "only outbound listeners sign mail; remove it")
+			}
 		case "outbound":
 			l.checkOutboundListener(c, i)
+			l.oneOf(p+".foreign_from", ln.ForeignFrom, "reject", "unsigned")
 		case "":
 			l.errorf(p+".role", "missing; set %s", roles)
 		default:
@@ -227,12 +231,50 @@ func (l *loader) checkDomains(c *Config) {
 	for _, name := range names {
 		key := l.domainPath(name) + ".deliver_to"
 		d := c.Domains[name]
-		if d.DeliverTo == "" {
-			l.errorf(key, "missing; say where mail for %s goes: smtp://host:port, lmtp://host:port or maildir:PATH", name)
-		} else if _, _, err := ParseDeliverTo(d.DeliverTo); err != nil {
-			l.errorf(key, "%v", err)
+		switch {
+		case d.DeliverTo == "" && len(d.DKIM) == 0:
+			l.errorf(key, "missing; say where mail for %s goes: smtp://host:port, lmtp://host:port or maildir:PATH (or give the domain dkim keys if it only sends)", name)
+		case d.DeliverTo == "":
+		default:
+			if _, _, err := ParseDeliverTo(d.DeliverTo); err != nil {
+				l.errorf(key, "%v", err)
+			}
+		}
+		sels := map[string]bool{}
+		for i, k := range d.DKIM {
+			kp := fmt.Sprintf("%s.dkim[%d]", l.domainPath(name), i)
+			switch {
+			case k.Selector == "":
+				l.errorf(kp+".selector", "missing; the selector names the DNS record <selector>._domainkey.%s", name)
+			case !validSelector(k.Selector):
+				l.errorf(kp+".selector", "%q is not a valid selector (letters, digits, hyphens, dots between labels)", k.Selector)
+			case sels[k.Selector]:
+				l.errorf(kp+".selector", "%q is listed twice for %s", k.Selector, name)
+			}
+			sels[k.Selector] = true
+			if k.Key == "" {
+				l.errorf(kp+".key", "missing; the private key file, as written by `securerelay dkim keygen`")
+			}
 		}
 	}
+}
+
+// validSelector: a selector is one or more DNS labels (RFC 6376 §3.1).
+func validSelector(s string) bool {
+	if len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func (l *loader) checkOutbound(c *Config) {
@@ -301,6 +343,16 @@ func (l *loader) checkOutbound(c *Config) {
 		l.errorf("outbound.idle_connection_timeout", "must not be negative; 0 disables connection reuse")
 	}
 	l.oneOf("outbound.starttls", o.StartTLS, "opportunistic", "off")
+	l.oneOf("outbound.dkim.canonicalization", o.DKIM.Canonicalization,
+		"relaxed/relaxed", "relaxed/simple", "simple/relaxed", "simple/simple")
+	for i, h := range o.DKIM.Oversign {
+		if h == "" || strings.ContainsAny(h, ": \t") {
+			l.errorf(fmt.Sprintf("outbound.dkim.oversign[%d]", i), "%q is not a header field name", h)
+		}
+	}
+	if o.DKIM.Expiration < 0 {
+		l.errorf("outbound.dkim.expiration", "must not be negative; 0 means no x= expiry")
+	}
 }
 
 func (l *loader) oneOf(key, v string, allowed ...string) {
