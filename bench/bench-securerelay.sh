@@ -4,8 +4,8 @@
 # the harness measures the relay process itself.
 #
 # The relay runs with production durability (fsync of file and directory
-# before every 250). No DKIM yet (its own issue): run with CUSTOM_DKIM=0
-# and compare with postfix-plain.
+# before every 250) and DKIM-signs with the harness key unless
+# CUSTOM_DKIM=0 (then compare with postfix-plain).
 set -eu
 bin=${SECURERELAY_BIN:-$(dirname "$0")/../securerelay}
 conf=$BENCH_STATE_DIR/securerelay.yaml
@@ -27,4 +27,11 @@ outbound:
   routes:
     - {match: "*", next_hop: "smtp://$BENCH_SINK"}
 CONF
+if [ "${CUSTOM_DKIM:-1}" != 0 ]; then
+	cat >> "$conf" <<CONF
+domains:
+  $BENCH_DKIM_DOMAIN:
+    dkim: [{selector: $BENCH_DKIM_SELECTOR, key: "$BENCH_DKIM_KEY"}]
+CONF
+fi
 exec "$bin" serve --config "$conf"

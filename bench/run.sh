@@ -10,10 +10,10 @@ harness=${BENCH_HARNESS:-$here/../../shared/bench}
 (cd "$here/.." && go build -o securerelay ./cmd/securerelay)
 export SECURERELAY_BIN="$here/../securerelay"
 export CUSTOM_NAME=${CUSTOM_NAME:-securerelay}
-export CUSTOM_DKIM=${CUSTOM_DKIM:-0}
+export CUSTOM_DKIM=${CUSTOM_DKIM:-1}
 export CUSTOM_CMD="exec $here/bench-securerelay.sh"
 export CUSTOM_QUEUE_EMPTY="[ \"\$($SECURERELAY_BIN queue count --config \$BENCH_STATE_DIR/securerelay.yaml)\" = 0 ]"
 if [ -z "${QUICK:-}" ] && [ -z "${VARIANTS:-}" ]; then
-	export VARIANTS=postfix-plain,postfix-dkim,maddy-plain,custom
+	export VARIANTS=postfix-plain,postfix-dkim,maddy-dkim,maddy-plain,custom
 fi
 cd "$harness" && exec ./run-bench.sh

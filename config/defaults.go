@@ -202,7 +202,11 @@ func systemResolver(path string) string {
 }
 
 // DefaultDKIMOversign is the default of outbound.dkim.oversign: the fields a
-// reader trusts most, which a replayer would most like to add or replace.
+// reader trusts most, which a replayer would most like to add or replace
+// (the same list as dkim.DefaultOversign; config imports no securerelay
+// package). Date is not in it: RFC 5321 §6.4 lets a relay add a missing
+// Date, which an over-signed Date would turn into a failed signature.
 func DefaultDKIMOversign() []string {
-	return []string{"From", "To", "Cc", "Subject", "Date", "Reply-To"}
+	return []string{"From", "Sender", "Reply-To", "To", "Cc", "Subject",
+		"MIME-Version", "Content-Type", "Content-Transfer-Encoding"}
 }

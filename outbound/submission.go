@@ -10,6 +10,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"golang.org/x/crypto/bcrypt"
 
+	"securerelay/dkim"
 	"securerelay/queue"
 	"securerelay/smtpd"
 	"securerelay/smtputil"
@@ -21,6 +22,37 @@ type SubmissionOptions struct {
 	Trusted []netip.Prefix
 	// Auth: "required", "optional" or "off".
 	Auth string
+	// ForeignFrom: "reject" (default) or "unsigned": what to do with mail
+	// from an authenticated user whose From: domain is not one of ours.
+	ForeignFrom string
+	// Ours tells whether a domain is one of ours (receive or sign).
+	Ours *DomainSet
+}
+
+// DomainSet is a reloadable set of domain names.
+type DomainSet struct {
+	m atomic.Pointer[map[string]bool]
+}
+
+// NewDomainSet makes a set of lower-case domain names.
+func NewDomainSet(domains []string) *DomainSet {
+	d := &DomainSet{}
+	d.Set(domains)
+	return d
+}
+
+// Set replaces the domains (SIGHUP).
+func (d *DomainSet) Set(domains []string) {
+	m := make(map[string]bool, len(domains))
+	for _, x := range domains {
+		m[x] = true
+	}
+	d.m.Store(&m)
+}
+
+// Has reports whether domain is in the set.
+func (d *DomainSet) Has(domain string) bool {
+	return d != nil && (*d.m.Load())[domain]
 }
 
 // Submission implements smtpd.Role for outbound listeners.
@@ -121,5 +153,30 @@ func (s *Submission) Rcpt(_ *smtpd.State, to string, _ *smtp.RcptOptions) (strin
 	return a.String(), nil
 }
 
-// Data implements smtpd.Role.
-func (s *Submission) Data(*smtpd.State, *smtpd.Message) error { return nil }
+// Data implements smtpd.Role: an authenticated user may only send mail
+// From: one of our domains, unless the listener allows it unsigned. An
+// OTRS or Kopano with a wrong sender address is then noticed at once, not
+// forwarded unsigned to fail DMARC at the recipient's.
+func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
+	if st.AuthUser == "" || s.opts.ForeignFrom == "unsigned" || s.opts.Ours == nil {
+		return nil // (no domain set: a role built without one checks nothing)
+	}
+	r, err := msg.Open()
+	if err != nil {
+		return err
+	}
+	header, err := dkim.ReadHeader(r, dkim.MaxHeaderBytes)
+	if err != nil {
+		return err
+	}
+	dom, err := dkim.FromDomain(header)
+	if err != nil {
+		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+			Message: "message refused: no usable From: header (" + err.Error() + "); set a sender address in the sending application"}
+	}
+	if !s.opts.Ours.Has(dom) {
+		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+			Message: "message refused: the From: domain " + dom + " is not one of this relay's domains, so it cannot be signed; fix the sender address in the sending application"}
+	}
+	return nil
+}

@@ -1,7 +1,9 @@
 package outbound_test
 
 import (
+	"io"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/emersion/go-smtp"
@@ -131,6 +133,38 @@ func TestSubmissionAddresses(t *testing.T) {
 		_, err := s.Rcpt(st, in, &smtp.RcptOptions{})
 		if n, _, ok := code(err); !ok || n/100 != 5 {
 			t.Errorf("Rcpt(%q) = %v, want a bare 5xx", in, err)
+		}
+	}
+}
+
+// The From: check of authenticated mail: our domains pass, others and a
+// missing From are refused with 553 5.7.1 under "reject", pass under
+// "unsigned"; trusted-network clients (no AUTH user) are not checked.
+func TestSubmissionForeignFrom(t *testing.T) {
+	ours := outbound.NewDomainSet([]string{"example.test"})
+	msg := func(header string) *smtpd.Message {
+		data := header + "\r\nbody\r\n"
+		return &smtpd.Message{Size: int64(len(data)), Open: func() (io.Reader, error) { return strings.NewReader(data), nil }}
+	}
+	for _, c := range []struct {
+		policy, user, header string
+		refused              bool
+	}{
+		{"reject", "otrs", "From: a@example.test\r\n", false},
+		{"reject", "otrs", "From: \"X\" <a@EXAMPLE.TEST>\r\n", false},
+		{"reject", "otrs", "From: a@elsewhere.test\r\n", true},
+		{"reject", "otrs", "Subject: no from\r\n", true},
+		{"unsigned", "otrs", "From: a@elsewhere.test\r\n", false},
+		{"reject", "", "From: a@elsewhere.test\r\n", false},
+	} {
+		s := outbound.NewSubmission(outbound.SubmissionOptions{ForeignFrom: c.policy, Ours: ours}, nil)
+		err := s.Data(&smtpd.State{AuthUser: c.user}, msg(c.header))
+		se, isSMTP := err.(*smtp.SMTPError)
+		switch {
+		case c.refused && (!isSMTP || se.Code != 553 || se.EnhancedCode != (smtp.EnhancedCode{5, 7, 1})):
+			t.Errorf("%s/%q/%q: %v, want a bare 553 5.7.1", c.policy, c.user, c.header, err)
+		case !c.refused && err != nil:
+			t.Errorf("%s/%q/%q: refused: %v", c.policy, c.user, c.header, err)
 		}
 	}
 }

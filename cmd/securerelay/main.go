@@ -25,6 +25,9 @@ const usage = `usage: securerelay <command> [flags]
 commands:
   serve --config FILE          run the relay
   check-config --config FILE   validate FILE; print every problem as FILE:LINE: key: what is wrong
+  dkim keygen --domain D --selector S [--algorithm rsa|ed25519] [--bits N] --out FILE
+                               make a DKIM key (mode 0600) and print its DNS record
+  dkim check --config FILE     look up every configured selector and compare it with its key
   queue list|count --config FILE   show the spool (read only); list includes spool/hold,
                                count only messages still being delivered
   version                      print the version
@@ -80,6 +83,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return code
 		}
 		return queueCmd(args[0], cfg, stdout, stderr)
+	case "dkim":
+		return dkimCmd(args, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "securerelay", versionString())
 		return 0
@@ -107,6 +112,15 @@ func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
 
 func load(path string, stderr io.Writer) (*config.Config, int) {
 	cfg, err := config.Load(path)
+	if err == nil {
+		// Key files are part of the configuration: a broken one is
+		// reported like any other mistake, with its position.
+		var warnings []string
+		_, warnings, err = loadDKIM(cfg)
+		for _, w := range warnings {
+			fmt.Fprintln(stderr, "warning:", w)
+		}
+	}
 	if err != nil {
 		var errs config.Errors
 		if errors.As(err, &errs) {

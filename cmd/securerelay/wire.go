@@ -50,6 +50,9 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 func router(cfg *config.Config) (*outbound.Router, error) {
 	r := &outbound.Router{Local: map[string]outbound.Target{}}
 	for name, d := range cfg.Domains {
+		if d.DeliverTo == "" {
+			continue // a domain we only send from
+		}
 		t, err := outbound.ParseTarget(d.DeliverTo)
 		if err != nil {
 			return nil, fmt.Errorf("domains.%s.deliver_to: %w", name, err)
@@ -77,10 +80,14 @@ func userHashes(cfg *config.Config) map[string]string {
 	return m
 }
 
+// domainList is the domains the inbound listeners accept mail for: those
+// with a deliver_to (a domain we only sign for is not ours to receive).
 func domainList(cfg *config.Config) []string {
 	var ds []string
-	for d := range cfg.Domains {
-		ds = append(ds, d)
+	for name, d := range cfg.Domains {
+		if d.DeliverTo != "" {
+			ds = append(ds, name)
+		}
 	}
 	return ds
 }
@@ -105,6 +112,8 @@ type relay struct {
 	q        *queue.Queue
 	engine   *outbound.Engine
 	users    *outbound.Users
+	signer   *outbound.Signer
+	ours     *outbound.DomainSet
 	inbound  []*inbound.Role
 	servers  []*smtpd.Server
 	cfgPath  string
@@ -129,11 +138,20 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		log.Warn("no dns.resolver configured and none found in /etc/resolv.conf: MX delivery will be deferred")
 	}
 	res := dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D())
+	keys, warnings, err := loadDKIM(cfg)
+	if err != nil {
+		return err
+	}
+	for _, w := range warnings {
+		log.Warn("dkim: weak key", "detail", w)
+	}
 	idle := 5 * time.Second
 	if cfg.Outbound.IdleConnectionTimeout != nil {
 		idle = cfg.Outbound.IdleConnectionTimeout.D()
 	}
 	r := &relay{cfg: cfg, log: log, certs: certs, cfgPath: path, serveErr: make(chan error, len(cfg.Listeners))}
+	r.signer = outbound.NewSigner(keys, dkimOptions(cfg), cfg.Outbound.DKIM.UseEnvelopeSender, log)
+	r.ours = outbound.NewDomainSet(ourDomains(cfg))
 	r.engine = outbound.NewEngine(outbound.EngineOptions{
 		Helo:              cfg.Outbound.Helo,
 		Resolver:          res,
@@ -142,6 +160,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		CommandTimeout:    cfg.Outbound.CommandTimeout.D(),
 		IdleTimeout:       idle,
 		StartTLS:          cfg.Outbound.StartTLS != "off",
+		Transform:         r.signer.Transform,
 		Logger:            log,
 	}, rt)
 	var retry []time.Duration
@@ -175,7 +194,9 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 			r.inbound = append(r.inbound, ir)
 			role = ir
 		} else {
-			role = outbound.NewSubmission(outbound.SubmissionOptions{Trusted: trusted(l), Auth: l.Auth}, r.users)
+			role = outbound.NewSubmission(outbound.SubmissionOptions{
+				Trusted: trusted(l), Auth: l.Auth, ForeignFrom: l.ForeignFrom, Ours: r.ours,
+			}, r.users)
 		}
 		lim := l.Limits
 		s := smtpd.New(smtpd.Options{
@@ -256,6 +277,14 @@ func (r *relay) reload() {
 		r.log.Error("reload failed, keeping the running configuration", "error", err)
 		return
 	}
+	keys, warnings, err := loadDKIM(cfg)
+	if err != nil {
+		r.log.Error("reload failed, keeping the running configuration", "error", strings.ReplaceAll(err.Error(), "\n", "; "))
+		return
+	}
+	for _, w := range warnings {
+		r.log.Warn("dkim: weak key", "detail", w)
+	}
 	for _, k := range []struct {
 		name     string
 		old, new any
@@ -266,7 +295,7 @@ func (r *relay) reload() {
 		{"log", r.cfg.Log, cfg.Log},
 		{"dns", r.cfg.DNS, cfg.DNS},
 		{"hostname", r.cfg.Hostname, cfg.Hostname},
-		{"outbound (except users and routes)", stripOutbound(r.cfg.Outbound), stripOutbound(cfg.Outbound)},
+		{"outbound (except users, routes and dkim)", stripOutbound(r.cfg.Outbound), stripOutbound(cfg.Outbound)},
 	} {
 		if !reflect.DeepEqual(k.old, k.new) {
 			r.log.Warn("reload: this setting changed but needs a restart; not applied", "key", k.name)
@@ -280,10 +309,12 @@ func (r *relay) reload() {
 	}
 	r.users.Set(userHashes(cfg))
 	r.engine.SetRouter(rt)
+	r.signer.Set(keys, dkimOptions(cfg), cfg.Outbound.DKIM.UseEnvelopeSender)
+	r.ours.Set(ourDomains(cfg))
 	r.log.Info("configuration reloaded", "domains", len(cfg.Domains), "routes", len(cfg.Outbound.Routes), "users", len(cfg.Outbound.Users))
 }
 
 func stripOutbound(o config.Outbound) config.Outbound {
-	o.Users, o.Routes = nil, nil
+	o.Users, o.Routes, o.DKIM = nil, nil, config.DKIMOptions{}
 	return o
 }

@@ -1,0 +1,58 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"securerelay/config"
+	"securerelay/dkim"
+	"securerelay/outbound"
+)
+
+// loadDKIM loads every configured DKIM key. A key that cannot be used is a
+// configuration error with its position, at start, in check-config and on
+// reload, never an unsigned message discovered later; weak keys come back
+// as warnings.
+func loadDKIM(cfg *config.Config) (outbound.DKIMKeys, []string, error) {
+	keys := outbound.DKIMKeys{}
+	var errs config.Errors
+	var warnings []string
+	for name, d := range cfg.Domains {
+		for i, k := range d.DKIM {
+			key := fmt.Sprintf("%s.dkim[%d].key", cfg.DomainPath(name), i)
+			signer, warn, err := dkim.LoadKey(k.Key)
+			if err != nil {
+				errs = append(errs, &config.Error{File: cfg.Path, Line: cfg.Line(key), Key: key, Msg: err.Error()})
+				continue
+			}
+			for _, w := range warn {
+				warnings = append(warnings, fmt.Sprintf("%s:%d: %s: %s", cfg.Path, cfg.Line(key), key, w))
+			}
+			keys[name] = append(keys[name], dkim.Key{Domain: name, Selector: k.Selector, Signer: signer, Path: k.Key})
+		}
+	}
+	if len(errs) > 0 {
+		return nil, warnings, errs
+	}
+	return keys, warnings, nil
+}
+
+func dkimOptions(cfg *config.Config) dkim.Options {
+	hc, bc, _ := strings.Cut(cfg.Outbound.DKIM.Canonicalization, "/")
+	return dkim.Options{
+		HeaderCanonicalization: hc,
+		BodyCanonicalization:   bc,
+		Oversign:               cfg.Outbound.DKIM.Oversign,
+		Expiration:             cfg.Outbound.DKIM.Expiration.D(),
+	}
+}
+
+// ourDomains is every domain we receive or sign for: an authenticated
+// user may send From: any of them.
+func ourDomains(cfg *config.Config) []string {
+	var ds []string
+	for name := range cfg.Domains {
+		ds = append(ds, name)
+	}
+	return ds
+}
