@@ -136,7 +136,15 @@ type DKIMKey struct {
 	// Key is a PEM private key (RSA >= 1024 bits, 2048+ advised, or
 	// Ed25519), as written by `securerelay dkim keygen`.
 	Key string `yaml:"key"`
+	// Active: the key signs. false keeps a key known (dkim check looks
+	// its record up) without signing: the next key of a rotation before
+	// its DNS record is out, or the old one during the grace period.
+	// Default true.
+	Active *bool `yaml:"active"`
 }
+
+// Signs reports whether the key is active (the default).
+func (k DKIMKey) Signs() bool { return k.Active == nil || *k.Active }
 
 // DKIMOptions say how outbound mail is signed.
 type DKIMOptions struct {

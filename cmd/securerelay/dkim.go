@@ -14,7 +14,30 @@ import (
 // reload, never an unsigned message discovered later; weak keys come back
 // as warnings.
 func loadDKIM(cfg *config.Config) (outbound.DKIMKeys, []string, error) {
+	all, warnings, err := loadAllDKIM(cfg)
+	if err != nil {
+		return nil, warnings, err
+	}
 	keys := outbound.DKIMKeys{}
+	for name, ks := range all {
+		for _, k := range ks {
+			if k.active {
+				keys[name] = append(keys[name], k.Key)
+			}
+		}
+	}
+	return keys, warnings, nil
+}
+
+// configuredKey is a loaded key with its active flag.
+type configuredKey struct {
+	dkim.Key
+	active bool
+}
+
+// loadAllDKIM loads active and inactive keys (dkim check wants both).
+func loadAllDKIM(cfg *config.Config) (map[string][]configuredKey, []string, error) {
+	keys := map[string][]configuredKey{}
 	var errs config.Errors
 	var warnings []string
 	for name, d := range cfg.Domains {
@@ -28,7 +51,7 @@ func loadDKIM(cfg *config.Config) (outbound.DKIMKeys, []string, error) {
 			for _, w := range warn {
 				warnings = append(warnings, fmt.Sprintf("%s:%d: %s: %s", cfg.Path, cfg.Line(key), key, w))
 			}
-			keys[name] = append(keys[name], dkim.Key{Domain: name, Selector: k.Selector, Signer: signer, Path: k.Key})
+			keys[name] = append(keys[name], configuredKey{dkim.Key{Domain: name, Selector: k.Selector, Signer: signer, Path: k.Key}, k.Signs()})
 		}
 	}
 	if len(errs) > 0 {

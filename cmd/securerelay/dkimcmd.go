@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"path/filepath"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -24,6 +26,8 @@ func dkimCmd(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "keygen":
 		return dkimKeygen(args[1:], stdout, stderr)
+	case "rotate":
+		return dkimRotate(args[1:], stdout, stderr)
 	case "check":
 		path, ok := configFlag("dkim check", args[1:], stderr)
 		if !ok {
@@ -80,7 +84,7 @@ func dkimKeygen(args []string, stdout, stderr io.Writer) int {
 // resolver and says, per key, whether receivers will find it.
 func dkimCheck(cfg *config.Config, stdout, stderr io.Writer) int {
 	resolver, timeout := cfg.DNS.Resolver, cfg.DNS.Timeout.D()
-	keys, _, err := loadDKIM(cfg)
+	keys, _, err := loadAllDKIM(cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -96,7 +100,7 @@ func dkimCheck(cfg *config.Config, stdout, stderr io.Writer) int {
 	}
 	sort.Strings(domains)
 	tw := tabwriter.NewWriter(stdout, 2, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "DOMAIN\tSELECTOR\tALGORITHM\tRECORD\tRESULT\tDETAIL")
+	fmt.Fprintln(tw, "DOMAIN\tSELECTOR\tALGORITHM\tSIGNS\tRECORD\tRESULT\tDETAIL")
 	bad := 0
 	for _, d := range domains {
 		for _, k := range keys[d] {
@@ -124,12 +128,91 @@ func dkimCheck(cfg *config.Config, stdout, stderr io.Writer) int {
 				}
 				bad++
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d, k.Selector, k.Algorithm(), name, result, detail)
+			signs := "yes"
+			if !k.active {
+				signs = "no"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d, k.Selector, k.Algorithm(), signs, name, result, detail)
 		}
 	}
 	tw.Flush()
 	if bad > 0 {
 		return 1
 	}
+	return 0
+}
+
+// dkimRotate starts a key rotation: it makes the next key of a domain,
+// next to its current ones, and says what to publish and how to switch.
+// It never signs with the new key by itself: that waits until its DNS
+// record is out (dkim check says ok) and the admin marks it active.
+func dkimRotate(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("dkim rotate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file (YAML)")
+	domain := fs.String("domain", "", "the domain whose key is rotated")
+	selector := fs.String("selector", "", "the new selector (default s<YYYYMMDD>)")
+	alg := fs.String("algorithm", "", "rsa or ed25519 (default: the algorithm of the current active key, else rsa)")
+	bits := fs.Int("bits", 2048, "RSA key size (1024 to 4096)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *path == "" || *domain == "" {
+		fmt.Fprintln(stderr, "securerelay dkim rotate: --config and --domain are required")
+		return 2
+	}
+	cfg, code := load(*path, stderr)
+	if cfg == nil {
+		return code
+	}
+	d, ok := cfg.Domains[strings.ToLower(strings.TrimSuffix(*domain, "."))]
+	if !ok {
+		fmt.Fprintf(stderr, "securerelay dkim rotate: %s is not under domains: in %s\n", *domain, cfg.Path)
+		return 1
+	}
+	name := strings.ToLower(strings.TrimSuffix(*domain, "."))
+	if *selector == "" {
+		*selector = "s" + time.Now().Format("20060102")
+	}
+	dir := filepath.Join(filepath.Dir(cfg.Path), "keys")
+	for _, k := range d.DKIM {
+		if k.Selector == *selector {
+			fmt.Fprintf(stderr, "securerelay dkim rotate: selector %s is already configured for %s; choose another with --selector\n", *selector, name)
+			return 1
+		}
+		if k.Signs() {
+			dir = filepath.Dir(k.Key)
+			if *alg == "" {
+				if s, _, err := dkim.LoadKey(k.Key); err == nil && (dkim.Key{Signer: s}).Algorithm() == dkim.AlgEd25519SHA256 {
+					*alg = "ed25519"
+				}
+			}
+		}
+	}
+	if *alg == "" {
+		*alg = "rsa"
+	}
+	out := filepath.Join(dir, name+"."+*selector+".key")
+	signer, pemBytes, err := dkim.GenerateKey(*alg, *bits)
+	if err == nil {
+		err = dkim.WriteKeyFile(out, pemBytes)
+	}
+	var txt string
+	if err == nil {
+		txt, err = dkim.TXTRecord(signer.Public())
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "securerelay dkim rotate: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "; new key for %s written to %s (not signing yet)\n", name, out)
+	fmt.Fprintf(stdout, "; 1. publish this record:\n")
+	fmt.Fprintln(stdout, dkim.ZoneEntry(name, *selector, txt))
+	fmt.Fprintf(stdout, "; 2. add it to %s under %s.dkim, inactive:\n", cfg.Path, cfg.DomainPath(name))
+	fmt.Fprintf(stdout, ";      - {selector: %s, key: %s, active: false}\n", *selector, out)
+	fmt.Fprintf(stdout, ";    and reload (SIGHUP). `securerelay dkim check --config %s` says ok for it once DNS has it.\n", cfg.Path)
+	fmt.Fprintf(stdout, "; 3. then make it active and the old key(s) active: false; reload. Keep the old record\n")
+	fmt.Fprintf(stdout, ";    published for a grace period (a week: mail signed with it may still be in transit\n")
+	fmt.Fprintf(stdout, ";    or re-verified), then remove the old record, its config entry and its key file.\n")
 	return 0
 }

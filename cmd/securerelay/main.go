@@ -28,6 +28,8 @@ commands:
   dkim keygen --domain D --selector S [--algorithm rsa|ed25519] [--bits N] --out FILE
                                make a DKIM key (mode 0600) and print its DNS record
   dkim check --config FILE     look up every configured selector and compare it with its key
+  dkim rotate --config FILE --domain D [--selector S] [--algorithm rsa|ed25519]
+                               make the next key of D (not signing yet) and print the steps
   queue list|count --config FILE   show the spool (read only); list includes spool/hold,
                                count only messages still being delivered
   version                      print the version

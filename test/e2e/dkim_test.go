@@ -8,7 +8,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -174,5 +176,112 @@ sys.exit(0 if n == 2 and all(ok) else 1)
 	}
 	if b, _ := os.ReadFile(msgs[0]); bytes.Contains(b, []byte("DKIM-Signature:")) {
 		t.Errorf("inbound mail was DKIM-signed:\n%s", b)
+	}
+}
+
+// selectorsOf returns the s= of every DKIM-Signature that verifies.
+func verifiedSelectors(t *testing.T, data []byte, dnsAddr string) []string {
+	t.Helper()
+	res := dnsutil.New(dnsAddr, 2*time.Second)
+	vs, err := msgauth.VerifyWithOptions(bytes.NewReader(data), &msgauth.VerifyOptions{
+		LookupTXT: func(name string) ([]string, error) { return res.LookupTXT(context.Background(), name) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// go-msgauth reports in header order without the selector: take s=
+	// from the DKIM-Signature fields, in the same order.
+	hdr := strings.ReplaceAll(strings.ReplaceAll(headerSection(data), "\n\t", " "), "\n ", " ")
+	var all []string
+	for _, m := range regexp.MustCompile(`(?mi)^DKIM-Signature:.*?;\s*s=([^;\s]+)`).FindAllStringSubmatch(hdr, -1) {
+		all = append(all, m[1])
+	}
+	if len(all) != len(vs) {
+		t.Fatalf("%d signatures, %d selectors found in:\n%s", len(vs), len(all), hdr)
+	}
+	var sels []string
+	for i, v := range vs {
+		if v.Err != nil {
+			t.Errorf("signature %s failed: %v", all[i], v.Err)
+			continue
+		}
+		sels = append(sels, all[i])
+	}
+	sort.Strings(sels)
+	return sels
+}
+
+// TestDKIMRotation follows the README's rotation steps: `dkim rotate` makes
+// the next key, which signs nothing while inactive; `dkim check` reports
+// it once its record is published; after the switch (and a reload, no
+// restart) the new selector signs and the old one no longer does.
+func TestDKIMRotation(t *testing.T) {
+	requireTool(t, "swaks")
+	dir := t.TempDir()
+	oldKey, oldZone := keygen(t, dir, "old", "rsa")
+	dns := dnstest.NewServer(t, partnerZone("127.0.0.6")+oldZone)
+	mxDown := startTestServer(t, listenMX(t, "127.0.0.6"), serverOptions{})
+	mx, sub := freeAddr(t), freeAddr(t)
+	cfg := filepath.Join(dir, "relay.yaml")
+	write := func(keys string) {
+		writeFile(t, cfg, configHead(filepath.Join(dir, "state"), dns.Addr())+fmt.Sprintf(`listeners:
+  - {name: mx, address: %q, role: inbound}
+  - {name: submission, address: %q, role: outbound, trusted_networks: [127.0.0.0/8]}
+domains:
+  example.test:
+    dkim:
+%s
+outbound:
+%s`, mx, sub, keys, outboundTimeouts))
+	}
+	write(fmt.Sprintf("      - {selector: old, key: %q}", oldKey))
+	r := startRelay(t, cfg, mx, sub)
+	n := 0
+	send := func() []string {
+		t.Helper()
+		mustSend(t, "--server", sub, "--from", "otrs@example.test", "--to", "user@partner.test")
+		n++
+		return verifiedSelectors(t, mxDown.WaitMessages(t, n, 10*time.Second)[n-1].Data, dns.Addr())
+	}
+	if got := send(); strings.Join(got, ",") != "old" {
+		t.Fatalf("before rotation: signed by %v", got)
+	}
+
+	out, errOut, code := runRelayCmd(t, "dkim", "rotate", "--config", cfg, "--domain", "example.test", "--selector", "new")
+	if code != 0 {
+		t.Fatalf("dkim rotate: exit %d: %s", code, errOut)
+	}
+	newKey := filepath.Join(filepath.Dir(oldKey), "example.test.new.key")
+	if _, err := os.Stat(newKey); err != nil || !strings.Contains(out, "active: false") {
+		t.Fatalf("dkim rotate did not make %s or print the steps: %v\n%s", newKey, err, out)
+	}
+	var zone []string
+	for _, l := range strings.Split(out, "\n") {
+		if l != "" && !strings.HasPrefix(l, ";") {
+			zone = append(zone, l)
+		}
+	}
+	// Step 2: known but inactive; not published yet, then published.
+	write(fmt.Sprintf("      - {selector: old, key: %q}\n      - {selector: new, key: %q, active: false}", oldKey, newKey))
+	mark := r.Mark()
+	r.Signal(syscall.SIGHUP)
+	r.WaitLog(mark, 5*time.Second, "configuration reloaded")
+	if out, _, code := runRelayCmd(t, "dkim", "check", "--config", cfg); code == 0 || !regexp.MustCompile(`new\s+rsa-sha256\s+no\s.*missing`).MatchString(out) {
+		t.Errorf("dkim check before publishing: exit %d\n%s", code, out)
+	}
+	dns.SetZone(partnerZone("127.0.0.6") + oldZone + strings.Join(zone, "\n") + "\n")
+	if out, _, code := runRelayCmd(t, "dkim", "check", "--config", cfg); code != 0 || !regexp.MustCompile(`new\s+rsa-sha256\s+no\s.*\sok\s`).MatchString(out) {
+		t.Errorf("dkim check after publishing: exit %d\n%s", code, out)
+	}
+	if got := send(); strings.Join(got, ",") != "old" {
+		t.Errorf("inactive key signed: %v", got)
+	}
+	// Step 3: switch, reload.
+	write(fmt.Sprintf("      - {selector: old, key: %q, active: false}\n      - {selector: new, key: %q}", oldKey, newKey))
+	mark = r.Mark()
+	r.Signal(syscall.SIGHUP)
+	r.WaitLog(mark, 5*time.Second, "configuration reloaded")
+	if got := send(); strings.Join(got, ",") != "new" {
+		t.Errorf("after the switch: signed by %v, want new", got)
 	}
 }
