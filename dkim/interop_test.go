@@ -12,11 +12,12 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/miekg/dns"
+
+	"securerelay/internal/nsresolv"
 )
 
 // The interop tests hand signed messages to verifiers that share no code
@@ -227,43 +228,18 @@ func startDNS(t *testing.T, z map[string]string, q *dnsQueries) (string, error) 
 	return "", lastErr
 }
 
-var (
-	nsOnce sync.Once
-	nsErr  error
-)
+// errNoNamespace: this host cannot run a private mount namespace (not
+// root, unshare forbidden by a seccomp profile, …).
+var errNoNamespace = nsresolv.ErrNoNamespace
 
 // inNamespace runs script with sh in a private mount namespace whose
-// /etc/resolv.conf names the test DNS server at ip. It reports
-// errNoNamespace when this host cannot do that (not root, unshare
-// forbidden by a seccomp profile, …).
-var errNoNamespace = errors.New("cannot run in a private mount namespace")
-
+// /etc/resolv.conf names the test DNS server at ip.
 func inNamespace(t *testing.T, dir, ip, script string) error {
-	resolv := filepath.Join(dir, "resolv.conf")
-	if err := os.WriteFile(resolv, []byte("nameserver "+ip+"\noptions timeout:2 attempts:2\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	nsOnce.Do(func() {
-		out, err := exec.Command("unshare", "--mount", "sh", "-c", `mount --bind "$0" /etc/resolv.conf`, resolv).CombinedOutput()
-		if err != nil {
-			nsErr = fmt.Errorf("%w: %v: %s", errNoNamespace, err, out)
-		}
-	})
-	if nsErr != nil {
-		return nsErr
-	}
-	sf := filepath.Join(dir, "run.sh")
-	if err := os.WriteFile(sf, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	// --propagation private keeps the bind mount from leaking to the host
-	// namespace even where / is a shared mount.
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
-		`mount --bind "$0" /etc/resolv.conf && exec sh "$1"`, resolv, sf)
-	if out, err := cmd.CombinedOutput(); err != nil {
+	out, err := nsresolv.Run(dir, ip, script)
+	if err != nil && !errors.Is(err, nsresolv.ErrNoNamespace) {
 		return fmt.Errorf("namespace script: %v: %s", err, out)
 	}
-	return nil
+	return err
 }
 
 // runJobs writes one shell line per job (command < file, exit status to

@@ -42,10 +42,33 @@ type Server struct {
 // to the root unless $ORIGIN says otherwise. It stops when the test ends.
 func NewServer(tb testing.TB, zone string) *Server {
 	tb.Helper()
+	pc, l := listen(tb)
+	return serve(tb, zone, pc, l)
+}
+
+// NewServerPort53 serves zone on ip:53, UDP and TCP, for programs that
+// can only be pointed at a resolver through /etc/resolv.conf, which has
+// no port (dkimverify, opendkim-testmsg, run in a private mount namespace
+// with their own resolv.conf). It needs root; ok is false when ip:53
+// cannot be bound.
+func NewServerPort53(tb testing.TB, ip, zone string) (s *Server, ok bool) {
+	tb.Helper()
+	pc, err := net.ListenPacket("udp", net.JoinHostPort(ip, "53"))
+	if err != nil {
+		return nil, false
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "53"))
+	if err != nil {
+		pc.Close()
+		return nil, false
+	}
+	return serve(tb, zone, pc, l), true
+}
+
+func serve(tb testing.TB, zone string, pc net.PacketConn, l net.Listener) *Server {
+	tb.Helper()
 	s := &Server{tb: tb, servfail: map[string]bool{}, drop: map[string]bool{}}
 	s.records, s.exists = parseZone(tb, zone)
-
-	pc, l := listen(tb)
 	s.addr = pc.LocalAddr().String()
 	for _, srv := range []*dns.Server{
 		{PacketConn: pc, Handler: s},

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 
 	"securerelay/dnsutil"
 	"securerelay/dnsutil/dnstest"
+	"securerelay/internal/nsresolv"
 )
 
 // keygen runs `securerelay dkim keygen` and returns the zone entry it
@@ -147,6 +149,7 @@ sys.exit(0 if n == 2 and all(ok) else 1)
 	} else if inCI() {
 		t.Error("/usr/bin/python3 missing")
 	}
+	verifyWithTools(t, dir, m.Data, rsaZone+edZone)
 	r.WaitLog(0, 5*time.Second, "msg=sent", "queue_id="+res.QueueID())
 
 	// dkim check: both records published and matching; then one missing.
@@ -283,5 +286,55 @@ outbound:
 	r.WaitLog(mark, 5*time.Second, "configuration reloaded")
 	if got := send(); strings.Join(got, ",") != "new" {
 		t.Errorf("after the switch: signed by %v, want new", got)
+	}
+}
+
+// verifyWithTools checks each signature of a message the test MX received
+// with the real dkimverify (python3-dkim) and opendkim-testmsg (OpenDKIM),
+// which find the keys through /etc/resolv.conf: they run in a private mount
+// namespace whose resolv.conf names a test DNS server on 127.53.1.1:53.
+func verifyWithTools(t *testing.T, dir string, msg []byte, zone string) {
+	t.Helper()
+	for _, tool := range []string{"dkimverify", "opendkim-testmsg", "unshare"} {
+		requireTool(t, tool)
+	}
+	if _, ok := dnstest.NewServerPort53(t, "127.53.1.1", zone); !ok {
+		skipOrFail(t, "cannot bind 127.53.1.1:53 for the DNS the verifiers use (not root?)")
+		return
+	}
+	// opendkim-testmsg reports one verdict per message: give it one
+	// signature at a time (a DKIM-Signature field is not covered by the
+	// other signature, so removing one leaves the other intact).
+	sigRe := regexp.MustCompile(`(?m)^DKIM-Signature:.*\r\n(?:[ \t].*\r\n)*`)
+	sigs := sigRe.FindAll(msg, -1)
+	if len(sigs) != 2 {
+		t.Fatalf("%d DKIM-Signature fields", len(sigs))
+	}
+	var script strings.Builder
+	script.WriteString("set -e\n")
+	whole := filepath.Join(dir, "tools-whole.eml")
+	os.WriteFile(whole, msg, 0o600)
+	for i := range sigs {
+		fmt.Fprintf(&script, "dkimverify --index %d < %q\n", i, whole)
+		only := bytes.Replace(msg, sigs[1-i], nil, 1)
+		f := filepath.Join(dir, fmt.Sprintf("tools-only%d.eml", i))
+		os.WriteFile(f, only, 0o600)
+		fmt.Fprintf(&script, "opendkim-testmsg < %q\n", f)
+	}
+	// A negative control: one body byte changed must fail.
+	bad := bytes.Replace(msg, []byte("8-bit body"), []byte("8-bit b0dy"), 1)
+	badFile := filepath.Join(dir, "tools-bad.eml")
+	os.WriteFile(badFile, bad, 0o600)
+	fmt.Fprintf(&script, "if dkimverify --index 0 < %q; then echo 'tampered copy verified'; exit 1; fi\n", badFile)
+	out, err := nsresolv.Run(dir, "127.53.1.1", script.String())
+	if errors.Is(err, nsresolv.ErrNoNamespace) {
+		skipOrFail(t, "%v", err)
+		return
+	}
+	if err != nil {
+		t.Errorf("dkimverify/opendkim-testmsg on the message received at the MX: %v\n%s", err, out)
+	}
+	if n := strings.Count(string(out), "signature ok"); n != 2 {
+		t.Errorf("dkimverify said \"signature ok\" %d times, want 2:\n%s", n, out)
 	}
 }
