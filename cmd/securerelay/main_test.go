@@ -55,3 +55,21 @@ func TestQueueCountOnEmptySpool(t *testing.T) {
 		t.Errorf("queue count: exit %d, %q, %q", code, out, errOut)
 	}
 }
+
+// A DKIM key file that cannot be used is a configuration error with its
+// position, in check-config as at start, never an unsigned send later.
+func TestCheckConfigBadDKIMKey(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "bad.key"), []byte("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n"), 0o600)
+	conf := filepath.Join(dir, "c.yaml")
+	os.WriteFile(conf, []byte("hostname: relay.example.test\nstate_dir: "+dir+"\nlisteners:\n  - {name: mx, address: \"127.0.0.1:0\", role: inbound}\ndomains:\n  example.test:\n    dkim:\n      - {selector: s1, key: bad.key}\n      - {selector: s2, key: missing.key}\n"), 0o600)
+	code, _, errOut := runCLI("check-config", "--config", conf)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1; stderr %q", code, errOut)
+	}
+	for _, want := range []string{conf + ":8: domains.example.test.dkim[0].key: ", "bad.key", conf + ":9: domains.example.test.dkim[1].key: ", "missing.key"} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errOut)
+		}
+	}
+}
