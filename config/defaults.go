@@ -130,6 +130,9 @@ func (l *loader) applyDefaults(c *Config) {
 	if o.DKIM.Canonicalization == "" {
 		o.DKIM.Canonicalization = DefaultDKIMCanonicalization
 	}
+	if o.DKIM.Identity == "" {
+		o.DKIM.Identity = "domain"
+	}
 	if o.DKIM.Oversign == nil {
 		o.DKIM.Oversign = DefaultDKIMOversign()
 	}

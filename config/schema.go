@@ -160,6 +160,10 @@ type DKIMOptions struct {
 	// UseEnvelopeSender: when the From: domain has no key, sign with the
 	// key of the envelope sender's domain. Default false.
 	UseEnvelopeSender bool `yaml:"use_envelope_sender"`
+	// Identity: the i= tag (RFC 6376 §3.5): "domain" (default; no i=,
+	// meaning the whole signing domain) or "from" (the From: address when
+	// it is in the signing domain or below).
+	Identity string `yaml:"identity"`
 }
 
 // Outbound configures the submission side and the delivery engine.

@@ -350,6 +350,7 @@ func (l *loader) checkOutbound(c *Config) {
 			l.errorf(fmt.Sprintf("outbound.dkim.oversign[%d]", i), "%q is not a header field name", h)
 		}
 	}
+	l.oneOf("outbound.dkim.identity", o.DKIM.Identity, "domain", "from")
 	if o.DKIM.Expiration < 0 {
 		l.errorf("outbound.dkim.expiration", "must not be negative; 0 means no x= expiry")
 	}

@@ -114,6 +114,16 @@ var addrParser = mail.AddressParser{WordDecoder: &mime.WordDecoder{
 // too, since the signing domain must be unambiguous. Absent, repeated or
 // unparsable From fields are errors.
 func FromDomain(header []byte) (string, error) {
+	addr, err := FromAddress(header)
+	if err != nil {
+		return "", err
+	}
+	return strings.ToLower(addr[strings.LastIndexByte(addr, '@')+1:]), nil
+}
+
+// FromAddress returns the address of the single mailbox in the message's
+// From: field, with the same rules as FromDomain.
+func FromAddress(header []byte) (string, error) {
 	var from []field
 	for _, f := range parseFields(header) {
 		if strings.EqualFold(f.name, "From") {
@@ -139,5 +149,5 @@ func FromDomain(header []byte) (string, error) {
 	if at < 0 || at == len(addrs[0].Address)-1 {
 		return "", fmt.Errorf("dkim: From: address %q has no domain", addrs[0].Address)
 	}
-	return strings.ToLower(addrs[0].Address[at+1:]), nil
+	return addrs[0].Address, nil
 }

@@ -61,6 +61,12 @@ type Options struct {
 	// means no x=. Keep it comfortably longer than the queue's maximum
 	// age, since a receiver treats an expired signature as none.
 	Expiration time.Duration
+	// IdentityFromHeader sets i= (the AUID, RFC 6376 §3.5) to the From:
+	// address when its domain is the signing domain or a subdomain of it
+	// and its local part needs no quoting; otherwise i= is left out, which
+	// means "@d=" (the default). Receivers that show the signer, and
+	// reputation systems that track users, see who sent the message.
+	IdentityFromHeader bool
 	// Clock for x=; default time.Now. go-msgauth writes t= from its own
 	// clock (the real time), so a Now far from the real time gives an
 	// x= that verifiers reject as not after t=.
@@ -145,6 +151,10 @@ func Sign(r io.Reader, keys []Key, o Options) ([]string, error) {
 		return nil, fmt.Errorf("dkim: message has %d From: fields; RFC 5322 §3.6 requires exactly one", nFrom)
 	}
 	hkeys := headerList(fields, o.Headers, o.Oversign)
+	var from string
+	if o.IdentityFromHeader {
+		from, _ = FromAddress(header)
+	}
 
 	signers := make([]*msgauth.Signer, 0, len(keys))
 	writers := make([]io.Writer, 0, len(keys))
@@ -164,6 +174,7 @@ func Sign(r io.Reader, keys []Key, o Options) ([]string, error) {
 			BodyCanonicalization:   bodyCan,
 			HeaderKeys:             hkeys,
 			Expiration:             expires,
+			Identifier:             identity(from, k.Domain),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("dkim: %s/%s: %w", k.Domain, k.Selector, err)
@@ -331,4 +342,27 @@ func matchName(pattern, name string) bool {
 		return len(name) >= len(prefix) && strings.EqualFold(name[:len(prefix)], prefix)
 	}
 	return strings.EqualFold(pattern, name)
+}
+
+// identity is the i= for a From: address and a signing domain, or "" (no
+// i=) when the address is not in that domain or its subdomains (i= would
+// make the signature invalid, RFC 6376 §3.5) or its local part would need
+// quoting in a tag value.
+func identity(from, domain string) string {
+	at := strings.LastIndexByte(from, '@')
+	if from == "" || at <= 0 {
+		return ""
+	}
+	local, dom := from[:at], strings.ToLower(from[at+1:])
+	domain = strings.ToLower(domain)
+	if dom != domain && !strings.HasSuffix(dom, "."+domain) {
+		return ""
+	}
+	for i := 0; i < len(local); i++ {
+		c := local[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+/=?^_`{|}~.-", c) >= 0) {
+			return ""
+		}
+	}
+	return local + "@" + dom
 }

@@ -410,3 +410,39 @@ func TestSignHeaderOnly(t *testing.T) {
 		}
 	}
 }
+
+// With IdentityFromHeader, i= names the From: address when it is in the
+// signing domain (or below), and the signature still verifies; an address
+// outside the domain gets no i= at all (it would invalidate the signature).
+func TestSignIdentityFromHeader(t *testing.T) {
+	signer, _, err := GenerateKey("ed25519", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	txt, _ := TXTRecord(signer.Public())
+	key := Key{Domain: "example.com", Selector: "id", Signer: signer}
+	for _, c := range []struct{ from, wantI string }{
+		{"otrs@example.com", "otrs@example.com"},
+		{"Otrs.Team@Mail.Example.COM", "Otrs.Team@mail.example.com"},
+		{"someone@elsewhere.test", ""},
+	} {
+		msg := "From: " + c.from + "\r\nTo: a@b.test\r\nSubject: id\r\nDate: Mon, 2 Jan 2006 15:04:05 +0000\r\n\r\nbody\r\n"
+		sigs, err := Sign(strings.NewReader(msg), []Key{key}, Options{IdentityFromHeader: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		unfolded := strings.NewReplacer("\r\n\t", "", "\r\n ", "").Replace(sigs[0])
+		if c.wantI != "" && !strings.Contains(unfolded, "i="+c.wantI) {
+			t.Errorf("%s: signature lacks i=%s: %s", c.from, c.wantI, unfolded)
+		}
+		if c.wantI == "" && strings.Contains(unfolded, "i=") {
+			t.Errorf("%s: unexpected i= in %s", c.from, unfolded)
+		}
+		vs, err := msgauth.VerifyWithOptions(strings.NewReader(sigs[0]+msg), &msgauth.VerifyOptions{
+			LookupTXT: func(string) ([]string, error) { return []string{txt}, nil },
+		})
+		if err != nil || len(vs) != 1 || vs[0].Err != nil {
+			t.Errorf("%s: does not verify: %v %+v", c.from, err, vs)
+		}
+	}
+}

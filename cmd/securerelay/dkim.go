@@ -67,6 +67,7 @@ func dkimOptions(cfg *config.Config) dkim.Options {
 		BodyCanonicalization:   bc,
 		Oversign:               cfg.Outbound.DKIM.Oversign,
 		Expiration:             cfg.Outbound.DKIM.Expiration.D(),
+		IdentityFromHeader:     cfg.Outbound.DKIM.Identity == "from",
 	}
 }
 
