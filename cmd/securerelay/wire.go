@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"reflect"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -123,6 +124,19 @@ type relay struct {
 func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	log := newLogger(cfg, stderr)
 	slog.SetDefault(log)
+	// For measuring where the CPU goes under load (bench/); written when
+	// the relay stops.
+	if f := os.Getenv("SECURERELAY_CPUPROFILE"); f != "" {
+		out, err := os.Create(f)
+		if err != nil {
+			return fmt.Errorf("SECURERELAY_CPUPROFILE: %w", err)
+		}
+		if err := pprof.StartCPUProfile(out); err != nil {
+			return fmt.Errorf("SECURERELAY_CPUPROFILE: %w", err)
+		}
+		defer func() { pprof.StopCPUProfile(); out.Close() }()
+		log.Info("writing a CPU profile", "file", f)
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state_dir: %w", err)
 	}
