@@ -52,8 +52,14 @@ type Engine struct {
 }
 
 type dest struct {
+	key  string
 	sem  chan struct{}
 	idle []*pooled
+	// users counts deliveries holding this dest; with no users and no idle
+	// session it is dropped from the map, so a smarthost that has sent to
+	// every domain on earth does not keep an entry for each (guarded by
+	// Engine.mu).
+	users int
 }
 
 type pooled struct {
@@ -165,14 +171,30 @@ func (e *Engine) dest(key string) *dest {
 	defer e.mu.Unlock()
 	d := e.dests[key]
 	if d == nil {
-		d = &dest{sem: make(chan struct{}, e.o.MaxPerDestination)}
+		d = &dest{key: key, sem: make(chan struct{}, e.o.MaxPerDestination)}
 		e.dests[key] = d
 	}
+	d.users++
 	return d
+}
+
+// dropIfUnused forgets a dest nobody uses; called with e.mu held.
+func (e *Engine) dropIfUnused(d *dest) {
+	if d.users == 0 && len(d.idle) == 0 && e.dests[d.key] == d {
+		delete(e.dests, d.key)
+	}
+}
+
+func (e *Engine) releaseDest(d *dest) {
+	e.mu.Lock()
+	d.users--
+	e.dropIfUnused(d)
+	e.mu.Unlock()
 }
 
 func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target, rcpts []string) []queue.Result {
 	ds := e.dest(t.Key())
+	defer e.releaseDest(ds)
 	select {
 	case ds.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -239,6 +261,7 @@ func (e *Engine) release(ds *dest, p *pooled) {
 		for i, q := range ds.idle {
 			if q == p {
 				ds.idle = append(ds.idle[:i], ds.idle[i+1:]...)
+				e.dropIfUnused(ds)
 				e.mu.Unlock()
 				p.cl.quit()
 				return
