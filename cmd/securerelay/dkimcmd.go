@@ -58,16 +58,7 @@ func dkimKeygen(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "securerelay dkim keygen: --domain, --selector and --out are required")
 		return 2
 	}
-	signer, pemBytes, err := dkim.GenerateKey(*alg, *bits)
-	if err != nil {
-		fmt.Fprintf(stderr, "securerelay dkim keygen: %v\n", err)
-		return 1
-	}
-	if err := dkim.WriteKeyFile(*out, pemBytes); err != nil {
-		fmt.Fprintf(stderr, "securerelay dkim keygen: %v\n", err)
-		return 1
-	}
-	txt, err := dkim.TXTRecord(signer.Public())
+	txt, err := newKeyFile(*alg, *bits, *out)
 	if err != nil {
 		fmt.Fprintf(stderr, "securerelay dkim keygen: %v\n", err)
 		return 1
@@ -193,14 +184,7 @@ func dkimRotate(args []string, stdout, stderr io.Writer) int {
 		*alg = "rsa"
 	}
 	out := filepath.Join(dir, name+"."+*selector+".key")
-	signer, pemBytes, err := dkim.GenerateKey(*alg, *bits)
-	if err == nil {
-		err = dkim.WriteKeyFile(out, pemBytes)
-	}
-	var txt string
-	if err == nil {
-		txt, err = dkim.TXTRecord(signer.Public())
-	}
+	txt, err := newKeyFile(*alg, *bits, out)
 	if err != nil {
 		fmt.Fprintf(stderr, "securerelay dkim rotate: %v\n", err)
 		return 1
@@ -215,4 +199,17 @@ func dkimRotate(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, ";    published for a grace period (a week: mail signed with it may still be in transit\n")
 	fmt.Fprintf(stdout, ";    or re-verified), then remove the old record, its config entry and its key file.\n")
 	return 0
+}
+
+// newKeyFile generates a key, writes it to path (0600, never over an
+// existing file) and returns the TXT value of its DNS record.
+func newKeyFile(alg string, bits int, path string) (string, error) {
+	signer, pemBytes, err := dkim.GenerateKey(alg, bits)
+	if err != nil {
+		return "", err
+	}
+	if err := dkim.WriteKeyFile(path, pemBytes); err != nil {
+		return "", err
+	}
+	return dkim.TXTRecord(signer.Public())
 }
