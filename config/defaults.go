@@ -22,6 +22,7 @@ const (
 	DefaultIdleConnectionTimeout        = Duration(5 * time.Second)
 	DefaultDKIMCanonicalization         = "relaxed/relaxed"
 	DefaultForeignFrom                  = "reject"
+	DefaultNullSender                   = "reject"
 	DefaultStartTLS                     = "opportunistic"
 	DefaultQueueMaxAge                  = Duration(5 * day)
 	DefaultQueueWorkers                 = 100
@@ -139,6 +140,9 @@ func (l *loader) applyDefaults(c *Config) {
 	for i := range c.Listeners {
 		if ln := &c.Listeners[i]; ln.Role == "outbound" && ln.ForeignFrom == "" {
 			ln.ForeignFrom = DefaultForeignFrom
+		}
+		if ln := &c.Listeners[i]; ln.Role == "outbound" && ln.NullSender == "" {
+			ln.NullSender = DefaultNullSender
 		}
 	}
 

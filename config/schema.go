@@ -112,6 +112,13 @@ type Listener struct {
 	// (default; 553 5.7.1, so a misconfigured application is noticed) or
 	// unsigned (send it without a DKIM signature).
 	ForeignFrom string `yaml:"foreign_from"`
+	// NullSender (outbound only): what to do with MAIL FROM:<> that is not
+	// a delivery status or disposition notification (multipart/report):
+	// reject (default; 550 5.7.1) or rewrite (the envelope sender becomes
+	// NullSenderAddress; logged and recorded in a header).
+	NullSender string `yaml:"null_sender"`
+	// NullSenderAddress is the sender used by null_sender: rewrite.
+	NullSenderAddress string `yaml:"null_sender_address"`
 	// Limits overrides the global limits for this listener; zero values
 	// inherit.
 	Limits Limits `yaml:"limits"`

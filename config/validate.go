@@ -169,9 +169,19 @@ func (l *loader) checkListeners(c *Config) {
 			if ln.ForeignFrom != "" {
 				l.errorf(p+".foreign_from", "only outbound listeners sign mail; remove it")
 			}
+			if ln.NullSender != "" || ln.NullSenderAddress != "" {
+				l.errorf(p+".null_sender", "only outbound listeners apply a null-sender policy (inbound mail from <> is checked by the inbound rules); remove it")
+			}
 		case "outbound":
 			l.checkOutboundListener(c, i)
 			l.oneOf(p+".foreign_from", ln.ForeignFrom, "reject", "unsigned")
+			l.oneOf(p+".null_sender", ln.NullSender, "reject", "rewrite")
+			switch {
+			case ln.NullSender == "rewrite" && ln.NullSenderAddress == "":
+				l.errorf(p+".null_sender_address", "missing; null_sender: rewrite needs the address to use instead of <>, e.g. noreply@example.com")
+			case ln.NullSenderAddress != "" && (strings.Count(ln.NullSenderAddress, "@") != 1 || !strings.Contains(ln.NullSenderAddress[strings.Index(ln.NullSenderAddress, "@"):], ".") || strings.ContainsAny(ln.NullSenderAddress, " <>\t")):
+				l.errorf(p+".null_sender_address", "%q is not a plain address such as noreply@example.com", ln.NullSenderAddress)
+			}
 		case "":
 			l.errorf(p+".role", "missing; set %s", roles)
 		default:

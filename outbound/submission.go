@@ -4,7 +4,9 @@
 package outbound
 
 import (
+	"mime"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 
 	"github.com/emersion/go-smtp"
@@ -27,6 +29,11 @@ type SubmissionOptions struct {
 	ForeignFrom string
 	// Ours tells whether a domain is one of ours (receive or sign).
 	Ours *DomainSet
+	// NullSender: "reject" or "rewrite" mail from <> that is not a
+	// delivery status or disposition notification; "" applies no policy.
+	NullSender string
+	// NullSenderAddress replaces <> under "rewrite".
+	NullSenderAddress string
 }
 
 // DomainSet is a reloadable set of domain names.
@@ -158,8 +165,10 @@ func (s *Submission) Rcpt(_ *smtpd.State, to string, _ *smtp.RcptOptions) (strin
 // OTRS or Kopano with a wrong sender address is then noticed at once, not
 // forwarded unsigned to fail DMARC at the recipient's.
 func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
-	if st.AuthUser == "" || s.opts.ForeignFrom == "unsigned" || s.opts.Ours == nil {
-		return nil // (no domain set: a role built without one checks nothing)
+	checkFrom := st.AuthUser != "" && s.opts.ForeignFrom != "unsigned" && s.opts.Ours != nil
+	checkNull := st.From == "" && s.opts.NullSender != ""
+	if !checkFrom && !checkNull {
+		return nil
 	}
 	r, err := msg.Open()
 	if err != nil {
@@ -168,6 +177,23 @@ func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
 	header, err := dkim.ReadHeader(r, dkim.MaxHeaderBytes)
 	if err != nil {
 		return err
+	}
+	if checkNull && !isReport(header) {
+		// RFC 5321 §4.5.5 reserves <> for notifications about other mail;
+		// a notification or auto-reply sent from <> can never be answered
+		// or bounced, and loops between two such systems go unnoticed.
+		if s.opts.NullSender != "rewrite" {
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+				Message: "null sender refused: MAIL FROM:<> is reserved for delivery status notifications; set a sender address (such as noreply@your.domain) in the sending application"}
+		}
+		msg.NewFrom = s.opts.NullSenderAddress
+		msg.AddHeader = "X-Securerelay-Null-Sender: envelope sender <> rewritten to <" + s.opts.NullSenderAddress + ">\r\n"
+		if st.Log != nil {
+			st.Log.Info("null sender rewritten", "from", s.opts.NullSenderAddress)
+		}
+	}
+	if !checkFrom {
+		return nil
 	}
 	dom, err := dkim.FromDomain(header)
 	if err != nil {
@@ -179,4 +205,37 @@ func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
 			Message: "message refused: the From: domain " + dom + " is not one of this relay's domains, so it cannot be signed; fix the sender address in the sending application"}
 	}
 	return nil
+}
+
+// isReport reports whether a message header says multipart/report with a
+// delivery-status (RFC 3464) or disposition-notification (RFC 8098)
+// report: the only content the null sender is for.
+func isReport(header []byte) bool {
+	ct := headerValue(header, "Content-Type")
+	mt, params, err := mime.ParseMediaType(ct)
+	if err != nil || mt != "multipart/report" {
+		return false
+	}
+	switch strings.ToLower(params["report-type"]) {
+	case "delivery-status", "disposition-notification":
+		return true
+	}
+	return false
+}
+
+// headerValue returns the unfolded value of the first field called name.
+func headerValue(header []byte, name string) string {
+	lines := strings.Split(strings.ReplaceAll(string(header), "\r\n", "\n"), "\n")
+	for i := 0; i < len(lines); i++ {
+		k, v, ok := strings.Cut(lines[i], ":")
+		if !ok || !strings.EqualFold(strings.TrimSpace(k), name) || strings.HasPrefix(lines[i], " ") || strings.HasPrefix(lines[i], "\t") {
+			continue
+		}
+		for i+1 < len(lines) && (strings.HasPrefix(lines[i+1], " ") || strings.HasPrefix(lines[i+1], "\t")) {
+			i++
+			v += " " + strings.TrimSpace(lines[i])
+		}
+		return strings.TrimSpace(v)
+	}
+	return ""
 }

@@ -168,3 +168,47 @@ func TestSubmissionForeignFrom(t *testing.T) {
 		}
 	}
 }
+
+// Mail from <> on an outbound listener: a DSN or MDN passes untouched;
+// anything else is refused (550 5.7.1) or, under "rewrite", gets the
+// configured sender and a header saying so.
+func TestSubmissionNullSender(t *testing.T) {
+	msg := func(header string) *smtpd.Message {
+		data := header + "\r\nbody\r\n"
+		return &smtpd.Message{Size: int64(len(data)), Open: func() (io.Reader, error) { return strings.NewReader(data), nil }}
+	}
+	reports := []string{
+		"Content-Type: multipart/report; report-type=delivery-status; boundary=x\r\n",
+		"Content-Type: Multipart/Report;\r\n\treport-type=\"disposition-notification\"; boundary=x\r\n",
+	}
+	others := []string{
+		"Subject: Ticket updated\r\n",
+		"Content-Type: multipart/report; report-type=other; boundary=x\r\n",
+		"Content-Type: multipart/mixed; boundary=x\r\n",
+		"Content-Type: text/plain\r\n X-Fake: multipart/report; report-type=delivery-status\r\n",
+	}
+	reject := outbound.NewSubmission(outbound.SubmissionOptions{NullSender: "reject"}, nil)
+	rewrite := outbound.NewSubmission(outbound.SubmissionOptions{NullSender: "rewrite", NullSenderAddress: "noreply@example.test"}, nil)
+	for _, h := range reports {
+		for _, s := range []*outbound.Submission{reject, rewrite} {
+			m := msg(h)
+			if err := s.Data(&smtpd.State{}, m); err != nil || m.NewFrom != "" {
+				t.Errorf("report %q: %v, new from %q; want it to pass untouched", h, err, m.NewFrom)
+			}
+		}
+	}
+	for _, h := range others {
+		err := reject.Data(&smtpd.State{}, msg(h))
+		if se, ok := err.(*smtp.SMTPError); !ok || se.Code != 550 || se.EnhancedCode != (smtp.EnhancedCode{5, 7, 1}) {
+			t.Errorf("%q under reject: %v, want a bare 550 5.7.1", h, err)
+		}
+		m := msg(h)
+		if err := rewrite.Data(&smtpd.State{}, m); err != nil || m.NewFrom != "noreply@example.test" || !strings.HasPrefix(m.AddHeader, "X-Securerelay-Null-Sender: ") {
+			t.Errorf("%q under rewrite: %v, from %q, header %q", h, err, m.NewFrom, m.AddHeader)
+		}
+	}
+	// Not from <>: no policy at all.
+	if err := reject.Data(&smtpd.State{From: "a@example.test"}, msg(others[0])); err != nil {
+		t.Errorf("a real sender was refused: %v", err)
+	}
+}

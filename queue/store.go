@@ -265,6 +265,9 @@ type Writer struct {
 // ID is the queue ID the message will have.
 func (w *Writer) ID() string { return w.id }
 
+// Envelope is the envelope the message is spooled with.
+func (w *Writer) Envelope() Envelope { return w.env }
+
 // Write appends message data.
 func (w *Writer) Write(p []byte) (int, error) {
 	if w.closed {

@@ -46,6 +46,14 @@ type Message struct {
 	QueueID string
 	Size    int64
 	Open    func() (io.Reader, error)
+
+	// A Data hook may set these to change the message before it is
+	// committed: NewFrom replaces the envelope sender, AddHeader (one or
+	// more complete header fields, CRLF-terminated) goes on top. The
+	// message is then spooled anew (under a new queue ID) and the first
+	// copy discarded, so the change costs nothing when unused.
+	NewFrom   string
+	AddHeader string
 }
 
 // Role decides what a listener accepts. Every method returns nil or a bare

@@ -227,6 +227,17 @@ func (s *session) Data(r io.Reader) error {
 	if err := o.Role.Data(&s.st, msg); err != nil {
 		return s.edge(err, "data")
 	}
+	if msg.NewFrom != "" || msg.AddHeader != "" {
+		w2, err := s.respool(w, env, msg)
+		if err != nil {
+			s.st.Log.Error("cannot spool the changed message", "queue_id", w.ID(), "error", err)
+			return s.edge(smtputil.QueueFailed(), "data")
+		}
+		defer w2.Abort()
+		s.st.Log.Info("message changed before queueing", "old_queue_id", w.ID(), "queue_id", w2.ID(),
+			"old_from", env.From, "from", w2.Envelope().From)
+		w, env = w2, w2.Envelope()
+	}
 	if err := w.Commit(); err != nil {
 		s.st.Log.Error("cannot commit message to the spool", "queue_id", w.ID(), "error", err)
 		return s.edge(smtputil.QueueFailed(), "data")
@@ -237,6 +248,31 @@ func (s *session) Data(r io.Reader) error {
 	// go-smtp sends whatever SMTPError Data returns, 2xx included; this is
 	// how the client learns the queue ID, as Postfix admins expect.
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + w.ID()}
+}
+
+// respool writes the message again with the envelope sender and extra
+// header fields a Data hook asked for; the caller commits the new writer.
+func (s *session) respool(w *queue.Writer, env queue.Envelope, msg *Message) (*queue.Writer, error) {
+	if msg.NewFrom != "" {
+		env.From = msg.NewFrom
+	}
+	w2, err := s.srv.opts.Queue.NewWriter(env)
+	if err != nil {
+		return nil, err
+	}
+	r, err := w.Reader()
+	if err == nil {
+		_, err = io.WriteString(w2, msg.AddHeader)
+	}
+	if err == nil {
+		_, err = io.Copy(w2, r)
+	}
+	if err != nil {
+		w2.Abort()
+		return nil, err
+	}
+	w.Abort()
+	return w2, nil
 }
 
 func (s *session) endTxn() {

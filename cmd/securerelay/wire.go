@@ -210,6 +210,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		} else {
 			role = outbound.NewSubmission(outbound.SubmissionOptions{
 				Trusted: trusted(l), Auth: l.Auth, ForeignFrom: l.ForeignFrom, Ours: r.ours,
+				NullSender: l.NullSender, NullSenderAddress: l.NullSenderAddress,
 			}, r.users)
 		}
 		lim := l.Limits

@@ -221,7 +221,9 @@ outbound:
 
 	var heldIDs []string
 	t.Run("null sender", func(t *testing.T) {
-		res := mustSend(t, "--server", sub, "--from", "<>", "--to", "user@partner.test")
+		// A genuine notification (the only thing <> may send) that the
+		// partner refuses: it must not cause a DSN of its own.
+		res := mustSend(t, "--server", sub, "--from", "<>", "--to", "user@partner.test", "--data", "@"+dsnFile(t))
 		r.WaitLog(0, 10*time.Second, "no DSN for the null sender", "queue_id="+res.QueueID())
 		heldIDs = append(heldIDs, res.QueueID())
 	})
@@ -268,4 +270,62 @@ outbound:
 	if len(mxDown.Messages()) != 0 {
 		t.Errorf("partner MX accepted a message although it refuses every recipient")
 	}
+}
+
+// TestNullSenderPolicy: on an outbound listener, <> is for notifications
+// only. A ticket system's plain notification from <> is refused with
+// 550 5.7.1 by default; with null_sender: rewrite it leaves from the
+// configured address, with a header saying so; a real DSN passes as is.
+func TestNullSenderPolicy(t *testing.T) {
+	requireTool(t, "swaks")
+	down := startTestServer(t, listenLoopback(t), serverOptions{})
+	dns := dnstest.NewServer(t, "")
+	dir := t.TempDir()
+	strict, rewrite := freeAddr(t), freeAddr(t)
+	cfg := filepath.Join(dir, "relay.yaml")
+	writeFile(t, cfg, configHead(filepath.Join(dir, "state"), dns.Addr())+fmt.Sprintf(`listeners:
+  - {name: strict, address: %q, role: outbound, trusted_networks: [127.0.0.0/8]}
+  - {name: rewrite, address: %q, role: outbound, trusted_networks: [127.0.0.0/8], null_sender: rewrite, null_sender_address: noreply@example.test}
+domains:
+  example.test: {deliver_to: "maildir:%s"}
+outbound:
+  routes: [{match: "*", next_hop: "smtp://%s"}]
+%s`, strict, rewrite, filepath.Join(dir, "mail"), down.Addr, outboundTimeouts))
+	startRelay(t, cfg, strict, rewrite)
+
+	res := swaks(t, "--server", strict, "--from", "<>", "--to", "agent@partner.test", "--header", "Subject: Ticket 4711 updated")
+	errs := res.ErrorReplies()
+	if len(errs) == 0 || !strings.HasPrefix(errs[0], "550 5.7.1 ") || !strings.Contains(errs[0], "set a sender address") {
+		t.Errorf("plain notification from <>: refusals %q, want 550 5.7.1 telling to set a sender address:\n%s", errs, res.Out)
+	}
+
+	mustSend(t, "--server", rewrite, "--from", "<>", "--to", "agent@partner.test", "--header", "Subject: Ticket 4712 updated")
+	m := down.WaitMessages(t, 1, 10*time.Second)[0]
+	if m.From != "noreply@example.test" {
+		t.Errorf("rewritten envelope sender %q, want noreply@example.test", m.From)
+	}
+	if !strings.Contains(headerSection(m.Data), "X-Securerelay-Null-Sender: envelope sender <> rewritten to <noreply@example.test>") ||
+		!strings.Contains(string(m.Data), "Subject: Ticket 4712 updated") {
+		t.Errorf("rewritten message lacks the header or its content:\n%s", m.Data)
+	}
+
+	mustSend(t, "--server", strict, "--from", "<>", "--to", "agent@partner.test", "--data", "@"+dsnFile(t))
+	m = down.WaitMessages(t, 2, 10*time.Second)[1]
+	if m.From != "" || strings.Contains(string(m.Data), "X-Securerelay-Null-Sender") {
+		t.Errorf("a DSN from <> was changed: envelope from %q", m.From)
+	}
+}
+
+// dsnFile writes a minimal delivery status notification, the kind of
+// message the null sender exists for.
+func dsnFile(t *testing.T) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "dsn.eml")
+	writeFile(t, f, "From: MAILER-DAEMON@kopano.example.test\r\nTo: someone@example.test\r\n"+
+		"Subject: Undelivered Mail\r\nDate: Sat, 28 Nov 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\n"+
+		"Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n"+
+		"--b\r\nContent-Type: text/plain\r\n\r\nundeliverable\r\n"+
+		"--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; kopano.example.test\r\n\r\n"+
+		"Final-Recipient: rfc822; x@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--b--\r\n")
+	return f
 }
