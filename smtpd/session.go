@@ -223,6 +223,9 @@ func (s *session) Data(r io.Reader) error {
 		return s.edge(&smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 4, 6},
 			Message: fmt.Sprintf("too many hops (%d Received: header fields, limit %d): this looks like a mail loop; check the forwarding and routing between your servers and this one", hops.N, maxHops)}, "data")
 	}
+	if err := s.loopCheck(hops.Header, env); err != nil {
+		return s.edge(err, "data")
+	}
 	msg := &Message{QueueID: w.ID(), Size: w.Size(), Open: w.Reader}
 	if err := o.Role.Data(&s.st, msg); err != nil {
 		return s.edge(err, "data")
@@ -248,6 +251,34 @@ func (s *session) Data(r io.Reader) error {
 	// go-smtp sends whatever SMTPError Data returns, 2xx included; this is
 	// how the client learns the queue ID, as Postfix admins expect.
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + w.ID()}
+}
+
+// loopCheck refuses the two loops that need no state: a message that
+// already passed this relay for the same recipient (our own Received:
+// field, "by <hostname> (securerelay) … for <rcpt>", is the loop marker),
+// and an automatic message (Auto-Submitted, Precedence bulk…, or from <>)
+// to an address only programs send from (MAILER-DAEMON, noreply), which is
+// how two auto-responders start answering each other.
+func (s *session) loopCheck(header []byte, env queue.Envelope) error {
+	if len(env.To) == 1 {
+		mark := "by " + s.srv.opts.Hostname + " (securerelay) "
+		forRcpt := "for <" + env.To[0] + ">"
+		for _, r := range smtputil.HeaderFields(header, "Received") {
+			if strings.Contains(r, mark) && strings.Contains(r, forRcpt) {
+				return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 4, 6},
+					Message: "mail loop: this message already passed " + s.srv.opts.Hostname + " for <" + env.To[0] + ">; check forwarding rules and deliver_to targets"}
+			}
+		}
+	}
+	if env.From == "" || smtputil.IsAutomatic(header) {
+		for _, rc := range env.To {
+			if smtputil.IsAutomaticSender(rc) {
+				return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+					Message: "automatic message to <" + rc + ">, an address only programs send from: refused to break an auto-reply loop; do not send notifications or auto-replies to it"}
+			}
+		}
+	}
+	return nil
 }
 
 // respool writes the message again with the envelope sender and extra
