@@ -37,6 +37,8 @@ var defaultLimits = Limits{
 	CommandTimeout:  Duration(5 * time.Minute),
 	DataTimeout:     Duration(10 * time.Minute),
 	MaxConnections:  500,
+	MaxAutoReplies:  5,
+	AutoReplyWindow: Duration(time.Hour),
 	BareLineEndings: "reject",
 }
 
@@ -184,6 +186,12 @@ func (lim *Limits) inherit(d Limits) {
 	}
 	if lim.BareLineEndings == "" {
 		lim.BareLineEndings = d.BareLineEndings
+	}
+	if lim.MaxAutoReplies == 0 {
+		lim.MaxAutoReplies = d.MaxAutoReplies
+	}
+	if lim.AutoReplyWindow == 0 {
+		lim.AutoReplyWindow = d.AutoReplyWindow
 	}
 }
 

@@ -86,6 +86,13 @@ type Limits struct {
 	CommandTimeout Duration `yaml:"command_timeout"`  // default 5m: idle time allowed between commands
 	DataTimeout    Duration `yaml:"data_timeout"`     // default 10m: a whole DATA transfer
 	MaxConnections int      `yaml:"max_connections"`  // default 500 concurrent sessions per listener
+	// MaxAutoReplies: automatic messages (Auto-Submitted, Precedence
+	// bulk/junk/list, X-Autoreply, or from <>) per sender and recipient
+	// within AutoReplyWindow; more are refused as an auto-reply loop.
+	// Default 5.
+	MaxAutoReplies int `yaml:"max_auto_replies"`
+	// AutoReplyWindow for MaxAutoReplies. Default 1h.
+	AutoReplyWindow Duration `yaml:"auto_reply_window"`
 	// BareLineEndings: what to do with a bare CR or bare LF in message data:
 	// reject (default; 550 5.6.11 refused in the dialog) or normalize (to CRLF).
 	BareLineEndings string `yaml:"bare_line_endings"`

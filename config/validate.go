@@ -105,6 +105,7 @@ func (l *loader) checkLimits(prefix string, lim Limits, global *Limits) {
 		{"max_line_length", lim.MaxLineLength, g.MaxLineLength, defaultLimits.MaxLineLength},
 		{"max_errors", lim.MaxErrors, g.MaxErrors, defaultLimits.MaxErrors},
 		{"max_connections", lim.MaxConnections, g.MaxConnections, defaultLimits.MaxConnections},
+		{"max_auto_replies", lim.MaxAutoReplies, g.MaxAutoReplies, defaultLimits.MaxAutoReplies},
 	} {
 		if own(f.v, f.gv) {
 			l.positiveInt(prefix+"."+f.name, f.v, def(f.name, f.defVal))
@@ -118,6 +119,9 @@ func (l *loader) checkLimits(prefix string, lim Limits, global *Limits) {
 	}
 	if own(lim.DataTimeout, g.DataTimeout) {
 		l.positiveDuration(prefix+".data_timeout", lim.DataTimeout, def("data_timeout", defaultLimits.DataTimeout))
+	}
+	if own(lim.AutoReplyWindow, g.AutoReplyWindow) {
+		l.positiveDuration(prefix+".auto_reply_window", lim.AutoReplyWindow, def("auto_reply_window", defaultLimits.AutoReplyWindow))
 	}
 	if own(lim.BareLineEndings, g.BareLineEndings) {
 		l.oneOf(prefix+".bare_line_endings", lim.BareLineEndings, "reject", "normalize")

@@ -3,6 +3,9 @@ package smtpd_test
 import (
 	"strings"
 	"testing"
+	"time"
+
+	"securerelay/smtpd"
 )
 
 // A message carrying this relay's own Received: for the same recipient is
@@ -37,6 +40,51 @@ func TestLoopChecks(t *testing.T) {
 	} {
 		if code, msg := send(c.from, c.to, c.header); code != 250 {
 			t.Errorf("%s → %s with %q: %d %s, want 250", c.from, c.to, c.header, code, msg)
+		}
+		h.next()
+	}
+}
+
+type memCounter struct{ n map[string]int }
+
+func (m *memCounter) Add(key string, _ time.Time, _ time.Duration) (int, error) {
+	m.n[key]++
+	return m.n[key], nil
+}
+
+// Two auto-responders answering each other through the relay: the first
+// MaxAutoReplies automatic messages of a sender/recipient pair pass, the
+// rest are refused; other pairs and messages from people are not counted.
+func TestAutoReplyLimit(t *testing.T) {
+	cnt := &memCounter{n: map[string]int{}}
+	h := start(t, &fakeRole{}, func(o *smtpd.Options) {
+		o.AutoReplies, o.MaxAutoReplies, o.AutoReplyWindow = cnt, 3, time.Hour
+	})
+	send := func(from, to, header string) int {
+		c := dial(t, h.addr)
+		c.ehlo("client.example.org")
+		c.expect("MAIL FROM:<"+from+">", 250, "")
+		c.expect("RCPT TO:<"+to+">", 250, "")
+		code, _ := c.data(header + "Subject: Re: x\r\n\r\nbody\r\n.\r\n")
+		return code
+	}
+	passed := 0
+	for i := 0; i < 6; i++ {
+		if send("helpdesk@ours.test", "support@partner.example", "Auto-Submitted: auto-replied\r\n") == 250 {
+			passed++
+			h.next()
+		}
+	}
+	if passed != 3 {
+		t.Errorf("%d of 6 auto-replies passed, want 3", passed)
+	}
+	if send("helpdesk@ours.test", "other@partner.example", "Auto-Submitted: auto-replied\r\n") != 250 {
+		t.Errorf("another recipient was refused")
+	}
+	h.next()
+	for i := 0; i < 5; i++ {
+		if send("helpdesk@ours.test", "support@partner.example", "") != 250 {
+			t.Fatalf("a message from a person was refused")
 		}
 		h.next()
 	}

@@ -41,6 +41,20 @@ type Options struct {
 	Queue  *queue.Queue
 	Role   Role
 	Logger *slog.Logger
+
+	// AutoReplies counts automatic messages per (sender, recipient); more
+	// than MaxAutoReplies within AutoReplyWindow are refused as a loop.
+	// nil or MaxAutoReplies 0: no limit.
+	AutoReplies     Counter
+	MaxAutoReplies  int
+	AutoReplyWindow time.Duration
+}
+
+// Counter counts events per key within a window. The embedded
+// implementation is internal/counter; a cluster of relays can share one
+// behind this interface.
+type Counter interface {
+	Add(key string, now time.Time, window time.Duration) (int, error)
 }
 
 // Server is one listening socket and its sessions.

@@ -277,6 +277,28 @@ func (s *session) loopCheck(header []byte, env queue.Envelope) error {
 					Message: "automatic message to <" + rc + ">, an address only programs send from: refused to break an auto-reply loop; do not send notifications or auto-replies to it"}
 			}
 		}
+		o := &s.srv.opts
+		if o.AutoReplies != nil && o.MaxAutoReplies > 0 {
+			now := time.Now()
+			for _, rc := range env.To {
+				n, err := o.AutoReplies.Add(strings.ToLower(env.From)+" "+strings.ToLower(rc), now, o.AutoReplyWindow)
+				if err != nil {
+					// The counter is a protection: without it the message
+					// goes through rather than being lost to a store error.
+					s.st.Log.Warn("auto-reply counter unavailable", "error", err)
+					continue
+				}
+				if n > o.MaxAutoReplies {
+					from := env.From
+					if from == "" {
+						from = "<>"
+					}
+					s.st.Log.Warn("auto-reply loop refused", "from", from, "to", rc, "count", n, "window", o.AutoReplyWindow.String())
+					return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+						Message: fmt.Sprintf("auto-reply loop: %d automatic messages from %s to <%s> within %s (limit %d); check the auto-responders on both sides", n, from, rc, o.AutoReplyWindow, o.MaxAutoReplies)}
+				}
+			}
+		}
 	}
 	return nil
 }

@@ -19,6 +19,7 @@ import (
 	"securerelay/config"
 	"securerelay/dnsutil"
 	"securerelay/inbound"
+	"securerelay/internal/counter"
 	"securerelay/outbound"
 	"securerelay/queue"
 	"securerelay/smtpd"
@@ -114,6 +115,7 @@ type relay struct {
 	engine   *outbound.Engine
 	users    *outbound.Users
 	signer   *outbound.Signer
+	loops    *counter.File
 	ours     *outbound.DomainSet
 	inbound  []*inbound.Role
 	servers  []*smtpd.Server
@@ -200,6 +202,10 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		return err
 	}
 	r.users = outbound.NewUsers(userHashes(cfg))
+	r.loops, err = counter.Open(filepath.Join(cfg.StateDir, "loop-counters.json"), 10*time.Second, log)
+	if err != nil {
+		return err
+	}
 	tlsConf := certs.Config()
 	for _, l := range cfg.Listeners {
 		var role smtpd.Role
@@ -222,6 +228,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 			NormalizeLineEndings: lim.BareLineEndings == "normalize",
 			AllowInsecureAuth:    l.AllowInsecureAuth, RequireTLS: l.RequireTLS,
 			Queue: r.q, Role: role, Logger: log,
+			AutoReplies: r.loops, MaxAutoReplies: lim.MaxAutoReplies, AutoReplyWindow: lim.AutoReplyWindow.D(),
 		})
 		// Bind everything before accepting anything: a port conflict must
 		// fail the start, not leave a half-running relay.
@@ -273,6 +280,9 @@ func (r *relay) shutdown() {
 	wg.Wait()
 	r.q.Stop(ctx)
 	r.engine.Close()
+	if err := r.loops.Close(); err != nil {
+		r.log.Warn("loop counters not saved", "error", err)
+	}
 	r.log.Info("stopped", "spooled", r.q.Len())
 	r.q.Close()
 }

@@ -1,0 +1,134 @@
+// Package counter counts events per key in a sliding time window, in
+// memory, saved to a file so that the counts survive a restart. It backs
+// the auto-reply loop limit; a cluster can replace it with a shared store
+// behind the same small interface (smtpd.Counter).
+package counter
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// maxPerKey bounds the timestamps kept for one key: only counts up to a
+// limit matter, never the exact number beyond it.
+const maxPerKey = 1000
+
+// File is a Counter persisted to one JSON file.
+type File struct {
+	path string
+	log  *slog.Logger
+
+	mu    sync.Mutex
+	m     map[string][]time.Time
+	dirty bool
+	stop  chan struct{}
+	done  chan struct{}
+}
+
+// Open loads path (a missing file is an empty counter) and saves it every
+// interval while there are changes, and on Close.
+func Open(path string, interval time.Duration, log *slog.Logger) (*File, error) {
+	f := &File{path: path, log: log, m: map[string][]time.Time{}, stop: make(chan struct{}), done: make(chan struct{})}
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(b, &f.m); err != nil {
+			// A torn file after a crash: counts are a protection, not data;
+			// start afresh and say so.
+			log.Warn("loop counters unreadable, starting from zero", "file", path, "error", err)
+			f.m = map[string][]time.Time{}
+		}
+	case os.IsNotExist(err):
+	default:
+		return nil, fmt.Errorf("loop counters: %w", err)
+	}
+	go f.run(interval)
+	return f, nil
+}
+
+// Add records one event for key at now and returns how many events key
+// had within window before now, this one included.
+func (f *File) Add(key string, now time.Time, window time.Duration) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ts := f.m[key]
+	keep := ts[:0]
+	for _, t := range ts {
+		if now.Sub(t) < window {
+			keep = append(keep, t)
+		}
+	}
+	keep = append(keep, now)
+	if len(keep) > maxPerKey {
+		keep = keep[len(keep)-maxPerKey:]
+	}
+	f.m[key] = keep
+	f.dirty = true
+	return len(keep), nil
+}
+
+func (f *File) run(interval time.Duration) {
+	defer close(f.done)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.stop:
+			return
+		case <-t.C:
+			if err := f.save(time.Now()); err != nil {
+				f.log.Warn("loop counters not saved", "file", f.path, "error", err)
+			}
+		}
+	}
+}
+
+// save writes the counts (dropping keys with nothing left in a day, the
+// longest window that makes sense) atomically: temp file, fsync, rename.
+func (f *File) save(now time.Time) error {
+	f.mu.Lock()
+	if !f.dirty {
+		f.mu.Unlock()
+		return nil
+	}
+	for k, ts := range f.m {
+		if len(ts) == 0 || now.Sub(ts[len(ts)-1]) > 24*time.Hour {
+			delete(f.m, k)
+		}
+	}
+	b, err := json.Marshal(f.m)
+	f.dirty = false
+	f.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(f.path), ".counters-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), f.path)
+}
+
+// Close saves and stops the background saver.
+func (f *File) Close() error {
+	close(f.stop)
+	<-f.done
+	return f.save(time.Now())
+}
