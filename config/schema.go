@@ -204,6 +204,11 @@ type Outbound struct {
 	StartTLS string `yaml:"starttls"`
 	// DKIM signing options; the keys are per domain (domains.*.dkim).
 	DKIM DKIMOptions `yaml:"dkim"`
+	// AutomaticSenders adds local parts ("ticket-bot") or addresses
+	// ("alerts@example.com") to the built-in list of addresses only
+	// programs send from (MAILER-DAEMON, noreply, …): automatic mail to
+	// them is refused on every listener as half of an auto-reply loop.
+	AutomaticSenders []string `yaml:"automatic_senders"`
 }
 
 // User is one SMTP AUTH account.

@@ -89,3 +89,18 @@ func TestAutoReplyLimit(t *testing.T) {
 		h.next()
 	}
 }
+
+// The configured automatic senders join the built-in ones.
+func TestConfiguredAutomaticSenders(t *testing.T) {
+	h := start(t, &fakeRole{}, func(o *smtpd.Options) { o.AutomaticSenders = []string{"ticket-bot", "alerts@ours.test"} })
+	for _, to := range []string{"ticket-bot@ours.test", "Alerts@ours.test"} {
+		c := dial(t, h.addr)
+		c.ehlo("client.example.org")
+		c.expect("MAIL FROM:<s@example.org>", 250, "")
+		c.expect("RCPT TO:<"+to+">", 250, "")
+		if code, msg := c.data("Precedence: bulk\r\nSubject: x\r\n\r\nbody\r\n.\r\n"); code != 550 {
+			t.Errorf("automatic mail to %s: %d %s, want 550", to, code, msg)
+		}
+	}
+	h.expectNothingSpooled()
+}

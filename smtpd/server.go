@@ -48,6 +48,9 @@ type Options struct {
 	AutoReplies     Counter
 	MaxAutoReplies  int
 	AutoReplyWindow time.Duration
+	// AutomaticSenders extends the built-in list of addresses only
+	// programs send from (smtputil.IsAutomaticSender).
+	AutomaticSenders []string
 }
 
 // Counter counts events per key within a window. The embedded

@@ -272,7 +272,7 @@ func (s *session) loopCheck(header []byte, env queue.Envelope) error {
 	}
 	if env.From == "" || smtputil.IsAutomatic(header) {
 		for _, rc := range env.To {
-			if smtputil.IsAutomaticSender(rc) {
+			if smtputil.IsAutomaticSender(rc, s.srv.opts.AutomaticSenders) {
 				return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
 					Message: "automatic message to <" + rc + ">, an address only programs send from: refused to break an auto-reply loop; do not send notifications or auto-replies to it"}
 			}

@@ -116,11 +116,22 @@ var automaticLocalParts = map[string]bool{
 }
 
 // IsAutomaticSender reports whether an address belongs to a program that
-// sends automatic mail (MAILER-DAEMON, noreply, …); postmaster is a person.
-func IsAutomaticSender(addr string) bool {
+// sends automatic mail (MAILER-DAEMON, noreply, …; postmaster is a person),
+// or is in extra: local parts or whole addresses, case-insensitive.
+func IsAutomaticSender(addr string, extra []string) bool {
 	at := strings.LastIndexByte(addr, '@')
 	if at < 0 {
 		return false
 	}
-	return automaticLocalParts[strings.ToLower(addr[:at])]
+	local := strings.ToLower(addr[:at])
+	if automaticLocalParts[local] {
+		return true
+	}
+	for _, x := range extra {
+		x = strings.ToLower(x)
+		if x == local || x == strings.ToLower(addr) {
+			return true
+		}
+	}
+	return false
 }

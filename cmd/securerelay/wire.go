@@ -229,6 +229,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 			AllowInsecureAuth:    l.AllowInsecureAuth, RequireTLS: l.RequireTLS,
 			Queue: r.q, Role: role, Logger: log,
 			AutoReplies: r.loops, MaxAutoReplies: lim.MaxAutoReplies, AutoReplyWindow: lim.AutoReplyWindow.D(),
+			AutomaticSenders: cfg.Outbound.AutomaticSenders,
 		})
 		// Bind everything before accepting anything: a port conflict must
 		// fail the start, not leave a half-running relay.
