@@ -37,6 +37,7 @@ var defaultLimits = Limits{
 	CommandTimeout:  Duration(5 * time.Minute),
 	DataTimeout:     Duration(10 * time.Minute),
 	MaxConnections:  500,
+	MaxHops:         50,
 	MaxAutoReplies:  5,
 	AutoReplyWindow: Duration(time.Hour),
 	BareLineEndings: "reject",
@@ -186,6 +187,9 @@ func (lim *Limits) inherit(d Limits) {
 	}
 	if lim.BareLineEndings == "" {
 		lim.BareLineEndings = d.BareLineEndings
+	}
+	if lim.MaxHops == 0 {
+		lim.MaxHops = d.MaxHops
 	}
 	if lim.MaxAutoReplies == 0 {
 		lim.MaxAutoReplies = d.MaxAutoReplies

@@ -130,7 +130,7 @@ outbound:
 			MaxMessageSize: 50_000_000, MaxRecipients: 100, MaxLineLength: 2000, MaxErrors: 10,
 			CommandTimeout: Duration(5 * time.Minute), DataTimeout: Duration(10 * time.Minute),
 			MaxConnections: 500, BareLineEndings: "reject",
-			MaxAutoReplies: 5, AutoReplyWindow: Duration(time.Hour),
+			MaxAutoReplies: 5, AutoReplyWindow: Duration(time.Hour), MaxHops: 50,
 		},
 		Queue: Queue{
 			Retry: []Duration{

@@ -86,6 +86,9 @@ type Limits struct {
 	CommandTimeout Duration `yaml:"command_timeout"`  // default 5m: idle time allowed between commands
 	DataTimeout    Duration `yaml:"data_timeout"`     // default 10m: a whole DATA transfer
 	MaxConnections int      `yaml:"max_connections"`  // default 500 concurrent sessions per listener
+	// MaxHops: Received: fields a message may already carry; more is a
+	// loop (554 5.4.6). Default 50, as Postfix's hopcount_limit.
+	MaxHops int `yaml:"max_hops"`
 	// MaxAutoReplies: automatic messages (Auto-Submitted, Precedence
 	// bulk/junk/list, X-Autoreply, or from <>) per sender and recipient
 	// within AutoReplyWindow; more are refused as an auto-reply loop.

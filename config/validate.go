@@ -106,6 +106,7 @@ func (l *loader) checkLimits(prefix string, lim Limits, global *Limits) {
 		{"max_errors", lim.MaxErrors, g.MaxErrors, defaultLimits.MaxErrors},
 		{"max_connections", lim.MaxConnections, g.MaxConnections, defaultLimits.MaxConnections},
 		{"max_auto_replies", lim.MaxAutoReplies, g.MaxAutoReplies, defaultLimits.MaxAutoReplies},
+		{"max_hops", lim.MaxHops, g.MaxHops, defaultLimits.MaxHops},
 	} {
 		if own(f.v, f.gv) {
 			l.positiveInt(prefix+"."+f.name, f.v, def(f.name, f.defVal))

@@ -30,6 +30,8 @@ type Options struct {
 	MaxLineLength  int
 	MaxErrors      int
 	MaxConnections int
+	// MaxHops: Received: fields a message may carry; default 50.
+	MaxHops        int
 	CommandTimeout time.Duration
 	DataTimeout    time.Duration
 	// NormalizeLineEndings rewrites bare CR/LF in DATA to CRLF instead of

@@ -16,9 +16,9 @@ import (
 	"securerelay/smtputil"
 )
 
-// maxHops is the number of Received: fields a message may already carry,
-// as Postfix's hopcount_limit.
-const maxHops = 50
+// defaultMaxHops is the number of Received: fields a message may already
+// carry when Options.MaxHops is 0, as Postfix's hopcount_limit.
+const defaultMaxHops = 50
 
 type session struct {
 	srv *Server
@@ -214,6 +214,10 @@ func (s *session) Data(r io.Reader) error {
 			s.st.Log.Error("cannot spool message", "queue_id", w.ID(), "error", err)
 			return s.edge(smtputil.QueueFailed(), "data")
 		}
+	}
+	maxHops := o.MaxHops
+	if maxHops <= 0 {
+		maxHops = defaultMaxHops
 	}
 	if hops.N > maxHops {
 		// RFC 5321 §6.3: a loop, almost certainly (a deliver_to or a

@@ -223,7 +223,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		s := smtpd.New(smtpd.Options{
 			Name: l.Name, Address: l.Address, Hostname: cfg.Hostname, TLS: tlsConf,
 			MaxMessageSize: int64(lim.MaxMessageSize), MaxRecipients: lim.MaxRecipients,
-			MaxLineLength: lim.MaxLineLength, MaxErrors: lim.MaxErrors, MaxConnections: lim.MaxConnections,
+			MaxLineLength: lim.MaxLineLength, MaxErrors: lim.MaxErrors, MaxConnections: lim.MaxConnections, MaxHops: lim.MaxHops,
 			CommandTimeout: lim.CommandTimeout.D(), DataTimeout: lim.DataTimeout.D(),
 			NormalizeLineEndings: lim.BareLineEndings == "normalize",
 			AllowInsecureAuth:    l.AllowInsecureAuth, RequireTLS: l.RequireTLS,
