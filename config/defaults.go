@@ -134,6 +134,12 @@ func (l *loader) applyDefaults(c *Config) {
 	if o.DKIM.Canonicalization == "" {
 		o.DKIM.Canonicalization = DefaultDKIMCanonicalization
 	}
+	for _, p := range []*string{&c.Inbound.Checks.SenderFQDN, &c.Inbound.Checks.RecipientFQDN,
+		&c.Inbound.Checks.SenderDomain, &c.Inbound.Checks.UnknownRecipient} {
+		if *p == "" {
+			*p = "reject"
+		}
+	}
 	if o.DKIM.Identity == "" {
 		o.DKIM.Identity = "domain"
 	}

@@ -562,6 +562,7 @@ func (l *loader) resolvePaths(c *Config) {
 		for i := range d.DKIM {
 			d.DKIM[i].Key = l.abs(d.DKIM[i].Key)
 		}
+		d.Recipients.File = l.abs(d.Recipients.File)
 		c.Domains[name] = d
 	}
 }

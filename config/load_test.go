@@ -132,6 +132,7 @@ outbound:
 			MaxConnections: 500, BareLineEndings: "reject",
 			MaxAutoReplies: 5, AutoReplyWindow: Duration(time.Hour), MaxHops: 50,
 		},
+		Inbound: Inbound{Checks: InboundChecks{SenderFQDN: "reject", RecipientFQDN: "reject", SenderDomain: "reject", UnknownRecipient: "reject"}},
 		Queue: Queue{
 			Retry: []Duration{
 				Duration(time.Minute), Duration(5 * time.Minute), Duration(15 * time.Minute),

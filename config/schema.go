@@ -26,6 +26,7 @@ type Config struct {
 	// Domains are the domains we are MX for, keyed by domain name
 	// (lower case, no trailing dot).
 	Domains  map[string]Domain `yaml:"domains"`
+	Inbound  Inbound           `yaml:"inbound"`
 	Outbound Outbound          `yaml:"outbound"`
 	Queue    Queue             `yaml:"queue"`
 
@@ -142,9 +143,41 @@ type Domain struct {
 	// inbound listeners do not accept mail for the domain (a domain we
 	// only send from).
 	DeliverTo string `yaml:"deliver_to"`
+	// Recipients that exist (inbound RCPT TO check); empty: all.
+	Recipients Recipients `yaml:"recipients"`
 	// DKIM lists the keys that sign mail from this domain; with several,
 	// each signs (RSA + Ed25519, or old and new selector during rotation).
 	DKIM []DKIMKey `yaml:"dkim"`
+}
+
+// Inbound configures the MX role's checks inside the dialog.
+type Inbound struct {
+	Checks InboundChecks `yaml:"checks"`
+}
+
+// InboundChecks: each is reject, tempfail or off, run in this order.
+type InboundChecks struct {
+	// SenderFQDN: MAIL FROM must be fully qualified (a@b.tld). Default reject.
+	SenderFQDN string `yaml:"sender_fqdn"`
+	// RecipientFQDN: RCPT TO must be fully qualified. Default reject.
+	RecipientFQDN string `yaml:"recipient_fqdn"`
+	// SenderDomain: the sender's domain must resolve (MX, or A/AAAA; null
+	// MX and NXDOMAIN fail). Default reject; a DNS failure is always a
+	// temporary refusal.
+	SenderDomain string `yaml:"sender_domain"`
+	// UnknownRecipient: a recipient not in its domain's recipients list
+	// (when the domain has one). Default reject.
+	UnknownRecipient string `yaml:"unknown_recipient"`
+}
+
+// Recipients lists the addresses that exist in a domain; empty: every
+// local part is accepted and the downstream system decides.
+type Recipients struct {
+	// List of local parts or whole addresses.
+	List []string `yaml:"list"`
+	// File with one local part or address per line (# comments); re-read
+	// when it changes.
+	File string `yaml:"file"`
 }
 
 // DKIMKey is one selector and its private key file.

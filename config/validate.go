@@ -366,6 +366,13 @@ func (l *loader) checkOutbound(c *Config) {
 		}
 	}
 	l.oneOf("outbound.dkim.identity", o.DKIM.Identity, "domain", "from")
+	ch := c.Inbound.Checks
+	for _, k := range []struct{ key, v string }{
+		{"inbound.checks.sender_fqdn", ch.SenderFQDN}, {"inbound.checks.recipient_fqdn", ch.RecipientFQDN},
+		{"inbound.checks.sender_domain", ch.SenderDomain}, {"inbound.checks.unknown_recipient", ch.UnknownRecipient},
+	} {
+		l.oneOf(k.key, k.v, "reject", "tempfail", "off")
+	}
 	if o.DKIM.Expiration < 0 {
 		l.errorf("outbound.dkim.expiration", "must not be negative; 0 means no x= expiry")
 	}

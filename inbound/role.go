@@ -4,10 +4,12 @@
 package inbound
 
 import (
+	"log/slog"
 	"sync/atomic"
 
 	"github.com/emersion/go-smtp"
 
+	"securerelay/dnsutil"
 	"securerelay/queue"
 	"securerelay/smtpd"
 	"securerelay/smtputil"
@@ -15,15 +17,34 @@ import (
 
 // Role implements smtpd.Role for MX listeners.
 type Role struct {
-	domains atomic.Pointer[map[string]bool]
+	domains    atomic.Pointer[map[string]bool]
+	recipients atomic.Pointer[map[string]*RecipientSet]
+	resolver   dnsutil.Resolver
+	checks     Checks
+	log        *slog.Logger
+	count      counters
 }
 
 // New returns an inbound role accepting mail for domains (lower case, no
-// trailing dot).
+// trailing dot) with every check at its default and no DNS check.
 func New(domains []string) *Role {
-	r := &Role{}
-	r.SetDomains(domains)
+	return NewWithOptions(Options{Domains: domains})
+}
+
+// NewWithOptions returns an inbound role with its envelope checks.
+func NewWithOptions(o Options) *Role {
+	r := &Role{resolver: o.Resolver, checks: o.Checks, log: o.Log, count: counters{m: map[string]*atomic.Int64{}}}
+	r.SetDomains(o.Domains)
+	r.SetRecipients(o.Recipients)
 	return r
+}
+
+// SetRecipients replaces the recipient sets (SIGHUP).
+func (r *Role) SetRecipients(m map[string]*RecipientSet) {
+	if m == nil {
+		m = map[string]*RecipientSet{}
+	}
+	r.recipients.Store(&m)
 }
 
 // SetDomains replaces the list of our domains (SIGHUP); sessions in flight
@@ -48,23 +69,55 @@ func (r *Role) AuthEnabled() bool { return false }
 // Authenticate implements smtpd.Role.
 func (r *Role) Authenticate(*smtpd.State, string, string) error { return smtp.ErrAuthUnsupported }
 
-// Mail implements smtpd.Role.
+// Mail implements smtpd.Role: a fully qualified sender whose domain
+// exists. The null sender is always valid (RFC 5321 §4.5.5).
 func (r *Role) Mail(_ *smtpd.State, from string, _ *smtp.MailOptions) (string, error) {
-	return smtputil.ReversePath(from)
-}
-
-// Rcpt implements smtpd.Role: only our domains, and no local part that a
-// downstream MTA could read as a route elsewhere.
-func (r *Role) Rcpt(_ *smtpd.State, to string, _ *smtp.RcptOptions) (string, error) {
-	a, err := smtputil.ForwardPath(to)
+	if from == "" {
+		return "", nil
+	}
+	a, err := smtputil.ParseAddress(from)
+	if isNotFQDN(err) {
+		if err := r.act("sender_fqdn", r.checks.SenderFQDN, smtputil.NotFQDNSender(from)); err != nil {
+			return "", err
+		}
+		return from, nil
+	}
 	if err != nil {
+		return "", smtputil.AddressReply(err, true)
+	}
+	if err := r.senderDomain(a.Domain); err != nil {
 		return "", err
 	}
+	return a.String(), nil
+}
+
+// Rcpt implements smtpd.Role: only our domains, no local part that a
+// downstream MTA could read as a route elsewhere, and a recipient that
+// exists when the domain lists its recipients.
+func (r *Role) Rcpt(_ *smtpd.State, to string, _ *smtp.RcptOptions) (string, error) {
+	a, err := smtputil.ParseAddress(to)
+	if isNotFQDN(err) {
+		if err := r.act("recipient_fqdn", r.checks.RecipientFQDN, smtputil.NotFQDNRecipient(to)); err != nil {
+			return "", err
+		}
+		// Without a domain it cannot be one of ours either.
+		return "", smtputil.RelayDenied(to)
+	}
+	if err != nil {
+		return "", smtputil.AddressReply(err, false)
+	}
 	if a.IsIPLiteral() || !(*r.domains.Load())[a.Domain] {
+		r.count.inc("relay")
 		return "", smtputil.RelayDenied(a.Domain)
 	}
 	if why := smtputil.RoutingTrick(a); why != "" {
+		r.count.inc("routing_trick")
 		return "", smtputil.RoutingTrickReply(why)
+	}
+	if set := (*r.recipients.Load())[a.Domain]; set != nil && !set.Has(a) {
+		if err := r.act("unknown_recipient", r.checks.UnknownRecipient, smtputil.RecipientUnknown(a.String())); err != nil {
+			return "", err
+		}
 	}
 	return a.String(), nil
 }

@@ -2,10 +2,12 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"strings"
 
 	"securerelay/config"
 	"securerelay/dkim"
+	"securerelay/inbound"
 	"securerelay/outbound"
 )
 
@@ -79,4 +81,27 @@ func ourDomains(cfg *config.Config) []string {
 		ds = append(ds, name)
 	}
 	return ds
+}
+
+// loadRecipients builds the inbound recipient sets; a recipients file that
+// cannot be read is a configuration error with its position.
+func loadRecipients(cfg *config.Config, log *slog.Logger) (map[string]*inbound.RecipientSet, error) {
+	out := map[string]*inbound.RecipientSet{}
+	var errs config.Errors
+	for name, d := range cfg.Domains {
+		if len(d.Recipients.List) == 0 && d.Recipients.File == "" {
+			continue
+		}
+		set, err := inbound.NewRecipientSet(d.Recipients.List, d.Recipients.File, log)
+		if err != nil {
+			key := cfg.DomainPath(name) + ".recipients.file"
+			errs = append(errs, &config.Error{File: cfg.Path, Line: cfg.Line(key), Key: key, Msg: err.Error()})
+			continue
+		}
+		out[name] = set
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return out, nil
 }

@@ -122,6 +122,9 @@ func load(path string, stderr io.Writer) (*config.Config, int) {
 		for _, w := range warnings {
 			fmt.Fprintln(stderr, "warning:", w)
 		}
+		if err == nil {
+			_, err = loadRecipients(cfg, quietLog)
+		}
 	}
 	if err != nil {
 		var errs config.Errors

@@ -202,6 +202,10 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		return err
 	}
 	r.users = outbound.NewUsers(userHashes(cfg))
+	recips, err := loadRecipients(cfg, log)
+	if err != nil {
+		return err
+	}
 	r.loops, err = counter.Open(filepath.Join(cfg.StateDir, "loop-counters.json"), 10*time.Second, log)
 	if err != nil {
 		return err
@@ -210,7 +214,10 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	for _, l := range cfg.Listeners {
 		var role smtpd.Role
 		if l.Role == "inbound" {
-			ir := inbound.New(domainList(cfg))
+			ir := inbound.NewWithOptions(inbound.Options{
+				Domains: domainList(cfg), Recipients: recips, Resolver: res, Log: log,
+				Checks: inboundChecks(cfg),
+			})
 			r.inbound = append(r.inbound, ir)
 			role = ir
 		} else {
@@ -330,8 +337,15 @@ func (r *relay) reload() {
 	if err := r.certs.Reload(cfg.TLS.Cert, cfg.TLS.Key, r.cfg.StateDir, r.cfg.Hostname, r.log); err != nil {
 		r.log.Error("reload: certificate not reloaded, keeping the old one", "error", err)
 	}
+	recips, err := loadRecipients(cfg, r.log)
+	if err != nil {
+		r.log.Error("reload: recipients not reloaded, keeping the running ones", "error", strings.ReplaceAll(err.Error(), "\n", "; "))
+	}
 	for _, ir := range r.inbound {
 		ir.SetDomains(domainList(cfg))
+		if err == nil {
+			ir.SetRecipients(recips)
+		}
 	}
 	r.users.Set(userHashes(cfg))
 	r.engine.SetRouter(rt)
@@ -344,3 +358,13 @@ func stripOutbound(o config.Outbound) config.Outbound {
 	o.Users, o.Routes, o.DKIM = nil, nil, config.DKIMOptions{}
 	return o
 }
+
+func inboundChecks(cfg *config.Config) inbound.Checks {
+	c := cfg.Inbound.Checks
+	return inbound.Checks{SenderFQDN: c.SenderFQDN, RecipientFQDN: c.RecipientFQDN,
+		SenderDomain: c.SenderDomain, UnknownRecipient: c.UnknownRecipient}
+}
+
+// quietLog is for loading done by check-config, which reports by exit
+// status and stderr lines, not log records.
+var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -178,6 +178,7 @@ listeners:
 domains:
   example.test: {deliver_to: "smtp://%s"}
 queue: {retry: [1s]}
+inbound: {checks: {sender_domain: "off"}}
 `, filepath.Join(state, "var"), addr, dl.Addr())), 0o600)
 
 	logs := &lockedBuffer{}

@@ -299,6 +299,13 @@ func freeAddr(t *testing.T) string {
 
 // configHead is the common top of a test configuration.
 func configHead(stateDir, resolver string) string {
+	return configHeadChecks(stateDir, resolver, "off")
+}
+
+// configHeadChecks is configHead with the sender-domain check's action:
+// most tests send from domains their test DNS does not serve, and test
+// something else.
+func configHeadChecks(stateDir, resolver, senderDomain string) string {
 	return fmt.Sprintf(`hostname: relay.e2e.test
 state_dir: %q
 postmaster: postmaster@relay.e2e.test
@@ -307,7 +314,9 @@ log:
 dns:
   resolver: %q
   timeout: 2s
-`, stateDir, resolver)
+inbound:
+  checks: {sender_domain: %s}
+`, stateDir, resolver, senderDomain)
 }
 
 // outboundTimeouts keeps deliveries to test peers bounded.

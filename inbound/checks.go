@@ -1,0 +1,201 @@
+package inbound
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"securerelay/dnsutil"
+	"securerelay/smtputil"
+)
+
+// Checks are the envelope checks' actions: "reject", "tempfail" or "off"
+// ("" means reject).
+type Checks struct {
+	SenderFQDN, RecipientFQDN, SenderDomain, UnknownRecipient string
+}
+
+// Options configure the inbound role beyond its domains.
+type Options struct {
+	Domains []string
+	// Recipients, per domain, that exist; a domain without an entry
+	// accepts every local part.
+	Recipients map[string]*RecipientSet
+	// Resolver for the sender-domain check; nil skips it.
+	Resolver dnsutil.Resolver
+	Checks   Checks
+	Log      *slog.Logger
+}
+
+// counters count refusals per check, for the logs now and metrics later.
+type counters struct {
+	mu sync.Mutex
+	m  map[string]*atomic.Int64
+}
+
+func (c *counters) inc(check string) int64 {
+	c.mu.Lock()
+	v := c.m[check]
+	if v == nil {
+		v = &atomic.Int64{}
+		c.m[check] = v
+	}
+	c.mu.Unlock()
+	return v.Add(1)
+}
+
+// Refusals returns how often each check has refused so far.
+func (r *Role) Refusals() map[string]int64 {
+	r.count.mu.Lock()
+	defer r.count.mu.Unlock()
+	out := map[string]int64{}
+	for k, v := range r.count.m {
+		out[k] = v.Load()
+	}
+	return out
+}
+
+// act applies a check's action to a refusal: the permanent reply, its
+// temporary twin (so an admin can try a check out without losing mail),
+// or nothing.
+func (r *Role) act(check, action string, perm *smtp.SMTPError) error {
+	if action == "off" {
+		return nil
+	}
+	n := r.count.inc(check)
+	if r.log != nil {
+		r.log.Info("inbound check refused", "check", check, "action", action, "count", n)
+	}
+	if action == "tempfail" {
+		return &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, perm.EnhancedCode[1], perm.EnhancedCode[2]}, Message: perm.Message}
+	}
+	return perm
+}
+
+func reply(code int, e smtp.EnhancedCode, format string, args ...any) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: code, EnhancedCode: e, Message: fmt.Sprintf(format, args...)}
+}
+
+// senderDomain checks that the sender's domain can receive a reply (RFC
+// 5321 §5.1 order: MX, else A/AAAA). A DNS failure is always temporary: a
+// timeout must never reject mail.
+func (r *Role) senderDomain(domain string) error {
+	if r.resolver == nil || r.checks.SenderDomain == "off" || strings.HasPrefix(domain, "[") {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := dnsutil.MXTargets(ctx, r.resolver, domain)
+	switch {
+	case err == nil:
+		return nil
+	case dnsutil.IsTemporary(err):
+		r.count.inc("sender_domain_dns")
+		return reply(450, smtp.EnhancedCode{4, 1, 8}, "cannot verify the sender domain %s: DNS lookup failed temporarily; try again later", domain)
+	case dnsutil.IsNullMX(err):
+		return r.act("sender_domain", r.checks.SenderDomain,
+			reply(550, smtp.EnhancedCode{5, 1, 8}, "sender address rejected: domain %s has a null MX (RFC 7505) and cannot receive replies; use a sender address that can", domain))
+	default:
+		return r.act("sender_domain", r.checks.SenderDomain,
+			reply(550, smtp.EnhancedCode{5, 1, 8}, "sender address rejected: domain %s does not exist in DNS (no MX, A or AAAA record); use a sender address in a registered domain", domain))
+	}
+}
+
+// RecipientSet is the recipients of one domain: a fixed list plus a file
+// that is re-read when its modification time changes (checked at most
+// every two seconds, so a busy MX does not stat it per RCPT).
+type RecipientSet struct {
+	list map[string]bool
+	file string
+
+	mu       sync.Mutex
+	fromFile map[string]bool
+	mtime    time.Time
+	checked  time.Time
+	log      *slog.Logger
+}
+
+// NewRecipientSet makes a set from local parts or addresses and a file
+// (may be ""); the file is read now, so a missing one is an error at start.
+func NewRecipientSet(list []string, file string, log *slog.Logger) (*RecipientSet, error) {
+	s := &RecipientSet{list: map[string]bool{}, file: file, log: log}
+	for _, x := range list {
+		s.list[strings.ToLower(x)] = true
+	}
+	if file != "" {
+		if err := s.reload(time.Now()); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (s *RecipientSet) reload(now time.Time) error {
+	s.checked = now
+	fi, err := os.Stat(s.file)
+	if err != nil {
+		return fmt.Errorf("recipients file: %w", err)
+	}
+	if fi.ModTime().Equal(s.mtime) && s.fromFile != nil {
+		return nil
+	}
+	f, err := os.Open(s.file)
+	if err != nil {
+		return fmt.Errorf("recipients file: %w", err)
+	}
+	defer f.Close()
+	m := map[string]bool{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = strings.TrimSpace(line[:i])
+		}
+		if line != "" {
+			m[strings.ToLower(line)] = true
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("recipients file %s: %w", s.file, err)
+	}
+	s.fromFile, s.mtime = m, fi.ModTime()
+	if s.log != nil {
+		s.log.Info("recipients file loaded", "file", s.file, "entries", len(m))
+	}
+	return nil
+}
+
+// Has reports whether the address (local part and domain) exists. Local
+// parts compare case-insensitively, as nearly every mail store does.
+func (s *RecipientSet) Has(a smtputil.Address) bool {
+	local, full := strings.ToLower(a.Local), strings.ToLower(a.Local+"@"+a.Domain)
+	if s.list[local] || s.list[full] {
+		return true
+	}
+	if s.file == "" {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now := time.Now(); now.Sub(s.checked) > 2*time.Second {
+		if err := s.reload(now); err != nil && s.log != nil {
+			// Keep the last good list: a file being replaced must not
+			// turn every recipient into an unknown one.
+			s.log.Warn("recipients file not re-read, keeping the last one", "error", err)
+		}
+	}
+	return s.fromFile[local] || s.fromFile[full]
+}
+
+var errNotFQDN = smtputil.ErrNotFQDN
+
+func isNotFQDN(err error) bool { return errors.Is(err, errNotFQDN) }

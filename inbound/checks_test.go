@@ -1,0 +1,128 @@
+package inbound_test
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"securerelay/dnsutil"
+	"securerelay/dnsutil/dnstest"
+	"securerelay/inbound"
+	"securerelay/smtpd"
+)
+
+func dnsMock() dnstest.Mock {
+	return dnstest.Mock{
+		MX: map[string][]dnsutil.MX{
+			"mx.example":     {{Host: "mail.mx.example", Pref: 10}},
+			"nullmx.example": {{Host: ".", Pref: 0}},
+		},
+		Host: map[string][]netip.Addr{
+			"mail.mx.example": {netip.MustParseAddr("192.0.2.1")},
+			"a-only.example":  {netip.MustParseAddr("192.0.2.2")},
+		},
+		Fail: map[string]dnsutil.Kind{"broken.example": dnsutil.Temporary},
+	}
+}
+
+func code(err error) (int, smtp.EnhancedCode) {
+	if err == nil {
+		return 250, smtp.EnhancedCode{2, 0, 0}
+	}
+	se, ok := err.(*smtp.SMTPError)
+	if !ok {
+		return -1, smtp.EnhancedCode{}
+	}
+	return se.Code, se.EnhancedCode
+}
+
+// Every envelope check with each of its actions, and the DNS answers that
+// decide the sender-domain check: NXDOMAIN and null MX are permanent, a
+// DNS failure is always temporary.
+func TestSenderChecks(t *testing.T) {
+	for _, c := range []struct {
+		action, from string
+		code         int
+		enh          smtp.EnhancedCode
+	}{
+		{"reject", "a@mx.example", 250, smtp.EnhancedCode{2, 0, 0}},
+		{"reject", "a@a-only.example", 250, smtp.EnhancedCode{2, 0, 0}}, // implicit MX
+		{"reject", "a@nx.example", 550, smtp.EnhancedCode{5, 1, 8}},
+		{"reject", "a@nullmx.example", 550, smtp.EnhancedCode{5, 1, 8}},
+		{"reject", "a@broken.example", 450, smtp.EnhancedCode{4, 1, 8}},
+		{"tempfail", "a@nx.example", 450, smtp.EnhancedCode{4, 1, 8}},
+		{"off", "a@nx.example", 250, smtp.EnhancedCode{2, 0, 0}},
+		{"reject", "", 250, smtp.EnhancedCode{2, 0, 0}}, // the null sender
+		{"reject", "a@localhost", 553, smtp.EnhancedCode{5, 1, 7}},
+	} {
+		r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Resolver: dnsMock(),
+			Checks: inbound.Checks{SenderDomain: c.action, SenderFQDN: c.action}})
+		_, err := r.Mail(&smtpd.State{}, c.from, nil)
+		if got, enh := code(err); got != c.code || enh != c.enh {
+			t.Errorf("%s, MAIL FROM:<%s>: %d %v (%v), want %d %v", c.action, c.from, got, enh, err, c.code, c.enh)
+		}
+	}
+	for action, want := range map[string]int{"tempfail": 450, "off": 250} {
+		r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Checks: inbound.Checks{SenderFQDN: action}})
+		if got, _ := code(func() error { _, err := r.Mail(&smtpd.State{}, "a@localhost", nil); return err }()); got != want {
+			t.Errorf("sender_fqdn %s: %d, want %d", action, got, want)
+		}
+	}
+}
+
+// The recipient list, inline and from a file that is re-read when it
+// changes; case does not matter; domains without a list accept everyone.
+func TestRecipientList(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "users.txt")
+	os.WriteFile(file, []byte("# users\ncarol\ndave@ours.test  # whole address\n"), 0o600)
+	set, err := inbound.NewRecipientSet([]string{"bob", "Alice@ours.test"}, file, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test", "open.test"},
+		Recipients: map[string]*inbound.RecipientSet{"ours.test": set}})
+	rcpt := func(to string) int {
+		_, err := r.Rcpt(&smtpd.State{}, to, nil)
+		c, _ := code(err)
+		return c
+	}
+	for to, want := range map[string]int{
+		"bob@ours.test": 250, "BOB@ours.test": 250, "alice@OURS.test": 250, "carol@ours.test": 250, "dave@ours.test": 250,
+		"mallory@ours.test": 550, "anyone@open.test": 250, "bob@other.test": 554,
+	} {
+		if got := rcpt(to); got != want {
+			t.Errorf("RCPT TO:<%s>: %d, want %d", to, got, want)
+		}
+	}
+	// The file changes: mallory exists now (re-read within ~2 s).
+	time.Sleep(10 * time.Millisecond)
+	os.WriteFile(file, []byte("mallory\n"), 0o600)
+	future := time.Now().Add(time.Second)
+	os.Chtimes(file, future, future)
+	deadline := time.Now().Add(5 * time.Second)
+	for rcpt("mallory@ours.test") != 250 {
+		if time.Now().After(deadline) {
+			t.Fatal("the recipients file was not re-read")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := rcpt("carol@ours.test"); got != 550 {
+		t.Errorf("carol, removed from the file: %d", got)
+	}
+	if n := r.Refusals()["unknown_recipient"]; n < 1 {
+		t.Errorf("unknown_recipient refusals counted: %d", n)
+	}
+	// tempfail lets an admin try the list out without losing mail.
+	rt := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"},
+		Recipients: map[string]*inbound.RecipientSet{"ours.test": set}, Checks: inbound.Checks{UnknownRecipient: "tempfail"}})
+	if _, err := rt.Rcpt(&smtpd.State{}, "nobody@ours.test", nil); err == nil || err.(*smtp.SMTPError).Code != 450 {
+		t.Errorf("tempfail: %v", err)
+	}
+	if _, err := inbound.NewRecipientSet(nil, filepath.Join(t.TempDir(), "missing.txt"), nil); err == nil {
+		t.Error("a missing recipients file was accepted")
+	}
+}

@@ -1,0 +1,68 @@
+package e2e
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"securerelay/dnsutil/dnstest"
+)
+
+// TestEnvelopeChecksSession walks one SMTP session through every envelope
+// check of the inbound listener, in order, and asserts the exact reply and
+// enhanced status at each step: unqualified sender, sender domain that does
+// not exist, null MX, a good sender; another domain, an unknown recipient,
+// a known one; DATA.
+func TestEnvelopeChecksSession(t *testing.T) {
+	dns := dnstest.NewServer(t, `example.org.   MX 10 mail.example.org.
+mail.example.org. A 192.0.2.1
+nullmx.example. MX 0 .
+`)
+	down := startTestServer(t, listenLoopback(t), serverOptions{})
+	dir := t.TempDir()
+	mx := freeAddr(t)
+	users := filepath.Join(dir, "users.txt")
+	writeFile(t, users, "bob\n")
+	cfg := filepath.Join(dir, "relay.yaml")
+	writeFile(t, cfg, configHeadChecks(filepath.Join(dir, "state"), dns.Addr(), "reject")+fmt.Sprintf(`listeners:
+  - {name: mx, address: %q, role: inbound}
+domains:
+  example.test:
+    deliver_to: "smtp://%s"
+    recipients: {file: %q}
+outbound:
+%s`, mx, down.Addr, users, outboundTimeouts))
+	r := startRelay(t, cfg, mx)
+
+	c := dialSMTP(t, mx)
+	c.Expect("EHLO client.example.org", 250)
+	for _, step := range []struct {
+		cmd, want string
+	}{
+		{"MAIL FROM:<alice@localhost>", "553 5.1.7 "},
+		{"MAIL FROM:<alice@nx.example>", "550 5.1.8 "},
+		{"MAIL FROM:<alice@nullmx.example>", "550 5.1.8 "},
+		{"MAIL FROM:<alice@example.org>", "250 "},
+		{"RCPT TO:<bob@elsewhere.test>", "554 5.7.1 "},
+		{"RCPT TO:<mallory@example.test>", "550 5.1.1 "},
+		{"RCPT TO:<bob@example.test>", "250 "},
+		{"DATA", "354 "},
+	} {
+		// Reply's text is the whole reply line, code included.
+		if _, text := c.Cmd(step.cmd); !strings.HasPrefix(text, step.want) {
+			t.Fatalf("%s: got %q, want %q…", step.cmd, text, step.want)
+		}
+	}
+	c.Write("Subject: through every check\r\n\r\nhello\r\n.\r\n")
+	if code, text := c.Reply(); code != 250 || !strings.Contains(text, "queued as") {
+		t.Fatalf("end of DATA: %d %s", code, text)
+	}
+	if m := down.WaitMessages(t, 1, 10*time.Second)[0]; m.From != "alice@example.org" || strings.Join(m.To, ",") != "bob@example.test" {
+		t.Errorf("downstream got from %q to %v", m.From, m.To)
+	}
+	for _, check := range []string{"check=sender_fqdn", "check=sender_domain", "check=unknown_recipient"} {
+		r.WaitLog(0, 5*time.Second, "inbound check refused", check)
+	}
+}
