@@ -14,8 +14,9 @@ cd "$(dirname "$0")"
 # Debian packages: swaks (SMTP client), postfix (smtp-source/smtp-sink,
 # the load tools), openssl (s_client against STARTTLS), and the independent
 # DKIM verifiers: python3-dkim (dkimverify; python3-nacl for Ed25519) and
-# OpenDKIM (opendkim-testmsg; opendkim -V says which algorithms it has).
-PKGS=(swaks postfix openssl ca-certificates python3-dkim python3-nacl opendkim opendkim-tools)
+# OpenDKIM (opendkim-testmsg; opendkim -V says which algorithms it has),
+# and rbldnsd as a real DNSBL server.
+PKGS=(swaks postfix openssl ca-certificates python3-dkim python3-nacl opendkim opendkim-tools rbldnsd)
 missing=()
 for p in "${PKGS[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

@@ -134,6 +134,20 @@ func (l *loader) applyDefaults(c *Config) {
 	if o.DKIM.Canonicalization == "" {
 		o.DKIM.Canonicalization = DefaultDKIMCanonicalization
 	}
+	if c.Inbound.Checks.HeloFQDN == "" {
+		c.Inbound.Checks.HeloFQDN = "off"
+	}
+	if c.Inbound.Screen.DNSBL.Threshold == 0 {
+		c.Inbound.Screen.DNSBL.Threshold = 3
+	}
+	if c.Inbound.Screen.DNSBL.Timeout == 0 {
+		c.Inbound.Screen.DNSBL.Timeout = Duration(2 * time.Second)
+	}
+	for i := range c.Inbound.Screen.DNSBL.Lists {
+		if z := &c.Inbound.Screen.DNSBL.Lists[i]; z.Weight == 0 {
+			z.Weight = 1
+		}
+	}
 	for _, p := range []*string{&c.Inbound.Checks.SenderFQDN, &c.Inbound.Checks.RecipientFQDN,
 		&c.Inbound.Checks.SenderDomain, &c.Inbound.Checks.UnknownRecipient} {
 		if *p == "" {

@@ -132,7 +132,10 @@ outbound:
 			MaxConnections: 500, BareLineEndings: "reject",
 			MaxAutoReplies: 5, AutoReplyWindow: Duration(time.Hour), MaxHops: 50,
 		},
-		Inbound: Inbound{Checks: InboundChecks{SenderFQDN: "reject", RecipientFQDN: "reject", SenderDomain: "reject", UnknownRecipient: "reject"}},
+		Inbound: Inbound{
+			Screen: Screen{DNSBL: DNSBL{Threshold: 3, Timeout: Duration(2 * time.Second)}},
+			Checks: InboundChecks{SenderFQDN: "reject", RecipientFQDN: "reject", SenderDomain: "reject", UnknownRecipient: "reject", HeloFQDN: "off"},
+		},
 		Queue: Queue{
 			Retry: []Duration{
 				Duration(time.Minute), Duration(5 * time.Minute), Duration(15 * time.Minute),

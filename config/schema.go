@@ -152,7 +152,39 @@ type Domain struct {
 
 // Inbound configures the MX role's checks inside the dialog.
 type Inbound struct {
+	Screen Screen        `yaml:"screen"`
 	Checks InboundChecks `yaml:"checks"`
+}
+
+// Screen is the per-client screening at EHLO (postscreen's job).
+type Screen struct {
+	// Allow: clients in these networks skip screening (not the envelope
+	// checks).
+	Allow []string `yaml:"allow"`
+	// Deny: clients in these networks are refused (554 5.7.1).
+	Deny []string `yaml:"deny"`
+	// DNSBL scoring.
+	DNSBL DNSBL `yaml:"dnsbl"`
+}
+
+// DNSBL is DNS blocklist (and allowlist) scoring.
+type DNSBL struct {
+	// Threshold: a client whose summed weight reaches it is refused with
+	// 550 5.7.1 naming the lists. Default 3.
+	Threshold int `yaml:"threshold"`
+	// Timeout for all lists together; a list that does not answer in time
+	// counts as not listed (and is logged). Default 2s.
+	Timeout Duration    `yaml:"timeout"`
+	Lists   []DNSBLZone `yaml:"lists"`
+}
+
+// DNSBLZone is one list.
+type DNSBLZone struct {
+	Zone string `yaml:"zone"`
+	// Weight added when listed; negative for an allowlist. Default 1.
+	Weight int `yaml:"weight"`
+	// Codes, if set, count only these answers (e.g. 127.0.0.2).
+	Codes []string `yaml:"codes"`
 }
 
 // InboundChecks: each is reject, tempfail or off, run in this order.
@@ -168,6 +200,9 @@ type InboundChecks struct {
 	// UnknownRecipient: a recipient not in its domain's recipients list
 	// (when the domain has one). Default reject.
 	UnknownRecipient string `yaml:"unknown_recipient"`
+	// HeloFQDN: the EHLO/HELO name must be a fully qualified host name or
+	// an address literal. Default off (many legitimate servers fail it).
+	HeloFQDN string `yaml:"helo_fqdn"`
 }
 
 // Recipients lists the addresses that exist in a domain; empty: every

@@ -366,10 +366,34 @@ func (l *loader) checkOutbound(c *Config) {
 		}
 	}
 	l.oneOf("outbound.dkim.identity", o.DKIM.Identity, "domain", "from")
+	sc := c.Inbound.Screen
+	for name, list := range map[string][]string{"allow": sc.Allow, "deny": sc.Deny} {
+		for i, n := range list {
+			if _, err := parseNetwork(n); err != nil {
+				l.errorf(fmt.Sprintf("inbound.screen.%s[%d]", name, i), "%q is not a network; write a CIDR such as 192.0.2.0/24 or a single address", n)
+			}
+		}
+	}
+	if sc.DNSBL.Threshold < 0 {
+		l.errorf("inbound.screen.dnsbl.threshold", "must be positive (0 or leaving it out means 3)")
+	}
+	l.positiveDuration("inbound.screen.dnsbl.timeout", sc.DNSBL.Timeout, "the default, 2s")
+	for i, z := range sc.DNSBL.Lists {
+		p := fmt.Sprintf("inbound.screen.dnsbl.lists[%d]", i)
+		if z.Zone == "" || strings.ContainsAny(z.Zone, " /:") {
+			l.errorf(p+".zone", "%q is not a DNS zone such as zen.spamhaus.org", z.Zone)
+		}
+		for j, code := range z.Codes {
+			if a, err := netip.ParseAddr(code); err != nil || !a.Is4() {
+				l.errorf(fmt.Sprintf("%s.codes[%d]", p, j), "%q is not an IPv4 answer such as 127.0.0.2", code)
+			}
+		}
+	}
 	ch := c.Inbound.Checks
 	for _, k := range []struct{ key, v string }{
 		{"inbound.checks.sender_fqdn", ch.SenderFQDN}, {"inbound.checks.recipient_fqdn", ch.RecipientFQDN},
 		{"inbound.checks.sender_domain", ch.SenderDomain}, {"inbound.checks.unknown_recipient", ch.UnknownRecipient},
+		{"inbound.checks.helo_fqdn", ch.HeloFQDN},
 	} {
 		l.oneOf(k.key, k.v, "reject", "tempfail", "off")
 	}

@@ -22,6 +22,8 @@ import (
 // ("" means reject).
 type Checks struct {
 	SenderFQDN, RecipientFQDN, SenderDomain, UnknownRecipient string
+	// HeloFQDN is off unless set (many legitimate servers fail it).
+	HeloFQDN string
 }
 
 // Options configure the inbound role beyond its domains.
@@ -33,6 +35,7 @@ type Options struct {
 	// Resolver for the sender-domain check; nil skips it.
 	Resolver dnsutil.Resolver
 	Checks   Checks
+	Screen   Screen
 	Log      *slog.Logger
 }
 

@@ -6,6 +6,7 @@ package inbound
 import (
 	"log/slog"
 	"sync/atomic"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -21,6 +22,7 @@ type Role struct {
 	recipients atomic.Pointer[map[string]*RecipientSet]
 	resolver   dnsutil.Resolver
 	checks     Checks
+	screen     Screen
 	log        *slog.Logger
 	count      counters
 }
@@ -33,7 +35,13 @@ func New(domains []string) *Role {
 
 // NewWithOptions returns an inbound role with its envelope checks.
 func NewWithOptions(o Options) *Role {
-	r := &Role{resolver: o.Resolver, checks: o.Checks, log: o.Log, count: counters{m: map[string]*atomic.Int64{}}}
+	r := &Role{resolver: o.Resolver, checks: o.Checks, screen: o.Screen, log: o.Log, count: counters{m: map[string]*atomic.Int64{}}}
+	if r.screen.DNSBL.Timeout <= 0 {
+		r.screen.DNSBL.Timeout = 2 * time.Second
+	}
+	if r.screen.DNSBL.Threshold <= 0 {
+		r.screen.DNSBL.Threshold = 3
+	}
 	r.SetDomains(o.Domains)
 	r.SetRecipients(o.Recipients)
 	return r
@@ -59,9 +67,6 @@ func (r *Role) SetDomains(domains []string) {
 
 // Origin implements smtpd.Role: inbound mail is never bounced.
 func (r *Role) Origin() string { return queue.OriginInbound }
-
-// Connect implements smtpd.Role; screening will hook in here.
-func (r *Role) Connect(*smtpd.State) error { return nil }
 
 // AuthEnabled implements smtpd.Role: no AUTH on an MX.
 func (r *Role) AuthEnabled() bool { return false }

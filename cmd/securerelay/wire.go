@@ -94,17 +94,7 @@ func domainList(cfg *config.Config) []string {
 	return ds
 }
 
-func trusted(l config.Listener) []netip.Prefix {
-	var out []netip.Prefix
-	for _, s := range l.TrustedNetworks {
-		if p, err := netip.ParsePrefix(s); err == nil {
-			out = append(out, p.Masked())
-		} else if a, err := netip.ParseAddr(s); err == nil {
-			out = append(out, netip.PrefixFrom(a, a.BitLen()))
-		}
-	}
-	return out
-}
+func trusted(l config.Listener) []netip.Prefix { return prefixes(l.TrustedNetworks) }
 
 // relay is the running process, kept so SIGHUP can update it in place.
 type relay struct {
@@ -216,7 +206,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		if l.Role == "inbound" {
 			ir := inbound.NewWithOptions(inbound.Options{
 				Domains: domainList(cfg), Recipients: recips, Resolver: res, Log: log,
-				Checks: inboundChecks(cfg),
+				Checks: inboundChecks(cfg), Screen: inboundScreen(cfg),
 			})
 			r.inbound = append(r.inbound, ir)
 			role = ir
@@ -328,6 +318,7 @@ func (r *relay) reload() {
 		{"log", r.cfg.Log, cfg.Log},
 		{"dns", r.cfg.DNS, cfg.DNS},
 		{"hostname", r.cfg.Hostname, cfg.Hostname},
+		{"inbound (checks and screening)", r.cfg.Inbound, cfg.Inbound},
 		{"outbound (except users, routes and dkim)", stripOutbound(r.cfg.Outbound), stripOutbound(cfg.Outbound)},
 	} {
 		if !reflect.DeepEqual(k.old, k.new) {
@@ -362,7 +353,35 @@ func stripOutbound(o config.Outbound) config.Outbound {
 func inboundChecks(cfg *config.Config) inbound.Checks {
 	c := cfg.Inbound.Checks
 	return inbound.Checks{SenderFQDN: c.SenderFQDN, RecipientFQDN: c.RecipientFQDN,
-		SenderDomain: c.SenderDomain, UnknownRecipient: c.UnknownRecipient}
+		SenderDomain: c.SenderDomain, UnknownRecipient: c.UnknownRecipient, HeloFQDN: c.HeloFQDN}
+}
+
+func prefixes(list []string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range list {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+		} else if a, err := netip.ParseAddr(s); err == nil {
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	return out
+}
+
+func inboundScreen(cfg *config.Config) inbound.Screen {
+	sc := cfg.Inbound.Screen
+	s := inbound.Screen{Allow: prefixes(sc.Allow), Deny: prefixes(sc.Deny),
+		DNSBL: inbound.DNSBL{Threshold: sc.DNSBL.Threshold, Timeout: sc.DNSBL.Timeout.D()}}
+	for _, z := range sc.DNSBL.Lists {
+		l := inbound.DNSBLList{Zone: z.Zone, Weight: z.Weight}
+		for _, c := range z.Codes {
+			if a, err := netip.ParseAddr(c); err == nil {
+				l.Codes = append(l.Codes, a)
+			}
+		}
+		s.DNSBL.Lists = append(s.DNSBL.Lists, l)
+	}
+	return s
 }
 
 // quietLog is for loading done by check-config, which reports by exit

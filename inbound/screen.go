@@ -1,0 +1,178 @@
+package inbound
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"securerelay/dnsutil"
+	"securerelay/smtpd"
+	"securerelay/smtputil"
+)
+
+// Screen is the per-client screening done at EHLO, before the client may
+// send mail: allow and deny networks and DNSBL scoring.
+type Screen struct {
+	Allow, Deny []netip.Prefix
+	DNSBL       DNSBL
+}
+
+// DNSBL scores a client on DNS block- and allowlists.
+type DNSBL struct {
+	Threshold int
+	Timeout   time.Duration
+	Lists     []DNSBLList
+}
+
+// DNSBLList is one zone with its weight (negative for an allowlist) and,
+// optionally, the answers that count.
+type DNSBLList struct {
+	Zone   string
+	Weight int
+	Codes  []netip.Addr
+}
+
+func inAny(ip netip.Addr, ps []netip.Prefix) bool {
+	for _, p := range ps {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// dnsblName is the query name for ip in zone: reversed octets for IPv4,
+// reversed nibbles for IPv6 (RFC 5782 §2.1, §2.4).
+func dnsblName(ip netip.Addr, zone string) string {
+	var parts []string
+	if ip.Is4() {
+		b := ip.As4()
+		for i := 3; i >= 0; i-- {
+			parts = append(parts, fmt.Sprint(b[i]))
+		}
+	} else {
+		b := ip.As16()
+		for i := 15; i >= 0; i-- {
+			parts = append(parts, fmt.Sprintf("%x", b[i]&0xf), fmt.Sprintf("%x", b[i]>>4))
+		}
+	}
+	return strings.Join(parts, ".") + "." + strings.TrimSuffix(zone, ".")
+}
+
+// score queries every list at once, bounded by the timeout; a list that
+// does not answer in time counts as not listed, and is logged, so a slow
+// list never delays or refuses mail on its own.
+func (r *Role) score(ip netip.Addr) (int, []string) {
+	d := r.screen.DNSBL
+	if len(d.Lists) == 0 || r.resolver == nil {
+		return 0, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d.Timeout)
+	defer cancel()
+	type hit struct {
+		zone   string
+		weight int
+	}
+	var wg sync.WaitGroup
+	hits := make(chan hit, len(d.Lists))
+	for _, l := range d.Lists {
+		wg.Add(1)
+		go func(l DNSBLList) {
+			defer wg.Done()
+			addrs, err := r.resolver.LookupHost(ctx, dnsblName(ip, l.Zone))
+			if err != nil {
+				if !dnsutil.IsNotFound(err) && !dnsutil.IsNoData(err) && r.log != nil {
+					r.log.Warn("dnsbl did not answer, counted as not listed", "zone", l.Zone, "client", ip.String(), "error", err)
+				}
+				return
+			}
+			for _, a := range addrs {
+				if len(l.Codes) == 0 || containsAddr(l.Codes, a) {
+					hits <- hit{l.Zone, l.Weight}
+					return
+				}
+			}
+		}(l)
+	}
+	wg.Wait()
+	close(hits)
+	total := 0
+	var listed []string
+	for h := range hits {
+		total += h.weight
+		if h.weight > 0 {
+			listed = append(listed, h.zone)
+		}
+	}
+	return total, listed
+}
+
+func containsAddr(as []netip.Addr, a netip.Addr) bool {
+	for _, x := range as {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+// Connect implements smtpd.Role: the screening seam. Deny first, then
+// allow (which skips the rest of screening), then DNSBL scoring, then the
+// EHLO name check (off by default).
+func (r *Role) Connect(st *smtpd.State) error {
+	ip := st.RemoteIP
+	if err := r.screenClient(ip); err != nil {
+		return err
+	}
+	if r.checks.HeloFQDN != "" && r.checks.HeloFQDN != "off" && !validHelo(st.Helo) {
+		return r.act("helo_fqdn", r.checks.HeloFQDN,
+			reply(504, smtp.EnhancedCode{5, 5, 2}, "HELO/EHLO name %q is not a fully qualified host name; configure the sending server's host name", sanitizeHelo(st.Helo)))
+	}
+	return nil
+}
+
+func (r *Role) screenClient(ip netip.Addr) error {
+	if inAny(ip, r.screen.Deny) {
+		r.count.inc("deny")
+		return reply(554, smtp.EnhancedCode{5, 7, 1}, "client %s is on this server's deny list", ip)
+	}
+	if inAny(ip, r.screen.Allow) {
+		return nil
+	}
+	total, listed := r.score(ip)
+	if len(r.screen.DNSBL.Lists) > 0 && total >= r.screen.DNSBL.Threshold && len(listed) > 0 {
+		r.count.inc("dnsbl")
+		if r.log != nil {
+			r.log.Info("inbound check refused", "check", "dnsbl", "client", ip.String(), "score", total, "lists", strings.Join(listed, ","))
+		}
+		return reply(550, smtp.EnhancedCode{5, 7, 1}, "client %s is listed on %s; see the lists' sites for delisting", ip, strings.Join(listed, ", "))
+	}
+	return nil
+}
+
+func validHelo(h string) bool {
+	if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
+		a := strings.TrimPrefix(h[1:len(h)-1], "IPv6:")
+		_, err := netip.ParseAddr(a)
+		return err == nil
+	}
+	_, err := smtputil.ParseDomain(h)
+	return err == nil
+}
+
+func sanitizeHelo(h string) string {
+	if len(h) > 100 {
+		h = h[:100]
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return '?'
+		}
+		return r
+	}, h)
+}

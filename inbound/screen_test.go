@@ -1,0 +1,75 @@
+package inbound_test
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"securerelay/dnsutil"
+	"securerelay/dnsutil/dnstest"
+	"securerelay/inbound"
+	"securerelay/smtpd"
+)
+
+// Screening at EHLO: deny wins, allow skips DNSBL scoring, lists add up
+// their weights (an allowlist subtracts), codes filter answers, a list
+// that fails counts as not listed, and the refusal names the lists.
+func TestScreen(t *testing.T) {
+	ip := netip.MustParseAddr("192.0.2.99")
+	listed := func(addrs ...string) []netip.Addr {
+		var out []netip.Addr
+		for _, a := range addrs {
+			out = append(out, netip.MustParseAddr(a))
+		}
+		return out
+	}
+	mock := dnstest.Mock{
+		Host: map[string][]netip.Addr{
+			"99.2.0.192.bl-a.test": listed("127.0.0.2"),
+			"99.2.0.192.bl-b.test": listed("127.0.0.4"),
+			"99.2.0.192.wl.test":   listed("127.0.0.10"),
+		},
+		Fail: map[string]dnsutil.Kind{"99.2.0.192.broken.test": dnsutil.Temporary},
+	}
+	lists := func(ls ...inbound.DNSBLList) inbound.Screen {
+		return inbound.Screen{DNSBL: inbound.DNSBL{Threshold: 3, Timeout: time.Second, Lists: ls}}
+	}
+	for _, c := range []struct {
+		name   string
+		screen inbound.Screen
+		want   int
+	}{
+		{"one heavy list", lists(inbound.DNSBLList{Zone: "bl-a.test", Weight: 3}), 550},
+		{"two light lists add up", lists(inbound.DNSBLList{Zone: "bl-a.test", Weight: 2}, inbound.DNSBLList{Zone: "bl-b.test", Weight: 1}), 550},
+		{"below threshold", lists(inbound.DNSBLList{Zone: "bl-a.test", Weight: 2}), 250},
+		{"allowlist subtracts", lists(inbound.DNSBLList{Zone: "bl-a.test", Weight: 3}, inbound.DNSBLList{Zone: "wl.test", Weight: -3}), 250},
+		{"code filter", lists(inbound.DNSBLList{Zone: "bl-b.test", Weight: 3, Codes: listed("127.0.0.2")}), 250},
+		{"failing list counts as not listed", lists(inbound.DNSBLList{Zone: "broken.test", Weight: 3}), 250},
+		{"not listed", lists(inbound.DNSBLList{Zone: "clean.test", Weight: 3}), 250},
+		{"deny", inbound.Screen{Deny: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}, 554},
+		{"allow skips DNSBL", func() inbound.Screen {
+			s := lists(inbound.DNSBLList{Zone: "bl-a.test", Weight: 3})
+			s.Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.99/32")}
+			return s
+		}(), 250},
+	} {
+		r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Resolver: mock, Screen: c.screen})
+		err := r.Connect(&smtpd.State{RemoteIP: ip, Helo: "mail.example.org"})
+		if got, enh := code(err); got != c.want || (got != 250 && enh[1] != 7) {
+			t.Errorf("%s: %d %v (%v), want %d 5.7.x", c.name, got, enh, err, c.want)
+		}
+	}
+}
+
+func TestHeloCheck(t *testing.T) {
+	for helo, want := range map[string]int{"mail.example.org": 250, "[192.0.2.1]": 250, "[IPv6:2001:db8::1]": 250, "localhost": 504, "bad_name!": 504, "[300.1.1.1]": 504} {
+		r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Checks: inbound.Checks{HeloFQDN: "reject"}})
+		if got, _ := code(r.Connect(&smtpd.State{RemoteIP: netip.MustParseAddr("192.0.2.1"), Helo: helo})); got != want {
+			t.Errorf("EHLO %s: %d, want %d", helo, got, want)
+		}
+	}
+	r := inbound.New([]string{"ours.test"}) // off by default
+	if err := r.Connect(&smtpd.State{RemoteIP: netip.MustParseAddr("192.0.2.1"), Helo: "localhost"}); err != nil {
+		t.Errorf("HELO check on by default: %v", err)
+	}
+}
