@@ -163,6 +163,10 @@ type Screen struct {
 	Allow []string `yaml:"allow"`
 	// Deny: clients in these networks are refused (554 5.7.1).
 	Deny []string `yaml:"deny"`
+	// Pregreet: send the greeting's first line ("220-"), wait this long,
+	// and refuse a client that talks before the last line. 0: off
+	// (default). Every new client then waits this long for the greeting.
+	Pregreet Duration `yaml:"pregreet"`
 	// DNSBL scoring.
 	DNSBL DNSBL `yaml:"dnsbl"`
 }

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -373,6 +374,9 @@ func (l *loader) checkOutbound(c *Config) {
 				l.errorf(fmt.Sprintf("inbound.screen.%s[%d]", name, i), "%q is not a network; write a CIDR such as 192.0.2.0/24 or a single address", n)
 			}
 		}
+	}
+	if sc.Pregreet < 0 || sc.Pregreet > Duration(time.Minute) {
+		l.errorf("inbound.screen.pregreet", "must be between 0 (off) and 1m; postscreen uses 6s")
 	}
 	if sc.DNSBL.Threshold < 0 {
 		l.errorf("inbound.screen.dnsbl.threshold", "must be positive (0 or leaving it out means 3)")

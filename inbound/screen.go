@@ -136,6 +136,10 @@ func (r *Role) Connect(st *smtpd.State) error {
 	return nil
 }
 
+// Allowed reports whether a client is on the allow list (it skips
+// screening, including the pregreet wait).
+func (r *Role) Allowed(ip netip.Addr) bool { return inAny(ip, r.screen.Allow) }
+
 func (r *Role) screenClient(ip netip.Addr) error {
 	if inAny(ip, r.screen.Deny) {
 		r.count.inc("deny")

@@ -3,6 +3,7 @@ package smtpd
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -53,6 +54,10 @@ type Options struct {
 	// AutomaticSenders extends the built-in list of addresses only
 	// programs send from (smtputil.IsAutomaticSender).
 	AutomaticSenders []string
+	// Pregreet enables the pregreet test with this wait (inbound
+	// listeners); PregreetSkip exempts clients (the allow list).
+	Pregreet     time.Duration
+	PregreetSkip func(netip.Addr) bool
 }
 
 // Counter counts events per key within a window. The embedded
@@ -247,14 +252,53 @@ type trackedConn struct {
 	inTxn           atomic.Bool
 	closeAfterWrite atomic.Bool
 	closeOnce       sync.Once
+	greeted         bool // only go-smtp's goroutine writes before the greeting
 }
 
 func (c *trackedConn) Write(p []byte) (int, error) {
+	if !c.greeted {
+		c.greeted = true
+		if !c.pregreet() {
+			return 0, net.ErrClosed
+		}
+	}
 	n, err := c.Conn.Write(p)
 	if c.closeAfterWrite.Load() {
 		c.Close()
 	}
 	return n, err
+}
+
+// pregreet is postscreen's pregreet test, run just before go-smtp's own
+// greeting goes out: we send the first line of a multi-line greeting
+// ("220-"), and wait. A real MTA waits for the last line ("220 ") before
+// it speaks; a bot that talks first is refused and disconnected. It
+// reports whether the session may go on.
+func (c *trackedConn) pregreet() bool {
+	o := &c.s.opts
+	if o.Pregreet <= 0 || (o.PregreetSkip != nil && o.PregreetSkip(c.remote)) {
+		return true
+	}
+	c.Conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintf(c.Conn, "220-%s ESMTP\r\n", o.Hostname); err != nil {
+		c.Close()
+		return false
+	}
+	c.Conn.SetReadDeadline(time.Now().Add(o.Pregreet))
+	var b [1]byte
+	n, err := c.Conn.Read(b[:])
+	c.Conn.SetReadDeadline(time.Time{})
+	var ne net.Error
+	if n == 0 && errors.As(err, &ne) && ne.Timeout() {
+		return true // silent, as a real MTA is
+	}
+	if n > 0 {
+		c.s.log.Info("reject", "stage", "pregreet", "conn_id", c.id, "client", c.remote.String(),
+			"reply", "talked before the greeting ended")
+		fmt.Fprintf(c.Conn, "554 5.5.1 %s protocol error: you talked before the greeting ended; wait for the \"220 \" line\r\n", o.Hostname)
+	}
+	c.Close()
+	return false
 }
 
 func (c *trackedConn) Close() error {

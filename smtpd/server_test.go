@@ -2,6 +2,7 @@ package smtpd_test
 
 import (
 	"context"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -141,4 +142,39 @@ func TestShutdownDeadlineClosesTransactions(t *testing.T) {
 	h.srv.Shutdown(ctx)
 	c.expectClosed()
 	h.expectNothingSpooled()
+}
+
+// The pregreet test: the greeting starts with "220-" and waits; a client
+// that talks before the final "220 " line is refused and disconnected,
+// one that waits gets the full greeting and a normal session; allow-listed
+// clients are not made to wait.
+func TestPregreet(t *testing.T) {
+	h := start(t, &fakeRole{}, func(o *smtpd.Options) { o.Pregreet = 300 * time.Millisecond })
+
+	early := dialNoGreeting(t, h.addr)
+	early.raw("EHLO bot.example\r\n")
+	// The first greeting line, then the refusal (not a continuation of
+	// the 220, so read line by line).
+	if l, err := early.tp.ReadLine(); err != nil || !strings.HasPrefix(l, "220-") {
+		t.Fatalf("first greeting line: %q %v", l, err)
+	}
+	if l, err := early.tp.ReadLine(); err != nil || !strings.HasPrefix(l, "554 5.5.1 ") || !strings.Contains(l, "before the greeting") {
+		t.Fatalf("client that talked first: %q %v", l, err)
+	}
+	early.expectClosed()
+
+	patient := dial(t, h.addr) // reads the whole multi-line greeting
+	if exts := patient.ehlo("mx.example.org"); len(exts) == 0 {
+		t.Fatal("no EHLO reply after waiting")
+	}
+
+	h2 := start(t, &fakeRole{}, func(o *smtpd.Options) {
+		o.Pregreet = 5 * time.Second
+		o.PregreetSkip = func(netip.Addr) bool { return true }
+	})
+	begin := time.Now()
+	dial(t, h2.addr)
+	if d := time.Since(begin); d > 2*time.Second {
+		t.Errorf("allow-listed client waited %v for the greeting", d)
+	}
 }

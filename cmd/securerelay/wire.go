@@ -217,6 +217,11 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 			}, r.users)
 		}
 		lim := l.Limits
+		var pregreet time.Duration
+		var pregreetSkip func(netip.Addr) bool
+		if ir, ok := role.(*inbound.Role); ok {
+			pregreet, pregreetSkip = cfg.Inbound.Screen.Pregreet.D(), ir.Allowed
+		}
 		s := smtpd.New(smtpd.Options{
 			Name: l.Name, Address: l.Address, Hostname: cfg.Hostname, TLS: tlsConf,
 			MaxMessageSize: int64(lim.MaxMessageSize), MaxRecipients: lim.MaxRecipients,
@@ -227,6 +232,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 			Queue: r.q, Role: role, Logger: log,
 			AutoReplies: r.loops, MaxAutoReplies: lim.MaxAutoReplies, AutoReplyWindow: lim.AutoReplyWindow.D(),
 			AutomaticSenders: cfg.Outbound.AutomaticSenders,
+			Pregreet:         pregreet, PregreetSkip: pregreetSkip,
 		})
 		// Bind everything before accepting anything: a port conflict must
 		// fail the start, not leave a half-running relay.

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -65,4 +66,56 @@ outbound:
 	for _, check := range []string{"check=sender_fqdn", "check=sender_domain", "check=unknown_recipient"} {
 		r.WaitLog(0, 5*time.Second, "inbound check refused", check)
 	}
+}
+
+// TestPregreetWithRealClient: with the pregreet test on, swaks (which, as a
+// real MTA does, waits for the last greeting line) delivers normally, while
+// a client that talks at once is refused with 554 5.5.1.
+func TestPregreetWithRealClient(t *testing.T) {
+	requireTool(t, "swaks")
+	dns := dnstest.NewServer(t, "")
+	down := startTestServer(t, listenLoopback(t), serverOptions{})
+	dir := t.TempDir()
+	mx := freeAddr(t)
+	cfg := filepath.Join(dir, "relay.yaml")
+	writeFile(t, cfg, strings.Replace(configHead(filepath.Join(dir, "state"), dns.Addr()), "inbound:\n", "inbound:\n  screen: {pregreet: 500ms}\n", 1)+fmt.Sprintf(`listeners:
+  - {name: mx, address: %q, role: inbound}
+domains:
+  example.test: {deliver_to: "smtp://%s"}
+outbound:
+%s`, mx, down.Addr, outboundTimeouts))
+	r := startRelay(t, cfg, mx)
+	res := mustSend(t, "--server", mx, "--from", "alice@example.org", "--to", "bob@example.test")
+	if !strings.Contains(res.Out, "<-  220-relay.e2e.test") {
+		t.Errorf("swaks did not see a multi-line greeting:\n%s", res.Out)
+	}
+	down.WaitMessages(t, 1, 10*time.Second)
+
+	conn := dialRaw(t, mx)
+	fmt.Fprintf(conn, "EHLO bot.example\r\n")
+	buf := make([]byte, 512)
+	var got strings.Builder
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		n, err := conn.Read(buf)
+		got.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	if !strings.Contains(got.String(), "\r\n554 5.5.1 ") {
+		t.Errorf("early talker got %q, want the 220- line then 554 5.5.1 and a closed connection", got.String())
+	}
+	r.WaitLog(0, 5*time.Second, "stage=pregreet")
+}
+
+// dialRaw connects without reading anything.
+func dialRaw(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
