@@ -1,6 +1,7 @@
 package smtpd
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -58,6 +59,8 @@ type Options struct {
 	// listeners); PregreetSkip exempts clients (the allow list).
 	Pregreet     time.Duration
 	PregreetSkip func(netip.Addr) bool
+	// RefuseNonSMTP ends a session at the first HTTP or proxy command.
+	RefuseNonSMTP bool
 }
 
 // Counter counts events per key within a window. The embedded
@@ -253,6 +256,59 @@ type trackedConn struct {
 	closeAfterWrite atomic.Bool
 	closeOnce       sync.Once
 	greeted         bool // only go-smtp's goroutine writes before the greeting
+	sawMail         atomic.Bool
+	// lineStart/linePrefix follow the command stream before TLS for the
+	// non-SMTP command test (only go-smtp's goroutine reads).
+	midLine    bool
+	linePrefix []byte
+}
+
+// nonSMTP are command starts that no mail client sends: a web or proxy
+// client, or a bot probing for an open proxy (postscreen's "non-SMTP
+// command" test). Matched at the start of a line, case-sensitive as sent.
+var nonSMTP = [][]byte{[]byte("GET "), []byte("POST "), []byte("HEAD "), []byte("PUT "), []byte("CONNECT "), []byte("Host:"), []byte("User-Agent:")}
+
+// Read watches the commands go-smtp reads (in clear text; after STARTTLS
+// these bytes are TLS records and match nothing) and ends the session at
+// the first non-SMTP command, instead of answering each with 500.
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	// Only commands before the first MAIL are watched: from there on the
+	// stream carries message data, where any text may begin a line, and a
+	// web client or proxy probe never gets that far.
+	if !c.s.opts.RefuseNonSMTP || n == 0 || c.sawMail.Load() {
+		return n, err
+	}
+	for _, b := range p[:n] {
+		if !c.midLine {
+			c.linePrefix = c.linePrefix[:0]
+			c.midLine = true
+		}
+		if b == '\n' {
+			c.midLine = false
+			continue
+		}
+		if len(c.linePrefix) < 12 {
+			c.linePrefix = append(c.linePrefix, b)
+			if len(c.linePrefix) == 5 && bytes.EqualFold(c.linePrefix, []byte("MAIL ")) {
+				// A MAIL command: what follows in this read may be pipelined
+				// BDAT data (RFC 3030), not commands; stop watching.
+				c.sawMail.Store(true)
+				return n, err
+			}
+			for _, bad := range nonSMTP {
+				if bytes.Equal(c.linePrefix, bad) {
+					c.s.log.Info("reject", "stage", "protocol", "conn_id", c.id, "client", c.remote.String(),
+						"reply", "non-SMTP command "+strings.TrimSpace(string(bad)))
+					c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+					fmt.Fprintf(c.Conn, "554 5.5.1 %s protocol error: this is an SMTP server, not HTTP or a proxy\r\n", c.s.opts.Hostname)
+					c.Close()
+					return 0, net.ErrClosed
+				}
+			}
+		}
+	}
+	return n, err
 }
 
 func (c *trackedConn) Write(p []byte) (int, error) {

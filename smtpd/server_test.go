@@ -2,6 +2,7 @@ package smtpd_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -177,4 +178,44 @@ func TestPregreet(t *testing.T) {
 	if d := time.Since(begin); d > 2*time.Second {
 		t.Errorf("allow-listed client waited %v for the greeting", d)
 	}
+}
+
+// A client that sends HTTP or proxy commands is disconnected at once with
+// 554 5.5.1, not answered with 500 line after line. Only commands before
+// the first MAIL are watched, so a message body line starting "GET " is
+// data, as it must be: this test sends one.
+func TestNonSMTPCommands(t *testing.T) {
+	h := start(t, &fakeRole{}, func(o *smtpd.Options) { o.RefuseNonSMTP = true })
+	for _, cmd := range []string{"GET / HTTP/1.1", "CONNECT example.org:25 HTTP/1.0", "Host: example.org"} {
+		c := dial(t, h.addr)
+		code, msg := c.cmd(cmd)
+		if code != 554 || !strings.Contains(msg, "not HTTP") {
+			t.Errorf("%q: %d %s, want 554 5.5.1", cmd, code, msg)
+		}
+		c.expectClosed()
+	}
+	c := dial(t, h.addr)
+	c.ehlo("client.example.org")
+	c.expect("MAIL FROM:<s@example.org>", 250, "")
+	c.expect("RCPT TO:<u@ours.test>", 250, "")
+	if code, msg := c.data("Subject: x\r\n\r\nGET this line is body text\r\n.\r\n"); code != 250 {
+		t.Errorf("message with a body line starting GET: %d %s", code, msg)
+	}
+	h.next()
+}
+
+// A message body pipelined with MAIL/RCPT/BDAT in one write (RFC 3030
+// allows it) is data, not commands, even where a line starts with "GET ".
+func TestNonSMTPPipelinedBDAT(t *testing.T) {
+	h := start(t, &fakeRole{}, func(o *smtpd.Options) { o.RefuseNonSMTP = true })
+	c := dial(t, h.addr)
+	c.ehlo("client.example.org")
+	body := "Subject: x\r\n\r\nGET this\r\n"
+	c.raw(fmt.Sprintf("MAIL FROM:<s@example.org>\r\nRCPT TO:<u@ours.test>\r\nBDAT %d LAST\r\n%s", len(body), body))
+	for i, want := range []int{250, 250, 250} {
+		if code, msg := c.reply(); code != want {
+			t.Fatalf("reply %d: %d %s", i, code, msg)
+		}
+	}
+	h.next()
 }

@@ -124,6 +124,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.st.From = canon
 	s.st.Rcpts = nil
 	s.tc.inTxn.Store(true)
+	s.tc.sawMail.Store(true)
 	return nil
 }
 
