@@ -137,6 +137,9 @@ func (l *loader) applyDefaults(c *Config) {
 	if c.Inbound.Checks.HeloFQDN == "" {
 		c.Inbound.Checks.HeloFQDN = "off"
 	}
+	if c.Inbound.Screen.CacheTTL == 0 {
+		c.Inbound.Screen.CacheTTL = Duration(time.Hour)
+	}
 	if c.Inbound.Screen.DNSBL.Threshold == 0 {
 		c.Inbound.Screen.DNSBL.Threshold = 3
 	}

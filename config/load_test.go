@@ -133,7 +133,7 @@ outbound:
 			MaxAutoReplies: 5, AutoReplyWindow: Duration(time.Hour), MaxHops: 50,
 		},
 		Inbound: Inbound{
-			Screen: Screen{DNSBL: DNSBL{Threshold: 3, Timeout: Duration(2 * time.Second)}},
+			Screen: Screen{DNSBL: DNSBL{Threshold: 3, Timeout: Duration(2 * time.Second)}, CacheTTL: Duration(time.Hour)},
 			Checks: InboundChecks{SenderFQDN: "reject", RecipientFQDN: "reject", SenderDomain: "reject", UnknownRecipient: "reject", HeloFQDN: "off"},
 		},
 		Queue: Queue{

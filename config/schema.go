@@ -169,6 +169,9 @@ type Screen struct {
 	Pregreet Duration `yaml:"pregreet"`
 	// DNSBL scoring.
 	DNSBL DNSBL `yaml:"dnsbl"`
+	// CacheTTL: a client that passed screening is not screened again (no
+	// DNSBL query, no pregreet wait) for this long. Default 1h.
+	CacheTTL Duration `yaml:"cache_ttl"`
 }
 
 // DNSBL is DNS blocklist (and allowlist) scoring.

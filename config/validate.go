@@ -378,6 +378,7 @@ func (l *loader) checkOutbound(c *Config) {
 	if sc.Pregreet < 0 || sc.Pregreet > Duration(time.Minute) {
 		l.errorf("inbound.screen.pregreet", "must be between 0 (off) and 1m; postscreen uses 6s")
 	}
+	l.positiveDuration("inbound.screen.cache_ttl", sc.CacheTTL, "the default, 1h")
 	if sc.DNSBL.Threshold < 0 {
 		l.errorf("inbound.screen.dnsbl.threshold", "must be positive (0 or leaving it out means 3)")
 	}

@@ -5,6 +5,7 @@ package inbound
 
 import (
 	"log/slog"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +24,7 @@ type Role struct {
 	resolver   dnsutil.Resolver
 	checks     Checks
 	screen     Screen
+	passed     passCache
 	log        *slog.Logger
 	count      counters
 }
@@ -35,7 +37,8 @@ func New(domains []string) *Role {
 
 // NewWithOptions returns an inbound role with its envelope checks.
 func NewWithOptions(o Options) *Role {
-	r := &Role{resolver: o.Resolver, checks: o.Checks, screen: o.Screen, log: o.Log, count: counters{m: map[string]*atomic.Int64{}}}
+	r := &Role{resolver: o.Resolver, checks: o.Checks, screen: o.Screen, log: o.Log,
+		count: counters{m: map[string]*atomic.Int64{}}, passed: passCache{m: map[netip.Addr]time.Time{}}}
 	if r.screen.DNSBL.Timeout <= 0 {
 		r.screen.DNSBL.Timeout = 2 * time.Second
 	}

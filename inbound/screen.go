@@ -20,6 +20,37 @@ import (
 type Screen struct {
 	Allow, Deny []netip.Prefix
 	DNSBL       DNSBL
+	// CacheTTL: a client that passed screening is not screened again (no
+	// DNSBL query, no pregreet wait) for this long. 0: no cache.
+	CacheTTL time.Duration
+}
+
+// passCache remembers clients that passed screening, until their TTL.
+type passCache struct {
+	mu sync.Mutex
+	m  map[netip.Addr]time.Time
+}
+
+func (p *passCache) has(ip netip.Addr, now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	until, ok := p.m[ip]
+	if ok && now.After(until) {
+		delete(p.m, ip)
+		return false
+	}
+	return ok
+}
+
+func (p *passCache) add(ip netip.Addr, until time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.m) > 100000 {
+		// Bound the memory a flood of distinct addresses could take; the
+		// cost is only re-screening.
+		clear(p.m)
+	}
+	p.m[ip] = until
 }
 
 // DNSBL scores a client on DNS block- and allowlists.
@@ -136,9 +167,11 @@ func (r *Role) Connect(st *smtpd.State) error {
 	return nil
 }
 
-// Allowed reports whether a client is on the allow list (it skips
-// screening, including the pregreet wait).
-func (r *Role) Allowed(ip netip.Addr) bool { return inAny(ip, r.screen.Allow) }
+// Allowed reports whether a client skips screening, including the
+// pregreet wait: on the allow list, or passed recently (the cache).
+func (r *Role) Allowed(ip netip.Addr) bool {
+	return inAny(ip, r.screen.Allow) || (r.screen.CacheTTL > 0 && r.passed.has(ip, time.Now()))
+}
 
 func (r *Role) screenClient(ip netip.Addr) error {
 	if inAny(ip, r.screen.Deny) {
@@ -148,6 +181,9 @@ func (r *Role) screenClient(ip netip.Addr) error {
 	if inAny(ip, r.screen.Allow) {
 		return nil
 	}
+	if r.screen.CacheTTL > 0 && r.passed.has(ip, time.Now()) {
+		return nil // screened recently: no DNS query
+	}
 	total, listed := r.score(ip)
 	if len(r.screen.DNSBL.Lists) > 0 && total >= r.screen.DNSBL.Threshold && len(listed) > 0 {
 		r.count.inc("dnsbl")
@@ -155,6 +191,9 @@ func (r *Role) screenClient(ip netip.Addr) error {
 			r.log.Info("inbound check refused", "check", "dnsbl", "client", ip.String(), "score", total, "lists", strings.Join(listed, ","))
 		}
 		return reply(550, smtp.EnhancedCode{5, 7, 1}, "client %s is listed on %s; see the lists' sites for delisting", ip, strings.Join(listed, ", "))
+	}
+	if r.screen.CacheTTL > 0 {
+		r.passed.add(ip, time.Now().Add(r.screen.CacheTTL))
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package inbound_test
 
 import (
+	"context"
 	"net/netip"
 	"testing"
 	"time"
@@ -71,5 +72,40 @@ func TestHeloCheck(t *testing.T) {
 	r := inbound.New([]string{"ours.test"}) // off by default
 	if err := r.Connect(&smtpd.State{RemoteIP: netip.MustParseAddr("192.0.2.1"), Helo: "localhost"}); err != nil {
 		t.Errorf("HELO check on by default: %v", err)
+	}
+}
+
+type countingResolver struct {
+	dnsutil.Resolver
+	n int
+}
+
+func (c *countingResolver) LookupHost(ctx context.Context, name string) ([]netip.Addr, error) {
+	c.n++
+	return c.Resolver.LookupHost(ctx, name)
+}
+
+// A client that passed screening is not screened again within the cache
+// TTL: no DNS query, and it skips the pregreet wait (Allowed).
+func TestScreenCache(t *testing.T) {
+	res := &countingResolver{Resolver: dnstest.Mock{}}
+	r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Resolver: res, Screen: inbound.Screen{
+		CacheTTL: time.Hour,
+		DNSBL:    inbound.DNSBL{Threshold: 3, Timeout: time.Second, Lists: []inbound.DNSBLList{{Zone: "bl.test", Weight: 3}}},
+	}})
+	ip := netip.MustParseAddr("192.0.2.7")
+	if r.Allowed(ip) {
+		t.Fatal("unscreened client allowed")
+	}
+	for i := 0; i < 3; i++ {
+		if err := r.Connect(&smtpd.State{RemoteIP: ip, Helo: "mail.example.org"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if res.n != 1 {
+		t.Errorf("%d DNSBL queries for three connections, want 1 (then cached)", res.n)
+	}
+	if !r.Allowed(ip) {
+		t.Error("a client that passed does not skip the pregreet wait")
 	}
 }
