@@ -137,6 +137,15 @@ func (l *loader) applyDefaults(c *Config) {
 	if c.Inbound.Checks.HeloFQDN == "" {
 		c.Inbound.Checks.HeloFQDN = "off"
 	}
+	if v := &c.Inbound.Verify; v.PositiveTTL == 0 {
+		v.PositiveTTL = Duration(24 * time.Hour)
+	}
+	if v := &c.Inbound.Verify; v.NegativeTTL == 0 {
+		v.NegativeTTL = Duration(10 * time.Minute)
+	}
+	if v := &c.Inbound.Verify; v.Timeout == 0 {
+		v.Timeout = Duration(10 * time.Second)
+	}
 	if c.Inbound.Screen.CacheTTL == 0 {
 		c.Inbound.Screen.CacheTTL = Duration(time.Hour)
 	}

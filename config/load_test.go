@@ -135,6 +135,7 @@ outbound:
 		Inbound: Inbound{
 			Screen: Screen{DNSBL: DNSBL{Threshold: 3, Timeout: Duration(2 * time.Second)}, CacheTTL: Duration(time.Hour)},
 			Checks: InboundChecks{SenderFQDN: "reject", RecipientFQDN: "reject", SenderDomain: "reject", UnknownRecipient: "reject", HeloFQDN: "off"},
+			Verify: Verify{PositiveTTL: Duration(24 * time.Hour), NegativeTTL: Duration(10 * time.Minute), Timeout: Duration(10 * time.Second)},
 		},
 		Queue: Queue{
 			Retry: []Duration{

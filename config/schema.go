@@ -154,6 +154,7 @@ type Domain struct {
 type Inbound struct {
 	Screen Screen        `yaml:"screen"`
 	Checks InboundChecks `yaml:"checks"`
+	Verify Verify        `yaml:"verify"`
 }
 
 // Screen is the per-client screening at EHLO (postscreen's job).
@@ -220,6 +221,20 @@ type Recipients struct {
 	// File with one local part or address per line (# comments); re-read
 	// when it changes.
 	File string `yaml:"file"`
+	// Verify: with no list or file, ask the deliver_to system (smtp:// or
+	// lmtp://) with an RCPT probe whether a recipient exists, cached as
+	// inbound.verify says.
+	Verify bool `yaml:"verify"`
+}
+
+// Verify configures the recipient probe's caches and time-out.
+type Verify struct {
+	// PositiveTTL: how long an existing recipient is remembered. Default 24h.
+	PositiveTTL Duration `yaml:"positive_ttl"`
+	// NegativeTTL: how long an unknown recipient is remembered. Default 10m.
+	NegativeTTL Duration `yaml:"negative_ttl"`
+	// Timeout for one probe. Default 10s.
+	Timeout Duration `yaml:"timeout"`
 }
 
 // DKIMKey is one selector and its private key file.

@@ -256,6 +256,11 @@ func (l *loader) checkDomains(c *Config) {
 				l.errorf(key, "%v", err)
 			}
 		}
+		if d.Recipients.Verify {
+			if scheme, _, err := ParseDeliverTo(d.DeliverTo); err != nil || (scheme != "smtp" && scheme != "lmtp") {
+				l.errorf(l.domainPath(name)+".recipients.verify", "verifying recipients needs a deliver_to of smtp://host:port or lmtp://host:port to ask")
+			}
+		}
 		sels := map[string]bool{}
 		for i, k := range d.DKIM {
 			kp := fmt.Sprintf("%s.dkim[%d]", l.domainPath(name), i)
@@ -379,6 +384,9 @@ func (l *loader) checkOutbound(c *Config) {
 		l.errorf("inbound.screen.pregreet", "must be between 0 (off) and 1m; postscreen uses 6s")
 	}
 	l.positiveDuration("inbound.screen.cache_ttl", sc.CacheTTL, "the default, 1h")
+	l.positiveDuration("inbound.verify.positive_ttl", c.Inbound.Verify.PositiveTTL, "the default, 24h")
+	l.positiveDuration("inbound.verify.negative_ttl", c.Inbound.Verify.NegativeTTL, "the default, 10m")
+	l.positiveDuration("inbound.verify.timeout", c.Inbound.Verify.Timeout, "the default, 10s")
 	if sc.DNSBL.Threshold < 0 {
 		l.errorf("inbound.screen.dnsbl.threshold", "must be positive (0 or leaving it out means 3)")
 	}

@@ -32,6 +32,9 @@ type Options struct {
 	// Recipients, per domain, that exist; a domain without an entry
 	// accepts every local part.
 	Recipients map[string]*RecipientSet
+	// Verifiers, per domain without a list: recipients are verified
+	// downstream by an RCPT probe.
+	Verifiers map[string]*Verifier
 	// Resolver for the sender-domain check; nil skips it.
 	Resolver dnsutil.Resolver
 	Checks   Checks

@@ -21,6 +21,7 @@ import (
 type Role struct {
 	domains    atomic.Pointer[map[string]bool]
 	recipients atomic.Pointer[map[string]*RecipientSet]
+	verifiers  atomic.Pointer[map[string]*Verifier]
 	resolver   dnsutil.Resolver
 	checks     Checks
 	screen     Screen
@@ -47,7 +48,17 @@ func NewWithOptions(o Options) *Role {
 	}
 	r.SetDomains(o.Domains)
 	r.SetRecipients(o.Recipients)
+	r.SetVerifiers(o.Verifiers)
 	return r
+}
+
+// SetVerifiers replaces the recipient probes (SIGHUP); their caches start
+// empty.
+func (r *Role) SetVerifiers(m map[string]*Verifier) {
+	if m == nil {
+		m = map[string]*Verifier{}
+	}
+	r.verifiers.Store(&m)
 }
 
 // SetRecipients replaces the recipient sets (SIGHUP).
@@ -122,9 +133,27 @@ func (r *Role) Rcpt(_ *smtpd.State, to string, _ *smtp.RcptOptions) (string, err
 		r.count.inc("routing_trick")
 		return "", smtputil.RoutingTrickReply(why)
 	}
-	if set := (*r.recipients.Load())[a.Domain]; set != nil && !set.Has(a) {
-		if err := r.act("unknown_recipient", r.checks.UnknownRecipient, smtputil.RecipientUnknown(a.String())); err != nil {
-			return "", err
+	if set := (*r.recipients.Load())[a.Domain]; set != nil {
+		if !set.Has(a) {
+			if err := r.act("unknown_recipient", r.checks.UnknownRecipient, smtputil.RecipientUnknown(a.String())); err != nil {
+				return "", err
+			}
+		}
+	} else if v := (*r.verifiers.Load())[a.Domain]; v != nil && r.checks.UnknownRecipient != "off" {
+		exists, err := v.Exists(a.String())
+		switch {
+		case err != nil:
+			// Never a silent accept: the sender retries until the
+			// downstream can answer.
+			r.count.inc("verify_unavailable")
+			if r.log != nil {
+				r.log.Warn("recipient verification failed", "rcpt", a.String(), "error", err)
+			}
+			return "", reply(450, smtp.EnhancedCode{4, 1, 1}, "<%s>: recipient address cannot be verified now (the mail system behind this server does not answer); try again later", a.String())
+		case !exists:
+			if err := r.act("unknown_recipient", r.checks.UnknownRecipient, smtputil.RecipientUnknown(a.String())); err != nil {
+				return "", err
+			}
 		}
 	}
 	return a.String(), nil

@@ -206,7 +206,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		if l.Role == "inbound" {
 			ir := inbound.NewWithOptions(inbound.Options{
 				Domains: domainList(cfg), Recipients: recips, Resolver: res, Log: log,
-				Checks: inboundChecks(cfg), Screen: inboundScreen(cfg),
+				Checks: inboundChecks(cfg), Screen: inboundScreen(cfg), Verifiers: verifiers(cfg),
 			})
 			r.inbound = append(r.inbound, ir)
 			role = ir
@@ -342,6 +342,7 @@ func (r *relay) reload() {
 	}
 	for _, ir := range r.inbound {
 		ir.SetDomains(domainList(cfg))
+		ir.SetVerifiers(verifiers(cfg))
 		if err == nil {
 			ir.SetRecipients(recips)
 		}
@@ -395,3 +396,21 @@ func inboundScreen(cfg *config.Config) inbound.Screen {
 // quietLog is for loading done by check-config, which reports by exit
 // status and stderr lines, not log records.
 var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// verifiers builds a recipient probe for every domain that asks for one.
+func verifiers(cfg *config.Config) map[string]*inbound.Verifier {
+	out := map[string]*inbound.Verifier{}
+	v := cfg.Inbound.Verify
+	for name, d := range cfg.Domains {
+		if !d.Recipients.Verify {
+			continue
+		}
+		scheme, target, err := config.ParseDeliverTo(d.DeliverTo)
+		if err != nil {
+			continue
+		}
+		out[name] = &inbound.Verifier{Kind: scheme, Addr: target, Helo: cfg.Hostname,
+			Timeout: v.Timeout.D(), PositiveTTL: v.PositiveTTL.D(), NegativeTTL: v.NegativeTTL.D()}
+	}
+	return out
+}
