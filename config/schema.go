@@ -173,6 +173,13 @@ type Screen struct {
 	// CacheTTL: a client that passed screening is not screened again (no
 	// DNSBL query, no pregreet wait) for this long. Default 1h.
 	CacheTTL Duration `yaml:"cache_ttl"`
+	// Tarpit delays each reply line to a client listed on a DNSBL but
+	// below the threshold. 0: off (default).
+	Tarpit Duration `yaml:"tarpit"`
+	// DeepProtocolTest: a new client's first session ends with 450 at
+	// MAIL; real MTAs retry (and are then cached), most bots do not.
+	// Default false.
+	DeepProtocolTest bool `yaml:"deep_protocol_test"`
 }
 
 // DNSBL is DNS blocklist (and allowlist) scoring.

@@ -384,6 +384,9 @@ func (l *loader) checkOutbound(c *Config) {
 		l.errorf("inbound.screen.pregreet", "must be between 0 (off) and 1m; postscreen uses 6s")
 	}
 	l.positiveDuration("inbound.screen.cache_ttl", sc.CacheTTL, "the default, 1h")
+	if sc.Tarpit < 0 || sc.Tarpit > Duration(time.Minute) {
+		l.errorf("inbound.screen.tarpit", "must be between 0 (off) and 1m")
+	}
 	l.positiveDuration("inbound.verify.positive_ttl", c.Inbound.Verify.PositiveTTL, "the default, 24h")
 	l.positiveDuration("inbound.verify.negative_ttl", c.Inbound.Verify.NegativeTTL, "the default, 10m")
 	l.positiveDuration("inbound.verify.timeout", c.Inbound.Verify.Timeout, "the default, 10s")

@@ -90,7 +90,10 @@ func (r *Role) Authenticate(*smtpd.State, string, string) error { return smtp.Er
 
 // Mail implements smtpd.Role: a fully qualified sender whose domain
 // exists. The null sender is always valid (RFC 5321 §4.5.5).
-func (r *Role) Mail(_ *smtpd.State, from string, _ *smtp.MailOptions) (string, error) {
+func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, error) {
+	if err := r.deepCheck(st); err != nil {
+		return "", err
+	}
 	if from == "" {
 		return "", nil
 	}

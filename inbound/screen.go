@@ -23,6 +23,13 @@ type Screen struct {
 	// CacheTTL: a client that passed screening is not screened again (no
 	// DNSBL query, no pregreet wait) for this long. 0: no cache.
 	CacheTTL time.Duration
+	// Tarpit delays every reply to a client listed somewhere but below the
+	// threshold. 0: off.
+	Tarpit time.Duration
+	// DeepProtocol: a client's first passing session ends with 450 at
+	// MAIL; a real MTA retries (and is cached as passed), a bot rarely
+	// does. Costs first-time senders one retry delay.
+	DeepProtocol bool
 }
 
 // passCache remembers clients that passed screening, until their TTL.
@@ -157,7 +164,7 @@ func containsAddr(as []netip.Addr, a netip.Addr) bool {
 // EHLO name check (off by default).
 func (r *Role) Connect(st *smtpd.State) error {
 	ip := st.RemoteIP
-	if err := r.screenClient(ip); err != nil {
+	if err := r.screenClient(ip, st); err != nil {
 		return err
 	}
 	if r.checks.HeloFQDN != "" && r.checks.HeloFQDN != "off" && !validHelo(st.Helo) {
@@ -173,7 +180,7 @@ func (r *Role) Allowed(ip netip.Addr) bool {
 	return inAny(ip, r.screen.Allow) || (r.screen.CacheTTL > 0 && r.passed.has(ip, time.Now()))
 }
 
-func (r *Role) screenClient(ip netip.Addr) error {
+func (r *Role) screenClient(ip netip.Addr, st *smtpd.State) error {
 	if inAny(ip, r.screen.Deny) {
 		r.count.inc("deny")
 		return reply(554, smtp.EnhancedCode{5, 7, 1}, "client %s is on this server's deny list", ip)
@@ -192,10 +199,33 @@ func (r *Role) screenClient(ip netip.Addr) error {
 		}
 		return reply(550, smtp.EnhancedCode{5, 7, 1}, "client %s is listed on %s; see the lists' sites for delisting", ip, strings.Join(listed, ", "))
 	}
+	if total > 0 && r.screen.Tarpit > 0 {
+		st.Tarpit = r.screen.Tarpit // listed somewhere: slow it down
+	}
+	if r.screen.DeepProtocol {
+		// Not cached yet: the MAIL of this session gets a 450; the client
+		// is cached then, so its retry goes through.
+		st.Data = deepPending{}
+		return nil
+	}
 	if r.screen.CacheTTL > 0 {
 		r.passed.add(ip, time.Now().Add(r.screen.CacheTTL))
 	}
 	return nil
+}
+
+// deepPending marks a session whose client must still show it retries.
+type deepPending struct{}
+
+// deepCheck is the second half of the deep protocol test, at MAIL.
+func (r *Role) deepCheck(st *smtpd.State) error {
+	if _, ok := st.Data.(deepPending); !ok {
+		return nil
+	}
+	st.Data = nil
+	r.passed.add(st.RemoteIP, time.Now().Add(max(r.screen.CacheTTL, time.Hour)))
+	r.count.inc("deep_protocol")
+	return reply(450, smtp.EnhancedCode{4, 7, 1}, "first contact from %s: please try again in a minute (real mail servers retry; this is a one-time check)", st.RemoteIP)
 }
 
 func validHelo(h string) bool {

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
+
 	"securerelay/dnsutil"
 	"securerelay/dnsutil/dnstest"
 	"securerelay/inbound"
@@ -107,5 +109,45 @@ func TestScreenCache(t *testing.T) {
 	}
 	if !r.Allowed(ip) {
 		t.Error("a client that passed does not skip the pregreet wait")
+	}
+}
+
+// The deep protocol test: the first session of a new client that passed
+// screening gets 450 4.7.1 at MAIL; its retry goes through (cached).
+func TestDeepProtocolTest(t *testing.T) {
+	r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Screen: inbound.Screen{CacheTTL: time.Hour, DeepProtocol: true}})
+	ip := netip.MustParseAddr("192.0.2.8")
+	st := &smtpd.State{RemoteIP: ip, Helo: "mail.example.org"}
+	if err := r.Connect(st); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Mail(st, "a@example.org", nil); err == nil {
+		t.Fatal("first session's MAIL accepted")
+	} else if c, e := code(err); c != 450 || e != (smtp.EnhancedCode{4, 7, 1}) {
+		t.Fatalf("first MAIL: %d %v", c, e)
+	}
+	st2 := &smtpd.State{RemoteIP: ip, Helo: "mail.example.org"}
+	if err := r.Connect(st2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Mail(st2, "a@example.org", nil); err != nil {
+		t.Fatalf("retry refused: %v", err)
+	}
+}
+
+// A client listed below the threshold is tarpitted (State.Tarpit set).
+func TestTarpitForListedClient(t *testing.T) {
+	mock := dnstest.Mock{Host: map[string][]netip.Addr{"8.2.0.192.bl-a.test": {netip.MustParseAddr("127.0.0.2")}}}
+	r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Resolver: mock, Screen: inbound.Screen{
+		Tarpit: 200 * time.Millisecond,
+		DNSBL:  inbound.DNSBL{Threshold: 3, Timeout: time.Second, Lists: []inbound.DNSBLList{{Zone: "bl-a.test", Weight: 1}}},
+	}})
+	st := &smtpd.State{RemoteIP: netip.MustParseAddr("192.0.2.8"), Helo: "x.example.org"}
+	if err := r.Connect(st); err != nil || st.Tarpit != 200*time.Millisecond {
+		t.Fatalf("listed below threshold: err %v, tarpit %v", err, st.Tarpit)
+	}
+	clean := &smtpd.State{RemoteIP: netip.MustParseAddr("192.0.2.9"), Helo: "x.example.org"}
+	if err := r.Connect(clean); err != nil || clean.Tarpit != 0 {
+		t.Fatalf("clean client: err %v, tarpit %v", err, clean.Tarpit)
 	}
 }

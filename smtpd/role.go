@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"time"
 
 	"github.com/emersion/go-smtp"
 )
@@ -39,6 +40,10 @@ type State struct {
 	Log   *slog.Logger
 	// Data is free for the role's per-session use (screening verdicts…).
 	Data any
+	// Tarpit, set by Connect, delays every reply to this client by this
+	// much: a suspicious client is slowed down, costing us only a sleeping
+	// goroutine.
+	Tarpit time.Duration
 }
 
 // Message gives a Data hook the spooled message before it is committed.

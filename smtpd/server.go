@@ -208,6 +208,7 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 		tc.closeAfterWrite.Store(true)
 		return nil, ss.edge(err, "connect")
 	}
+	tc.tarpit.Store(int64(ss.st.Tarpit))
 	return ss, nil
 }
 
@@ -255,7 +256,8 @@ type trackedConn struct {
 	inTxn           atomic.Bool
 	closeAfterWrite atomic.Bool
 	closeOnce       sync.Once
-	greeted         bool // only go-smtp's goroutine writes before the greeting
+	greeted         bool         // only go-smtp's goroutine writes before the greeting
+	tarpit          atomic.Int64 // time.Duration before each reply
 	sawMail         atomic.Bool
 	// lineStart/linePrefix follow the command stream before TLS for the
 	// non-SMTP command test (only go-smtp's goroutine reads).
@@ -317,6 +319,9 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 		if !c.pregreet() {
 			return 0, net.ErrClosed
 		}
+	}
+	if d := time.Duration(c.tarpit.Load()); d > 0 {
+		time.Sleep(d)
 	}
 	n, err := c.Conn.Write(p)
 	if c.closeAfterWrite.Load() {

@@ -219,3 +219,15 @@ func TestNonSMTPPipelinedBDAT(t *testing.T) {
 	}
 	h.next()
 }
+
+// A tarpitted client waits before every reply.
+func TestTarpitDelaysReplies(t *testing.T) {
+	h := start(t, &fakeRole{connect: func(st *smtpd.State) error { st.Tarpit = 150 * time.Millisecond; return nil }}, nil)
+	c := dial(t, h.addr)
+	c.ehlo("client.example.org")
+	begin := time.Now()
+	c.expect("NOOP", 250, "")
+	if d := time.Since(begin); d < 150*time.Millisecond {
+		t.Errorf("reply after %v, want at least the 150ms tarpit", d)
+	}
+}

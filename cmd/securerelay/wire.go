@@ -380,6 +380,7 @@ func prefixes(list []string) []netip.Prefix {
 func inboundScreen(cfg *config.Config) inbound.Screen {
 	sc := cfg.Inbound.Screen
 	s := inbound.Screen{Allow: prefixes(sc.Allow), Deny: prefixes(sc.Deny), CacheTTL: sc.CacheTTL.D(),
+		Tarpit: sc.Tarpit.D(), DeepProtocol: sc.DeepProtocolTest,
 		DNSBL: inbound.DNSBL{Threshold: sc.DNSBL.Threshold, Timeout: sc.DNSBL.Timeout.D()}}
 	for _, z := range sc.DNSBL.Lists {
 		l := inbound.DNSBLList{Zone: z.Zone, Weight: z.Weight}
