@@ -176,6 +176,10 @@ type Screen struct {
 	// Tarpit delays each reply line to a client listed on a DNSBL but
 	// below the threshold. 0: off (default).
 	Tarpit Duration `yaml:"tarpit"`
+	// ProtocolTests: before MAIL, a client that sends HTTP/proxy
+	// commands, a bare newline, or a second command before the first
+	// reply is disconnected (554 5.5.1). Default true.
+	ProtocolTests *bool `yaml:"protocol_tests"`
 	// DeepProtocolTest: a new client's first session ends with 450 at
 	// MAIL; real MTAs retry (and are then cached), most bots do not.
 	// Default false.

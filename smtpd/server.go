@@ -263,6 +263,11 @@ type trackedConn struct {
 	// non-SMTP command test (only go-smtp's goroutine reads).
 	midLine    bool
 	linePrefix []byte
+	prevCR     bool
+	// writes counts replies written (the greeting is the first);
+	// linesUnanswered, command lines received since the last one.
+	writes          int
+	linesUnanswered int
 }
 
 // nonSMTP are command starts that no mail client sends: a web or proxy
@@ -275,42 +280,60 @@ var nonSMTP = [][]byte{[]byte("GET "), []byte("POST "), []byte("HEAD "), []byte(
 // the first non-SMTP command, instead of answering each with 500.
 func (c *trackedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	// Only commands before the first MAIL are watched: from there on the
-	// stream carries message data, where any text may begin a line, and a
-	// web client or proxy probe never gets that far.
+	// Only clear-text commands before the first MAIL are watched: from
+	// MAIL on the stream carries message data, where any text may begin a
+	// line; after STARTTLS the bytes are TLS records. A web client, proxy
+	// probe or bot never gets that far.
 	if !c.s.opts.RefuseNonSMTP || n == 0 || c.sawMail.Load() {
 		return n, err
 	}
 	for _, b := range p[:n] {
 		if !c.midLine {
+			// RFC 2920: a client may pipeline only once the EHLO reply has
+			// advertised PIPELINING; a second command before any reply
+			// comes from software that does not wait for answers.
+			if c.linesUnanswered >= 1 && c.writes <= 1 {
+				return c.protocolViolation("commands sent before the server answered", "wait for the EHLO reply before sending more")
+			}
 			c.linePrefix = c.linePrefix[:0]
 			c.midLine = true
 		}
 		if b == '\n' {
 			c.midLine = false
+			if !c.prevCR {
+				return c.protocolViolation("bare newline in a command", "end commands with CRLF")
+			}
+			c.prevCR = false
+			c.linesUnanswered++
 			continue
 		}
+		c.prevCR = b == '\r'
 		if len(c.linePrefix) < 12 {
 			c.linePrefix = append(c.linePrefix, b)
-			if len(c.linePrefix) == 5 && bytes.EqualFold(c.linePrefix, []byte("MAIL ")) {
-				// A MAIL command: what follows in this read may be pipelined
-				// BDAT data (RFC 3030), not commands; stop watching.
+			if len(c.linePrefix) == 5 && bytes.EqualFold(c.linePrefix, []byte("MAIL ")) ||
+				len(c.linePrefix) == 8 && bytes.EqualFold(c.linePrefix, []byte("STARTTLS")) {
+				// MAIL: what follows in this read may be pipelined BDAT
+				// data (RFC 3030). STARTTLS: what follows is TLS. Stop.
 				c.sawMail.Store(true)
 				return n, err
 			}
 			for _, bad := range nonSMTP {
 				if bytes.Equal(c.linePrefix, bad) {
-					c.s.log.Info("reject", "stage", "protocol", "conn_id", c.id, "client", c.remote.String(),
-						"reply", "non-SMTP command "+strings.TrimSpace(string(bad)))
-					c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-					fmt.Fprintf(c.Conn, "554 5.5.1 %s protocol error: this is an SMTP server, not HTTP or a proxy\r\n", c.s.opts.Hostname)
-					c.Close()
-					return 0, net.ErrClosed
+					return c.protocolViolation("non-SMTP command "+strings.TrimSpace(string(bad)), "this is an SMTP server, not HTTP or a proxy")
 				}
 			}
 		}
 	}
 	return n, err
+}
+
+// protocolViolation ends a session that failed a protocol test.
+func (c *trackedConn) protocolViolation(what, fix string) (int, error) {
+	c.s.log.Info("reject", "stage", "protocol", "conn_id", c.id, "client", c.remote.String(), "reply", what)
+	c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c.Conn, "554 5.5.1 %s protocol error: %s; %s\r\n", c.s.opts.Hostname, what, fix)
+	c.Close()
+	return 0, net.ErrClosed
 }
 
 func (c *trackedConn) Write(p []byte) (int, error) {
@@ -323,6 +346,8 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 	if d := time.Duration(c.tarpit.Load()); d > 0 {
 		time.Sleep(d)
 	}
+	c.writes++
+	c.linesUnanswered = 0
 	n, err := c.Conn.Write(p)
 	if c.closeAfterWrite.Load() {
 		c.Close()

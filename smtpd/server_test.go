@@ -231,3 +231,36 @@ func TestTarpitDelaysReplies(t *testing.T) {
 		t.Errorf("reply after %v, want at least the 150ms tarpit", d)
 	}
 }
+
+// The other two protocol tests, before MAIL on an inbound-style listener:
+// a command pipelined with EHLO before its reply (PIPELINING is only known
+// from that reply, RFC 2920) and a bare newline end the session with
+// 554 5.5.1; pipelining after the EHLO reply is fine.
+func TestProtocolTests(t *testing.T) {
+	h := start(t, &fakeRole{}, func(o *smtpd.Options) { o.RefuseNonSMTP = true })
+	for name, input := range map[string]string{
+		"pipelined before the EHLO reply": "EHLO bot.example\r\nMAIL FROM:<a@example.org>\r\n",
+		"bare newline":                    "EHLO bot.example\n",
+	} {
+		c := dial(t, h.addr)
+		c.raw(input)
+		code, msg := c.reply()
+		if code != 554 || !strings.HasPrefix(msg, "5.5.1 ") {
+			t.Errorf("%s: %d %s, want 554 5.5.1", name, code, msg)
+		}
+		c.expectClosed()
+	}
+	c := dial(t, h.addr)
+	c.ehlo("client.example.org")
+	c.raw("MAIL FROM:<s@example.org>\r\nRCPT TO:<u@ours.test>\r\nDATA\r\n")
+	for i, want := range []int{250, 250, 354} {
+		if code, msg := c.reply(); code != want {
+			t.Fatalf("pipelined after EHLO, reply %d: %d %s", i, code, msg)
+		}
+	}
+	c.raw("Subject: x\r\n\r\nbody\r\n.\r\n")
+	if code, msg := c.reply(); code != 250 {
+		t.Fatalf("end of data: %d %s", code, msg)
+	}
+	h.next()
+}

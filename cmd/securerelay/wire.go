@@ -233,8 +233,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 			AutoReplies: r.loops, MaxAutoReplies: lim.MaxAutoReplies, AutoReplyWindow: lim.AutoReplyWindow.D(),
 			AutomaticSenders: cfg.Outbound.AutomaticSenders,
 			Pregreet:         pregreet, PregreetSkip: pregreetSkip,
-			// No mail client sends HTTP or proxy commands to an MX.
-			RefuseNonSMTP: l.Role == "inbound",
+			RefuseNonSMTP: l.Role == "inbound" && (cfg.Inbound.Screen.ProtocolTests == nil || *cfg.Inbound.Screen.ProtocolTests),
 		})
 		// Bind everything before accepting anything: a port conflict must
 		// fail the start, not leave a half-running relay.
