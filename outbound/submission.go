@@ -211,8 +211,11 @@ func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
 // delivery-status (RFC 3464) or disposition-notification (RFC 8098)
 // report: the only content the null sender is for.
 func isReport(header []byte) bool {
-	ct := headerValue(header, "Content-Type")
-	mt, params, err := mime.ParseMediaType(ct)
+	cts := smtputil.HeaderFields(header, "Content-Type")
+	if len(cts) == 0 {
+		return false
+	}
+	mt, params, err := mime.ParseMediaType(cts[0])
 	if err != nil || mt != "multipart/report" {
 		return false
 	}
@@ -221,21 +224,4 @@ func isReport(header []byte) bool {
 		return true
 	}
 	return false
-}
-
-// headerValue returns the unfolded value of the first field called name.
-func headerValue(header []byte, name string) string {
-	lines := strings.Split(strings.ReplaceAll(string(header), "\r\n", "\n"), "\n")
-	for i := 0; i < len(lines); i++ {
-		k, v, ok := strings.Cut(lines[i], ":")
-		if !ok || !strings.EqualFold(strings.TrimSpace(k), name) || strings.HasPrefix(lines[i], " ") || strings.HasPrefix(lines[i], "\t") {
-			continue
-		}
-		for i+1 < len(lines) && (strings.HasPrefix(lines[i+1], " ") || strings.HasPrefix(lines[i+1], "\t")) {
-			i++
-			v += " " + strings.TrimSpace(lines[i])
-		}
-		return strings.TrimSpace(v)
-	}
-	return ""
 }
