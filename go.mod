@@ -15,3 +15,5 @@ require (
 	golang.org/x/net v0.62.0 // indirect
 	golang.org/x/sys v0.50.0 // indirect
 )
+
+replace github.com/emersion/go-smtp => ./third_party/go-smtp

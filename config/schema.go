@@ -15,8 +15,8 @@ type Config struct {
 	// StateDir holds the spool, the self-signed certificate and caches.
 	// Relative paths are relative to the config file's directory.
 	StateDir string `yaml:"state_dir"`
-	// Postmaster receives nothing yet; it is named in DSNs. Default
-	// postmaster@<hostname>.
+	// Postmaster is named in DSNs and receives RCPT TO:<Postmaster>
+	// (no domain) on inbound listeners. Default postmaster@<hostname>.
 	Postmaster string     `yaml:"postmaster"`
 	Log        Log        `yaml:"log"`
 	TLS        TLS        `yaml:"tls"`

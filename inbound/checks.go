@@ -40,6 +40,10 @@ type Options struct {
 	Checks   Checks
 	Screen   Screen
 	Log      *slog.Logger
+	// Postmaster receives RCPT TO:<Postmaster> without a domain, which
+	// RFC 5321 section 4.1.1.3 says every server MUST accept. Empty: the
+	// bare form is refused like any unqualified recipient.
+	Postmaster string
 }
 
 // counters count refusals per check, for the logs now and metrics later.

@@ -6,6 +6,7 @@ package inbound
 import (
 	"log/slog"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -28,6 +29,7 @@ type Role struct {
 	passed     passCache
 	log        *slog.Logger
 	count      counters
+	postmaster string
 }
 
 // New returns an inbound role accepting mail for domains (lower case, no
@@ -38,7 +40,7 @@ func New(domains []string) *Role {
 
 // NewWithOptions returns an inbound role with its envelope checks.
 func NewWithOptions(o Options) *Role {
-	r := &Role{resolver: o.Resolver, checks: o.Checks, screen: o.Screen, log: o.Log,
+	r := &Role{resolver: o.Resolver, checks: o.Checks, screen: o.Screen, log: o.Log, postmaster: o.Postmaster,
 		count: counters{m: map[string]*atomic.Int64{}}, passed: passCache{m: map[netip.Addr]time.Time{}}}
 	if r.screen.DNSBL.Timeout <= 0 {
 		r.screen.DNSBL.Timeout = 2 * time.Second
@@ -116,7 +118,16 @@ func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, 
 // Rcpt implements smtpd.Role: only our domains, no local part that a
 // downstream MTA could read as a route elsewhere, and a recipient that
 // exists when the domain lists its recipients.
-func (r *Role) Rcpt(_ *smtpd.State, to string, _ *smtp.RcptOptions) (string, error) {
+func (r *Role) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, error) {
+	if strings.EqualFold(to, "postmaster") && r.postmaster != "" {
+		// RFC 5321 4.1.1.3: the one unqualified recipient every server
+		// must take, whatever the other checks say: it is how a blocked
+		// sender reaches a human.
+		if st != nil && st.Log != nil {
+			st.Log.Info("bare postmaster recipient", "rcpt", to, "routed_to", r.postmaster)
+		}
+		return r.postmaster, nil
+	}
 	a, err := smtputil.ParseAddress(to)
 	if isNotFQDN(err) {
 		if err := r.act("recipient_fqdn", r.checks.RecipientFQDN, smtputil.NotFQDNRecipient(to)); err != nil {

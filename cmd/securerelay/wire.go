@@ -207,6 +207,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 			ir := inbound.NewWithOptions(inbound.Options{
 				Domains: domainList(cfg), Recipients: recips, Resolver: res, Log: log,
 				Checks: inboundChecks(cfg), Screen: inboundScreen(cfg), Verifiers: verifiers(cfg),
+				Postmaster: cfg.Postmaster,
 			})
 			r.inbound = append(r.inbound, ir)
 			role = ir

@@ -13,9 +13,10 @@ import (
 
 // TestEnvelopeChecksSession walks one SMTP session through every envelope
 // check of the inbound listener, in order, and asserts the exact reply and
-// enhanced status at each step: unqualified sender, sender domain that does
-// not exist, null MX, a good sender; another domain, an unknown recipient,
-// a known one; DATA.
+// enhanced status at each step: unqualified senders (no dot, no domain),
+// sender domain that does not exist, null MX, a good sender; an unqualified
+// recipient, another domain, an unknown recipient, a known one, and the bare
+// <Postmaster> that RFC 5321 requires us to take; DATA.
 func TestEnvelopeChecksSession(t *testing.T) {
 	dns := dnstest.NewServer(t, `example.org.   MX 10 mail.example.org.
 mail.example.org. A 192.0.2.1
@@ -27,7 +28,9 @@ nullmx.example. MX 0 .
 	users := filepath.Join(dir, "users.txt")
 	writeFile(t, users, "bob\n")
 	cfg := filepath.Join(dir, "relay.yaml")
-	writeFile(t, cfg, configHeadChecks(filepath.Join(dir, "state"), dns.Addr(), "reject")+fmt.Sprintf(`listeners:
+	head := strings.Replace(configHeadChecks(filepath.Join(dir, "state"), dns.Addr(), "reject"),
+		"postmaster: postmaster@relay.e2e.test", "postmaster: postmaster@example.test", 1)
+	writeFile(t, cfg, head+fmt.Sprintf(`listeners:
   - {name: mx, address: %q, role: inbound}
 domains:
   example.test:
@@ -43,12 +46,15 @@ outbound:
 		cmd, want string
 	}{
 		{"MAIL FROM:<alice@localhost>", "553 5.1.7 "},
+		{"MAIL FROM:<alice>", "553 5.1.7 "},
 		{"MAIL FROM:<alice@nx.example>", "550 5.1.8 "},
 		{"MAIL FROM:<alice@nullmx.example>", "550 5.1.8 "},
 		{"MAIL FROM:<alice@example.org>", "250 "},
+		{"RCPT TO:<carol>", "553 5.1.3 "},
 		{"RCPT TO:<bob@elsewhere.test>", "554 5.7.1 "},
 		{"RCPT TO:<mallory@example.test>", "550 5.1.1 "},
 		{"RCPT TO:<bob@example.test>", "250 "},
+		{"RCPT TO:<PostMaster>", "250 "},
 		{"DATA", "354 "},
 	} {
 		// Reply's text is the whole reply line, code included.
@@ -60,10 +66,10 @@ outbound:
 	if code, text := c.Reply(); code != 250 || !strings.Contains(text, "queued as") {
 		t.Fatalf("end of DATA: %d %s", code, text)
 	}
-	if m := down.WaitMessages(t, 1, 10*time.Second)[0]; m.From != "alice@example.org" || strings.Join(m.To, ",") != "bob@example.test" {
+	if m := down.WaitMessages(t, 1, 10*time.Second)[0]; m.From != "alice@example.org" || strings.Join(m.To, ",") != "bob@example.test,postmaster@example.test" {
 		t.Errorf("downstream got from %q to %v", m.From, m.To)
 	}
-	for _, check := range []string{"check=sender_fqdn", "check=sender_domain", "check=unknown_recipient"} {
+	for _, check := range []string{"check=sender_fqdn", "check=recipient_fqdn", "check=sender_domain", "check=unknown_recipient"} {
 		r.WaitLog(0, 5*time.Second, "inbound check refused", check)
 	}
 }
