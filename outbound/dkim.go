@@ -1,6 +1,9 @@
 package outbound
 
 import (
+	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -50,12 +53,26 @@ func (s *Signer) Transform(d *queue.Delivery, t Target, rcpts []string, tlsInfo 
 	if d.Envelope.Origin == queue.OriginInbound {
 		return r, nil
 	}
-	hr, err := d.Open()
+	// One read of the spool file serves header, signature and sending for
+	// the usual message: up to inMemorySign bytes are kept, and only a
+	// larger one is read a second time to sign it (signing needs the whole
+	// message before the first byte may leave).
+	head := make([]byte, 0, int(min(d.Size+512, inMemorySign)))
+	head, err := readUpTo(r, head, inMemorySign)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading the message to sign: %w", err)
 	}
-	header, err := dkim.ReadHeader(hr, dkim.MaxHeaderBytes)
-	hr.Close()
+	whole := len(head) < inMemorySign
+	rest := io.MultiReader(bytes.NewReader(head), r)
+	header, err := dkim.ReadHeader(bytes.NewReader(head), dkim.MaxHeaderBytes)
+	if err != nil && !whole && errors.Is(err, dkim.ErrHeaderTooLarge) {
+		hr, oerr := d.Open()
+		if oerr != nil {
+			return nil, oerr
+		}
+		header, err = dkim.ReadHeader(hr, dkim.MaxHeaderBytes)
+		hr.Close()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("reading the header to sign: %w", err)
 	}
@@ -74,26 +91,53 @@ func (s *Signer) Transform(d *queue.Delivery, t Target, rcpts []string, tlsInfo 
 			why = "no usable From: header (" + ferr.Error() + ")"
 		}
 		s.log.Info("dkim: sending unsigned", "queue_id", d.ID, "reason", why)
-		return r, nil
+		return rest, nil
 	}
-	// A second read of the spool file: signing needs the whole message
-	// before the first byte may leave.
-	sr, err := d.Open()
-	if err != nil {
-		return nil, err
+	var sigs []string
+	if whole {
+		sigs, err = dkim.Sign(bytes.NewReader(head), ks, c.opts)
+	} else {
+		sr, oerr := d.Open()
+		if oerr != nil {
+			return nil, oerr
+		}
+		sigs, err = dkim.Sign(sr, ks, c.opts)
+		sr.Close()
 	}
-	sigs, err := dkim.Sign(sr, ks, c.opts)
-	sr.Close()
 	if err != nil {
 		// A key that worked at start and fails now (or a message the
 		// signer cannot read) defers rather than sends unsigned mail
 		// nobody notices.
 		return nil, fmt.Errorf("dkim signing for %s: %w", dom, err)
 	}
-	var sels []string
-	for _, k := range ks {
-		sels = append(sels, k.Selector+"/"+k.Algorithm())
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		var sels []string
+		for _, k := range ks {
+			sels = append(sels, k.Selector+"/"+k.Algorithm())
+		}
+		s.log.Debug("dkim: signed", "queue_id", d.ID, "domain", dom, "selectors", strings.Join(sels, ","))
 	}
-	s.log.Debug("dkim: signed", "queue_id", d.ID, "domain", dom, "selectors", strings.Join(sels, ","))
-	return io.MultiReader(strings.NewReader(strings.Join(sigs, "")), r), nil
+	return io.MultiReader(strings.NewReader(strings.Join(sigs, "")), rest), nil
+}
+
+// inMemorySign bounds the bytes of one message held while it is signed;
+// concurrent deliveries are bounded by the engine, and so is the memory.
+const inMemorySign = 256 << 10
+
+// readUpTo appends from r to buf until max bytes or EOF.
+func readUpTo(r io.Reader, buf []byte, max int) ([]byte, error) {
+	for len(buf) < max {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):min(cap(buf), max)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+	return buf, nil
 }

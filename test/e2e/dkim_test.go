@@ -152,6 +152,21 @@ sys.exit(0 if n == 2 and all(ok) else 1)
 	verifyWithTools(t, dir, m.Data, rsaZone+edZone)
 	r.WaitLog(0, 5*time.Second, "msg=sent", "queue_id="+res.QueueID())
 
+	// A message larger than the signer keeps in memory (256 KiB) is read
+	// from the spool a second time to sign it: it must verify just as well.
+	big := filepath.Join(dir, "big.txt")
+	writeFile(t, big, strings.Repeat("A line of a large message, to be signed from the spool file.\n", 10000))
+	mustSend(t, "--server", sub, "--auth", "PLAIN", "--auth-user", "otrs", "--auth-password", "pw",
+		"--from", "otrs@example.test", "--to", "user@partner.test",
+		"--header", "Subject: large", "--body", "@"+big)
+	bm := mxDown.WaitMessages(t, 2, 10*time.Second)[1]
+	if len(bm.Data) < 600<<10 {
+		t.Fatalf("large message arrived with %d bytes", len(bm.Data))
+	}
+	if sels := verifiedSelectors(t, bm.Data, dns.Addr()); strings.Join(sels, ",") != "e2026,s2026" {
+		t.Errorf("large message: verified selectors %v, want e2026 and s2026", sels)
+	}
+
 	// dkim check: both records published and matching; then one missing.
 	out, errOut, code := runRelayCmd(t, "dkim", "check", "--config", cfg)
 	if code != 0 || strings.Count(out, " ok ") != 2 {
