@@ -131,6 +131,55 @@ func (l *loader) applyDefaults(c *Config) {
 	if o.StartTLS == "" {
 		o.StartTLS = DefaultStartTLS
 	}
+	ct := &c.Inbound.Content
+	if ct.RecipientDeletion == "" {
+		ct.RecipientDeletion = "reject"
+	}
+	for i := range ct.Milters {
+		if ct.Milters[i].OnError == "" {
+			ct.Milters[i].OnError = "tempfail"
+		}
+	}
+	if _, ok := ct.Policies["default"]; !ok {
+		if ct.Policies == nil {
+			ct.Policies = map[string][]string{}
+		}
+		ct.Policies["default"] = []string{}
+		for _, m := range ct.Milters {
+			ct.Policies["default"] = append(ct.Policies["default"], m.Name)
+		}
+	}
+	au := &c.Inbound.Auth
+	if au.AuthServID == "" {
+		au.AuthServID = c.Hostname
+	}
+	if au.RejectDMARC == nil {
+		t := true
+		au.RejectDMARC = &t
+	}
+	if au.Timeout == 0 {
+		au.Timeout = Duration(10 * time.Second)
+	}
+	if o.TLS.Default == "" {
+		o.TLS.Default = "may"
+		if o.StartTLS == "off" {
+			o.TLS.Default = "none"
+		}
+	}
+	if o.TLS.MinVersion == "" {
+		o.TLS.MinVersion = "1.2"
+	}
+	if o.TLS.TLSRequiredNo == "" {
+		o.TLS.TLSRequiredNo = "ignore"
+	}
+	for i := range o.TLS.Policies {
+		if o.TLS.Policies[i].Fallback == "" {
+			o.TLS.Policies[i].Fallback = "defer"
+		}
+		if o.TLS.Policies[i].Inbound == "" {
+			o.TLS.Policies[i].Inbound = "off"
+		}
+	}
 	if o.DKIM.Canonicalization == "" {
 		o.DKIM.Canonicalization = DefaultDKIMCanonicalization
 	}

@@ -555,6 +555,7 @@ func (l *loader) resolvePaths(c *Config) {
 	c.StateDir = l.abs(c.StateDir)
 	c.TLS.Cert = l.abs(c.TLS.Cert)
 	c.TLS.Key = l.abs(c.TLS.Key)
+	c.Outbound.TLS.CAFile = l.abs(c.Outbound.TLS.CAFile)
 	for name, d := range c.Domains {
 		if scheme, target, err := ParseDeliverTo(d.DeliverTo); err == nil && scheme == "maildir" {
 			d.DeliverTo = "maildir:" + l.abs(target)

@@ -120,6 +120,7 @@ outbound:
   users: [{name: u, password_hash: "$2a$10$2i/uRSSVtsw9SFVyBdYQkuTX9YP46UVMoLgXaI5p0vehZ8UPWr5gu"}]
 `, "/srv/relay")
 
+	yes := true
 	want := Config{
 		Hostname:   "box.example.net",
 		StateDir:   "/srv/relay/var",
@@ -136,6 +137,8 @@ outbound:
 			Screen: Screen{DNSBL: DNSBL{Threshold: 3, Timeout: Duration(2 * time.Second)}, CacheTTL: Duration(time.Hour)},
 			Checks: InboundChecks{SenderFQDN: "reject", RecipientFQDN: "reject", SenderDomain: "reject", UnknownRecipient: "reject", HeloFQDN: "off"},
 			Verify: Verify{PositiveTTL: Duration(24 * time.Hour), NegativeTTL: Duration(10 * time.Minute), Timeout: Duration(10 * time.Second)},
+			Content: Content{Policies: map[string][]string{"default": {}}, RecipientDeletion: "reject"},
+			Auth:    Auth{AuthServID: "box.example.net", RejectDMARC: &yes, Timeout: Duration(10 * time.Second)},
 		},
 		Queue: Queue{
 			Retry: []Duration{
@@ -157,7 +160,7 @@ outbound:
 	if o.Helo != "box.example.net" || o.MaxConnectionsPerDestination != 20 ||
 		o.ConnectTimeout.D() != 30*time.Second || o.CommandTimeout.D() != 5*time.Minute ||
 		o.IdleConnectionTimeout == nil || o.IdleConnectionTimeout.D() != 5*time.Second ||
-		o.StartTLS != "opportunistic" {
+		o.StartTLS != "opportunistic" || o.TLS.Default != "may" || o.TLS.MinVersion != "1.2" || o.TLS.TLSRequiredNo != "ignore" {
 		t.Errorf("outbound defaults: %+v (idle %v)", o, o.IdleConnectionTimeout)
 	}
 	for i, wantAuth := range []string{"off", "required", "optional"} {

@@ -76,6 +76,10 @@ type DNS struct {
 	// nameserver in /etc/resolv.conf, port 53.
 	Resolver string   `yaml:"resolver"`
 	Timeout  Duration `yaml:"timeout"` // default 5s
+	// DNSSECValidating says the resolver validates DNSSEC, so its AD bit
+	// can be trusted (DANE needs it). Only true for a validating resolver
+	// on this host or reached over a trusted path. Default false.
+	DNSSECValidating bool `yaml:"dnssec_validating"`
 }
 
 // Limits apply to every listener unless the listener overrides them.
@@ -148,13 +152,63 @@ type Domain struct {
 	// DKIM lists the keys that sign mail from this domain; with several,
 	// each signs (RSA + Ed25519, or old and new selector during rotation).
 	DKIM []DKIMKey `yaml:"dkim"`
+	// ContentPolicy names the inbound.content.policies entry whose
+	// milters scan this domain's inbound mail. Default: "default".
+	ContentPolicy string `yaml:"content_policy"`
 }
 
 // Inbound configures the MX role's checks inside the dialog.
 type Inbound struct {
-	Screen Screen        `yaml:"screen"`
-	Checks InboundChecks `yaml:"checks"`
-	Verify Verify        `yaml:"verify"`
+	Screen  Screen        `yaml:"screen"`
+	Checks  InboundChecks `yaml:"checks"`
+	Verify  Verify        `yaml:"verify"`
+	Content Content       `yaml:"content"`
+	Auth    Auth          `yaml:"auth"`
+}
+
+// Content is scanning after DATA through milters, while the client waits.
+type Content struct {
+	// Milters that may be used; policies pick from them by name.
+	Milters []Milter `yaml:"milters"`
+	// Policies map a policy name to the milters, in order, that scan mail
+	// for domains with that content_policy. Default: "default" = every
+	// milter above, in order.
+	Policies map[string][]string `yaml:"policies"`
+	// RecipientDeletion: a milter asked to remove some recipients; the
+	// whole message is refused: reject (default, 550 5.7.1) or tempfail
+	// (451 4.7.1). Never a 250 that silently drops them.
+	RecipientDeletion string `yaml:"recipient_deletion"`
+}
+
+// Milter is one content scanner speaking the milter protocol.
+type Milter struct {
+	Name string `yaml:"name"`
+	// Address: unix:/path or inet:host:port.
+	Address        string   `yaml:"address"`
+	ConnectTimeout Duration `yaml:"connect_timeout"` // default 5s
+	ReadTimeout    Duration `yaml:"read_timeout"`    // default 60s
+	WriteTimeout   Duration `yaml:"write_timeout"`   // default 10s
+	// OnError: tempfail (default; 451 4.7.1), accept (skip this milter)
+	// or reject (554 5.7.1) when the milter is down, slow or broken.
+	OnError string `yaml:"on_error"`
+}
+
+// Auth is SPF, DKIM and DMARC evaluation of inbound mail, recorded in an
+// Authentication-Results header.
+type Auth struct {
+	// Enabled turns the stage on. Default false.
+	Enabled bool `yaml:"enabled"`
+	// AuthServID names us in Authentication-Results; forged fields
+	// claiming it are removed. Default: hostname.
+	AuthServID string `yaml:"authserv_id"`
+	// RejectDMARC refuses mail failing DMARC whose domain publishes
+	// p=reject (550 5.7.1). Default true.
+	RejectDMARC *bool `yaml:"reject_dmarc"`
+	// RejectSPFFail refuses mail whose SPF result is fail (-all) at MAIL
+	// FROM. Default false: forwarding breaks SPF.
+	RejectSPFFail bool `yaml:"reject_spf_fail"`
+	// Timeout for all DNS lookups of one message. Default 10s.
+	Timeout Duration `yaml:"timeout"`
 }
 
 // Screen is the per-client screening at EHLO (postscreen's job).
@@ -304,8 +358,10 @@ type Outbound struct {
 	// for reuse. Default 5s; 0 disables reuse.
 	IdleConnectionTimeout *Duration `yaml:"idle_connection_timeout"`
 	// StartTLS for MX and route delivery: opportunistic (default) or off.
-	// Mandatory levels come with the TLS policy.
+	// Mandatory levels come with the TLS policy (tls:), never weakened.
 	StartTLS string `yaml:"starttls"`
+	// TLS is the per-destination TLS policy.
+	TLS OutboundTLS `yaml:"tls"`
 	// DKIM signing options; the keys are per domain (domains.*.dkim).
 	DKIM DKIMOptions `yaml:"dkim"`
 	// AutomaticSenders adds local parts ("ticket-bot") or addresses
@@ -313,6 +369,60 @@ type Outbound struct {
 	// programs send from (MAILER-DAEMON, noreply, …): automatic mail to
 	// them is refused on every listener as half of an auto-reply loop.
 	AutomaticSenders []string `yaml:"automatic_senders"`
+}
+
+// OutboundTLS decides, per delivery, the TLS level the destination needs.
+type OutboundTLS struct {
+	// Default level where no rule, DANE or MTA-STS decides: none, may,
+	// encrypt, verify or secure. Default may (none with starttls: off).
+	Default string `yaml:"default"`
+	// MinVersion of TLS for every level that encrypts: "1.2" (default)
+	// or "1.3"; a policy may raise it.
+	MinVersion string `yaml:"min_version"`
+	// DANE (RFC 7672): use DNSSEC-validated TLSA records of MX hosts.
+	// Needs dns.dnssec_validating: true.
+	DANE bool `yaml:"dane"`
+	// MTASTS (RFC 8461): fetch and honour MTA-STS policies.
+	MTASTS bool `yaml:"mta_sts"`
+	// TLSRequiredNo: "honour" lets a message with the header
+	// "TLS-Required: No" (RFC 8689) go with may where only DANE or MTA-STS
+	// would require more; "ignore" (default) does not. Policies below are
+	// never lowered by it.
+	TLSRequiredNo string `yaml:"tls_required_no"`
+	// CAFile adds PEM trust roots to the system's for verify and secure
+	// (a private PKI of a partner; the tests' own CA).
+	CAFile string `yaml:"ca_file"`
+	// Policies are per-partner rules; the first match wins.
+	Policies []TLSPolicy `yaml:"policies"`
+}
+
+// TLSPolicy is one partner rule (Postfix's smtp_tls_policy_maps entry).
+type TLSPolicy struct {
+	// Match: "partner.example" (that recipient domain), ".partner.example"
+	// (its subdomains) or "[mx.partner.example]" (that next-hop host).
+	Match string `yaml:"match"`
+	// Level: none, may, encrypt, verify, secure, dane, dane-only,
+	// fingerprint.
+	Level string `yaml:"level"`
+	// Names the certificate may carry instead of the MX host name
+	// (verify) or the domain (secure).
+	Names []string `yaml:"names"`
+	// Fingerprints (level fingerprint): SHA-256 of the certificate or of
+	// its public key, hex with or without colons.
+	Fingerprints []string `yaml:"fingerprints"`
+	// MinVersion raises the TLS version for this partner ("1.3").
+	MinVersion string `yaml:"min_version"`
+	// Ciphers restricts TLS 1.2 cipher suites (Go names, e.g.
+	// TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384).
+	Ciphers []string `yaml:"ciphers"`
+	// Fallback when the level cannot be met: defer (default: retry until
+	// max_age, then a DSN), bounce (a DSN at once) or encrypt (end-to-end,
+	// by the encryption stage; until that exists: defer).
+	Fallback string `yaml:"fallback"`
+	// Inbound: mail from this domain (envelope sender) over a plaintext
+	// session on an inbound listener is refused: tempfail (450 4.7.0) or
+	// reject (530 5.7.0); off (default) accepts it.
+	Inbound string `yaml:"inbound"`
 }
 
 // User is one SMTP AUTH account.

@@ -1,10 +1,12 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -364,6 +366,8 @@ func (l *loader) checkOutbound(c *Config) {
 		l.errorf("outbound.idle_connection_timeout", "must not be negative; 0 disables connection reuse")
 	}
 	l.oneOf("outbound.starttls", o.StartTLS, "opportunistic", "off")
+	l.checkOutboundTLS(c)
+	l.checkContent(c)
 	l.oneOf("outbound.dkim.canonicalization", o.DKIM.Canonicalization,
 		"relaxed/relaxed", "relaxed/simple", "simple/relaxed", "simple/simple")
 	for i, h := range o.DKIM.Oversign {
@@ -416,6 +420,164 @@ func (l *loader) checkOutbound(c *Config) {
 	if o.DKIM.Expiration < 0 {
 		l.errorf("outbound.dkim.expiration", "must not be negative; 0 means no x= expiry")
 	}
+}
+
+// checkContent: every milter named and reachable in form, every policy
+// naming known milters, every domain naming a known policy.
+func (l *loader) checkContent(c *Config) {
+	ct := &c.Inbound.Content
+	names := map[string]int{}
+	for i, m := range ct.Milters {
+		p := fmt.Sprintf("inbound.content.milters[%d]", i)
+		switch j, dup := names[m.Name]; {
+		case m.Name == "" || strings.ContainsAny(m.Name, " \t,"):
+			l.errorf(p+".name", "missing or not a single word; policies and logs refer to the milter by it (e.g. rspamd)")
+		case dup:
+			l.errorf(p+".name", "%q is already used by %s", m.Name, l.ref(fmt.Sprintf("inbound.content.milters[%d]", j)))
+		default:
+			names[m.Name] = i
+		}
+		if err := checkMilterAddress(m.Address); err != nil {
+			l.errorf(p+".address", "%v; write unix:/path/to/socket or inet:host:port", err)
+		}
+		for k, d := range map[string]Duration{"connect_timeout": m.ConnectTimeout, "read_timeout": m.ReadTimeout, "write_timeout": m.WriteTimeout} {
+			if d < 0 {
+				l.errorf(p+"."+k, "must not be negative (0 or leaving it out means the default)")
+			}
+		}
+		l.oneOf(p+".on_error", m.OnError, "tempfail", "accept", "reject")
+	}
+	for name, list := range ct.Policies {
+		if !l.idx.has("inbound.content.policies." + name) {
+			continue // the generated default: every milter, checked above
+		}
+		for i, m := range list {
+			if _, ok := names[m]; !ok {
+				l.errorf(fmt.Sprintf("inbound.content.policies.%s[%d]", name, i), "%q is not a milter defined in inbound.content.milters", m)
+			}
+		}
+	}
+	l.oneOf("inbound.content.recipient_deletion", ct.RecipientDeletion, "reject", "tempfail")
+	for name, d := range c.Domains {
+		if d.ContentPolicy == "" {
+			continue
+		}
+		if _, ok := ct.Policies[d.ContentPolicy]; !ok {
+			l.errorf(l.domainPath(name)+".content_policy", "%q is not a policy in inbound.content.policies", d.ContentPolicy)
+		}
+	}
+	l.positiveDuration("inbound.auth.timeout", c.Inbound.Auth.Timeout, "the default, 10s")
+	if c.Inbound.Auth.Enabled && strings.ContainsAny(c.Inbound.Auth.AuthServID, " ;()\t") {
+		l.errorf("inbound.auth.authserv_id", "%q is not a host name", c.Inbound.Auth.AuthServID)
+	}
+}
+
+// checkMilterAddress accepts the forms Postfix's smtpd_milters take.
+func checkMilterAddress(a string) error {
+	switch {
+	case a == "":
+		return errors.New("missing")
+	case strings.HasPrefix(a, "unix:"):
+		if !strings.HasPrefix(a[5:], "/") {
+			return fmt.Errorf("%q: the socket path must be absolute", a)
+		}
+		return nil
+	case strings.HasPrefix(a, "inet:"):
+		if _, _, err := net.SplitHostPort(a[5:]); err != nil {
+			return fmt.Errorf("%q: %v", a, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("%q has no unix: or inet: prefix", a)
+}
+
+// TLSLevels are the policy levels, weakest first, with Postfix's names.
+var TLSLevels = []string{"none", "may", "encrypt", "dane", "verify", "secure", "dane-only", "fingerprint"}
+
+// checkOutboundTLS refuses TLS rules that cannot mean what they say: a
+// rule that could silently give less than its author expects is an error,
+// not a warning.
+func (l *loader) checkOutboundTLS(c *Config) {
+	t := &c.Outbound.TLS
+	l.oneOf("outbound.tls.default", t.Default, "none", "may", "encrypt", "verify", "secure")
+	if c.Outbound.StartTLS == "off" && t.Default != "none" && l.idx.has("outbound.tls.default") {
+		l.errorf("outbound.tls.default", "%q contradicts outbound.starttls: off; remove one of them", t.Default)
+	}
+	l.oneOf("outbound.tls.min_version", t.MinVersion, "1.2", "1.3")
+	l.oneOf("outbound.tls.tls_required_no", t.TLSRequiredNo, "honour", "ignore")
+	if t.DANE && !c.DNS.DNSSECValidating {
+		l.errorf("outbound.tls.dane", "needs a DNSSEC-validating resolver: set dns.dnssec_validating: true once dns.resolver validates (e.g. a local unbound), or DANE could trust forged TLSA records")
+	}
+	if t.CAFile != "" {
+		if _, err := os.Stat(t.CAFile); err != nil {
+			l.errorf("outbound.tls.ca_file", "%v", err)
+		}
+	}
+	seen := map[string]int{}
+	for i := range t.Policies {
+		r := &t.Policies[i]
+		p := fmt.Sprintf("outbound.tls.policies[%d]", i)
+		r.Match = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(r.Match)), ".")
+		host := strings.HasPrefix(r.Match, "[") && strings.HasSuffix(r.Match, "]")
+		m := strings.TrimSuffix(strings.TrimPrefix(r.Match, "["), "]")
+		switch j, dup := seen[r.Match]; {
+		case r.Match == "":
+			l.errorf(p+".match", "missing; write a domain (partner.example), its subdomains (.partner.example) or a next-hop host ([mx.partner.example])")
+		case checkRouteMatch(strings.TrimPrefix(m, ".")) != nil || m == "*" || host && strings.HasPrefix(m, "."):
+			l.errorf(p+".match", "%q is not a domain, .subdomains or [host]", r.Match)
+		case dup:
+			l.errorf(p+".match", "%q is already matched by %s; the first match wins, so this rule is never used", r.Match, l.ref(fmt.Sprintf("outbound.tls.policies[%d]", j)))
+		default:
+			seen[r.Match] = i
+		}
+		if r.Level == "" {
+			l.errorf(p+".level", "missing; use %s", strings.Join(TLSLevels, ", "))
+		} else {
+			l.oneOf(p+".level", r.Level, TLSLevels...)
+		}
+		if r.Level == "fingerprint" && len(r.Fingerprints) == 0 {
+			l.errorf(p+".fingerprints", "missing; level fingerprint needs the SHA-256 of the partner's certificate or public key (openssl x509 -noout -fingerprint -sha256)")
+		}
+		if r.Level != "fingerprint" && len(r.Fingerprints) > 0 {
+			l.errorf(p+".fingerprints", "only used with level: fingerprint (this rule has %q); remove them or change the level", r.Level)
+		}
+		for j, fp := range r.Fingerprints {
+			if h := strings.ReplaceAll(fp, ":", ""); len(h) != 64 || strings.Trim(strings.ToLower(h), "0123456789abcdef") != "" {
+				l.errorf(fmt.Sprintf("%s.fingerprints[%d]", p, j), "%q is not a SHA-256 fingerprint (64 hex digits, colons allowed)", fp)
+			}
+		}
+		if len(r.Names) > 0 && r.Level != "verify" && r.Level != "secure" {
+			l.errorf(p+".names", "only checked with level verify or secure (this rule has %q); remove them or change the level", r.Level)
+		}
+		if (r.Level == "dane" || r.Level == "dane-only") && !c.DNS.DNSSECValidating {
+			l.errorf(p+".level", "%s needs dns.dnssec_validating: true (a validating resolver); without it no TLSA record can be trusted", r.Level)
+		}
+		if r.MinVersion != "" {
+			l.oneOf(p+".min_version", r.MinVersion, "1.2", "1.3")
+			if r.Level == "none" || r.Level == "may" {
+				l.errorf(p+".min_version", "has no effect with level %s (TLS is optional there); use encrypt or higher", r.Level)
+			}
+		}
+		for j, cs := range r.Ciphers {
+			if !knownCipher(cs) {
+				l.errorf(fmt.Sprintf("%s.ciphers[%d]", p, j), "%q is not a TLS 1.2 cipher suite Go offers (e.g. TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384)", cs)
+			}
+		}
+		l.oneOf(p+".fallback", r.Fallback, "defer", "bounce", "encrypt")
+		l.oneOf(p+".inbound", r.Inbound, "off", "tempfail", "reject")
+		if r.Inbound != "off" && host {
+			l.errorf(p+".inbound", "applies to sender domains, not to a next-hop host; use a domain match")
+		}
+	}
+}
+
+func knownCipher(name string) bool {
+	for _, c := range tls.CipherSuites() {
+		if c.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 func (l *loader) oneOf(key, v string, allowed ...string) {
