@@ -34,6 +34,9 @@ type Recipient struct {
 	Status            string // RFC 3463 code, e.g. 5.1.1; X.0.0 of the action's class if empty or invalid
 	RemoteMTA         string // host name, optional
 	Diagnostic        string // remote reply text, e.g. "550 5.1.1 user unknown", optional
+	// Explanation says in an end user's words what went wrong where the
+	// status and reply alone would not (a TLS policy not met), optional.
+	Explanation string
 	LastAttempt       time.Time
 }
 
@@ -229,6 +232,7 @@ type recipient struct {
 
 	diag        string   // ASCII, for message/delivery-status
 	diagHuman   []string // reply lines as printable UTF-8, for the text part
+	explain     string   // Recipient.Explanation, one printable line
 	lastAttempt time.Time
 }
 
@@ -265,6 +269,7 @@ func cleanRecipient(rc Recipient) (recipient, error) {
 	c.remoteMTA = cleanHost(rc.RemoteMTA)
 	c.diag = asciiLine(rc.Diagnostic, maxDiagnostic)
 	c.diagHuman = humanLines(rc.Diagnostic, maxDiagnostic)
+	c.explain = strings.Join(humanLines(rc.Explanation, maxDiagnostic), " ")
 	c.lastAttempt = rc.LastAttempt
 	return c, nil
 }
@@ -484,6 +489,9 @@ func humanText(mta, queueID string, arrival time.Time, rcpts []recipient) string
 		for _, c := range list {
 			fmt.Fprintf(&b, "<%s>: %s\n", c.addr, verb)
 			fmt.Fprintf(&b, "    Reason: %s (status %s)\n", explainStatus(c.status), c.status)
+			if c.explain != "" {
+				fmt.Fprintf(&b, "    %s\n", wrapText(c.explain, 70, "    "))
+			}
 			if len(c.diagHuman) > 0 {
 				if c.remoteMTA != "" {
 					fmt.Fprintf(&b, "    The receiving server %s replied:\n", c.remoteMTA)
@@ -615,4 +623,25 @@ func needsEncoding(b []byte) bool {
 		}
 	}
 	return false
+}
+
+// wrapText breaks s at spaces into lines of at most width runes, joined
+// with a newline and indent, for the human-readable part.
+func wrapText(s string, width int, indent string) string {
+	var lines []string
+	line := ""
+	for _, w := range strings.Fields(s) {
+		if line != "" && len([]rune(line))+1+len([]rune(w)) > width {
+			lines = append(lines, line)
+			line = ""
+		}
+		if line != "" {
+			line += " "
+		}
+		line += w
+	}
+	if line != "" {
+		lines = append(lines, line)
+	}
+	return strings.Join(lines, "\n"+indent)
 }

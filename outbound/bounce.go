@@ -39,6 +39,7 @@ func NewBouncer(q func() *queue.Queue, hostname, postmaster string) queue.Bounce
 				Status:      f.Result.Code,
 				RemoteMTA:   relayHost(f.Result.Relay),
 				Diagnostic:  f.Result.Reply,
+				Explanation: f.Result.Explanation,
 				LastAttempt: time.Now(),
 			})
 		}

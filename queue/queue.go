@@ -50,6 +50,14 @@ type Result struct {
 	Relay string
 	// TLS describes the connection ("TLS1.3 TLS_AES_128_GCM_SHA256"), or "".
 	TLS string
+	// TLSPolicy records the TLS decision for this attempt: the level
+	// required and where it came from, and what was achieved or why not
+	// ("required secure (policy rule 1); achieved none: no STARTTLS").
+	TLSPolicy string
+	// Explanation, for a DSN, says in an end user's words why delivery
+	// failed when the reply alone would not ("the partner's server did not
+	// offer the encryption your organisation requires for bank.example").
+	Explanation string
 }
 
 // Delivery is one attempt to deliver a message to some of its recipients.
@@ -237,7 +245,7 @@ func (q *Queue) recover() error {
 				}
 				continue
 			}
-			done, attempts, next, held := readStatus(filepath.Join(dir, name+statusExt), name)
+			done, attempts, next, held, _ := readStatus(filepath.Join(dir, name+statusExt), name)
 			for k := range done {
 				// Only a damaged sidecar names recipients the message does
 				// not have; counted, they would end it with some pending.
@@ -484,6 +492,7 @@ func (q *Queue) attempt(it *item) {
 
 	var bounces []Bounce
 	var bounceIdx []int
+	lastTLS := ""
 	newlyDone := []int{}
 	pending := 0
 	for k, i := range idx {
@@ -497,6 +506,9 @@ func (q *Queue) attempt(it *item) {
 			r.Reply = fmt.Sprintf("message expired after %s in queue; last error: %s", q.opts.MaxAge, r.Reply)
 		}
 		q.logResult(it, env.To[i], r, now.Sub(env.Received), now.Sub(start))
+		if r.Status != Delivered && r.TLSPolicy != "" {
+			lastTLS = r.TLSPolicy
+		}
 		switch r.Status {
 		case Delivered:
 			newlyDone = append(newlyDone, i)
@@ -565,7 +577,7 @@ func (q *Queue) attempt(it *item) {
 		doneList = append(doneList, i)
 	}
 	it.sidecar = true
-	if err := q.store.appendStatus(it.id, status{Done: doneList, Attempts: it.attempts, Next: it.next, Held: it.held}); err != nil {
+	if err := q.store.appendStatus(it.id, status{Done: doneList, Attempts: it.attempts, Next: it.next, Held: it.held, TLSPolicy: lastTLS}); err != nil {
 		q.log.Warn("could not record delivery status; recipients may be retried", "queue_id", it.id, "error", err)
 	}
 	q.mu.Lock()
@@ -597,6 +609,9 @@ func (q *Queue) logResult(it *item, rcpt string, r Result, delay, attemptDur tim
 	}
 	if r.TLS != "" {
 		args = append(args, "tls", r.TLS)
+	}
+	if r.TLSPolicy != "" {
+		args = append(args, "tls_policy", r.TLSPolicy)
 	}
 	if r.Status == Delivered {
 		q.log.Info(st, args...)
@@ -642,6 +657,8 @@ type Info struct {
 	Err      error
 	// Held: in hold/ (not being delivered; see the log for why).
 	Held bool
+	// TLSPolicy: the last attempt's unmet TLS requirement, if any.
+	TLSPolicy string
 }
 
 // Scan reads the spool in dir without a running queue (for the CLI). It
@@ -675,8 +692,8 @@ func Scan(dir string) ([]Info, error) {
 				inf.Err = err
 			} else {
 				inf.Envelope, inf.Size = st.env, st.dataLen
-				done, att, next, _ := readStatus(filepath.Join(sd, e.Name()+statusExt), e.Name())
-				inf.Done, inf.Attempts, inf.Next = len(done), att, next
+				done, att, next, _, tp := readStatus(filepath.Join(sd, e.Name()+statusExt), e.Name())
+				inf.Done, inf.Attempts, inf.Next, inf.TLSPolicy = len(done), att, next, tp
 			}
 			out = append(out, inf)
 		}

@@ -91,6 +91,9 @@ type Envelope struct {
 	AuthUser string `json:"auth_user,omitempty"`
 	// Received is when the message was accepted; max_age counts from it.
 	Received time.Time `json:"received"`
+	// RequireTLS: the message arrived with REQUIRETLS (RFC 8689); it
+	// leaves only over verified TLS, to next hops that offer REQUIRETLS.
+	RequireTLS bool `json:"requiretls,omitempty"`
 }
 
 // Origins of a message.
@@ -441,6 +444,10 @@ type status struct {
 	// (inbound mail, null sender): keep the message in hold/ at the end
 	// instead of removing it.
 	Held bool `json:"held,omitempty"`
+	// TLSPolicy is the last attempt's TLS decision and outcome, where one
+	// was made and not met: what an admin asks first about a deferred
+	// message for a partner with mandatory TLS.
+	TLSPolicy string `json:"tls_policy,omitempty"`
 }
 
 func (s *store) appendStatus(id string, st status) error {
@@ -462,7 +469,7 @@ func (s *store) appendStatus(id string, st status) error {
 
 // readStatus folds the sidecar's lines for message id; a torn last line
 // (crash while appending) and lines of another message are ignored.
-func readStatus(path, id string) (done map[int]bool, attempts int, next time.Time, held bool) {
+func readStatus(path, id string) (done map[int]bool, attempts int, next time.Time, held bool, tlsPolicy string) {
 	done = map[int]bool{}
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -478,6 +485,7 @@ func readStatus(path, id string) (done map[int]bool, attempts int, next time.Tim
 		}
 		attempts, next = st.Attempts, st.Next
 		held = held || st.Held
+		tlsPolicy = st.TLSPolicy
 	}
 	return
 }

@@ -202,6 +202,11 @@ func queueCmd(sub string, cfg *config.Config, stdout, stderr io.Writer) int {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\t%d of %d pending\n", it.ID, it.Size,
 			it.Envelope.Received.Format(time.DateTime), it.Attempts, next, from,
 			len(it.Envelope.To)-it.Done, len(it.Envelope.To))
+		if it.TLSPolicy != "" {
+			// Postfix's mailq shows the last error under the entry; the TLS
+			// decision is what an admin asks first about a deferred partner.
+			fmt.Fprintf(tw, "  tls: %s\n", it.TLSPolicy)
+		}
 	}
 	tw.Flush()
 	return 0
