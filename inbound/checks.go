@@ -44,6 +44,8 @@ type Options struct {
 	// RFC 5321 section 4.1.1.3 says every server MUST accept. Empty: the
 	// bare form is refused like any unqualified recipient.
 	Postmaster string
+	// TLSFrom lists partner domains whose mail must arrive over TLS.
+	TLSFrom []TLSFrom
 }
 
 // counters count refusals per check, for the logs now and metrics later.

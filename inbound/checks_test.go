@@ -1,9 +1,11 @@
 package inbound_test
 
 import (
+	"crypto/tls"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,5 +126,41 @@ func TestRecipientList(t *testing.T) {
 	}
 	if _, err := inbound.NewRecipientSet(nil, filepath.Join(t.TempDir(), "missing.txt"), nil); err == nil {
 		t.Error("a missing recipients file was accepted")
+	}
+}
+
+// A partner whose mail must arrive over TLS: refused at MAIL FROM in a
+// plaintext session (450 4.7.0 or 530 5.7.0 as configured, naming the
+// policy), accepted over TLS; subdomain rules and other domains.
+func TestPlaintextPartner(t *testing.T) {
+	r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, TLSFrom: []inbound.TLSFrom{
+		{Match: "bank.example", Action: "tempfail", Rule: "outbound.tls.policies[0]"},
+		{Match: ".insurer.example", Action: "reject", Rule: "outbound.tls.policies[1]"},
+	}})
+	plain, withTLS := &smtpd.State{}, &smtpd.State{TLS: &tls.ConnectionState{Version: tls.VersionTLS13}}
+	for _, c := range []struct {
+		st   *smtpd.State
+		from string
+		code int
+		enh  smtp.EnhancedCode
+	}{
+		{plain, "a@bank.example", 450, smtp.EnhancedCode{4, 7, 0}},
+		{withTLS, "a@bank.example", 250, smtp.EnhancedCode{2, 0, 0}},
+		{plain, "a@mail.insurer.example", 530, smtp.EnhancedCode{5, 7, 0}},
+		{plain, "a@insurer.example", 250, smtp.EnhancedCode{2, 0, 0}}, // ".x" is subdomains only
+		{plain, "a@sub.bank.example", 250, smtp.EnhancedCode{2, 0, 0}},
+		{plain, "a@other.example", 250, smtp.EnhancedCode{2, 0, 0}},
+	} {
+		_, err := r.Mail(c.st, c.from, nil)
+		if got, enh := code(err); got != c.code || enh != c.enh {
+			t.Errorf("MAIL FROM:<%s> (tls %v): %d %v (%v), want %d %v", c.from, c.st.TLS != nil, got, enh, err, c.code, c.enh)
+		}
+		if err != nil && !strings.Contains(err.Error(), "must arrive over TLS") {
+			t.Errorf("reply %q does not say why", err)
+		}
+	}
+	r.SetTLSFrom(nil)
+	if _, err := r.Mail(plain, "a@bank.example", nil); err != nil {
+		t.Errorf("after the rule was removed: %v", err)
 	}
 }

@@ -23,6 +23,7 @@ type Role struct {
 	domains    atomic.Pointer[map[string]bool]
 	recipients atomic.Pointer[map[string]*RecipientSet]
 	verifiers  atomic.Pointer[map[string]*Verifier]
+	tlsFrom    atomic.Pointer[[]TLSFrom]
 	resolver   dnsutil.Resolver
 	checks     Checks
 	screen     Screen
@@ -51,6 +52,7 @@ func NewWithOptions(o Options) *Role {
 	r.SetDomains(o.Domains)
 	r.SetRecipients(o.Recipients)
 	r.SetVerifiers(o.Verifiers)
+	r.SetTLSFrom(o.TLSFrom)
 	return r
 }
 
@@ -108,6 +110,9 @@ func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, 
 	}
 	if err != nil {
 		return "", smtputil.AddressReply(err, true)
+	}
+	if err := r.plaintextPartner(st.TLS != nil, a.Domain); err != nil {
+		return "", err
 	}
 	if err := r.senderDomain(a.Domain); err != nil {
 		return "", err

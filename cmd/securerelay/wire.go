@@ -207,7 +207,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 			ir := inbound.NewWithOptions(inbound.Options{
 				Domains: domainList(cfg), Recipients: recips, Resolver: res, Log: log,
 				Checks: inboundChecks(cfg), Screen: inboundScreen(cfg), Verifiers: verifiers(cfg),
-				Postmaster: cfg.Postmaster,
+				Postmaster: cfg.Postmaster, TLSFrom: tlsFrom(cfg),
 			})
 			r.inbound = append(r.inbound, ir)
 			role = ir
@@ -343,6 +343,7 @@ func (r *relay) reload() {
 	for _, ir := range r.inbound {
 		ir.SetDomains(domainList(cfg))
 		ir.SetVerifiers(verifiers(cfg))
+		ir.SetTLSFrom(tlsFrom(cfg))
 		if err == nil {
 			ir.SetRecipients(recips)
 		}
@@ -357,6 +358,17 @@ func (r *relay) reload() {
 func stripOutbound(o config.Outbound) config.Outbound {
 	o.Users, o.Routes, o.DKIM = nil, nil, config.DKIMOptions{}
 	return o
+}
+
+// tlsFrom are the partner rules that also require TLS for mail from them.
+func tlsFrom(cfg *config.Config) []inbound.TLSFrom {
+	var out []inbound.TLSFrom
+	for i, p := range cfg.Outbound.TLS.Policies {
+		if p.Inbound != "" && p.Inbound != "off" {
+			out = append(out, inbound.TLSFrom{Match: p.Match, Action: p.Inbound, Rule: fmt.Sprintf("outbound.tls.policies[%d]", i)})
+		}
+	}
+	return out
 }
 
 func inboundChecks(cfg *config.Config) inbound.Checks {
