@@ -447,3 +447,75 @@ func unescapeTXT(s string) string {
 }
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+// LookupSecure asks for the records of qtype at name, like the other
+// lookups, with the DNSSEC OK bit (RFC 4035 §3.2.1) and the AD bit (RFC 6840
+// §5.7) set, and reports whether the resolver vouched for the answer by
+// setting AD in its reply. authenticated is meaningful for negative answers
+// too: NXDOMAIN or NODATA with AD is a validated denial, which DANE needs
+// to tell "no TLSA records" from "an attacker removed them".
+//
+// The AD bit is only as trustworthy as the resolver and the path to it, so
+// callers must use it only when the configuration says Addr is a
+// validating resolver reached over a trusted path (typically loopback).
+// It is not part of Resolver: only DANE needs it, and a fake that is not
+// asked for it cannot claim authentication by accident.
+func (c *Client) LookupSecure(ctx context.Context, name string, qtype uint16) (rrs []dns.RR, authenticated bool, err error) {
+	tname := dns.TypeToString[qtype]
+	mkErr := func(k Kind, err error) error {
+		return &Error{Name: strings.TrimSuffix(name, "."), Type: tname, Server: c.Addr, Kind: k, Err: err}
+	}
+	fqdn := dns.Fqdn(name)
+	if _, ok := dns.IsDomainName(fqdn); !ok || name == "" || name == "." {
+		return nil, false, mkErr(Invalid, errors.New("not a valid domain name"))
+	}
+	timeout := c.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	m := new(dns.Msg)
+	m.SetQuestion(fqdn, qtype)
+	m.SetEdns0(udpSize, true)
+	m.AuthenticatedData = true
+
+	start := time.Now()
+	r, err := c.exchangeUDP(ctx, m)
+	if err == nil && r.Truncated {
+		r, err = c.roundTrip(ctx, m, "tcp")
+	}
+	if err != nil {
+		if isTimeout(err) {
+			err = fmt.Errorf("timeout after %v: %w", time.Since(start).Round(time.Millisecond), err)
+		}
+		return nil, false, mkErr(Temporary, err)
+	}
+	rrs, kind, err := interpret(r, fqdn, qtype)
+	if err != nil {
+		return nil, false, mkErr(kind, err)
+	}
+	// Only NOERROR and NXDOMAIN get here; SERVFAIL (what a validating
+	// resolver answers for bogus data) is a temporary error above.
+	ad := r.AuthenticatedData
+	if kind != Temporary {
+		return nil, ad, mkErr(kind, nil)
+	}
+	if len(rrs) == 0 {
+		return nil, ad, mkErr(NoData, nil)
+	}
+	return rrs, ad, nil
+}
+
+// LookupTLSA returns the TLSA records at name (for SMTP, _25._tcp.<mx host>)
+// and whether the resolver authenticated them; see LookupSecure.
+func (c *Client) LookupTLSA(ctx context.Context, name string) (recs []*dns.TLSA, authenticated bool, err error) {
+	rrs, ad, err := c.LookupSecure(ctx, name, dns.TypeTLSA)
+	for _, rr := range rrs {
+		if t, ok := rr.(*dns.TLSA); ok {
+			recs = append(recs, t)
+		}
+	}
+	return recs, ad, err
+}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -383,5 +384,125 @@ func TestLookupHostPartialFailure(t *testing.T) {
 	})
 	if _, err := c.LookupHost(t.Context(), "h.example"); !dnsutil.IsTemporary(err) {
 		t.Errorf("NXDOMAIN for A but SERVFAIL for AAAA: err = %v, want temporary", err)
+	}
+}
+
+// adWriter sets the AD bit on the reply, as a validating resolver does
+// for data it could validate.
+type adWriter struct {
+	dns.ResponseWriter
+	ad bool
+}
+
+func (w adWriter) WriteMsg(m *dns.Msg) error {
+	m.AuthenticatedData = w.ad
+	return w.ResponseWriter.WriteMsg(m)
+}
+
+// validatingServer answers from zone like dnstest.Server and plays a
+// validating resolver for names under signed: it sets AD there, and only
+// when the query asked for DNSSEC (DO or AD bit), as resolvers do. It
+// records the DO and AD bits of every query.
+func validatingServer(t *testing.T, zone, signed string) (addr string, flags func() []string) {
+	t.Helper()
+	zoneSrv := dnstest.NewServer(t, zone)
+	var mu sync.Mutex
+	var seen []string
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		do := req.IsEdns0() != nil && req.IsEdns0().Do()
+		mu.Lock()
+		seen = append(seen, fmt.Sprintf("%s do=%v ad=%v", req.Question[0].Name, do, req.AuthenticatedData))
+		mu.Unlock()
+		ad := (do || req.AuthenticatedData) && dns.IsSubDomain(signed, req.Question[0].Name)
+		zoneSrv.ServeDNS(adWriter{w, ad}, req)
+	})
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: h}
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	go func() { _ = srv.ActivateAndServe() }()
+	<-started
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	return pc.LocalAddr().String(), func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
+	}
+}
+
+const secureZone = `
+$ORIGIN signed.example.
+@           SOA  ns hostmaster 1 3600 600 86400 60
+@           MX   10 mx
+mx          A    192.0.2.25
+_25._tcp.mx TLSA 3 1 1 0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF
+$ORIGIN plain.example.
+@           SOA  ns hostmaster 1 3600 600 86400 60
+_25._tcp.mx TLSA 3 1 1 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff
+`
+
+func TestLookupSecure(t *testing.T) {
+	addr, flags := validatingServer(t, secureZone, "signed.example.")
+	c := dnsutil.New(addr, testTimeout)
+	ctx := t.Context()
+
+	recs, ad, err := c.LookupTLSA(ctx, "_25._tcp.mx.signed.example")
+	if err != nil || !ad || len(recs) != 1 {
+		t.Fatalf("signed TLSA = %v, ad=%v, %v; want 1 record, authenticated", recs, ad, err)
+	}
+	if r := recs[0]; r.Usage != 3 || r.Selector != 1 || r.MatchingType != 1 ||
+		!strings.EqualFold(r.Certificate, "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef") {
+		t.Errorf("TLSA record = %v", r)
+	}
+	recs, ad, err = c.LookupTLSA(ctx, "_25._tcp.mx.plain.example")
+	if err != nil || ad || len(recs) != 1 {
+		t.Errorf("unsigned TLSA = %v, ad=%v, %v; want 1 record, not authenticated", recs, ad, err)
+	}
+	rrs, ad, err := c.LookupSecure(ctx, "signed.example", dns.TypeMX)
+	if err != nil || !ad || len(rrs) != 1 {
+		t.Errorf("signed MX = %v, ad=%v, %v", rrs, ad, err)
+	}
+
+	// Validated denials keep the AD bit: DANE must tell them from insecure ones.
+	_, ad, err = c.LookupTLSA(ctx, "_25._tcp.other.signed.example")
+	if !dnsutil.IsNotFound(err) || !ad {
+		t.Errorf("signed NXDOMAIN: ad=%v, %v; want NXDOMAIN, authenticated", ad, err)
+	}
+	_, ad, err = c.LookupTLSA(ctx, "mx.signed.example")
+	if !dnsutil.IsNoData(err) || !ad {
+		t.Errorf("signed NODATA: ad=%v, %v; want NODATA, authenticated", ad, err)
+	}
+	_, ad, err = c.LookupTLSA(ctx, "_25._tcp.other.plain.example")
+	if !dnsutil.IsNotFound(err) || ad {
+		t.Errorf("unsigned NXDOMAIN: ad=%v, %v; want NXDOMAIN, not authenticated", ad, err)
+	}
+	if _, _, err := c.LookupSecure(ctx, "a..b", dns.TypeTLSA); !dnsutil.IsPermanent(err) {
+		t.Errorf("invalid name: %v", err)
+	}
+
+	for _, f := range flags() {
+		if !strings.HasSuffix(f, "do=true ad=true") {
+			t.Errorf("query %q: want DO and AD bits set", f)
+		}
+	}
+	// The plain lookups must not change: no DO bit there.
+	if _, err := c.LookupMX(ctx, "signed.example"); err != nil {
+		t.Fatal(err)
+	}
+	if all := flags(); !strings.HasSuffix(all[len(all)-1], "do=false ad=false") {
+		t.Errorf("LookupMX sent %q; want no DNSSEC bits", all[len(all)-1])
+	}
+}
+
+func TestLookupSecureServFail(t *testing.T) {
+	// A validating resolver answers SERVFAIL for bogus data: temporary, never "no records".
+	c := dnsutil.New("192.0.2.53:53", testTimeout)
+	c.Exchange = hook(func(_, resp *dns.Msg) { resp.Rcode = dns.RcodeServerFailure; resp.AuthenticatedData = true })
+	recs, ad, err := c.LookupTLSA(t.Context(), "_25._tcp.mx.example")
+	if !dnsutil.IsTemporary(err) || ad || recs != nil {
+		t.Errorf("SERVFAIL: %v, ad=%v, %v; want temporary, not authenticated", recs, ad, err)
 	}
 }

@@ -1,0 +1,574 @@
+package tlspolicy_test
+
+import (
+	"bufio"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"io"
+	"log"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/smtp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	gosmtp "github.com/emersion/go-smtp"
+	"github.com/miekg/dns"
+
+	"securerelay/dnsutil"
+	"securerelay/dnsutil/dnstest"
+	"securerelay/tlspolicy"
+)
+
+// ---- clock ----
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Now()} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// ---- certificates ----
+
+var serial int64 = 1000
+
+var serialMu sync.Mutex
+
+func nextSerial() *big.Int {
+	serialMu.Lock()
+	defer serialMu.Unlock()
+	serial++
+	return big.NewInt(serial)
+}
+
+func ecKey(t *testing.T) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+type testCA struct {
+	cert *x509.Certificate
+	key  crypto.Signer
+	pool *x509.CertPool
+}
+
+func newCA(t *testing.T, name string) *testCA {
+	t.Helper()
+	key := ecKey(t)
+	tmpl := &x509.Certificate{
+		SerialNumber:          nextSerial(),
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &testCA{cert: cert, key: key, pool: pool}
+}
+
+type certOpts struct {
+	notBefore, notAfter time.Time
+	rsa                 bool
+}
+
+// issue makes a server certificate for names signed by ca (self-signed
+// when ca is nil); the chain sent includes the CA certificate.
+func issue(t *testing.T, ca *testCA, names []string, o certOpts) tls.Certificate {
+	t.Helper()
+	if o.notBefore.IsZero() {
+		o.notBefore = time.Now().Add(-time.Hour)
+	}
+	if o.notAfter.IsZero() {
+		o.notAfter = time.Now().Add(24 * time.Hour)
+	}
+	var key crypto.Signer = ecKey(t)
+	if o.rsa {
+		k, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key = k
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: nextSerial(),
+		Subject:      pkix.Name{CommonName: names[0]},
+		DNSNames:     names,
+		NotBefore:    o.notBefore,
+		NotAfter:     o.notAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	parent, signer := tmpl, key
+	if ca != nil {
+		parent, signer = ca.cert, ca.key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	chain := [][]byte{der}
+	if ca != nil {
+		chain = append(chain, ca.cert.Raw)
+	}
+	return tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}
+}
+
+// ---- DNS: a zone server that plays a validating resolver ----
+
+type adWriter struct {
+	dns.ResponseWriter
+	ad bool
+}
+
+func (w adWriter) WriteMsg(m *dns.Msg) error {
+	m.AuthenticatedData = w.ad
+	return w.ResponseWriter.WriteMsg(m)
+}
+
+// dnsServer answers from a zone (dnstest.Server does the zone work) and
+// sets the AD bit on answers for names under the signed zones ("=name"
+// for that name only), when the query asks for DNSSEC, as a validating
+// resolver does.
+type dnsServer struct {
+	*dnstest.Server
+	addr string
+
+	mu     sync.Mutex
+	signed []string
+}
+
+func newDNS(t *testing.T, zone string, signed ...string) *dnsServer {
+	t.Helper()
+	s := &dnsServer{Server: dnstest.NewServer(t, zone)}
+	s.setSigned(signed...)
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		opt := req.IsEdns0()
+		asked := req.AuthenticatedData || opt != nil && opt.Do()
+		ad := false
+		if asked && len(req.Question) == 1 {
+			q := dns.CanonicalName(req.Question[0].Name)
+			s.mu.Lock()
+			for _, z := range s.signed {
+				if exact, ok := strings.CutPrefix(z, "="); ok && exact == q || !ok && dns.IsSubDomain(z, q) {
+					ad = true
+				}
+			}
+			s.mu.Unlock()
+		}
+		s.Server.ServeDNS(adWriter{w, ad}, req)
+	})
+	// UDP and TCP on one port, for the client's truncation fallback.
+	var pc net.PacketConn
+	var l net.Listener
+	for range 20 {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if l, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		pc.Close()
+		pc = nil
+	}
+	if pc == nil {
+		t.Fatal("no port free for UDP and TCP")
+	}
+	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: l, Handler: h}} {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		go func() { _ = srv.ActivateAndServe() }()
+		<-started
+		t.Cleanup(func() { _ = srv.Shutdown() })
+	}
+	s.addr = pc.LocalAddr().String()
+	return s
+}
+
+func (s *dnsServer) setSigned(zones ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.signed = nil
+	for _, z := range zones {
+		if exact, ok := strings.CutPrefix(z, "="); ok {
+			s.signed = append(s.signed, "="+dns.CanonicalName(exact))
+		} else {
+			s.signed = append(s.signed, dns.CanonicalName(z))
+		}
+	}
+}
+
+func (s *dnsServer) client() *dnsutil.Client { return dnsutil.New(s.addr, 2*time.Second) }
+
+// ---- MTA-STS policy server ----
+
+type stsResponse struct {
+	status int
+	ctype  string
+	body   string
+	// redirect, when set, answers 302 to this URL.
+	redirect string
+	delay    time.Duration
+}
+
+// stsServer is one HTTPS server for every mta-sts.<domain> host: the
+// certificate is chosen by SNI (a CA-issued one by default), the answer
+// by Host.
+type stsServer struct {
+	srv *httptest.Server
+	ca  *testCA
+
+	mu      sync.Mutex
+	certs   map[string]*tls.Certificate
+	answers map[string]stsResponse
+	fetches map[string]int
+}
+
+func newSTSServer(t *testing.T, ca *testCA) *stsServer {
+	t.Helper()
+	s := &stsServer{ca: ca, certs: map[string]*tls.Certificate{}, answers: map[string]stsResponse{}, fetches: map[string]int{}}
+	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := strings.ToLower(r.Host)
+		s.mu.Lock()
+		a, ok := s.answers[host]
+		if r.URL.Path == "/.well-known/mta-sts.txt" {
+			s.fetches[host]++
+		}
+		s.mu.Unlock()
+		if !ok || r.URL.Path != "/.well-known/mta-sts.txt" {
+			http.NotFound(w, r)
+			return
+		}
+		time.Sleep(a.delay)
+		if a.redirect != "" {
+			http.Redirect(w, r, a.redirect, http.StatusFound)
+			return
+		}
+		w.Header().Set("Content-Type", a.ctype)
+		w.WriteHeader(a.status)
+		io.WriteString(w, a.body)
+	}))
+	s.srv.TLS = &tls.Config{GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		name := strings.ToLower(hello.ServerName)
+		s.mu.Lock()
+		c, ok := s.certs[name]
+		s.mu.Unlock()
+		if ok {
+			return c, nil
+		}
+		c2 := issue(t, ca, []string{name}, certOpts{})
+		s.mu.Lock()
+		s.certs[name] = &c2
+		s.mu.Unlock()
+		return &c2, nil
+	}}
+	s.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	s.srv.StartTLS()
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+// policy serves body as the policy of domain.
+func (s *stsServer) policy(domain, body string) {
+	s.answer(domain, stsResponse{status: 200, ctype: "text/plain; charset=utf-8", body: body})
+}
+
+func (s *stsServer) answer(domain string, a stsResponse) {
+	s.mu.Lock()
+	s.answers["mta-sts."+domain] = a
+	s.mu.Unlock()
+}
+
+func (s *stsServer) cert(domain string, c tls.Certificate) {
+	s.mu.Lock()
+	s.certs["mta-sts."+domain] = &c
+	s.mu.Unlock()
+}
+
+func (s *stsServer) fetchCount(domain string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fetches["mta-sts."+domain]
+}
+
+// client trusts the test CA and reaches every host at the test server.
+func (s *stsServer) client() *http.Client {
+	addr := s.srv.Listener.Addr().String()
+	var d net.Dialer
+	return &http.Client{Transport: &http.Transport{
+		// Every fetch must see the certificate the test set up now.
+		DisableKeepAlives: true,
+		TLSClientConfig:   &tls.Config{RootCAs: s.ca.pool},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, network, addr)
+		},
+	}}
+}
+
+// ---- SMTP peers ----
+
+// mx is a go-smtp server that records what reached it.
+type mx struct {
+	addr string
+
+	mu       sync.Mutex
+	mails    int // MAIL FROM commands seen
+	messages []string
+	tlsSeen  []bool // per message: was the session encrypted
+}
+
+type mxOpts struct {
+	tls        *tls.Config // nil: no STARTTLS
+	requireTLS bool        // advertise REQUIRETLS
+}
+
+func newMX(t *testing.T, o mxOpts) *mx {
+	t.Helper()
+	m := &mx{}
+	be := gosmtp.BackendFunc(func(c *gosmtp.Conn) (gosmtp.Session, error) {
+		_, encrypted := c.TLSConnectionState()
+		return &mxSession{m: m, tls: encrypted}, nil
+	})
+	srv := gosmtp.NewServer(be)
+	srv.Domain = "mx.test"
+	srv.TLSConfig = o.tls
+	srv.EnableREQUIRETLS = o.requireTLS
+	srv.ReadTimeout = 10 * time.Second
+	srv.WriteTimeout = 10 * time.Second
+	srv.ErrorLog = quietLog{}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.addr = l.Addr().String()
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close() })
+	return m
+}
+
+type quietLog struct{}
+
+func (quietLog) Printf(string, ...any) {}
+func (quietLog) Println(...any)        {}
+
+func (m *mx) received() (mails int, messages []string, encrypted []bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.mails, append([]string(nil), m.messages...), append([]bool(nil), m.tlsSeen...)
+}
+
+type mxSession struct {
+	m   *mx
+	tls bool
+}
+
+func (s *mxSession) Reset()        {}
+func (s *mxSession) Logout() error { return nil }
+func (s *mxSession) Mail(string, *gosmtp.MailOptions) error {
+	s.m.mu.Lock()
+	s.m.mails++
+	s.m.mu.Unlock()
+	return nil
+}
+func (s *mxSession) Rcpt(string, *gosmtp.RcptOptions) error { return nil }
+func (s *mxSession) Data(r io.Reader) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	s.m.mu.Lock()
+	s.m.messages = append(s.m.messages, string(b))
+	s.m.tlsSeen = append(s.m.tlsSeen, s.tls)
+	s.m.mu.Unlock()
+	return nil
+}
+
+// tlsServer returns a server config with cert, tweaked by mod.
+func tlsServer(cert tls.Certificate, mod func(*tls.Config)) *tls.Config {
+	c := &tls.Config{Certificates: []tls.Certificate{cert}}
+	if mod != nil {
+		mod(c)
+	}
+	return c
+}
+
+const testMessage = "Subject: test\r\n\r\nconfidential\r\n"
+
+// send delivers one message to addr as the delivery engine should use the
+// package: STARTTLS with h.TLSConfig, h.Evaluate before MAIL FROM, and a
+// reconnect in clear text only when the level allows it. It returns the
+// outcome of the session that decided and the error that stopped it.
+func send(t *testing.T, h *tlspolicy.HostPolicy, addr string) (tlspolicy.Outcome, error) {
+	t.Helper()
+	useTLS := h.UseSTARTTLS()
+	for attempt := 0; attempt < 2; attempt++ {
+		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		c, err := smtp.NewClient(conn, h.Host)
+		if err != nil {
+			conn.Close()
+			t.Fatal(err)
+		}
+		if err := c.Hello("client.test"); err != nil {
+			c.Close()
+			t.Fatal(err)
+		}
+		offered, _ := c.Extension("STARTTLS")
+		var cs *tls.ConnectionState
+		var herr error
+		if offered && useTLS {
+			herr = c.StartTLS(h.TLSConfig(nil))
+			if herr == nil {
+				st, _ := c.TLSConnectionState()
+				cs = &st
+			}
+		}
+		o := h.Evaluate(offered, cs, herr)
+		if o.Failure != nil {
+			c.Close()
+			return o, o.Failure
+		}
+		if herr != nil {
+			// may: the handshake failed, so the session is unusable;
+			// reconnect without STARTTLS.
+			c.Close()
+			useTLS = false
+			continue
+		}
+		if h.RequireTLS {
+			ok, _ := c.Extension("REQUIRETLS")
+			if err := h.CheckRequireTLS(ok); err != nil {
+				c.Close()
+				return o, err
+			}
+		}
+		if err := c.Mail("sender@client.test"); err != nil {
+			c.Close()
+			return o, err
+		}
+		if err := c.Rcpt("rcpt@" + h.Domain); err != nil {
+			c.Close()
+			return o, err
+		}
+		w, err := c.Data()
+		if err != nil {
+			c.Close()
+			return o, err
+		}
+		io.WriteString(w, testMessage)
+		if err := w.Close(); err != nil {
+			c.Close()
+			return o, err
+		}
+		c.Quit()
+		return o, nil
+	}
+	return tlspolicy.Outcome{}, errors.New("send: gave up after two sessions")
+}
+
+// stripProxy forwards to target and hides STARTTLS from the client, as a
+// man in the middle does: it rewrites the EHLO keyword in server replies.
+func stripProxy(t *testing.T, target string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				s, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer s.Close()
+				go func() { _, _ = io.Copy(s, c) }()
+				r := bufio.NewReader(s)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					line = strings.Replace(line, "STARTTLS", "XSTRIPPED", 1)
+					if _, err := io.WriteString(c, line); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// must fails the test on error.
+func must[T any](t *testing.T) func(T, error) T {
+	return func(v T, err error) T {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+}
+
+// failureCode is the Code of err's *Failure, or "" when err is nil.
+func failureCode(t *testing.T, err error) tlspolicy.Code {
+	t.Helper()
+	if err == nil {
+		return ""
+	}
+	var f *tlspolicy.Failure
+	if !errors.As(err, &f) {
+		t.Fatalf("error %v (%T) is not a *tlspolicy.Failure", err, err)
+	}
+	return f.Code
+}
+
+func errorsAs(err error, target any) bool { return errors.As(err, target) }
