@@ -1,0 +1,215 @@
+package authres
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"securerelay/dnsutil"
+)
+
+// Result is an RFC 8601 §2.7 result value. SPF uses all seven; DKIM uses
+// none, pass, fail, temperror and permerror; DMARC none, pass, fail,
+// temperror and permerror.
+type Result string
+
+const (
+	None      Result = "none"
+	Neutral   Result = "neutral"
+	Pass      Result = "pass"
+	Fail      Result = "fail"
+	SoftFail  Result = "softfail"
+	TempError Result = "temperror"
+	PermError Result = "permerror"
+)
+
+// DefaultTimeout bounds all lookups of one SPF check, and separately all
+// lookups of one Check, when Options.Timeout is not positive. A sender's
+// SPF tree may take ten lookups in a row; an SMTP client waits minutes
+// for the reply to DATA (RFC 5321 §4.5.3.2.6), so this is generous.
+const DefaultTimeout = 20 * time.Second
+
+// maxSignatures is how many DKIM signatures are verified per message,
+// from the top. Each costs a key lookup and a public-key operation, and
+// a sender can add any number; real mail carries one to three (author,
+// ESP, mailing list).
+const maxSignatures = 5
+
+// maxFromDomains bounds the DMARC evaluations of one message with several
+// author domains (RFC 7489 §6.6.1); each costs up to two TXT lookups.
+const maxFromDomains = 10
+
+// Options configure a Checker. Resolver and AuthServID are required.
+type Options struct {
+	// AuthServID names this relay in Authentication-Results (RFC 8601
+	// §2.5): normally its host name. Fields claiming it that arrive from
+	// outside are forgeries and are removed by StripForged.
+	AuthServID string
+	// Resolver answers every DNS question; the relay's dnsutil.Client.
+	Resolver dnsutil.Resolver
+	// Timeout bounds all lookups of one SPF call and of one Check call;
+	// DefaultTimeout when not positive.
+	Timeout time.Duration
+	// IgnoreDMARCReject turns the refusal of mail failing DMARC with an
+	// effective policy of reject into accepting it with the result
+	// recorded. The zero value refuses, as RFC 7489 §6.7 expects of a
+	// receiver that honours published policy.
+	IgnoreDMARCReject bool
+	// RejectSPFFail refuses a MAIL FROM whose SPF result is fail (and
+	// defers one whose result is temperror). Off by default: RFC 7489
+	// §10.1 warns that rejecting on SPF alone, before DATA, refuses
+	// forwarded mail that DKIM would have authenticated under DMARC.
+	RejectSPFFail bool
+	// Now is the clock for DKIM signature expiry (x=); time.Now when nil.
+	// go-msgauth checks x= against the wall clock as well, so Now can
+	// only make signatures expire earlier, which is what tests need.
+	Now func() time.Time
+}
+
+// Checker evaluates SPF, DKIM and DMARC for inbound mail. It is safe for
+// concurrent use and holds no per-message state.
+type Checker struct {
+	o Options
+}
+
+// New returns a Checker. It panics if Resolver or AuthServID is missing,
+// since that is a wiring error and not a runtime condition.
+func New(o Options) *Checker {
+	if o.Resolver == nil {
+		panic("authres: Options.Resolver is nil")
+	}
+	if !isToken(o.AuthServID) {
+		panic(fmt.Sprintf("authres: Options.AuthServID %q is not a host name", o.AuthServID))
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Checker{o: o}
+}
+
+// Verdict is the outcome of Check for one message.
+type Verdict struct {
+	SPF   SPFResult
+	DKIM  []DKIMResult  // one per signature evaluated, top first; empty when unsigned
+	DMARC []DMARCResult // one per author domain; normally exactly one
+	// Header is the complete Authentication-Results field, folded, ending
+	// in CRLF, to be prepended to the message (after StripForged).
+	Header string
+	// Reject, when not nil, is the reply to send instead of accepting the
+	// message: 550 when the published DMARC policy says reject, 451 when
+	// a temporary DNS failure left open whether it does.
+	Reject *smtp.SMTPError
+}
+
+// Check verifies the DKIM signatures of msg (the message as received,
+// header and body, CRLF or LF line ends) and evaluates DMARC for its
+// From domain(s) using spf, the result of SPF for this transaction; when
+// spf is nil, SPF is evaluated here. ip is the client's address, helo its
+// HELO/EHLO argument and mailFrom the reverse-path as smtputil.ReversePath
+// returns it ("" for the null sender).
+//
+// Authentication failures are results, not errors: the error is non-nil
+// only when msg cannot be read, and then the verdict is nil.
+func (c *Checker) Check(ctx context.Context, ip netip.Addr, helo, mailFrom string, spf *SPFResult, msg io.Reader) (*Verdict, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
+	defer cancel()
+
+	v := &Verdict{}
+	if spf != nil {
+		v.SPF = *spf
+	} else {
+		v.SPF = c.spf(ctx, ip, helo, mailFrom)
+	}
+
+	br := bufio.NewReaderSize(msg, 16<<10)
+	raw, fields, complete, err := readHeader(br)
+	if err != nil {
+		return nil, fmt.Errorf("authres: reading message header: %w", err)
+	}
+	if !complete {
+		// A message that is all header has an empty body; the DKIM
+		// verifier wants the separator line regardless.
+		if len(raw) > 0 && raw[len(raw)-1] != '\n' {
+			raw = append(raw, "\r\n"...)
+		}
+		raw = append(raw, "\r\n"...)
+	}
+	v.DKIM, err = c.verifyDKIM(ctx, fields, io.MultiReader(bytes.NewReader(raw), br))
+	if err != nil {
+		return nil, err
+	}
+	v.DMARC = c.evalDMARC(ctx, fields, &v.SPF, v.DKIM)
+	v.Header = c.header(v)
+	if !c.o.IgnoreDMARCReject {
+		v.Reject = dmarcReject(v)
+	}
+	return v, nil
+}
+
+// header renders the Authentication-Results field for v.
+func (c *Checker) header(v *Verdict) string {
+	var rs []resinfo
+	rs = append(rs, v.SPF.resinfo())
+	if len(v.DKIM) == 0 {
+		rs = append(rs, resinfo{method: "dkim", result: None})
+	}
+	for i := range v.DKIM {
+		rs = append(rs, v.DKIM[i].resinfo())
+	}
+	for i := range v.DMARC {
+		rs = append(rs, v.DMARC[i].resinfo())
+	}
+	return formatField(c.o.AuthServID, rs)
+}
+
+// dmarcReject returns the reply for the strictest failing author domain:
+// a definite reject wins over a deferral, so that a message is not
+// retried only to be refused.
+func dmarcReject(v *Verdict) *smtp.SMTPError {
+	var deferral *smtp.SMTPError
+	for i := range v.DMARC {
+		d := &v.DMARC[i]
+		switch {
+		case d.Result == Fail && d.Policy == "reject" && !d.uncertain:
+			return reply(550, 5, 7, 26, "message rejected: the DMARC policy of %s says reject, and %s; "+
+				"the sender's domain must sign with DKIM or publish SPF for this server", d.From, d.why(v))
+		case d.Result == Fail && d.Policy == "reject" && deferral == nil:
+			deferral = reply(451, 4, 7, 0, "DMARC check for %s failed with policy reject, but a DNS lookup "+
+				"failed temporarily (%s); please try again later", d.From, d.why(v))
+		case d.Result == TempError && d.mayReject && deferral == nil:
+			deferral = reply(451, 4, 7, 0, "temporary DNS failure while looking up the DMARC policy of %s; "+
+				"please try again later", d.From)
+		}
+	}
+	return deferral
+}
+
+// maxReplyText keeps a reply line within RFC 5321 §4.5.3.1.5's 512
+// octets including code, enhanced code and CRLF.
+const maxReplyText = 480
+
+// reply builds a one-line SMTP reply. Text carries domains from the
+// message, so everything but printable ASCII becomes '?': go-smtp would
+// turn an LF into a new reply line.
+func reply(code, class, subject, detail int, format string, args ...any) *smtp.SMTPError {
+	s := fmt.Sprintf(format, args...)
+	var b strings.Builder
+	for i := 0; i < len(s) && b.Len() < maxReplyText; i++ {
+		ch := s[i]
+		if ch < 0x20 || ch > 0x7e {
+			ch = '?'
+		}
+		b.WriteByte(ch)
+	}
+	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{class, subject, detail}, Message: b.String()}
+}

@@ -1,0 +1,108 @@
+// Package authres decides SPF, DKIM and DMARC for inbound mail and
+// records the outcome in an Authentication-Results header field
+// (RFC 8601), for the MX role.
+//
+// # Use
+//
+//	c := authres.New(authres.Options{AuthServID: "mx1.example.com", Resolver: dnsClient})
+//	spf := c.SPF(ctx, clientIP, helo, mailFrom)        // at MAIL FROM; spf.Reject only with RejectSPFFail
+//	v, err := c.Check(ctx, clientIP, helo, mailFrom, &spf, spooled)  // err: spool unreadable -> 451
+//	if v.Reject != nil { return v.Reject }             // 550 5.7.26, or 451 4.7.0 on DNS trouble
+//	w.Write([]byte(v.Header))                          // then the message again, from the start:
+//	authres.StripForged(w, spooledAgain, "mx1.example.com")
+//
+// Every DNS question goes through the relay's dnsutil.Resolver, bounded
+// by Options.Timeout per SPF call and per Check call.
+//
+// # SPF
+//
+// SPF (RFC 7208) is evaluated by blitiri.com.ar/go/spf (chasquid's, which
+// runs the RFC 7208 test suite), because it takes an injected resolver
+// and a context and implements the ten-lookup limit, the void-lookup
+// limit of two, all mechanisms, macros and redirect=, all of which a
+// home-made evaluator would have to get right again (exp= is ignored:
+// our replies say themselves what to fix). An adapter maps
+// dnsutil's error kinds onto the *net.DNSError flags the library reads:
+// NXDOMAIN and NODATA are "not found" (void lookups), temporary failures
+// give temperror. dnsutil.Resolver has no PTR lookup, so the ptr
+// mechanism never matches (RFC 7208 §5.5 says a failed reverse lookup is
+// no match, and discourages ptr) and the %{p} macro expands to
+// "unknown" (§7.3 allows that). The a, mx and exists mechanisms ask for
+// A and AAAA together (LookupHost); a temporary failure of the family
+// the client does not use can therefore turn a no-match into temperror.
+//
+// With the null sender the HELO identity is checked as
+// postmaster@helo (§2.4) and reported as smtp.helo; otherwise the
+// reverse-path is reported as smtp.mailfrom.
+//
+// # DKIM
+//
+// go-msgauth verifies (rsa-sha256 and ed25519-sha256; rsa-sha1 and keys
+// under 1024 bits are refused, RFC 8301), at most five signatures per
+// message, each reported as its own dkim= result with header.d, header.s,
+// header.a and the first eight characters of header.b (RFC 6008). Key
+// lookups that fail temporarily give temperror, missing or broken keys
+// and malformed signatures permerror, a wrong hash fail. go-msgauth does
+// not expose s=, a= or b=, so this package reads the DKIM-Signature
+// fields itself with the same line rules and pairs them by position.
+// go-msgauth checks x= against the wall clock; Options.Now is checked in
+// addition. Testing-mode keys (t=y) are treated like any other.
+//
+// # DMARC
+//
+// The author domains are those of every address in every From field
+// (net/mail, with encoded words in display names left undecoded so an
+// unknown charset cannot hide the address; a From that net/mail cannot
+// parse still yields the domains of its address-like words). RFC 5322
+// allows exactly one From field; a message with several fields or
+// several addresses is evaluated for each distinct domain and the
+// strictest failing policy applies, as RFC 7489 §6.6.1 describes, so
+// that adding a second From cannot dodge a reject (one dmarc= result per
+// domain; more than ten domains give permerror). No From address at all
+// gives dmarc=none with a reason; refusing such messages is the inbound
+// header checks' business, not DMARC's.
+//
+// The record is looked up at the author domain, then at its
+// organizational domain (public suffix list from golang.org/x/net,
+// ICANN and private sections), where sp= applies to subdomains. Records
+// are selected by a leading v=DMARC1; several give none (§6.6.3), a
+// record go-msgauth's parser rejects gives permerror. Tag names and the
+// keyword values of p, sp, adkim, aspf and fo are lower-cased first,
+// since RFC 7489's ABNF makes them case-insensitive and go-msgauth does
+// not.
+//
+// pct= below 100 is not sampled: the next weaker policy applies to all
+// failing mail (reject becomes quarantine, quarantine none), so a retry
+// gets the same answer and a domain still testing its setup loses no
+// mail. quarantine is recorded but not acted on here: the relay never
+// quarantines silently (DESIGN.md); spam scoring downstream can use it.
+//
+// The header reports header.from (RFC 7489 §11.2) and the applied policy
+// as policy.dmarc, a property of RFC 8601 §2.3's "policy" ptype as many
+// receivers write it (whether the IANA registry lists it was not
+// confirmed when this was written; RFC 9989's polrec.p is not emitted).
+//
+// # Refusing
+//
+// With Options.IgnoreDMARCReject unset, a DMARC fail whose applied
+// policy is reject yields Verdict.Reject = 550 5.7.26 (RFC 7372:
+// multiple authentication checks failed). When SPF or an aligned DKIM
+// signature ended in temperror, a retry could pass, so the reply is
+// 451 4.7.0 instead; likewise when the DMARC record itself could not be
+// looked up and nothing strictly aligned passed. With
+// Options.RejectSPFFail, SPF fail gives 550 5.7.23 and temperror
+// 451 4.7.24 at MAIL FROM (RFC 7372).
+//
+// # Authentication-Results
+//
+// The field is written by this package rather than go-msgauth's authres
+// formatter, which neither folds nor escapes backslashes in quoted
+// strings: every value here may come from the sender. Values are bare
+// when they are a token or a plain address and quoted otherwise, control
+// characters become '?', and each result starts a continuation line.
+// StripForged removes fields that claim our authserv-id (RFC 8601 §5),
+// streaming the rest of the message unchanged.
+//
+// Not done here: ARC, iprev, DMARC reports (rua/ruf), caching (the
+// resolver's business), and rewriting of the message beyond the header.
+package authres

@@ -1,0 +1,135 @@
+package authres
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSPFResults runs every SPF result through the wire: the test DNS
+// server, dnsutil.Client, the adapter and the library, and checks the
+// exact header line each produces.
+func TestSPFResults(t *testing.T) {
+	c, srv := newTestChecker(t, nil)
+	srv.ServFail("servfail.example.org")
+	srv.Drop("slow.example.org")
+	cases := []struct {
+		name, ip, helo, from string
+		want                 string // the spf= resinfo
+	}{
+		{"pass", ipIn, testHelo, "a@pass.example.org", `spf=pass smtp.mailfrom=a@pass.example.org`},
+		{"pass ip6", "2001:db8::25", testHelo, "a@pass.example.org", `spf=pass smtp.mailfrom=a@pass.example.org`},
+		{"ip4-mapped ip6 is ip4", "::ffff:192.0.2.9", testHelo, "a@pass.example.org", `spf=pass smtp.mailfrom=a@pass.example.org`},
+		{"fail", ipOut, testHelo, "a@pass.example.org", `spf=fail smtp.mailfrom=a@pass.example.org`},
+		{"softfail", ipOut, testHelo, "a@softfail.example.org", `spf=softfail smtp.mailfrom=a@softfail.example.org`},
+		{"neutral", ipOut, testHelo, "a@neutral.example.org", `spf=neutral smtp.mailfrom=a@neutral.example.org`},
+		{"none: no SPF record", ipOut, testHelo, "a@nospf.example.org", `spf=none smtp.mailfrom=a@nospf.example.org`},
+		{"none: NXDOMAIN", ipOut, testHelo, "a@nx.example.org", `spf=none smtp.mailfrom=a@nx.example.org`},
+		{"temperror: SERVFAIL", ipIn, testHelo, "a@servfail.example.org",
+			"spf=temperror\r\n reason=\"DNS lookup of servfail.example.org failed: temporary DNS failure\"\r\n smtp.mailfrom=a@servfail.example.org"},
+		{"temperror: time-out", ipIn, testHelo, "a@slow.example.org",
+			"spf=temperror\r\n reason=\"DNS lookup of slow.example.org failed: temporary DNS failure\"\r\n smtp.mailfrom=a@slow.example.org"},
+		{"permerror: more than 10 lookups", ipOut, testHelo, "a@many.example.org",
+			"spf=permerror reason=\"lookup limit reached\"\r\n smtp.mailfrom=a@many.example.org"},
+		{"permerror: more than 2 void lookups", ipOut, testHelo, "a@void.example.org",
+			"spf=permerror reason=\"void lookup limit reached\"\r\n smtp.mailfrom=a@void.example.org"},
+		{"permerror: two records", ipOut, testHelo, "a@two.example.org",
+			"spf=permerror reason=\"multiple matching DNS records\"\r\n smtp.mailfrom=a@two.example.org"},
+		{"permerror: bad ip4", ipIn, testHelo, "a@broken.example.org",
+			`spf=permerror reason="invalid ipX value" smtp.mailfrom=a@broken.example.org`},
+		{"mx", "198.51.100.10", testHelo, "a@mech.example.org", `spf=pass smtp.mailfrom=a@mech.example.org`},
+		{"a (AAAA)", "2001:db8:5::1", testHelo, "a@mech.example.org", `spf=pass smtp.mailfrom=a@mech.example.org`},
+		{"include", "203.0.113.5", testHelo, "a@mech.example.org", `spf=pass smtp.mailfrom=a@mech.example.org`},
+		{"exists with %{ir}", "203.0.113.77", testHelo, "a@mech.example.org", `spf=pass smtp.mailfrom=a@mech.example.org`},
+		{"redirect pass", "203.0.113.99", testHelo, "a@mech.example.org", `spf=pass smtp.mailfrom=a@mech.example.org`},
+		{"redirect softfail", "203.0.113.100", testHelo, "a@mech.example.org", `spf=softfail smtp.mailfrom=a@mech.example.org`},
+		{"macros l o d2 h v i", "192.0.2.7", "mail.example.net", "j-doe@macro.example.org", `spf=pass smtp.mailfrom=j-doe@macro.example.org`},
+		{"macro mismatch", "192.0.2.8", "mail.example.net", "j-doe@macro.example.org", `spf=fail smtp.mailfrom=j-doe@macro.example.org`},
+		// No PTR through dnsutil.Resolver: ptr never matches, %{p} is "unknown".
+		{"ptr does not match", ipIn, testHelo, "a@ptr.example.org", `spf=fail smtp.mailfrom=a@ptr.example.org`},
+		{"%{p} is unknown", ipIn, testHelo, "a@ptrmacro.example.org", `spf=pass smtp.mailfrom=a@ptrmacro.example.org`},
+		{"null sender: HELO identity", "192.0.2.7", "mail.example.net", "", `spf=pass smtp.helo=mail.example.net`},
+		{"null sender: HELO fails", ipOut, "MAIL.example.net.", "", `spf=fail smtp.helo=mail.example.net`},
+		{"null sender: address literal HELO", ipOut, "[198.51.100.1]", "", `spf=none`},
+		{"sender domain is an address literal", ipOut, testHelo, "a@[198.51.100.1]", `spf=none smtp.mailfrom="a@[198.51.100.1]"`},
+		{"quoted local part", ipIn, testHelo, `"a b"@pass.example.org`, `spf=pass smtp.mailfrom="\"a b\"@pass.example.org"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			spfc := c
+			if tc.from == "a@slow.example.org" {
+				spfc = impatient(srv)
+			}
+			r := spfc.SPF(context.Background(), addr(tc.ip), tc.helo, tc.from)
+			if r.Reject != nil {
+				t.Errorf("Reject = %v without RejectSPFFail", r.Reject)
+			}
+			// Through Check, with the result passed on (SPF must not be
+			// evaluated twice) and the whole header compared.
+			v, err := c.Check(context.Background(), addr(tc.ip), tc.helo, tc.from, &r, strings.NewReader(message("x@nodmarc.example.org")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantHeader(t, v, ar(tc.want, "dkim=none", `dmarc=none reason="no DMARC record" header.from=nodmarc.example.org`))
+		})
+	}
+}
+
+// TestSPFComputedInCheck: with spf nil, Check evaluates SPF itself.
+func TestSPFComputedInCheck(t *testing.T) {
+	c, _ := newTestChecker(t, nil)
+	v := check(t, c, ipOut, testHelo, "a@softfail.example.org", message("x@nodmarc.example.org"))
+	wantHeader(t, v, ar("spf=softfail smtp.mailfrom=a@softfail.example.org", "dkim=none",
+		`dmarc=none reason="no DMARC record" header.from=nodmarc.example.org`))
+}
+
+// TestSPFReject: RejectSPFFail refuses fail (550 5.7.23) and defers
+// temperror (451 4.7.24); softfail and the rest pass.
+func TestSPFReject(t *testing.T) {
+	c, srv := newTestChecker(t, func(o *Options) { o.RejectSPFFail = true })
+	srv.ServFail("servfail.example.org")
+	r := c.SPF(context.Background(), addr(ipOut), testHelo, "a@pass.example.org")
+	if r.Reject == nil || r.Reject.Code != 550 || r.Reject.EnhancedCode != [3]int{5, 7, 23} ||
+		r.Reject.Message != "SPF of pass.example.org does not allow sending from 198.51.100.1; the sender's domain must list this server in its SPF record" {
+		t.Errorf("fail: Reject = %+v", r.Reject)
+	}
+	r = c.SPF(context.Background(), addr(ipIn), testHelo, "a@servfail.example.org")
+	if r.Reject == nil || r.Reject.Code != 451 || r.Reject.EnhancedCode != [3]int{4, 7, 24} {
+		t.Errorf("temperror: Reject = %+v", r.Reject)
+	}
+	for _, from := range []string{"a@softfail.example.org", "a@neutral.example.org", "a@nospf.example.org", "a@many.example.org"} {
+		if r := c.SPF(context.Background(), addr(ipOut), testHelo, from); r.Reject != nil {
+			t.Errorf("%s (%s): Reject = %v", from, r.Result, r.Reject)
+		}
+	}
+	if r := c.SPF(context.Background(), addr(ipIn), testHelo, "a@pass.example.org"); r.Reject != nil || r.Result != Pass {
+		t.Errorf("pass: %+v", r)
+	}
+}
+
+// TestSPFTimeoutBoundsAll: Options.Timeout bounds the whole evaluation,
+// not each lookup: a record whose lookups all time out ends at the
+// deadline with temperror.
+func TestSPFTimeoutBoundsAll(t *testing.T) {
+	c, srv := newTestChecker(t, func(o *Options) { o.Timeout = 300 * time.Millisecond })
+	srv.Drop("slow.example.org")
+	start := time.Now()
+	r := c.SPF(context.Background(), addr(ipIn), testHelo, "a@slow.example.org")
+	if el := time.Since(start); el > 2*time.Second {
+		t.Errorf("took %v", el)
+	}
+	if r.Result != TempError {
+		t.Errorf("result %s, want temperror", r.Result)
+	}
+}
+
+// TestSPFNoIP: without a client address there is nothing to authorize.
+func TestSPFNoIP(t *testing.T) {
+	c, _ := newTestChecker(t, nil)
+	r := c.SPF(context.Background(), netip.Addr{}, testHelo, "a@pass.example.org")
+	if r.Result != PermError {
+		t.Errorf("result %s", r.Result)
+	}
+}
