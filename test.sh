@@ -11,12 +11,16 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# Debian packages: swaks (SMTP client), postfix (smtp-source/smtp-sink,
+# Debian packages: swaks (SMTP client; the two Perl TLS modules for its
+# --tls, which --no-install-recommends leaves out), postfix (smtp-source/smtp-sink,
 # the load tools), openssl (s_client against STARTTLS), and the independent
 # DKIM verifiers: python3-dkim (dkimverify; python3-nacl for Ed25519) and
 # OpenDKIM (opendkim-testmsg; opendkim -V says which algorithms it has),
-# and rbldnsd as a real DNSBL server.
-PKGS=(swaks postfix openssl ca-certificates python3-dkim python3-nacl opendkim opendkim-tools rbldnsd)
+# rbldnsd as a real DNSBL server, the content scanners the milter client
+# talks to (rspamd; clamav-daemon + clamav-milter, with a local signature
+# made by the test, never downloaded), and testssl.sh against our STARTTLS.
+PKGS=(swaks libnet-ssleay-perl libio-socket-ssl-perl postfix openssl ca-certificates python3-dkim python3-nacl opendkim opendkim-tools rbldnsd
+	rspamd clamav clamav-daemon clamav-milter testssl.sh)
 missing=()
 for p in "${PKGS[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	gosmtp "github.com/emersion/go-smtp"
+
+	"securerelay/tlspolicy"
 )
 
 // reply is a next hop's answer in one shape, whichever client produced it.
@@ -68,7 +70,9 @@ func (r *reply) fill() {
 // penalise), LMTP through go-smtp (net/smtp has no LHLO and no per-recipient
 // DATA replies).
 type client interface {
-	mail(from string) error
+	// mail starts a transaction; requireTLS adds REQUIRETLS (RFC 8689),
+	// and a next hop that does not offer it gets nothing.
+	mail(from string, requireTLS bool) error
 	rcpt(to string) error
 	// data sends the message; for LMTP it returns per-recipient replies
 	// (nil = accepted) in rcpt order.
@@ -86,12 +90,39 @@ type smtpClient struct {
 	conn    net.Conn
 	timeout time.Duration
 	tls     string
+	outcome string // the TLS policy check, for logs and the queue entry
 }
 
 func (s *smtpClient) deadline() { s.conn.SetDeadline(time.Now().Add(s.timeout)) }
 
-func (s *smtpClient) mail(from string) error { s.deadline(); return s.c.Mail(from) }
-func (s *smtpClient) rcpt(to string) error   { s.deadline(); return s.c.Rcpt(to) }
+func (s *smtpClient) mail(from string, requireTLS bool) error {
+	s.deadline()
+	if !requireTLS {
+		return s.c.Mail(from)
+	}
+	if ok, _ := s.c.Extension("REQUIRETLS"); !ok || s.tls == "" {
+		return errNoRequireTLS
+	}
+	// net/smtp has no way to add MAIL parameters of its own.
+	cmd := "MAIL FROM:<%s>"
+	if ok, _ := s.c.Extension("8BITMIME"); ok {
+		cmd += " BODY=8BITMIME"
+	}
+	id, err := s.c.Text.Cmd(cmd+" REQUIRETLS", from)
+	if err != nil {
+		return err
+	}
+	s.c.Text.StartResponse(id)
+	defer s.c.Text.EndResponse(id)
+	_, _, err = s.c.Text.ReadResponse(250)
+	return err
+}
+
+// errNoRequireTLS: RFC 8689 section 4.2.1: a REQUIRETLS message goes only
+// to a next hop that offers REQUIRETLS over TLS; otherwise it fails.
+var errNoRequireTLS = &reply{code: 550, enh: "5.7.30", text: "the next hop does not offer REQUIRETLS, which the sender asked for (RFC 8689); not sent"}
+
+func (s *smtpClient) rcpt(to string) error { s.deadline(); return s.c.Rcpt(to) }
 func (s *smtpClient) data(r io.Reader, _ []string) ([]error, error) {
 	s.deadline()
 	w, err := s.c.Data()
@@ -116,15 +147,13 @@ func (s *smtpClient) quit() {
 func (s *smtpClient) abort()          { s.conn.Close() }
 func (s *smtpClient) tlsInfo() string { return s.tls }
 
-// newSMTPClient greets the server, and with starttls tries STARTTLS when
-// offered. TLS here is opportunistic: the certificate is not verified, which
-// is exactly RFC 7435's opportunistic security; verified levels come from
-// the TLS policy. tlsFailed reports a failed handshake so the caller can
-// retry in clear, as Postfix does at the "may" level.
-//
-// With required, a peer that does not offer STARTTLS, or a failed
-// handshake, is an error: the caller must not fall back to clear text.
-func newSMTPClient(conn net.Conn, host, helo string, timeout time.Duration, starttls, required bool, auth *RouteAuth) (c *smtpClient, tlsFailed bool, err error) {
+// newSMTPClient greets the next hop and, with tlsCfg (from the host's TLS
+// policy), uses STARTTLS when offered. The session is then checked against
+// hp before anything else is sent: a level that is not met closes it with a
+// *tlsPolicyError, so that no byte of a message reaches that server.
+// tlsFailed reports a failed handshake, so that the caller can retry in
+// clear where the level allows it (may), as Postfix does.
+func newSMTPClient(conn net.Conn, host, helo string, timeout time.Duration, tlsCfg *tls.Config, hp *tlspolicy.HostPolicy, auth *RouteAuth) (c *smtpClient, tlsFailed bool, err error) {
 	conn.SetDeadline(time.Now().Add(timeout))
 	nc, err := netsmtp.NewClient(conn, host)
 	if err != nil {
@@ -137,22 +166,35 @@ func newSMTPClient(conn net.Conn, host, helo string, timeout time.Duration, star
 		return nil, false, err
 	}
 	offered, _ := nc.Extension("STARTTLS")
-	if required && !offered {
-		nc.Close()
-		return nil, false, &tlsRequiredError{"the next hop does not offer STARTTLS"}
-	}
-	if offered && starttls {
+	var cs *tls.ConnectionState
+	if offered && tlsCfg != nil {
 		sc.deadline()
-		cfg := &tls.Config{ServerName: host, InsecureSkipVerify: true, MinVersion: tls.VersionTLS10}
-		if err := nc.StartTLS(cfg); err != nil {
+		if herr := nc.StartTLS(tlsCfg); herr != nil {
 			nc.Close()
-			if required {
-				return nil, true, &tlsRequiredError{"STARTTLS failed: " + err.Error()}
+			out := hp.Evaluate(offered, nil, herr)
+			if out.Failure != nil {
+				return nil, true, &tlsPolicyError{f: out.Failure, outcome: out.String()}
 			}
-			return nil, true, fmt.Errorf("STARTTLS: %w", err)
+			return nil, true, fmt.Errorf("STARTTLS: %w", herr)
 		}
 		if st, ok := nc.TLSConnectionState(); ok {
+			cs = &st
 			sc.tls = strings.ReplaceAll(tls.VersionName(st.Version), " ", "") + " " + tls.CipherSuiteName(st.CipherSuite)
+		}
+	}
+	out := hp.Evaluate(offered, cs, nil)
+	sc.outcome = out.String()
+	if out.Failure != nil {
+		nc.Close()
+		return nil, false, &tlsPolicyError{f: out.Failure, outcome: sc.outcome}
+	}
+	if hp.RequireTLS {
+		adv, _ := nc.Extension("REQUIRETLS")
+		if err := hp.CheckRequireTLS(adv); err != nil {
+			nc.Close()
+			te := &tlsPolicyError{outcome: sc.outcome + "; " + err.Error()}
+			errors.As(err, &te.f)
+			return nil, false, te
 		}
 	}
 	if auth != nil {
@@ -200,8 +242,10 @@ func newLMTPClient(conn net.Conn, helo string, timeout time.Duration) (*lmtpClie
 	return &lmtpClient{c: c, conn: conn, timeout: timeout}, nil
 }
 
-func (l *lmtpClient) mail(from string) error { return l.c.Mail(from, nil) }
-func (l *lmtpClient) rcpt(to string) error   { return l.c.Rcpt(to, nil) }
+// mail ignores requireTLS: LMTP is final delivery into the mail store,
+// where RFC 8689's next-hop requirement ends.
+func (l *lmtpClient) mail(from string, _ bool) error { return l.c.Mail(from, nil) }
+func (l *lmtpClient) rcpt(to string) error           { return l.c.Rcpt(to, nil) }
 func (l *lmtpClient) data(r io.Reader, rcpts []string) ([]error, error) {
 	w, err := l.c.Data()
 	if err != nil {
@@ -258,11 +302,3 @@ func (l *lmtpClient) quit() {
 }
 func (l *lmtpClient) abort()          { l.conn.Close() }
 func (l *lmtpClient) tlsInfo() string { return "" }
-
-// tlsRequiredError says a session could not meet a mandatory TLS level; the
-// delivery is deferred with X.7.10 (encryption needed, RFC 5248).
-type tlsRequiredError struct{ why string }
-
-func (e *tlsRequiredError) Error() string {
-	return "TLS required by policy: " + e.why + "; not sent in clear"
-}

@@ -2,6 +2,7 @@ package outbound
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -13,8 +14,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"securerelay/dkim"
 	"securerelay/dnsutil"
 	"securerelay/queue"
+	"securerelay/smtputil"
+	"securerelay/tlspolicy"
 )
 
 // EngineOptions configure the delivery engine.
@@ -30,11 +34,18 @@ type EngineOptions struct {
 	CommandTimeout    time.Duration
 	// IdleTimeout keeps a connection for reuse; 0 disables reuse.
 	IdleTimeout time.Duration
-	// StartTLS enables opportunistic STARTTLS; it is the default TLS level
-	// (TLSMay, or TLSNone when false) when TLSLevel is nil.
+	// StartTLS enables opportunistic STARTTLS; it gives the default level
+	// (may, or none when false) when TLS is nil.
 	StartTLS bool
-	// TLSLevel decides the level per target (the TLS policy seam).
-	TLSLevel func(Target) TLSLevel
+	// TLS decides the level per destination and checks each session
+	// against it before MAIL FROM (YAML rules, DANE, MTA-STS, REQUIRETLS).
+	TLS *tlspolicy.Decider
+	// HonourTLSRequiredNo: read the message's "TLS-Required: No" header
+	// (RFC 8689) and let the Decider weigh it; false never reads it.
+	HonourTLSRequiredNo bool
+	// TLSBase is the starting point of every client TLS configuration
+	// (tests; nil is fine).
+	TLSBase *tls.Config
 	// Transform, if set, rewrites the message per transaction.
 	Transform Transform
 	// MXPort is the port of MX hosts: "25" in real life.
@@ -46,9 +57,13 @@ type EngineOptions struct {
 type Engine struct {
 	o      EngineOptions
 	router atomic.Pointer[Router]
+	tls    atomic.Pointer[tlspolicy.Decider]
 
 	mu    sync.Mutex
 	dests map[string]*dest
+	// tlsFailed remembers MX hosts ("domain host") that did not meet the
+	// TLS level, so that the next attempt starts with the other MX hosts.
+	tlsFailed map[string]time.Time
 }
 
 type dest struct {
@@ -66,6 +81,12 @@ type pooled struct {
 	cl    client
 	relay string
 	since time.Time
+	// hp is the TLS requirement the session was checked against, and
+	// policyKey its summary: a pooled session serves only deliveries
+	// with the same requirement. outcome is for the log and queue entry.
+	hp        *tlspolicy.HostPolicy
+	policyKey string
+	outcome   string
 }
 
 // NewEngine returns a delivery engine; call Close to drop pooled sessions.
@@ -89,17 +110,22 @@ func NewEngine(o EngineOptions, r *Router) *Engine {
 		d := &net.Dialer{Timeout: o.ConnectTimeout}
 		o.Dial = d.DialContext
 	}
-	if o.TLSLevel == nil {
-		lvl := TLSNone
+	if o.TLS == nil {
+		lvl := tlspolicy.None
 		if o.StartTLS {
-			lvl = TLSMay
+			lvl = tlspolicy.May
 		}
-		o.TLSLevel = func(Target) TLSLevel { return lvl }
+		o.TLS, _ = tlspolicy.New(tlspolicy.Options{Default: lvl, Logger: o.Logger})
 	}
-	e := &Engine{o: o, dests: map[string]*dest{}}
+	e := &Engine{o: o, dests: map[string]*dest{}, tlsFailed: map[string]time.Time{}}
+	e.tls.Store(o.TLS)
 	e.router.Store(r)
 	return e
 }
+
+// SetTLS swaps the TLS policy (SIGHUP); pooled sessions checked against
+// the old one are not reused unless the new one asks the same.
+func (e *Engine) SetTLS(d *tlspolicy.Decider) { e.tls.Store(d) }
 
 // SetRouter swaps routes and local domains (SIGHUP).
 func (e *Engine) SetRouter(r *Router) { e.router.Store(r) }
@@ -202,11 +228,15 @@ func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target,
 	}
 	defer func() { <-ds.sem }()
 
+	pol, fail := e.decideTLS(ctx, d, t)
+	if fail != nil {
+		return all(len(rcpts), *fail)
+	}
 	for try := 0; ; try++ {
-		p, reused := e.idleConn(ds)
+		p, reused := e.idleConn(ds, policyKey(pol))
 		if p == nil {
 			var fail *queue.Result
-			p, fail = e.connect(ctx, t)
+			p, fail = e.connect(ctx, t, pol)
 			if fail != nil {
 				return all(len(rcpts), *fail)
 			}
@@ -236,16 +266,20 @@ func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target,
 	}
 }
 
-func (e *Engine) idleConn(ds *dest) (*pooled, bool) {
+func (e *Engine) idleConn(ds *dest, key string) (*pooled, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for len(ds.idle) > 0 {
-		p := ds.idle[len(ds.idle)-1]
-		ds.idle = ds.idle[:len(ds.idle)-1]
-		if time.Since(p.since) < e.o.IdleTimeout {
+	for i := len(ds.idle) - 1; i >= 0; i-- {
+		p := ds.idle[i]
+		if time.Since(p.since) >= e.o.IdleTimeout {
+			ds.idle = append(ds.idle[:i], ds.idle[i+1:]...)
+			go p.cl.quit()
+			continue
+		}
+		if p.policyKey == key {
+			ds.idle = append(ds.idle[:i], ds.idle[i+1:]...)
 			return p, true
 		}
-		go p.cl.quit()
 	}
 	return nil, false
 }
@@ -280,14 +314,17 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 	// end of DATA may turn one into Delivered.
 	res = all(len(rcpts), queue.Result{Status: queue.TempFail, Code: "4.4.2", Relay: p.relay, TLS: tlsInfo,
 		Reply: "transaction with " + p.relay + " did not complete"})
-	if lvl := e.o.TLSLevel(t); lvl >= TLSEncrypt && tlsInfo == "" {
+	for i := range res {
+		res[i].TLSPolicy = p.outcome
+	}
+	if p.hp == nil || p.hp.RequiresTLS() && tlsInfo == "" {
 		// open() never hands out such a session; this is the last line of
-		// defence for a policy that changed while a session sat in the pool.
-		return all(len(rcpts), queue.Result{Status: queue.TempFail, Code: "4.7.5", Relay: p.relay,
-			Reply: fmt.Sprintf("TLS level %s required for %s, session is not encrypted; not sent", lvl, t.Addr)}), true, false
+		// defence before any byte of the message is sent.
+		return all(len(rcpts), queue.Result{Status: queue.TempFail, Code: "4.7.10", Relay: p.relay, TLSPolicy: p.outcome,
+			Reply: fmt.Sprintf("TLS required for %s, session is not encrypted; not sent", t.Addr)}), true, false
 	}
 	set := func(i int, err error, stage string) {
-		r := queue.Result{Relay: p.relay, TLS: tlsInfo}
+		r := queue.Result{Relay: p.relay, TLS: tlsInfo, TLSPolicy: p.outcome}
 		if err == nil {
 			r.Status, r.Code, r.Reply = queue.Delivered, "2.0.0", "accepted after "+stage
 		} else if rp := toReply(err, stage); rp != nil {
@@ -307,7 +344,13 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 			set(i, err, stage)
 		}
 	}
-	if err := p.cl.mail(d.Envelope.From); err != nil {
+	if err := p.cl.mail(d.Envelope.From, p.hp.RequireTLS); err != nil {
+		if errors.Is(err, errNoRequireTLS) {
+			return all(len(rcpts), queue.Result{Status: queue.PermFail, Code: "5.7.30", Relay: p.relay, TLS: tlsInfo, TLSPolicy: p.outcome,
+				Reply: errNoRequireTLS.text,
+				Explanation: "The sender asked (REQUIRETLS) that this message travel only over verified encryption; " +
+					"the receiving server does not support that, so the message was not sent."}), false, false
+		}
 		setAll(err, "MAIL FROM")
 		if toReply(err, "") == nil {
 			return res, true, true
@@ -340,7 +383,7 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 	r, err := d.Open()
 	if err != nil {
 		for _, i := range okIdx {
-			res[i] = queue.Result{Status: queue.TempFail, Code: "4.3.0", Reply: "cannot read spool file: " + err.Error(), Relay: p.relay}
+			res[i] = queue.Result{Status: queue.TempFail, Code: "4.3.0", Reply: "cannot read spool file: " + err.Error(), Relay: p.relay, TLSPolicy: p.outcome}
 		}
 		return res, true, false
 	}
@@ -350,7 +393,7 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 		data, err = e.o.Transform(d, t, ok, tlsInfo, r)
 		if err != nil {
 			for _, i := range okIdx {
-				res[i] = queue.Result{Status: queue.TempFail, Code: "4.3.0", Relay: p.relay, TLS: tlsInfo,
+				res[i] = queue.Result{Status: queue.TempFail, Code: "4.3.0", Relay: p.relay, TLS: tlsInfo, TLSPolicy: p.outcome,
 					Reply: "preparing the message failed: " + err.Error()}
 			}
 			return res, p.cl.reset() != nil, false
@@ -374,8 +417,10 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 
 // connect opens a session to t: the fixed next hop, or the MX hosts of the
 // domain in preference order (RFC 5321 §5.1), each of their addresses in
-// turn, moving on after a connection failure or a 4xx greeting.
-func (e *Engine) connect(ctx context.Context, t Target) (*pooled, *queue.Result) {
+// turn, moving on after a connection failure, a 4xx greeting or a session
+// that does not meet the TLS policy. MX hosts that failed the policy
+// recently go last, so that a retry starts with the others.
+func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy) (*pooled, *queue.Result) {
 	var hosts []string
 	port := e.o.MXPort
 	switch t.Kind {
@@ -390,11 +435,29 @@ func (e *Engine) connect(ctx context.Context, t Target) (*pooled, *queue.Result)
 		if err != nil {
 			return nil, dnsFailure(t.Addr, err)
 		}
-		hosts = mx
+		hosts = e.tlsOrder(t.Addr, mx)
 	}
 	var lastErr error
+	var lastTLS *tlsPolicyError
 	lastRelay := ""
 	for _, h := range hosts {
+		var hp *tlspolicy.HostPolicy
+		var err error
+		if t.Kind == "mx" {
+			hp, err = pol.ForMX(ctx, h)
+		} else {
+			hp, err = pol.ForRelay(ctx, h)
+		}
+		if err != nil {
+			// This host may not be used at all (MTA-STS enforce and not
+			// listed, dane-only without TLSA, …): try the next one.
+			te := &tlsPolicyError{outcome: "tls policy refused host " + h + ": " + err.Error()}
+			errors.As(err, &te.f)
+			lastErr, lastRelay, lastTLS = te, h, te
+			e.o.Logger.Info("TLS policy: not using this next hop", "domain", t.Addr, "host", h, "error", err)
+			e.noteTLSFailure(t, h)
+			continue
+		}
 		addrs, err := e.addrs(ctx, h, t.Kind != "mx")
 		if err != nil {
 			lastErr, lastRelay = err, h
@@ -402,11 +465,17 @@ func (e *Engine) connect(ctx context.Context, t Target) (*pooled, *queue.Result)
 		}
 		for _, a := range addrs {
 			relay := fmt.Sprintf("%s[%s]:%s", h, a, port)
-			p, err := e.open(ctx, t, h, net.JoinHostPort(a.String(), port), relay)
+			p, err := e.open(ctx, t, h, net.JoinHostPort(a.String(), port), relay, hp)
 			if err == nil {
+				p.policyKey = policyKey(pol)
 				return p, nil
 			}
 			lastErr, lastRelay = err, relay
+			if te := (*tlsPolicyError)(nil); errors.As(err, &te) {
+				lastTLS = te
+				e.o.Logger.Warn("TLS policy not met, trying the next address or MX", "domain", t.Addr, "relay", relay, "tls_policy", te.outcome)
+				e.noteTLSFailure(t, h)
+			}
 			if ctx.Err() != nil {
 				break
 			}
@@ -417,9 +486,22 @@ func (e *Engine) connect(ctx context.Context, t Target) (*pooled, *queue.Result)
 	}
 	r := &queue.Result{Status: queue.TempFail, Code: "4.4.1", Relay: lastRelay,
 		Reply: fmt.Sprintf("could not connect to any next hop for %s: %v", t.Addr, lastErr)}
-	var tre *tlsRequiredError
-	if errors.As(lastErr, &tre) {
+	if lastTLS != nil {
+		// The TLS failure is the one to report even when a later host
+		// was simply unreachable: it is what an admin must act on.
+		r.TLSPolicy = lastTLS.outcome
 		r.Code = "4.7.10"
+		if f := lastTLS.f; f != nil {
+			r.Code = f.Status(false)
+			r.Explanation = f.UserText()
+			if f.Fallback == "bounce" && !f.Temporary {
+				r.Status, r.Code = queue.PermFail, f.Status(true)
+			}
+		}
+		if lastErr != error(lastTLS) {
+			r.Reply = fmt.Sprintf("could not deliver to %s: %v (last error: %v)", t.Addr, lastTLS, lastErr)
+		}
+		return nil, r
 	}
 	if rp := toReply(lastErr, "greeting"); rp != nil {
 		r.Code = rp.enh
@@ -432,6 +514,108 @@ func (e *Engine) connect(ctx context.Context, t Target) (*pooled, *queue.Result)
 		}
 	}
 	return nil, r
+}
+
+// tlsPolicyError: a next hop did not meet the TLS policy (or may not be
+// used under it); nothing was sent.
+type tlsPolicyError struct {
+	f       *tlspolicy.Failure
+	outcome string
+}
+
+func (e *tlsPolicyError) Error() string {
+	if e.f != nil {
+		return e.f.Error() + "; not sent"
+	}
+	return e.outcome + "; not sent"
+}
+
+// decideTLS is the destination's TLS policy for this message: the recipient
+// domain for MX delivery, the next-hop host for a route (as Postfix looks
+// up smtp_tls_policy_maps by next-hop destination).
+func (e *Engine) decideTLS(ctx context.Context, d *queue.Delivery, t Target) (*tlspolicy.Policy, *queue.Result) {
+	dest := t.Addr
+	if t.Kind != "mx" {
+		dest, _, _ = net.SplitHostPort(t.Addr)
+	}
+	// REQUIRETLS binds every relay hop; final delivery of inbound mail to
+	// the organisation's own mail store (a route) is where it ends.
+	requireTLS := d.Envelope.RequireTLS && (t.Kind == "mx" || d.Envelope.Origin != queue.OriginInbound)
+	tlsNo := false
+	if e.o.HonourTLSRequiredNo && !requireTLS {
+		tlsNo = tlsRequiredNo(d)
+	}
+	pol, err := e.tls.Load().Decide(ctx, dest, requireTLS, tlsNo)
+	if err != nil {
+		r := &queue.Result{Status: queue.TempFail, Code: "4.4.3", Reply: "TLS policy for " + dest + " could not be decided: " + err.Error()}
+		var f *tlspolicy.Failure
+		if errors.As(err, &f) {
+			r.Code, r.TLSPolicy, r.Explanation = f.Status(false), f.Error(), f.UserText()
+		}
+		return nil, r
+	}
+	return pol, nil
+}
+
+// tlsRequiredNo reads the "TLS-Required: No" header field (RFC 8689 §5).
+func tlsRequiredNo(d *queue.Delivery) bool {
+	r, err := d.Open()
+	if err != nil {
+		return false
+	}
+	defer r.Close()
+	h, err := dkim.ReadHeader(r, dkim.MaxHeaderBytes)
+	if err != nil {
+		return false
+	}
+	for _, v := range smtputil.HeaderFields(h, "TLS-Required") {
+		if strings.EqualFold(strings.TrimSpace(v), "no") {
+			return true
+		}
+	}
+	return false
+}
+
+// policyKey summarises what a session was checked against; a pooled
+// session is reused only under the same policy.
+func policyKey(p *tlspolicy.Policy) string {
+	return fmt.Sprintf("%s|%s|%v|%v|%v|%v", p.Level, p.Source, p.RequireTLS, p.TLSRequiredNo, p.Names, p.Fingerprints)
+}
+
+// tlsFailMemory is how long an MX that failed the TLS policy goes last.
+const tlsFailMemory = time.Hour
+
+func (e *Engine) noteTLSFailure(t Target, host string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := time.Now()
+	if len(e.tlsFailed) > 10000 {
+		for k, at := range e.tlsFailed {
+			if now.Sub(at) > tlsFailMemory {
+				delete(e.tlsFailed, k)
+			}
+		}
+	}
+	e.tlsFailed[t.Addr+" "+host] = now
+}
+
+// tlsOrder moves MX hosts that recently failed the TLS policy to the end,
+// keeping the preference order otherwise.
+func (e *Engine) tlsOrder(domain string, hosts []string) []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.tlsFailed) == 0 {
+		return hosts
+	}
+	var good, failed []string
+	for _, h := range hosts {
+		if at, ok := e.tlsFailed[domain+" "+h]; ok && time.Since(at) < tlsFailMemory {
+			failed = append(failed, h)
+		} else {
+			good = append(good, h)
+		}
+	}
+	return append(good, failed...)
 }
 
 // addrs resolves a next hop. "localhost" is taken literally only for a
@@ -447,13 +631,11 @@ func (e *Engine) addrs(ctx context.Context, host string, configured bool) ([]net
 	return e.o.Resolver.LookupHost(ctx, host)
 }
 
-func (e *Engine) open(ctx context.Context, t Target, host, addr, relay string) (*pooled, error) {
-	level := e.o.TLSLevel(t)
-	starttls := level >= TLSMay && t.Kind != "lmtp"
-	required := level >= TLSEncrypt
-	if required && t.Kind == "lmtp" {
-		return nil, &tlsRequiredError{"LMTP delivery has no STARTTLS here"}
+func (e *Engine) open(ctx context.Context, t Target, host, addr, relay string, hp *tlspolicy.HostPolicy) (*pooled, error) {
+	if hp.RequiresTLS() && t.Kind == "lmtp" {
+		return nil, &tlsPolicyError{outcome: fmt.Sprintf("tls required=%s (%s): LMTP delivery has no STARTTLS here", hp.Level, hp.Source)}
 	}
+	starttls := hp.UseSTARTTLS() && t.Kind != "lmtp"
 	for {
 		dctx, cancel := context.WithTimeout(ctx, e.o.ConnectTimeout)
 		conn, err := e.o.Dial(dctx, "tcp", addr)
@@ -461,26 +643,27 @@ func (e *Engine) open(ctx context.Context, t Target, host, addr, relay string) (
 		if err != nil {
 			return nil, err
 		}
-		var cl client
 		if t.Kind == "lmtp" {
-			cl, err = newLMTPClient(conn, e.o.Helo, e.o.CommandTimeout)
-		} else {
-			var tlsFailed bool
-			var sc *smtpClient
-			sc, tlsFailed, err = newSMTPClient(conn, host, e.o.Helo, e.o.CommandTimeout, starttls, required, t.Auth)
-			if tlsFailed && starttls && !required {
-				e.o.Logger.Info("STARTTLS failed, retrying in clear (opportunistic TLS)", "relay", relay, "error", err)
-				starttls = false
-				continue
+			cl, err := newLMTPClient(conn, e.o.Helo, e.o.CommandTimeout)
+			if err != nil {
+				return nil, err
 			}
-			if err == nil {
-				cl = sc
-			}
+			return &pooled{cl: cl, relay: relay, hp: hp, outcome: fmt.Sprintf("tls required=%s (%s) achieved=none (LMTP)", hp.Level, hp.Source)}, nil
+		}
+		var tlsCfg *tls.Config
+		if starttls {
+			tlsCfg = hp.TLSConfig(e.o.TLSBase)
+		}
+		sc, tlsFailed, err := newSMTPClient(conn, host, e.o.Helo, e.o.CommandTimeout, tlsCfg, hp, t.Auth)
+		if tlsFailed && starttls && !hp.RequiresTLS() {
+			e.o.Logger.Info("STARTTLS failed, retrying in clear (opportunistic TLS)", "relay", relay, "error", err)
+			starttls = false
+			continue
 		}
 		if err != nil {
 			return nil, err
 		}
-		return &pooled{cl: cl, relay: relay}, nil
+		return &pooled{cl: sc, relay: relay, hp: hp, outcome: sc.outcome}, nil
 	}
 }
 

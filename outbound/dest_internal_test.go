@@ -8,7 +8,7 @@ import (
 
 type nopClient struct{ quits chan struct{} }
 
-func (c nopClient) mail(string) error                         { return nil }
+func (c nopClient) mail(string, bool) error                   { return nil }
 func (c nopClient) rcpt(string) error                         { return nil }
 func (c nopClient) data(io.Reader, []string) ([]error, error) { return nil, nil }
 func (c nopClient) reset() error                              { return nil }

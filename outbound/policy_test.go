@@ -11,6 +11,7 @@ import (
 	"securerelay/dnsutil/dnstest"
 	"securerelay/outbound"
 	"securerelay/queue"
+	"securerelay/tlspolicy"
 )
 
 // A mandatory level is never met in clear text: a next hop without
@@ -18,7 +19,11 @@ import (
 // deferred with 4.7.10.
 func TestTLSEncryptNeverFallsBackToClear(t *testing.T) {
 	encrypt := func(o *outbound.EngineOptions) {
-		o.TLSLevel = func(outbound.Target) outbound.TLSLevel { return outbound.TLSEncrypt }
+		d, err := tlspolicy.New(tlspolicy.Options{Default: tlspolicy.Encrypt})
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.TLS = d
 	}
 	for name, hopTLS := range map[string]*tls.Config{
 		"no STARTTLS offered": nil,
@@ -29,8 +34,8 @@ func TestTLSEncryptNeverFallsBackToClear(t *testing.T) {
 			e := engine(t, everything(t, "smtp://"+h.addr), encrypt)
 			res := deliver(t, e, newSpool(t).put("sender@ours.test", []string{"a@remote.test"}, message))
 			check(t, name, res[0], queue.TempFail, "4.7.10")
-			if !strings.Contains(res[0].Reply, "TLS required") {
-				t.Errorf("reply %q does not say TLS was required", res[0].Reply)
+			if !strings.Contains(res[0].Reply, "TLS policy encrypt") || !strings.Contains(res[0].TLSPolicy, "required=encrypt") {
+				t.Errorf("reply %q / tls_policy %q do not say TLS was required", res[0].Reply, res[0].TLSPolicy)
 			}
 			h.none()
 		})

@@ -37,7 +37,10 @@ type State struct {
 	// canonicalised them.
 	From  string
 	Rcpts []string
-	Log   *slog.Logger
+	// RequireTLS: the client sent MAIL FROM with REQUIRETLS (RFC 8689):
+	// the message may only leave over verified TLS.
+	RequireTLS bool
+	Log        *slog.Logger
 	// Data is free for the role's per-session use (screening verdicts…).
 	Data any
 	// Tarpit, set by Connect, delays every reply to this client by this

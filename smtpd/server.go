@@ -101,6 +101,9 @@ func New(o Options) *Server {
 	srv.ReadTimeout = o.CommandTimeout
 	srv.WriteTimeout = o.CommandTimeout
 	srv.AllowInsecureAuth = o.AllowInsecureAuth
+	// REQUIRETLS (RFC 8689): go-smtp offers it only inside TLS, and the
+	// delivery engine honours the flag: verified TLS to every next hop.
+	srv.EnableREQUIRETLS = true
 	srv.ErrorLog = slogPrinter{s.log}
 	s.smtp = srv
 	return s

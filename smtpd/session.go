@@ -123,6 +123,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	s.st.From = canon
 	s.st.Rcpts = nil
+	s.st.RequireTLS = opts != nil && opts.RequireTLS
 	s.tc.inTxn.Store(true)
 	s.tc.sawMail.Store(true)
 	return nil
@@ -151,6 +152,8 @@ func (s *session) Data(r io.Reader) error {
 		Listener: o.Name,
 		Client:   fmt.Sprintf("%s[%s]", sanitize(helo), s.st.RemoteIP),
 		AuthUser: s.st.AuthUser,
+		// RFC 8689: the promise travels with the message to every hop.
+		RequireTLS: s.st.RequireTLS,
 	}
 	s.mu.Unlock()
 	w, err := o.Queue.NewWriter(env)
@@ -338,6 +341,7 @@ func (s *session) endTxn() {
 	defer s.mu.Unlock()
 	s.st.From = ""
 	s.st.Rcpts = nil
+	s.st.RequireTLS = false
 	s.tc.inTxn.Store(false)
 	if s.srv.shutting.Load() {
 		s.tc.Conn.SetReadDeadline(time.Now())

@@ -1,14 +1,19 @@
 package main
 
 import (
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 
 	"securerelay/config"
 	"securerelay/dkim"
+	"securerelay/dnsutil"
 	"securerelay/inbound"
 	"securerelay/outbound"
+	"securerelay/tlspolicy"
 )
 
 // loadDKIM loads every configured DKIM key. A key that cannot be used is a
@@ -104,4 +109,65 @@ func loadRecipients(cfg *config.Config, log *slog.Logger) (map[string]*inbound.R
 		return nil, errs
 	}
 	return out, nil
+}
+
+// tlsDecider builds the outbound TLS policy from the configuration. A rule
+// the policy package refuses is a configuration error with its position,
+// like a bad DKIM key: never a rule silently dropped.
+func tlsDecider(cfg *config.Config, res *dnsutil.Client, log *slog.Logger) (*tlspolicy.Decider, error) {
+	t := cfg.Outbound.TLS
+	def, err := tlspolicy.ParseLevel(t.Default)
+	if err != nil {
+		return nil, &config.Error{File: cfg.Path, Line: cfg.Line("outbound.tls.default"), Key: "outbound.tls.default", Msg: err.Error()}
+	}
+	globalMin, _ := tlspolicy.ParseVersion(t.MinVersion)
+	o := tlspolicy.Options{
+		Default: def, DANE: t.DANE, MTASTS: t.MTASTS, AllowTLSRequiredNo: t.TLSRequiredNo == "honour",
+		Resolver: res, MinVersion: globalMin, Logger: log,
+	}
+	if cfg.DNS.DNSSECValidating {
+		o.DNSSEC = res
+	}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, &config.Error{File: cfg.Path, Line: cfg.Line("outbound.tls.ca_file"), Key: "outbound.tls.ca_file", Msg: err.Error()}
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, &config.Error{File: cfg.Path, Line: cfg.Line("outbound.tls.ca_file"), Key: "outbound.tls.ca_file", Msg: "no PEM certificate in " + t.CAFile}
+		}
+		o.RootCAs = pool
+	}
+	for i, p := range t.Policies {
+		key := fmt.Sprintf("outbound.tls.policies[%d]", i)
+		lvl, err := tlspolicy.ParseLevel(p.Level)
+		if err != nil {
+			return nil, &config.Error{File: cfg.Path, Line: cfg.Line(key + ".level"), Key: key + ".level", Msg: err.Error()}
+		}
+		r := tlspolicy.Rule{Match: p.Match, Level: lvl, Names: p.Names, Fingerprints: p.Fingerprints, Fallback: p.Fallback}
+		if strings.HasPrefix(r.Match, "[") {
+			r.Match = "host:" + strings.Trim(r.Match, "[]")
+		}
+		if p.MinVersion != "" {
+			r.MinVersion, _ = tlspolicy.ParseVersion(p.MinVersion)
+		}
+		if r.Ciphers, err = tlspolicy.ParseCipherSuites(p.Ciphers); err != nil {
+			return nil, &config.Error{File: cfg.Path, Line: cfg.Line(key + ".ciphers"), Key: key + ".ciphers", Msg: err.Error()}
+		}
+		o.Rules = append(o.Rules, r)
+	}
+	d, err := tlspolicy.New(o)
+	if err != nil {
+		var re *tlspolicy.RuleError
+		if errors.As(err, &re) {
+			key := fmt.Sprintf("outbound.tls.policies[%d]", re.Index)
+			return nil, &config.Error{File: cfg.Path, Line: cfg.Line(key), Key: key, Msg: re.Err.Error()}
+		}
+		return nil, err
+	}
+	return d, nil
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"securerelay/config"
+	"securerelay/dnsutil"
 	"securerelay/queue"
 )
 
@@ -124,6 +125,9 @@ func load(path string, stderr io.Writer) (*config.Config, int) {
 		}
 		if err == nil {
 			_, err = loadRecipients(cfg, quietLog)
+		}
+		if err == nil {
+			_, err = tlsDecider(cfg, dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D()), quietLog)
 		}
 	}
 	if err != nil {

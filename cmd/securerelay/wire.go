@@ -158,16 +158,22 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	r := &relay{cfg: cfg, log: log, certs: certs, cfgPath: path, serveErr: make(chan error, len(cfg.Listeners))}
 	r.signer = outbound.NewSigner(keys, dkimOptions(cfg), cfg.Outbound.DKIM.UseEnvelopeSender, log)
 	r.ours = outbound.NewDomainSet(ourDomains(cfg))
+	tlsPol, err := tlsDecider(cfg, res, log)
+	if err != nil {
+		return err
+	}
 	r.engine = outbound.NewEngine(outbound.EngineOptions{
-		Helo:              cfg.Outbound.Helo,
-		Resolver:          res,
-		MaxPerDestination: cfg.Outbound.MaxConnectionsPerDestination,
-		ConnectTimeout:    cfg.Outbound.ConnectTimeout.D(),
-		CommandTimeout:    cfg.Outbound.CommandTimeout.D(),
-		IdleTimeout:       idle,
-		StartTLS:          cfg.Outbound.StartTLS != "off",
-		Transform:         r.signer.Transform,
-		Logger:            log,
+		Helo:                cfg.Outbound.Helo,
+		Resolver:            res,
+		MaxPerDestination:   cfg.Outbound.MaxConnectionsPerDestination,
+		ConnectTimeout:      cfg.Outbound.ConnectTimeout.D(),
+		CommandTimeout:      cfg.Outbound.CommandTimeout.D(),
+		IdleTimeout:         idle,
+		StartTLS:            cfg.Outbound.StartTLS != "off",
+		TLS:                 tlsPol,
+		HonourTLSRequiredNo: cfg.Outbound.TLS.TLSRequiredNo == "honour",
+		Transform:           r.signer.Transform,
+		Logger:              log,
 	}, rt)
 	var retry []time.Duration
 	for _, d := range cfg.Queue.Retry {
@@ -313,6 +319,11 @@ func (r *relay) reload() {
 		r.log.Error("reload failed, keeping the running configuration", "error", strings.ReplaceAll(err.Error(), "\n", "; "))
 		return
 	}
+	tlsPol, err := tlsDecider(cfg, dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D()), r.log)
+	if err != nil {
+		r.log.Error("reload failed, keeping the running configuration", "error", err)
+		return
+	}
 	for _, w := range warnings {
 		r.log.Warn("dkim: weak key", "detail", w)
 	}
@@ -350,13 +361,14 @@ func (r *relay) reload() {
 	}
 	r.users.Set(userHashes(cfg))
 	r.engine.SetRouter(rt)
+	r.engine.SetTLS(tlsPol)
 	r.signer.Set(keys, dkimOptions(cfg), cfg.Outbound.DKIM.UseEnvelopeSender)
 	r.ours.Set(ourDomains(cfg))
 	r.log.Info("configuration reloaded", "domains", len(cfg.Domains), "routes", len(cfg.Outbound.Routes), "users", len(cfg.Outbound.Users))
 }
 
 func stripOutbound(o config.Outbound) config.Outbound {
-	o.Users, o.Routes, o.DKIM = nil, nil, config.DKIMOptions{}
+	o.Users, o.Routes, o.DKIM, o.TLS = nil, nil, config.DKIMOptions{}, config.OutboundTLS{}
 	return o
 }
 
