@@ -173,9 +173,6 @@ func (l *loader) applyDefaults(c *Config) {
 		o.TLS.TLSRequiredNo = "ignore"
 	}
 	for i := range o.TLS.Policies {
-		if o.TLS.Policies[i].Fallback == "" {
-			o.TLS.Policies[i].Fallback = "defer"
-		}
 		if o.TLS.Policies[i].Inbound == "" {
 			o.TLS.Policies[i].Inbound = "off"
 		}

@@ -134,9 +134,9 @@ outbound:
 			MaxAutoReplies: 5, AutoReplyWindow: Duration(time.Hour), MaxHops: 50,
 		},
 		Inbound: Inbound{
-			Screen: Screen{DNSBL: DNSBL{Threshold: 3, Timeout: Duration(2 * time.Second)}, CacheTTL: Duration(time.Hour)},
-			Checks: InboundChecks{SenderFQDN: "reject", RecipientFQDN: "reject", SenderDomain: "reject", UnknownRecipient: "reject", HeloFQDN: "off"},
-			Verify: Verify{PositiveTTL: Duration(24 * time.Hour), NegativeTTL: Duration(10 * time.Minute), Timeout: Duration(10 * time.Second)},
+			Screen:  Screen{DNSBL: DNSBL{Threshold: 3, Timeout: Duration(2 * time.Second)}, CacheTTL: Duration(time.Hour)},
+			Checks:  InboundChecks{SenderFQDN: "reject", RecipientFQDN: "reject", SenderDomain: "reject", UnknownRecipient: "reject", HeloFQDN: "off"},
+			Verify:  Verify{PositiveTTL: Duration(24 * time.Hour), NegativeTTL: Duration(10 * time.Minute), Timeout: Duration(10 * time.Second)},
 			Content: Content{Policies: map[string][]string{"default": {}}, RecipientDeletion: "reject"},
 			Auth:    Auth{AuthServID: "box.example.net", RejectDMARC: &yes, Timeout: Duration(10 * time.Second)},
 		},

@@ -563,7 +563,9 @@ func (l *loader) checkOutboundTLS(c *Config) {
 				l.errorf(fmt.Sprintf("%s.ciphers[%d]", p, j), "%q is not a TLS 1.2 cipher suite Go offers (e.g. TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384)", cs)
 			}
 		}
-		l.oneOf(p+".fallback", r.Fallback, "defer", "bounce", "encrypt")
+		if r.Fallback != "" {
+			l.oneOf(p+".fallback", r.Fallback, "defer", "bounce", "encrypt")
+		}
 		l.oneOf(p+".inbound", r.Inbound, "off", "tempfail", "reject")
 		if r.Inbound != "off" && host {
 			l.errorf(p+".inbound", "applies to sender domains, not to a next-hop host; use a domain match")

@@ -37,7 +37,7 @@ type Recipient struct {
 	// Explanation says in an end user's words what went wrong where the
 	// status and reply alone would not (a TLS policy not met), optional.
 	Explanation string
-	LastAttempt       time.Time
+	LastAttempt time.Time
 }
 
 // Report is one DSN about one message.
