@@ -151,17 +151,25 @@ func (e *Engine) Deliver(ctx context.Context, d *queue.Delivery) []queue.Result 
 	router := e.router.Load()
 	type group struct {
 		t   Target
+		dom string // recipient domain whose TLS rule applies through a route
 		idx []int
 	}
 	var groups []*group
 	byKey := map[string]*group{}
+	pol := e.tls.Load()
 	for i, rc := range d.Rcpts {
 		dom := strings.ToLower(rc[strings.LastIndexByte(rc, '@')+1:])
 		t := router.Route(dom)
-		g := byKey[t.Key()]
+		key, ruleDom := t.Key(), ""
+		if t.Kind == "smtp" && pol.HasDomainRule(dom) {
+			// A partner rule travels with its recipients through a relay:
+			// their own transaction, checked against their own rule.
+			key, ruleDom = key+"|"+dom, dom
+		}
+		g := byKey[key]
 		if g == nil {
-			g = &group{t: t}
-			byKey[t.Key()] = g
+			g = &group{t: t, dom: ruleDom}
+			byKey[key] = g
 			groups = append(groups, g)
 		}
 		g.idx = append(g.idx, i)
@@ -175,7 +183,7 @@ func (e *Engine) Deliver(ctx context.Context, d *queue.Delivery) []queue.Result 
 		if g.t.Kind == "maildir" {
 			gr = deliverMaildir(g.t.Addr, e.o.Helo, d, rcpts)
 		} else {
-			gr = e.deliverRemote(ctx, d, g.t, rcpts)
+			gr = e.deliverRemote(ctx, d, g.t, g.dom, rcpts)
 		}
 		for k, i := range g.idx {
 			res[i] = gr[k]
@@ -218,7 +226,7 @@ func (e *Engine) releaseDest(d *dest) {
 	e.mu.Unlock()
 }
 
-func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target, rcpts []string) []queue.Result {
+func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target, ruleDom string, rcpts []string) []queue.Result {
 	ds := e.dest(t.Key())
 	defer e.releaseDest(ds)
 	select {
@@ -228,7 +236,7 @@ func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target,
 	}
 	defer func() { <-ds.sem }()
 
-	pol, fail := e.decideTLS(ctx, d, t)
+	pol, fail := e.decideTLS(ctx, d, t, ruleDom)
 	if fail != nil {
 		return all(len(rcpts), *fail)
 	}
@@ -531,12 +539,17 @@ func (e *tlsPolicyError) Error() string {
 }
 
 // decideTLS is the destination's TLS policy for this message: the recipient
-// domain for MX delivery, the next-hop host for a route (as Postfix looks
-// up smtp_tls_policy_maps by next-hop destination).
-func (e *Engine) decideTLS(ctx context.Context, d *queue.Delivery, t Target) (*tlspolicy.Policy, *queue.Result) {
+// domain for MX delivery; for a route, the recipient domain when a rule
+// names it (routing partner mail through a relay must not weaken its
+// rule), else the next-hop host (as Postfix looks up
+// smtp_tls_policy_maps by next-hop destination).
+func (e *Engine) decideTLS(ctx context.Context, d *queue.Delivery, t Target, ruleDom string) (*tlspolicy.Policy, *queue.Result) {
 	dest := t.Addr
 	if t.Kind != "mx" {
 		dest, _, _ = net.SplitHostPort(t.Addr)
+		if ruleDom != "" {
+			dest = ruleDom
+		}
 	}
 	// REQUIRETLS binds every relay hop; final delivery of inbound mail to
 	// the organisation's own mail store (a route) is where it ends.

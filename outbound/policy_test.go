@@ -100,3 +100,28 @@ func TestLocalhostOnlyForConfiguredNextHops(t *testing.T) {
 	check(t, "configured localhost", res[0], queue.Delivered, "2.0.0")
 	h.next()
 }
+
+// Routing partner mail through a relay must not weaken the partner's rule:
+// recipients of a domain with a rule get their own transaction, checked
+// against that rule (here verify, which the relay's self-signed
+// certificate fails), while the other recipients go through the same relay
+// under the relay's own level.
+func TestDomainRuleAppliesThroughRoute(t *testing.T) {
+	h := newHop(t, hopOptions{TLS: selfSigned(t)})
+	d, err := tlspolicy.New(tlspolicy.Options{Default: tlspolicy.May,
+		Rules: []tlspolicy.Rule{{Match: "bank.example", Level: tlspolicy.Verify}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := engine(t, everything(t, "smtp://"+h.addr), func(o *outbound.EngineOptions) { o.TLS = d })
+	res := deliver(t, e, newSpool(t).put("sender@ours.test", []string{"a@bank.example", "b@other.example"}, message))
+	check(t, "bank.example", res[0], queue.TempFail, "4.7.5")
+	if !strings.Contains(res[0].TLSPolicy, "required=verify") || !strings.Contains(res[0].TLSPolicy, "match bank.example") {
+		t.Errorf("bank.example: tls_policy %q does not name the rule", res[0].TLSPolicy)
+	}
+	check(t, "other.example", res[1], queue.Delivered, "2.0.0")
+	if m := h.next(); strings.Join(m.To, ",") != "b@other.example" {
+		t.Errorf("the relay got recipients %v, want only b@other.example", m.To)
+	}
+	h.none()
+}

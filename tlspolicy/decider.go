@@ -183,6 +183,14 @@ func New(o Options) (*Decider, error) {
 	return d, nil
 }
 
+// HasDomainRule reports whether a rule matches domain as a recipient
+// domain (not a host rule): mail for it routed through a relay must be
+// decided for that domain, not together with other domains.
+func (d *Decider) HasDomainRule(domain string) bool {
+	dom := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(domain), "."))
+	return d.match(matchDomain, matchSubdomains, dom) != nil
+}
+
 // match finds the rule for name among the exact and parent-domain rules
 // of one family: the exact one first, then the closest parent.
 func (d *Decider) match(exact, parent matchKind, name string) *rule {
