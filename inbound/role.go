@@ -24,6 +24,7 @@ type Role struct {
 	recipients atomic.Pointer[map[string]*RecipientSet]
 	verifiers  atomic.Pointer[map[string]*Verifier]
 	tlsFrom    atomic.Pointer[[]TLSFrom]
+	content    atomic.Pointer[Content]
 	resolver   dnsutil.Resolver
 	checks     Checks
 	screen     Screen
@@ -99,7 +100,8 @@ func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, 
 		return "", err
 	}
 	if from == "" {
-		return "", nil
+		// The null sender: SPF checks the HELO name instead.
+		return "", r.spfAtMail(st, "")
 	}
 	a, err := smtputil.ParseAddress(from)
 	if isNotFQDN(err) {
@@ -117,6 +119,9 @@ func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, 
 	if err := r.senderDomain(a.Domain); err != nil {
 		return "", err
 	}
+	if err := r.spfAtMail(st, a.String()); err != nil {
+		return "", err
+	}
 	return a.String(), nil
 }
 
@@ -130,6 +135,9 @@ func (r *Role) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, er
 		// sender reaches a human.
 		if st != nil && st.Log != nil {
 			st.Log.Info("bare postmaster recipient", "rcpt", to, "routed_to", r.postmaster)
+		}
+		if err := r.splitPolicy(st, strings.ToLower(r.postmaster[strings.LastIndexByte(r.postmaster, '@')+1:])); err != nil {
+			return "", err
 		}
 		return r.postmaster, nil
 	}
@@ -175,8 +183,8 @@ func (r *Role) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, er
 			}
 		}
 	}
+	if err := r.splitPolicy(st, a.Domain); err != nil {
+		return "", err
+	}
 	return a.String(), nil
 }
-
-// Data implements smtpd.Role; content scanning will hook in here.
-func (r *Role) Data(*smtpd.State, *smtpd.Message) error { return nil }

@@ -27,6 +27,8 @@ type State struct {
 	ConnID   string
 	Listener string
 	RemoteIP netip.Addr
+	// Remote and Local are the connection's two ends (milter macros).
+	Remote, Local netip.AddrPort
 	// Helo is the EHLO/HELO argument as sent.
 	Helo string
 	// TLS is non-nil once STARTTLS succeeded.
@@ -43,6 +45,10 @@ type State struct {
 	Log        *slog.Logger
 	// Data is free for the role's per-session use (screening verdicts…).
 	Data any
+	// Txn is free for the role's per-transaction use (an SPF verdict, the
+	// content policy of the first recipient); cleared when a transaction
+	// ends.
+	Txn any
 	// Tarpit, set by Connect, delays every reply to this client by this
 	// much: a suspicious client is slowed down, costing us only a sleeping
 	// goroutine.
@@ -62,6 +68,12 @@ type Message struct {
 	// copy discarded, so the change costs nothing when unused.
 	NewFrom   string
 	AddHeader string
+	// Rewrite, if set, produces the message to queue from the spooled
+	// one (a content filter's header and body changes), streaming; it runs
+	// after AddHeader is written.
+	Rewrite func(dst io.Writer, src io.Reader) error
+	// AddRcpts are envelope recipients to add (a milter's ADDRCPT).
+	AddRcpts []string
 }
 
 // Role decides what a listener accepts. Every method returns nil or a bare

@@ -201,6 +201,8 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 		ConnID:   tc.id,
 		Listener: s.opts.Name,
 		RemoteIP: tc.remote,
+		Remote:   addrPort(c.Conn().RemoteAddr()),
+		Local:    addrPort(c.Conn().LocalAddr()),
 		Helo:     c.Hostname(),
 		Log:      s.log.With("conn_id", tc.id, "client", tc.remote.String()),
 	}
@@ -428,3 +430,11 @@ func (p slogPrinter) Printf(format string, v ...any) {
 	p.l.Debug("smtp: " + msg)
 }
 func (p slogPrinter) Println(v ...any) { p.l.Debug("smtp: " + fmt.Sprint(v...)) }
+
+func addrPort(a net.Addr) netip.AddrPort {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -238,7 +239,7 @@ func (s *session) Data(r io.Reader) error {
 	if err := o.Role.Data(&s.st, msg); err != nil {
 		return s.edge(err, "data")
 	}
-	if msg.NewFrom != "" || msg.AddHeader != "" {
+	if msg.NewFrom != "" || msg.AddHeader != "" || msg.Rewrite != nil || len(msg.AddRcpts) > 0 {
 		w2, err := s.respool(w, env, msg)
 		if err != nil {
 			s.st.Log.Error("cannot spool the changed message", "queue_id", w.ID(), "error", err)
@@ -317,6 +318,14 @@ func (s *session) respool(w *queue.Writer, env queue.Envelope, msg *Message) (*q
 	if msg.NewFrom != "" {
 		env.From = msg.NewFrom
 	}
+	if len(msg.AddRcpts) > 0 {
+		env.To = append([]string(nil), env.To...)
+		for _, rc := range msg.AddRcpts {
+			if !slices.ContainsFunc(env.To, func(t string) bool { return strings.EqualFold(t, rc) }) {
+				env.To = append(env.To, rc)
+			}
+		}
+	}
 	w2, err := s.srv.opts.Queue.NewWriter(env)
 	if err != nil {
 		return nil, err
@@ -325,7 +334,9 @@ func (s *session) respool(w *queue.Writer, env queue.Envelope, msg *Message) (*q
 	if err == nil {
 		_, err = io.WriteString(w2, msg.AddHeader)
 	}
-	if err == nil {
+	if err == nil && msg.Rewrite != nil {
+		err = msg.Rewrite(w2, r)
+	} else if err == nil {
 		_, err = io.Copy(w2, r)
 	}
 	if err != nil {
@@ -342,6 +353,7 @@ func (s *session) endTxn() {
 	s.st.From = ""
 	s.st.Rcpts = nil
 	s.st.RequireTLS = false
+	s.st.Txn = nil
 	s.tc.inTxn.Store(false)
 	if s.srv.shutting.Load() {
 		s.tc.Conn.SetReadDeadline(time.Now())

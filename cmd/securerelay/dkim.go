@@ -8,10 +8,12 @@ import (
 	"os"
 	"strings"
 
+	"securerelay/authres"
 	"securerelay/config"
 	"securerelay/dkim"
 	"securerelay/dnsutil"
 	"securerelay/inbound"
+	"securerelay/milter"
 	"securerelay/outbound"
 	"securerelay/tlspolicy"
 )
@@ -170,4 +172,45 @@ func tlsDecider(cfg *config.Config, res *dnsutil.Client, log *slog.Logger) (*tls
 		return nil, err
 	}
 	return d, nil
+}
+
+// inboundContent builds the content stage: the SPF/DKIM/DMARC checker and
+// one milter chain per content policy that names milters.
+func inboundContent(cfg *config.Config, res *dnsutil.Client, log *slog.Logger) (*inbound.Content, error) {
+	ct, au := cfg.Inbound.Content, cfg.Inbound.Auth
+	c := &inbound.Content{Chains: map[string]*milter.Chain{}, DomainPolicy: map[string]string{},
+		RecipientDeletion: ct.RecipientDeletion, Hostname: cfg.Hostname}
+	if au.Enabled {
+		c.AuthServID = au.AuthServID
+		c.Auth = authres.New(authres.Options{AuthServID: au.AuthServID, Resolver: res, Timeout: au.Timeout.D(),
+			IgnoreDMARCReject: au.RejectDMARC != nil && !*au.RejectDMARC, RejectSPFFail: au.RejectSPFFail})
+	}
+	byName := map[string]config.Milter{}
+	for _, m := range ct.Milters {
+		byName[m.Name] = m
+	}
+	for name, list := range ct.Policies {
+		if len(list) == 0 {
+			continue
+		}
+		var cfgs []milter.Config
+		for _, n := range list {
+			m := byName[n]
+			cfgs = append(cfgs, milter.Config{Name: m.Name, Address: m.Address, OnError: m.OnError,
+				ConnectTimeout: m.ConnectTimeout.D(), ReadTimeout: m.ReadTimeout.D(), WriteTimeout: m.WriteTimeout.D()})
+		}
+		ch, err := milter.NewChain(cfgs, log)
+		if err != nil {
+			key := "inbound.content.policies." + name
+			return nil, &config.Error{File: cfg.Path, Line: cfg.Line(key), Key: key, Msg: err.Error()}
+		}
+		ch.Version = "securerelay " + versionString()
+		c.Chains[name] = ch
+	}
+	for name, d := range cfg.Domains {
+		if d.ContentPolicy != "" {
+			c.DomainPolicy[name] = d.ContentPolicy
+		}
+	}
+	return c, nil
 }

@@ -207,6 +207,10 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		return err
 	}
 	tlsConf := certs.Config()
+	content, err := inboundContent(cfg, res, log)
+	if err != nil {
+		return err
+	}
 	for _, l := range cfg.Listeners {
 		var role smtpd.Role
 		if l.Role == "inbound" {
@@ -215,6 +219,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 				Checks: inboundChecks(cfg), Screen: inboundScreen(cfg), Verifiers: verifiers(cfg),
 				Postmaster: cfg.Postmaster, TLSFrom: tlsFrom(cfg),
 			})
+			ir.SetContent(content)
 			r.inbound = append(r.inbound, ir)
 			role = ir
 		} else {
@@ -319,7 +324,13 @@ func (r *relay) reload() {
 		r.log.Error("reload failed, keeping the running configuration", "error", strings.ReplaceAll(err.Error(), "\n", "; "))
 		return
 	}
-	tlsPol, err := tlsDecider(cfg, dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D()), r.log)
+	res := dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D())
+	tlsPol, err := tlsDecider(cfg, res, r.log)
+	if err != nil {
+		r.log.Error("reload failed, keeping the running configuration", "error", err)
+		return
+	}
+	content, err := inboundContent(cfg, res, r.log)
 	if err != nil {
 		r.log.Error("reload failed, keeping the running configuration", "error", err)
 		return
@@ -337,7 +348,7 @@ func (r *relay) reload() {
 		{"log", r.cfg.Log, cfg.Log},
 		{"dns", r.cfg.DNS, cfg.DNS},
 		{"hostname", r.cfg.Hostname, cfg.Hostname},
-		{"inbound (checks and screening)", r.cfg.Inbound, cfg.Inbound},
+		{"inbound (checks and screening)", stripInbound(r.cfg.Inbound), stripInbound(cfg.Inbound)},
 		{"outbound (except users, routes and dkim)", stripOutbound(r.cfg.Outbound), stripOutbound(cfg.Outbound)},
 	} {
 		if !reflect.DeepEqual(k.old, k.new) {
@@ -355,6 +366,7 @@ func (r *relay) reload() {
 		ir.SetDomains(domainList(cfg))
 		ir.SetVerifiers(verifiers(cfg))
 		ir.SetTLSFrom(tlsFrom(cfg))
+		ir.SetContent(content)
 		if err == nil {
 			ir.SetRecipients(recips)
 		}
@@ -365,6 +377,13 @@ func (r *relay) reload() {
 	r.signer.Set(keys, dkimOptions(cfg), cfg.Outbound.DKIM.UseEnvelopeSender)
 	r.ours.Set(ourDomains(cfg))
 	r.log.Info("configuration reloaded", "domains", len(cfg.Domains), "routes", len(cfg.Outbound.Routes), "users", len(cfg.Outbound.Users))
+}
+
+// stripInbound leaves what a reload cannot apply: content scanning and
+// authentication are swapped whole on SIGHUP.
+func stripInbound(i config.Inbound) config.Inbound {
+	i.Content, i.Auth = config.Content{}, config.Auth{}
+	return i
 }
 
 func stripOutbound(o config.Outbound) config.Outbound {

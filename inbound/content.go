@@ -1,0 +1,295 @@
+package inbound
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"securerelay/authres"
+	"securerelay/dkim"
+	"securerelay/milter"
+	"securerelay/smtpd"
+	"securerelay/smtputil"
+)
+
+// Content is the expensive stage after DATA, run while the client waits:
+// SPF/DKIM/DMARC verdicts, then the milters of the recipients' content
+// policy. Each verdict is a reply in the dialog; nothing turns into a
+// bounce or a silent drop.
+type Content struct {
+	// Auth, if set, records SPF, DKIM and DMARC in Authentication-Results
+	// (and refuses what the policy says to refuse).
+	Auth *authres.Checker
+	// AuthServID is Auth's: forged Authentication-Results claiming it are
+	// removed from the queued message.
+	AuthServID string
+	// Chains are the milter chains by content policy name; DomainPolicy
+	// names a domain's policy ("default" when absent).
+	Chains       map[string]*milter.Chain
+	DomainPolicy map[string]string
+	// RecipientDeletion: "reject" (550 5.7.1) or "tempfail" (451 4.7.1)
+	// when a milter asks to remove some recipients.
+	RecipientDeletion string
+	// Hostname is our name (milter macro j).
+	Hostname string
+	// Timeout bounds the whole stage for one message.
+	Timeout time.Duration
+}
+
+// txn is the role's per-transaction state (smtpd.State.Txn).
+type txn struct {
+	spf    *authres.SPFResult
+	policy string // content policy of the first accepted recipient
+}
+
+func txnOf(st *smtpd.State) *txn {
+	if st == nil {
+		return &txn{}
+	}
+	t, ok := st.Txn.(*txn)
+	if !ok {
+		t = &txn{}
+		st.Txn = t
+	}
+	return t
+}
+
+// SetContent replaces the content stage (start and SIGHUP).
+func (r *Role) SetContent(c *Content) { r.content.Store(c) }
+
+func (c *Content) policyOf(domain string) string {
+	if p := c.DomainPolicy[domain]; p != "" {
+		return p
+	}
+	return "default"
+}
+
+// scans reports whether any milter would see mail for policy (Chains
+// holds only policies with milters).
+func (c *Content) scans(policy string) bool { return c.Chains[policy] != nil }
+
+// spfAtMail evaluates SPF when the transaction starts, so that a
+// configured hard-fail refusal happens at MAIL FROM, before any data.
+func (r *Role) spfAtMail(st *smtpd.State, from string) error {
+	c := r.content.Load()
+	if c == nil || c.Auth == nil || st == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout())
+	defer cancel()
+	res := c.Auth.SPF(ctx, st.RemoteIP, st.Helo, from)
+	txnOf(st).spf = &res
+	if res.Reject != nil {
+		r.count.inc("spf")
+		if r.log != nil {
+			r.log.Info("inbound check refused", "check", "spf", "result", res.Result, "from", from)
+		}
+		return res.Reject
+	}
+	return nil
+}
+
+// splitPolicy keeps one content policy per transaction: SMTP has one reply
+// to DATA for all recipients, so recipients whose scanning differs are
+// sent by the client in another transaction (452 4.5.3 makes a real MTA
+// retry them at once), never accepted and then treated alike.
+func (r *Role) splitPolicy(st *smtpd.State, domain string) error {
+	c := r.content.Load()
+	if c == nil || len(c.Chains) == 0 {
+		return nil
+	}
+	p := c.policyOf(domain)
+	t := txnOf(st)
+	switch {
+	case t.policy == "":
+		t.policy = p
+	case t.policy != p && (c.scans(p) || c.scans(t.policy)):
+		r.count.inc("content_policy_split")
+		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
+			Message: "recipients of " + domain + " are scanned differently from the recipients already accepted; send to them in a separate transaction"}
+	}
+	return nil
+}
+
+func (c *Content) timeout() time.Duration {
+	if c.Timeout > 0 {
+		return c.Timeout
+	}
+	return 5 * time.Minute
+}
+
+// Data implements smtpd.Role: the content stage.
+func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
+	c := r.content.Load()
+	if c == nil {
+		return nil
+	}
+	t := txnOf(st)
+	policy := t.policy
+	if policy == "" {
+		policy = "default"
+	}
+	if c.Auth == nil && !c.scans(policy) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout())
+	defer cancel()
+	var rewrites []func(io.Writer, io.Reader) error
+
+	if c.Auth != nil {
+		src, err := msg.Open()
+		if err != nil {
+			return r.contentFailed(msg, "reading the spooled message", err)
+		}
+		v, err := c.Auth.Check(ctx, st.RemoteIP, st.Helo, st.From, t.spf, src)
+		closeReader(src)
+		if err != nil {
+			return r.contentFailed(msg, "SPF/DKIM/DMARC", err)
+		}
+		if v.Reject != nil {
+			r.count.inc("dmarc")
+			st.Log.Info("inbound check refused", "check", "auth", "queue_id", msg.QueueID, "reply", v.Reject.Message)
+			return v.Reject
+		}
+		msg.AddHeader += v.Header
+		if forged, err := hasForgedAR(msg, c.AuthServID); err != nil {
+			return r.contentFailed(msg, "reading the header", err)
+		} else if forged {
+			id := c.AuthServID
+			rewrites = append(rewrites, func(w io.Writer, r io.Reader) error {
+				_, err := authres.StripForged(w, r, id)
+				return err
+			})
+		}
+	}
+
+	if ch := c.Chains[policy]; ch != nil {
+		env := &milter.Envelope{
+			QueueID: msg.QueueID, Hostname: c.Hostname, DaemonName: st.Listener,
+			ClientAddr: st.RemoteIP, ClientPort: int(st.Remote.Port()), LocalAddr: st.Local,
+			Helo: st.Helo, AuthUser: st.AuthUser, From: st.From, Rcpts: st.Rcpts,
+		}
+		if st.TLS != nil {
+			// Postfix's spelling of the macros: TLSv1.3 and the IANA name.
+			env.TLSVersion = strings.Replace(tls.VersionName(st.TLS.Version), " ", "v", 1)
+			env.TLSCipher = tls.CipherSuiteName(st.TLS.CipherSuite)
+		}
+		res, err := ch.Check(ctx, env, func() (io.Reader, error) { return msg.Open() })
+		if err != nil {
+			return r.contentFailed(msg, "content scanning", err)
+		}
+		if res.Action != milter.Accept {
+			r.count.inc("content")
+			return milterReply(res)
+		}
+		if del := res.RecipientsDeleted(); len(del) > 0 {
+			r.count.inc("content_rcpt_deleted")
+			st.Log.Warn("milter asked to delete recipients; refusing the whole message rather than losing them",
+				"queue_id", msg.QueueID, "deleted", strings.Join(del, ","))
+			text := "the content filter wants to refuse delivery to some recipients (" + strings.Join(del, ", ") +
+				"); the message is refused for all, so that none is silently dropped; send it to the others alone"
+			if c.RecipientDeletion == "tempfail" {
+				return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: text}
+			}
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: text}
+		}
+		for _, a := range res.RecipientsAdded() {
+			addr, err := smtputil.ParseAddress(strings.Trim(a, "<>"))
+			if err != nil {
+				return r.contentFailed(msg, "a milter's added recipient", fmt.Errorf("%q: %w", a, err))
+			}
+			msg.AddRcpts = append(msg.AddRcpts, addr.String())
+		}
+		if from, ok := res.NewFrom(); ok {
+			msg.NewFrom = strings.Trim(from, "<>")
+			if msg.NewFrom == "" {
+				// The null sender cannot be set through NewFrom; keep the
+				// sender rather than guess.
+				st.Log.Warn("milter changed the sender to <>; kept the original", "queue_id", msg.QueueID)
+			}
+		}
+		if res.ChangesContent() {
+			rewrites = append(rewrites, res.Apply)
+		}
+	}
+	if len(rewrites) > 0 {
+		msg.Rewrite = chain(rewrites)
+	}
+	return nil
+}
+
+// chain composes streaming rewrites with pipes, so that no stage holds
+// the message in memory.
+func chain(fs []func(io.Writer, io.Reader) error) func(io.Writer, io.Reader) error {
+	if len(fs) == 1 {
+		return fs[0]
+	}
+	return func(w io.Writer, r io.Reader) error {
+		pr, pw := io.Pipe()
+		done := make(chan error, 1)
+		go func() {
+			err := fs[0](pw, r)
+			pw.CloseWithError(err)
+			done <- err
+		}()
+		err := chain(fs[1:])(w, pr)
+		pr.CloseWithError(err)
+		if err2 := <-done; err == nil {
+			err = err2
+		}
+		return err
+	}
+}
+
+// hasForgedAR looks at the header only: stripping costs a second copy of
+// the message, which only forged mail should pay for.
+func hasForgedAR(msg *smtpd.Message, id string) (bool, error) {
+	src, err := msg.Open()
+	if err != nil {
+		return false, err
+	}
+	defer closeReader(src)
+	h, err := dkim.ReadHeader(src, dkim.MaxHeaderBytes)
+	if err != nil {
+		return false, err
+	}
+	n, err := authres.StripForged(io.Discard, bytes.NewReader(h), id)
+	return n > 0, err
+}
+
+func closeReader(r io.Reader) {
+	if c, ok := r.(io.Closer); ok {
+		c.Close()
+	}
+}
+
+// contentFailed is our own failure during the stage: never a silent accept.
+func (r *Role) contentFailed(msg *smtpd.Message, what string, err error) error {
+	if r.log != nil {
+		r.log.Error("content stage failed", "queue_id", msg.QueueID, "stage", what, "error", err)
+	}
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+		Message: "local error while checking the message (" + what + "); try again later"}
+}
+
+// milterReply is the milter's own reply (code, enhanced code and text), as
+// Postfix passes it on.
+func milterReply(res *milter.Result) error {
+	e := smtp.EnhancedCode{res.Code / 100, 7, 1}
+	if p := strings.Split(res.Enhanced, "."); len(p) == 3 {
+		a, _ := strconv.Atoi(p[0])
+		b, _ := strconv.Atoi(p[1])
+		c, _ := strconv.Atoi(p[2])
+		if a == res.Code/100 {
+			e = smtp.EnhancedCode{a, b, c}
+		}
+	}
+	return &smtp.SMTPError{Code: res.Code, EnhancedCode: e, Message: res.Text}
+}

@@ -1,0 +1,415 @@
+package milter
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	gomilter "github.com/d--j/go-milter"
+
+	"securerelay/smtputil"
+)
+
+// OnError values: what a milter that cannot be reached, times out or
+// breaks the protocol means for the message.
+const (
+	OnErrorTempfail = "tempfail" // 451 4.7.1: the sender retries later (default)
+	OnErrorAccept   = "accept"   // skip this milter, logged
+	OnErrorReject   = "reject"   // 554 5.7.1
+)
+
+// Default timeouts. Postfix uses 30 s to connect and per command and
+// 300 s for the content; a scan of a large message by clamd can take tens
+// of seconds, and the SMTP client waits up to 10 minutes for the reply to
+// DATA (RFC 5321 §4.5.3.2.6). ReadTimeout restarts with every packet,
+// including SMFIR_PROGRESS.
+const (
+	DefaultConnectTimeout = 10 * time.Second
+	DefaultReadTimeout    = 120 * time.Second
+	DefaultWriteTimeout   = 30 * time.Second
+)
+
+// Config describes one milter.
+type Config struct {
+	// Name appears in logs and in the reply texts the sender sees
+	// ("content scanner rspamd ..."); default: Address.
+	Name string
+	// Address is "unix:/path", "inet:host:port" (or Sendmail's
+	// "inet:port@host"), "host:port" or "/path".
+	Address string
+	// Zero means the Default… value.
+	ConnectTimeout, ReadTimeout, WriteTimeout time.Duration
+	// OnError is OnErrorTempfail (default, also for ""), OnErrorAccept or
+	// OnErrorReject.
+	OnError string
+}
+
+// Validate checks the address and OnError, for config loading.
+func (c Config) Validate() error {
+	if _, _, err := parseAddress(c.Address); err != nil {
+		return err
+	}
+	switch c.OnError {
+	case "", OnErrorTempfail, OnErrorAccept, OnErrorReject:
+	default:
+		return fmt.Errorf("milter %s: on_error %q: want tempfail, accept or reject", c.displayName(), c.OnError)
+	}
+	for i := 0; i < len(c.Name); i++ {
+		// The name goes into SMTP replies.
+		if c.Name[i] < ' ' || c.Name[i] >= 0x7f {
+			return fmt.Errorf("milter %q: name must be printable ASCII", c.Name)
+		}
+	}
+	if c.ConnectTimeout < 0 || c.ReadTimeout < 0 || c.WriteTimeout < 0 {
+		return fmt.Errorf("milter %s: negative timeout", c.displayName())
+	}
+	return nil
+}
+
+func (c Config) displayName() string {
+	if c.Name != "" {
+		return c.Name
+	}
+	return c.Address
+}
+
+// Envelope is what the SMTP session knows about the message; it becomes
+// the milter events (connect, HELO, MAIL, RCPT) and the macros.
+type Envelope struct {
+	QueueID    string // macro i
+	Hostname   string // our host name: macro j
+	DaemonName string // {daemon_name}, e.g. the listener name
+
+	ClientAddr netip.Addr // invalid: the connect event has family "unknown"
+	ClientPort int
+	ClientName string // verified PTR name, or "" ("unknown" is sent)
+	// LocalAddr is the address the client connected to ({daemon_addr},
+	// {daemon_port}, {if_addr}); optional.
+	LocalAddr netip.AddrPort
+
+	Helo       string
+	AuthUser   string // {auth_authen}; "" when not authenticated
+	AuthMech   string // {auth_type}, e.g. "PLAIN"
+	TLSVersion string // {tls_version}, e.g. "TLSv1.3"; "" without TLS
+	TLSCipher  string // {cipher}
+
+	From  string   // envelope sender without <>, "" for the null sender
+	Rcpts []string // accepted recipients without <>; at least one
+}
+
+// Chain runs the configured milters in order. It is safe for concurrent
+// use; set the exported fields before the first Check.
+type Chain struct {
+	// Version is sent as macro v (the MTA's name and version).
+	Version string
+	// MaxBodyReplacement bounds a body a milter sends back with
+	// SMFIR_REPLBODY; go-milter holds it in memory (see the package doc).
+	// A milter that sends more has broken the protocol.
+	MaxBodyReplacement int64
+
+	milters []*milterDef
+	log     *slog.Logger
+	// observe, if set (benchmarks), gets each conversation's byte counts.
+	observe func(sent, received int64)
+}
+
+type milterDef struct {
+	cfg           Config
+	name          string
+	network, addr string
+	opts          []gomilter.Option
+}
+
+// DefaultMaxBodyReplacement is the default Chain.MaxBodyReplacement.
+const DefaultMaxBodyReplacement = 64 << 20
+
+// NewChain checks the configurations and returns a Chain that runs them in
+// the given order. A nil log discards.
+func NewChain(cfgs []Config, log *slog.Logger) (*Chain, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Chain{Version: "securerelay", MaxBodyReplacement: DefaultMaxBodyReplacement, log: log}
+	for _, cfg := range cfgs {
+		if err := cfg.Validate(); err != nil {
+			return nil, err
+		}
+		network, addr, _ := parseAddress(cfg.Address)
+		if cfg.OnError == "" {
+			cfg.OnError = OnErrorTempfail
+		}
+		cfg.ConnectTimeout = orDefault(cfg.ConnectTimeout, DefaultConnectTimeout)
+		cfg.ReadTimeout = orDefault(cfg.ReadTimeout, DefaultReadTimeout)
+		cfg.WriteTimeout = orDefault(cfg.WriteTimeout, DefaultWriteTimeout)
+		c.milters = append(c.milters, &milterDef{
+			cfg: cfg, name: cfg.displayName(), network: network, addr: addr,
+			opts: clientOptions(cfg),
+		})
+	}
+	return c, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}
+
+// Macros sent at each stage. They follow Postfix's defaults (connect: j
+// {daemon_name} {daemon_addr} v _; MAIL: i {auth_type} {auth_authen}
+// {mail_addr} {mail_host}; RCPT: {rcpt_addr} {rcpt_host}; DATA, end of
+// header, end of message: i), plus what the milters we run read:
+//   - rspamd: i, v, j or {daemon_name}, {client_name}, {auth_authen},
+//     {tls_version}, {cipher}
+//   - clamav-milter: i, {mail_addr}, {rcpt_addr} (log lines), {auth_authen}
+//   - amavisd-milter: j, i (at MAIL or end of message), r, {auth_type},
+//     {auth_authen}
+//
+// libmilter keeps the macros of earlier stages, so each is sent once.
+// Macros without a value are not sent. A milter that asks for its own list
+// (SMFIF_SETSYMLIST) gets only the stages it names (go-milter's rule).
+var stageMacros = [...][]gomilter.MacroName{
+	gomilter.StageConnect: {gomilter.MacroMTAFQDN, gomilter.MacroDaemonName, gomilter.MacroDaemonAddr,
+		gomilter.MacroDaemonPort, gomilter.MacroIfAddr, gomilter.MacroMTAVersion, gomilter.MacroRFC1413AuthInfo,
+		gomilter.MacroClientAddr, gomilter.MacroClientPort, gomilter.MacroClientName, gomilter.MacroClientPTR},
+	gomilter.StageHelo: {gomilter.MacroTlsVersion, gomilter.MacroCipher},
+	gomilter.StageMail: {gomilter.MacroQueueId, gomilter.MacroProtocolUsed, gomilter.MacroAuthType,
+		gomilter.MacroAuthAuthen, gomilter.MacroMailAddr, gomilter.MacroMailHost},
+	gomilter.StageRcpt: {gomilter.MacroRcptAddr, gomilter.MacroRcptHost},
+	gomilter.StageData: {gomilter.MacroQueueId},
+	gomilter.StageEOH:  {gomilter.MacroQueueId},
+	gomilter.StageEOM:  {gomilter.MacroQueueId},
+}
+
+func clientOptions(cfg Config) []gomilter.Option {
+	opts := []gomilter.Option{
+		gomilter.WithReadTimeout(cfg.ReadTimeout),
+		gomilter.WithWriteTimeout(cfg.WriteTimeout),
+		// Offer every action and protocol step of version 6, as Postfix
+		// does (actions 0x1ff); each milter narrows them.
+		gomilter.WithActions(gomilter.AllClientSupportedActionMasks),
+		gomilter.WithoutDefaultMacros(),
+	}
+	for stage, names := range stageMacros {
+		opts = append(opts, gomilter.WithMacroRequest(gomilter.MacroStage(stage), names))
+	}
+	return opts
+}
+
+func (e *Envelope) macros(version string) *gomilter.MacroBag {
+	m := gomilter.NewMacroBag()
+	set := func(name, v string) {
+		if v != "" {
+			m.Set(name, v)
+		}
+	}
+	clientName := e.ClientName
+	if clientName == "" {
+		clientName = "unknown"
+	}
+	set(gomilter.MacroQueueId, e.QueueID)
+	set(gomilter.MacroMTAFQDN, e.Hostname)
+	set(gomilter.MacroDaemonName, e.DaemonName)
+	set(gomilter.MacroMTAVersion, version)
+	if e.LocalAddr.IsValid() {
+		set(gomilter.MacroDaemonAddr, e.LocalAddr.Addr().Unmap().String())
+		set(gomilter.MacroIfAddr, e.LocalAddr.Addr().Unmap().String())
+		set(gomilter.MacroDaemonPort, strconv.Itoa(int(e.LocalAddr.Port())))
+	}
+	if e.ClientAddr.IsValid() {
+		a := e.ClientAddr.Unmap().String()
+		set(gomilter.MacroClientAddr, a)
+		set(gomilter.MacroClientPort, strconv.Itoa(e.ClientPort))
+		set(gomilter.MacroRFC1413AuthInfo, clientName+" ["+a+"]")
+	}
+	set(gomilter.MacroClientName, clientName)
+	set(gomilter.MacroClientPTR, clientName)
+	set(gomilter.MacroTlsVersion, e.TLSVersion)
+	set(gomilter.MacroCipher, e.TLSCipher)
+	set(gomilter.MacroProtocolUsed, smtputil.ProtocolName(true, e.TLSVersion != "", e.AuthUser != ""))
+	set(gomilter.MacroAuthAuthen, e.AuthUser)
+	if e.AuthUser != "" {
+		set(gomilter.MacroAuthType, e.AuthMech)
+	}
+	set(gomilter.MacroMailAddr, e.From)
+	set(gomilter.MacroMailHost, domainOf(e.From))
+	return m
+}
+
+func domainOf(addr string) string {
+	for i := len(addr) - 1; i >= 0; i-- {
+		if addr[i] == '@' {
+			return addr[i+1:]
+		}
+	}
+	return ""
+}
+
+// errSource marks failures of the message source (open() or reading it):
+// the relay's own problem, never blamed on a milter.
+type errSource struct{ err error }
+
+func (e errSource) Error() string { return "milter: reading message: " + e.err.Error() }
+func (e errSource) Unwrap() error { return e.err }
+
+// Check runs the milter conversation (connect, HELO, MAIL, RCPT, DATA,
+// header, body, end of message) for one message against each milter in
+// order, stopping at the first that rejects or fails. Like Postfix, each
+// milter gets the message with the header and body changes of the ones
+// before it.
+//
+// open returns the raw message (RFC 5322, CRLF line ends); it is called
+// once per milter that wants the content, and a returned io.Closer is
+// closed. The body is streamed in chunks of at most 65535 bytes; only the
+// header section (at most 1 MiB) is held in memory.
+//
+// A milter failure is not an error: it turns into the Result its OnError
+// asks for. Check returns an error only when the message cannot be read,
+// env has no recipient, or ctx ends.
+func (c *Chain) Check(ctx context.Context, env *Envelope, open func() (io.Reader, error)) (*Result, error) {
+	res := &Result{Action: Accept}
+	if len(c.milters) == 0 {
+		return res, nil
+	}
+	if len(env.Rcpts) == 0 {
+		return nil, errors.New("milter: check: envelope without recipients")
+	}
+	cnt := &content{open: open}
+	defer cnt.close()
+	macros := env.macros(c.Version)
+	for _, m := range c.milters {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		out, err := c.converse(ctx, m, env, macros, cnt)
+		if err != nil {
+			if errors.Is(err, errHeaderTooLarge) {
+				return &Result{Action: Reject, Code: 552, Enhanced: "5.3.4", Text: "Message header too large"}, nil
+			}
+			return nil, err
+		}
+		if c.observe != nil {
+			c.observe(out.written, out.read)
+		}
+		if out.failure != nil {
+			c.log.Warn("milter failed", "milter", m.name, "queue_id", env.QueueID, "err", out.failure,
+				"on_error", m.cfg.OnError, "bytes_sent", out.written, "bytes_received", out.read)
+			switch m.cfg.OnError {
+			case OnErrorAccept:
+				continue
+			case OnErrorReject:
+				return &Result{Action: Reject, Code: 554, Enhanced: "5.7.1",
+					Text: "Content scanner " + m.name + " failed, message refused", Milter: m.name, Mods: res.Mods}, nil
+			default:
+				return &Result{Action: Tempfail, Code: 451, Enhanced: "4.7.1",
+					Text: "Content scanner " + m.name + " unavailable, try again later", Milter: m.name, Mods: res.Mods}, nil
+			}
+		}
+		if out.action != Accept {
+			c.log.Info("milter refused message", "milter", m.name, "queue_id", env.QueueID, "action", out.action,
+				"code", out.code, "enhanced", out.enhanced, "text", out.text)
+			return &Result{Action: out.action, Code: out.code, Enhanced: out.enhanced, Text: out.text,
+				Milter: m.name, Mods: res.Mods}, nil
+		}
+		if c.log.Enabled(ctx, slog.LevelDebug) {
+			c.log.Debug("milter accepted message", "milter", m.name, "queue_id", env.QueueID,
+				"modifications", len(out.mods), "bytes_sent", out.written, "bytes_received", out.read)
+		}
+		res.Mods = append(res.Mods, out.mods...)
+		cnt.mods = res.Mods
+	}
+	return res, nil
+}
+
+// content gives each milter the header and body it should see.
+type content struct {
+	open func() (io.Reader, error)
+	hdr  *header
+	// br is the first open's reader (from bufioPool), positioned at the
+	// body until a milter has streamed it (firstUsed).
+	br        *bufio.Reader
+	firstUsed bool
+	closers   []io.Closer
+	mods      []Modification // of the milters that accepted so far
+}
+
+var bufioPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
+
+func (c *content) load() error {
+	if c.hdr != nil {
+		return nil
+	}
+	r, err := c.open()
+	if err != nil {
+		return errSource{err}
+	}
+	if cl, ok := r.(io.Closer); ok {
+		c.closers = append(c.closers, cl)
+	}
+	br := bufioPool.Get().(*bufio.Reader)
+	br.Reset(r)
+	c.br = br
+	h, err := readHeader(br)
+	if err != nil {
+		if errors.Is(err, errHeaderTooLarge) {
+			return err
+		}
+		return errSource{err}
+	}
+	c.hdr = h
+	return nil
+}
+
+// fields returns the header as the next milter sees it.
+func (c *content) fields() []field {
+	if len(c.mods) == 0 {
+		return c.hdr.fields
+	}
+	f, _ := applyMods(c.hdr.fields, c.mods)
+	return f
+}
+
+// body returns the body as the next milter sees it.
+func (c *content) body() (io.Reader, error) {
+	if repl := replacedBody(c.mods); repl != nil {
+		return bytes.NewReader(repl), nil
+	}
+	if !c.firstUsed {
+		c.firstUsed = true
+		if len(c.hdr.bodyStart) > 0 {
+			return io.MultiReader(bytes.NewReader(c.hdr.bodyStart), c.br), nil
+		}
+		return c.br, nil
+	}
+	r, err := c.open()
+	if err != nil {
+		return nil, errSource{err}
+	}
+	if cl, ok := r.(io.Closer); ok {
+		c.closers = append(c.closers, cl)
+	}
+	if _, err := io.CopyN(io.Discard, r, c.hdr.size); err != nil {
+		return nil, errSource{fmt.Errorf("skipping header on re-read: %w", err)}
+	}
+	return r, nil
+}
+
+func (c *content) close() {
+	if c.br != nil {
+		c.br.Reset(nil)
+		bufioPool.Put(c.br)
+		c.br = nil
+	}
+	for _, cl := range c.closers {
+		cl.Close()
+	}
+}
