@@ -185,9 +185,9 @@ type Milter struct {
 	Name string `yaml:"name"`
 	// Address: unix:/path or inet:host:port.
 	Address        string   `yaml:"address"`
-	ConnectTimeout Duration `yaml:"connect_timeout"` // default 5s
-	ReadTimeout    Duration `yaml:"read_timeout"`    // default 60s
-	WriteTimeout   Duration `yaml:"write_timeout"`   // default 10s
+	ConnectTimeout Duration `yaml:"connect_timeout"` // default 10s
+	ReadTimeout    Duration `yaml:"read_timeout"`    // default 2m
+	WriteTimeout   Duration `yaml:"write_timeout"`   // default 30s
 	// OnError: tempfail (default; 451 4.7.1), accept (skip this milter)
 	// or reject (554 5.7.1) when the milter is down, slow or broken.
 	OnError string `yaml:"on_error"`
