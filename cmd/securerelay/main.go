@@ -33,6 +33,12 @@ commands:
                                make the next key of D (not signing yet) and print the steps
   queue list|count --config FILE   show the spool (read only); list includes spool/hold,
                                count only messages still being delivered
+  tls-policy explain --config FILE DOMAIN [--requiretls] [--tls-required-no]
+                               print the TLS policy for mail to DOMAIN, where each part comes
+                               from, per MX host; exit 3 if DNS gave no MX host
+  tls-policy probe --config FILE DOMAIN [--port N] [--timeout D] [--requiretls] [--tls-required-no]
+                               EHLO, STARTTLS, EHLO, QUIT to each MX address (no mail); report
+                               what it offers; exit 1 unless every one meets the policy, 3 as above
   version                      print the version
 `
 
@@ -88,6 +94,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return queueCmd(args[0], cfg, stdout, stderr)
 	case "dkim":
 		return dkimCmd(args, stdout, stderr)
+	case "tls-policy":
+		return tlsPolicyCmd(args, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "securerelay", versionString())
 		return 0
@@ -128,6 +136,9 @@ func load(path string, stderr io.Writer) (*config.Config, int) {
 		}
 		if err == nil {
 			_, err = tlsDecider(cfg, dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D()), quietLog)
+		}
+		if err == nil {
+			_, err = inboundContent(cfg, dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D()), quietLog)
 		}
 	}
 	if err != nil {

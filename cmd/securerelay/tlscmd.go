@@ -1,0 +1,709 @@
+package main
+
+// `securerelay tls-policy explain|probe`: what the TLS policy asks of a
+// destination, and whether its servers would meet it. Both walk the path
+// a delivery walks (outbound/deliver.go: Router.Route, decideTLS, connect,
+// open; outbound/client.go: newSMTPClient) with the same tlspolicy calls,
+// so that what they print is what a message would get, not a second
+// opinion that could drift from it.
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	netsmtp "net/smtp"
+	"os"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"securerelay/config"
+	"securerelay/dnsutil"
+	"securerelay/outbound"
+	"securerelay/tlspolicy"
+)
+
+// exitDNS: the MX hosts (or the DNSSEC records the decision depends on)
+// could not be found. Not 2, which the command line keeps for usage
+// errors, so that a script can tell a typo from an outage.
+const exitDNS = 3
+
+// lookupBudget bounds all DNS lookups and MTA-STS fetches of one command
+// (a policy fetch alone may take 30s).
+const lookupBudget = 2 * time.Minute
+
+// tlsPolicyCmd is `securerelay tls-policy explain|probe`.
+func tlsPolicyCmd(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "explain":
+		return tlsExplain(args[1:], stdout, stderr)
+	case "probe":
+		return tlsProbe(args[1:], stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "securerelay tls-policy: unknown subcommand %q\n%s", args[0], usage)
+	return 2
+}
+
+type tlsCmdArgs struct {
+	config        string
+	domain        string
+	requireTLS    bool
+	tlsRequiredNo bool
+	port          string
+	timeout       time.Duration
+}
+
+// parseTLSArgs accepts flags before and after DOMAIN, as admins type them.
+func parseTLSArgs(sub string, args []string, stderr io.Writer) (tlsCmdArgs, bool) {
+	a := tlsCmdArgs{port: "25", timeout: 30 * time.Second}
+	fs := flag.NewFlagSet("tls-policy "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&a.config, "config", "", "configuration file (YAML)")
+	fs.BoolVar(&a.requireTLS, "requiretls", false, "as for a message that arrived with REQUIRETLS (RFC 8689)")
+	fs.BoolVar(&a.tlsRequiredNo, "tls-required-no", false, `as for a message with the header "TLS-Required: No"`)
+	if sub == "probe" {
+		fs.StringVar(&a.port, "port", a.port, "port of the MX hosts (delivery uses 25; configured next hops keep their own)")
+		fs.DurationVar(&a.timeout, "timeout", a.timeout, "time allowed for each connection")
+	}
+	var pos []string
+	for range len(args) + 1 {
+		if err := fs.Parse(args); err != nil {
+			return a, false
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	switch {
+	case a.config == "":
+		fmt.Fprintf(stderr, "securerelay tls-policy %s: --config FILE is required\n", sub)
+		return a, false
+	case len(pos) != 1:
+		fmt.Fprintf(stderr, "securerelay tls-policy %s: want exactly one DOMAIN, got %d\n", sub, len(pos))
+		return a, false
+	case a.timeout <= 0:
+		fmt.Fprintf(stderr, "securerelay tls-policy %s: --timeout must be positive\n", sub)
+		return a, false
+	}
+	a.domain = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(pos[0]), "."))
+	return a, true
+}
+
+// tlsEnv is what both subcommands build from the configuration, as serve
+// builds it.
+type tlsEnv struct {
+	cfg *config.Config
+	res *dnsutil.Client
+	dec *tlspolicy.Decider
+	rt  *outbound.Router
+}
+
+func newTLSEnv(path string, stderr io.Writer) (*tlsEnv, int) {
+	cfg, code := load(path, stderr)
+	if cfg == nil {
+		return nil, code
+	}
+	res := dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D())
+	dec, err := tlsDecider(cfg, res, quietLog)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return nil, 1
+	}
+	rt, err := router(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", path, err)
+		return nil, 1
+	}
+	return &tlsEnv{cfg: cfg, res: res, dec: dec, rt: rt}, 0
+}
+
+// destination is where delivery sends mail for a domain.
+type destination struct {
+	target outbound.Target
+	// how says it in words, with the configuration key that decided it.
+	how string
+	// policyFor is the name the policy is decided for: the recipient
+	// domain for MX delivery, the next-hop host for a configured one
+	// (decideTLS, like Postfix's smtp_tls_policy_maps lookup).
+	policyFor  string
+	host, port string // configured next hop only
+}
+
+func (d destination) relay() bool { return d.target.Kind == "smtp" || d.target.Kind == "lmtp" }
+
+func (e *tlsEnv) destination(domain string) (destination, error) {
+	t := e.rt.Route(domain)
+	d := destination{target: t, policyFor: domain}
+	var key string
+	if _, ok := e.rt.Local[domain]; ok {
+		key = e.cfg.DomainPath(domain) + ".deliver_to"
+	} else {
+		// The first route that takes the domain on its own is the one
+		// Route used: same matching code, no copy of it here.
+		for i, r := range e.rt.Routes {
+			if (&outbound.Router{Routes: []outbound.Route{r}}).Route(domain).Kind != "mx" {
+				key = fmt.Sprintf("outbound.routes[%d] (match %s)", i, r.Match)
+				break
+			}
+		}
+	}
+	switch t.Kind {
+	case "mx":
+		d.how = "the MX hosts of " + domain + ", looked up through " + e.cfg.DNS.Resolver
+		return d, nil
+	case "maildir":
+		d.how = "the local maildir " + t.Addr + " (" + key + "): no SMTP, so no TLS policy"
+		return d, nil
+	}
+	h, p, err := net.SplitHostPort(t.Addr)
+	if err != nil {
+		return d, fmt.Errorf("%s: next hop %q: %w", key, t.Addr, err)
+	}
+	d.host, d.port, d.policyFor = h, p, strings.ToLower(h)
+	if t.Kind == "smtp" && e.dec.HasDomainRule(domain) {
+		// As delivery does (outbound decideTLS): a partner's rule travels
+		// with its recipients through the relay.
+		d.policyFor = domain
+		d.how = fmt.Sprintf("%s://%s (%s); a rule names %s, so its policy is checked against this next hop, as delivery does", t.Kind, t.Addr, key, domain)
+	} else {
+		d.how = fmt.Sprintf("%s://%s (%s); the policy is decided for the next-hop host %s, as delivery does (no rule names %s)", t.Kind, t.Addr, key, d.policyFor, domain)
+	}
+	if t.Kind == "lmtp" {
+		d.how += "; LMTP is delivered without STARTTLS, so a level that requires TLS fails every delivery"
+	}
+	return d, nil
+}
+
+// decide runs Decide and prints its steps; ok false means the command
+// ends with the returned exit status.
+func (e *tlsEnv) decide(ctx context.Context, w io.Writer, a tlsCmdArgs, d destination) (*tlspolicy.Policy, int, bool) {
+	fmt.Fprintf(w, "destination: %s\n", a.domain)
+	fmt.Fprintf(w, "next hop:    %s\n", d.how)
+	msg := fmt.Sprintf("message:     REQUIRETLS %s, TLS-Required: No %s", yesNo(a.requireTLS), yesNo(a.tlsRequiredNo))
+	if a.requireTLS && d.relay() {
+		msg += " (as for submitted mail: inbound mail keeps REQUIRETLS only to MX hosts)"
+	}
+	fmt.Fprintln(w, msg)
+	if d.target.Kind == "maildir" {
+		return nil, 0, false
+	}
+	pol, err := e.dec.Decide(ctx, d.policyFor, a.requireTLS, a.tlsRequiredNo)
+	if err != nil {
+		var f *tlspolicy.Failure
+		if !errors.As(err, &f) {
+			fmt.Fprintf(w, "\nno policy: %v\n", err)
+			return nil, 2, false
+		}
+		fmt.Fprintf(w, "\npolicy for %s:\n", d.policyFor)
+		printLines(w, "  ", f.Explain)
+		// f's level is not decided yet; its reason is the news.
+		fmt.Fprintf(w, "no policy for %s (%s): %s\n", d.policyFor, f.Code, f.Reason)
+		if f.Temporary {
+			fmt.Fprintln(w, "delivery would be deferred until the lookup succeeds")
+			return nil, exitDNS, false
+		}
+		return nil, 1, false
+	}
+	fmt.Fprintf(w, "\npolicy for %s:\n", d.policyFor)
+	printLines(w, "  ", pol.Explain)
+	return pol, 0, true
+}
+
+// hosts are the next hops in the order delivery tries them; ok false
+// means DNS gave none (and says why).
+func (e *tlsEnv) hosts(ctx context.Context, w io.Writer, domain string, d destination) ([]string, bool) {
+	if d.relay() {
+		return []string{d.host}, true
+	}
+	if e.cfg.DNS.Resolver == "" {
+		fmt.Fprintln(w, "\nMX lookup: no dns.resolver configured and none in /etc/resolv.conf")
+		return nil, false
+	}
+	hosts, err := dnsutil.MXTargets(ctx, e.res, domain)
+	if err != nil {
+		what := "failed (delivery would retry)"
+		if dnsutil.IsPermanent(err) {
+			what = "found no mail server (delivery would bounce)"
+		}
+		fmt.Fprintf(w, "\nMX lookup of %s %s: %v\n", domain, what, err)
+		return nil, false
+	}
+	fmt.Fprintf(w, "\nMX hosts in the order delivery tries them (equal preferences shuffled): %s\n", strings.Join(hosts, " "))
+	return hosts, true
+}
+
+func forHost(ctx context.Context, pol *tlspolicy.Policy, d destination, host string) (*tlspolicy.HostPolicy, error) {
+	if d.relay() {
+		return pol.ForRelay(ctx, host)
+	}
+	return pol.ForMX(ctx, host)
+}
+
+func tlsExplain(args []string, stdout, stderr io.Writer) int {
+	a, ok := parseTLSArgs("explain", args, stderr)
+	if !ok {
+		return 2
+	}
+	e, code := newTLSEnv(a.config, stderr)
+	if e == nil {
+		return code
+	}
+	d, err := e.destination(a.domain)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), lookupBudget)
+	defer cancel()
+	pol, code, ok := e.decide(ctx, stdout, a, d)
+	if !ok {
+		return code
+	}
+	hosts, ok := e.hosts(ctx, stdout, a.domain, d)
+	if !ok {
+		return exitDNS
+	}
+	var summary []string
+	for _, h := range hosts {
+		hp, err := forHost(ctx, pol, d, h)
+		var f *tlspolicy.Failure
+		switch {
+		case err == nil:
+			printLines(stdout, "  ", afterPrefix(hp.Explain, pol.Explain))
+			summary = append(summary, hostSummary(hp))
+		case errors.As(err, &f):
+			printLines(stdout, "  ", afterPrefix(f.Explain, pol.Explain))
+			fmt.Fprintf(stdout, "    the sender would be told: %s\n", f.UserText())
+			summary = append(summary, fmt.Sprintf("%s: refused (%s): %s; fallback %s", h, f.Code, f.Reason, fallback(f.Fallback)))
+		default:
+			fmt.Fprintf(stdout, "  %s: %v\n", h, err)
+			summary = append(summary, fmt.Sprintf("%s: %v", h, err))
+		}
+	}
+	fmt.Fprintln(stdout, "\nsummary:")
+	printLines(stdout, "  ", summary)
+	return 0
+}
+
+// afterPrefix drops the Decide steps that ForMX copies in front of its own.
+func afterPrefix(lines, prefix []string) []string {
+	if len(lines) >= len(prefix) && slices.Equal(lines[:len(prefix)], prefix) {
+		return lines[len(prefix):]
+	}
+	return lines
+}
+
+func hostSummary(hp *tlspolicy.HostPolicy) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: level %s (%s)", hp.Host, hp.Level, hp.Source)
+	switch {
+	case hp.Level == tlspolicy.None:
+		b.WriteString(", clear text")
+	case hp.RequiresTLS():
+		fmt.Fprintf(&b, ", min %s, fallback %s", tls.VersionName(hp.MinVersion), fallback(hp.Fallback))
+	default:
+		fmt.Fprintf(&b, ", min %s, clear text when STARTTLS is missing or fails", tls.VersionName(hp.MinVersion))
+	}
+	if hp.RequireTLS {
+		b.WriteString(", REQUIRETLS passed on")
+	}
+	if hp.STSTesting {
+		b.WriteString(", MTA-STS testing (failures reported, not enforced)")
+	}
+	return b.String()
+}
+
+// fallback names what the delivery engine does when the level is not met;
+// a rule without one defers (config: outbound.tls.policies[].fallback).
+func fallback(f string) string {
+	if f == "" {
+		return "defer"
+	}
+	return f
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func printLines(w io.Writer, indent string, lines []string) {
+	for _, l := range lines {
+		fmt.Fprintln(w, indent+l)
+	}
+}
+
+func tlsProbe(args []string, stdout, stderr io.Writer) int {
+	a, ok := parseTLSArgs("probe", args, stderr)
+	if !ok {
+		return 2
+	}
+	e, code := newTLSEnv(a.config, stderr)
+	if e == nil {
+		return code
+	}
+	d, err := e.destination(a.domain)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	roots, rootsDesc, err := policyRoots(e.cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), lookupBudget)
+	defer cancel()
+	pol, code, ok := e.decide(ctx, stdout, a, d)
+	if !ok {
+		return code
+	}
+	hosts, ok := e.hosts(ctx, stdout, a.domain, d)
+	if !ok {
+		return exitDNS
+	}
+	port := a.port
+	if d.relay() {
+		port = d.port
+	}
+	p := prober{helo: e.cfg.Outbound.Helo, timeout: a.timeout, roots: roots, rootsDesc: rootsDesc}
+	total, failed := 0, 0
+	for _, h := range hosts {
+		fmt.Fprintln(stdout)
+		hp, err := forHost(ctx, pol, d, h)
+		if err != nil {
+			total++
+			failed++
+			r := &probeReport{title: h + " (not contacted)"}
+			r.add("result", "policy NOT met: delivery would not use this host: "+err.Error())
+			r.print(stdout)
+			continue
+		}
+		addrs, err := hostAddrs(ctx, e.res, h, d.relay())
+		if err != nil {
+			total++
+			failed++
+			r := &probeReport{title: h + " (not contacted)"}
+			r.add("policy", policyLine(hp))
+			r.add("result", "policy NOT met: no address: "+err.Error())
+			r.print(stdout)
+			continue
+		}
+		for i, ad := range addrs {
+			if i > 0 {
+				fmt.Fprintln(stdout)
+			}
+			total++
+			var r *probeReport
+			if d.target.Kind == "lmtp" {
+				r = lmtpReport(hp, h, ad, port)
+			} else {
+				r = p.probe(ctx, hp, h, ad, port)
+			}
+			r.print(stdout)
+			if !r.met {
+				failed++
+			}
+		}
+	}
+	fmt.Fprintln(stdout)
+	if failed > 0 {
+		fmt.Fprintf(stdout, "%d of %d next-hop addresses do NOT meet the policy\n", failed, total)
+		return 1
+	}
+	fmt.Fprintf(stdout, "all %d next-hop addresses meet the policy\n", total)
+	return 0
+}
+
+// hostAddrs finds the addresses to connect to as the delivery engine does
+// (Engine.addrs): a literal as is, a configured "localhost" as loopback,
+// any other name through the configured resolver.
+func hostAddrs(ctx context.Context, res dnsutil.Resolver, host string, configured bool) ([]netip.Addr, error) {
+	if a, err := netip.ParseAddr(host); err == nil {
+		return []netip.Addr{a}, nil
+	}
+	if host == "localhost" && configured {
+		return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+	}
+	return res.LookupHost(ctx, host)
+}
+
+// policyRoots are the roots verify and secure check chains against, made
+// as tlsDecider makes them: the system's, plus outbound.tls.ca_file. The
+// probe reports the chain apart from the name, so that "untrusted" and
+// "wrong name" are told apart; the verdict itself is Evaluate's.
+func policyRoots(cfg *config.Config) (*x509.CertPool, string, error) {
+	f := cfg.Outbound.TLS.CAFile
+	if f == "" {
+		return nil, "the system's roots", nil
+	}
+	pem, err := os.ReadFile(f)
+	if err != nil {
+		return nil, "", fmt.Errorf("outbound.tls.ca_file: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, "", fmt.Errorf("outbound.tls.ca_file: no PEM certificate in %s", f)
+	}
+	return pool, "the system's roots and " + f, nil
+}
+
+type probeReport struct {
+	title string
+	rows  [][2]string
+	met   bool
+}
+
+func (r *probeReport) add(k, v string) { r.rows = append(r.rows, [2]string{k, v}) }
+
+func (r *probeReport) print(w io.Writer) {
+	fmt.Fprintln(w, r.title)
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	for _, row := range r.rows {
+		fmt.Fprintf(tw, "  %s\t%s\n", row[0], row[1])
+	}
+	tw.Flush()
+}
+
+func policyLine(hp *tlspolicy.HostPolicy) string {
+	s := fmt.Sprintf("level %s from %s", hp.Level, hp.Source)
+	if hp.Level != tlspolicy.None {
+		s += ", min " + tls.VersionName(hp.MinVersion)
+	}
+	if len(hp.Names) > 0 {
+		s += ", names " + strings.Join(hp.Names, " ")
+	}
+	if hp.RequireTLS {
+		s += ", REQUIRETLS"
+	}
+	return s
+}
+
+func lmtpReport(hp *tlspolicy.HostPolicy, host string, addr netip.Addr, port string) *probeReport {
+	r := &probeReport{title: fmt.Sprintf("%s [%s]:%s (LMTP, not contacted)", host, addr, port)}
+	r.add("policy", policyLine(hp))
+	if hp.RequiresTLS() {
+		r.add("result", "policy NOT met: LMTP delivery has no STARTTLS")
+		return r
+	}
+	r.met = true
+	r.add("result", "policy met: LMTP goes without TLS, which this level allows")
+	return r
+}
+
+type prober struct {
+	helo      string
+	timeout   time.Duration
+	roots     *x509.CertPool
+	rootsDesc string
+}
+
+// probe runs the session newSMTPClient runs, EHLO, STARTTLS, EHLO, and
+// judges it with the same calls (TLSConfig, Evaluate, CheckRequireTLS);
+// then QUIT. It never sends MAIL FROM.
+func (p prober) probe(ctx context.Context, hp *tlspolicy.HostPolicy, host string, addr netip.Addr, port string) *probeReport {
+	r := &probeReport{title: fmt.Sprintf("%s [%s]:%s", host, addr, port)}
+	r.add("policy", policyLine(hp))
+	dctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(dctx, "tcp", net.JoinHostPort(addr.String(), port))
+	if err != nil {
+		r.add("result", "policy NOT met: cannot connect: "+err.Error())
+		return r
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(dctx, func() { conn.Close() })
+	defer stop()
+	conn.SetDeadline(time.Now().Add(p.timeout))
+	c, err := netsmtp.NewClient(conn, host)
+	if err != nil {
+		r.add("result", "policy NOT met: no SMTP greeting: "+err.Error())
+		return r
+	}
+	defer c.Close()
+	if err := c.Hello(p.helo); err != nil {
+		r.add("result", "policy NOT met: EHLO: "+err.Error())
+		return r
+	}
+	offered, _ := c.Extension("STARTTLS")
+	var tlsCfg *tls.Config
+	if hp.UseSTARTTLS() {
+		tlsCfg = hp.TLSConfig(nil)
+	}
+	switch {
+	case offered && tlsCfg == nil:
+		r.add("STARTTLS", "offered; not used (level none)")
+	case offered:
+		r.add("STARTTLS", "offered")
+	default:
+		r.add("STARTTLS", "NOT offered")
+	}
+	var cs *tls.ConnectionState
+	if offered && tlsCfg != nil {
+		// The certificate is wanted in the report even when the policy's
+		// own check rejects it and ends the handshake.
+		var seen *tls.ConnectionState
+		check := tlsCfg.VerifyConnection
+		tlsCfg.VerifyConnection = func(st tls.ConnectionState) error {
+			seen = &st
+			if check != nil {
+				return check(st)
+			}
+			return nil
+		}
+		if herr := c.StartTLS(tlsCfg); herr != nil {
+			if f := (*tlspolicy.Failure)(nil); errors.As(herr, &f) {
+				r.add("TLS", "handshake ended by the policy's certificate check (see result)")
+			} else {
+				r.add("TLS", "handshake failed: "+herr.Error())
+			}
+			out := hp.Evaluate(offered, nil, herr)
+			p.certRows(r, hp, seen, out.Failure)
+			if out.Failure != nil {
+				r.add("result", "policy NOT met: "+out.Failure.Reason)
+				p.reportRow(r, out)
+				return r
+			}
+			r.met = true
+			r.add("result", fmt.Sprintf("policy met (level %s): delivery would reconnect and send in clear text", hp.Level))
+			p.reportRow(r, out)
+			return r
+		}
+		if st, ok := c.TLSConnectionState(); ok {
+			cs = &st
+		}
+	}
+	out := hp.Evaluate(offered, cs, nil)
+	if out.TLS != "" {
+		r.add("TLS", out.TLS)
+	} else {
+		r.add("TLS", "none: the session stays in clear text")
+	}
+	p.certRows(r, hp, cs, out.Failure)
+	adv, _ := c.Extension("REQUIRETLS")
+	r.add("REQUIRETLS", advertised(adv))
+	switch {
+	case out.Failure != nil:
+		r.add("result", "policy NOT met: "+out.Failure.Reason)
+	default:
+		if err := hp.CheckRequireTLS(adv); err != nil {
+			var f *tlspolicy.Failure
+			reason := err.Error()
+			if errors.As(err, &f) {
+				reason = f.Reason
+			}
+			r.add("result", "policy NOT met: "+reason)
+			break
+		}
+		r.met = true
+		r.add("result", fmt.Sprintf("policy met (required %s, achieved %s)", out.Required, out.Achieved))
+	}
+	p.reportRow(r, out)
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := c.Quit(); err != nil {
+		r.add("QUIT", err.Error())
+	}
+	return r
+}
+
+func advertised(b bool) string {
+	if b {
+		return "advertised"
+	}
+	return "not advertised"
+}
+
+func (p prober) reportRow(r *probeReport, out tlspolicy.Outcome) {
+	if out.Report != nil {
+		r.add("MTA-STS", fmt.Sprintf("testing mode; enforce would refuse: %s (%s)", out.Report.Reason, out.Report.Code))
+	}
+}
+
+// certRows describes what the server presented and how it fares on its
+// own against the roots and the MX name; the policy's verdict is Evaluate's
+// (fail), which alone says whether a TLSA record matched.
+func (p prober) certRows(r *probeReport, hp *tlspolicy.HostPolicy, cs *tls.ConnectionState, fail *tlspolicy.Failure) {
+	if cs == nil {
+		return
+	}
+	if len(cs.PeerCertificates) == 0 {
+		r.add("certificate", "none sent")
+		return
+	}
+	leaf := cs.PeerCertificates[0]
+	r.add("subject", leaf.Subject.String())
+	var sans []string
+	for _, n := range leaf.DNSNames {
+		sans = append(sans, "DNS:"+n)
+	}
+	for _, ip := range leaf.IPAddresses {
+		sans = append(sans, "IP:"+ip.String())
+	}
+	if len(sans) == 0 {
+		sans = []string{"none"}
+	}
+	r.add("SANs", strings.Join(sans, " "))
+	r.add("issuer", leaf.Issuer.String())
+	now := time.Now()
+	validity := fmt.Sprintf("%s to %s", leaf.NotBefore.UTC().Format(time.DateTime), leaf.NotAfter.UTC().Format(time.DateTime))
+	switch {
+	case now.After(leaf.NotAfter):
+		validity += " (EXPIRED)"
+	case now.Before(leaf.NotBefore):
+		validity += " (NOT YET VALID)"
+	default:
+		validity += fmt.Sprintf(" (%d days left)", int(leaf.NotAfter.Sub(now).Hours()/24))
+	}
+	r.add("valid", validity)
+	// For a fingerprint rule: either digest can be pinned.
+	r.add("sha256 cert", fmt.Sprintf("%X", sha256.Sum256(leaf.Raw)))
+	r.add("sha256 pubkey", fmt.Sprintf("%X", sha256.Sum256(leaf.RawSubjectPublicKeyInfo)))
+	inter := x509.NewCertPool()
+	for _, c := range cs.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: p.roots, Intermediates: inter, CurrentTime: now}); err != nil {
+		r.add("chain", "does NOT verify against "+p.rootsDesc+": "+err.Error())
+	} else {
+		r.add("chain", "verifies against "+p.rootsDesc)
+	}
+	if leaf.VerifyHostname(hp.Host) == nil {
+		r.add("host name", "certificate names "+hp.Host)
+	} else {
+		r.add("host name", "certificate does NOT name "+hp.Host)
+	}
+	if len(hp.TLSA) == 0 {
+		return
+	}
+	recs := make([]string, len(hp.TLSA))
+	for i, t := range hp.TLSA {
+		recs[i] = fmt.Sprintf("%d %d %d", t.Usage, t.Selector, t.MatchingType)
+	}
+	verdict := "a record matches"
+	switch {
+	case fail != nil && fail.Code == tlspolicy.CodeTLSAMismatch:
+		verdict = "NO record matches"
+	case fail != nil:
+		verdict = "not confirmed (the session failed with " + string(fail.Code) + ")"
+	}
+	r.add("TLSA", fmt.Sprintf("%s: %s", strings.Join(recs, ", "), verdict))
+}
