@@ -131,16 +131,9 @@ func tlsDecider(cfg *config.Config, res *dnsutil.Client, log *slog.Logger) (*tls
 		o.DNSSEC = res
 	}
 	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
+		pool, err := caPool(t.CAFile)
 		if err != nil {
 			return nil, &config.Error{File: cfg.Path, Line: cfg.Line("outbound.tls.ca_file"), Key: "outbound.tls.ca_file", Msg: err.Error()}
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil || pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, &config.Error{File: cfg.Path, Line: cfg.Line("outbound.tls.ca_file"), Key: "outbound.tls.ca_file", Msg: "no PEM certificate in " + t.CAFile}
 		}
 		o.RootCAs = pool
 	}
@@ -213,4 +206,21 @@ func inboundContent(cfg *config.Config, res *dnsutil.Client, log *slog.Logger) (
 		}
 	}
 	return c, nil
+}
+
+// caPool is the system's roots plus the PEM certificates in file (a
+// partner's private CA), for verify and secure.
+func caPool(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("no PEM certificate in %s", file)
+	}
+	return pool, nil
 }

@@ -19,7 +19,6 @@ import (
 	"net"
 	"net/netip"
 	netsmtp "net/smtp"
-	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -453,16 +452,9 @@ func policyRoots(cfg *config.Config) (*x509.CertPool, string, error) {
 	if f == "" {
 		return nil, "the system's roots", nil
 	}
-	pem, err := os.ReadFile(f)
+	pool, err := caPool(f)
 	if err != nil {
 		return nil, "", fmt.Errorf("outbound.tls.ca_file: %w", err)
-	}
-	pool, err := x509.SystemCertPool()
-	if err != nil || pool == nil {
-		pool = x509.NewCertPool()
-	}
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, "", fmt.Errorf("outbound.tls.ca_file: no PEM certificate in %s", f)
 	}
 	return pool, "the system's roots and " + f, nil
 }
