@@ -1,12 +1,17 @@
 package main
 
 import (
+	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"strings"
+	"time"
 
 	"securerelay/authres"
 	"securerelay/config"
@@ -137,6 +142,7 @@ func tlsDecider(cfg *config.Config, res *dnsutil.Client, log *slog.Logger) (*tls
 		}
 		o.RootCAs = pool
 	}
+	o.HTTPClient = stsClient(res, o.RootCAs)
 	for i, p := range t.Policies {
 		key := fmt.Sprintf("outbound.tls.policies[%d]", i)
 		lvl, err := tlspolicy.ParseLevel(p.Level)
@@ -223,4 +229,40 @@ func caPool(file string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("no PEM certificate in %s", file)
 	}
 	return pool, nil
+}
+
+// stsClient fetches MTA-STS policies: names resolved through the
+// configured resolver like every other lookup (not the system's), no
+// proxy from the environment, and the same trust roots as verify.
+func stsClient(res *dnsutil.Client, roots *x509.CertPool) *http.Client {
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	return &http.Client{Transport: &http.Transport{
+		Proxy: nil,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, port, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			ips, err := res.LookupHost(ctx, host)
+			if err != nil {
+				return nil, err
+			}
+			var last error
+			for _, ip := range ips {
+				c, err := d.DialContext(ctx, network, net.JoinHostPort(ip.String(), port))
+				if err == nil {
+					return c, nil
+				}
+				last = err
+			}
+			if last == nil {
+				last = fmt.Errorf("%s: no address", host)
+			}
+			return nil, last
+		},
+		TLSClientConfig:     &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout: 10 * time.Second,
+		MaxIdleConns:        10,
+		IdleConnTimeout:     30 * time.Second,
+	}}
 }
