@@ -3,7 +3,9 @@ package outbound_test
 import (
 	"bytes"
 	"crypto/tls"
+	"fmt"
 	"io"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -124,4 +126,39 @@ func TestDomainRuleAppliesThroughRoute(t *testing.T) {
 		t.Errorf("the relay got recipients %v, want only b@other.example", m.To)
 	}
 	h.none()
+}
+
+// An MX host that did not meet the TLS level is passed over within the
+// attempt (the next MX gets the message) and goes last on the next
+// attempt, so the retry does not start with the host that failed.
+func TestTLSFailedMXGoesLast(t *testing.T) {
+	plain := newHop(t, hopOptions{})
+	good := newHop(t, hopOptions{TLS: selfSigned(t), Addr: "127.0.0.2:" + plain.port})
+	res := dnstest.Mock{
+		MX: map[string][]dnsutil.MX{"order.test": {{Host: "plain.order.test", Pref: 10}, {Host: "tls.order.test", Pref: 20}}},
+		Host: map[string][]netip.Addr{
+			"plain.order.test": {netip.MustParseAddr("127.0.0.1")},
+			"tls.order.test":   {netip.MustParseAddr("127.0.0.2")},
+		},
+	}
+	d, err := tlspolicy.New(tlspolicy.Options{Default: tlspolicy.Encrypt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := engine(t, &outbound.Router{}, func(o *outbound.EngineOptions) {
+		o.Resolver, o.MXPort, o.TLS, o.IdleTimeout = res, plain.port, d, 0
+	})
+	sp := newSpool(t)
+	for i := range 2 {
+		r := deliver(t, e, sp.put("sender@ours.test", []string{"a@order.test"}, message))
+		check(t, fmt.Sprint("attempt ", i), r[0], queue.Delivered, "2.0.0")
+		if !strings.HasPrefix(r[0].Relay, "tls.order.test[") || !strings.Contains(r[0].TLSPolicy, "required=encrypt") {
+			t.Errorf("attempt %d: relay %q tls_policy %q", i, r[0].Relay, r[0].TLSPolicy)
+		}
+		good.next()
+	}
+	if n := plain.conns.Load(); n != 1 {
+		t.Errorf("the MX without STARTTLS got %d connections, want 1 (the second attempt must start with the other MX)", n)
+	}
+	plain.none()
 }
