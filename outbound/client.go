@@ -193,7 +193,10 @@ func newSMTPClient(conn net.Conn, host, helo string, timeout time.Duration, tlsC
 		if err := hp.CheckRequireTLS(adv); err != nil {
 			nc.Close()
 			te := &tlsPolicyError{outcome: sc.outcome + "; " + err.Error()}
-			errors.As(err, &te.f)
+			if errors.As(err, &te.f) {
+				out.Failure = te.f
+				te.outcome = out.String()
+			}
 			return nil, false, te
 		}
 	}

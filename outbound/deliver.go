@@ -460,7 +460,9 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy) (
 			// This host may not be used at all (MTA-STS enforce and not
 			// listed, dane-only without TLSA, …): try the next one.
 			te := &tlsPolicyError{outcome: "tls policy refused host " + h + ": " + err.Error()}
-			errors.As(err, &te.f)
+			if errors.As(err, &te.f) {
+				te.outcome = tlspolicy.Outcome{Host: h, Required: te.f.Level, Source: te.f.Source, Failure: te.f}.String()
+			}
 			lastErr, lastRelay, lastTLS = te, h, te
 			e.o.Logger.Info("TLS policy: not using this next hop", "domain", t.Addr, "host", h, "error", err)
 			e.noteTLSFailure(t, h)
@@ -502,7 +504,9 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy) (
 		if f := lastTLS.f; f != nil {
 			r.Code = f.Status(false)
 			r.Explanation = f.UserText()
-			if f.Fallback == "bounce" && !f.Temporary {
+			// RFC 8689 section 4.2.1: a REQUIRETLS message that no next
+			// hop can take as required goes back to its sender.
+			if (f.Fallback == "bounce" || pol.RequireTLS) && !f.Temporary {
 				r.Status, r.Code = queue.PermFail, f.Status(true)
 			}
 		}

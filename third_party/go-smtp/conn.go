@@ -933,7 +933,12 @@ func (c *Conn) handleStartTLS() {
 	tlsConn := tls.Server(c.conn, c.server.TLSConfig)
 
 	if err := tlsConn.Handshake(); err != nil {
-		c.writeResponse(550, EnhancedCode{5, 0, 0}, "Handshake error")
+		// securerelay patch: the stream is neither TLS nor SMTP any more;
+		// a clear-text 550 and a plaintext session after a failed
+		// handshake help nobody (RFC 3207 section 4.1: the client should
+		// close). End the connection.
+		c.server.ErrorLog.Printf("STARTTLS handshake failed: %v", err)
+		c.Close()
 		return
 	}
 
