@@ -1,0 +1,853 @@
+package e2e
+
+// Helpers for the TLS policy tests (tlspolicy_test.go): a test CA, MX
+// servers that record every command and every byte they receive, a
+// man-in-the-middle proxy that strips STARTTLS, a DNS server that plays a
+// DNSSEC-validating resolver (the AD bit), and an MTA-STS policy host.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"math/big"
+	"mime"
+	"mime/multipart"
+	"net"
+	"net/http"
+	"net/mail"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/miekg/dns"
+
+	"securerelay/dnsutil/dnstest"
+)
+
+// ---------------------------------------------------------------------------
+// Certificates.
+
+// testCA is a certificate authority the relay trusts through
+// outbound.tls.ca_file (for verify, secure and the MTA-STS fetch).
+type testCA struct {
+	cert    *x509.Certificate
+	key     *ecdsa.PrivateKey
+	pemFile string
+}
+
+func newTestCA(t *testing.T) *testCA {
+	t.Helper()
+	key := newECKey(t)
+	tmpl := &x509.Certificate{
+		SerialNumber:          newSerial(t),
+		Subject:               pkix.Name{CommonName: "securerelay e2e test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := &testCA{cert: cert, key: key, pemFile: filepath.Join(t.TempDir(), "ca.pem")}
+	writeFile(t, ca.pemFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	return ca
+}
+
+func newECKey(t *testing.T) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func newSerial(t *testing.T) *big.Int {
+	t.Helper()
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// certSpec describes a server certificate; zero times mean valid from an
+// hour ago for a day.
+type certSpec struct {
+	names               []string
+	notBefore, notAfter time.Time
+	rsa                 bool
+}
+
+// issue makes a server certificate signed by ca, or self-signed when ca
+// is nil. The chain sent includes the CA, as servers usually do.
+func (ca *testCA) issue(t *testing.T, s certSpec) tls.Certificate {
+	t.Helper()
+	if s.notBefore.IsZero() {
+		s.notBefore = time.Now().Add(-time.Hour)
+	}
+	if s.notAfter.IsZero() {
+		s.notAfter = time.Now().Add(24 * time.Hour)
+	}
+	var key any
+	var pub any
+	if s.rsa {
+		k, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, pub = k, &k.PublicKey
+	} else {
+		k := newECKey(t)
+		key, pub = k, &k.PublicKey
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: newSerial(t),
+		Subject:      pkix.Name{CommonName: s.names[0]},
+		DNSNames:     s.names,
+		NotBefore:    s.notBefore,
+		NotAfter:     s.notAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	parent, signer := tmpl, key
+	if ca != nil {
+		parent, signer = ca.cert, any(ca.key)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := [][]byte{der}
+	if ca != nil {
+		chain = append(chain, ca.cert.Raw)
+	}
+	return tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}
+}
+
+// selfSigned is a self-signed certificate for names.
+func selfSigned(t *testing.T, names ...string) tls.Certificate {
+	t.Helper()
+	var none *testCA
+	return none.issue(t, certSpec{names: names})
+}
+
+// serverTLS is a server configuration with one certificate.
+func serverTLS(c tls.Certificate) *tls.Config {
+	return &tls.Config{Certificates: []tls.Certificate{c}}
+}
+
+// spkiSHA256 is the association data of a TLSA 3 1 1 record for c.
+func spkiSHA256(c tls.Certificate) string {
+	sum := sha256.Sum256(c.Leaf.RawSubjectPublicKeyInfo)
+	return hex.EncodeToString(sum[:])
+}
+
+// writeKeyPair writes c as PEM files for the relay's tls.cert/tls.key.
+func writeKeyPair(t *testing.T, c tls.Certificate) (certFile, keyFile string) {
+	t.Helper()
+	dir := t.TempDir()
+	var certPEM []byte
+	for _, der := range c.Certificate {
+		certPEM = append(certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	writeFile(t, certFile, string(certPEM))
+	writeFile(t, keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})))
+	return certFile, keyFile
+}
+
+// ---------------------------------------------------------------------------
+// An MX that records everything.
+
+// recordingConn keeps every byte the peer sends, before any TLS: in clear
+// text, "no MAIL FROM in the bytes" means none was sent.
+type recordingConn struct {
+	net.Conn
+	rec func([]byte)
+}
+
+func (c recordingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.rec(p[:n])
+	}
+	return n, err
+}
+
+type recordingListener struct {
+	net.Listener
+	onAccept func()
+	rec      func([]byte)
+}
+
+func (l recordingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.onAccept()
+	return recordingConn{Conn: c, rec: l.rec}, nil
+}
+
+// mailCmd is one MAIL FROM a policyMX saw.
+type mailCmd struct {
+	From       string
+	RequireTLS bool
+	TLS        bool
+}
+
+type mxOptions struct {
+	TLS *tls.Config // nil: no STARTTLS
+	// RequireTLS advertises REQUIRETLS (RFC 8689), which go-smtp does only
+	// inside TLS.
+	RequireTLS bool
+}
+
+// policyMX is an MX host for TLS policy tests: it counts connections and
+// records the raw bytes it received, every MAIL, RCPT and DATA.
+type policyMX struct {
+	Addr string
+
+	mu    sync.Mutex
+	conns int
+	raw   bytes.Buffer
+	mails []mailCmd
+	rcpts []string
+	msgs  []received
+}
+
+func startPolicyMX(t *testing.T, ln net.Listener, o mxOptions) *policyMX {
+	t.Helper()
+	m := &policyMX{Addr: ln.Addr().String()}
+	rl := recordingListener{Listener: ln,
+		onAccept: func() { m.mu.Lock(); m.conns++; m.mu.Unlock() },
+		rec:      func(p []byte) { m.mu.Lock(); m.raw.Write(p); m.mu.Unlock() },
+	}
+	s := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		return &mxSession{m: m, c: c}, nil
+	}))
+	s.Domain = "mx.e2e.test"
+	s.TLSConfig = o.TLS
+	s.EnableREQUIRETLS = o.RequireTLS
+	s.ReadTimeout = 15 * time.Second
+	s.WriteTimeout = 15 * time.Second
+	// Failed handshakes are the point of several tests.
+	s.ErrorLog = log.New(io.Discard, "", 0)
+	done := make(chan struct{})
+	go func() { defer close(done); s.Serve(rl) }()
+	t.Cleanup(func() {
+		s.Close()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Errorf("MX %s did not stop", m.Addr)
+		}
+	})
+	return m
+}
+
+type mxSession struct {
+	m    *policyMX
+	c    *smtp.Conn
+	from string
+	to   []string
+}
+
+func (s *mxSession) Reset()        { s.from, s.to = "", nil }
+func (s *mxSession) Logout() error { return nil }
+
+func (s *mxSession) Mail(from string, opts *smtp.MailOptions) error {
+	_, tlsOn := s.c.TLSConnectionState()
+	s.m.mu.Lock()
+	s.m.mails = append(s.m.mails, mailCmd{From: from, RequireTLS: opts != nil && opts.RequireTLS, TLS: tlsOn})
+	s.m.mu.Unlock()
+	s.from, s.to = from, nil
+	return nil
+}
+
+func (s *mxSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	s.m.mu.Lock()
+	s.m.rcpts = append(s.m.rcpts, to)
+	s.m.mu.Unlock()
+	s.to = append(s.to, to)
+	return nil
+}
+
+func (s *mxSession) Data(r io.Reader) error {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	_, tlsOn := s.c.TLSConnectionState()
+	s.m.mu.Lock()
+	defer s.m.mu.Unlock()
+	s.m.msgs = append(s.m.msgs, received{From: s.from, To: slices.Clone(s.to), Data: data, TLS: tlsOn, Helo: s.c.Hostname()})
+	return nil
+}
+
+func (m *policyMX) Conns() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.conns
+}
+
+func (m *policyMX) Mails() []mailCmd {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.mails)
+}
+
+func (m *policyMX) Messages() []received {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.msgs)
+}
+
+// waitMessage waits for the first message the MX accepted.
+func (m *policyMX) waitMessage(t *testing.T, timeout time.Duration) received {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if msgs := m.Messages(); len(msgs) > 0 {
+			return msgs[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("MX %s: no message after %v", m.Addr, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// checkUntouched requires that the relay sent no envelope command and no
+// message byte to m: no MAIL, RCPT or DATA reached the SMTP layer, and
+// (for what was sent in clear) the raw bytes hold neither a MAIL, RCPT or
+// DATA command nor the message's unique marker. connected says whether
+// the relay must have connected at all (it must not when the policy
+// refused the host before connecting).
+func (m *policyMX) checkUntouched(t *testing.T, marker string, connected bool) {
+	t.Helper()
+	m.mu.Lock()
+	conns, mails, rcpts, msgs, raw := m.conns, len(m.mails), len(m.rcpts), len(m.msgs), m.raw.String()
+	m.mu.Unlock()
+	if connected && conns == 0 {
+		t.Errorf("MX %s: the relay never connected; the test proves nothing", m.Addr)
+	}
+	if !connected && conns != 0 {
+		t.Errorf("MX %s: the relay connected %d times to a host the policy forbids", m.Addr, conns)
+	}
+	if mails+rcpts+msgs != 0 {
+		t.Errorf("MX %s saw %d MAIL, %d RCPT, %d messages; want none", m.Addr, mails, rcpts, msgs)
+	}
+	upper := strings.ToUpper(raw)
+	for _, s := range []string{"MAIL FROM", "RCPT TO", "\r\nDATA\r\n", strings.ToUpper(marker)} {
+		if strings.Contains(upper, s) {
+			t.Errorf("MX %s received %q in its raw bytes: %q", m.Addr, s, raw)
+		}
+	}
+}
+
+// listenOn listens on ip:port, waiting for a port another test still
+// holds; binding a port below 1024 needs root (skip, or fail under CI).
+func listenOn(t *testing.T, ip, port string) net.Listener {
+	t.Helper()
+	addr := net.JoinHostPort(ip, port)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l, err := net.Listen("tcp", addr)
+		if err == nil {
+			return l
+		}
+		if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
+			skipOrFail(t, "cannot bind %s (run as root): %v", addr, err)
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			skipOrFail(t, "cannot bind %s: %v", addr, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// A man in the middle that strips STARTTLS.
+
+// stripProxy forwards SMTP between the relay and a real server and removes
+// STARTTLS from the server's EHLO reply, as an attacker on the path would.
+type stripProxy struct {
+	Addr string
+
+	mu       sync.Mutex
+	fromPeer bytes.Buffer // what the relay sent
+	stripped int          // STARTTLS lines removed
+}
+
+func startStripProxy(t *testing.T, ln net.Listener, backend string) *stripProxy {
+	t.Helper()
+	p := &stripProxy{Addr: ln.Addr().String()}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var open []net.Conn
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.DialTimeout("tcp", backend, 5*time.Second)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			open = append(open, c, s)
+			mu.Unlock()
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				defer s.Close()
+				io.Copy(s, recordingConn{Conn: c, rec: func(b []byte) { p.mu.Lock(); p.fromPeer.Write(b); p.mu.Unlock() }})
+			}()
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				p.relayReplies(c, s)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return p
+}
+
+// relayReplies copies server replies to the client one whole reply at a
+// time, leaving STARTTLS out of every multi-line reply.
+func (p *stripProxy) relayReplies(client, server net.Conn) {
+	br := bufio.NewReader(server)
+	var reply []string
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if len(line) < 4 {
+			if _, err := io.WriteString(client, line+"\r\n"); err != nil {
+				return
+			}
+			continue
+		}
+		if strings.EqualFold(strings.TrimSpace(line[4:]), "STARTTLS") {
+			p.mu.Lock()
+			p.stripped++
+			p.mu.Unlock()
+		} else {
+			reply = append(reply, line)
+		}
+		if line[3] != ' ' {
+			continue
+		}
+		var out strings.Builder
+		for i, l := range reply {
+			sep := "-"
+			if i == len(reply)-1 {
+				sep = " "
+			}
+			out.WriteString(l[:3] + sep + l[4:] + "\r\n")
+		}
+		reply = nil
+		if _, err := io.WriteString(client, out.String()); err != nil {
+			return
+		}
+	}
+}
+
+func (p *stripProxy) FromPeer() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.fromPeer.String()
+}
+
+func (p *stripProxy) Stripped() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stripped
+}
+
+// ---------------------------------------------------------------------------
+// DNS with the AD bit.
+
+// adResponse sets the AD bit on an answer, as a validating resolver does
+// for data it could validate.
+type adResponse struct {
+	dns.ResponseWriter
+	ad bool
+}
+
+func (w adResponse) WriteMsg(m *dns.Msg) error {
+	m.AuthenticatedData = w.ad
+	return w.ResponseWriter.WriteMsg(m)
+}
+
+// adDNS answers from a zone (dnstest does the zone work) like a
+// DNSSEC-validating resolver: the AD bit is set on every answer, positive
+// or negative, to a query that asks for DNSSEC (DO or AD), except for
+// names at or under the unsigned domains.
+type adDNS struct {
+	*dnstest.Server
+	addr     string
+	unsigned []string
+}
+
+func newADDNS(t *testing.T, zone string, unsigned ...string) *adDNS {
+	t.Helper()
+	s := &adDNS{Server: dnstest.NewServer(t, zone)}
+	for _, u := range unsigned {
+		s.unsigned = append(s.unsigned, dns.CanonicalName(u))
+	}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		opt := req.IsEdns0()
+		ad := req.AuthenticatedData || opt != nil && opt.Do()
+		if len(req.Question) == 1 {
+			q := dns.CanonicalName(req.Question[0].Name)
+			for _, u := range s.unsigned {
+				if dns.IsSubDomain(u, q) {
+					ad = false
+				}
+			}
+		}
+		s.ServeDNS(adResponse{ResponseWriter: w, ad: ad}, req)
+	})
+	// One port for UDP and TCP: the client falls back to TCP on truncation.
+	var pc net.PacketConn
+	var l net.Listener
+	for range 20 {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if l, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		pc.Close()
+		pc = nil
+	}
+	if pc == nil {
+		t.Fatal("no port free for both UDP and TCP")
+	}
+	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: l, Handler: h}} {
+		started := make(chan struct{})
+		errc := make(chan error, 1)
+		srv.NotifyStartedFunc = func() { close(started) }
+		go func() { errc <- srv.ActivateAndServe() }()
+		select {
+		case <-started:
+		case err := <-errc:
+			t.Fatalf("AD DNS server: %v", err)
+		}
+		t.Cleanup(func() { _ = srv.Shutdown() })
+	}
+	s.addr = pc.LocalAddr().String()
+	return s
+}
+
+func (s *adDNS) Addr() string { return s.addr }
+
+// ---------------------------------------------------------------------------
+// MTA-STS: the policy host.
+
+// stsHost serves https://mta-sts.DOMAIN/.well-known/mta-sts.txt for
+// several domains with one certificate naming all of them.
+type stsHost struct {
+	Addr string
+
+	mu       sync.Mutex
+	policies map[string]string // by Host
+	fetches  map[string]int
+}
+
+func startSTSHost(t *testing.T, ln net.Listener, ca *testCA, policies map[string]string) *stsHost {
+	t.Helper()
+	h := &stsHost{Addr: ln.Addr().String(), policies: map[string]string{}, fetches: map[string]int{}}
+	var names []string
+	for d, p := range policies {
+		h.policies["mta-sts."+d] = p
+		names = append(names, "mta-sts."+d)
+	}
+	slices.Sort(names)
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			host, _, err := net.SplitHostPort(r.Host)
+			if err != nil {
+				host = r.Host
+			}
+			host = strings.ToLower(host)
+			h.mu.Lock()
+			p, ok := h.policies[host]
+			if r.URL.Path == "/.well-known/mta-sts.txt" {
+				h.fetches[host]++
+			}
+			h.mu.Unlock()
+			if !ok || r.URL.Path != "/.well-known/mta-sts.txt" {
+				http.NotFound(w, r)
+				return
+			}
+			w.Header().Set("Content-Type", "text/plain")
+			io.WriteString(w, p)
+		}),
+		TLSConfig:         serverTLS(ca.issue(t, certSpec{names: names})),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          log.New(io.Discard, "", 0),
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); srv.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	return h
+}
+
+func (h *stsHost) Fetches(domain string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.fetches["mta-sts."+domain]
+}
+
+// ---------------------------------------------------------------------------
+// The relay.
+
+// policyRelayOpts configures startPolicyRelay.
+type policyRelayOpts struct {
+	Resolver string
+	DNSSEC   bool   // dns.dnssec_validating
+	TLS      string // lines under outbound.tls, indented by four spaces
+	Inbound  bool   // also an inbound listener
+	// CertFile and KeyFile are the listeners' certificate (self-signed
+	// when empty).
+	CertFile, KeyFile string
+}
+
+// policyRelay is a relay with a submission listener that trusts
+// 127.0.0.0/8, example.test delivered to a maildir (where DSNs to
+// senders @example.test land), and retries an hour apart, so that a
+// deferral stays one attempt for the length of a test.
+type policyRelay struct {
+	*Relay
+	Sub, MX, Mail, Cfg string
+}
+
+func startPolicyRelay(t *testing.T, o policyRelayOpts) *policyRelay {
+	t.Helper()
+	dir := t.TempDir()
+	p := &policyRelay{Sub: freeAddr(t), Mail: filepath.Join(dir, "mail"), Cfg: filepath.Join(dir, "relay.yaml")}
+	head := configHead(filepath.Join(dir, "state"), o.Resolver)
+	if o.DNSSEC {
+		head = strings.Replace(head, "  timeout: 2s\n", "  timeout: 2s\n  dnssec_validating: true\n", 1)
+	}
+	var b strings.Builder
+	b.WriteString(head)
+	if o.CertFile != "" {
+		fmt.Fprintf(&b, "tls:\n  cert: %q\n  key: %q\n", o.CertFile, o.KeyFile)
+	}
+	b.WriteString("listeners:\n")
+	fmt.Fprintf(&b, "  - {name: submission, address: %q, role: outbound, trusted_networks: [127.0.0.0/8]}\n", p.Sub)
+	addrs := []string{p.Sub}
+	if o.Inbound {
+		p.MX = freeAddr(t)
+		addrs = append(addrs, p.MX)
+		fmt.Fprintf(&b, "  - {name: mx, address: %q, role: inbound}\n", p.MX)
+	}
+	fmt.Fprintf(&b, "domains:\n  example.test: {deliver_to: %q}\n", "maildir:"+p.Mail)
+	b.WriteString("queue:\n  retry: [1h]\n")
+	b.WriteString("outbound:\n" + outboundTimeouts + "  tls:\n" + o.TLS)
+	writeFile(t, p.Cfg, b.String())
+	if out, errOut, code := runRelayCmd(t, "check-config", "--config", p.Cfg); code != 0 {
+		t.Fatalf("check-config: exit %d: %s %s\n%s", code, out, errOut, b.String())
+	}
+	p.Relay = startRelay(t, p.Cfg, addrs...)
+	return p
+}
+
+// send submits one message and returns its queue ID.
+func (p *policyRelay) send(t *testing.T, from, to, subject string) string {
+	t.Helper()
+	return mustSend(t, "--server", p.Sub, "--from", from, "--to", to, "--header", "Subject: "+subject).QueueID()
+}
+
+// attempt is the queue's log line for one delivery attempt.
+type attempt struct {
+	Status string // sent, deferred or bounced
+	Line   string
+}
+
+// waitAttempt waits for the queue's result line for id; it fails t (not
+// the test that started the relay), so subtests may call it.
+func (p *policyRelay) waitAttempt(t *testing.T, id string, timeout time.Duration) attempt {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		for _, st := range []string{"sent", "deferred", "bounced"} {
+			if l := p.LogLines("msg="+st, "queue_id="+id, "status="+st); len(l) > 0 {
+				return attempt{Status: st, Line: l[0]}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no delivery result for %s within %v", id, timeout)
+		}
+		if !p.Running() {
+			t.Fatalf("relay exited while waiting for the delivery of %s", id)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitLine is WaitLog for subtests: it fails the calling test.
+func (p *policyRelay) waitLine(t *testing.T, timeout time.Duration, subs ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if l := p.LogLines(subs...); len(l) > 0 {
+			return l[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no relay log line with %q within %v", subs, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// queueTLSLine waits until `queue list` shows the TLS line under id.
+func (p *policyRelay) queueTLSLine(t *testing.T, id string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		out, errOut, code := runRelayCmd(t, "queue", "list", "--config", p.Cfg)
+		if code != 0 {
+			t.Fatalf("queue list: exit %d: %s", code, errOut)
+		}
+		lines := strings.Split(out, "\n")
+		for i, l := range lines {
+			if strings.HasPrefix(l, id) && i+1 < len(lines) && strings.HasPrefix(lines[i+1], "  tls: ") {
+				return lines[i+1]
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queue list shows no tls line under %s after %v:\n%s", id, timeout, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// A raw client over STARTTLS.
+
+// startTLS upgrades a raw session with STARTTLS; the relay's certificate
+// is self-signed, and who it is does not matter here.
+func (c *rawSMTP) startTLS() tls.ConnectionState {
+	c.t.Helper()
+	c.Expect("STARTTLS", 220)
+	tc := tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true, ServerName: "relay.e2e.test"})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.t.Fatalf("STARTTLS handshake: %v", err)
+	}
+	c.conn, c.br = tc, bufio.NewReader(tc)
+	return tc.ConnectionState()
+}
+
+// ---------------------------------------------------------------------------
+// DSNs.
+
+// dsnParts returns the human-readable part of a DSN, decoded and with
+// whitespace runs collapsed (the text is wrapped), and the
+// message/delivery-status part as is.
+func dsnParts(t *testing.T, msg []byte) (text, status string) {
+	t.Helper()
+	m, err := mail.ReadMessage(bytes.NewReader(msg))
+	if err != nil {
+		t.Fatalf("DSN: %v\n%s", err, msg)
+	}
+	mt, params, err := mime.ParseMediaType(m.Header.Get("Content-Type"))
+	if err != nil || mt != "multipart/report" {
+		t.Fatalf("DSN Content-Type %q (%v), want multipart/report", m.Header.Get("Content-Type"), err)
+	}
+	mr := multipart.NewReader(m.Body, params["boundary"])
+	for {
+		part, err := mr.NextPart()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("DSN: %v", err)
+		}
+		body, err := io.ReadAll(part)
+		if err != nil {
+			t.Fatalf("DSN part: %v", err)
+		}
+		ct, _, _ := mime.ParseMediaType(part.Header.Get("Content-Type"))
+		switch ct {
+		case "text/plain":
+			if text == "" {
+				text = strings.Join(strings.Fields(string(body)), " ")
+			}
+		case "message/delivery-status":
+			status = string(body)
+		}
+	}
+	return text, status
+}
+
+// tempFile writes content to a new file and returns its name.
+func tempFile(t *testing.T, name, content string) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
