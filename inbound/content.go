@@ -142,6 +142,7 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout())
 	defer cancel()
 	var rewrites []func(io.Writer, io.Reader) error
+	strip := false
 
 	if c.Auth != nil {
 		src, err := msg.Open()
@@ -159,20 +160,18 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 			return v.Reject
 		}
 		msg.AddHeader += v.Header
-		if forged, err := hasForgedAR(msg, c.AuthServID); err != nil {
+		forged, err := hasForgedAR(msg, c.AuthServID)
+		if err != nil {
 			return r.contentFailed(msg, "reading the header", err)
-		} else if forged {
-			id := c.AuthServID
-			rewrites = append(rewrites, func(w io.Writer, r io.Reader) error {
-				_, err := authres.StripForged(w, r, id)
-				return err
-			})
 		}
+		strip = forged
 	}
 
 	if ch := c.Chains[policy]; ch != nil {
 		env := &milter.Envelope{
-			QueueID: msg.QueueID, Hostname: c.Hostname, DaemonName: st.Listener,
+			// {daemon_name} is our host name, as Postfix's default
+			// milter_daemon_name: rspamd uses it as its authserv-id.
+			QueueID: msg.QueueID, Hostname: c.Hostname, DaemonName: c.Hostname,
 			ClientAddr: st.RemoteIP, ClientPort: int(st.Remote.Port()), LocalAddr: st.Local,
 			Helo: st.Helo, AuthUser: st.AuthUser, From: st.From, Rcpts: st.Rcpts,
 		}
@@ -217,7 +216,18 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 		}
 		if res.ChangesContent() {
 			rewrites = append(rewrites, res.Apply)
+			// A milter may add a field claiming our authserv-id too.
+			strip = strip || c.Auth != nil
 		}
+	}
+	if strip {
+		// Last: the milters' header positions refer to the message they
+		// saw, forged fields included.
+		id := c.AuthServID
+		rewrites = append(rewrites, func(w io.Writer, r io.Reader) error {
+			_, err := authres.StripForged(w, r, id)
+			return err
+		})
 	}
 	if len(rewrites) > 0 {
 		msg.Rewrite = chain(rewrites)

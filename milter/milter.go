@@ -86,7 +86,7 @@ func (c Config) displayName() string {
 type Envelope struct {
 	QueueID    string // macro i
 	Hostname   string // our host name: macro j
-	DaemonName string // {daemon_name}, e.g. the listener name
+	DaemonName string // {daemon_name}: our host name, as Postfix sends it
 
 	ClientAddr netip.Addr // invalid: the connect event has family "unknown"
 	ClientPort int

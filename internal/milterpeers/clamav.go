@@ -1,0 +1,91 @@
+package milterpeers
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+// EICARSignature is the name of the local body signature that matches
+// the EICAR test string. ClamAV reports it with ".UNOFFICIAL" appended,
+// as for every signature outside its official databases.
+const EICARSignature = "Local.EICAR.Test.String"
+
+// clamSignatures: a body pattern (any file type, any offset) that also
+// matches the EICAR string followed by a newline, and the MD5 of the
+// exact 68-byte file, which does not.
+var clamSignatures = map[string]string{
+	"local-eicar.ndb": EICARSignature + ":0:*:" + fmt.Sprintf("%x", EICAR) + "\n",
+	"local-eicar.hdb": "44d88612fea8a8f36de82e1278abb02f:68:Local.EICAR.Test.File.MD5\n",
+}
+
+func startClamav(clamdBin, milterBin string) (in *Instance, err error) {
+	began := time.Now()
+	dir, uid, gid, err := stateDir("milterpeers-clamav-", "clamav")
+	if err != nil {
+		return nil, err
+	}
+	in = &Instance{Dir: dir}
+	defer func() {
+		if err != nil {
+			in.Stop()
+			in = nil
+		}
+	}()
+	db, tmp := filepath.Join(dir, "db"), filepath.Join(dir, "tmp")
+	if err := mkdirs(uid, gid, db, tmp); err != nil {
+		return in, err
+	}
+	// clamd refuses to start with an empty database folder.
+	files := map[string]string{}
+	for name, sig := range clamSignatures {
+		files["db/"+name] = sig
+	}
+	userLine := ""
+	if os.Geteuid() == 0 && uid != 0 {
+		userLine = "User clamav\n"
+	}
+	sock := filepath.Join(tmp, "clamd.sock")
+	files["clamd.conf"] = userLine + "LocalSocket " + sock + "\nFixStaleSocket yes\nForeground yes\n" +
+		"DatabaseDirectory " + db + "\nTemporaryDirectory " + tmp + "\n" +
+		"LogFile " + filepath.Join(tmp, "clamd.log") + "\nLogTime yes\nLogVerbose yes\nLogClean yes\n" +
+		"Bytecode no\nScanMail yes\nScanArchive yes\nExtendedDetectionInfo yes\n" +
+		"StreamMaxLength 25M\nMaxFileSize 25M\n"
+	port, err := freeLoopbackPort()
+	if err != nil {
+		return in, err
+	}
+	// RejectMsg puts the virus name into the reply; OnFail Defer answers
+	// TEMPFAIL when clamd cannot be reached.
+	files["clamav-milter.conf"] = userLine + "MilterSocket inet:" + strconv.Itoa(port) + "@127.0.0.1\nForeground yes\n" +
+		"ClamdSocket unix:" + sock + "\nTemporaryDirectory " + tmp + "\n" +
+		"LogFile " + filepath.Join(tmp, "milter.log") + "\nLogTime yes\nLogVerbose yes\n" +
+		"OnClean Accept\nOnInfected Reject\nOnFail Defer\nRejectMsg \"Virus found: %v\"\n" +
+		"AddHeader Replace\nLogInfected Full\nLogClean Full\nMaxFileSize 25M\nReadTimeout 120\n"
+	if err := writeFiles(dir, files); err != nil {
+		return in, err
+	}
+
+	clamd, err := startDaemon("clamd", filepath.Join(tmp, "clamd.log"), clamdBin, "--config-file="+filepath.Join(dir, "clamd.conf"))
+	if err != nil {
+		return in, err
+	}
+	in.procs = append(in.procs, clamd)
+	if err := waitReady(clamd, startTimeout, dialable("unix", sock)); err != nil {
+		return in, err
+	}
+	m, err := startDaemon("clamav-milter", filepath.Join(tmp, "milter.log"), milterBin, "--config-file="+filepath.Join(dir, "clamav-milter.conf"))
+	if err != nil {
+		return in, err
+	}
+	in.procs = append(in.procs, m)
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	if err := waitReady(m, startTimeout, dialable("tcp", addr)); err != nil {
+		return in, err
+	}
+	in.Addr = "inet:" + addr
+	in.Startup = time.Since(began)
+	return in, nil
+}
