@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 		return
 	}
 	code := m.Run()
-	peers.stopAll()
+	peers.Close()
 	os.Exit(code)
 }
 
