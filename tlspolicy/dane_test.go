@@ -161,6 +161,15 @@ func TestDANEFailuresDefer(t *testing.T) {
 		t.Errorf("UserText %q should say it will be retried", f.UserText())
 	}
 
+	// A configured relay does not depend on it either: DecideRelay looks
+	// up neither DANE nor MTA-STS, so route deliveries are not held up.
+	rp, err := d.DecideRelay(t.Context(), domain, false, false)
+	if err != nil {
+		t.Errorf("DecideRelay, MX SERVFAIL: %v; want no error", err)
+	} else if h, err := rp.ForRelay(t.Context(), "relay.example"); err != nil || h.Level != tlspolicy.May {
+		t.Errorf("DecideRelay + ForRelay: %v, %v; want may", h, err)
+	}
+
 	// Without DANE nothing depends on the lookup.
 	d = e.decider(nil)
 	if _, err := d.Decide(t.Context(), domain, false, false); err != nil {

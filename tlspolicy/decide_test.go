@@ -203,13 +203,21 @@ func TestTLSRequiredNo(t *testing.T) {
 			o.Rules = []tlspolicy.Rule{{Match: "partner.example", Level: tlspolicy.Verify}}
 		}
 	}
+	// Allowed: MTA-STS is set aside (an unlisted MX may be used), but the
+	// site's own default (encrypt) still applies: a header any internal
+	// sender can write lowers what the destination publishes, not what
+	// the organisation requires.
 	d := e.decider(opts(true))
 	p := must[*tlspolicy.Policy](t)(d.Decide(t.Context(), stsDomain, false, true))
-	if p.Level != tlspolicy.May || !p.TLSRequiredNo {
-		t.Errorf("allowed: level %s, want may", p.Level)
+	if p.Level != tlspolicy.Encrypt || !p.TLSRequiredNo {
+		t.Errorf("allowed: level %s, want encrypt (the default)", p.Level)
 	}
-	if h, err := p.ForMX(t.Context(), "unlisted.example"); err != nil || h.Level != tlspolicy.May {
-		t.Errorf("allowed: ForMX = %v, %v; want may", h, err)
+	if h, err := p.ForMX(t.Context(), "unlisted.example"); err != nil || h.Level != tlspolicy.Encrypt {
+		t.Errorf("allowed: ForMX = %v, %v; want encrypt", h, err)
+	}
+	dMay := e.decider(func(o *tlspolicy.Options) { opts(true)(o); o.Default = tlspolicy.May })
+	if h, err := must[*tlspolicy.Policy](t)(dMay.Decide(t.Context(), stsDomain, false, true)).ForMX(t.Context(), "unlisted.example"); err != nil || h.Level != tlspolicy.May {
+		t.Errorf("allowed, default may: ForMX = %v, %v; want may", h, err)
 	}
 	if p := must[*tlspolicy.Policy](t)(d.Decide(t.Context(), "partner.example", false, true)); p.Level != tlspolicy.Verify {
 		t.Errorf("a rule must not give way to the header: %s", p.Level)

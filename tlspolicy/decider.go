@@ -47,8 +47,8 @@ type Options struct {
 	// MTASTS enables MTA-STS (RFC 8461) for destinations without a rule.
 	// It needs Resolver.
 	MTASTS bool
-	// AllowTLSRequiredNo honours "TLS-Required: No" (RFC 8689 §5): DANE,
-	// MTA-STS and the default give way to may. Rules still apply: they
+	// AllowTLSRequiredNo honours "TLS-Required: No" (RFC 8689 §5): DANE
+	// and MTA-STS are set aside. Rules and the default still apply: they
 	// are the organisation's own obligations, which a header any internal
 	// sender can write must not lift.
 	AllowTLSRequiredNo bool
@@ -257,6 +257,18 @@ type Policy struct {
 // decides whether DANE applies failed: delivering without knowing could
 // be below what the domain requires, so the caller must defer.
 func (d *Decider) Decide(ctx context.Context, domain string, requireTLS, tlsRequiredNo bool) (*Policy, error) {
+	return d.decide(ctx, domain, requireTLS, tlsRequiredNo, false)
+}
+
+// DecideRelay is Decide for mail that goes to a configured next hop (a
+// route), followed by ForRelay: rules and REQUIRETLS apply, DANE and
+// MTA-STS describe a domain's own MX hosts and are not looked up, so a DNS
+// problem there cannot hold up mail for the relay.
+func (d *Decider) DecideRelay(ctx context.Context, domain string, requireTLS, tlsRequiredNo bool) (*Policy, error) {
+	return d.decide(ctx, domain, requireTLS, tlsRequiredNo, true)
+}
+
+func (d *Decider) decide(ctx context.Context, domain string, requireTLS, tlsRequiredNo, relay bool) (*Policy, error) {
 	dom := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(domain), "."))
 	if err := checkName(dom); err != nil {
 		return nil, fmt.Errorf("tls policy for %q: %w", domain, err)
@@ -275,7 +287,7 @@ func (d *Decider) Decide(ctx context.Context, domain string, requireTLS, tlsRequ
 			ex.add("TLS-Required: No: ignored, the configuration does not allow it")
 		default:
 			p.TLSRequiredNo = true
-			ex.add("TLS-Required: No: honoured; DANE, MTA-STS and the default give way to may (rules still apply)")
+			ex.add("TLS-Required: No: honoured; DANE and MTA-STS are set aside (rules and the default still apply)")
 		}
 	}
 
@@ -299,6 +311,8 @@ func (d *Decider) Decide(ctx context.Context, domain string, requireTLS, tlsRequ
 		(r != nil && (r.Level == Dane || r.Level == DaneOnly)) ||
 		(r == nil && d.hostDANE)
 	switch {
+	case relay:
+		ex.add("DANE and MTA-STS: not looked up for a configured relay")
 	case daneWanted:
 		if err := p.lookupMX(ctx, ex); err != nil {
 			if f, ok := err.(*Failure); ok {
@@ -318,6 +332,7 @@ func (d *Decider) Decide(ctx context.Context, domain string, requireTLS, tlsRequ
 	}
 
 	switch {
+	case relay:
 	case !d.o.MTASTS:
 		ex.add("MTA-STS: disabled")
 	case auto || requireTLS:
@@ -329,7 +344,10 @@ func (d *Decider) Decide(ctx context.Context, domain string, requireTLS, tlsRequ
 	switch {
 	case r != nil:
 	case p.TLSRequiredNo:
-		p.Level, p.Source = May, "TLS-Required: No header (RFC 8689 §5)"
+		// RFC 8689 §5 lifts what the recipient domain publishes (DANE,
+		// MTA-STS), not the sending site's own default: a header any
+		// internal sender can write must not lower that.
+		p.Level, p.Source = d.o.Default, "default (TLS-Required: No: DANE and MTA-STS not applied, RFC 8689 §5)"
 	case d.o.DANE && p.MXSecure:
 		p.Level, p.Source, p.origin = Dane, "DANE (DNSSEC-validated MX; TLSA decided per MX host)", originDANE
 	case p.STS != nil && p.STS.Mode == STSEnforce:

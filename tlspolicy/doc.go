@@ -31,8 +31,9 @@
 // A message with REQUIRETLS (RFC 8689) is sent only over verified TLS to
 // an MX host that DNSSEC or MTA-STS vouches for, and only to a server
 // that advertises REQUIRETLS, whatever a rule says. "TLS-Required: No"
-// can, where the admin allows it, set aside DANE, MTA-STS and the
-// default, never a rule.
+// can, where the admin allows it, set aside DANE and MTA-STS (what the
+// destination publishes), never a rule or the configured default (what
+// the organisation requires).
 //
 // # Use per delivery
 //

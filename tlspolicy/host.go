@@ -102,7 +102,8 @@ func (p *Policy) forHost(ctx context.Context, host string, viaMX bool) (*HostPol
 		ex.add("  DANE and MTA-STS: not applied to a configured relay")
 		f = p.defaultLevel(ctx, h, ex, viaMX)
 	case p.TLSRequiredNo:
-		h.Level, h.Source = May, p.Source
+		f = p.defaultLevel(ctx, h, ex, viaMX)
+		h.Source = p.Source
 	default:
 		decided := false
 		if d.o.DANE && p.MXSecure {
