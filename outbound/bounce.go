@@ -52,6 +52,9 @@ func NewBouncer(q func() *queue.Queue, hostname, postmaster string) queue.Bounce
 			To:     []string{d.Envelope.From},
 			Origin: queue.OriginLocal,
 			Client: "DSN for " + d.ID,
+			// RFC 8689 4.4: the DSN returns the original header; it
+			// travels under the same requirement.
+			RequireTLS: d.Envelope.RequireTLS,
 		}, bytes.NewReader(msg))
 		if err != nil {
 			return err

@@ -57,7 +57,7 @@ type EngineOptions struct {
 type Engine struct {
 	o      EngineOptions
 	router atomic.Pointer[Router]
-	tls    atomic.Pointer[tlspolicy.Decider]
+	tls    atomic.Pointer[tlsState]
 
 	mu    sync.Mutex
 	dests map[string]*dest
@@ -118,14 +118,27 @@ func NewEngine(o EngineOptions, r *Router) *Engine {
 		o.TLS, _ = tlspolicy.New(tlspolicy.Options{Default: lvl, Logger: o.Logger})
 	}
 	e := &Engine{o: o, dests: map[string]*dest{}, tlsFailed: map[string]time.Time{}}
-	e.tls.Store(o.TLS)
+	e.SetTLS(o.TLS, o.HonourTLSRequiredNo)
 	e.router.Store(r)
 	return e
 }
 
 // SetTLS swaps the TLS policy (SIGHUP); pooled sessions checked against
 // the old one are not reused unless the new one asks the same.
-func (e *Engine) SetTLS(d *tlspolicy.Decider) { e.tls.Store(d) }
+func (e *Engine) SetTLS(d *tlspolicy.Decider, honourTLSRequiredNo bool) {
+	e.tls.Store(&tlsState{d: d, honour: honourTLSRequiredNo, gen: tlsGen.Add(1)})
+}
+
+// tlsState is the TLS policy in force; gen tells sessions checked against
+// an older one (before a SIGHUP) apart, so that none is reused under a
+// policy it was not checked against.
+type tlsState struct {
+	d      *tlspolicy.Decider
+	honour bool
+	gen    uint64
+}
+
+var tlsGen atomic.Uint64
 
 // SetRouter swaps routes and local domains (SIGHUP).
 func (e *Engine) SetRouter(r *Router) { e.router.Store(r) }
@@ -156,7 +169,7 @@ func (e *Engine) Deliver(ctx context.Context, d *queue.Delivery) []queue.Result 
 	}
 	var groups []*group
 	byKey := map[string]*group{}
-	pol := e.tls.Load()
+	pol := e.tls.Load().d
 	for i, rc := range d.Rcpts {
 		dom := strings.ToLower(rc[strings.LastIndexByte(rc, '@')+1:])
 		t := router.Route(dom)
@@ -236,15 +249,15 @@ func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target,
 	}
 	defer func() { <-ds.sem }()
 
-	pol, fail := e.decideTLS(ctx, d, t, ruleDom)
+	pol, key, fail := e.decideTLS(ctx, d, t, ruleDom)
 	if fail != nil {
 		return all(len(rcpts), *fail)
 	}
 	for try := 0; ; try++ {
-		p, reused := e.idleConn(ds, policyKey(pol))
+		p, reused := e.idleConn(ds, key)
 		if p == nil {
 			var fail *queue.Result
-			p, fail = e.connect(ctx, t, pol)
+			p, fail = e.connect(ctx, t, pol, key)
 			if fail != nil {
 				return all(len(rcpts), *fail)
 			}
@@ -428,7 +441,7 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 // turn, moving on after a connection failure, a 4xx greeting or a session
 // that does not meet the TLS policy. MX hosts that failed the policy
 // recently go last, so that a retry starts with the others.
-func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy) (*pooled, *queue.Result) {
+func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, key string) (*pooled, *queue.Result) {
 	var hosts []string
 	port := e.o.MXPort
 	switch t.Kind {
@@ -448,6 +461,10 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy) (
 	var lastErr error
 	var lastTLS *tlsPolicyError
 	lastRelay := ""
+	// unreached: some host or address failed for another reason than the
+	// TLS policy (down, refused, 4xx greeting); it might meet the level
+	// next time, so nothing is returned to the sender yet.
+	unreached := false
 	for _, h := range hosts {
 		var hp *tlspolicy.HostPolicy
 		var err error
@@ -462,6 +479,9 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy) (
 			te := &tlsPolicyError{outcome: "tls policy refused host " + h + ": " + err.Error()}
 			if errors.As(err, &te.f) {
 				te.outcome = tlspolicy.Outcome{Host: h, Required: te.f.Level, Source: te.f.Source, Failure: te.f}.String()
+				unreached = unreached || te.f.Temporary
+			} else {
+				unreached = true
 			}
 			lastErr, lastRelay, lastTLS = te, h, te
 			e.o.Logger.Info("TLS policy: not using this next hop", "domain", t.Addr, "host", h, "error", err)
@@ -470,18 +490,20 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy) (
 		}
 		addrs, err := e.addrs(ctx, h, t.Kind != "mx")
 		if err != nil {
-			lastErr, lastRelay = err, h
+			lastErr, lastRelay, unreached = err, h, true
 			continue
 		}
 		for _, a := range addrs {
 			relay := fmt.Sprintf("%s[%s]:%s", h, a, port)
 			p, err := e.open(ctx, t, h, net.JoinHostPort(a.String(), port), relay, hp)
 			if err == nil {
-				p.policyKey = policyKey(pol)
+				p.policyKey = key
 				return p, nil
 			}
 			lastErr, lastRelay = err, relay
-			if te := (*tlsPolicyError)(nil); errors.As(err, &te) {
+			if te := (*tlsPolicyError)(nil); !errors.As(err, &te) {
+				unreached = true
+			} else {
 				lastTLS = te
 				e.o.Logger.Warn("TLS policy not met, trying the next address or MX", "domain", t.Addr, "relay", relay, "tls_policy", te.outcome)
 				e.noteTLSFailure(t, h)
@@ -506,7 +528,7 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy) (
 			r.Explanation = f.UserText()
 			// RFC 8689 section 4.2.1: a REQUIRETLS message that no next
 			// hop can take as required goes back to its sender.
-			if (f.Fallback == "bounce" || pol.RequireTLS) && !f.Temporary {
+			if (f.Fallback == "bounce" || pol.RequireTLS) && !f.Temporary && !unreached {
 				r.Status, r.Code = queue.PermFail, f.Status(true)
 			}
 		}
@@ -547,7 +569,7 @@ func (e *tlsPolicyError) Error() string {
 // names it (routing partner mail through a relay must not weaken its
 // rule), else the next-hop host (as Postfix looks up
 // smtp_tls_policy_maps by next-hop destination).
-func (e *Engine) decideTLS(ctx context.Context, d *queue.Delivery, t Target, ruleDom string) (*tlspolicy.Policy, *queue.Result) {
+func (e *Engine) decideTLS(ctx context.Context, d *queue.Delivery, t Target, ruleDom string) (*tlspolicy.Policy, string, *queue.Result) {
 	dest := t.Addr
 	if t.Kind != "mx" {
 		dest, _, _ = net.SplitHostPort(t.Addr)
@@ -559,19 +581,24 @@ func (e *Engine) decideTLS(ctx context.Context, d *queue.Delivery, t Target, rul
 	// the organisation's own mail store (a route) is where it ends.
 	requireTLS := d.Envelope.RequireTLS && (t.Kind == "mx" || d.Envelope.Origin != queue.OriginInbound)
 	tlsNo := false
-	if e.o.HonourTLSRequiredNo && !requireTLS {
+	ts := e.tls.Load()
+	if ts.honour && !requireTLS {
 		tlsNo = tlsRequiredNo(d)
 	}
-	pol, err := e.tls.Load().Decide(ctx, dest, requireTLS, tlsNo)
+	decide := ts.d.Decide
+	if t.Kind != "mx" {
+		decide = ts.d.DecideRelay
+	}
+	pol, err := decide(ctx, dest, requireTLS, tlsNo)
 	if err != nil {
 		r := &queue.Result{Status: queue.TempFail, Code: "4.4.3", Reply: "TLS policy for " + dest + " could not be decided: " + err.Error()}
 		var f *tlspolicy.Failure
 		if errors.As(err, &f) {
 			r.Code, r.TLSPolicy, r.Explanation = f.Status(false), f.Error(), f.UserText()
 		}
-		return nil, r
+		return nil, "", r
 	}
-	return pol, nil
+	return pol, policyKey(ts.gen, pol), nil
 }
 
 // tlsRequiredNo reads the "TLS-Required: No" header field (RFC 8689 §5).
@@ -595,8 +622,9 @@ func tlsRequiredNo(d *queue.Delivery) bool {
 
 // policyKey summarises what a session was checked against; a pooled
 // session is reused only under the same policy.
-func policyKey(p *tlspolicy.Policy) string {
-	return fmt.Sprintf("%s|%s|%v|%v|%v|%v", p.Level, p.Source, p.RequireTLS, p.TLSRequiredNo, p.Names, p.Fingerprints)
+func policyKey(gen uint64, p *tlspolicy.Policy) string {
+	return fmt.Sprintf("%d|%s|%s|%v|%v|%v|%v|%d|%v", gen, p.Level, p.Source, p.RequireTLS, p.TLSRequiredNo,
+		p.Names, p.Fingerprints, p.MinVersion, p.Ciphers)
 }
 
 // tlsFailMemory is how long an MX that failed the TLS policy goes last.

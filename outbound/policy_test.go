@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"securerelay/dnsutil"
 	"securerelay/dnsutil/dnstest"
@@ -159,6 +160,71 @@ func TestTLSFailedMXGoesLast(t *testing.T) {
 	}
 	if n := plain.conns.Load(); n != 1 {
 		t.Errorf("the MX without STARTTLS got %d connections, want 1 (the second attempt must start with the other MX)", n)
+	}
+	plain.none()
+}
+
+// A pooled session is never reused under a policy it was not checked
+// against: after a reload raises the minimum TLS version, the next
+// delivery opens a new session, which a TLS 1.2-only hop cannot meet.
+func TestPoolNotReusedAcrossTLSReload(t *testing.T) {
+	hopTLS := selfSigned(t)
+	hopTLS.MaxVersion = tls.VersionTLS12
+	h := newHop(t, hopOptions{TLS: hopTLS})
+	rule := func(min uint16) *tlspolicy.Decider {
+		d, err := tlspolicy.New(tlspolicy.Options{Rules: []tlspolicy.Rule{{Match: "bank.example", Level: tlspolicy.Encrypt, MinVersion: min}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	e := engine(t, everything(t, "smtp://"+h.addr), func(o *outbound.EngineOptions) {
+		o.TLS, o.IdleTimeout = rule(tls.VersionTLS12), time.Minute
+	})
+	sp := newSpool(t)
+	res := deliver(t, e, sp.put("sender@ours.test", []string{"a@bank.example"}, message))
+	check(t, "TLS 1.2 allowed", res[0], queue.Delivered, "2.0.0")
+	h.next()
+	e.SetTLS(rule(tls.VersionTLS13), false)
+	res = deliver(t, e, sp.put("sender@ours.test", []string{"a@bank.example"}, message))
+	check(t, "after the reload", res[0], queue.TempFail, "4.7.10")
+	h.none()
+	if n := h.conns.Load(); n != 2 {
+		t.Errorf("%d connections, want 2 (the pooled one must not be reused)", n)
+	}
+}
+
+// fallback: bounce returns the message only when every MX was reached and
+// failed the level; an MX that was merely down might meet it next time.
+func TestBounceOnlyWhenEveryMXFailedTheLevel(t *testing.T) {
+	plain := newHop(t, hopOptions{})
+	res := dnstest.Mock{
+		MX: map[string][]dnsutil.MX{
+			"bank.example": {{Host: "down.bank.example", Pref: 10}, {Host: "plain.bank.example", Pref: 20}},
+			"solo.example": {{Host: "plain.bank.example", Pref: 10}},
+		},
+		Host: map[string][]netip.Addr{
+			"down.bank.example":  {netip.MustParseAddr("127.0.0.3")}, // nothing listens there
+			"plain.bank.example": {netip.MustParseAddr("127.0.0.1")},
+		},
+	}
+	d, err := tlspolicy.New(tlspolicy.Options{Rules: []tlspolicy.Rule{
+		{Match: "bank.example", Level: tlspolicy.Encrypt, Fallback: tlspolicy.FallbackBounce},
+		{Match: "solo.example", Level: tlspolicy.Encrypt, Fallback: tlspolicy.FallbackBounce},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := engine(t, &outbound.Router{}, func(o *outbound.EngineOptions) {
+		o.Resolver, o.MXPort, o.TLS, o.IdleTimeout = res, plain.port, d, 0
+	})
+	sp := newSpool(t)
+	r := deliver(t, e, sp.put("sender@ours.test", []string{"a@bank.example"}, message))
+	check(t, "one MX down, the other without STARTTLS", r[0], queue.TempFail, "4.7.10")
+	r = deliver(t, e, sp.put("sender@ours.test", []string{"a@solo.example"}, message))
+	check(t, "the only MX without STARTTLS", r[0], queue.PermFail, "5.7.10")
+	if !strings.Contains(r[0].Explanation, "solo.example") {
+		t.Errorf("explanation %q does not name the domain", r[0].Explanation)
 	}
 	plain.none()
 }
