@@ -164,3 +164,19 @@ func TestPlaintextPartner(t *testing.T) {
 		t.Errorf("after the rule was removed: %v", err)
 	}
 }
+
+// A sender without any domain, or with control characters, is refused
+// whatever sender_fqdn says: downstream MTAs would qualify "ceo" with
+// their own domain.
+func TestBareSenderAlwaysRefused(t *testing.T) {
+	r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Checks: inbound.Checks{SenderFQDN: "off"}})
+	for _, from := range []string{"ceo", "post\x00master", "a@local\rhost"} {
+		_, err := r.Mail(&smtpd.State{}, from, nil)
+		if got, enh := code(err); got != 553 || enh != (smtp.EnhancedCode{5, 1, 7}) {
+			t.Errorf("sender_fqdn off, MAIL FROM:<%q>: %d %v, want 553 5.1.7", from, got, enh)
+		}
+	}
+	if _, err := r.Mail(&smtpd.State{}, "a@localhost", nil); err != nil {
+		t.Errorf("sender_fqdn off must still let user@host through: %v", err)
+	}
+}

@@ -204,14 +204,24 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 			if err != nil {
 				return r.contentFailed(msg, "a milter's added recipient", fmt.Errorf("%q: %w", a, err))
 			}
+			// The MX relays for nobody, its milters included: an added
+			// recipient passes the same domain and routing checks as RCPT.
+			if addr.IsIPLiteral() || !(*r.domains.Load())[addr.Domain] || smtputil.RoutingTrick(addr) != "" {
+				return r.contentFailed(msg, "a milter's added recipient", fmt.Errorf("%s is not in a domain this server accepts mail for; not relaying for a content filter", addr))
+			}
+			st.Log.Info("milter added a recipient", "queue_id", msg.QueueID, "rcpt", addr.String())
 			msg.AddRcpts = append(msg.AddRcpts, addr.String())
 		}
 		if from, ok := res.NewFrom(); ok {
-			msg.NewFrom = strings.Trim(from, "<>")
-			if msg.NewFrom == "" {
+			from = strings.Trim(from, "<>")
+			if from == "" {
 				// The null sender cannot be set through NewFrom; keep the
 				// sender rather than guess.
 				st.Log.Warn("milter changed the sender to <>; kept the original", "queue_id", msg.QueueID)
+			} else if a, err := smtputil.ParseAddress(from); err != nil {
+				return r.contentFailed(msg, "a milter's new sender", fmt.Errorf("%q: %w", from, err))
+			} else {
+				msg.NewFrom = a.String()
 			}
 		}
 		if res.ChangesContent() {

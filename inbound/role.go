@@ -103,9 +103,19 @@ func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, 
 		// The null sender: SPF checks the HELO name instead.
 		return "", r.spfAtMail(st, "")
 	}
+	if strings.IndexFunc(from, func(c rune) bool { return c < 0x20 || c == 0x7f }) >= 0 {
+		return "", reply(553, smtp.EnhancedCode{5, 1, 7}, "sender address rejected: control characters in %q", from)
+	}
 	a, err := smtputil.ParseAddress(from)
 	if isNotFQDN(err) {
-		if err := r.act("sender_fqdn", r.checks.SenderFQDN, smtputil.NotFQDNSender(from)); err != nil {
+		// "off" lets user@host through; a sender with no domain at all
+		// never: downstream MTAs would qualify it with their own domain
+		// and take a stranger's mail for internal.
+		action := r.checks.SenderFQDN
+		if !strings.Contains(from, "@") {
+			action = "reject"
+		}
+		if err := r.act("sender_fqdn", action, smtputil.NotFQDNSender(from)); err != nil {
 			return "", err
 		}
 		return from, nil

@@ -337,6 +337,8 @@ func TestMilterModifications(t *testing.T) {
 			if err = mod.AddHeader("X-Test-Milter", "added by the test milter"); err == nil {
 				err = mod.AddRecipient("dave@example.test", "")
 			}
+		case "add outside":
+			err = mod.AddRecipient("victim@outside.example", "")
 		case "replace body":
 			err = mod.ReplaceBody(strings.NewReader(newBody))
 		case "change subject":
@@ -392,6 +394,10 @@ func TestMilterModifications(t *testing.T) {
 	})
 
 	for _, tc := range []struct{ subject, wantPrefix string }{
+		// The MX relays for nobody, a milter included: a recipient outside
+		// our domains refuses the message (temporarily: the filter is ours
+		// to fix) instead of relaying it.
+		{"add outside", "451 4.3.0 "},
 		{"discard", "550 5.7.1 "},
 		{"quarantine", "550 5.7.1 "},
 		{"own tempfail", "452 4.3.1 scanner queue full, try again"},
@@ -461,12 +467,15 @@ func TestMilterModifications(t *testing.T) {
 	msgs := noMoreMessages(t, down, delivered)
 	for _, got := range msgs {
 		switch s := headerValue(got.Data, "Subject"); s {
-		case "delete carol", "discard", "quarantine", "own tempfail":
+		case "delete carol", "discard", "quarantine", "own tempfail", "add outside":
 			t.Errorf("a refused message (%q) was delivered to %q", s, got.To)
 		}
 	}
-	if n := len(m.Messages()); n != 9 {
-		t.Errorf("the milter saw %d messages, want 9", n)
+	if n := len(m.Messages()); n != 10 {
+		t.Errorf("the milter saw %d messages, want 10", n)
+	}
+	if strings.Contains(r.log.String(), "victim@outside.example") && !strings.Contains(r.log.String(), "not relaying for a content filter") {
+		t.Errorf("the outside recipient appears in the log without the refusal")
 	}
 }
 
