@@ -404,8 +404,9 @@ type TLSPolicy struct {
 	// Level: none, may, encrypt, verify, secure, dane, dane-only,
 	// fingerprint.
 	Level string `yaml:"level"`
-	// Names the certificate may carry instead of the MX host name
-	// (verify) or the domain (secure).
+	// Names the certificate may carry in addition to the MX host name
+	// (verify) or the domain and names under it (secure); ".x.example"
+	// accepts any name under x.example.
 	Names []string `yaml:"names"`
 	// Fingerprints (level fingerprint): SHA-256 of the certificate or of
 	// its public key, hex with or without colons.

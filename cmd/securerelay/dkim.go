@@ -121,7 +121,7 @@ func loadRecipients(cfg *config.Config, log *slog.Logger) (map[string]*inbound.R
 // tlsDecider builds the outbound TLS policy from the configuration. A rule
 // the policy package refuses is a configuration error with its position,
 // like a bad DKIM key: never a rule silently dropped.
-func tlsDecider(cfg *config.Config, res *dnsutil.Client, log *slog.Logger) (*tlspolicy.Decider, error) {
+func tlsDecider(cfg *config.Config, res *dnsutil.Client, log *slog.Logger, cache tlspolicy.STSCache) (*tlspolicy.Decider, error) {
 	t := cfg.Outbound.TLS
 	def, err := tlspolicy.ParseLevel(t.Default)
 	if err != nil {
@@ -130,7 +130,7 @@ func tlsDecider(cfg *config.Config, res *dnsutil.Client, log *slog.Logger) (*tls
 	globalMin, _ := tlspolicy.ParseVersion(t.MinVersion)
 	o := tlspolicy.Options{
 		Default: def, DANE: t.DANE, MTASTS: t.MTASTS, AllowTLSRequiredNo: t.TLSRequiredNo == "honour",
-		Resolver: res, MinVersion: globalMin, Logger: log,
+		Resolver: res, MinVersion: globalMin, Logger: log, Cache: cache,
 	}
 	if cfg.DNS.DNSSECValidating {
 		o.DNSSEC = res

@@ -135,10 +135,14 @@ func load(path string, stderr io.Writer) (*config.Config, int) {
 			_, err = loadRecipients(cfg, quietLog)
 		}
 		if err == nil {
-			_, err = tlsDecider(cfg, dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D()), quietLog)
+			_, err = tlsDecider(cfg, dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D()), quietLog, nil)
 		}
 		if err == nil {
 			_, err = inboundContent(cfg, dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D()), quietLog)
+		}
+		if err == nil && hasInbound(cfg) && servedPostmaster(cfg) == "" {
+			fmt.Fprintf(stderr, "warning: %s:%d: postmaster: %s is not in a domain with deliver_to, so inbound listeners refuse RCPT TO:<Postmaster> (RFC 5321 requires it); use an address in one of your domains\n",
+				cfg.Path, cfg.Line("postmaster"), cfg.Postmaster)
 		}
 	}
 	if err != nil {
@@ -225,4 +229,13 @@ func queueCmd(sub string, cfg *config.Config, stdout, stderr io.Writer) int {
 	}
 	tw.Flush()
 	return 0
+}
+
+func hasInbound(cfg *config.Config) bool {
+	for _, l := range cfg.Listeners {
+		if l.Role == "inbound" {
+			return true
+		}
+	}
+	return false
 }

@@ -117,7 +117,7 @@ func newTLSEnv(path string, stderr io.Writer) (*tlsEnv, int) {
 		return nil, code
 	}
 	res := dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D())
-	dec, err := tlsDecider(cfg, res, quietLog)
+	dec, err := tlsDecider(cfg, res, quietLog, nil)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return nil, 1
@@ -200,7 +200,11 @@ func (e *tlsEnv) decide(ctx context.Context, w io.Writer, a tlsCmdArgs, d destin
 	if d.target.Kind == "maildir" {
 		return nil, 0, false
 	}
-	pol, err := e.dec.Decide(ctx, d.policyFor, a.requireTLS, a.tlsRequiredNo)
+	decide := e.dec.Decide
+	if d.relay() {
+		decide = e.dec.DecideRelay // as delivery does
+	}
+	pol, err := decide(ctx, d.policyFor, a.requireTLS, a.tlsRequiredNo)
 	if err != nil {
 		var f *tlspolicy.Failure
 		if !errors.As(err, &f) {

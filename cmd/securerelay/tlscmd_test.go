@@ -466,7 +466,7 @@ func TestTLSPolicyExplainRequireTLS(t *testing.T) {
 	honour := f.config("    tls_required_no: honour\n    policies:\n      - {match: partner.test, level: verify}\n")
 	_, out, _ = runCLI("tls-policy", "explain", "--config", honour, "--tls-required-no", "partner.test")
 	wantLines(t, out,
-		"  TLS-Required: No: honoured; DANE, MTA-STS and the default give way to may (rules still apply)\n",
+		"  TLS-Required: No: honoured; DANE and MTA-STS are set aside (rules and the default still apply)\n",
 		"  good.mx.test: level verify (policy rule 1 (match partner.test)), min TLS 1.2, fallback defer\n")
 
 	// A rule for a routed domain travels with it through the relay, as

@@ -23,6 +23,7 @@ import (
 	"securerelay/outbound"
 	"securerelay/queue"
 	"securerelay/smtpd"
+	"securerelay/tlspolicy"
 )
 
 // shutdownGrace bounds how long SIGTERM waits for transactions and
@@ -111,6 +112,7 @@ type relay struct {
 	servers  []*smtpd.Server
 	cfgPath  string
 	serveErr chan error
+	stsCache tlspolicy.STSCache
 }
 
 func serve(cfg *config.Config, path string, stderr io.Writer) error {
@@ -158,7 +160,10 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	r := &relay{cfg: cfg, log: log, certs: certs, cfgPath: path, serveErr: make(chan error, len(cfg.Listeners))}
 	r.signer = outbound.NewSigner(keys, dkimOptions(cfg), cfg.Outbound.DKIM.UseEnvelopeSender, log)
 	r.ours = outbound.NewDomainSet(ourDomains(cfg))
-	tlsPol, err := tlsDecider(cfg, res, log)
+	// One MTA-STS cache for the process: a reload must not forget the
+	// enforce policies an attacker could then block the refresh of.
+	r.stsCache = tlspolicy.NewMemoryCache(0)
+	tlsPol, err := tlsDecider(cfg, res, log, r.stsCache)
 	if err != nil {
 		return err
 	}
@@ -211,13 +216,16 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if hasInbound(cfg) && servedPostmaster(cfg) == "" {
+		log.Warn("postmaster is not in a domain with deliver_to: inbound listeners refuse RCPT TO:<Postmaster>", "postmaster", cfg.Postmaster)
+	}
 	for _, l := range cfg.Listeners {
 		var role smtpd.Role
 		if l.Role == "inbound" {
 			ir := inbound.NewWithOptions(inbound.Options{
 				Domains: domainList(cfg), Recipients: recips, Resolver: res, Log: log,
 				Checks: inboundChecks(cfg), Screen: inboundScreen(cfg), Verifiers: verifiers(cfg),
-				Postmaster: cfg.Postmaster, TLSFrom: tlsFrom(cfg),
+				Postmaster: servedPostmaster(cfg), TLSFrom: tlsFrom(cfg),
 			})
 			ir.SetContent(content)
 			r.inbound = append(r.inbound, ir)
@@ -325,7 +333,7 @@ func (r *relay) reload() {
 		return
 	}
 	res := dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D())
-	tlsPol, err := tlsDecider(cfg, res, r.log)
+	tlsPol, err := tlsDecider(cfg, res, r.log, r.stsCache)
 	if err != nil {
 		r.log.Error("reload failed, keeping the running configuration", "error", err)
 		return
@@ -373,7 +381,7 @@ func (r *relay) reload() {
 	}
 	r.users.Set(userHashes(cfg))
 	r.engine.SetRouter(rt)
-	r.engine.SetTLS(tlsPol)
+	r.engine.SetTLS(tlsPol, cfg.Outbound.TLS.TLSRequiredNo == "honour")
 	r.signer.Set(keys, dkimOptions(cfg), cfg.Outbound.DKIM.UseEnvelopeSender)
 	r.ours.Set(ourDomains(cfg))
 	r.log.Info("configuration reloaded", "domains", len(cfg.Domains), "routes", len(cfg.Outbound.Routes), "users", len(cfg.Outbound.Users))
@@ -457,4 +465,17 @@ func verifiers(cfg *config.Config) map[string]*inbound.Verifier {
 			Timeout: v.Timeout.D(), PositiveTTL: v.PositiveTTL.D(), NegativeTTL: v.NegativeTTL.D()}
 	}
 	return out
+}
+
+// servedPostmaster is the address RCPT TO:<Postmaster> goes to on inbound
+// listeners: the configured postmaster when one of our domains delivers
+// it, else "" (the bare form is then refused): accepting it for a domain
+// we do not deliver would hold it forever or relay it.
+func servedPostmaster(cfg *config.Config) string {
+	pm := strings.ToLower(cfg.Postmaster)
+	d, ok := cfg.Domains[pm[strings.LastIndexByte(pm, '@')+1:]]
+	if !ok || d.DeliverTo == "" {
+		return ""
+	}
+	return cfg.Postmaster
 }
