@@ -160,9 +160,21 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	r := &relay{cfg: cfg, log: log, certs: certs, cfgPath: path, serveErr: make(chan error, len(cfg.Listeners))}
 	r.signer = outbound.NewSigner(keys, dkimOptions(cfg), cfg.Outbound.DKIM.UseEnvelopeSender, log)
 	r.ours = outbound.NewDomainSet(ourDomains(cfg))
-	// One MTA-STS cache for the process: a reload must not forget the
-	// enforce policies an attacker could then block the refresh of.
-	r.stsCache = tlspolicy.NewMemoryCache(0)
+	// One MTA-STS cache for the process, kept in state_dir: neither a
+	// reload nor a restart may forget the enforce policies an attacker
+	// could then block the refresh of (RFC 8461 section 5).
+	stsPath := filepath.Join(cfg.StateDir, "mta-sts-cache.json")
+	if fc, err := tlspolicy.NewFileCache(stsPath, 0, time.Now()); err == nil {
+		r.stsCache = fc
+	} else {
+		log.Error("MTA-STS cache unreadable; moved aside, policies will be fetched again", "error", err, "moved_to", stsPath+".damaged")
+		r.stsCache = tlspolicy.NewMemoryCache(0)
+		if os.Rename(stsPath, stsPath+".damaged") == nil {
+			if fc, err := tlspolicy.NewFileCache(stsPath, 0, time.Now()); err == nil {
+				r.stsCache = fc
+			}
+		}
+	}
 	tlsPol, err := tlsDecider(cfg, res, log, r.stsCache)
 	if err != nil {
 		return err
