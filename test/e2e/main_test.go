@@ -111,6 +111,8 @@ type Relay struct {
 	log    *logBuffer
 	exited chan struct{}
 	err    error // from Wait, valid after exited is closed
+	// stopped: Stop ran already (a test that restarts the relay).
+	stopped bool
 }
 
 // writeFile writes content to path atomically (the relay may read it at
@@ -165,7 +167,15 @@ func startRelay(t *testing.T, cfgPath string, addrs ...string) *Relay {
 	return r
 }
 
+// Stop stops the relay now, as the end of the test would, checking its
+// exit; a test that restarts the relay on the same state calls it.
+func (r *Relay) Stop() { r.stop() }
+
 func (r *Relay) stop() {
+	if r.stopped {
+		return
+	}
+	r.stopped = true
 	t := r.t
 	defer func() {
 		if t.Failed() {

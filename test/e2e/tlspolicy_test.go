@@ -666,3 +666,37 @@ func TestTLSListenerTestssl(t *testing.T) {
 		}
 	}
 }
+
+// TestMTASTSCacheSurvivesRestart: an enforce policy fetched before a
+// restart still applies after it, when the _mta-sts record can no longer
+// be looked up (RFC 8461 §5: an attacker who blocks the lookup must not
+// turn enforce into nothing). Without the cache in state_dir the message
+// would go to the unlisted MX.
+func TestMTASTSCacheSurvivesRestart(t *testing.T) {
+	requireTool(t, "swaks")
+	ca := newTestCA(t)
+	const domain, mxIP, stsIP = "sts-persist.test", "127.0.0.57", "127.0.0.58"
+	mx := startPolicyMX(t, listenMX(t, mxIP), mxOptions{TLS: serverTLS(ca.issue(t, certSpec{names: []string{"mx." + domain}}))})
+	host := startSTSHost(t, listenOn(t, stsIP, "443"), ca, map[string]string{
+		domain: "version: STSv1\r\nmode: enforce\r\nmx: mx.elsewhere.test\r\nmax_age: 86400\r\n"})
+	dns := dnstest.NewServer(t, fmt.Sprintf("%[1]s. MX 10 mx.%[1]s.\nmx.%[1]s. A %[2]s\n_mta-sts.%[1]s. TXT \"v=STSv1; id=1;\"\nmta-sts.%[1]s. A %[3]s\n",
+		domain, mxIP, stsIP))
+	p := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(), TLS: fmt.Sprintf("    mta_sts: true\n    ca_file: %q\n", ca.pemFile)})
+
+	a := p.waitAttempt(t, p.send(t, "sender@example.test", "user@"+domain, "marker-before"), 30*time.Second)
+	if a.Status != "deferred" || !strings.Contains(a.Line, "failure=mx-not-allowed") {
+		t.Fatalf("before the restart: %s, want deferred with mx-not-allowed:\n%s", a.Status, a.Line)
+	}
+	if host.Fetches(domain) != 1 {
+		t.Fatalf("policy fetched %d times, want 1", host.Fetches(domain))
+	}
+
+	p.Relay.Stop()
+	dns.ServFail("_mta-sts." + domain)
+	p.Relay = startRelay(t, p.Cfg, p.Sub)
+	a = p.waitAttempt(t, p.send(t, "sender@example.test", "user@"+domain, "marker-after"), 30*time.Second)
+	if a.Status != "deferred" || !strings.Contains(a.Line, "failure=mx-not-allowed") {
+		t.Errorf("after the restart, _mta-sts unresolvable: %s, want deferred with mx-not-allowed (cached enforce policy):\n%s", a.Status, a.Line)
+	}
+	mx.checkUntouched(t, "marker-after", false)
+}
