@@ -472,21 +472,7 @@ func listenLoopback(t *testing.T) net.Listener {
 // skips, or fails under CI=true. A port held by someone else is waited for.
 func listenMX(t *testing.T, ip string) net.Listener {
 	t.Helper()
-	addr := net.JoinHostPort(ip, "25")
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		l, err := net.Listen("tcp", addr)
-		if err == nil {
-			return l
-		}
-		if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
-			skipOrFail(t, "cannot bind %s (MX delivery uses port 25; run as root): %v", addr, err)
-		}
-		if !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
-			skipOrFail(t, "cannot bind %s: %v", addr, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return listenOn(t, ip, "25")
 }
 
 type testSession struct {
