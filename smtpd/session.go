@@ -118,6 +118,12 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if s.srv.opts.RequireTLS && s.st.TLS == nil {
 		return s.edge(smtputil.TLSRequired(), "mail")
 	}
+	if opts != nil && opts.RequireTLS && s.st.TLS == nil {
+		// Advertised only inside TLS (RFC 8689 section 3): over a clear
+		// session the sender's own hop already broke the promise.
+		return s.edge(&smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 10},
+			Message: "REQUIRETLS needs an encrypted session; use STARTTLS first"}, "mail")
+	}
 	canon, err := s.srv.opts.Role.Mail(&s.st, from, opts)
 	if err != nil {
 		return s.edge(err, "mail")

@@ -107,3 +107,24 @@ func TestRequireTLS(t *testing.T) {
 	c.ehlo("client.example.org")
 	c.expect("MAIL FROM:<sender@example.org>", 250, "")
 }
+
+// REQUIRETLS (RFC 8689) is offered only inside TLS and refused in clear
+// text; over TLS it is taken and travels in the queue envelope.
+func TestREQUIRETLSParameter(t *testing.T) {
+	h := start(t, ours(), nil)
+	c := dial(t, h.addr)
+	if _, ok := hasExt(c.ehlo("client.example.org"), "REQUIRETLS"); ok {
+		t.Errorf("REQUIRETLS advertised before STARTTLS")
+	}
+	c.expect("MAIL FROM:<sender@example.org> REQUIRETLS", 530, "5.7.10")
+	c.starttls()
+	if _, ok := hasExt(c.ehlo("client.example.org"), "REQUIRETLS"); !ok {
+		t.Errorf("REQUIRETLS not advertised after STARTTLS")
+	}
+	c.expect("MAIL FROM:<sender@example.org> REQUIRETLS", 250, "")
+	c.expect("RCPT TO:<user@ours.test>", 250, "")
+	h.queueID(c.data("Subject: x\r\n\r\nbody\r\n.\r\n"))
+	if d := h.next(); !d.Env.RequireTLS {
+		t.Errorf("queued envelope %+v lacks RequireTLS", d.Env)
+	}
+}
