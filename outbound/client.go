@@ -100,10 +100,10 @@ func (s *smtpClient) mail(from string, requireTLS bool) error {
 	if !requireTLS {
 		return s.c.Mail(from)
 	}
-	if ok, _ := s.c.Extension("REQUIRETLS"); !ok || s.tls == "" {
-		return errNoRequireTLS
-	}
-	// net/smtp has no way to add MAIL parameters of its own.
+	// newSMTPClient refused a session without TLS or without REQUIRETLS
+	// (HostPolicy.CheckRequireTLS), and the pool hands such a session only
+	// to deliveries under the same policy. net/smtp has no way to add
+	// MAIL parameters of its own.
 	cmd := "MAIL FROM:<%s>"
 	if ok, _ := s.c.Extension("8BITMIME"); ok {
 		cmd += " BODY=8BITMIME"
@@ -117,10 +117,6 @@ func (s *smtpClient) mail(from string, requireTLS bool) error {
 	_, _, err = s.c.Text.ReadResponse(250)
 	return err
 }
-
-// errNoRequireTLS: RFC 8689 section 4.2.1: a REQUIRETLS message goes only
-// to a next hop that offers REQUIRETLS over TLS; otherwise it fails.
-var errNoRequireTLS = &reply{code: 550, enh: "5.7.30", text: "the next hop does not offer REQUIRETLS, which the sender asked for (RFC 8689); not sent"}
 
 func (s *smtpClient) rcpt(to string) error { s.deadline(); return s.c.Rcpt(to) }
 func (s *smtpClient) data(r io.Reader, _ []string) ([]error, error) {

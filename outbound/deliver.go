@@ -366,12 +366,6 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 		}
 	}
 	if err := p.cl.mail(d.Envelope.From, p.hp.RequireTLS); err != nil {
-		if errors.Is(err, errNoRequireTLS) {
-			return all(len(rcpts), queue.Result{Status: queue.PermFail, Code: "5.7.30", Relay: p.relay, TLS: tlsInfo, TLSPolicy: p.outcome,
-				Reply: errNoRequireTLS.text,
-				Explanation: "The sender asked (REQUIRETLS) that this message travel only over verified encryption; " +
-					"the receiving server does not support that, so the message was not sent."}), false, false
-		}
 		setAll(err, "MAIL FROM")
 		if toReply(err, "") == nil {
 			return res, true, true
