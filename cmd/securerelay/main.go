@@ -134,11 +134,12 @@ func load(path string, stderr io.Writer) (*config.Config, int) {
 		if err == nil {
 			_, err = loadRecipients(cfg, quietLog)
 		}
+		res := dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D())
 		if err == nil {
-			_, err = tlsDecider(cfg, dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D()), quietLog, nil)
+			_, err = tlsDecider(cfg, res, quietLog, nil)
 		}
 		if err == nil {
-			_, err = inboundContent(cfg, dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D()), quietLog)
+			_, err = inboundContent(cfg, res, quietLog)
 		}
 		if err == nil && hasInbound(cfg) && servedPostmaster(cfg) == "" {
 			fmt.Fprintf(stderr, "warning: %s:%d: postmaster: %s is not in a domain with deliver_to, so inbound listeners refuse RCPT TO:<Postmaster> (RFC 5321 requires it); use an address in one of your domains\n",
