@@ -68,21 +68,13 @@ func startClamav(clamdBin, milterBin string) (in *Instance, err error) {
 		return in, err
 	}
 
-	clamd, err := startDaemon("clamd", filepath.Join(tmp, "clamd.log"), clamdBin, "--config-file="+filepath.Join(dir, "clamd.conf"))
-	if err != nil {
+	if err := in.run("clamd", filepath.Join(tmp, "clamd.log"), dialable("unix", sock),
+		clamdBin, "--config-file="+filepath.Join(dir, "clamd.conf")); err != nil {
 		return in, err
 	}
-	in.procs = append(in.procs, clamd)
-	if err := waitReady(clamd, startTimeout, dialable("unix", sock)); err != nil {
-		return in, err
-	}
-	m, err := startDaemon("clamav-milter", filepath.Join(tmp, "milter.log"), milterBin, "--config-file="+filepath.Join(dir, "clamav-milter.conf"))
-	if err != nil {
-		return in, err
-	}
-	in.procs = append(in.procs, m)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	if err := waitReady(m, startTimeout, dialable("tcp", addr)); err != nil {
+	if err := in.run("clamav-milter", filepath.Join(tmp, "milter.log"), dialable("tcp", addr),
+		milterBin, "--config-file="+filepath.Join(dir, "clamav-milter.conf")); err != nil {
 		return in, err
 	}
 	in.Addr = "inet:" + addr

@@ -205,3 +205,14 @@ func writeFiles(dir string, files map[string]string) error {
 	}
 	return nil
 }
+
+// run starts one daemon of the instance and waits until ready says it
+// serves; the instance stops it with the others.
+func (in *Instance) run(name, logPath string, ready func() bool, argv ...string) error {
+	d, err := startDaemon(name, logPath, argv...)
+	if err != nil {
+		return err
+	}
+	in.procs = append(in.procs, d)
+	return waitReady(d, startTimeout, ready)
+}

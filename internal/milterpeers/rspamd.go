@@ -106,13 +106,8 @@ skip_authenticated = false;
 			argv = append(argv, "-i") // no service user: let the workers run as root
 		}
 	}
-	d, err := startDaemon("rspamd", filepath.Join(logdir, "rspamd.log"), argv...)
-	if err != nil {
-		return in, err
-	}
-	in.procs = append(in.procs, d)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	if err := waitReady(d, startTimeout, dialable("tcp", addr)); err != nil {
+	if err := in.run("rspamd", filepath.Join(logdir, "rspamd.log"), dialable("tcp", addr), argv...); err != nil {
 		return in, err
 	}
 	in.Addr = "inet:" + addr
