@@ -256,19 +256,27 @@ func forHost(ctx context.Context, pol *tlspolicy.Policy, d destination, host str
 	return pol.ForMX(ctx, host)
 }
 
-func tlsExplain(args []string, stdout, stderr io.Writer) int {
-	a, ok := parseTLSArgs("explain", args, stderr)
-	if !ok {
-		return 2
+// tlsSetup is what explain and probe share: arguments, configuration,
+// and where mail for the domain goes; code is the exit status when !ok.
+func tlsSetup(sub string, args []string, stderr io.Writer) (a tlsCmdArgs, e *tlsEnv, d destination, code int, ok bool) {
+	if a, ok = parseTLSArgs(sub, args, stderr); !ok {
+		return a, nil, d, 2, false
 	}
-	e, code := newTLSEnv(a.config, stderr)
-	if e == nil {
-		return code
+	if e, code = newTLSEnv(a.config, stderr); e == nil {
+		return a, nil, d, code, false
 	}
 	d, err := e.destination(a.domain)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
-		return 1
+		return a, nil, d, 1, false
+	}
+	return a, e, d, 0, true
+}
+
+func tlsExplain(args []string, stdout, stderr io.Writer) int {
+	a, e, d, code, ok := tlsSetup("explain", args, stderr)
+	if !ok {
+		return code
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), lookupBudget)
 	defer cancel()
@@ -353,18 +361,9 @@ func printLines(w io.Writer, indent string, lines []string) {
 }
 
 func tlsProbe(args []string, stdout, stderr io.Writer) int {
-	a, ok := parseTLSArgs("probe", args, stderr)
+	a, e, d, code, ok := tlsSetup("probe", args, stderr)
 	if !ok {
-		return 2
-	}
-	e, code := newTLSEnv(a.config, stderr)
-	if e == nil {
 		return code
-	}
-	d, err := e.destination(a.domain)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
 	}
 	roots, rootsDesc, err := policyRoots(e.cfg)
 	if err != nil {
