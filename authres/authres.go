@@ -105,6 +105,9 @@ type Verdict struct {
 	// Header is the complete Authentication-Results field, folded, ending
 	// in CRLF, to be prepended to the message (after StripForged).
 	Header string
+	// Forged counts the Authentication-Results fields in the message that
+	// claim our authserv-id: when it is 0, StripForged has nothing to do.
+	Forged int
 	// Reject, when not nil, is the reply to send instead of accepting the
 	// message: 550 when the published DMARC policy says reject, 451 when
 	// a temporary DNS failure left open whether it does.
@@ -135,6 +138,11 @@ func (c *Checker) Check(ctx context.Context, ip netip.Addr, helo, mailFrom strin
 	raw, fields, complete, err := readHeader(br)
 	if err != nil {
 		return nil, fmt.Errorf("authres: reading message header: %w", err)
+	}
+	// The header is in memory already; counting here spares the caller a
+	// second read of it just to learn whether stripping is needed.
+	if v.Forged, err = StripForged(io.Discard, bytes.NewReader(raw), c.o.AuthServID); err != nil {
+		return nil, err
 	}
 	if !complete {
 		// A message that is all header has an empty body; the DKIM

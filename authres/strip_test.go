@@ -115,6 +115,9 @@ func TestPipeline(t *testing.T) {
 	msg := sign(t, message(dkimFrom), edSigner(t, "example.com"))
 	msg = "Authentication-Results: mx.test; dkim=pass header.d=bank.example\r\n" + msg
 	v := check(t, c, ipIn, testHelo, dkimBounce, msg)
+	if v.Forged != 1 {
+		t.Errorf("Verdict.Forged = %d, want 1", v.Forged)
+	}
 	var out bytes.Buffer
 	out.WriteString(v.Header)
 	if n, err := StripForged(&out, strings.NewReader(msg), testID); err != nil || n != 1 {
@@ -126,5 +129,8 @@ func TestPipeline(t *testing.T) {
 	v2 := check(t, c, ipIn, testHelo, dkimBounce, out.String())
 	if len(v2.DKIM) != 1 || v2.DKIM[0].Result != Pass {
 		t.Errorf("re-verified: %+v", v2.DKIM)
+	}
+	if v2.Forged != 1 { // our own field, now on top, claims our id too
+		t.Errorf("re-checked: Verdict.Forged = %d, want 1", v2.Forged)
 	}
 }

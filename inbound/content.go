@@ -1,7 +1,6 @@
 package inbound
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"securerelay/authres"
-	"securerelay/dkim"
 	"securerelay/milter"
 	"securerelay/smtpd"
 	"securerelay/smtputil"
@@ -160,11 +158,7 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 			return v.Reject
 		}
 		msg.AddHeader += v.Header
-		forged, err := hasForgedAR(msg, c.AuthServID)
-		if err != nil {
-			return r.contentFailed(msg, "reading the header", err)
-		}
-		strip = forged
+		strip = v.Forged > 0
 	}
 
 	if ch := c.Chains[policy]; ch != nil {
@@ -266,22 +260,6 @@ func chain(fs []func(io.Writer, io.Reader) error) func(io.Writer, io.Reader) err
 		}
 		return err
 	}
-}
-
-// hasForgedAR looks at the header only: stripping costs a second copy of
-// the message, which only forged mail should pay for.
-func hasForgedAR(msg *smtpd.Message, id string) (bool, error) {
-	src, err := msg.Open()
-	if err != nil {
-		return false, err
-	}
-	defer closeReader(src)
-	h, err := dkim.ReadHeader(src, dkim.MaxHeaderBytes)
-	if err != nil {
-		return false, err
-	}
-	n, err := authres.StripForged(io.Discard, bytes.NewReader(h), id)
-	return n > 0, err
 }
 
 func closeReader(r io.Reader) {
