@@ -229,10 +229,8 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		s := l.s
-		tc := &trackedConn{Conn: c, s: s, id: fmt.Sprintf("%s-%d", s.opts.Name, s.nextID.Add(1))}
-		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-			tc.remote = ap.Addr().Unmap()
-		}
+		tc := &trackedConn{Conn: c, s: s, id: fmt.Sprintf("%s-%d", s.opts.Name, s.nextID.Add(1)),
+			remote: addrPort(c.RemoteAddr()).Addr()}
 		s.mu.Lock()
 		n := len(s.conns)
 		if s.opts.MaxConnections > 0 && n >= s.opts.MaxConnections {
