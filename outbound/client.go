@@ -175,11 +175,10 @@ func newSMTPClient(conn net.Conn, host, helo string, timeout time.Duration, tlsC
 		}
 		if st, ok := nc.TLSConnectionState(); ok {
 			cs = &st
-			sc.tls = strings.ReplaceAll(tls.VersionName(st.Version), " ", "") + " " + tls.CipherSuiteName(st.CipherSuite)
 		}
 	}
 	out := hp.Evaluate(offered, cs, nil)
-	sc.outcome = out.String()
+	sc.tls, sc.outcome = out.TLS, out.String()
 	if out.Failure != nil {
 		nc.Close()
 		return nil, false, &tlsPolicyError{f: out.Failure, outcome: sc.outcome}

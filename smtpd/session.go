@@ -1,6 +1,7 @@
 package smtpd
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -181,8 +182,8 @@ func (s *session) Data(r io.Reader) error {
 	}
 	if s.st.TLS != nil {
 		ri.Protocol += "S"
-		ri.TLSVersion = tlsVersion(s.st.TLS.Version)
-		ri.TLSCipher = tlsCipher(s.st.TLS.CipherSuite)
+		ri.TLSVersion = smtputil.TLSVersionName(s.st.TLS.Version)
+		ri.TLSCipher = tls.CipherSuiteName(s.st.TLS.CipherSuite)
 	}
 	if s.st.AuthUser != "" {
 		ri.Protocol += "A"

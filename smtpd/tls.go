@@ -14,7 +14,6 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -106,8 +105,3 @@ func writeSelfSigned(certFile, keyFile, hostname string) error {
 	return os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 }
 
-func tlsVersion(v uint16) string {
-	return strings.ReplaceAll(tls.VersionName(v), " ", "")
-}
-
-func tlsCipher(c uint16) string { return tls.CipherSuiteName(c) }

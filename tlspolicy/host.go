@@ -14,6 +14,7 @@ import (
 	"github.com/miekg/dns"
 
 	"securerelay/dnsutil"
+	"securerelay/smtputil"
 )
 
 // HostPolicy is the level to enforce on one connection to one next-hop
@@ -515,7 +516,7 @@ func (h *HostPolicy) Check(starttlsOffered bool, cs *tls.ConnectionState, handsh
 func (h *HostPolicy) Evaluate(starttlsOffered bool, cs *tls.ConnectionState, handshakeErr error) Outcome {
 	o := Outcome{Host: h.Host, Required: h.Level, Source: h.Source, Achieved: None}
 	if handshakeErr == nil && cs != nil && cs.HandshakeComplete {
-		o.TLS = strings.ReplaceAll(tls.VersionName(cs.Version), " ", "") + " " + tls.CipherSuiteName(cs.CipherSuite)
+		o.TLS = smtputil.TLSVersionName(cs.Version) + " " + tls.CipherSuiteName(cs.CipherSuite)
 	}
 	o.Failure = h.session(starttlsOffered, cs, handshakeErr)
 	switch {
