@@ -1,9 +1,9 @@
 package inbound
 
 import (
-	"strings"
-
 	"github.com/emersion/go-smtp"
+
+	"securerelay/smtputil"
 )
 
 // TLSFrom is one partner whose mail must arrive over TLS (Postfix's
@@ -22,8 +22,7 @@ type TLSFrom struct {
 // tlsFromRule returns the first rule that covers domain.
 func tlsFromRule(rules []TLSFrom, domain string) *TLSFrom {
 	for i := range rules {
-		m := rules[i].Match
-		if m == domain || strings.HasPrefix(m, ".") && strings.HasSuffix(domain, m) {
+		if smtputil.MatchDomain(rules[i].Match, domain) {
 			return &rules[i]
 		}
 	}

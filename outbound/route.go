@@ -3,6 +3,8 @@ package outbound
 import (
 	"fmt"
 	"strings"
+
+	"securerelay/smtputil"
 )
 
 // Target is where a recipient's mail goes next.
@@ -66,14 +68,7 @@ func (r *Router) Route(domain string) Target {
 		return t
 	}
 	for _, rt := range r.Routes {
-		switch {
-		case rt.Match == "*":
-			return rt.Target
-		case strings.HasPrefix(rt.Match, "."):
-			if strings.HasSuffix(domain, rt.Match) {
-				return rt.Target
-			}
-		case rt.Match == domain:
+		if rt.Match == "*" || smtputil.MatchDomain(rt.Match, domain) {
 			return rt.Target
 		}
 	}

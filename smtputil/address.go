@@ -380,3 +380,13 @@ func quoteForError(s string) string {
 	}
 	return fmt.Sprintf("%+q", s)
 }
+
+// MatchDomain reports whether domain (lower case) is matched by pattern as
+// Postfix's maps match it: "example.org" that domain, ".example.org" its
+// subdomains (not example.org itself).
+func MatchDomain(pattern, domain string) bool {
+	if strings.HasPrefix(pattern, ".") {
+		return strings.HasSuffix(domain, pattern)
+	}
+	return pattern == domain
+}

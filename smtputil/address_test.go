@@ -231,3 +231,21 @@ func FuzzParseAddress(f *testing.F) {
 		}
 	})
 }
+
+func TestMatchDomain(t *testing.T) {
+	for _, c := range []struct {
+		pattern, domain string
+		want            bool
+	}{
+		{"example.org", "example.org", true},
+		{"example.org", "mail.example.org", false},
+		{".example.org", "mail.example.org", true},
+		{".example.org", "example.org", false},
+		{".example.org", "badexample.org", false},
+		{"example.org", "example.com", false},
+	} {
+		if got := MatchDomain(c.pattern, c.domain); got != c.want {
+			t.Errorf("MatchDomain(%q, %q) = %v, want %v", c.pattern, c.domain, got, c.want)
+		}
+	}
+}
