@@ -104,4 +104,3 @@ func writeSelfSigned(certFile, keyFile, hostname string) error {
 	}
 	return os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 }
-
