@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 )
 
@@ -53,13 +52,11 @@ func startClamav(clamdBin, milterBin string) (in *Instance, err error) {
 		"LogFile " + filepath.Join(tmp, "clamd.log") + "\nLogTime yes\nLogVerbose yes\nLogClean yes\n" +
 		"Bytecode no\nScanMail yes\nScanArchive yes\nExtendedDetectionInfo yes\n" +
 		"StreamMaxLength 25M\nMaxFileSize 25M\n"
-	port, err := freeLoopbackPort()
-	if err != nil {
-		return in, err
-	}
+	// A Unix socket, as for rspamd: no port another process could take.
+	milterSock := filepath.Join(tmp, "milter.sock")
 	// RejectMsg puts the virus name into the reply; OnFail Defer answers
 	// TEMPFAIL when clamd cannot be reached.
-	files["clamav-milter.conf"] = userLine + "MilterSocket inet:" + strconv.Itoa(port) + "@127.0.0.1\nForeground yes\n" +
+	files["clamav-milter.conf"] = userLine + "MilterSocket unix:" + milterSock + "\nMilterSocketMode 666\nFixStaleSocket yes\nForeground yes\n" +
 		"ClamdSocket unix:" + sock + "\nTemporaryDirectory " + tmp + "\n" +
 		"LogFile " + filepath.Join(tmp, "milter.log") + "\nLogTime yes\nLogVerbose yes\n" +
 		"OnClean Accept\nOnInfected Reject\nOnFail Defer\nRejectMsg \"Virus found: %v\"\n" +
@@ -72,12 +69,11 @@ func startClamav(clamdBin, milterBin string) (in *Instance, err error) {
 		clamdBin, "--config-file="+filepath.Join(dir, "clamd.conf")); err != nil {
 		return in, err
 	}
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	if err := in.run("clamav-milter", filepath.Join(tmp, "milter.log"), dialable("tcp", addr),
+	if err := in.run("clamav-milter", filepath.Join(tmp, "milter.log"), dialable("unix", milterSock),
 		milterBin, "--config-file="+filepath.Join(dir, "clamav-milter.conf")); err != nil {
 		return in, err
 	}
-	in.Addr = "inet:" + addr
+	in.Addr = "unix:" + milterSock
 	in.Startup = time.Since(began)
 	return in, nil
 }

@@ -181,9 +181,10 @@ func mkdirs(uid, gid int, dirs ...string) error {
 	return nil
 }
 
-// freeLoopbackPort returns a port that was free a moment ago. The daemons
-// take a port number, not a listener, so a race with another process
-// remains possible; start-up then fails with the daemon's log.
+// freeLoopbackPort returns a port that was free a moment ago, so another
+// process may take it before we use it: fit only for an address where
+// nothing is meant to answer (rspamd's DNS); the milters listen on Unix
+// sockets in their own folders.
 func freeLoopbackPort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -12,8 +12,9 @@ import (
 // Instance is one running scanner: a milter and, for ClamAV, the daemon
 // behind it.
 type Instance struct {
-	// Addr is the milter's address in Postfix's form, "inet:127.0.0.1:PORT",
-	// as securerelay's configuration and package milter take it.
+	// Addr is the milter's address in Postfix's form, "unix:/path/milter.sock"
+	// (a socket in Dir), as securerelay's configuration and package milter
+	// take it.
 	Addr string
 	// Dir is the private state folder (configuration, logs, databases),
 	// removed by Stop.

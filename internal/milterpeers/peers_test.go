@@ -17,7 +17,11 @@ import (
 // modifications.
 func scan(t *testing.T, addr, msg string) (*gomilter.Action, []gomilter.ModifyAction) {
 	t.Helper()
-	c := gomilter.NewClient("tcp", strings.TrimPrefix(addr, "inet:"),
+	network, a, ok := strings.Cut(addr, ":")
+	if !ok || network != "unix" {
+		t.Fatalf("milter address %q: want unix:/path", addr)
+	}
+	c := gomilter.NewClient(network, a,
 		gomilter.WithReadTimeout(30*time.Second), gomilter.WithWriteTimeout(10*time.Second))
 	macros := gomilter.NewMacroBag()
 	macros.Set(gomilter.MacroQueueId, "4XyZ1abc")

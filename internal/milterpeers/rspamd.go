@@ -42,10 +42,10 @@ func startRspamd(bin string) (in *Instance, err error) {
 	if err := mkdirs(uid, gid, dbdir, rundir, logdir); err != nil {
 		return in, err
 	}
-	port, err := freeLoopbackPort()
-	if err != nil {
-		return in, err
-	}
+	// A Unix socket in our own folder: a TCP port picked "free" could be
+	// taken by another test process before rspamd binds it (this made CI
+	// dial a stranger's listener and then find nothing there).
+	sock := filepath.Join(rundir, "milter.sock")
 	// Nothing listens there: a lookup some module still attempts fails at
 	// once instead of leaving the machine.
 	deadDNS, err := freeLoopbackPort()
@@ -68,7 +68,7 @@ logging {
     level = "info";
 }
 worker "rspamd_proxy" {
-    bind_socket = "127.0.0.1:` + strconv.Itoa(port) + `";
+    bind_socket = "` + sock + ` mode=0666";
     milter = yes;
     timeout = 120s;
     count = 1;
@@ -106,11 +106,10 @@ skip_authenticated = false;
 			argv = append(argv, "-i") // no service user: let the workers run as root
 		}
 	}
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	if err := in.run("rspamd", filepath.Join(logdir, "rspamd.log"), dialable("tcp", addr), argv...); err != nil {
+	if err := in.run("rspamd", filepath.Join(logdir, "rspamd.log"), dialable("unix", sock), argv...); err != nil {
 		return in, err
 	}
-	in.Addr = "inet:" + addr
+	in.Addr = "unix:" + sock
 	in.Startup = time.Since(began)
 	return in, nil
 }
