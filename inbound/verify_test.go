@@ -11,6 +11,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"securerelay/inbound"
+	"securerelay/internal/loopback"
 	"securerelay/smtpd"
 )
 
@@ -77,9 +78,7 @@ func TestRecipientVerification(t *testing.T) {
 			}
 		})
 	}
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := loopback.Addr(t)
 	v := &inbound.Verifier{Kind: "smtp", Addr: dead, Helo: "mx.ours.test", Timeout: time.Second, PositiveTTL: time.Hour, NegativeTTL: time.Hour}
 	r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Verifiers: map[string]*inbound.Verifier{"ours.test": v}})
 	_, err := r.Rcpt(&smtpd.State{}, "bob@ours.test", nil)

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	gomilter "github.com/d--j/go-milter"
+
+	"securerelay/internal/loopback"
 )
 
 // script drives a test milter (go-milter's server side): what it answers
@@ -240,12 +242,7 @@ func applied(t testing.TB, res *Result, msg string) string {
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return loopback.Port(t)
 }
 
 func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }

@@ -181,19 +181,6 @@ func mkdirs(uid, gid int, dirs ...string) error {
 	return nil
 }
 
-// freeLoopbackPort returns a port that was free a moment ago, so another
-// process may take it before we use it: fit only for an address where
-// nothing is meant to answer (rspamd's DNS); the milters listen on Unix
-// sockets in their own folders.
-func freeLoopbackPort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
 func writeFiles(dir string, files map[string]string) error {
 	for name, text := range files {
 		p := filepath.Join(dir, name)

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"securerelay/internal/loopback"
 )
 
 // rspamdOffline are the rspamd modules that need Redis, DNS, HTTP maps or
@@ -48,7 +50,7 @@ func startRspamd(bin string) (in *Instance, err error) {
 	sock := filepath.Join(rundir, "milter.sock")
 	// Nothing listens there: a lookup some module still attempts fails at
 	// once instead of leaving the machine.
-	deadDNS, err := freeLoopbackPort()
+	deadDNS, err := loopback.Free()
 	if err != nil {
 		return in, err
 	}

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	gosmtp "github.com/emersion/go-smtp"
+
+	"securerelay/internal/loopback"
 )
 
 var relayBin string
@@ -75,12 +77,7 @@ func (ss *sinkSession) Data(r io.Reader) error {
 }
 
 func freePort(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return loopback.Addr(t)
 }
 
 func start(t *testing.T, conf, addr string, logs *lockedBuffer) *exec.Cmd {

@@ -34,6 +34,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"securerelay/internal/loopback"
 )
 
 // relayBin is the securerelay binary built by TestMain.
@@ -296,15 +298,11 @@ func runRelayCmd(t *testing.T, args ...string) (stdout, stderr string, code int)
 // ---------------------------------------------------------------------------
 // Configuration.
 
-// freeAddr returns 127.0.0.1:PORT with a port that was free a moment ago.
+// freeAddr returns 127.0.0.1:PORT with a port that was free a moment ago,
+// for the relay to bind (see package loopback for why not port 0).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return loopback.Addr(t)
 }
 
 // configHead is the common top of a test configuration.

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"securerelay/internal/loopback"
 )
 
 func rssKiB(pid int) int {
@@ -41,9 +43,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 	if out, err := exec.Command("go", "build", "-o", bin, "securerelay/cmd/securerelay").CombinedOutput(); err != nil {
 		b.Fatalf("build: %v\n%s", err, out)
 	}
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
-	l.Close()
+	addr := loopback.Addr(b)
 	cfg := filepath.Join(dir, "c.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`hostname: relay.load.test
 state_dir: %s
