@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -387,49 +386,18 @@ func TestLookupHostPartialFailure(t *testing.T) {
 	}
 }
 
-// adWriter sets the AD bit on the reply, as a validating resolver does
-// for data it could validate.
-type adWriter struct {
-	dns.ResponseWriter
-	ad bool
-}
-
-func (w adWriter) WriteMsg(m *dns.Msg) error {
-	m.AuthenticatedData = w.ad
-	return w.ResponseWriter.WriteMsg(m)
-}
-
-// validatingServer answers from zone like dnstest.Server and plays a
-// validating resolver for names under signed: it sets AD there, and only
-// when the query asked for DNSSEC (DO or AD bit), as resolvers do. It
-// records the DO and AD bits of every query.
+// validatingServer answers from zone and plays a validating resolver for
+// names under signed; flags lists the DO and AD bits of every query.
 func validatingServer(t *testing.T, zone, signed string) (addr string, flags func() []string) {
 	t.Helper()
-	zoneSrv := dnstest.NewServer(t, zone)
-	var mu sync.Mutex
-	var seen []string
-	h := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
-		do := req.IsEdns0() != nil && req.IsEdns0().Do()
-		mu.Lock()
-		seen = append(seen, fmt.Sprintf("%s do=%v ad=%v", req.Question[0].Name, do, req.AuthenticatedData))
-		mu.Unlock()
-		ad := (do || req.AuthenticatedData) && dns.IsSubDomain(signed, req.Question[0].Name)
-		zoneSrv.ServeDNS(adWriter{w, ad}, req)
-	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &dns.Server{PacketConn: pc, Handler: h}
-	started := make(chan struct{})
-	srv.NotifyStartedFunc = func() { close(started) }
-	go func() { _ = srv.ActivateAndServe() }()
-	<-started
-	t.Cleanup(func() { _ = srv.Shutdown() })
-	return pc.LocalAddr().String(), func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(seen)
+	srv := dnstest.NewServer(t, zone)
+	srv.Validate(dnstest.Signed(signed))
+	return srv.Addr(), func() []string {
+		var seen []string
+		for _, q := range srv.Queries() {
+			seen = append(seen, fmt.Sprintf("%s. do=%v ad=%v", q.Name, q.DO, q.AD))
+		}
+		return seen
 	}
 }
 

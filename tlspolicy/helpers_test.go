@@ -25,7 +25,6 @@ import (
 	"time"
 
 	gosmtp "github.com/emersion/go-smtp"
-	"github.com/miekg/dns"
 
 	"securerelay/dnsutil"
 	"securerelay/dnsutil/dnstest"
@@ -153,90 +152,19 @@ func issue(t *testing.T, ca *testCA, names []string, o certOpts) tls.Certificate
 
 // ---- DNS: a zone server that plays a validating resolver ----
 
-type adWriter struct {
-	dns.ResponseWriter
-	ad bool
-}
-
-func (w adWriter) WriteMsg(m *dns.Msg) error {
-	m.AuthenticatedData = w.ad
-	return w.ResponseWriter.WriteMsg(m)
-}
-
-// dnsServer answers from a zone (dnstest.Server does the zone work) and
-// sets the AD bit on answers for names under the signed zones ("=name"
-// for that name only), when the query asks for DNSSEC, as a validating
-// resolver does.
-type dnsServer struct {
-	*dnstest.Server
-	addr string
-
-	mu     sync.Mutex
-	signed []string
-}
+// dnsServer answers from a zone and sets the AD bit on answers for names
+// under the signed zones ("=name" for that name only), when the query asks
+// for DNSSEC, as a validating resolver does.
+type dnsServer struct{ *dnstest.Server }
 
 func newDNS(t *testing.T, zone string, signed ...string) *dnsServer {
 	t.Helper()
-	s := &dnsServer{Server: dnstest.NewServer(t, zone)}
-	s.setSigned(signed...)
-	h := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
-		opt := req.IsEdns0()
-		asked := req.AuthenticatedData || opt != nil && opt.Do()
-		ad := false
-		if asked && len(req.Question) == 1 {
-			q := dns.CanonicalName(req.Question[0].Name)
-			s.mu.Lock()
-			for _, z := range s.signed {
-				if exact, ok := strings.CutPrefix(z, "="); ok && exact == q || !ok && dns.IsSubDomain(z, q) {
-					ad = true
-				}
-			}
-			s.mu.Unlock()
-		}
-		s.Server.ServeDNS(adWriter{w, ad}, req)
-	})
-	// UDP and TCP on one port, for the client's truncation fallback.
-	var pc net.PacketConn
-	var l net.Listener
-	for range 20 {
-		var err error
-		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		if l, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
-			break
-		}
-		pc.Close()
-		pc = nil
-	}
-	if pc == nil {
-		t.Fatal("no port free for UDP and TCP")
-	}
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: l, Handler: h}} {
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		go func() { _ = srv.ActivateAndServe() }()
-		<-started
-		t.Cleanup(func() { _ = srv.Shutdown() })
-	}
-	s.addr = pc.LocalAddr().String()
+	s := &dnsServer{dnstest.NewServer(t, zone)}
+	s.Validate(dnstest.Signed(signed...))
 	return s
 }
 
-func (s *dnsServer) setSigned(zones ...string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.signed = nil
-	for _, z := range zones {
-		if exact, ok := strings.CutPrefix(z, "="); ok {
-			s.signed = append(s.signed, "="+dns.CanonicalName(exact))
-		} else {
-			s.signed = append(s.signed, dns.CanonicalName(z))
-		}
-	}
-}
-
-func (s *dnsServer) client() *dnsutil.Client { return dnsutil.New(s.addr, 2*time.Second) }
+func (s *dnsServer) client() *dnsutil.Client { return dnsutil.New(s.Addr(), 2*time.Second) }
 
 // ---- MTA-STS policy server ----
 

@@ -6,6 +6,7 @@ package dnstest
 
 import (
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +22,8 @@ type Query struct {
 	Name string // lower case, without trailing dot
 	Type string // "MX", "A", ...
 	Net  string // "udp" or "tcp"
+	DO   bool   // the query's EDNS0 DO bit (it wants DNSSEC)
+	AD   bool   // the query's AD bit (it wants to know what was validated)
 }
 
 // Server answers from a zone like an authoritative server that also
@@ -35,6 +38,9 @@ type Server struct {
 	servfail map[string]bool
 	drop     map[string]bool
 	queries  []Query
+	// validated, when set, says which names the server vouches for as
+	// a DNSSEC-validating resolver (see Validate).
+	validated func(name string) bool
 }
 
 // NewServer starts a server on 127.0.0.1 (UDP and TCP, same port) that
@@ -136,6 +142,38 @@ func (s *Server) Drop(name string) {
 	s.mu.Unlock()
 }
 
+// Validate makes the server play a DNSSEC-validating resolver (the AD bit
+// is all a stub resolver such as ours gets to see): every answer, positive
+// or negative, to a query that asks for DNSSEC (DO or AD bit) carries AD
+// when validated says the name's data is signed. validated gets the
+// canonical name (lower case, trailing dot); nil turns AD off again.
+func (s *Server) Validate(validated func(name string) bool) {
+	s.mu.Lock()
+	s.validated = validated
+	s.mu.Unlock()
+}
+
+// Signed is a Validate predicate: names at or under any of zones, or
+// exactly name for an entry "=name".
+func Signed(zones ...string) func(name string) bool {
+	var under, exact []string
+	for _, z := range zones {
+		if e, ok := strings.CutPrefix(z, "="); ok {
+			exact = append(exact, dns.CanonicalName(e))
+		} else {
+			under = append(under, dns.CanonicalName(z))
+		}
+	}
+	return func(name string) bool {
+		for _, z := range under {
+			if dns.IsSubDomain(z, name) {
+				return true
+			}
+		}
+		return slices.Contains(exact, name)
+	}
+}
+
 // Queries returns the questions received so far, in order.
 func (s *Server) Queries() []Query {
 	s.mu.Lock()
@@ -178,12 +216,17 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		network = "udp"
 	}
 
+	opt := req.IsEdns0()
+	do := opt != nil && opt.Do()
 	s.mu.Lock()
-	s.queries = append(s.queries, Query{Name: strings.TrimSuffix(name, "."), Type: dns.TypeToString[q.Qtype], Net: network})
+	s.queries = append(s.queries, Query{Name: strings.TrimSuffix(name, "."), Type: dns.TypeToString[q.Qtype], Net: network,
+		DO: do, AD: req.AuthenticatedData})
 	drop, servfail := s.drop[name], s.servfail[name]
 	resp.SetReply(req)
 	resp.Authoritative = true
 	resp.RecursionAvailable = true
+	// A validating resolver's SERVFAIL (bogus data, say) vouches for nothing.
+	resp.AuthenticatedData = (do || req.AuthenticatedData) && !servfail && s.validated != nil && s.validated(name)
 	if servfail {
 		resp.Rcode = dns.RcodeServerFailure
 	} else if !drop {
@@ -195,7 +238,7 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	}
 
 	size := dns.MinMsgSize
-	if opt := req.IsEdns0(); opt != nil {
+	if opt != nil {
 		size = max(size, int(opt.UDPSize()))
 		resp.SetEdns0(4096, false)
 	}

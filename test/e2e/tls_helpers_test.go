@@ -39,7 +39,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
-	"github.com/miekg/dns"
 
 	"securerelay/dnsutil/dnstest"
 )
@@ -520,81 +519,16 @@ func (p *stripProxy) Stripped() int {
 // ---------------------------------------------------------------------------
 // DNS with the AD bit.
 
-// adResponse sets the AD bit on an answer, as a validating resolver does
-// for data it could validate.
-type adResponse struct {
-	dns.ResponseWriter
-	ad bool
-}
-
-func (w adResponse) WriteMsg(m *dns.Msg) error {
-	m.AuthenticatedData = w.ad
-	return w.ResponseWriter.WriteMsg(m)
-}
-
-// adDNS answers from a zone (dnstest does the zone work) like a
-// DNSSEC-validating resolver: the AD bit is set on every answer, positive
-// or negative, to a query that asks for DNSSEC (DO or AD), except for
-// names at or under the unsigned domains.
-type adDNS struct {
-	*dnstest.Server
-	addr     string
-	unsigned []string
-}
-
-func newADDNS(t *testing.T, zone string, unsigned ...string) *adDNS {
+// newADDNS answers from a zone like a DNSSEC-validating resolver: the AD
+// bit is set on every answer, positive or negative, to a query that asks
+// for DNSSEC (DO or AD), except for names at or under the unsigned domains.
+func newADDNS(t *testing.T, zone string, unsigned ...string) *dnstest.Server {
 	t.Helper()
-	s := &adDNS{Server: dnstest.NewServer(t, zone)}
-	for _, u := range unsigned {
-		s.unsigned = append(s.unsigned, dns.CanonicalName(u))
-	}
-	h := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
-		opt := req.IsEdns0()
-		ad := req.AuthenticatedData || opt != nil && opt.Do()
-		if len(req.Question) == 1 {
-			q := dns.CanonicalName(req.Question[0].Name)
-			for _, u := range s.unsigned {
-				if dns.IsSubDomain(u, q) {
-					ad = false
-				}
-			}
-		}
-		s.ServeDNS(adResponse{ResponseWriter: w, ad: ad}, req)
-	})
-	// One port for UDP and TCP: the client falls back to TCP on truncation.
-	var pc net.PacketConn
-	var l net.Listener
-	for range 20 {
-		var err error
-		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		if l, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
-			break
-		}
-		pc.Close()
-		pc = nil
-	}
-	if pc == nil {
-		t.Fatal("no port free for both UDP and TCP")
-	}
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: l, Handler: h}} {
-		started := make(chan struct{})
-		errc := make(chan error, 1)
-		srv.NotifyStartedFunc = func() { close(started) }
-		go func() { errc <- srv.ActivateAndServe() }()
-		select {
-		case <-started:
-		case err := <-errc:
-			t.Fatalf("AD DNS server: %v", err)
-		}
-		t.Cleanup(func() { _ = srv.Shutdown() })
-	}
-	s.addr = pc.LocalAddr().String()
+	s := dnstest.NewServer(t, zone)
+	insecure := dnstest.Signed(unsigned...)
+	s.Validate(func(name string) bool { return !insecure(name) })
 	return s
 }
-
-func (s *adDNS) Addr() string { return s.addr }
 
 // ---------------------------------------------------------------------------
 // MTA-STS: the policy host.
