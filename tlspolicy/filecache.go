@@ -5,9 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
+
+	"securerelay/internal/atomicfile"
 )
 
 // FileCache is a MemoryCache kept in a JSON file, so that a restart does
@@ -60,22 +61,7 @@ func (c *FileCache) Put(ctx context.Context, domain string, p *STSPolicy) error 
 	}
 	// Write and rename, so that a crash leaves the old file or the new
 	// one, never half of one.
-	tmp, err := os.CreateTemp(filepath.Dir(c.path), ".mta-sts-cache-*")
-	if err != nil {
-		return fmt.Errorf("mta-sts cache: %w", err)
-	}
-	_, err = tmp.Write(b)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), c.path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
+	if err := atomicfile.Write(c.path, b); err != nil {
 		return fmt.Errorf("mta-sts cache: %w", err)
 	}
 	return nil
