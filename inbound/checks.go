@@ -46,6 +46,9 @@ type Options struct {
 	Postmaster string
 	// TLSFrom lists partner domains whose mail must arrive over TLS.
 	TLSFrom []TLSFrom
+	// PassCache is shared by the inbound listeners and may be kept in a
+	// file; nil: a cache in memory for this role alone.
+	PassCache *PassCache
 }
 
 // counters count refusals per check, for the logs now and metrics later.

@@ -5,7 +5,6 @@ package inbound
 
 import (
 	"log/slog"
-	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -28,7 +27,7 @@ type Role struct {
 	resolver   dnsutil.Resolver
 	checks     Checks
 	screen     Screen
-	passed     passCache
+	passed     *PassCache
 	log        *slog.Logger
 	count      counters
 	postmaster string
@@ -43,7 +42,11 @@ func New(domains []string) *Role {
 // NewWithOptions returns an inbound role with its envelope checks.
 func NewWithOptions(o Options) *Role {
 	r := &Role{resolver: o.Resolver, checks: o.Checks, screen: o.Screen, log: o.Log, postmaster: o.Postmaster,
-		count: counters{m: map[string]*atomic.Int64{}}, passed: passCache{m: map[netip.Addr]time.Time{}}}
+		count: counters{m: map[string]*atomic.Int64{}}}
+	r.passed = o.PassCache
+	if r.passed == nil {
+		r.passed = NewPassCache()
+	}
 	if r.screen.DNSBL.Timeout <= 0 {
 		r.screen.DNSBL.Timeout = 2 * time.Second
 	}

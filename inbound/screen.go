@@ -32,34 +32,6 @@ type Screen struct {
 	DeepProtocol bool
 }
 
-// passCache remembers clients that passed screening, until their TTL.
-type passCache struct {
-	mu sync.Mutex
-	m  map[netip.Addr]time.Time
-}
-
-func (p *passCache) has(ip netip.Addr, now time.Time) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	until, ok := p.m[ip]
-	if ok && now.After(until) {
-		delete(p.m, ip)
-		return false
-	}
-	return ok
-}
-
-func (p *passCache) add(ip netip.Addr, until time.Time) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.m) > 100000 {
-		// Bound the memory a flood of distinct addresses could take; the
-		// cost is only re-screening.
-		clear(p.m)
-	}
-	p.m[ip] = until
-}
-
 // DNSBL scores a client on DNS block- and allowlists.
 type DNSBL struct {
 	Threshold int

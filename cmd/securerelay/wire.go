@@ -107,6 +107,7 @@ type relay struct {
 	users    *outbound.Users
 	signer   *outbound.Signer
 	loops    *counter.File
+	passed   *inbound.PassCache // nil: no inbound listener or no cache_ttl
 	ours     *outbound.DomainSet
 	inbound  []*inbound.Role
 	servers  []*smtpd.Server
@@ -223,6 +224,14 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if hasInbound(cfg) && cfg.Inbound.Screen.CacheTTL.D() > 0 {
+		// In state_dir, so that a restart does not screen (and, with the
+		// deep protocol test, 450) every regular sender again.
+		r.passed, err = inbound.OpenPassCache(filepath.Join(cfg.StateDir, "screen-cache.json"), time.Minute, log)
+		if err != nil {
+			return err
+		}
+	}
 	tlsConf := certs.Config()
 	content, err := inboundContent(cfg, res, log)
 	if err != nil {
@@ -237,7 +246,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 			ir := inbound.NewWithOptions(inbound.Options{
 				Domains: domainList(cfg), Recipients: recips, Resolver: res, Log: log,
 				Checks: inboundChecks(cfg), Screen: inboundScreen(cfg), Verifiers: verifiers(cfg),
-				Postmaster: servedPostmaster(cfg), TLSFrom: tlsFrom(cfg),
+				Postmaster: servedPostmaster(cfg), TLSFrom: tlsFrom(cfg), PassCache: r.passed,
 			})
 			ir.SetContent(content)
 			r.inbound = append(r.inbound, ir)
@@ -279,8 +288,16 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		go func(s *smtpd.Server) { r.serveErr <- s.Serve() }(s)
 	}
 	log.Info("securerelay started", "version", versionString(), "config", path, "hostname", cfg.Hostname,
-		"state_dir", cfg.StateDir, "spooled", r.q.Len(), "pid", os.Getpid())
+		"state_dir", cfg.StateDir, "spooled", r.q.Len(), "screened_clients", passedLen(r.passed), "pid", os.Getpid())
 	return r.loop()
+}
+
+// passedLen is how many clients the screening cache remembers at start.
+func passedLen(p *inbound.PassCache) int {
+	if p == nil {
+		return 0
+	}
+	return p.Len()
 }
 
 func (r *relay) loop() error {
@@ -319,6 +336,11 @@ func (r *relay) shutdown() {
 	r.engine.Close()
 	if err := r.loops.Close(); err != nil {
 		r.log.Warn("loop counters not saved", "error", err)
+	}
+	if r.passed != nil {
+		if err := r.passed.Close(); err != nil {
+			r.log.Warn("screening cache not saved", "error", err)
+		}
 	}
 	r.log.Info("stopped", "spooled", r.q.Len())
 	r.q.Close()

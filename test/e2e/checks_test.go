@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -126,4 +127,43 @@ func dialRaw(t *testing.T, addr string) net.Conn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// TestDeepProtocolTestSurvivesRestart: with the deep protocol test on, a
+// new client's first MAIL gets 450 4.7.1 and its retry is accepted; the
+// pass is kept in state_dir, so after a restart the same client is not
+// sent back with 450 again (as postscreen's cache map keeps it).
+func TestDeepProtocolTestSurvivesRestart(t *testing.T) {
+	dns := dnstest.NewServer(t, "")
+	down := startTestServer(t, listenLoopback(t), serverOptions{})
+	dir := t.TempDir()
+	mx := freeAddr(t)
+	cfg := filepath.Join(dir, "relay.yaml")
+	writeFile(t, cfg, configHead(filepath.Join(dir, "state"), dns.Addr())+fmt.Sprintf(`listeners:
+  - {name: mx, address: %q, role: inbound}
+domains:
+  example.test: {deliver_to: "smtp://%s"}
+outbound:
+%s`, mx, down.Addr, outboundTimeouts))
+	writeFile(t, cfg, strings.Replace(readFile(t, cfg), "inbound:\n", "inbound:\n  screen: {deep_protocol_test: true, cache_ttl: 1h}\n", 1))
+
+	mail := func(want string) {
+		t.Helper()
+		c := dialSMTP(t, mx)
+		defer c.conn.Close()
+		c.Expect("EHLO client.example.org", 250)
+		if _, text := c.Cmd("MAIL FROM:<alice@example.org>"); !strings.HasPrefix(text, want) {
+			t.Fatalf("MAIL FROM: got %q, want %q…", text, want)
+		}
+	}
+	r := startRelay(t, cfg, mx)
+	mail("450 4.7.1 ")
+	mail("250 ")
+	r.Stop()
+	if b, err := os.ReadFile(filepath.Join(dir, "state", "screen-cache.json")); err != nil || !strings.Contains(string(b), `"127.0.0.1"`) {
+		t.Fatalf("screening cache after shutdown: %q, %v; want 127.0.0.1 in it", b, err)
+	}
+	r = startRelay(t, cfg, mx)
+	r.WaitLog(0, 5*time.Second, "securerelay started", "screened_clients=1")
+	mail("250 ")
 }

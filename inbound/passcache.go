@@ -1,0 +1,156 @@
+package inbound
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"securerelay/internal/atomicfile"
+)
+
+// maxPassed bounds the clients remembered: a flood of distinct addresses
+// must not grow memory (or the file) without end; forgetting costs only a
+// new screening.
+const maxPassed = 100000
+
+// PassCache remembers clients that passed screening (postscreen's cache)
+// until their time runs out. One serves every inbound listener. Opened
+// with a file, it survives restarts as postscreen_cache_map does: with the
+// deep protocol test on, a cache lost at each restart would answer 450 to
+// every regular sender again.
+type PassCache struct {
+	mu    sync.Mutex
+	m     map[netip.Addr]time.Time
+	dirty bool
+
+	path string
+	log  *slog.Logger
+	stop chan struct{}
+	done chan struct{}
+}
+
+// NewPassCache returns a cache in memory only.
+func NewPassCache() *PassCache {
+	return &PassCache{m: map[netip.Addr]time.Time{}}
+}
+
+// OpenPassCache loads path (missing: empty; unreadable content: moved
+// aside to path.damaged and started empty, with a warning, since the
+// cache only saves work) and saves it every interval while it changed,
+// and on Close.
+func OpenPassCache(path string, interval time.Duration, log *slog.Logger) (*PassCache, error) {
+	p := NewPassCache()
+	p.path, p.log = path, log
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		var saved map[netip.Addr]time.Time
+		if err := json.Unmarshal(b, &saved); err != nil {
+			log.Warn("screening cache unreadable, moved aside; clients are screened again", "file", path, "error", err)
+			if rerr := os.Rename(path, path+".damaged"); rerr != nil {
+				log.Warn("screening cache not moved aside", "file", path, "error", rerr)
+			}
+			break
+		}
+		now := time.Now()
+		for ip, until := range saved {
+			if until.After(now) && len(p.m) < maxPassed {
+				p.m[ip] = until
+			}
+		}
+	case os.IsNotExist(err):
+	default:
+		return nil, fmt.Errorf("screening cache: %w", err)
+	}
+	p.stop, p.done = make(chan struct{}), make(chan struct{})
+	go p.run(interval)
+	return p, nil
+}
+
+// Len is the number of clients remembered (expired ones included until
+// they are next looked at or saved).
+func (p *PassCache) Len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.m)
+}
+
+func (p *PassCache) has(ip netip.Addr, now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	until, ok := p.m[ip]
+	if ok && now.After(until) {
+		delete(p.m, ip)
+		p.dirty = true
+		return false
+	}
+	return ok
+}
+
+func (p *PassCache) add(ip netip.Addr, until time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.m) >= maxPassed {
+		clear(p.m)
+	}
+	p.m[ip] = until
+	p.dirty = true
+}
+
+func (p *PassCache) run(interval time.Duration) {
+	defer close(p.done)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+			if err := p.save(time.Now()); err != nil {
+				p.log.Warn("screening cache not saved", "file", p.path, "error", err)
+			}
+		}
+	}
+}
+
+// save writes the unexpired entries, if anything changed since the last
+// save.
+func (p *PassCache) save(now time.Time) error {
+	p.mu.Lock()
+	if !p.dirty {
+		p.mu.Unlock()
+		return nil
+	}
+	for ip, until := range p.m {
+		if !until.After(now) {
+			delete(p.m, ip)
+		}
+	}
+	b, err := json.Marshal(p.m)
+	p.dirty = false
+	p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.Write(p.path, b); err != nil {
+		p.mu.Lock()
+		p.dirty = true // try again next time
+		p.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// Close stops the saver and saves; a cache without a file does nothing.
+func (p *PassCache) Close() error {
+	if p.path == "" {
+		return nil
+	}
+	close(p.stop)
+	<-p.done
+	return p.save(time.Now())
+}
