@@ -83,6 +83,10 @@ func TestBareLineEndingsRefused(t *testing.T) {
 		"bare LF in header": "Subject: x\nX-Other: y\r\n\r\nbody\r\n.\r\n",
 		"bare CR":           "Subject: x\r\n\r\nline one\rline two\r\n.\r\n",
 		"CR at line start":  "Subject: x\r\n\r\n\rline\r\n.\r\n",
+		// Upstream go-smtp missed the end marker after a CR and waited
+		// for the time-out (third_party/README.md, patch 3).
+		"CR before the end":      "Subject: x\r\n\r\nline\r\r\n.\r\n",
+		"CR after a leading dot": "Subject: x\r\n\r\n.\rline\r\n.\r\n",
 	} {
 		t.Run(name, func(t *testing.T) {
 			c := simple(t, h.addr, "sender@example.org", "user@ours.test")

@@ -122,13 +122,25 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 				r.state = stateEOF
 				continue
 			}
-			r.state = stateData
+			// Not the end marker: the dot was the stuffed one, but the CR
+			// after it is data. Emit it and look at c again (securerelay
+			// patch; upstream dropped the CR).
+			if uerr := r.r.UnreadByte(); uerr != nil {
+				return n, uerr
+			}
+			c = '\r'
+			r.state = stateCR
 		case stateCR:
 			if c == '\n' {
 				r.state = stateBeginLine
 				break
 			}
-			r.state = stateData
+			// Another CR may still start the CRLF of a line end
+			// (securerelay patch; upstream missed the end marker after
+			// "\r\r\n" and read on until the time-out).
+			if c != '\r' {
+				r.state = stateData
+			}
 		case stateData:
 			if c == '\r' {
 				r.state = stateCR
