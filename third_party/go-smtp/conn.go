@@ -832,7 +832,9 @@ func (c *Conn) handleAuth(arg string) {
 	}
 
 	if !c.authAllowed() {
-		c.writeResponse(523, EnhancedCode{5, 7, 10}, "TLS is required")
+		// RFC 4954 section 6 names this reply (securerelay patch;
+		// upstream answered with the unregistered code 523 5.7.10).
+		c.writeResponse(538, EnhancedCode{5, 7, 11}, "Encryption required for requested authentication mechanism: issue STARTTLS first")
 		return
 	}
 
