@@ -14,6 +14,15 @@ import (
 // mail at all, so delivery must fail permanently without retries.
 var ErrNullMX = errors.New("domain accepts no mail (null MX, RFC 7505)")
 
+// ErrMXLoop means the MX list names this relay at the best preference (or
+// the domain's implicit MX is this relay): delivering would loop, and RFC
+// 5321 §5.1 says the message MUST be returned (Postfix: "mail for … loops
+// back to myself").
+var ErrMXLoop = errors.New("the domain's best mail server is this relay: mail would loop back to it")
+
+// IsMXLoop reports whether err comes from an MX list that points at us.
+func IsMXLoop(err error) bool { return errors.Is(err, ErrMXLoop) }
+
 // shuffle spreads load over equal-preference MX hosts (RFC 5321 §5.1).
 // Tests replace it to get a fixed order.
 var shuffle = rand.Shuffle
@@ -26,7 +35,7 @@ func IsNullMX(err error) bool { return errors.Is(err, ErrNullMX) }
 // MX, or a name that cannot exist. Everything else, including errors not
 // from this package, is treated as temporary by the caller's default.
 func IsPermanent(err error) bool {
-	if IsNullMX(err) {
+	if IsNullMX(err) || IsMXLoop(err) {
 		return true
 	}
 	k, ok := kindOf(err)
@@ -38,7 +47,17 @@ func IsPermanent(err error) bool {
 // no MX records but with an address gets its implicit MX, the domain itself.
 // Names are lower case without trailing dot.
 func MXTargets(ctx context.Context, r Resolver, domain string) ([]string, error) {
+	return MXTargetsExcept(ctx, r, domain, nil)
+}
+
+// MXTargetsExcept is MXTargets for a relay whose own names self reports
+// (nil: none): as RFC 5321 §5.1 requires, an MX host that is us is
+// dropped together with every MX of equal or worse preference, since
+// those would only hand the mail back to us or to a backup that relays to
+// us. Nothing left is ErrMXLoop.
+func MXTargetsExcept(ctx context.Context, r Resolver, domain string, self func(host string) bool) ([]string, error) {
 	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	isSelf := func(h string) bool { return self != nil && self(strings.ToLower(strings.TrimSuffix(h, "."))) }
 	mxs, err := r.LookupMX(ctx, domain)
 	if err == nil && len(mxs) == 0 {
 		// A Resolver may signal NODATA as an empty answer.
@@ -53,6 +72,9 @@ func MXTargets(ctx context.Context, r Resolver, domain string) ([]string, error)
 			}
 			return nil, fmt.Errorf("%s has no MX and no address records: %w", domain, herr)
 		}
+		if isSelf(domain) {
+			return nil, fmt.Errorf("%s (implicit MX): %w", domain, ErrMXLoop)
+		}
 		return []string{domain}, nil
 	default:
 		return nil, err
@@ -64,6 +86,19 @@ func MXTargets(ctx context.Context, r Resolver, domain string) ([]string, error)
 	mxs = slices.DeleteFunc(mxs, func(m MX) bool { return m.Host == "." || m.Host == "" })
 	if len(mxs) == 0 {
 		return nil, fmt.Errorf("%s: %w", domain, ErrNullMX)
+	}
+	selfIdx := -1
+	for i, m := range mxs {
+		if isSelf(m.Host) && (selfIdx < 0 || m.Pref < mxs[selfIdx].Pref) {
+			selfIdx = i
+		}
+	}
+	if selfIdx >= 0 {
+		me := mxs[selfIdx]
+		mxs = slices.DeleteFunc(mxs, func(m MX) bool { return m.Pref >= me.Pref })
+		if len(mxs) == 0 {
+			return nil, fmt.Errorf("%s: MX %s (preference %d): %w", domain, strings.TrimSuffix(me.Host, "."), me.Pref, ErrMXLoop)
+		}
 	}
 	shuffle(len(mxs), func(i, j int) { mxs[i], mxs[j] = mxs[j], mxs[i] })
 	slices.SortStableFunc(mxs, func(a, b MX) int { return cmp.Compare(a.Pref, b.Pref) })

@@ -138,3 +138,43 @@ func TestIsPermanentOther(t *testing.T) {
 		t.Error("IsPermanent true for nil or a foreign error")
 	}
 }
+
+// RFC 5321 §5.1: our own name in the MX list drops it and every MX of
+// equal or worse preference; nothing left is a loop, returned at once.
+func TestMXTargetsExceptSelf(t *testing.T) {
+	noShuffle(t)
+	m := dnstest.Mock{
+		MX: map[string][]dnsutil.MX{
+			"backup.example": {{Host: "mx1.backup.example", Pref: 10}, {Host: "Relay.Ours.Example.", Pref: 20},
+				{Host: "mx2.backup.example", Pref: 20}, {Host: "mx3.backup.example", Pref: 30}},
+			"primary.example": {{Host: "relay.ours.example", Pref: 10}, {Host: "mx2.primary.example", Pref: 20}},
+			"twice.example": {{Host: "mx0.twice.example", Pref: 5}, {Host: "relay.ours.example", Pref: 30},
+				{Host: "alias.ours.example", Pref: 10}, {Host: "mx2.twice.example", Pref: 20}},
+			"other.example": {{Host: "mx.other.example", Pref: 10}},
+		},
+		Host: map[string][]netip.Addr{"relay.ours.example": {netip.MustParseAddr("192.0.2.1")}},
+	}
+	self := func(h string) bool { return h == "relay.ours.example" || h == "alias.ours.example" }
+	for _, c := range []struct {
+		domain string
+		want   []string
+	}{
+		{"backup.example", []string{"mx1.backup.example"}},
+		{"twice.example", []string{"mx0.twice.example"}},
+		{"other.example", []string{"mx.other.example"}},
+	} {
+		got, err := dnsutil.MXTargetsExcept(t.Context(), m, c.domain, self)
+		if err != nil || !slices.Equal(got, c.want) {
+			t.Errorf("%s: %v, %v; want %v", c.domain, got, err, c.want)
+		}
+	}
+	for _, d := range []string{"primary.example", "relay.ours.example"} { // best MX; implicit MX
+		if _, err := dnsutil.MXTargetsExcept(t.Context(), m, d, self); !dnsutil.IsMXLoop(err) || !dnsutil.IsPermanent(err) {
+			t.Errorf("%s: err = %v, want a permanent MX loop", d, err)
+		}
+	}
+	// Without self, MXTargets keeps the whole list.
+	if got, err := dnsutil.MXTargets(t.Context(), m, "primary.example"); err != nil || len(got) != 2 {
+		t.Errorf("MXTargets(primary.example) = %v, %v", got, err)
+	}
+}

@@ -50,6 +50,10 @@ type EngineOptions struct {
 	Transform Transform
 	// MXPort is the port of MX hosts: "25" in real life.
 	MXPort string
+	// Self are this relay's own host names (hostname, HELO name): an MX
+	// list naming one of them is cut there (RFC 5321 §5.1), so a backup
+	// MX entry pointing at us never hands the mail back to ourselves.
+	Self   []string
 	Logger *slog.Logger
 }
 
@@ -430,6 +434,16 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 	return res, false, false
 }
 
+// isSelf reports whether an MX host name is one of ours.
+func (e *Engine) isSelf(host string) bool {
+	for _, n := range e.o.Self {
+		if strings.EqualFold(strings.TrimSuffix(n, "."), host) {
+			return true
+		}
+	}
+	return false
+}
+
 // connect opens a session to t: the fixed next hop, or the MX hosts of the
 // domain in preference order (RFC 5321 §5.1), each of their addresses in
 // turn, moving on after a connection failure, a 4xx greeting or a session
@@ -446,7 +460,7 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 		}
 		hosts, port = []string{h}, p
 	case "mx":
-		mx, err := dnsutil.MXTargets(ctx, e.o.Resolver, t.Addr)
+		mx, err := dnsutil.MXTargetsExcept(ctx, e.o.Resolver, t.Addr, e.isSelf)
 		if err != nil {
 			return nil, dnsFailure(t.Addr, err)
 		}
@@ -708,6 +722,9 @@ func (e *Engine) open(ctx context.Context, t Target, host, addr, relay string, h
 
 func dnsFailure(domain string, err error) *queue.Result {
 	switch {
+	case dnsutil.IsMXLoop(err):
+		return &queue.Result{Status: queue.PermFail, Code: "5.4.6",
+			Reply: fmt.Sprintf("mail for %s loops back to this relay (%v); fix the domain's MX records, or list %s under domains if this relay should take its mail", domain, err, domain)}
 	case dnsutil.IsNullMX(err):
 		return &queue.Result{Status: queue.PermFail, Code: "5.1.10",
 			Reply: fmt.Sprintf("domain %s does not accept mail (null MX, RFC 7505)", domain)}

@@ -182,6 +182,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	}
 	r.engine = outbound.NewEngine(outbound.EngineOptions{
 		Helo:                cfg.Outbound.Helo,
+		Self:                []string{cfg.Hostname, cfg.Outbound.Helo},
 		Resolver:            res,
 		MaxPerDestination:   cfg.Outbound.MaxConnectionsPerDestination,
 		ConnectTimeout:      cfg.Outbound.ConnectTimeout.D(),

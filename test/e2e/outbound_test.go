@@ -329,3 +329,51 @@ func dsnFile(t *testing.T) string {
 		"Final-Recipient: rfc822; x@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--b--\r\n")
 	return f
 }
+
+// TestMXListNamingUs: RFC 5321 §5.1. backup.test lists this relay
+// (relay.e2e.test) as its backup MX behind a primary that is down: the
+// relay must defer, not hand the message to the backup entry (here a
+// test server on the relay's DNS address that plays "us" and records any
+// delivery). loop.test lists only us: the message is returned at once
+// with 5.4.6, not retried against ourselves.
+func TestMXListNamingUs(t *testing.T) {
+	requireTool(t, "swaks")
+	us := startTestServer(t, listenMX(t, "127.0.0.90"), serverOptions{})
+	dns := dnstest.NewServer(t, `backup.test.    MX 10 mx.backup.test.
+backup.test.    MX 20 relay.e2e.test.
+mx.backup.test. A  127.0.0.91
+relay.e2e.test. A  127.0.0.90
+loop.test.      MX 10 relay.e2e.test.
+example.org.    A  192.0.2.1
+`)
+	dir := t.TempDir()
+	mx, sub := freeAddr(t), freeAddr(t)
+	cfg := filepath.Join(dir, "relay.yaml")
+	writeFile(t, cfg, configHead(filepath.Join(dir, "state"), dns.Addr())+fmt.Sprintf(`listeners:
+  - {name: mx, address: %q, role: inbound}
+  - {name: submission, address: %q, role: outbound, trusted_networks: [127.0.0.0/8]}
+domains:
+  example.test: {deliver_to: "maildir:%s"}
+outbound:
+%s`, mx, sub, filepath.Join(dir, "mail"), outboundTimeouts))
+	r := startRelay(t, cfg, mx, sub)
+	p := &policyRelay{Relay: r}
+
+	res := mustSend(t, "--server", sub, "--from", "otrs@example.test", "--to", "user@backup.test")
+	a := p.waitAttempt(t, res.QueueID(), 30*time.Second)
+	if a.Status != "deferred" || !strings.Contains(a.Line, "127.0.0.91") {
+		t.Errorf("backup.test with its primary down: %s, want deferred after trying only mx.backup.test:\n%s", a.Status, a.Line)
+	}
+	if n := len(us.Messages()); n != 0 {
+		t.Errorf("the MX entry naming us got %d messages, want none", n)
+	}
+
+	res = mustSend(t, "--server", sub, "--from", "otrs@example.test", "--to", "user@loop.test")
+	a = p.waitAttempt(t, res.QueueID(), 30*time.Second)
+	if a.Status != "bounced" || !strings.Contains(a.Line, "dsn=5.4.6") || !strings.Contains(a.Line, "loops back to this relay") {
+		t.Errorf("loop.test: %s, want bounced with 5.4.6:\n%s", a.Status, a.Line)
+	}
+	if n := len(us.Messages()); n != 0 {
+		t.Errorf("the MX entry naming us got %d messages, want none", n)
+	}
+}
