@@ -50,6 +50,18 @@ func MXTargets(ctx context.Context, r Resolver, domain string) ([]string, error)
 	return MXTargetsExcept(ctx, r, domain, nil)
 }
 
+// NameSet is a MXTargetsExcept predicate for a relay's own names (empty
+// ones ignored): any case, trailing dot or not.
+func NameSet(names ...string) func(host string) bool {
+	set := map[string]bool{}
+	for _, n := range names {
+		if n = strings.ToLower(strings.TrimSuffix(n, ".")); n != "" {
+			set[n] = true
+		}
+	}
+	return func(host string) bool { return set[strings.ToLower(strings.TrimSuffix(host, "."))] }
+}
+
 // MXTargetsExcept is MXTargets for a relay whose own names self reports
 // (nil: none): as RFC 5321 §5.1 requires, an MX host that is us is
 // dropped together with every MX of equal or worse preference, since

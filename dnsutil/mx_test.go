@@ -154,7 +154,7 @@ func TestMXTargetsExceptSelf(t *testing.T) {
 		},
 		Host: map[string][]netip.Addr{"relay.ours.example": {netip.MustParseAddr("192.0.2.1")}},
 	}
-	self := func(h string) bool { return h == "relay.ours.example" || h == "alias.ours.example" }
+	self := dnsutil.NameSet("relay.ours.example.", "ALIAS.ours.example", "")
 	for _, c := range []struct {
 		domain string
 		want   []string
@@ -172,6 +172,9 @@ func TestMXTargetsExceptSelf(t *testing.T) {
 		if _, err := dnsutil.MXTargetsExcept(t.Context(), m, d, self); !dnsutil.IsMXLoop(err) || !dnsutil.IsPermanent(err) {
 			t.Errorf("%s: err = %v, want a permanent MX loop", d, err)
 		}
+	}
+	if self("") || self("ours.example") {
+		t.Error("NameSet matches a name it was not given")
 	}
 	// Without self, MXTargets keeps the whole list.
 	if got, err := dnsutil.MXTargets(t.Context(), m, "primary.example"); err != nil || len(got) != 2 {

@@ -65,6 +65,7 @@ type Engine struct {
 
 	mu    sync.Mutex
 	dests map[string]*dest
+	self  func(host string) bool // o.Self as a set
 	// tlsFailed remembers MX hosts ("domain host") that did not meet the
 	// TLS level, so that the next attempt starts with the other MX hosts.
 	tlsFailed map[string]time.Time
@@ -121,7 +122,7 @@ func NewEngine(o EngineOptions, r *Router) *Engine {
 		}
 		o.TLS, _ = tlspolicy.New(tlspolicy.Options{Default: lvl, Logger: o.Logger})
 	}
-	e := &Engine{o: o, dests: map[string]*dest{}, tlsFailed: map[string]time.Time{}}
+	e := &Engine{o: o, dests: map[string]*dest{}, tlsFailed: map[string]time.Time{}, self: dnsutil.NameSet(o.Self...)}
 	e.SetTLS(o.TLS, o.HonourTLSRequiredNo)
 	e.router.Store(r)
 	return e
@@ -434,16 +435,6 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 	return res, false, false
 }
 
-// isSelf reports whether an MX host name is one of ours.
-func (e *Engine) isSelf(host string) bool {
-	for _, n := range e.o.Self {
-		if strings.EqualFold(strings.TrimSuffix(n, "."), host) {
-			return true
-		}
-	}
-	return false
-}
-
 // connect opens a session to t: the fixed next hop, or the MX hosts of the
 // domain in preference order (RFC 5321 §5.1), each of their addresses in
 // turn, moving on after a connection failure, a 4xx greeting or a session
@@ -460,7 +451,7 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 		}
 		hosts, port = []string{h}, p
 	case "mx":
-		mx, err := dnsutil.MXTargetsExcept(ctx, e.o.Resolver, t.Addr, e.isSelf)
+		mx, err := dnsutil.MXTargetsExcept(ctx, e.o.Resolver, t.Addr, e.self)
 		if err != nil {
 			return nil, dnsFailure(t.Addr, err)
 		}

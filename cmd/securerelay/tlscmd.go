@@ -236,7 +236,7 @@ func (e *tlsEnv) hosts(ctx context.Context, w io.Writer, domain string, d destin
 		fmt.Fprintln(w, "\nMX lookup: no dns.resolver configured and none in /etc/resolv.conf")
 		return nil, false
 	}
-	hosts, err := dnsutil.MXTargets(ctx, e.res, domain)
+	hosts, err := dnsutil.MXTargetsExcept(ctx, e.res, domain, dnsutil.NameSet(selfNames(e.cfg)...))
 	if err != nil {
 		what := "failed (delivery would retry)"
 		if dnsutil.IsPermanent(err) {

@@ -182,7 +182,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	}
 	r.engine = outbound.NewEngine(outbound.EngineOptions{
 		Helo:                cfg.Outbound.Helo,
-		Self:                []string{cfg.Hostname, cfg.Outbound.Helo},
+		Self:                selfNames(cfg),
 		Resolver:            res,
 		MaxPerDestination:   cfg.Outbound.MaxConnectionsPerDestination,
 		ConnectTimeout:      cfg.Outbound.ConnectTimeout.D(),
@@ -292,6 +292,10 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		"state_dir", cfg.StateDir, "spooled", r.q.Len(), "screened_clients", passedLen(r.passed), "pid", os.Getpid())
 	return r.loop()
 }
+
+// selfNames are the names an MX record may give this relay by: delivery
+// and tls-policy explain drop such MX entries (RFC 5321 §5.1).
+func selfNames(cfg *config.Config) []string { return []string{cfg.Hostname, cfg.Outbound.Helo} }
 
 // passedLen is how many clients the screening cache remembers at start.
 func passedLen(p *inbound.PassCache) int {
