@@ -259,7 +259,14 @@ func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target,
 		return all(len(rcpts), *fail)
 	}
 	for try := 0; ; try++ {
-		p, reused := e.idleConn(ds, key)
+		var p *pooled
+		reused := false
+		if try == 0 {
+			// The retry after a stale session connects afresh: when the
+			// peer closed one idle session it has usually closed them all,
+			// and the next pooled one would fail the delivery the same way.
+			p, reused = e.idleConn(ds, key)
+		}
 		if p == nil {
 			var fail *queue.Result
 			p, fail = e.connect(ctx, t, pol, key)

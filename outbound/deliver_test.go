@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -99,6 +101,47 @@ func TestStalePooledConnection(t *testing.T) {
 	}
 	if n := h.conns.Load(); n != 2 {
 		t.Errorf("%d connections, want 2", n)
+	}
+}
+
+// When the peer closed every pooled session, the retry must not take the
+// next stale one from the pool (and fail the delivery with it): it goes
+// to a fresh connection.
+func TestAllPooledConnectionsStale(t *testing.T) {
+	var mails atomic.Int32
+	both := make(chan struct{})
+	h := newHop(t, hopOptions{Mail: func(string) error {
+		// Hold the first two transactions until both are open, so that
+		// the engine needs (and then pools) two sessions.
+		if mails.Add(1) == 2 {
+			close(both)
+		}
+		select {
+		case <-both:
+		case <-time.After(testTimeout):
+		}
+		return nil
+	}})
+	e := engine(t, everything(t, "smtp://"+h.addr), func(o *outbound.EngineOptions) { o.IdleTimeout = time.Minute })
+	sp := newSpool(t)
+	var wg sync.WaitGroup
+	for _, rc := range []string{"a@remote.test", "b@remote.test"} {
+		d := sp.put("s@ours.test", []string{rc}, message)
+		wg.Go(func() { check(t, rc, deliver(t, e, d)[0], queue.Delivered, "2.0.0") })
+	}
+	wg.Wait()
+	h.next()
+	h.next()
+	if n := h.conns.Load(); n != 2 {
+		t.Fatalf("%d connections for two concurrent deliveries, want 2", n)
+	}
+	h.dropSessions()
+	check(t, "after the peer closed both", deliver(t, e, sp.put("s@ours.test", []string{"c@remote.test"}, message))[0], queue.Delivered, "2.0.0")
+	if m := h.next(); m.To[0] != "c@remote.test" {
+		t.Errorf("third message to %v", m.To)
+	}
+	if n := h.conns.Load(); n != 3 {
+		t.Errorf("%d connections, want 3 (one fresh after the stale one)", n)
 	}
 }
 
