@@ -26,11 +26,7 @@ type PassCache struct {
 	mu    sync.Mutex
 	m     map[netip.Addr]time.Time
 	dirty bool
-
-	path string
-	log  *slog.Logger
-	stop chan struct{}
-	done chan struct{}
+	keep  *atomicfile.Keeper // nil: in memory only
 }
 
 // NewPassCache returns a cache in memory only.
@@ -44,7 +40,6 @@ func NewPassCache() *PassCache {
 // and on Close.
 func OpenPassCache(path string, interval time.Duration, log *slog.Logger) (*PassCache, error) {
 	p := NewPassCache()
-	p.path, p.log = path, log
 	b, err := os.ReadFile(path)
 	switch {
 	case err == nil:
@@ -66,8 +61,9 @@ func OpenPassCache(path string, interval time.Duration, log *slog.Logger) (*Pass
 	default:
 		return nil, fmt.Errorf("screening cache: %w", err)
 	}
-	p.stop, p.done = make(chan struct{}), make(chan struct{})
-	go p.run(interval)
+	p.keep = atomicfile.Keep(path, interval, p.snapshot, func(err error) {
+		log.Warn("screening cache not saved", "file", path, "error", err)
+	})
 	return p, nil
 }
 
@@ -101,56 +97,27 @@ func (p *PassCache) add(ip netip.Addr, until time.Time) {
 	p.dirty = true
 }
 
-func (p *PassCache) run(interval time.Duration) {
-	defer close(p.done)
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-p.stop:
-			return
-		case <-t.C:
-			if err := p.save(time.Now()); err != nil {
-				p.log.Warn("screening cache not saved", "file", p.path, "error", err)
-			}
-		}
-	}
-}
-
-// save writes the unexpired entries, if anything changed since the last
-// save.
-func (p *PassCache) save(now time.Time) error {
+// snapshot is the unexpired entries to save, or nil if nothing changed.
+func (p *PassCache) snapshot(force bool) ([]byte, error) {
 	p.mu.Lock()
-	if !p.dirty {
-		p.mu.Unlock()
-		return nil
+	defer p.mu.Unlock()
+	if !p.dirty && !force {
+		return nil, nil
 	}
+	now := time.Now()
 	for ip, until := range p.m {
 		if !until.After(now) {
 			delete(p.m, ip)
 		}
 	}
-	b, err := json.Marshal(p.m)
 	p.dirty = false
-	p.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	if err := atomicfile.Write(p.path, b); err != nil {
-		p.mu.Lock()
-		p.dirty = true // try again next time
-		p.mu.Unlock()
-		return err
-	}
-	return nil
+	return json.Marshal(p.m)
 }
 
 // Close stops the saver and saves; a cache without a file does nothing.
 func (p *PassCache) Close() error {
-	if p.path == "" {
+	if p.keep == nil {
 		return nil
 	}
-	close(p.stop)
-	<-p.done
-	return p.save(time.Now())
+	return p.keep.Close()
 }

@@ -21,20 +21,16 @@ const maxPerKey = 1000
 
 // File is a Counter persisted to one JSON file.
 type File struct {
-	path string
-	log  *slog.Logger
-
 	mu    sync.Mutex
 	m     map[string][]time.Time
 	dirty bool
-	stop  chan struct{}
-	done  chan struct{}
+	keep  *atomicfile.Keeper
 }
 
 // Open loads path (a missing file is an empty counter) and saves it every
 // interval while there are changes, and on Close.
 func Open(path string, interval time.Duration, log *slog.Logger) (*File, error) {
-	f := &File{path: path, log: log, m: map[string][]time.Time{}, stop: make(chan struct{}), done: make(chan struct{})}
+	f := &File{m: map[string][]time.Time{}}
 	b, err := os.ReadFile(path)
 	switch {
 	case err == nil:
@@ -48,7 +44,9 @@ func Open(path string, interval time.Duration, log *slog.Logger) (*File, error) 
 	default:
 		return nil, fmt.Errorf("loop counters: %w", err)
 	}
-	go f.run(interval)
+	f.keep = atomicfile.Keep(path, interval, f.snapshot, func(err error) {
+		log.Warn("loop counters not saved", "file", path, "error", err)
+	})
 	return f, nil
 }
 
@@ -73,47 +71,23 @@ func (f *File) Add(key string, now time.Time, window time.Duration) (int, error)
 	return len(keep), nil
 }
 
-func (f *File) run(interval time.Duration) {
-	defer close(f.done)
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-f.stop:
-			return
-		case <-t.C:
-			if err := f.save(time.Now()); err != nil {
-				f.log.Warn("loop counters not saved", "file", f.path, "error", err)
-			}
-		}
-	}
-}
-
-// save writes the counts (dropping keys with nothing left in a day, the
-// longest window that makes sense) atomically: temp file, fsync, rename.
-func (f *File) save(now time.Time) error {
+// snapshot is the counts to save (dropping keys with nothing left in a
+// day, the longest window that makes sense), or nil if nothing changed.
+func (f *File) snapshot(force bool) ([]byte, error) {
 	f.mu.Lock()
-	if !f.dirty {
-		f.mu.Unlock()
-		return nil
+	defer f.mu.Unlock()
+	if !f.dirty && !force {
+		return nil, nil
 	}
+	now := time.Now()
 	for k, ts := range f.m {
 		if len(ts) == 0 || now.Sub(ts[len(ts)-1]) > 24*time.Hour {
 			delete(f.m, k)
 		}
 	}
-	b, err := json.Marshal(f.m)
 	f.dirty = false
-	f.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(f.path, b)
+	return json.Marshal(f.m)
 }
 
 // Close saves and stops the background saver.
-func (f *File) Close() error {
-	close(f.stop)
-	<-f.done
-	return f.save(time.Now())
-}
+func (f *File) Close() error { return f.keep.Close() }
