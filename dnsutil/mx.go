@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"strings"
 )
@@ -50,20 +51,26 @@ func MXTargets(ctx context.Context, r Resolver, domain string) ([]string, error)
 	return MXTargetsExcept(ctx, r, domain, nil)
 }
 
-// NameSet is a MXTargetsExcept predicate for a relay's own names (empty
-// ones ignored): any case, trailing dot or not.
-func NameSet(names ...string) func(host string) bool {
-	set := map[string]bool{}
-	for _, n := range names {
-		if n = strings.ToLower(strings.TrimSuffix(n, ".")); n != "" {
-			set[n] = true
+// AddrSelf is a MXTargetsExcept predicate for a relay that knows its own
+// addresses (ours): it resolves an MX host and reports whether one of its
+// addresses is ours, as Postfix compares MX addresses with its
+// inet_interfaces. Names are not compared: a relay's host or HELO name
+// may well be another machine's MX (a shared NAT address, a Postfix on
+// the same host). A failed lookup counts as not ours; delivery then meets
+// the same failure.
+func AddrSelf(ctx context.Context, r Resolver, ours func(netip.Addr) bool) func(host string) bool {
+	return func(host string) bool {
+		addrs, err := r.LookupHost(ctx, host)
+		if err != nil {
+			return false
 		}
+		return slices.ContainsFunc(addrs, ours)
 	}
-	return func(host string) bool { return set[strings.ToLower(strings.TrimSuffix(host, "."))] }
 }
 
-// MXTargetsExcept is MXTargets for a relay whose own names self reports
-// (nil: none): as RFC 5321 §5.1 requires, an MX host that is us is
+// MXTargetsExcept is MXTargets for a relay that recognises itself among
+// the MX hosts with self (nil: never): as RFC 5321 §5.1 requires, an MX
+// host that is us is
 // dropped together with every MX of equal or worse preference, since
 // those would only hand the mail back to us or to a backup that relays to
 // us. Nothing left is ErrMXLoop.

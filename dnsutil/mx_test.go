@@ -139,7 +139,7 @@ func TestIsPermanentOther(t *testing.T) {
 	}
 }
 
-// RFC 5321 §5.1: our own name in the MX list drops it and every MX of
+// RFC 5321 §5.1: an MX host that is us (by address) drops it and every MX of
 // equal or worse preference; nothing left is a loop, returned at once.
 func TestMXTargetsExceptSelf(t *testing.T) {
 	noShuffle(t)
@@ -154,7 +154,13 @@ func TestMXTargetsExceptSelf(t *testing.T) {
 		},
 		Host: map[string][]netip.Addr{"relay.ours.example": {netip.MustParseAddr("192.0.2.1")}},
 	}
-	self := dnsutil.NameSet("relay.ours.example.", "ALIAS.ours.example", "")
+	// The relay's MX names resolve to its address; mx2.twice.example to
+	// another machine's and a lookup failure.
+	m.Host["alias.ours.example"] = []netip.Addr{netip.MustParseAddr("192.0.2.1")}
+	for _, h := range []string{"mx1.backup.example", "mx2.backup.example", "mx3.backup.example", "mx2.primary.example", "mx0.twice.example", "mx.other.example"} {
+		m.Host[h] = []netip.Addr{netip.MustParseAddr("198.51.100.7")}
+	}
+	self := dnsutil.AddrSelf(t.Context(), m, func(a netip.Addr) bool { return a == netip.MustParseAddr("192.0.2.1") })
 	for _, c := range []struct {
 		domain string
 		want   []string
@@ -173,8 +179,8 @@ func TestMXTargetsExceptSelf(t *testing.T) {
 			t.Errorf("%s: err = %v, want a permanent MX loop", d, err)
 		}
 	}
-	if self("") || self("ours.example") {
-		t.Error("NameSet matches a name it was not given")
+	if self("mx.other.example") || self("unknown.example") {
+		t.Error("AddrSelf matches a host with other addresses, or one that does not resolve")
 	}
 	// Without self, MXTargets keeps the whole list.
 	if got, err := dnsutil.MXTargets(t.Context(), m, "primary.example"); err != nil || len(got) != 2 {

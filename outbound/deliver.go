@@ -50,10 +50,12 @@ type EngineOptions struct {
 	Transform Transform
 	// MXPort is the port of MX hosts: "25" in real life.
 	MXPort string
-	// Self are this relay's own host names (hostname, HELO name): an MX
-	// list naming one of them is cut there (RFC 5321 §5.1), so a backup
-	// MX entry pointing at us never hands the mail back to ourselves.
-	Self   []string
+	// Self reports whether an address, on MXPort, is this relay itself
+	// (one of its listeners): an MX host with such an address is cut from
+	// the MX list with every MX of equal or worse preference (RFC 5321
+	// §5.1), so a backup MX entry pointing at us never hands the mail
+	// back to ourselves. nil: no listener on MXPort, nothing to cut.
+	Self   func(netip.Addr) bool
 	Logger *slog.Logger
 }
 
@@ -65,7 +67,6 @@ type Engine struct {
 
 	mu    sync.Mutex
 	dests map[string]*dest
-	self  func(host string) bool // o.Self as a set
 	// tlsFailed remembers MX hosts ("domain host") that did not meet the
 	// TLS level, so that the next attempt starts with the other MX hosts.
 	tlsFailed map[string]time.Time
@@ -122,7 +123,7 @@ func NewEngine(o EngineOptions, r *Router) *Engine {
 		}
 		o.TLS, _ = tlspolicy.New(tlspolicy.Options{Default: lvl, Logger: o.Logger})
 	}
-	e := &Engine{o: o, dests: map[string]*dest{}, tlsFailed: map[string]time.Time{}, self: dnsutil.NameSet(o.Self...)}
+	e := &Engine{o: o, dests: map[string]*dest{}, tlsFailed: map[string]time.Time{}}
 	e.SetTLS(o.TLS, o.HonourTLSRequiredNo)
 	e.router.Store(r)
 	return e
@@ -458,7 +459,11 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 		}
 		hosts, port = []string{h}, p
 	case "mx":
-		mx, err := dnsutil.MXTargetsExcept(ctx, e.o.Resolver, t.Addr, e.self)
+		var self func(string) bool
+		if e.o.Self != nil {
+			self = dnsutil.AddrSelf(ctx, e.o.Resolver, e.o.Self)
+		}
+		mx, err := dnsutil.MXTargetsExcept(ctx, e.o.Resolver, t.Addr, self)
 		if err != nil {
 			return nil, dnsFailure(t.Addr, err)
 		}

@@ -236,10 +236,16 @@ func (e *tlsEnv) hosts(ctx context.Context, w io.Writer, domain string, d destin
 		fmt.Fprintln(w, "\nMX lookup: no dns.resolver configured and none in /etc/resolv.conf")
 		return nil, false
 	}
-	hosts, err := dnsutil.MXTargetsExcept(ctx, e.res, domain, dnsutil.NameSet(selfNames(e.cfg)...))
+	var self func(string) bool
+	if ours := selfAddrs(e.cfg); ours != nil {
+		self = dnsutil.AddrSelf(ctx, e.res, ours)
+	}
+	hosts, err := dnsutil.MXTargetsExcept(ctx, e.res, domain, self)
 	if err != nil {
 		what := "failed (delivery would retry)"
-		if dnsutil.IsPermanent(err) {
+		if dnsutil.IsMXLoop(err) {
+			what = "leads back to this relay (delivery would return the message, 5.4.6)"
+		} else if dnsutil.IsPermanent(err) {
 			what = "found no mail server (delivery would bounce)"
 		}
 		fmt.Fprintf(w, "\nMX lookup of %s %s: %v\n", domain, what, err)

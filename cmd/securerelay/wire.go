@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"reflect"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -107,7 +109,7 @@ type relay struct {
 	users    *outbound.Users
 	signer   *outbound.Signer
 	loops    *counter.File
-	passed   *inbound.PassCache // nil: no inbound listener or no cache_ttl
+	passed   *inbound.PassCache // nil: no inbound listener
 	ours     *outbound.DomainSet
 	inbound  []*inbound.Role
 	servers  []*smtpd.Server
@@ -182,7 +184,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	}
 	r.engine = outbound.NewEngine(outbound.EngineOptions{
 		Helo:                cfg.Outbound.Helo,
-		Self:                selfNames(cfg),
+		Self:                selfAddrs(cfg),
 		Resolver:            res,
 		MaxPerDestination:   cfg.Outbound.MaxConnectionsPerDestination,
 		ConnectTimeout:      cfg.Outbound.ConnectTimeout.D(),
@@ -225,10 +227,12 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if hasInbound(cfg) && cfg.Inbound.Screen.CacheTTL.D() > 0 {
+	if hasInbound(cfg) {
 		// In state_dir, so that a restart does not screen (and, with the
-		// deep protocol test, 450) every regular sender again.
-		r.passed, err = inbound.OpenPassCache(filepath.Join(cfg.StateDir, "screen-cache.json"), time.Minute, log)
+		// deep protocol test, 450) every regular sender again. Entries
+		// live at most cache_ttl, or 1h for a deep-protocol pass.
+		maxTTL := max(cfg.Inbound.Screen.CacheTTL.D(), time.Hour)
+		r.passed, err = inbound.OpenPassCache(filepath.Join(cfg.StateDir, "screen-cache.json"), time.Minute, maxTTL, log)
 		if err != nil {
 			return err
 		}
@@ -293,9 +297,45 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	return r.loop()
 }
 
-// selfNames are the names an MX record may give this relay by: delivery
-// and tls-policy explain drop such MX entries (RFC 5321 §5.1).
-func selfNames(cfg *config.Config) []string { return []string{cfg.Hostname, cfg.Outbound.Helo} }
+// selfAddrs reports whether an address is one of our listeners on port
+// 25, where MX delivery connects: delivery and tls-policy explain drop MX
+// hosts with such an address (RFC 5321 §5.1), as Postfix compares MX
+// addresses with inet_interfaces. A listener on all addresses makes every
+// local interface address (and all of 127.0.0.0/8 and ::1) ours. nil when
+// no listener is on port 25: MX delivery cannot reach us then.
+func selfAddrs(cfg *config.Config) func(netip.Addr) bool {
+	var ips []netip.Addr
+	all := false
+	for _, l := range cfg.Listeners {
+		host, port, err := net.SplitHostPort(l.Address)
+		if err != nil || port != "25" {
+			continue
+		}
+		ip, err := netip.ParseAddr(host)
+		switch {
+		case host == "" || err == nil && ip.IsUnspecified():
+			all = true
+		case err == nil:
+			ips = append(ips, ip.Unmap())
+		}
+	}
+	if all {
+		if ifas, err := net.InterfaceAddrs(); err == nil {
+			for _, a := range ifas {
+				if p, err := netip.ParsePrefix(a.String()); err == nil {
+					ips = append(ips, p.Addr().Unmap())
+				}
+			}
+		}
+	}
+	if len(ips) == 0 && !all {
+		return nil
+	}
+	return func(a netip.Addr) bool {
+		a = a.Unmap()
+		return (all && a.IsLoopback()) || slices.Contains(ips, a)
+	}
+}
 
 // passedLen is how many clients the screening cache remembers at start.
 func passedLen(p *inbound.PassCache) int {
