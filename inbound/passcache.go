@@ -13,8 +13,7 @@ import (
 )
 
 // maxPassed bounds the clients remembered: a flood of distinct addresses
-// must not grow memory (or the file) without end; forgetting costs only a
-// new screening.
+// must not grow memory (or the file) without end.
 const maxPassed = 100000
 
 // PassCache remembers clients that passed screening (postscreen's cache)
@@ -37,8 +36,9 @@ func NewPassCache() *PassCache {
 // OpenPassCache loads path (missing: empty; unreadable content: moved
 // aside to path.damaged and started empty, with a warning, since the
 // cache only saves work) and saves it every interval while it changed,
-// and on Close.
-func OpenPassCache(path string, interval time.Duration, log *slog.Logger) (*PassCache, error) {
+// and on Close. A loaded pass lasts at most maxTTL from now, whatever the
+// file says (a clock that was ahead, a cache_ttl since shortened).
+func OpenPassCache(path string, interval, maxTTL time.Duration, log *slog.Logger) (*PassCache, error) {
 	p := NewPassCache()
 	b, err := os.ReadFile(path)
 	switch {
@@ -54,6 +54,9 @@ func OpenPassCache(path string, interval time.Duration, log *slog.Logger) (*Pass
 		now := time.Now()
 		for ip, until := range saved {
 			if until.After(now) && len(p.m) < maxPassed {
+				if limit := now.Add(maxTTL); until.After(limit) {
+					until = limit
+				}
 				p.m[ip] = until
 			}
 		}
@@ -90,8 +93,20 @@ func (p *PassCache) has(ip netip.Addr, now time.Time) bool {
 func (p *PassCache) add(ip netip.Addr, until time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.m) >= maxPassed {
-		clear(p.m)
+	if _, known := p.m[ip]; !known && len(p.m) >= maxPassed {
+		// Full: make room from expired passes only. Emptying the cache
+		// would let a flood of fresh addresses (one IPv6 /64 has plenty)
+		// push every regular sender back through screening; a client
+		// that finds no room is simply screened again next time.
+		now := time.Now()
+		for a, u := range p.m {
+			if !u.After(now) {
+				delete(p.m, a)
+			}
+		}
+		if len(p.m) >= maxPassed {
+			return
+		}
 	}
 	p.m[ip] = until
 	p.dirty = true

@@ -21,7 +21,7 @@ func TestPassCacheSurvivesReopen(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil))
 	open := func() *inbound.PassCache {
 		t.Helper()
-		p, err := inbound.OpenPassCache(path, time.Hour, log)
+		p, err := inbound.OpenPassCache(path, time.Hour, 24*time.Hour, log)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -71,7 +71,7 @@ func TestPassCacheFile(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	now := time.Now()
 	os.WriteFile(path, []byte(`{"192.0.2.1":"`+now.Add(time.Hour).Format(time.RFC3339Nano)+`","192.0.2.2":"`+now.Add(-time.Minute).Format(time.RFC3339Nano)+`"}`), 0o600)
-	p, err := inbound.OpenPassCache(path, time.Hour, log)
+	p, err := inbound.OpenPassCache(path, time.Hour, 24*time.Hour, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func TestPassCacheFile(t *testing.T) {
 	p.Close()
 
 	os.WriteFile(path, []byte(`{"192.0.2.1":`), 0o600)
-	p, err = inbound.OpenPassCache(path, time.Hour, log)
+	p, err = inbound.OpenPassCache(path, time.Hour, 24*time.Hour, log)
 	if err != nil {
 		t.Fatalf("damaged file: %v, want a fresh cache", err)
 	}
@@ -99,7 +99,7 @@ func TestPassCacheFile(t *testing.T) {
 // most one interval of passes.
 func TestPassCacheSavedPeriodically(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "screen-cache.json")
-	p, err := inbound.OpenPassCache(path, 20*time.Millisecond, slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil)))
+	p, err := inbound.OpenPassCache(path, 20*time.Millisecond, time.Hour, slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
