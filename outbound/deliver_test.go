@@ -15,6 +15,7 @@ import (
 
 	"securerelay/dnsutil"
 	"securerelay/dnsutil/dnstest"
+	"securerelay/internal/loopback"
 	"securerelay/outbound"
 	"securerelay/queue"
 )
@@ -246,12 +247,7 @@ func TestGreeting5xxIsTemporary(t *testing.T) {
 }
 
 func TestConnectRefusedIsTemporary(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close() // nothing listens there now
+	addr := loopback.Addr(t) // nothing listens there
 	e := engine(t, everything(t, "smtp://"+addr), nil)
 	res := deliver(t, e, newSpool(t).put("sender@ours.test", []string{"a@remote.test"}, message))
 	check(t, "connection refused", res[0], queue.TempFail, "4.4.1")

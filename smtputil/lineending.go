@@ -29,15 +29,13 @@ var ErrBareLineEnding = errors.New("message contains a bare CR or LF")
 // line ending is left alone (BDAT content need not end in CRLF); a CR as
 // the very last byte is a bare CR.
 //
-// Two go-smtp v0.25 data-reader quirks (seen on a live go-smtp server):
-// a CR right after a leading dot is dropped (".\rX" arrives as "X"), so
-// this reader never sees it; and after "CR CR LF" the state machine loses
-// the line start, so "\r\r\n.\r\n" does not end DATA and the "." line
-// (not unstuffed) plus whatever follows becomes message content. The
-// strict mode refuses such a message (bare CR); in normalize mode it is
-// stored as "\r\n\r\n.\r\n..." and is only safe because the delivery
-// side dot-stuffs (textproto.DotWriter in go-smtp's client): never write
-// stored messages to an SMTP or LMTP stream without dot-stuffing.
+// The DATA reader before this one is our patched go-smtp (patch 3 in
+// third_party/README.md): upstream v0.25 dropped the CR of a line starting
+// ".\r" and missed the end of DATA after "\r\r\n", so bare CRs vanished
+// or a "." line became content. Both are fixed there, but in normalize
+// mode a stored message may still hold a line that starts with "." (from a
+// bare line ending turned into CRLF): never write stored messages to an
+// SMTP or LMTP stream without dot-stuffing (go-smtp's client does it).
 func NewLineEndingReader(r io.Reader, normalize bool) io.Reader {
 	if normalize {
 		return &normalizingReader{r: r}

@@ -56,7 +56,7 @@ var lineEndingCases = []struct {
 	{"LF CR", "a\n\rb", "a\r\n\r\nb", true},
 	{"smuggling LF.CRLF", "x\r\n\n.\r\nMAIL FROM:<a@b>\r\n", "x\r\n\r\n.\r\nMAIL FROM:<a@b>\r\n", true},
 	{"smuggling LF.LF", "x\n.\nRCPT", "x\r\n.\r\nRCPT", true},
-	{"go-smtp CR CR LF quirk", "a\r\r\n.\r\nMAIL FROM:<x@y>\r\n", "a\r\n\r\n.\r\nMAIL FROM:<x@y>\r\n", true},
+	{"CR CR LF then a dot line", "a\r\r\n.\r\nMAIL FROM:<x@y>\r\n", "a\r\n\r\n.\r\nMAIL FROM:<x@y>\r\n", true},
 	{"only CRs", "\r\r\r", "\r\n\r\n\r\n", true},
 	{"only LFs", "\n\n", "\r\n\r\n", true},
 	{"long clean", strings.Repeat("0123456789abcdef\r\n", 2000), strings.Repeat("0123456789abcdef\r\n", 2000), false},

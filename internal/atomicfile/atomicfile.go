@@ -12,7 +12,8 @@ import (
 )
 
 // Write writes data to a temporary file beside path, fsyncs it and
-// renames it over path. The temporary file is gone whatever happens.
+// renames it over path. On any error the temporary file is removed; a
+// crash in between can leave one (".NAME-*"), which nothing reads.
 func Write(path string, data []byte) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
 	if err != nil {

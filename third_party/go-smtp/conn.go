@@ -832,8 +832,8 @@ func (c *Conn) handleAuth(arg string) {
 	}
 
 	if !c.authAllowed() {
-		// RFC 4954 section 6 names this reply (securerelay patch;
-		// upstream answered with the unregistered code 523 5.7.10).
+		// RFC 4954 section 6 defines this reply for AUTH (securerelay
+		// patch; upstream answered RFC 5248's generic 523 5.7.10).
 		c.writeResponse(538, EnhancedCode{5, 7, 11}, "Encryption required for requested authentication mechanism: issue STARTTLS first")
 		return
 	}
