@@ -2,7 +2,6 @@ package inbound
 
 import (
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -33,12 +32,12 @@ func NewPassCache() *PassCache {
 	return &PassCache{m: map[netip.Addr]time.Time{}}
 }
 
-// OpenPassCache loads path (missing: empty; unreadable content: moved
-// aside to path.damaged and started empty, with a warning, since the
-// cache only saves work) and saves it every interval while it changed,
+// OpenPassCache loads path (missing: empty; damaged content: moved aside
+// to path.damaged and started empty, with a warning; not readable at all:
+// started empty with a warning — the cache only saves work) and saves it every interval while it changed,
 // and on Close. A loaded pass lasts at most maxTTL from now, whatever the
 // file says (a clock that was ahead, a cache_ttl since shortened).
-func OpenPassCache(path string, interval, maxTTL time.Duration, log *slog.Logger) (*PassCache, error) {
+func OpenPassCache(path string, interval, maxTTL time.Duration, log *slog.Logger) *PassCache {
 	p := NewPassCache()
 	b, err := os.ReadFile(path)
 	switch {
@@ -62,12 +61,14 @@ func OpenPassCache(path string, interval, maxTTL time.Duration, log *slog.Logger
 		}
 	case os.IsNotExist(err):
 	default:
-		return nil, fmt.Errorf("screening cache: %w", err)
+		// Permissions, a folder in the way: the cache only saves work, so
+		// the relay runs with an empty one; saving will fail and say so.
+		log.Warn("screening cache not readable, starting empty; check state_dir", "file", path, "error", err)
 	}
 	p.keep = atomicfile.Keep(path, interval, p.snapshot, func(err error) {
 		log.Warn("screening cache not saved", "file", path, "error", err)
 	})
-	return p, nil
+	return p
 }
 
 // Len is the number of clients remembered (expired ones included until

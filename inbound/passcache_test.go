@@ -21,10 +21,7 @@ func TestPassCacheSurvivesReopen(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil))
 	open := func() *inbound.PassCache {
 		t.Helper()
-		p, err := inbound.OpenPassCache(path, time.Hour, 24*time.Hour, log)
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := inbound.OpenPassCache(path, time.Hour, 24*time.Hour, log)
 		return p
 	}
 	screen := inbound.Screen{CacheTTL: time.Hour, DeepProtocol: true}
@@ -63,7 +60,7 @@ func TestPassCacheSurvivesReopen(t *testing.T) {
 }
 
 // Expired passes are not loaded; a damaged file is moved aside with a
-// warning and the cache starts empty.
+// warning and the cache starts empty; so does one that cannot be read.
 func TestPassCacheFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "screen-cache.json")
@@ -71,10 +68,7 @@ func TestPassCacheFile(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	now := time.Now()
 	os.WriteFile(path, []byte(`{"192.0.2.1":"`+now.Add(time.Hour).Format(time.RFC3339Nano)+`","192.0.2.2":"`+now.Add(-time.Minute).Format(time.RFC3339Nano)+`"}`), 0o600)
-	p, err := inbound.OpenPassCache(path, time.Hour, 24*time.Hour, log)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := inbound.OpenPassCache(path, time.Hour, 24*time.Hour, log)
 	r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Screen: inbound.Screen{CacheTTL: time.Hour}, PassCache: p})
 	if !r.Allowed(netip.MustParseAddr("192.0.2.1")) || r.Allowed(netip.MustParseAddr("192.0.2.2")) || p.Len() != 1 {
 		t.Errorf("loaded %d clients; want only the unexpired one", p.Len())
@@ -82,10 +76,7 @@ func TestPassCacheFile(t *testing.T) {
 	p.Close()
 
 	os.WriteFile(path, []byte(`{"192.0.2.1":`), 0o600)
-	p, err = inbound.OpenPassCache(path, time.Hour, 24*time.Hour, log)
-	if err != nil {
-		t.Fatalf("damaged file: %v, want a fresh cache", err)
-	}
+	p = inbound.OpenPassCache(path, time.Hour, 24*time.Hour, log)
 	defer p.Close()
 	if p.Len() != 0 || !strings.Contains(logs.String(), "screening cache unreadable") {
 		t.Errorf("damaged file: %d clients, logs %q", p.Len(), logs.String())
@@ -93,16 +84,27 @@ func TestPassCacheFile(t *testing.T) {
 	if _, err := os.Stat(path + ".damaged"); err != nil {
 		t.Errorf("damaged file not moved aside: %v", err)
 	}
+
+	// Not readable at all (a folder in its place): the relay still starts,
+	// with an empty cache and a warning; the save at Close says it failed.
+	blocked := filepath.Join(dir, "blocked.json")
+	os.Mkdir(blocked, 0o755)
+	q := inbound.OpenPassCache(blocked, time.Hour, time.Hour, log)
+	if q.Len() != 0 || !strings.Contains(logs.String(), "screening cache not readable") {
+		t.Errorf("unreadable file: %d clients, logs %q", q.Len(), logs.String())
+	}
+	inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Screen: inbound.Screen{CacheTTL: time.Hour}, PassCache: q}).
+		Connect(&smtpd.State{RemoteIP: netip.MustParseAddr("192.0.2.9"), Helo: "mail.example.org"})
+	if err := q.Close(); err == nil {
+		t.Error("saving over a folder reported no error")
+	}
 }
 
 // The saver writes a changed cache on its own, so that kill -9 loses at
 // most one interval of passes.
 func TestPassCacheSavedPeriodically(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "screen-cache.json")
-	p, err := inbound.OpenPassCache(path, 20*time.Millisecond, time.Hour, slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := inbound.OpenPassCache(path, 20*time.Millisecond, time.Hour, slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil)))
 	defer p.Close()
 	r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Screen: inbound.Screen{CacheTTL: time.Hour}, PassCache: p})
 	if err := r.Connect(&smtpd.State{RemoteIP: netip.MustParseAddr("192.0.2.77"), Helo: "mail.example.org"}); err != nil {

@@ -232,10 +232,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		// deep protocol test, 450) every regular sender again. Entries
 		// live at most cache_ttl, or 1h for a deep-protocol pass.
 		maxTTL := max(cfg.Inbound.Screen.CacheTTL.D(), time.Hour)
-		r.passed, err = inbound.OpenPassCache(filepath.Join(cfg.StateDir, "screen-cache.json"), time.Minute, maxTTL, log)
-		if err != nil {
-			return err
-		}
+		r.passed = inbound.OpenPassCache(filepath.Join(cfg.StateDir, "screen-cache.json"), time.Minute, maxTTL, log)
 	}
 	tlsConf := certs.Config()
 	content, err := inboundContent(cfg, res, log)
