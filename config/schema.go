@@ -17,12 +17,16 @@ type Config struct {
 	StateDir string `yaml:"state_dir"`
 	// Postmaster is named in DSNs and receives RCPT TO:<Postmaster>
 	// (no domain) on inbound listeners. Default postmaster@<hostname>.
-	Postmaster string     `yaml:"postmaster"`
-	Log        Log        `yaml:"log"`
-	TLS        TLS        `yaml:"tls"`
-	DNS        DNS        `yaml:"dns"`
-	Limits     Limits     `yaml:"limits"`
-	Listeners  []Listener `yaml:"listeners"`
+	Postmaster string `yaml:"postmaster"`
+	// ProxyAddresses are addresses on which this relay receives mail by
+	// way of a NAT router or proxy (Postfix: proxy_interfaces): an MX
+	// host with one of them is us, like one with a listener's address.
+	ProxyAddresses []string   `yaml:"proxy_addresses"`
+	Log            Log        `yaml:"log"`
+	TLS            TLS        `yaml:"tls"`
+	DNS            DNS        `yaml:"dns"`
+	Limits         Limits     `yaml:"limits"`
+	Listeners      []Listener `yaml:"listeners"`
 	// Domains are the domains we are MX for, keyed by domain name
 	// (lower case, no trailing dot).
 	Domains  map[string]Domain `yaml:"domains"`

@@ -25,6 +25,11 @@ func (l *loader) validate(c *Config) {
 			l.errorf("postmaster", "%v; write a full address, e.g. postmaster@example.com", err)
 		}
 	}
+	for i, a := range c.ProxyAddresses {
+		if ip, err := netip.ParseAddr(a); err != nil || ip.Zone() != "" || ip.IsUnspecified() {
+			l.errorf(fmt.Sprintf("proxy_addresses[%d]", i), "%q is not a single IP address; write the public address mail reaches this relay on, e.g. 203.0.113.25 or 2001:db8::25", a)
+		}
+	}
 	l.oneOf("log.format", c.Log.Format, "text", "json")
 	l.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 

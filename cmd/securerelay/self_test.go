@@ -23,6 +23,11 @@ func TestSelfAddrs(t *testing.T) {
 	if selfAddrs(mk("127.0.0.1:2525", "192.0.2.1:587")) != nil {
 		t.Error("no listener on port 25, yet an address is ours")
 	}
+	nat := mk("10.0.0.5:2525")
+	nat.ProxyAddresses = []string{"203.0.113.25"}
+	if n := selfAddrs(nat); n == nil || !n(ip("203.0.113.25")) || n(ip("10.0.0.5")) {
+		t.Error("proxy_addresses: the public address must be ours, the listener on 2525 not")
+	}
 	one := selfAddrs(mk("127.0.0.90:25", "127.0.0.1:587"))
 	if one == nil || !one(ip("127.0.0.90")) || !one(ip("::ffff:127.0.0.90")) || one(ip("127.0.0.1")) || one(ip("192.0.2.1")) {
 		t.Error("listener on 127.0.0.90:25: wrong addresses counted as ours")

@@ -295,11 +295,12 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 }
 
 // selfAddrs reports whether an address is one of our listeners on port
-// 25, where MX delivery connects: delivery and tls-policy explain drop MX
-// hosts with such an address (RFC 5321 §5.1), as Postfix compares MX
-// addresses with inet_interfaces. A listener on all addresses makes every
-// local interface address (and all of 127.0.0.0/8 and ::1) ours. nil when
-// no listener is on port 25: MX delivery cannot reach us then.
+// 25, where MX delivery connects, or one of proxy_addresses: delivery and
+// tls-policy explain drop MX hosts with such an address (RFC 5321 §5.1),
+// as Postfix compares MX addresses with inet_interfaces and
+// proxy_interfaces. A listener on all addresses makes every local
+// interface address (and all of 127.0.0.0/8 and ::1) ours. nil when there
+// is neither: MX delivery cannot reach us then.
 func selfAddrs(cfg *config.Config) func(netip.Addr) bool {
 	var ips []netip.Addr
 	all := false
@@ -323,6 +324,12 @@ func selfAddrs(cfg *config.Config) func(netip.Addr) bool {
 					ips = append(ips, p.Addr().Unmap())
 				}
 			}
+		}
+	}
+	for _, a := range cfg.ProxyAddresses {
+		// Mail to these reaches us whatever port our listener uses.
+		if ip, err := netip.ParseAddr(a); err == nil {
+			ips = append(ips, ip.Unmap())
 		}
 	}
 	if len(ips) == 0 && !all {
@@ -432,6 +439,7 @@ func (r *relay) reload() {
 		{"log", r.cfg.Log, cfg.Log},
 		{"dns", r.cfg.DNS, cfg.DNS},
 		{"hostname", r.cfg.Hostname, cfg.Hostname},
+		{"proxy_addresses", r.cfg.ProxyAddresses, cfg.ProxyAddresses},
 		{"inbound (checks and screening)", stripInbound(r.cfg.Inbound), stripInbound(cfg.Inbound)},
 		{"outbound (except users, routes and dkim)", stripOutbound(r.cfg.Outbound), stripOutbound(cfg.Outbound)},
 	} {
