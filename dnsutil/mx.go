@@ -15,8 +15,8 @@ import (
 // mail at all, so delivery must fail permanently without retries.
 var ErrNullMX = errors.New("domain accepts no mail (null MX, RFC 7505)")
 
-// ErrMXLoop means the MX list names this relay at the best preference (or
-// the domain's implicit MX is this relay): delivering would loop, and RFC
+// ErrMXLoop means the best MX host is this relay (or the domain's
+// implicit MX is): delivering would loop, and RFC
 // 5321 §5.1 says the message MUST be returned (Postfix: "mail for … loops
 // back to myself").
 var ErrMXLoop = errors.New("the domain's best mail server is this relay: mail would loop back to it")
@@ -70,10 +70,9 @@ func AddrSelf(ctx context.Context, r Resolver, ours func(netip.Addr) bool) func(
 
 // MXTargetsExcept is MXTargets for a relay that recognises itself among
 // the MX hosts with self (nil: never): as RFC 5321 §5.1 requires, an MX
-// host that is us is
-// dropped together with every MX of equal or worse preference, since
-// those would only hand the mail back to us or to a backup that relays to
-// us. Nothing left is ErrMXLoop.
+// host that is us is dropped together with every MX of equal or worse
+// preference, since those would only hand the mail back to us or to a
+// backup that relays to us. Nothing left is ErrMXLoop.
 func MXTargetsExcept(ctx context.Context, r Resolver, domain string, self func(host string) bool) ([]string, error) {
 	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
 	isSelf := func(h string) bool { return self != nil && self(strings.ToLower(strings.TrimSuffix(h, "."))) }

@@ -32,11 +32,12 @@ func NewPassCache() *PassCache {
 	return &PassCache{m: map[netip.Addr]time.Time{}}
 }
 
-// OpenPassCache loads path (missing: empty; damaged content: moved aside
-// to path.damaged and started empty, with a warning; not readable at all:
-// started empty with a warning — the cache only saves work) and saves it every interval while it changed,
-// and on Close. A loaded pass lasts at most maxTTL from now, whatever the
-// file says (a clock that was ahead, a cache_ttl since shortened).
+// OpenPassCache loads path and saves it every interval while it changed,
+// and on Close. A missing file is an empty cache; a damaged one is moved
+// aside to path.damaged, and one that cannot be read is left alone, both
+// with a warning and an empty cache: the cache only saves work. A loaded
+// pass lasts at most maxTTL from now, whatever the file says (a clock
+// that was ahead, a cache_ttl since shortened).
 func OpenPassCache(path string, interval, maxTTL time.Duration, log *slog.Logger) *PassCache {
 	p := NewPassCache()
 	b, err := os.ReadFile(path)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,10 +52,11 @@ type EngineOptions struct {
 	// MXPort is the port of MX hosts: "25" in real life.
 	MXPort string
 	// Self reports whether an address, on MXPort, is this relay itself
-	// (one of its listeners): an MX host with such an address is cut from
+	// (one of its listeners, or an address that reaches it through NAT):
+	// an MX host with such an address is cut from
 	// the MX list with every MX of equal or worse preference (RFC 5321
 	// §5.1), so a backup MX entry pointing at us never hands the mail
-	// back to ourselves. nil: no listener on MXPort, nothing to cut.
+	// back to ourselves. nil: nothing is us, nothing to cut.
 	Self   func(netip.Addr) bool
 	Logger *slog.Logger
 }
@@ -451,6 +453,19 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, key string) (*pooled, *queue.Result) {
 	var hosts []string
 	port := e.o.MXPort
+	// The MX pruning below resolves each MX host; the connection attempts
+	// use the same answers rather than asking DNS twice.
+	resolved := map[string][]netip.Addr{}
+	lookup := func(h string) ([]netip.Addr, error) {
+		if a, ok := resolved[h]; ok {
+			return a, nil
+		}
+		a, err := e.addrs(ctx, h, t.Kind != "mx")
+		if err == nil {
+			resolved[h] = a
+		}
+		return a, err
+	}
 	switch t.Kind {
 	case "smtp", "lmtp":
 		h, p, err := net.SplitHostPort(t.Addr)
@@ -461,7 +476,10 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 	case "mx":
 		var self func(string) bool
 		if e.o.Self != nil {
-			self = dnsutil.AddrSelf(ctx, e.o.Resolver, e.o.Self)
+			self = func(h string) bool {
+				a, err := lookup(h)
+				return err == nil && slices.ContainsFunc(a, e.o.Self)
+			}
 		}
 		mx, err := dnsutil.MXTargetsExcept(ctx, e.o.Resolver, t.Addr, self)
 		if err != nil {
@@ -499,7 +517,7 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 			e.noteTLSFailure(t, h)
 			continue
 		}
-		addrs, err := e.addrs(ctx, h, t.Kind != "mx")
+		addrs, err := lookup(h)
 		if err != nil {
 			lastErr, lastRelay, unreached = err, h, true
 			continue

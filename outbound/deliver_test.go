@@ -318,6 +318,51 @@ func TestMXFallback(t *testing.T) {
 	}
 }
 
+// With Self set, the MX pruning resolves each MX host once and delivery
+// reuses the answer: no A/AAAA question is asked twice per attempt; an
+// MX whose address is ours is cut (with those after it) and delivery goes
+// to the better one.
+func TestMXSelfPruningAsksDNSOnce(t *testing.T) {
+	h := newHop(t, hopOptions{})
+	srv := dnstest.NewServer(t, mxZone+`
+backup.test.    MX 10 mx2.dest.test.
+backup.test.    MX 20 self.test.
+self.test.      A  192.0.2.25
+`)
+	e := engine(t, &outbound.Router{}, func(o *outbound.EngineOptions) {
+		o.Resolver = dnsutil.New(srv.Addr(), 2*time.Second)
+		o.MXPort = h.port
+		o.Self = func(a netip.Addr) bool { return a == netip.MustParseAddr("192.0.2.25") }
+	})
+	sp := newSpool(t)
+	for _, rc := range []string{"user@dest.test", "user@backup.test"} {
+		check(t, rc, deliver(t, e, sp.put("sender@ours.test", []string{rc}, message))[0], queue.Delivered, "2.0.0")
+		h.next()
+	}
+	asked := map[string]int{}
+	for _, q := range srv.Queries() {
+		if q.Type == "A" || q.Type == "AAAA" {
+			asked[q.Name+" "+q.Type]++
+		}
+	}
+	for k, n := range asked {
+		// mx2.dest.test serves both domains: once per delivery.
+		if want := 1 + btoi(strings.HasPrefix(k, "mx2.dest.test ")); n != want {
+			t.Errorf("%s asked %d times, want %d", k, n, want)
+		}
+	}
+	if asked["self.test A"] != 1 || asked["mx1.dest.test A"] != 1 {
+		t.Errorf("questions %v: every MX host must be resolved for the pruning", asked)
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func TestMXDNSFailures(t *testing.T) {
 	for name, mk := range resolvers {
 		t.Run(name, func(t *testing.T) {
