@@ -337,15 +337,8 @@ func isPlainAddress(s string) bool {
 		return false
 	}
 	local, domain := s[:at], s[at+1:]
-	for _, atom := range strings.Split(local, ".") {
-		if atom == "" {
-			return false
-		}
-		for i := 0; i < len(atom); i++ {
-			if !isAtext(atom[i]) {
-				return false
-			}
-		}
+	if !smtputil.IsDotString(local) {
+		return false
 	}
 	for _, label := range strings.Split(domain, ".") {
 		if label == "" || label[0] == '-' || label[len(label)-1] == '-' {
@@ -359,13 +352,4 @@ func isPlainAddress(s string) bool {
 		}
 	}
 	return true
-}
-
-// isAtext: RFC 5322 §3.2.3 atext.
-func isAtext(c byte) bool {
-	switch {
-	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		return true
-	}
-	return strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0
 }

@@ -299,7 +299,7 @@ func (a Address) Equal(b Address) bool { return a.Key() == b.Key() }
 // quoteLocal renders a local part as an RFC 5321 Dot-string when it is
 // one, else as a Quoted-string (escaping '"' and '\').
 func quoteLocal(l string) string {
-	if isDotString(l) {
+	if IsDotString(l) {
 		return l
 	}
 	var b strings.Builder
@@ -315,8 +315,9 @@ func quoteLocal(l string) string {
 	return b.String()
 }
 
-// isDotString: Atom *("." Atom), RFC 5321 §4.1.2.
-func isDotString(s string) bool {
+// IsDotString reports whether s is Atom *("." Atom) (RFC 5321 §4.1.2;
+// RFC 5322's dot-atom-text): a local part that needs no quoting.
+func IsDotString(s string) bool {
 	if s == "" || s[0] == '.' || s[len(s)-1] == '.' || strings.Contains(s, "..") {
 		return false
 	}
