@@ -258,13 +258,21 @@ func (c *Client) LookupTXT(ctx context.Context, name string) ([]string, error) {
 // query asks for one type and returns the records at the end of any CNAME
 // chain. A nil error means at least one record.
 func (c *Client) query(ctx context.Context, name string, qtype uint16) ([]dns.RR, error) {
+	rrs, _, err := c.exchange(ctx, name, qtype, false)
+	return rrs, err
+}
+
+// exchange is query, and with secure LookupSecure: the DO and AD bits set
+// in the question, the answer's AD bit returned (also with a NXDOMAIN or
+// NODATA error, which is then a validated denial).
+func (c *Client) exchange(ctx context.Context, name string, qtype uint16, secure bool) (rrs []dns.RR, ad bool, err error) {
 	tname := dns.TypeToString[qtype]
 	mkErr := func(k Kind, err error) error {
 		return &Error{Name: strings.TrimSuffix(name, "."), Type: tname, Server: c.Addr, Kind: k, Err: err}
 	}
 	fqdn := dns.Fqdn(name)
 	if _, ok := dns.IsDomainName(fqdn); !ok || name == "" || name == "." {
-		return nil, mkErr(Invalid, errors.New("not a valid domain name"))
+		return nil, false, mkErr(Invalid, errors.New("not a valid domain name"))
 	}
 
 	timeout := c.Timeout
@@ -276,7 +284,8 @@ func (c *Client) query(ctx context.Context, name string, qtype uint16) ([]dns.RR
 
 	m := new(dns.Msg)
 	m.SetQuestion(fqdn, qtype) // sets RD
-	m.SetEdns0(udpSize, false)
+	m.SetEdns0(udpSize, secure)
+	m.AuthenticatedData = secure
 
 	start := time.Now()
 	r, err := c.exchangeUDP(ctx, m)
@@ -287,16 +296,22 @@ func (c *Client) query(ctx context.Context, name string, qtype uint16) ([]dns.RR
 		if isTimeout(err) {
 			err = fmt.Errorf("timeout after %v: %w", time.Since(start).Round(time.Millisecond), err)
 		}
-		return nil, mkErr(Temporary, err)
+		return nil, false, mkErr(Temporary, err)
 	}
 	rrs, kind, err := interpret(r, fqdn, qtype)
-	if err != nil || kind != Temporary {
-		return nil, mkErr(kind, err)
+	if err != nil {
+		return nil, false, mkErr(kind, err)
+	}
+	// Only NOERROR and NXDOMAIN get here; SERVFAIL (what a validating
+	// resolver answers for bogus data) is a temporary error above.
+	ad = r.AuthenticatedData
+	if kind != Temporary {
+		return nil, ad, mkErr(kind, nil)
 	}
 	if len(rrs) == 0 {
-		return nil, mkErr(NoData, nil)
+		return nil, ad, mkErr(NoData, nil)
 	}
-	return rrs, nil
+	return rrs, ad, nil
 }
 
 // exchangeUDP retries once on timeout, because a lost datagram is the
@@ -461,51 +476,7 @@ func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 // It is not part of Resolver: only DANE needs it, and a fake that is not
 // asked for it cannot claim authentication by accident.
 func (c *Client) LookupSecure(ctx context.Context, name string, qtype uint16) (rrs []dns.RR, authenticated bool, err error) {
-	tname := dns.TypeToString[qtype]
-	mkErr := func(k Kind, err error) error {
-		return &Error{Name: strings.TrimSuffix(name, "."), Type: tname, Server: c.Addr, Kind: k, Err: err}
-	}
-	fqdn := dns.Fqdn(name)
-	if _, ok := dns.IsDomainName(fqdn); !ok || name == "" || name == "." {
-		return nil, false, mkErr(Invalid, errors.New("not a valid domain name"))
-	}
-	timeout := c.Timeout
-	if timeout <= 0 {
-		timeout = DefaultTimeout
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-
-	m := new(dns.Msg)
-	m.SetQuestion(fqdn, qtype)
-	m.SetEdns0(udpSize, true)
-	m.AuthenticatedData = true
-
-	start := time.Now()
-	r, err := c.exchangeUDP(ctx, m)
-	if err == nil && r.Truncated {
-		r, err = c.roundTrip(ctx, m, "tcp")
-	}
-	if err != nil {
-		if isTimeout(err) {
-			err = fmt.Errorf("timeout after %v: %w", time.Since(start).Round(time.Millisecond), err)
-		}
-		return nil, false, mkErr(Temporary, err)
-	}
-	rrs, kind, err := interpret(r, fqdn, qtype)
-	if err != nil {
-		return nil, false, mkErr(kind, err)
-	}
-	// Only NOERROR and NXDOMAIN get here; SERVFAIL (what a validating
-	// resolver answers for bogus data) is a temporary error above.
-	ad := r.AuthenticatedData
-	if kind != Temporary {
-		return nil, ad, mkErr(kind, nil)
-	}
-	if len(rrs) == 0 {
-		return nil, ad, mkErr(NoData, nil)
-	}
-	return rrs, ad, nil
+	return c.exchange(ctx, name, qtype, true)
 }
 
 // LookupTLSA returns the TLSA records at name (for SMTP, _25._tcp.<mx host>)
