@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"strings"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"securerelay/dnsutil"
+	"securerelay/smtputil"
 )
 
 // Result is an RFC 8601 §2.7 result value. SPF uses all seven; DKIM uses
@@ -189,35 +189,15 @@ func dmarcReject(v *Verdict) *smtp.SMTPError {
 		d := &v.DMARC[i]
 		switch {
 		case d.Result == Fail && d.Policy == "reject" && !d.uncertain:
-			return reply(550, 5, 7, 26, "message rejected: the DMARC policy of %s says reject, and %s; "+
+			return smtputil.Reply(550, 5, 7, 26, "message rejected: the DMARC policy of %s says reject, and %s; "+
 				"the sender's domain must sign with DKIM or publish SPF for this server", d.From, d.why(v))
 		case d.Result == Fail && d.Policy == "reject" && deferral == nil:
-			deferral = reply(451, 4, 7, 0, "DMARC check for %s failed with policy reject, but a DNS lookup "+
+			deferral = smtputil.Reply(451, 4, 7, 0, "DMARC check for %s failed with policy reject, but a DNS lookup "+
 				"failed temporarily (%s); please try again later", d.From, d.why(v))
 		case d.Result == TempError && d.mayReject && deferral == nil:
-			deferral = reply(451, 4, 7, 0, "temporary DNS failure while looking up the DMARC policy of %s; "+
+			deferral = smtputil.Reply(451, 4, 7, 0, "temporary DNS failure while looking up the DMARC policy of %s; "+
 				"please try again later", d.From)
 		}
 	}
 	return deferral
-}
-
-// maxReplyText keeps a reply line within RFC 5321 §4.5.3.1.5's 512
-// octets including code, enhanced code and CRLF.
-const maxReplyText = 480
-
-// reply builds a one-line SMTP reply. Text carries domains from the
-// message, so everything but printable ASCII becomes '?': go-smtp would
-// turn an LF into a new reply line.
-func reply(code, class, subject, detail int, format string, args ...any) *smtp.SMTPError {
-	s := fmt.Sprintf(format, args...)
-	var b strings.Builder
-	for i := 0; i < len(s) && b.Len() < maxReplyText; i++ {
-		ch := s[i]
-		if ch < 0x20 || ch > 0x7e {
-			ch = '?'
-		}
-		b.WriteByte(ch)
-	}
-	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{class, subject, detail}, Message: b.String()}
 }

@@ -54,7 +54,7 @@ import (
 
 // RelayDenied refuses a recipient in a domain we do not serve.
 func RelayDenied(domain string) *smtp.SMTPError {
-	return reply(554, 5, 7, 1, "relay access denied: %s is not a domain this server accepts mail for; "+
+	return Reply(554, 5, 7, 1, "relay access denied: %s is not a domain this server accepts mail for; "+
 		"send to the MX of that domain, or authenticate on the submission port", domain)
 }
 
@@ -63,36 +63,36 @@ func RelayDenied(domain string) *smtp.SMTPError {
 // differs from the function that detects the trick only because Go has
 // one namespace per package.)
 func RoutingTrickReply(reason string) *smtp.SMTPError {
-	return reply(554, 5, 7, 1, "address refused: %s; such addresses can be used to relay through this server. "+
+	return Reply(554, 5, 7, 1, "address refused: %s; such addresses can be used to relay through this server. "+
 		"Use the plain address of the final recipient", reason)
 }
 
 // BadAddressSyntax refuses a recipient address that does not parse.
 func BadAddressSyntax(detail string) *smtp.SMTPError {
-	return reply(501, 5, 1, 3, "bad recipient address syntax: %s; RFC 5321 section 4.1.2 describes valid addresses", detail)
+	return Reply(501, 5, 1, 3, "bad recipient address syntax: %s; RFC 5321 section 4.1.2 describes valid addresses", detail)
 }
 
 // BadSenderSyntax refuses a MAIL FROM address that does not parse.
 func BadSenderSyntax(detail string) *smtp.SMTPError {
-	return reply(501, 5, 1, 7, "bad sender address syntax: %s; RFC 5321 section 4.1.2 describes valid addresses", detail)
+	return Reply(501, 5, 1, 7, "bad sender address syntax: %s; RFC 5321 section 4.1.2 describes valid addresses", detail)
 }
 
 // NotFQDNRecipient refuses RCPT TO:<user@host> without a dot in the domain.
 func NotFQDNRecipient(addr string) *smtp.SMTPError {
-	return reply(553, 5, 1, 3, "<%s>: recipient address rejected: need a fully-qualified address "+
+	return Reply(553, 5, 1, 3, "<%s>: recipient address rejected: need a fully-qualified address "+
 		"(user@example.com, not user@host)", addr)
 }
 
 // NotFQDNSender refuses MAIL FROM:<user@host> or a sender without domain:
 // nobody could reply or send a bounce to it.
 func NotFQDNSender(addr string) *smtp.SMTPError {
-	return reply(553, 5, 1, 7, "<%s>: sender address rejected: need a fully-qualified address "+
+	return Reply(553, 5, 1, 7, "<%s>: sender address rejected: need a fully-qualified address "+
 		"(user@example.com, not user@host); fix the sender address or masquerading of the sending system", addr)
 }
 
 // NonASCIIAddress refuses internationalised addresses (no SMTPUTF8 here).
 func NonASCIIAddress(addr string) *smtp.SMTPError {
-	return reply(553, 5, 6, 7, "<%s>: non-ASCII addresses are not accepted by this server; "+
+	return Reply(553, 5, 6, 7, "<%s>: non-ASCII addresses are not accepted by this server; "+
 		"use the ASCII (xn--) form of the domain", addr)
 }
 
@@ -106,11 +106,11 @@ func AddressReply(err error, sender bool) *smtp.SMTPError {
 	switch {
 	case errors.Is(err, ErrNotFQDN):
 		if sender {
-			return reply(553, 5, 1, 7, "sender address rejected: %s; need a fully-qualified address (user@example.com)", detail)
+			return Reply(553, 5, 1, 7, "sender address rejected: %s; need a fully-qualified address (user@example.com)", detail)
 		}
-		return reply(553, 5, 1, 3, "recipient address rejected: %s; need a fully-qualified address (user@example.com)", detail)
+		return Reply(553, 5, 1, 3, "recipient address rejected: %s; need a fully-qualified address (user@example.com)", detail)
 	case errors.Is(err, ErrNonASCII):
-		return reply(553, 5, 6, 7, "%s", detail)
+		return Reply(553, 5, 6, 7, "%s", detail)
 	case sender:
 		return BadSenderSyntax(detail)
 	default:
@@ -121,90 +121,93 @@ func AddressReply(err error, sender bool) *smtp.SMTPError {
 // SenderDomainNotFound refuses a sender whose domain does not exist or has
 // neither MX nor address records: bounces to it could not be delivered.
 func SenderDomainNotFound(domain string) *smtp.SMTPError {
-	return reply(550, 5, 1, 8, "sender address rejected: domain %s does not exist in DNS (no MX, A or AAAA record); "+
+	return Reply(550, 5, 1, 8, "sender address rejected: domain %s does not exist in DNS (no MX, A or AAAA record); "+
 		"use a sender address in a registered domain", domain)
 }
 
 // SenderNullMX refuses a sender whose domain publishes a null MX: the
 // domain declares that it receives no mail, so replies would be lost.
 func SenderNullMX(domain string) *smtp.SMTPError {
-	return reply(550, 5, 7, 27, "sender address rejected: domain %s has a null MX and accepts no mail (RFC 7505)", domain)
+	return Reply(550, 5, 7, 27, "sender address rejected: domain %s has a null MX and accepts no mail (RFC 7505)", domain)
 }
 
 // DNSTempFail is for a DNS lookup that timed out or SERVFAILed.
 func DNSTempFail(domain string) *smtp.SMTPError {
-	return reply(451, 4, 4, 3, "temporary DNS failure looking up %s; please try again later", domain)
+	return Reply(451, 4, 4, 3, "temporary DNS failure looking up %s; please try again later", domain)
 }
 
 // RecipientUnknown refuses a recipient that does not exist in our domain.
 func RecipientUnknown(addr string) *smtp.SMTPError {
-	return reply(550, 5, 1, 1, "<%s>: recipient address rejected: no such mailbox here; check the spelling of the address", addr)
+	return Reply(550, 5, 1, 1, "<%s>: recipient address rejected: no such mailbox here; check the spelling of the address", addr)
 }
 
 // BareLineEnding refuses a message with ErrBareLineEnding after DATA.
 func BareLineEnding() *smtp.SMTPError {
-	return reply(550, 5, 6, 0, "message contains bare CR or LF; fix the sending software to use CRLF (RFC 5321 section 2.3.8)")
+	return Reply(550, 5, 6, 0, "message contains bare CR or LF; fix the sending software to use CRLF (RFC 5321 section 2.3.8)")
 }
 
 // MessageTooBig refuses a message over the size limit (in bytes).
 func MessageTooBig(limit int64) *smtp.SMTPError {
-	return reply(552, 5, 3, 4, "message too big: this server accepts at most %d bytes; send large files another way", limit)
+	return Reply(552, 5, 3, 4, "message too big: this server accepts at most %d bytes; send large files another way", limit)
 }
 
 // TooManyRecipients defers the recipients over the limit; the client
 // sends them in another transaction (RFC 5321 §4.5.3.1.10).
 func TooManyRecipients() *smtp.SMTPError {
-	return reply(452, 4, 5, 3, "too many recipients in this transaction; send the remaining recipients in a new transaction")
+	return Reply(452, 4, 5, 3, "too many recipients in this transaction; send the remaining recipients in a new transaction")
 }
 
 // QueueFailed is for a message that could not be stored durably; it was
 // not accepted, so the client keeps it and retries.
 func QueueFailed() *smtp.SMTPError {
-	return reply(451, 4, 3, 0, "message not accepted: local error while storing it; please try again later")
+	return Reply(451, 4, 3, 0, "message not accepted: local error while storing it; please try again later")
 }
 
 // TLSRequired refuses commands before STARTTLS on a listener that requires it.
 func TLSRequired() *smtp.SMTPError {
-	return reply(530, 5, 7, 0, "must issue a STARTTLS command first; configure the client to use STARTTLS on this port")
+	return Reply(530, 5, 7, 0, "must issue a STARTTLS command first; configure the client to use STARTTLS on this port")
 }
 
 // AuthRequired refuses MAIL before AUTH on a listener that requires it.
 func AuthRequired() *smtp.SMTPError {
-	return reply(530, 5, 7, 0, "authentication required; configure the client with the user name and password for this relay")
+	return Reply(530, 5, 7, 0, "authentication required; configure the client with the user name and password for this relay")
 }
 
 // AuthFailed refuses wrong credentials.
 func AuthFailed() *smtp.SMTPError {
-	return reply(535, 5, 7, 8, "authentication credentials invalid; check the user name and password configured in the client")
+	return Reply(535, 5, 7, 8, "authentication credentials invalid; check the user name and password configured in the client")
 }
 
 // AuthTempFail is for a credential check that could not be completed.
 func AuthTempFail() *smtp.SMTPError {
-	return reply(454, 4, 7, 0, "temporary authentication failure; please try again later")
+	return Reply(454, 4, 7, 0, "temporary authentication failure; please try again later")
 }
 
 // EncryptionRequiredForAuth refuses AUTH over a connection without TLS.
 func EncryptionRequiredForAuth() *smtp.SMTPError {
-	return reply(538, 5, 7, 11, "encryption required for authentication; issue STARTTLS before AUTH")
+	return Reply(538, 5, 7, 11, "encryption required for authentication; issue STARTTLS before AUTH")
 }
 
 // TooManyErrors ends a session that keeps sending bad commands. The caller
 // must close the connection after sending it.
 func TooManyErrors() *smtp.SMTPError {
-	return reply(421, 4, 7, 0, "too many errors in this session, closing connection; check the client's SMTP log")
+	return Reply(421, 4, 7, 0, "too many errors in this session, closing connection; check the client's SMTP log")
 }
 
 // ShuttingDown ends sessions while the relay stops. The caller must close
 // the connection after sending it.
 func ShuttingDown() *smtp.SMTPError {
-	return reply(421, 4, 3, 2, "server shutting down, closing connection; please try again later")
+	return Reply(421, 4, 3, 2, "server shutting down, closing connection; please try again later")
 }
 
 // Longest text we put into a reply line: RFC 5321 §4.5.3.1.5 limits a
 // reply line to 512 octets including code, enhanced code and CRLF.
 const maxReplyText = 480
 
-func reply(code, class, subject, detail int, format string, args ...any) *smtp.SMTPError {
+// Reply builds a one-line reply with an enhanced status code; the text is
+// cut to fit a reply line and anything but printable ASCII becomes '?'
+// (replyText), since it often carries names taken from the message.
+func Reply(code, class, subject, detail int, format string, args ...any) *smtp.SMTPError {
 	return &smtp.SMTPError{
 		Code:         code,
 		EnhancedCode: smtp.EnhancedCode{class, subject, detail},
