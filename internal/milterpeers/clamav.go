@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
 )
 
 // EICARSignature is the name of the local body signature that matches
@@ -20,22 +19,17 @@ var clamSignatures = map[string]string{
 	"local-eicar.hdb": "44d88612fea8a8f36de82e1278abb02f:68:Local.EICAR.Test.File.MD5\n",
 }
 
-func startClamav(clamdBin, milterBin string) (in *Instance, err error) {
-	began := time.Now()
-	dir, uid, gid, err := stateDir("milterpeers-clamav-", "clamav")
-	if err != nil {
-		return nil, err
-	}
-	in = &Instance{Dir: dir}
-	defer func() {
-		if err != nil {
-			in.Stop()
-			in = nil
-		}
-	}()
+func startClamav(clamdBin, milterBin string) (*Instance, error) {
+	return launch("milterpeers-clamav-", "clamav", func(in *Instance, uid, gid int) error {
+		return setupClamav(in, uid, gid, clamdBin, milterBin)
+	})
+}
+
+func setupClamav(in *Instance, uid, gid int, clamdBin, milterBin string) error {
+	dir := in.Dir
 	db, tmp := filepath.Join(dir, "db"), filepath.Join(dir, "tmp")
 	if err := mkdirs(uid, gid, db, tmp); err != nil {
-		return in, err
+		return err
 	}
 	// clamd refuses to start with an empty database folder.
 	files := map[string]string{}
@@ -62,18 +56,17 @@ func startClamav(clamdBin, milterBin string) (in *Instance, err error) {
 		"OnClean Accept\nOnInfected Reject\nOnFail Defer\nRejectMsg \"Virus found: %v\"\n" +
 		"AddHeader Replace\nLogInfected Full\nLogClean Full\nMaxFileSize 25M\nReadTimeout 120\n"
 	if err := writeFiles(dir, files); err != nil {
-		return in, err
+		return err
 	}
 
 	if err := in.run("clamd", filepath.Join(tmp, "clamd.log"), dialable("unix", sock),
 		clamdBin, "--config-file="+filepath.Join(dir, "clamd.conf")); err != nil {
-		return in, err
+		return err
 	}
 	if err := in.run("clamav-milter", filepath.Join(tmp, "milter.log"), dialable("unix", milterSock),
 		milterBin, "--config-file="+filepath.Join(dir, "clamav-milter.conf")); err != nil {
-		return in, err
+		return err
 	}
 	in.Addr = "unix:" + milterSock
-	in.Startup = time.Since(began)
-	return in, nil
+	return nil
 }

@@ -168,6 +168,24 @@ func stateDir(prefix, serviceUser string) (dir string, uid, gid int, err error) 
 	return dir, uid, gid, nil
 }
 
+// launch makes an instance's private folder (see stateDir) and runs setup
+// in it, which starts the daemons and sets Addr; if setup fails, what it
+// started is stopped and the folder removed.
+func launch(prefix, serviceUser string, setup func(in *Instance, uid, gid int) error) (*Instance, error) {
+	began := time.Now()
+	dir, uid, gid, err := stateDir(prefix, serviceUser)
+	if err != nil {
+		return nil, err
+	}
+	in := &Instance{Dir: dir}
+	if err := setup(in, uid, gid); err != nil {
+		in.Stop()
+		return nil, err
+	}
+	in.Startup = time.Since(began)
+	return in, nil
+}
+
 // mkdirs creates folders owned by uid:gid, where the daemon writes.
 func mkdirs(uid, gid int, dirs ...string) error {
 	for _, d := range dirs {

@@ -4,7 +4,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"time"
 
 	"securerelay/internal/loopback"
 )
@@ -26,23 +25,18 @@ var rspamdOffline = []string{
 var RspamdHeaders = []string{"X-Spamd-Result", "X-Rspamd-Server", "X-Rspamd-Queue-Id", "X-Spam-Level",
 	"X-Spam-Status", "Authentication-Results"}
 
-func startRspamd(bin string) (in *Instance, err error) {
-	began := time.Now()
-	dir, uid, gid, err := stateDir("milterpeers-rspamd-", "_rspamd")
-	if err != nil {
-		return nil, err
-	}
-	in = &Instance{Dir: dir}
-	defer func() {
-		if err != nil {
-			in.Stop()
-			in = nil
-		}
-	}()
+func startRspamd(bin string) (*Instance, error) {
+	return launch("milterpeers-rspamd-", "_rspamd", func(in *Instance, uid, gid int) error {
+		return setupRspamd(in, uid, gid, bin)
+	})
+}
+
+func setupRspamd(in *Instance, uid, gid int, bin string) error {
+	dir := in.Dir
 	local := filepath.Join(dir, "conf")
 	dbdir, rundir, logdir := filepath.Join(dir, "db"), filepath.Join(dir, "run"), filepath.Join(dir, "log")
 	if err := mkdirs(uid, gid, dbdir, rundir, logdir); err != nil {
-		return in, err
+		return err
 	}
 	// A Unix socket in our own folder: a TCP port picked "free" could be
 	// taken by another test process before rspamd binds it (this made CI
@@ -52,7 +46,7 @@ func startRspamd(bin string) (in *Instance, err error) {
 	// once instead of leaving the machine.
 	deadDNS, err := loopback.Free()
 	if err != nil {
-		return in, err
+		return err
 	}
 	files := map[string]string{
 		// The stock rules and scores (common.conf), and only the workers
@@ -96,7 +90,7 @@ skip_authenticated = false;
 		files["conf/local.d/"+m+".conf"] = "enabled = false;\n"
 	}
 	if err := writeFiles(dir, files); err != nil {
-		return in, err
+		return err
 	}
 	argv := []string{bin, "-f", "-c", filepath.Join(dir, "rspamd.conf"),
 		"--var=CONFDIR=/etc/rspamd", "--var=LOCAL_CONFDIR=" + local,
@@ -109,9 +103,8 @@ skip_authenticated = false;
 		}
 	}
 	if err := in.run("rspamd", filepath.Join(logdir, "rspamd.log"), dialable("unix", sock), argv...); err != nil {
-		return in, err
+		return err
 	}
 	in.Addr = "unix:" + sock
-	in.Startup = time.Since(began)
-	return in, nil
+	return nil
 }
