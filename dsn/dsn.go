@@ -263,7 +263,7 @@ func cleanRecipient(rc Recipient) (recipient, error) {
 	// mismatch or a malformed code would make the report contradict
 	// itself, so fall back to the generic code of the class.
 	c.status = class + ".0.0"
-	if isStatus(rc.Status) && rc.Status[:1] == class {
+	if smtputil.IsEnhancedStatus(rc.Status) && rc.Status[:1] == class {
 		c.status = rc.Status
 	}
 	c.remoteMTA = cleanHost(rc.RemoteMTA)
@@ -272,20 +272,6 @@ func cleanRecipient(rc Recipient) (recipient, error) {
 	c.explain = strings.Join(humanLines(rc.Explanation, maxDiagnostic), " ")
 	c.lastAttempt = rc.LastAttempt
 	return c, nil
-}
-
-// isStatus checks RFC 3463 §2 syntax: class "." 1*3digit "." 1*3digit.
-func isStatus(s string) bool {
-	parts := strings.Split(s, ".")
-	if len(parts) != 3 || len(parts[0]) != 1 || !strings.ContainsAny(parts[0], "245") {
-		return false
-	}
-	for _, p := range parts[1:] {
-		if len(p) < 1 || len(p) > 3 || strings.Trim(p, "0123456789") != "" {
-			return false
-		}
-	}
-	return true
 }
 
 // cleanAddress renders an address from the queue (originally from the

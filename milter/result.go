@@ -346,14 +346,8 @@ func cutEnhanced(s string) (code, rest string, ok bool) {
 	if end < 0 {
 		end = len(s)
 	}
-	parts := strings.Split(s[:end], ".")
-	if len(parts) != 3 || (parts[0] != "4" && parts[0] != "5" && parts[0] != "2") {
+	if !smtputil.IsEnhancedStatus(s[:end]) {
 		return "", s, false
-	}
-	for _, p := range parts[1:] {
-		if len(p) < 1 || len(p) > 3 || !isDigits(p) {
-			return "", s, false
-		}
 	}
 	return s[:end], strings.TrimLeft(s[end:], " "), true
 }

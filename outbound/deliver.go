@@ -53,10 +53,10 @@ type EngineOptions struct {
 	MXPort string
 	// Self reports whether an address, on MXPort, is this relay itself
 	// (one of its listeners, or an address that reaches it through NAT):
-	// an MX host with such an address is cut from
-	// the MX list with every MX of equal or worse preference (RFC 5321
-	// §5.1), so a backup MX entry pointing at us never hands the mail
-	// back to ourselves. nil: nothing is us, nothing to cut.
+	// an MX host with such an address is cut from the MX list with every
+	// MX of equal or worse preference (RFC 5321 §5.1), so a backup MX
+	// entry pointing at us never hands the mail back to ourselves. nil:
+	// nothing is us, nothing to cut.
 	Self   func(netip.Addr) bool
 	Logger *slog.Logger
 }

@@ -200,6 +200,21 @@ func ShuttingDown() *smtp.SMTPError {
 	return Reply(421, 4, 3, 2, "server shutting down, closing connection; please try again later")
 }
 
+// IsEnhancedStatus checks RFC 3463 §2 syntax: class ("2", "4" or "5")
+// "." 1*3digit "." 1*3digit.
+func IsEnhancedStatus(s string) bool {
+	parts := strings.Split(s, ".")
+	if len(parts) != 3 || len(parts[0]) != 1 || !strings.ContainsAny(parts[0], "245") {
+		return false
+	}
+	for _, p := range parts[1:] {
+		if len(p) < 1 || len(p) > 3 || strings.Trim(p, "0123456789") != "" {
+			return false
+		}
+	}
+	return true
+}
+
 // Longest text we put into a reply line: RFC 5321 §4.5.3.1.5 limits a
 // reply line to 512 octets including code, enhanced code and CRLF.
 const maxReplyText = 480
