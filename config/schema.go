@@ -51,6 +51,12 @@ func (c *Config) Line(key string) int {
 	return c.idx.line(key)
 }
 
+// KeyError positions err at key, for problems found after loading (a key
+// file that does not parse, a rule a package refuses).
+func (c *Config) KeyError(key string, err error) *Error {
+	return &Error{File: c.Path, Line: c.Line(key), Key: key, Msg: err.Error()}
+}
+
 // DomainPath is the key path of a domain as written in the file (domain
 // names are normalised when loaded).
 func (c *Config) DomainPath(name string) string {

@@ -47,7 +47,7 @@ func loadAllDKIM(cfg *config.Config) (map[string][]configuredKey, []string, erro
 			key := fmt.Sprintf("%s.dkim[%d].key", cfg.DomainPath(name), i)
 			signer, warn, err := dkim.LoadKey(k.Key)
 			if err != nil {
-				errs = append(errs, &config.Error{File: cfg.Path, Line: cfg.Line(key), Key: key, Msg: err.Error()})
+				errs = append(errs, cfg.KeyError(key, err))
 				continue
 			}
 			for _, w := range warn {
@@ -95,7 +95,7 @@ func loadRecipients(cfg *config.Config, log *slog.Logger) (map[string]*inbound.R
 		set, err := inbound.NewRecipientSet(d.Recipients.List, d.Recipients.File, log)
 		if err != nil {
 			key := cfg.DomainPath(name) + ".recipients.file"
-			errs = append(errs, &config.Error{File: cfg.Path, Line: cfg.Line(key), Key: key, Msg: err.Error()})
+			errs = append(errs, cfg.KeyError(key, err))
 			continue
 		}
 		out[name] = set

@@ -28,7 +28,7 @@ func tlsDecider(cfg *config.Config, res *dnsutil.Client, log *slog.Logger, cache
 	t := cfg.Outbound.TLS
 	def, err := tlspolicy.ParseLevel(t.Default)
 	if err != nil {
-		return nil, &config.Error{File: cfg.Path, Line: cfg.Line("outbound.tls.default"), Key: "outbound.tls.default", Msg: err.Error()}
+		return nil, cfg.KeyError("outbound.tls.default", err)
 	}
 	globalMin, _ := tlspolicy.ParseVersion(t.MinVersion)
 	o := tlspolicy.Options{
@@ -41,7 +41,7 @@ func tlsDecider(cfg *config.Config, res *dnsutil.Client, log *slog.Logger, cache
 	if t.CAFile != "" {
 		pool, err := caPool(t.CAFile)
 		if err != nil {
-			return nil, &config.Error{File: cfg.Path, Line: cfg.Line("outbound.tls.ca_file"), Key: "outbound.tls.ca_file", Msg: err.Error()}
+			return nil, cfg.KeyError("outbound.tls.ca_file", err)
 		}
 		o.RootCAs = pool
 	}
@@ -50,7 +50,7 @@ func tlsDecider(cfg *config.Config, res *dnsutil.Client, log *slog.Logger, cache
 		key := fmt.Sprintf("outbound.tls.policies[%d]", i)
 		lvl, err := tlspolicy.ParseLevel(p.Level)
 		if err != nil {
-			return nil, &config.Error{File: cfg.Path, Line: cfg.Line(key + ".level"), Key: key + ".level", Msg: err.Error()}
+			return nil, cfg.KeyError(key+".level", err)
 		}
 		r := tlspolicy.Rule{Match: p.Match, Level: lvl, Names: p.Names, Fingerprints: p.Fingerprints, Fallback: p.Fallback}
 		if strings.HasPrefix(r.Match, "[") {
@@ -60,7 +60,7 @@ func tlsDecider(cfg *config.Config, res *dnsutil.Client, log *slog.Logger, cache
 			r.MinVersion, _ = tlspolicy.ParseVersion(p.MinVersion)
 		}
 		if r.Ciphers, err = tlspolicy.ParseCipherSuites(p.Ciphers); err != nil {
-			return nil, &config.Error{File: cfg.Path, Line: cfg.Line(key + ".ciphers"), Key: key + ".ciphers", Msg: err.Error()}
+			return nil, cfg.KeyError(key+".ciphers", err)
 		}
 		o.Rules = append(o.Rules, r)
 	}
@@ -69,7 +69,7 @@ func tlsDecider(cfg *config.Config, res *dnsutil.Client, log *slog.Logger, cache
 		var re *tlspolicy.RuleError
 		if errors.As(err, &re) {
 			key := fmt.Sprintf("outbound.tls.policies[%d]", re.Index)
-			return nil, &config.Error{File: cfg.Path, Line: cfg.Line(key), Key: key, Msg: re.Err.Error()}
+			return nil, cfg.KeyError(key, re.Err)
 		}
 		return nil, err
 	}
@@ -104,7 +104,7 @@ func inboundContent(cfg *config.Config, res *dnsutil.Client, log *slog.Logger) (
 		ch, err := milter.NewChain(cfgs, log)
 		if err != nil {
 			key := "inbound.content.policies." + name
-			return nil, &config.Error{File: cfg.Path, Line: cfg.Line(key), Key: key, Msg: err.Error()}
+			return nil, cfg.KeyError(key, err)
 		}
 		ch.Version = "securerelay " + versionString()
 		c.Chains[name] = ch
