@@ -460,7 +460,7 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 		if a, ok := resolved[h]; ok {
 			return a, nil
 		}
-		a, err := e.addrs(ctx, h, t.Kind != "mx")
+		a, err := NextHopAddrs(ctx, e.o.Resolver, h, t.Kind != "mx")
 		if err == nil {
 			resolved[h] = a
 		}
@@ -692,17 +692,19 @@ func (e *Engine) tlsOrder(domain string, hosts []string) []string {
 	return append(good, failed...)
 }
 
-// addrs resolves a next hop. "localhost" is taken literally only for a
-// next hop the admin configured: an MX record naming localhost is a
+// NextHopAddrs resolves a next hop as delivery connects to it: a literal
+// address as is, else through r. "localhost" is taken literally only for
+// a next hop the admin configured: an MX record naming localhost is a
 // hostile or broken domain's, and must not make us connect to ourselves.
-func (e *Engine) addrs(ctx context.Context, host string, configured bool) ([]netip.Addr, error) {
+// tls-policy probe calls it too, so that it connects where delivery would.
+func NextHopAddrs(ctx context.Context, r dnsutil.Resolver, host string, configured bool) ([]netip.Addr, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
 		return []netip.Addr{a}, nil
 	}
 	if host == "localhost" && configured {
 		return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
 	}
-	return e.o.Resolver.LookupHost(ctx, host)
+	return r.LookupHost(ctx, host)
 }
 
 func (e *Engine) open(ctx context.Context, t Target, host, addr, relay string, hp *tlspolicy.HostPolicy) (*pooled, error) {

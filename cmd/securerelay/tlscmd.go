@@ -403,7 +403,7 @@ func tlsProbe(args []string, stdout, stderr io.Writer) int {
 			r.print(stdout)
 			continue
 		}
-		addrs, err := hostAddrs(ctx, e.res, h, d.relay())
+		addrs, err := outbound.NextHopAddrs(ctx, e.res, h, d.relay())
 		if err != nil {
 			total++
 			failed++
@@ -437,19 +437,6 @@ func tlsProbe(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "all %d next-hop addresses meet the policy\n", total)
 	return 0
-}
-
-// hostAddrs finds the addresses to connect to as the delivery engine does
-// (Engine.addrs): a literal as is, a configured "localhost" as loopback,
-// any other name through the configured resolver.
-func hostAddrs(ctx context.Context, res dnsutil.Resolver, host string, configured bool) ([]netip.Addr, error) {
-	if a, err := netip.ParseAddr(host); err == nil {
-		return []netip.Addr{a}, nil
-	}
-	if host == "localhost" && configured {
-		return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
-	}
-	return res.LookupHost(ctx, host)
 }
 
 // policyRoots are the roots verify and secure check chains against, made
