@@ -25,6 +25,7 @@ import (
 // with authenticated set for a validated denial.
 type DNSSECResolver interface {
 	LookupSecure(ctx context.Context, name string, qtype uint16) (rrs []dns.RR, authenticated bool, err error)
+	LookupTLSA(ctx context.Context, name string) (recs []*dns.TLSA, authenticated bool, err error)
 }
 
 var _ DNSSECResolver = (*dnsutil.Client)(nil)
@@ -94,8 +95,6 @@ func (e *RuleError) Unwrap() error { return e.Err }
 type rule struct {
 	Rule
 	index int
-	kind  matchKind
-	name  string
 	pins  [][sha256.Size]byte
 	names []string // Names, lower case
 }
@@ -134,7 +133,7 @@ func New(o Options) (*Decider, error) {
 		if prev := d.rules[kind][name]; prev != nil {
 			return nil, &RuleError{Index: i, Match: r.Match, Err: fmt.Errorf("same match as rule %d", prev.index+1)}
 		}
-		cr := &rule{Rule: r, index: i, kind: kind, name: name}
+		cr := &rule{Rule: r, index: i}
 		for _, f := range r.Fingerprints {
 			fp, _ := ParseFingerprint(f) // Validate parsed it
 			cr.pins = append(cr.pins, fp)
@@ -241,10 +240,11 @@ type Policy struct {
 	secureMX map[string]bool
 	mxErr    error // temporary failure of the DNSSEC MX lookup, when tolerated
 
-	mu           sync.Mutex
-	stsFresh     bool // STS was fetched by this Decide
-	stsRefreshed bool
-	stsNew       *STSPolicy // fetched again by ForMX
+	mu sync.Mutex
+	// stsFetched: the policy was fetched by this Decide or fetched again
+	// by ForMX; it is not fetched once more.
+	stsFetched bool
+	stsNew     *STSPolicy // fetched again by ForMX
 }
 
 // Decide returns the policy for mail to domain (the recipient domain).
@@ -336,7 +336,7 @@ func (d *Decider) decide(ctx context.Context, domain string, requireTLS, tlsRequ
 	case !d.o.MTASTS:
 		ex.add("MTA-STS: disabled")
 	case auto || requireTLS:
-		p.STS, p.stsFresh = d.discoverSTS(ctx, dom, ex)
+		p.STS, p.stsFetched = d.discoverSTS(ctx, dom, ex)
 	default:
 		ex.add("MTA-STS: not consulted (%s)", notConsulted(r, p))
 	}

@@ -242,7 +242,7 @@ func (p *Policy) tlsa(ctx context.Context, host string, viaMX bool) (daneState, 
 		return daneNotApplicable, nil, "address records of " + host + " are not DNSSEC-validated", nil
 	}
 	name := "_25._tcp." + host
-	rrs, ad, err := sec.LookupSecure(ctx, name, dns.TypeTLSA)
+	all, ad, err := sec.LookupTLSA(ctx, name)
 	switch {
 	case err != nil && dnsutil.IsPermanent(err):
 		v := "denial not validated"
@@ -254,12 +254,6 @@ func (p *Policy) tlsa(ctx context.Context, host string, viaMX bool) (daneState, 
 		return 0, nil, fmt.Sprintf("TLSA lookup at %s failed: %v", name, err), err
 	case !ad:
 		return daneNotApplicable, nil, fmt.Sprintf("TLSA records at %s are not DNSSEC-validated (no AD bit): ignored", name), nil
-	}
-	var all []*dns.TLSA
-	for _, rr := range rrs {
-		if t, ok := rr.(*dns.TLSA); ok {
-			all = append(all, t)
-		}
 	}
 	usable := usableTLSA(all)
 	if len(usable) == 0 {
@@ -324,10 +318,10 @@ func (p *Policy) currentSTS() *STSPolicy {
 func (p *Policy) refreshSTS(ctx context.Context, ex *explainer) *STSPolicy {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.stsFresh || p.stsRefreshed {
+	if p.stsFetched {
 		return p.stsNew
 	}
-	p.stsRefreshed = true
+	p.stsFetched = true
 	np, err := p.d.fetchShared(ctx, p.Domain)
 	if err != nil {
 		ex.add("  MTA-STS: MX not listed; fetching the policy again failed: %v", err)

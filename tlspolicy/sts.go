@@ -95,7 +95,7 @@ func ParseSTSPolicy(body string) (*STSPolicy, error) {
 		}
 		key = strings.ToLower(strings.TrimSpace(key))
 		val = strings.Trim(val, " \t")
-		if !validFieldName(key) {
+		if !validExtName(key) {
 			return nil, fmt.Errorf("mta-sts policy line %d: invalid field name %q", n+1, key)
 		}
 		switch key {
@@ -150,21 +150,6 @@ func ParseSTSPolicy(body string) (*STSPolicy, error) {
 	return p, nil
 }
 
-// validFieldName follows sts-policy-ext-name: a letter or digit, then up
-// to 31 letters, digits, '_', '-' or '.'.
-func validFieldName(s string) bool {
-	if s == "" || len(s) > 32 {
-		return false
-	}
-	for i, c := range []byte(s) {
-		alnum := 'a' <= c && c <= 'z' || '0' <= c && c <= '9'
-		if !alnum && (i == 0 || c != '_' && c != '-' && c != '.') {
-			return false
-		}
-	}
-	return true
-}
-
 // ParseSTSRecord parses one _mta-sts TXT record (RFC 8461 §3.1) and returns
 // its id. The record must start with "v=STSv1" and carry exactly one id of
 // 1 to 32 letters and digits; extension fields are checked for syntax and
@@ -205,6 +190,9 @@ func ParseSTSRecord(txt string) (id string, err error) {
 	return id, nil
 }
 
+// validExtName follows sts-ext-name and sts-policy-ext-name (RFC 8461
+// §3.1, §3.2), which are the same: a letter or digit, then up to 31
+// letters, digits, '_', '-' or '.'.
 func validExtName(s string) bool {
 	if s == "" || len(s) > 32 {
 		return false
