@@ -125,6 +125,10 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		return s.edge(&smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 10},
 			Message: "REQUIRETLS needs an encrypted session; use STARTTLS first"}, "mail")
 	}
+	// A new transaction: the role's state of an earlier one that ended
+	// with a refused MAIL (go-smtp calls no Reset then) must not carry
+	// over, e.g. that sender's SPF verdict into this message's header.
+	s.st.Txn = nil
 	canon, err := s.srv.opts.Role.Mail(&s.st, from, opts)
 	if err != nil {
 		return s.edge(err, "mail")

@@ -384,3 +384,34 @@ func TestBDAT(t *testing.T) {
 		t.Errorf("spool holds %v, want only the first message", ids)
 	}
 }
+
+// txnRole keeps per-transaction state in State.Txn, as the inbound role's
+// content stage does, and refuses MAIL from "refuse@…".
+type txnRole struct {
+	smtpd.Role
+	seen []any // State.Txn as each MAIL found it
+}
+
+func (r *txnRole) Mail(st *smtpd.State, from string, o *smtp.MailOptions) (string, error) {
+	r.seen = append(r.seen, st.Txn)
+	st.Txn = "verdict for " + from
+	if strings.HasPrefix(from, "refuse@") {
+		return "", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "refused"}
+	}
+	return r.Role.Mail(st, from, o)
+}
+
+// A refused MAIL FROM ends its transaction too: the role's state for it
+// (an SPF verdict, say) must not carry over into the next MAIL.
+func TestRefusedMailDoesNotLeakTxnState(t *testing.T) {
+	role := &txnRole{Role: ours()}
+	h := start(t, role, nil)
+	c := dial(t, h.addr)
+	c.expect("EHLO client.example.org", 250, "")
+	c.expect("MAIL FROM:<refuse@example.org>", 550, "5.7.1")
+	c.expect("MAIL FROM:<next@example.org>", 250, "2.0.0")
+	c.expect("QUIT", 221, "")
+	if len(role.seen) != 2 || role.seen[1] != nil {
+		t.Errorf("State.Txn at the second MAIL: %v, want nil (fresh transaction)", role.seen)
+	}
+}
