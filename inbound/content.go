@@ -110,8 +110,7 @@ func (r *Role) splitPolicy(st *smtpd.State, domain string) error {
 		t.policy = p
 	case t.policy != p && (c.scans(p) || c.scans(t.policy)):
 		r.count.inc("content_policy_split")
-		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
-			Message: "recipients of " + domain + " are scanned differently from the recipients already accepted; send to them in a separate transaction"}
+		return smtputil.Reply(452, 4, 5, 3, "recipients of %s are scanned differently from the recipients already accepted; send to them in a separate transaction", domain)
 	}
 	return nil
 }
@@ -186,12 +185,13 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 			r.count.inc("content_rcpt_deleted")
 			st.Log.Warn("milter asked to delete recipients; refusing the whole message rather than losing them",
 				"queue_id", msg.QueueID, "deleted", strings.Join(del, ","))
-			text := "the content filter wants to refuse delivery to some recipients (" + strings.Join(del, ", ") +
-				"); the message is refused for all, so that none is silently dropped; send it to the others alone"
+			// smtputil.Reply: the addresses are the milter's, and must
+			// neither break the reply into lines nor overrun 512 octets.
+			const text = "the content filter wants to refuse delivery to some recipients (%s); the message is refused for all, so that none is silently dropped; send it to the others alone"
 			if c.RecipientDeletion == "tempfail" {
-				return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: text}
+				return smtputil.Reply(451, 4, 7, 1, text, strings.Join(del, ", "))
 			}
-			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: text}
+			return smtputil.Reply(550, 5, 7, 1, text, strings.Join(del, ", "))
 		}
 		for _, a := range res.RecipientsAdded() {
 			addr, err := smtputil.ParseAddress(strings.Trim(a, "<>"))
@@ -273,8 +273,7 @@ func (r *Role) contentFailed(msg *smtpd.Message, what string, err error) error {
 	if r.log != nil {
 		r.log.Error("content stage failed", "queue_id", msg.QueueID, "stage", what, "error", err)
 	}
-	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
-		Message: "local error while checking the message (" + what + "); try again later"}
+	return smtputil.Reply(451, 4, 3, 0, "local error while checking the message (%s); try again later", what)
 }
 
 // milterReply is the milter's own reply (code, enhanced code and text), as

@@ -1,10 +1,6 @@
 package inbound
 
-import (
-	"github.com/emersion/go-smtp"
-
-	"securerelay/smtputil"
-)
+import "securerelay/smtputil"
 
 // TLSFrom is one partner whose mail must arrive over TLS (Postfix's
 // reject_plaintext_session in a restriction class; PMG's "inbound TLS
@@ -44,12 +40,11 @@ func (r *Role) plaintextPartner(tlsActive bool, domain string) error {
 	if r.log != nil {
 		r.log.Info("inbound check refused", "check", "plaintext_partner", "action", rule.Action, "domain", domain, "rule", rule.Rule)
 	}
-	text := "mail from " + domain + " must arrive over TLS (this site's TLS policy for " + rule.Match +
-		"); your server must use STARTTLS before MAIL FROM"
+	const text = "mail from %s must arrive over TLS (this site's TLS policy for %s); your server must use STARTTLS before MAIL FROM"
 	if rule.Action == "reject" {
-		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: text}
+		return smtputil.Reply(530, 5, 7, 0, text, domain, rule.Match)
 	}
-	return &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: text + "; try again with TLS"}
+	return smtputil.Reply(450, 4, 7, 0, text+"; try again with TLS", domain, rule.Match)
 }
 
 // SetTLSFrom replaces the partner rules (SIGHUP).

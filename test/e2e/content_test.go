@@ -333,6 +333,13 @@ func TestMilterModifications(t *testing.T) {
 		switch msg.Subject {
 		case "delete carol":
 			err = mod.DeleteRecipient("carol@example.test")
+		case "delete odd":
+			// What a milter names goes into our reply: a line break or
+			// many long names must not split it or overrun 512 octets.
+			err = mod.DeleteRecipient("carol@example.test\n250 2.0.0 forged")
+			for i := 0; err == nil && i < 20; i++ {
+				err = mod.DeleteRecipient(fmt.Sprintf("%s%d@example.test", strings.Repeat("x", 50), i))
+			}
 		case "add":
 			if err = mod.AddHeader("X-Test-Milter", "added by the test milter"); err == nil {
 				err = mod.AddRecipient("dave@example.test", "")
@@ -390,6 +397,10 @@ func TestMilterModifications(t *testing.T) {
 		res = send(t, mx, from, rcpts, msgFor("delete carol"))
 		if !strings.HasPrefix(res.Data, "451 4.7.1 ") || !strings.Contains(res.Data, "carol@example.test") {
 			t.Errorf("after reload: reply %q, want 451 4.7.1 naming carol@example.test", res.Data)
+		}
+		res = send(t, mx, from, rcpts, msgFor("delete odd"))
+		if !strings.HasPrefix(res.Data, "451 4.7.1 ") || strings.Contains(res.Data, "\n") || len(res.Data) > 510 {
+			t.Errorf("odd deletions: reply %q (%d octets), want one 451 4.7.1 line within 510 octets", res.Data, len(res.Data))
 		}
 	})
 
