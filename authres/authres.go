@@ -139,11 +139,9 @@ func (c *Checker) Check(ctx context.Context, ip netip.Addr, helo, mailFrom strin
 	if err != nil {
 		return nil, fmt.Errorf("authres: reading message header: %w", err)
 	}
-	// The header is in memory already; counting here spares the caller a
+	// The header is parsed already; counting here spares the caller a
 	// second read of it just to learn whether stripping is needed.
-	if v.Forged, err = StripForged(io.Discard, bytes.NewReader(raw), c.o.AuthServID); err != nil {
-		return nil, err
-	}
+	v.Forged = countForged(fields, c.o.AuthServID)
 	if !complete {
 		// A message that is all header has an empty body; the DKIM
 		// verifier wants the separator line regardless.

@@ -279,7 +279,6 @@ func fromDomains(fields []string) ([]string, string) {
 	if len(values) == 0 {
 		return nil, "no From field"
 	}
-	p := mail.AddressParser{WordDecoder: &mime.WordDecoder{CharsetReader: anyCharset}}
 	seen := map[string]bool{}
 	var out []string
 	add := func(addr string) {
@@ -304,7 +303,7 @@ func fromDomains(fields []string) ([]string, string) {
 		}
 	}
 	for _, v := range values {
-		list, err := p.ParseList(v)
+		list, err := fromParser.ParseList(v)
 		if err != nil {
 			for _, a := range looseAddresses(v) {
 				add(a)
@@ -320,6 +319,9 @@ func fromDomains(fields []string) ([]string, string) {
 	}
 	return out, ""
 }
+
+// fromParser reads From fields; see anyCharset.
+var fromParser = mail.AddressParser{WordDecoder: &mime.WordDecoder{CharsetReader: anyCharset}}
 
 // anyCharset passes encoded-word text through undecoded: only the
 // address matters here, and an unknown charset in a display name must
