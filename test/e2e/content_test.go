@@ -478,12 +478,12 @@ func TestMilterModifications(t *testing.T) {
 	msgs := noMoreMessages(t, down, delivered)
 	for _, got := range msgs {
 		switch s := headerValue(got.Data, "Subject"); s {
-		case "delete carol", "discard", "quarantine", "own tempfail", "add outside":
+		case "delete carol", "delete odd", "discard", "quarantine", "own tempfail", "add outside":
 			t.Errorf("a refused message (%q) was delivered to %q", s, got.To)
 		}
 	}
-	if n := len(m.Messages()); n != 10 {
-		t.Errorf("the milter saw %d messages, want 10", n)
+	if n := len(m.Messages()); n != 11 {
+		t.Errorf("the milter saw %d messages, want 11", n)
 	}
 	if strings.Contains(r.log.String(), "victim@outside.example") && !strings.Contains(r.log.String(), "not relaying for a content filter") {
 		t.Errorf("the outside recipient appears in the log without the refusal")
