@@ -200,7 +200,7 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 			}
 			// The MX relays for nobody, its milters included: an added
 			// recipient passes the same domain and routing checks as RCPT.
-			if addr.IsIPLiteral() || !(*r.domains.Load())[addr.Domain] || smtputil.RoutingTrick(addr) != "" {
+			if _, refusal := r.notOurs(addr); refusal != nil {
 				return r.contentFailed(msg, "a milter's added recipient", fmt.Errorf("%s is not in a domain this server accepts mail for; not relaying for a content filter", addr))
 			}
 			st.Log.Info("milter added a recipient", "queue_id", msg.QueueID, "rcpt", addr.String())

@@ -138,6 +138,20 @@ func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, 
 	return a.String(), nil
 }
 
+// notOurs refuses a recipient this server must not take mail for: an IP
+// literal or a domain not ours (it would relay), or a local part that a
+// downstream MTA could read as a route elsewhere. check names the
+// counter. Rcpt and the recipients a milter adds both pass it.
+func (r *Role) notOurs(a smtputil.Address) (check string, refusal error) {
+	if a.IsIPLiteral() || !(*r.domains.Load())[a.Domain] {
+		return "relay", smtputil.RelayDenied(a.Domain)
+	}
+	if why := smtputil.RoutingTrick(a); why != "" {
+		return "routing_trick", smtputil.RoutingTrickReply(why)
+	}
+	return "", nil
+}
+
 // Rcpt implements smtpd.Role: only our domains, no local part that a
 // downstream MTA could read as a route elsewhere, and a recipient that
 // exists when the domain lists its recipients.
@@ -165,13 +179,9 @@ func (r *Role) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, er
 	if err != nil {
 		return "", smtputil.AddressReply(err, false)
 	}
-	if a.IsIPLiteral() || !(*r.domains.Load())[a.Domain] {
-		r.count.inc("relay")
-		return "", smtputil.RelayDenied(a.Domain)
-	}
-	if why := smtputil.RoutingTrick(a); why != "" {
-		r.count.inc("routing_trick")
-		return "", smtputil.RoutingTrickReply(why)
+	if check, refusal := r.notOurs(a); refusal != nil {
+		r.count.inc(check)
+		return "", refusal
 	}
 	if set := (*r.recipients.Load())[a.Domain]; set != nil {
 		if !set.Has(a) {
