@@ -182,6 +182,10 @@ func New(o Options) (*Decider, error) {
 	return d, nil
 }
 
+// RootCAs are the roots verify and secure check chains against (nil: the
+// system's), for tools that report a chain apart from the verdict.
+func (d *Decider) RootCAs() *x509.CertPool { return d.o.RootCAs }
+
 // HasDomainRule reports whether a rule matches domain as a recipient
 // domain (not a host rule): mail for it routed through a relay must be
 // decided for that domain, not together with other domains.

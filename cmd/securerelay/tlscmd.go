@@ -371,10 +371,12 @@ func tlsProbe(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	roots, rootsDesc, err := policyRoots(e.cfg)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
+	// The roots tlsDecider built (ca_file read once): the probe reports
+	// the chain apart from the name, so that "untrusted" and "wrong name"
+	// are told apart; the verdict itself is Evaluate's.
+	roots, rootsDesc := e.dec.RootCAs(), "the system's roots"
+	if f := e.cfg.Outbound.TLS.CAFile; f != "" {
+		rootsDesc += " and " + f
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), lookupBudget)
 	defer cancel()
@@ -437,22 +439,6 @@ func tlsProbe(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "all %d next-hop addresses meet the policy\n", total)
 	return 0
-}
-
-// policyRoots are the roots verify and secure check chains against, made
-// as tlsDecider makes them: the system's, plus outbound.tls.ca_file. The
-// probe reports the chain apart from the name, so that "untrusted" and
-// "wrong name" are told apart; the verdict itself is Evaluate's.
-func policyRoots(cfg *config.Config) (*x509.CertPool, string, error) {
-	f := cfg.Outbound.TLS.CAFile
-	if f == "" {
-		return nil, "the system's roots", nil
-	}
-	pool, err := caPool(f)
-	if err != nil {
-		return nil, "", fmt.Errorf("outbound.tls.ca_file: %w", err)
-	}
-	return pool, "the system's roots and " + f, nil
 }
 
 type probeReport struct {
