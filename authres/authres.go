@@ -11,6 +11,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"securerelay/dkim"
 	"securerelay/dnsutil"
 	"securerelay/smtputil"
 )
@@ -135,7 +136,7 @@ func (c *Checker) Check(ctx context.Context, ip netip.Addr, helo, mailFrom strin
 	}
 
 	br := bufio.NewReaderSize(msg, 16<<10)
-	raw, fields, complete, err := readHeader(br)
+	raw, fields, complete, err := readHeader(br, dkim.MaxHeaderBytes)
 	if err != nil {
 		return nil, fmt.Errorf("authres: reading message header: %w", err)
 	}

@@ -2,9 +2,12 @@ package authres
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
+
+	"securerelay/dkim"
 )
 
 // The From domain of these messages has p=reject (example.com); SPF is
@@ -217,6 +220,33 @@ func TestCheckReadError(t *testing.T) {
 	_, err = c.Check(context.Background(), addr(ipIn), testHelo, dkimBounce, nil, &failingReader{data: msg, n: 20})
 	if err == nil {
 		t.Fatal("no error while reading the header")
+	}
+}
+
+// TestCheckHeaderBound: the header is held in memory, so more than
+// dkim.MaxHeaderBytes of it (in many fields, or in one long line) is an
+// error the caller can tell apart; a header just within the bound is
+// checked as usual.
+func TestCheckHeaderBound(t *testing.T) {
+	c, _ := newTestChecker(t, nil)
+	body := "\r\nbody\r\n"
+	fill := func(n int, oneLine bool) string {
+		if oneLine {
+			return "X-Fill: " + strings.Repeat("a", n) + "\r\n"
+		}
+		line := "X-Fill: " + strings.Repeat("a", 90) + "\r\n"
+		return strings.Repeat(line, n/len(line)+1)
+	}
+	for _, oneLine := range []bool{false, true} {
+		msg := "From: " + dkimFrom + "\r\n" + fill(dkim.MaxHeaderBytes, oneLine) + body
+		_, err := c.Check(context.Background(), addr(ipIn), testHelo, dkimBounce, nil, strings.NewReader(msg))
+		if !errors.Is(err, dkim.ErrHeaderTooLarge) {
+			t.Errorf("header over the bound (one line %v): err %v, want dkim.ErrHeaderTooLarge", oneLine, err)
+		}
+	}
+	msg := "From: " + dkimFrom + "\r\n" + fill(dkim.MaxHeaderBytes-200_000, false) + body
+	if v, err := c.Check(context.Background(), addr(ipIn), testHelo, dkimBounce, nil, strings.NewReader(msg)); err != nil || len(v.DMARC) != 1 || v.Header == "" {
+		t.Errorf("header within the bound: %+v, %v", v, err)
 	}
 }
 

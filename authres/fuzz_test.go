@@ -22,7 +22,7 @@ func FuzzStripForged(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		raw, fields, complete, err := readHeader(bufio.NewReader(bytes.NewReader(in)))
+		raw, fields, complete, err := readHeader(bufio.NewReader(bytes.NewReader(in)), len(in)+1)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,10 +3,13 @@ package authres
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
+	"math"
 	"strings"
 	"unicode/utf8"
 
+	"securerelay/dkim"
 	"securerelay/smtputil"
 )
 
@@ -17,9 +20,16 @@ import (
 // line starting with SP or HTAB continues the previous field), so that
 // the n-th DKIM-Signature here is the n-th the verifier sees. complete
 // is false when the input ended before an empty line.
-func readHeader(br *bufio.Reader) (raw []byte, fields []string, complete bool, err error) {
+//
+// More than max bytes without the end of the header is an error that
+// wraps dkim.ErrHeaderTooLarge: the header is held in memory (twice), and
+// a message is up to max_message_size.
+func readHeader(br *bufio.Reader, max int) (raw []byte, fields []string, complete bool, err error) {
 	for {
-		line, err := readLine(br)
+		line, err := readLine(br, max-len(raw))
+		if errors.Is(err, errLineTooLong) {
+			return nil, nil, false, fmt.Errorf("%w (%d bytes)", dkim.ErrHeaderTooLarge, max)
+		}
 		raw = append(raw, line...)
 		if errors.Is(err, io.EOF) {
 			if len(line) > 0 {
@@ -46,10 +56,16 @@ func addLine(fields []string, l []byte) []string {
 	return append(fields, string(l))
 }
 
+// errLineTooLong: readLine's limit was reached before the line ended.
+var errLineTooLong = errors.New("line too long")
+
 // readLine returns the next line including its LF, or what remains
-// before EOF (with io.EOF).
-func readLine(br *bufio.Reader) ([]byte, error) {
+// before EOF (with io.EOF); more than limit bytes is errLineTooLong.
+func readLine(br *bufio.Reader, limit int) ([]byte, error) {
 	line, err := br.ReadSlice('\n')
+	if len(line) > limit {
+		return nil, errLineTooLong
+	}
 	if err == nil || (!errors.Is(err, bufio.ErrBufferFull)) {
 		// ReadSlice's buffer is reused by the next read: copy.
 		return append([]byte(nil), line...), err
@@ -57,6 +73,9 @@ func readLine(br *bufio.Reader) ([]byte, error) {
 	buf := append([]byte(nil), line...)
 	for errors.Is(err, bufio.ErrBufferFull) {
 		line, err = br.ReadSlice('\n')
+		if len(buf)+len(line) > limit {
+			return nil, errLineTooLong
+		}
 		buf = append(buf, line...)
 	}
 	return buf, err
@@ -113,7 +132,10 @@ func StripForged(w io.Writer, r io.Reader, authServID string) (removed int, err 
 		return nil
 	}
 	for {
-		line, rerr := readLine(br)
+		// No limit here: a field is held while it is read, but the
+		// content stage strips only messages whose header Check read
+		// within its bound.
+		line, rerr := readLine(br, math.MaxInt)
 		if rerr != nil && !errors.Is(rerr, io.EOF) {
 			return removed, rerr
 		}

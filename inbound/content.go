@@ -3,6 +3,7 @@ package inbound
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"securerelay/authres"
+	"securerelay/dkim"
 	"securerelay/milter"
 	"securerelay/smtpd"
 	"securerelay/smtputil"
@@ -148,6 +150,13 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 		}
 		v, err := c.Auth.Check(ctx, st.RemoteIP, st.Helo, st.From, t.spf, src)
 		closeReader(src)
+		if errors.Is(err, dkim.ErrHeaderTooLarge) {
+			// Checked headers are held in memory; no retry will shrink
+			// one, so the refusal is permanent (as too big a message).
+			r.count.inc("header_too_large")
+			st.Log.Info("inbound check refused", "check", "header_too_large", "queue_id", msg.QueueID)
+			return smtputil.Reply(552, 5, 3, 4, "message header is larger than %d bytes; shorten the header (a runaway Received: or X- field?)", dkim.MaxHeaderBytes)
+		}
 		if err != nil {
 			return r.contentFailed(msg, "SPF/DKIM/DMARC", err)
 		}

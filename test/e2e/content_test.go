@@ -615,6 +615,19 @@ _dmarc.reject.test.        TXT "v=DMARC1; p=reject"
 		r.WaitLog(0, 5*time.Second, "inbound check refused", "check=auth")
 	})
 
+	t.Run("header too large", func(t *testing.T) {
+		// The checked header is held in memory: past 1 MiB the message is
+		// refused for good (552 5.3.4), never buffered up to the 50 MB
+		// message limit, twice.
+		fill := strings.Repeat("X-Fill: "+strings.Repeat("a", 90)+"\r\n", 12000)
+		msg := "From: alice@auth.test\r\nTo: " + rcpt + "\r\nSubject: big header\r\n" + fill + "\r\nbody\r\n"
+		res := send(t, mx, "alice@auth.test", []string{rcpt}, msg)
+		if !strings.HasPrefix(res.Data, "552 5.3.4 ") {
+			t.Errorf("reply %q, want 552 5.3.4", res.Data)
+		}
+		r.WaitLog(0, 5*time.Second, "inbound check refused", "check=header_too_large")
+	})
+
 	t.Run("forged", func(t *testing.T) {
 		msg := milterpeers.Message("alice@auth.test", rcpt, "forged results", []string{
 			"Authentication-Results: mx.e2e.test; dkim=pass header.d=auth.test",
