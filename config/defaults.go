@@ -26,7 +26,30 @@ const (
 	DefaultStartTLS                     = "opportunistic"
 	DefaultQueueMaxAge                  = Duration(5 * day)
 	DefaultQueueWorkers                 = 100
+	DefaultKeyCacheTTL                  = Duration(24 * time.Hour)
+	DefaultKeyNegativeCacheTTL          = Duration(time.Hour)
+	DefaultEncryptedSubject             = "..."
 )
+
+// KeySources are the OpenPGP key sources in their default order of trust:
+// keys the admin pinned, then the admin's keyring, then what the
+// recipient's domain publishes.
+var KeySources = []string{"pinned", "keyring", "wkd", "openpgpkey"}
+
+// DefaultKeySources is KeySources without the sources that en leaves off.
+func DefaultKeySources(en *Encryption) []string {
+	var out []string
+	for _, s := range KeySources {
+		switch {
+		case s == "keyring" && en.Keyring == "",
+			s == "wkd" && en.WKD != nil && !*en.WKD,
+			s == "openpgpkey" && !en.OpenPGPKey:
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
 
 // defaultLimits are the global limits when the file sets none.
 var defaultLimits = Limits{
@@ -172,9 +195,32 @@ func (l *loader) applyDefaults(c *Config) {
 	if o.TLS.TLSRequiredNo == "" {
 		o.TLS.TLSRequiredNo = "ignore"
 	}
+	en := &o.Encryption
+	if en.WKD == nil {
+		t := true
+		en.WKD = &t
+	}
+	if en.CacheTTL == 0 {
+		en.CacheTTL = DefaultKeyCacheTTL
+	}
+	if en.NegativeCacheTTL == 0 {
+		en.NegativeCacheTTL = DefaultKeyNegativeCacheTTL
+	}
 	for i := range o.TLS.Policies {
-		if o.TLS.Policies[i].Inbound == "" {
-			o.TLS.Policies[i].Inbound = "off"
+		r := &o.TLS.Policies[i]
+		if r.Inbound == "" {
+			r.Inbound = "off"
+		}
+		if r.Encrypt == "always" && r.WithoutKey == "" {
+			r.WithoutKey = "refuse"
+		}
+		if r.Encrypt == "always" || r.Fallback == "encrypt" {
+			if r.EncryptedSubject == "" {
+				r.EncryptedSubject = DefaultEncryptedSubject
+			}
+			if len(r.KeySources) == 0 {
+				r.KeySources = DefaultKeySources(en)
+			}
 		}
 	}
 	if o.DKIM.Canonicalization == "" {
