@@ -26,9 +26,15 @@ const (
 	DefaultStartTLS                     = "opportunistic"
 	DefaultQueueMaxAge                  = Duration(5 * day)
 	DefaultQueueWorkers                 = 100
-	DefaultKeyCacheTTL                  = Duration(24 * time.Hour)
-	DefaultKeyNegativeCacheTTL          = Duration(time.Hour)
-	DefaultEncryptedSubject             = "..."
+	// Held mail is what nobody could be told about; a month covers an
+	// admin's holiday, and 1GB is 20 messages of the default maximum
+	// size, thousands of ordinary ones, and a small part of any disk.
+	DefaultQueueHoldMaxAge       = Duration(30 * day)
+	DefaultQueueHoldMaxSize      = Size(1000 * 1000 * 1000)
+	DefaultQueueQuarantineMaxAge = Duration(30 * day)
+	DefaultKeyCacheTTL           = Duration(24 * time.Hour)
+	DefaultKeyNegativeCacheTTL   = Duration(time.Hour)
+	DefaultEncryptedSubject      = "..."
 )
 
 // KeySources are the OpenPGP key sources in their default order of trust:
@@ -282,6 +288,15 @@ func (l *loader) applyDefaults(c *Config) {
 	}
 	if q.Workers == 0 {
 		q.Workers = DefaultQueueWorkers
+	}
+	if q.HoldMaxAge == 0 {
+		q.HoldMaxAge = DefaultQueueHoldMaxAge
+	}
+	if q.HoldMaxSize == 0 {
+		q.HoldMaxSize = DefaultQueueHoldMaxSize
+	}
+	if q.QuarantineMaxAge == 0 {
+		q.QuarantineMaxAge = DefaultQueueQuarantineMaxAge
 	}
 }
 

@@ -105,6 +105,8 @@ func Parse(name string, data []byte, baseDir string) (*Config, error) {
 	cfg.Path = name
 	cfg.idx = l.idx
 	cfg.domainKeys = l.domainKey
+	l.warns.sortByLine()
+	cfg.warnings = l.warns
 	return cfg, nil
 }
 
@@ -129,6 +131,18 @@ type loader struct {
 	// hostnameFromOS: hostname was not in the file; a bad value is then the
 	// machine's fault and the message must say where it came from.
 	hostnameFromOS bool
+	// warns: problems that do not stop the relay (warnf).
+	warns Errors
+}
+
+// warnf records something that works but that an admin should know about;
+// check-config and serve print it, FILE:LINE: key: as errors.
+func (l *loader) warnf(key, format string, args ...any) {
+	if l.failed(key) {
+		return
+	}
+	key = l.filePath(key)
+	l.warns = append(l.warns, &Error{File: l.file, Line: l.idx.line(key), Key: key, Msg: fmt.Sprintf(format, args...)})
 }
 
 // errorf records a semantic problem at key, unless the key's value already

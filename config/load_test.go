@@ -147,6 +147,9 @@ outbound:
 			},
 			MaxAge:  Duration(5 * 24 * time.Hour),
 			Workers: 100,
+
+			HoldMaxAge: Duration(30 * 24 * time.Hour), HoldMaxSize: 1000 * 1000 * 1000,
+			QuarantineMaxAge: Duration(30 * 24 * time.Hour),
 		},
 	}
 	got := *cfg

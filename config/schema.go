@@ -39,7 +39,12 @@ type Config struct {
 
 	idx        *index
 	domainKeys map[string]string
+	warnings   Errors
 }
+
+// Warnings are the problems found while loading that do not stop the
+// relay, each as FILE:LINE: key: what; check-config and serve print them.
+func (c *Config) Warnings() Errors { return c.warnings }
 
 // Line returns the line of a key path ("domains.example.com.dkim[0].key")
 // in the file, or 0, so that checks made outside this package (loading
@@ -527,6 +532,17 @@ type Queue struct {
 	MaxAge Duration `yaml:"max_age"`
 	// Workers: deliveries in parallel. Default 100.
 	Workers int `yaml:"workers"`
+	// HoldMaxAge: a message in spool/hold (inbound mail the downstream
+	// refused after our 250, failed null-sender mail: nobody can be told)
+	// is deleted this long after it was held. Default 30d.
+	HoldMaxAge Duration `yaml:"hold_max_age"`
+	// HoldMaxSize: past this many bytes in spool/hold the oldest held
+	// messages are deleted. At least the largest max_message_size.
+	// Default 1GB.
+	HoldMaxSize Size `yaml:"hold_max_size"`
+	// QuarantineMaxAge: a file in spool/quarantine (found damaged or
+	// incomplete at start) is deleted this long after. Default 30d.
+	QuarantineMaxAge Duration `yaml:"quarantine_max_age"`
 }
 
 // Duration is a time.Duration that also accepts a "d" (day) unit: "5d", "1h30m".

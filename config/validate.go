@@ -67,6 +67,62 @@ func (l *loader) validate(c *Config) {
 	}
 	l.positiveDuration("queue.max_age", c.Queue.MaxAge, "the default, "+DefaultQueueMaxAge.String())
 	l.positiveInt("queue.workers", c.Queue.Workers, "the default, "+strconv.Itoa(DefaultQueueWorkers))
+	l.checkHold(c)
+}
+
+// checkHold checks the spool/hold limits, and warns about what fills
+// spool/hold: a domain that accepts every local part and delivers to a
+// system that can refuse them after our 250.
+func (l *loader) checkHold(c *Config) {
+	q := &c.Queue
+	l.positiveDuration("queue.hold_max_age", q.HoldMaxAge, "the default, "+DefaultQueueHoldMaxAge.String())
+	l.positiveDuration("queue.quarantine_max_age", q.QuarantineMaxAge, "the default, "+DefaultQueueQuarantineMaxAge.String())
+	largest, where := c.Limits.MaxMessageSize, "limits.max_message_size"
+	for i, ln := range c.Listeners {
+		if ln.Limits.MaxMessageSize > largest {
+			largest, where = ln.Limits.MaxMessageSize, fmt.Sprintf("listeners[%d].limits.max_message_size", i)
+		}
+	}
+	switch {
+	case q.HoldMaxSize <= 0:
+		l.errorf("queue.hold_max_size", "must be positive, e.g. 1GB (0 or leaving it out means the default, %s)", DefaultQueueHoldMaxSize)
+	case q.HoldMaxSize < largest:
+		l.errorf("queue.hold_max_size", "%s is less than %s (%s): a held message of that size would be deleted the moment it is held; raise it", q.HoldMaxSize, where, largest)
+	}
+
+	inbound := false
+	for _, ln := range c.Listeners {
+		inbound = inbound || ln.Role == "inbound"
+	}
+	if !inbound {
+		return
+	}
+	names := make([]string, 0, len(c.Domains))
+	for name := range c.Domains {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		d := c.Domains[name]
+		scheme, _, err := ParseDeliverTo(d.DeliverTo)
+		if err != nil || scheme == "maildir" {
+			// A maildir creates the mailbox: nothing is refused later.
+			continue
+		}
+		r := d.Recipients
+		checked := (len(r.List) > 0 || r.File != "" || r.Verify) && c.Inbound.Checks.UnknownRecipient != "off"
+		if checked {
+			continue
+		}
+		key, why, fix := l.domainPath(name)+".recipients", "it has no recipients list, file or verify", "set recipients: {verify: true} or list the recipients"
+		if len(r.List) > 0 || r.File != "" || r.Verify {
+			key, why, fix = "inbound.checks.unknown_recipient", "inbound.checks.unknown_recipient is off", "set inbound.checks.unknown_recipient: reject"
+		}
+		if !l.idx.has(key) {
+			key = l.domainPath(name)
+		}
+		l.warnf(key, "%s accepts every local part (%s): what %s refuses after our 250 cannot be bounced and waits in spool/hold until queue.hold_max_age or queue.hold_max_size deletes it, so mail from outsiders to made-up names pushes out the held mail that matters; %s", name, why, d.DeliverTo, fix)
+	}
 }
 
 func (l *loader) checkHostname(c *Config) {

@@ -120,6 +120,15 @@ type Options struct {
 	// Preallocate keeps this many empty spool files ready (see pool.go);
 	// 0 disables it.
 	Preallocate int
+	// HoldMaxAge: a message in hold/ is removed this long after it was
+	// held; HoldMaxSize: past this many bytes in hold/ the oldest held
+	// messages are removed (see hold.go). QuarantineMaxAge does the same
+	// for quarantine/. PruneInterval: how often hold/ and quarantine/ are
+	// listed again. 0 means the Default* value.
+	HoldMaxAge       time.Duration
+	HoldMaxSize      int64
+	QuarantineMaxAge time.Duration
+	PruneInterval    time.Duration
 }
 
 // Queue is the spool plus its scheduler.
@@ -141,6 +150,10 @@ type Queue struct {
 	// runDone is closed when run has returned: after that no attempt starts.
 	runDone chan struct{}
 	stopped bool
+
+	hold holdIndex
+	// pruneDone is closed when the periodic pruner has returned.
+	pruneDone chan struct{}
 }
 
 type item struct {
@@ -177,6 +190,18 @@ func Open(opts Options) (*Queue, error) {
 	if opts.MaxAge <= 0 {
 		opts.MaxAge = 5 * 24 * time.Hour
 	}
+	if opts.HoldMaxAge <= 0 {
+		opts.HoldMaxAge = DefaultHoldMaxAge
+	}
+	if opts.HoldMaxSize <= 0 {
+		opts.HoldMaxSize = DefaultHoldMaxSize
+	}
+	if opts.QuarantineMaxAge <= 0 {
+		opts.QuarantineMaxAge = DefaultQuarantineMaxAge
+	}
+	if opts.PruneInterval <= 0 {
+		opts.PruneInterval = DefaultPruneInterval
+	}
 	st, err := openStore(opts.Dir)
 	if err != nil {
 		return nil, err
@@ -193,6 +218,15 @@ func Open(opts Options) (*Queue, error) {
 		st.close()
 		return nil, err
 	}
+	// Before anything is delivered, so that a hold/ that filled up while
+	// the relay was down (or under a smaller limit) is brought back under
+	// the limits at once.
+	if err := q.scanHold(); err != nil {
+		st.close()
+		return nil, err
+	}
+	q.pruneHold()
+	q.pruneQuarantine()
 	if opts.Preallocate > 0 {
 		st.pool = newPool(st, opts.Preallocate, opts.Now, opts.Logger)
 	}
@@ -240,7 +274,7 @@ func (q *Queue) recover() error {
 			if err != nil {
 				q.log.Warn("spool file not loadable, moved to quarantine (it was never acknowledged with 250 if incomplete)",
 					"queue_id", name, "error", err)
-				if qerr := q.store.quarantine(dir, name); qerr != nil {
+				if qerr := q.store.quarantine(dir, name, now); qerr != nil {
 					q.log.Error("quarantine failed", "queue_id", name, "error", qerr)
 				}
 				continue
@@ -371,6 +405,8 @@ func (q *Queue) Start() {
 		defer close(q.runDone)
 		q.run()
 	}()
+	q.pruneDone = make(chan struct{})
+	go q.pruner(q.loop, q.pruneDone)
 }
 
 // Kick makes every waiting message due now (tests; `queue flush`).
@@ -397,6 +433,7 @@ func (q *Queue) Stop(ctx context.Context) {
 	// Wait for the scheduler first: until it has returned it may still
 	// start an attempt (running.Add), which must not race running.Wait.
 	<-q.runDone
+	<-q.pruneDone
 	done := make(chan struct{})
 	go func() { q.running.Wait(); close(done) }()
 	select {
@@ -550,13 +587,16 @@ func (q *Queue) attempt(it *item) {
 		delete(q.items, it.id)
 		q.mu.Unlock()
 		if it.held {
-			// Never deleted: whoever accepted it must deliver it, and
-			// nobody can be told it failed. An admin looks at hold/.
-			if err := q.store.hold(it.id); err != nil {
+			// Not deleted now: whoever accepted it must deliver it, and
+			// nobody can be told it failed. An admin looks at hold/,
+			// which keeps it for queue.hold_max_age within
+			// queue.hold_max_size (see hold.go).
+			if err := q.moveToHold(it.id); err != nil {
 				q.log.Error("could not move undeliverable message to spool/hold; it stays in the spool and may be tried again", "queue_id", it.id, "error", err)
 			} else {
 				q.log.Warn("held: message could not be delivered to every recipient and no DSN was possible; kept in spool/hold",
-					"queue_id", it.id, "from", env.From)
+					"queue_id", it.id, "from", env.From, "size", it.st.dataLen)
+				q.pruneHold()
 			}
 			return
 		}

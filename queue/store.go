@@ -498,10 +498,9 @@ func (s *store) remove(id string, sidecar bool) error {
 	return os.Remove(p)
 }
 
-// quarantine moves dir/name (and its sidecar) to quarantine/.
 // hold moves a finished message that could not be delivered to everyone,
-// and could not be reported either, to hold/: never deleted, for the admin
-// (the log names each failed recipient and why).
+// and could not be reported either, to hold/, for the admin (the log names
+// each failed recipient and why); hold.go bounds how long it stays.
 func (s *store) hold(id string) error {
 	src := s.path(id)
 	dst := filepath.Join(s.dir, holdDir, id)
@@ -509,11 +508,19 @@ func (s *store) hold(id string) error {
 	return os.Rename(src, dst)
 }
 
-func (s *store) quarantine(dir, name string) error {
+// quarantine moves dir/name (and its sidecar) to quarantine/.
+// Its modification time becomes now: quarantine_max_age counts from here.
+func (s *store) quarantine(dir, name string, now time.Time) error {
 	src := filepath.Join(dir, name)
 	dst := filepath.Join(s.dir, brokenDir, name)
-	os.Rename(src+statusExt, dst+statusExt)
-	return os.Rename(src, dst)
+	if os.Rename(src+statusExt, dst+statusExt) == nil {
+		os.Chtimes(dst+statusExt, now, now)
+	}
+	if err := os.Rename(src, dst); err != nil {
+		return err
+	}
+	os.Chtimes(dst, now, now)
+	return nil
 }
 
 // Reader returns the data written so far, for content checks before Commit.

@@ -124,6 +124,9 @@ func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
 func load(path string, stderr io.Writer) (*config.Config, int) {
 	cfg, err := config.Load(path)
 	if err == nil {
+		for _, w := range cfg.Warnings() {
+			fmt.Fprintln(stderr, "warning:", w.Error())
+		}
 		// Key files are part of the configuration: a broken one is
 		// reported like any other mistake, with its position.
 		var warnings []string

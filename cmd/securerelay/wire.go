@@ -214,6 +214,11 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		// relay → smtp-sink on the reference machine. 128 empty files
 		// cost nothing but inodes.
 		Preallocate: 128,
+
+		// spool/hold and spool/quarantine are bounded (queue/hold.go).
+		HoldMaxAge:       cfg.Queue.HoldMaxAge.D(),
+		HoldMaxSize:      int64(cfg.Queue.HoldMaxSize),
+		QuarantineMaxAge: cfg.Queue.QuarantineMaxAge.D(),
 	})
 	if err != nil {
 		return err
