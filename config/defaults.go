@@ -26,6 +26,7 @@ const (
 	DefaultStartTLS                     = "opportunistic"
 	DefaultQueueMaxAge                  = Duration(5 * day)
 	DefaultQueueWorkers                 = 100
+	DefaultRouteAuthTLS                 = "verify"
 )
 
 // defaultLimits are the global limits when the file sets none.
@@ -175,6 +176,11 @@ func (l *loader) applyDefaults(c *Config) {
 	for i := range o.TLS.Policies {
 		if o.TLS.Policies[i].Inbound == "" {
 			o.TLS.Policies[i].Inbound = "off"
+		}
+	}
+	for i := range o.Routes {
+		if a := o.Routes[i].Auth; a != nil && a.TLS == "" && !a.AllowInsecureAuth {
+			a.TLS = DefaultRouteAuthTLS
 		}
 	}
 	if o.DKIM.Canonicalization == "" {
