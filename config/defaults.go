@@ -26,7 +26,6 @@ const (
 	DefaultStartTLS                     = "opportunistic"
 	DefaultQueueMaxAge                  = Duration(5 * day)
 	DefaultQueueWorkers                 = 100
-	DefaultRouteAuthTLS                 = "verify"
 )
 
 // defaultLimits are the global limits when the file sets none.
@@ -43,6 +42,11 @@ var defaultLimits = Limits{
 	AutoReplyWindow: Duration(time.Hour),
 	BareLineEndings: "reject",
 }
+
+// DefaultRouteAuthTLS is what a session must prove before route
+// credentials go out (outbound.routes[].auth.tls): the next-hop host,
+// verified.
+const DefaultRouteAuthTLS = "verify"
 
 // DefaultRetry is the retry schedule when the file sets none: quick
 // retries first for greylisting, then spaced out.
