@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// Client.StartTLS (securerelay patch 5): an LMTP client keeps its own
+// Client.StartTLS (a securerelay patch): an LMTP client keeps its own
 // name in the LHLO after STARTTLS, the handshake is done when StartTLS
 // returns, and the extensions are those offered inside TLS.
 func TestClientStartTLSKeepsNameAndLHLO(t *testing.T) {
