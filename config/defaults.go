@@ -72,6 +72,11 @@ var defaultLimits = Limits{
 	BareLineEndings: "reject",
 }
 
+// DefaultRouteAuthTLS is what a session must prove before route
+// credentials go out (outbound.routes[].auth.tls): the next-hop host,
+// verified.
+const DefaultRouteAuthTLS = "verify"
+
 // DefaultRetry is the retry schedule when the file sets none: quick
 // retries first for greylisting, then spaced out.
 func DefaultRetry() []Duration {
@@ -227,6 +232,11 @@ func (l *loader) applyDefaults(c *Config) {
 			if len(r.KeySources) == 0 {
 				r.KeySources = DefaultKeySources(en)
 			}
+		}
+	}
+	for i := range o.Routes {
+		if a := o.Routes[i].Auth; a != nil && a.TLS == "" && !a.AllowInsecureAuth {
+			a.TLS = DefaultRouteAuthTLS
 		}
 	}
 	if o.DKIM.Canonicalization == "" {

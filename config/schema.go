@@ -510,16 +510,25 @@ type Route struct {
 	Match string `yaml:"match"`
 	// NextHop: smtp://host:port or lmtp://host:port.
 	NextHop string `yaml:"next_hop"`
-	// Auth for an ISP smarthost; sent only over TLS unless
+	// Auth for an ISP smarthost; sent only when the next hop offers AUTH
+	// PLAIN inside TLS that auth.tls accepts, or in clear text with
 	// allow_insecure_auth.
 	Auth *RouteAuth `yaml:"auth"`
 }
 
 // RouteAuth are credentials presented to a next hop.
 type RouteAuth struct {
-	Username          string `yaml:"username"`
-	Password          string `yaml:"password"`
-	AllowInsecureAuth bool   `yaml:"allow_insecure_auth"`
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	// TLS is what the session must prove before the credentials are
+	// sent: verify (default: a certificate that chains to a trusted root,
+	// outbound.tls.ca_file included, and names the next-hop host) or
+	// encrypt (any certificate: whoever can redirect the connection can
+	// read the password).
+	TLS string `yaml:"tls"`
+	// AllowInsecureAuth sends them in clear text too (hence over any
+	// session); it cannot be combined with tls. Default false.
+	AllowInsecureAuth bool `yaml:"allow_insecure_auth"`
 }
 
 // Queue configures the spool and the retry schedule.

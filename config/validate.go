@@ -418,6 +418,11 @@ func (l *loader) checkOutbound(c *Config) {
 			if r.Auth.Password == "" {
 				l.errorf(p+".auth.password", "missing; the next hop needs a user name and a password (remove auth: if it needs none)")
 			}
+			if r.Auth.AllowInsecureAuth && r.Auth.TLS != "" {
+				l.errorf(p+".auth.tls", "%q contradicts allow_insecure_auth: true, which sends the credentials over any session, clear text included; remove one of them", r.Auth.TLS)
+			} else if !r.Auth.AllowInsecureAuth {
+				l.oneOf(p+".auth.tls", r.Auth.TLS, "verify", "encrypt")
+			}
 		}
 	}
 

@@ -9,9 +9,11 @@ import (
 	netsmtp "net/smtp"
 	"net/textproto"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	gosmtp "github.com/emersion/go-smtp"
 
 	"securerelay/tlspolicy"
@@ -68,8 +70,18 @@ func (r *reply) fill() {
 // standard library's net/smtp (go-smtp's client cannot send our EHLO name
 // before STARTTLS: it always says "localhost" there, which many MXs
 // penalise), LMTP through go-smtp (net/smtp has no LHLO and no per-recipient
-// DATA replies).
+// DATA replies). Both are secured and checked by the same code (establish).
 type client interface {
+	// extension reports an EHLO/LHLO keyword and its parameters, from
+	// the latest greeting (inside TLS after startTLS).
+	extension(name string) (bool, string)
+	// startTLS upgrades the session and greets again; the handshake is
+	// finished when it returns.
+	startTLS(*tls.Config) error
+	// tlsState is the finished handshake, nil in clear text.
+	tlsState() *tls.ConnectionState
+	// auth authenticates with a SASL mechanism.
+	auth(sasl.Client) error
 	// mail starts a transaction; requireTLS adds REQUIRETLS (RFC 8689),
 	// and a next hop that does not offer it gets nothing.
 	mail(from string, requireTLS bool) error
@@ -82,28 +94,160 @@ type client interface {
 	// abort closes the connection at once, ending a read or write in
 	// progress in another goroutine.
 	abort()
-	tlsInfo() string
+}
+
+// sessionTLS is what a session showed of its security when it was
+// opened: enough to check it again, without asking the server, against
+// the host policy of every later transaction that would reuse it.
+type sessionTLS struct {
+	offered bool                 // STARTTLS in the first EHLO/LHLO
+	cs      *tls.ConnectionState // the finished handshake; nil in clear text
+	// clearByFallback: in clear text because the handshake failed and the
+	// level let delivery go on without TLS (may); a new session would not
+	// do better, so reusing this one loses nothing.
+	clearByFallback bool
+	requireTLS      bool   // REQUIRETLS advertised inside TLS
+	info            string // "TLS1.3 TLS_AES_128_GCM_SHA256"; "" in clear text
+}
+
+// establish secures a greeted session as hp asks and checks it before
+// anything else is sent: STARTTLS when offered (tlsCfg nil: not at all),
+// the session against hp, REQUIRETLS, then the route's credentials (auth,
+// may be nil). A session that does not meet hp fails with a
+// *tlsPolicyError, one that may not carry the credentials with a
+// *credentialsError; either way it is closed, and no byte of a message
+// reaches that server. tlsFailed reports a failed handshake, so that the
+// caller can retry in clear where the level allows it (may), as Postfix
+// does. outcome is the check, for the log and the queue entry.
+func establish(cl client, hp *tlspolicy.HostPolicy, tlsCfg *tls.Config, auth *RouteAuth) (st sessionTLS, outcome string, tlsFailed bool, err error) {
+	st.offered, _ = cl.extension("STARTTLS")
+	if st.offered && tlsCfg != nil {
+		if herr := cl.startTLS(tlsCfg); herr != nil {
+			cl.abort()
+			out := hp.Evaluate(st.offered, nil, herr)
+			if out.Failure != nil {
+				return st, out.String(), true, &tlsPolicyError{f: out.Failure, outcome: out.String()}
+			}
+			return st, out.String(), true, fmt.Errorf("STARTTLS: %w", herr)
+		}
+		st.cs = cl.tlsState()
+	}
+	out := hp.Evaluate(st.offered, st.cs, nil)
+	st.info, outcome = out.TLS, out.String()
+	if out.Failure != nil {
+		cl.abort()
+		return st, outcome, false, &tlsPolicyError{f: out.Failure, outcome: outcome}
+	}
+	st.requireTLS, _ = cl.extension("REQUIRETLS")
+	if err := hp.CheckRequireTLS(st.requireTLS); err != nil {
+		cl.abort()
+		te := &tlsPolicyError{outcome: outcome + "; " + err.Error()}
+		if errors.As(err, &te.f) {
+			out.Failure = te.f
+			te.outcome = out.String()
+		}
+		return st, te.outcome, false, te
+	}
+	if auth != nil {
+		if err := auth.login(cl, hp, st, outcome); err != nil {
+			cl.abort()
+			return st, outcome, false, err
+		}
+	}
+	return st, outcome, false, nil
+}
+
+// recheck judges a pooled session against the host policy of a new
+// transaction with what the session showed when it was opened, through
+// the same Evaluate and CheckRequireTLS a new session gets, so that
+// nothing a policy can ask (names, pins, TLSA, version, ciphers,
+// REQUIRETLS, and whatever is added later) is left unchecked. A session
+// in clear text is not reused where a new one would use STARTTLS.
+func recheck(hp *tlspolicy.HostPolicy, st sessionTLS) (outcome string, err error) {
+	if hp.UseSTARTTLS() && st.offered && st.cs == nil && !st.clearByFallback {
+		return "", errors.New("the session is in clear text, and a new one would use STARTTLS")
+	}
+	out := hp.Evaluate(st.offered, st.cs, nil)
+	if out.Failure != nil {
+		return "", out.Failure
+	}
+	if err := hp.CheckRequireTLS(st.requireTLS); err != nil {
+		return "", err
+	}
+	return out.String(), nil
+}
+
+// credentialsError: the route's credentials were not sent to this next
+// hop, and neither was anything else.
+type credentialsError struct {
+	code    string // enhanced status code, 4.7.x
+	reason  string
+	outcome string // the session's TLS check
+}
+
+func (e *credentialsError) Error() string {
+	return "route credentials not sent, nor the message: " + e.reason
+}
+
+// login sends the route's credentials, once the session has proved what
+// the route asks before it trusts a server with them (minTLS) and the
+// server offers a mechanism we use (PLAIN).
+func (a *RouteAuth) login(cl client, hp *tlspolicy.HostPolicy, st sessionTLS, outcome string) error {
+	refuse := func(code, reason string) error {
+		return &credentialsError{code: code, reason: reason, outcome: outcome}
+	}
+	switch a.minTLS() {
+	case tlspolicy.Verify:
+		if f := hp.VerifyHost(st.cs); f != nil {
+			return refuse(f.Status(false), fmt.Sprintf("the next hop is not verified as %s (%s); credentials need a certificate that chains to a trusted root (the system's or outbound.tls.ca_file) and names %s, or auth.tls: encrypt",
+				hp.Host, f.Reason, hp.Host))
+		}
+	case tlspolicy.Encrypt:
+		if st.cs == nil {
+			return refuse("4.7.10", "the session is not encrypted (auth.tls: encrypt; only allow_insecure_auth: true allows clear text)")
+		}
+	}
+	adv, mechs := cl.extension("AUTH")
+	if !adv || !slices.ContainsFunc(strings.Fields(mechs), func(m string) bool { return strings.EqualFold(m, sasl.Plain) }) {
+		offered := "does not advertise AUTH"
+		if adv {
+			offered = "offers AUTH " + mechs + " only"
+		}
+		return refuse("4.7.0", fmt.Sprintf("the next hop %s; credentials go out with AUTH PLAIN only", offered))
+	}
+	if err := cl.auth(sasl.NewPlainClient("", a.Username, a.Password)); err != nil {
+		return fmt.Errorf("AUTH at next hop: %w", err)
+	}
+	return nil
 }
 
 type smtpClient struct {
 	c       *netsmtp.Client
 	conn    net.Conn
 	timeout time.Duration
-	tls     string
-	outcome string // the TLS policy check, for logs and the queue entry
 }
 
 func (s *smtpClient) deadline() { s.conn.SetDeadline(time.Now().Add(s.timeout)) }
+
+func (s *smtpClient) extension(name string) (bool, string) { return s.c.Extension(name) }
+func (s *smtpClient) startTLS(cfg *tls.Config) error       { s.deadline(); return s.c.StartTLS(cfg) }
+func (s *smtpClient) tlsState() *tls.ConnectionState {
+	if st, ok := s.c.TLSConnectionState(); ok {
+		return &st
+	}
+	return nil
+}
+func (s *smtpClient) auth(a sasl.Client) error { s.deadline(); return s.c.Auth(saslAuth{a}) }
 
 func (s *smtpClient) mail(from string, requireTLS bool) error {
 	s.deadline()
 	if !requireTLS {
 		return s.c.Mail(from)
 	}
-	// newSMTPClient refused a session without TLS or without REQUIRETLS
-	// (HostPolicy.CheckRequireTLS), and the pool hands such a session only
-	// to deliveries under the same policy. net/smtp has no way to add
-	// MAIL parameters of its own.
+	// establish refused a session without TLS or without REQUIRETLS
+	// (HostPolicy.CheckRequireTLS), and a pooled session is checked the
+	// same way before reuse. net/smtp has no way to add MAIL parameters
+	// of its own.
 	cmd := "MAIL FROM:<%s>"
 	if ok, _ := s.c.Extension("8BITMIME"); ok {
 		cmd += " BODY=8BITMIME"
@@ -140,96 +284,43 @@ func (s *smtpClient) quit() {
 		s.c.Close()
 	}
 }
-func (s *smtpClient) abort()          { s.conn.Close() }
-func (s *smtpClient) tlsInfo() string { return s.tls }
+func (s *smtpClient) abort() { s.conn.Close() }
 
-// newSMTPClient greets the next hop and, with tlsCfg (from the host's TLS
-// policy), uses STARTTLS when offered. The session is then checked against
-// hp before anything else is sent: a level that is not met closes it with a
-// *tlsPolicyError, so that no byte of a message reaches that server.
-// tlsFailed reports a failed handshake, so that the caller can retry in
-// clear where the level allows it (may), as Postfix does.
-func newSMTPClient(conn net.Conn, host, helo string, timeout time.Duration, tlsCfg *tls.Config, hp *tlspolicy.HostPolicy, auth *RouteAuth) (c *smtpClient, tlsFailed bool, err error) {
+// newSMTPClient reads the greeting and sends EHLO; establish does the rest.
+func newSMTPClient(conn net.Conn, host, helo string, timeout time.Duration) (*smtpClient, error) {
 	conn.SetDeadline(time.Now().Add(timeout))
 	nc, err := netsmtp.NewClient(conn, host)
 	if err != nil {
 		conn.Close()
-		return nil, false, err
+		return nil, err
 	}
-	sc := &smtpClient{c: nc, conn: conn, timeout: timeout}
 	if err := nc.Hello(helo); err != nil {
 		nc.Close()
-		return nil, false, err
+		return nil, err
 	}
-	offered, _ := nc.Extension("STARTTLS")
-	var cs *tls.ConnectionState
-	if offered && tlsCfg != nil {
-		sc.deadline()
-		if herr := nc.StartTLS(tlsCfg); herr != nil {
-			nc.Close()
-			out := hp.Evaluate(offered, nil, herr)
-			if out.Failure != nil {
-				return nil, true, &tlsPolicyError{f: out.Failure, outcome: out.String()}
-			}
-			return nil, true, fmt.Errorf("STARTTLS: %w", herr)
-		}
-		if st, ok := nc.TLSConnectionState(); ok {
-			cs = &st
-		}
-	}
-	out := hp.Evaluate(offered, cs, nil)
-	sc.tls, sc.outcome = out.TLS, out.String()
-	if out.Failure != nil {
-		nc.Close()
-		return nil, false, &tlsPolicyError{f: out.Failure, outcome: sc.outcome}
-	}
-	if hp.RequireTLS {
-		adv, _ := nc.Extension("REQUIRETLS")
-		if err := hp.CheckRequireTLS(adv); err != nil {
-			nc.Close()
-			te := &tlsPolicyError{outcome: sc.outcome + "; " + err.Error()}
-			if errors.As(err, &te.f) {
-				out.Failure = te.f
-				te.outcome = out.String()
-			}
-			return nil, false, te
-		}
-	}
-	if auth != nil {
-		if sc.tls == "" && !auth.AllowInsecure {
-			nc.Close()
-			return nil, false, errors.New("next hop wants AUTH but offers no TLS; refusing to send the password in clear (set allow_insecure_auth to override)")
-		}
-		sc.deadline()
-		if err := nc.Auth(plainAuth{auth.Username, auth.Password}); err != nil {
-			nc.Close()
-			return nil, false, fmt.Errorf("AUTH at next hop: %w", err)
-		}
-	}
-	return sc, false, nil
+	return &smtpClient{c: nc, conn: conn, timeout: timeout}, nil
 }
 
-// plainAuth is SASL PLAIN (RFC 4616) for net/smtp. net/smtp's own PlainAuth
-// refuses non-TLS connections outright; we make that decision ourselves
-// (allow_insecure_auth) before calling Auth.
-type plainAuth struct{ user, pass string }
+// saslAuth runs a go-sasl client (the mechanisms LMTP uses too) through
+// net/smtp's Auth. When and whether to send credentials at all is
+// RouteAuth.login's decision, not net/smtp's (its PlainAuth refuses any
+// session without TLS, verified or not).
+type saslAuth struct{ c sasl.Client }
 
-func (a plainAuth) Start(*netsmtp.ServerInfo) (string, []byte, error) {
-	return "PLAIN", []byte("\x00" + a.user + "\x00" + a.pass), nil
-}
-func (a plainAuth) Next(_ []byte, more bool) ([]byte, error) {
-	if more {
-		return nil, errors.New("unexpected server challenge")
+func (a saslAuth) Start(*netsmtp.ServerInfo) (string, []byte, error) { return a.c.Start() }
+func (a saslAuth) Next(challenge []byte, more bool) ([]byte, error) {
+	if !more {
+		return nil, nil
 	}
-	return nil, nil
+	return a.c.Next(challenge)
 }
 
 type lmtpClient struct {
-	c       *gosmtp.Client
-	conn    net.Conn
-	timeout time.Duration
+	c    *gosmtp.Client
+	conn net.Conn
 }
 
+// newLMTPClient reads the greeting and sends LHLO; establish does the rest.
 func newLMTPClient(conn net.Conn, helo string, timeout time.Duration) (*lmtpClient, error) {
 	c := gosmtp.NewClientLMTP(conn)
 	c.CommandTimeout = timeout
@@ -237,13 +328,29 @@ func newLMTPClient(conn net.Conn, helo string, timeout time.Duration) (*lmtpClie
 		c.Close()
 		return nil, err
 	}
-	return &lmtpClient{c: c, conn: conn, timeout: timeout}, nil
+	return &lmtpClient{c: c, conn: conn}, nil
 }
 
-// mail ignores requireTLS: LMTP is final delivery into the mail store,
-// where RFC 8689's next-hop requirement ends.
-func (l *lmtpClient) mail(from string, _ bool) error { return l.c.Mail(from, nil) }
-func (l *lmtpClient) rcpt(to string) error           { return l.c.Rcpt(to, nil) }
+func (l *lmtpClient) extension(name string) (bool, string) { return l.c.Extension(name) }
+func (l *lmtpClient) startTLS(cfg *tls.Config) error       { return l.c.StartTLS(cfg) }
+func (l *lmtpClient) tlsState() *tls.ConnectionState {
+	if st, ok := l.c.TLSConnectionState(); ok {
+		return &st
+	}
+	return nil
+}
+func (l *lmtpClient) auth(a sasl.Client) error { return l.c.Auth(a) }
+
+// mail passes REQUIRETLS on as SMTP does: delivery decides whether the
+// message still has it at this hop (decideTLS), and establish checked
+// that the server advertises it.
+func (l *lmtpClient) mail(from string, requireTLS bool) error {
+	if requireTLS {
+		return l.c.Mail(from, &gosmtp.MailOptions{RequireTLS: true})
+	}
+	return l.c.Mail(from, nil)
+}
+func (l *lmtpClient) rcpt(to string) error { return l.c.Rcpt(to, nil) }
 func (l *lmtpClient) data(r io.Reader, rcpts []string) ([]error, error) {
 	w, err := l.c.Data()
 	if err != nil {
@@ -298,5 +405,4 @@ func (l *lmtpClient) quit() {
 		l.c.Close()
 	}
 }
-func (l *lmtpClient) abort()          { l.conn.Close() }
-func (l *lmtpClient) tlsInfo() string { return "" }
+func (l *lmtpClient) abort() { l.conn.Close() }

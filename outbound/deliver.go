@@ -85,16 +85,26 @@ type dest struct {
 	users int
 }
 
+// pooled is a session to a next hop, in use by one delivery or idle in
+// its dest.
 type pooled struct {
 	cl    client
 	relay string
+	// host is the next-hop host the session was opened to, as ForMX and
+	// ForRelay name it: a later transaction's host policy is decided for
+	// it before the session is reused (reuse).
+	host string
+	tls  sessionTLS
+	// key summarises the policy the session was opened under (policyKey):
+	// only sessions with the key of a new transaction are considered for
+	// it, a cheap filter before the live check (recheck).
+	key   string
 	since time.Time
-	// hp is the TLS requirement the session was checked against, and
-	// policyKey its summary: a pooled session serves only deliveries
-	// with the same requirement. outcome is for the log and queue entry.
-	hp        *tlspolicy.HostPolicy
-	policyKey string
-	outcome   string
+	// hp and outcome belong to the transaction in progress: the host
+	// policy the session was last checked against, and that check for
+	// the log and the queue entry.
+	hp      *tlspolicy.HostPolicy
+	outcome string
 }
 
 // NewEngine returns a delivery engine; call Close to drop pooled sessions.
@@ -182,9 +192,12 @@ func (e *Engine) Deliver(ctx context.Context, d *queue.Delivery) []queue.Result 
 		dom := strings.ToLower(rc[strings.LastIndexByte(rc, '@')+1:])
 		t := router.Route(dom)
 		key, ruleDom := t.Key(), ""
-		if t.Kind == "smtp" && pol.HasDomainRule(dom) {
-			// A partner rule travels with its recipients through a relay:
-			// their own transaction, checked against their own rule.
+		if t.configured() && pol.HasDomainRule(dom) {
+			// A partner rule travels with its recipients through a relay
+			// (SMTP, LMTP, any next hop the configuration names): their
+			// own transaction, checked against their own rule. MX
+			// delivery is per recipient domain anyway; maildir sends
+			// nothing over a network.
 			key, ruleDom = key+"|"+dom, dom
 		}
 		g := byKey[key]
@@ -268,7 +281,8 @@ func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target,
 			// The retry after a stale session connects afresh: when the
 			// peer closed one idle session it has usually closed them all,
 			// and the next pooled one would fail the delivery the same way.
-			p, reused = e.idleConn(ds, key)
+			p = e.reuse(ctx, ds, t, pol, key)
+			reused = p != nil
 		}
 		if p == nil {
 			var fail *queue.Result
@@ -302,9 +316,15 @@ func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target,
 	}
 }
 
-func (e *Engine) idleConn(ds *dest, key string) (*pooled, bool) {
+// reuse hands out an idle session for a transaction under pol, or nil. A
+// session qualifies when it was opened under the same policy summary
+// (key: the cheap filter) and its live TLS state, checked again now,
+// meets the host policy this transaction asks of that session's host
+// (recheck: the guard, which cannot miss what the key leaves out). A
+// session that does not qualify stays idle for transactions it suits.
+func (e *Engine) reuse(ctx context.Context, ds *dest, t Target, pol *tlspolicy.Policy, key string) *pooled {
 	e.mu.Lock()
-	defer e.mu.Unlock()
+	var cands []*pooled
 	for i := len(ds.idle) - 1; i >= 0; i-- {
 		p := ds.idle[i]
 		if time.Since(p.since) >= e.o.IdleTimeout {
@@ -312,12 +332,53 @@ func (e *Engine) idleConn(ds *dest, key string) (*pooled, bool) {
 			go p.cl.quit()
 			continue
 		}
-		if p.policyKey == key {
-			ds.idle = append(ds.idle[:i], ds.idle[i+1:]...)
-			return p, true
+		if p.key == key {
+			cands = append(cands, p)
 		}
 	}
-	return nil, false
+	e.mu.Unlock()
+	// Deciding a host policy may ask DNS (TLSA, MTA-STS): outside the
+	// lock, once per host.
+	type decided struct {
+		hp  *tlspolicy.HostPolicy
+		err error
+	}
+	hps := map[string]decided{}
+	for _, p := range cands {
+		d, ok := hps[p.host]
+		if !ok {
+			d.hp, d.err = forHost(ctx, pol, t, p.host)
+			hps[p.host] = d
+		}
+		outcome, err := "", d.err
+		if err == nil {
+			outcome, err = recheck(d.hp, p.tls)
+		}
+		if err != nil {
+			e.o.Logger.Debug("pooled session does not meet this transaction's TLS policy; not reused for it",
+				"domain", pol.Domain, "relay", p.relay, "error", err)
+			continue
+		}
+		e.mu.Lock()
+		i := slices.Index(ds.idle, p)
+		if i >= 0 {
+			ds.idle = slices.Delete(ds.idle, i, i+1)
+		}
+		e.mu.Unlock()
+		if i >= 0 { // else another delivery took it meanwhile
+			p.hp, p.outcome = d.hp, outcome
+			return p
+		}
+	}
+	return nil
+}
+
+// forHost is the host policy for one next-hop host of t.
+func forHost(ctx context.Context, pol *tlspolicy.Policy, t Target, host string) (*tlspolicy.HostPolicy, error) {
+	if t.Kind == "mx" {
+		return pol.ForMX(ctx, host)
+	}
+	return pol.ForRelay(ctx, host)
 }
 
 func (e *Engine) release(ds *dest, p *pooled) {
@@ -345,7 +406,7 @@ func (e *Engine) release(ds *dest, p *pooled) {
 // be reused; stale that it failed on its very first command without a reply
 // (a pooled session the peer had closed), so nothing was sent.
 func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string) (res []queue.Result, broken, stale bool) {
-	tlsInfo := p.cl.tlsInfo()
+	tlsInfo := p.tls.info
 	// Every recipient starts as a temporary failure: only a reply to the
 	// end of DATA may turn one into Delivered.
 	res = all(len(rcpts), queue.Result{Status: queue.TempFail, Code: "4.4.2", Relay: p.relay, TLS: tlsInfo,
@@ -354,8 +415,8 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 		res[i].TLSPolicy = p.outcome
 	}
 	if p.hp == nil || p.hp.RequiresTLS() && tlsInfo == "" {
-		// open() never hands out such a session; this is the last line of
-		// defence before any byte of the message is sent.
+		// open() and reuse() never hand out such a session; this is the
+		// last line of defence before any byte of the message is sent.
 		return all(len(rcpts), queue.Result{Status: queue.TempFail, Code: "4.7.10", Relay: p.relay, TLSPolicy: p.outcome,
 			Reply: fmt.Sprintf("TLS required for %s, session is not encrypted; not sent", t.Addr)}), true, false
 	}
@@ -494,14 +555,10 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 	// TLS policy (down, refused, 4xx greeting); it might meet the level
 	// next time, so nothing is returned to the sender yet.
 	unreached := false
+	var lastCred *credentialsError
+	lastCredRelay := ""
 	for _, h := range hosts {
-		var hp *tlspolicy.HostPolicy
-		var err error
-		if t.Kind == "mx" {
-			hp, err = pol.ForMX(ctx, h)
-		} else {
-			hp, err = pol.ForRelay(ctx, h)
-		}
+		hp, err := forHost(ctx, pol, t, h)
 		if err != nil {
 			// This host may not be used at all (MTA-STS enforce and not
 			// listed, dane-only without TLSA, …): try the next one.
@@ -526,16 +583,24 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 			relay := fmt.Sprintf("%s[%s]:%s", h, a, port)
 			p, err := e.open(ctx, t, h, net.JoinHostPort(a.String(), port), relay, hp)
 			if err == nil {
-				p.policyKey = key
+				p.key = key
 				return p, nil
 			}
 			lastErr, lastRelay = err, relay
-			if te := (*tlsPolicyError)(nil); !errors.As(err, &te) {
-				unreached = true
-			} else {
+			te, ce := (*tlsPolicyError)(nil), (*credentialsError)(nil)
+			switch {
+			case errors.As(err, &te):
 				lastTLS = te
 				e.o.Logger.Warn("TLS policy not met, trying the next address or MX", "domain", t.Addr, "relay", relay, "tls_policy", te.outcome)
 				e.noteTLSFailure(t, h)
+			case errors.As(err, &ce):
+				// The route's own requirement, not the destination's: the
+				// TLS policy was met, so the host is not marked.
+				lastCred, lastCredRelay = ce, relay
+				e.o.Logger.Warn("route credentials not sent, trying the next address", "domain", t.Addr, "relay", relay,
+					"user", t.Auth.Username, "reason", ce.reason, "tls_policy", ce.outcome)
+			default:
+				unreached = true
 			}
 			if ctx.Err() != nil {
 				break
@@ -563,6 +628,16 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 		}
 		if lastErr != error(lastTLS) {
 			r.Reply = fmt.Sprintf("could not deliver to %s: %v (last error: %v)", t.Addr, lastTLS, lastErr)
+		}
+		return nil, r
+	}
+	if lastCred != nil {
+		// As for the TLS policy: what the admin must act on, even when a
+		// later address was simply unreachable.
+		r.Code, r.TLSPolicy = lastCred.code, lastCred.outcome
+		r.Reply = fmt.Sprintf("%s: %v", lastCredRelay, lastCred)
+		if lastErr != error(lastCred) {
+			r.Reply += fmt.Sprintf(" (last error: %v)", lastErr)
 		}
 		return nil, r
 	}
@@ -649,10 +724,14 @@ func tlsRequiredNo(d *queue.Delivery) bool {
 	return false
 }
 
-// policyKey summarises what a session was checked against; a pooled
-// session is reused only under the same policy.
+// policyKey summarises the policy a session is opened under: reuse
+// considers only sessions with the same key, so that a session stays with
+// the recipient domain and policy generation it was opened for. It is the
+// cheap filter, not the guard: what a policy asks of a host (names, TLSA,
+// host rules) is only known per host, and reuse checks the live session
+// against that (recheck) whatever the key says.
 func policyKey(gen uint64, p *tlspolicy.Policy) string {
-	return fmt.Sprintf("%d|%s|%s|%v|%v|%v|%v|%d|%v", gen, p.Level, p.Source, p.RequireTLS, p.TLSRequiredNo,
+	return fmt.Sprintf("%d|%s|%s|%s|%v|%v|%v|%v|%d|%v", gen, p.Domain, p.Level, p.Source, p.RequireTLS, p.TLSRequiredNo,
 		p.Names, p.Fingerprints, p.MinVersion, p.Ciphers)
 }
 
@@ -707,11 +786,11 @@ func NextHopAddrs(ctx context.Context, r dnsutil.Resolver, host string, configur
 	return r.LookupHost(ctx, host)
 }
 
+// open connects to one address of host and hands out the session once
+// establish has secured it and checked it against hp (and the route's
+// credentials, when it has any), SMTP and LMTP alike.
 func (e *Engine) open(ctx context.Context, t Target, host, addr, relay string, hp *tlspolicy.HostPolicy) (*pooled, error) {
-	if hp.RequiresTLS() && t.Kind == "lmtp" {
-		return nil, &tlsPolicyError{outcome: fmt.Sprintf("tls required=%s (%s): LMTP delivery has no STARTTLS here", hp.Level, hp.Source)}
-	}
-	starttls := hp.UseSTARTTLS() && t.Kind != "lmtp"
+	starttls, fallback := hp.UseSTARTTLS(), false
 	for {
 		dctx, cancel := context.WithTimeout(ctx, e.o.ConnectTimeout)
 		conn, err := e.o.Dial(dctx, "tcp", addr)
@@ -719,27 +798,30 @@ func (e *Engine) open(ctx context.Context, t Target, host, addr, relay string, h
 		if err != nil {
 			return nil, err
 		}
+		var cl client
 		if t.Kind == "lmtp" {
-			cl, err := newLMTPClient(conn, e.o.Helo, e.o.CommandTimeout)
-			if err != nil {
-				return nil, err
-			}
-			return &pooled{cl: cl, relay: relay, hp: hp, outcome: fmt.Sprintf("tls required=%s (%s) achieved=none (LMTP)", hp.Level, hp.Source)}, nil
+			cl, err = newLMTPClient(conn, e.o.Helo, e.o.CommandTimeout)
+		} else {
+			cl, err = newSMTPClient(conn, host, e.o.Helo, e.o.CommandTimeout)
+		}
+		if err != nil {
+			return nil, err
 		}
 		var tlsCfg *tls.Config
 		if starttls {
 			tlsCfg = hp.TLSConfig(e.o.TLSBase)
 		}
-		sc, tlsFailed, err := newSMTPClient(conn, host, e.o.Helo, e.o.CommandTimeout, tlsCfg, hp, t.Auth)
+		st, outcome, tlsFailed, err := establish(cl, hp, tlsCfg, t.Auth)
 		if tlsFailed && starttls && !hp.RequiresTLS() {
 			e.o.Logger.Info("STARTTLS failed, retrying in clear (opportunistic TLS)", "relay", relay, "error", err)
-			starttls = false
+			starttls, fallback = false, true
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
-		return &pooled{cl: sc, relay: relay, hp: hp, outcome: sc.outcome}, nil
+		st.clearByFallback = fallback
+		return &pooled{cl: cl, relay: relay, host: host, tls: st, hp: hp, outcome: outcome}, nil
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"securerelay/internal/loopback"
 	"securerelay/outbound"
 	"securerelay/queue"
+	"securerelay/tlspolicy"
 )
 
 // A message with lines a naive transfer would get wrong: a lone dot (end
@@ -422,13 +423,20 @@ func TestSTARTTLSHandshakeFailureFallsBack(t *testing.T) {
 	}
 }
 
+// Route credentials over sessions the route explicitly accepts (the
+// verified case and the refusals are TestRouteAuthNeedsVerifiedHost's):
+// auth.tls: encrypt takes an unverified certificate, allow_insecure_auth
+// clear text; without it a clear-text session gets nothing.
 func TestRouteAuth(t *testing.T) {
 	users := map[string]string{"relay": "pw"}
-	t.Run("over TLS", func(t *testing.T) {
-		h := newHop(t, hopOptions{TLS: selfSigned(t), Users: users})
+	route := func(t *testing.T, h *hop, a outbound.RouteAuth) *outbound.Router {
 		tg := target(t, "smtp://"+h.addr)
-		tg.Auth = &outbound.RouteAuth{Username: "relay", Password: "pw"}
-		e := engine(t, &outbound.Router{Routes: []outbound.Route{{Match: "*", Target: tg}}}, nil)
+		tg.Auth = &a
+		return &outbound.Router{Routes: []outbound.Route{{Match: "*", Target: tg}}}
+	}
+	t.Run("over TLS, auth.tls encrypt", func(t *testing.T) {
+		h := newHop(t, hopOptions{TLS: selfSigned(t), Users: users})
+		e := engine(t, route(t, h, outbound.RouteAuth{Username: "relay", Password: "pw", TLS: tlspolicy.Encrypt}), nil)
 		res := deliver(t, e, newSpool(t).put("sender@ours.test", []string{"a@remote.test"}, message))
 		check(t, "AUTH", res[0], queue.Delivered, "2.0.0")
 		if m := h.next(); m.Auth != "relay" || !m.TLS {
@@ -436,14 +444,22 @@ func TestRouteAuth(t *testing.T) {
 		}
 	})
 	t.Run("no TLS", func(t *testing.T) {
-		h := newHop(t, hopOptions{Users: users})
-		tg := target(t, "smtp://"+h.addr)
-		tg.Auth = &outbound.RouteAuth{Username: "relay", Password: "pw"}
-		e := engine(t, &outbound.Router{Routes: []outbound.Route{{Match: "*", Target: tg}}}, nil)
+		h := newHop(t, hopOptions{Users: users, AllowInsecureAuth: true})
+		e := engine(t, route(t, h, outbound.RouteAuth{Username: "relay", Password: "pw", TLS: tlspolicy.Encrypt}), nil)
 		res := deliver(t, e, newSpool(t).put("sender@ours.test", []string{"a@remote.test"}, message))
-		if res[0].Status != queue.TempFail {
-			t.Errorf("password sent in clear? %s %s %q", statusName(res[0].Status), res[0].Code, res[0].Reply)
+		check(t, "clear text, auth.tls encrypt", res[0], queue.TempFail, "4.7.10")
+		if n := h.authTries.Load(); n != 0 {
+			t.Errorf("password sent in clear: %d AUTH commands", n)
 		}
 		h.none()
+	})
+	t.Run("no TLS, allow_insecure_auth", func(t *testing.T) {
+		h := newHop(t, hopOptions{Users: users, AllowInsecureAuth: true})
+		e := engine(t, route(t, h, outbound.RouteAuth{Username: "relay", Password: "pw", AllowInsecure: true}), nil)
+		res := deliver(t, e, newSpool(t).put("sender@ours.test", []string{"a@remote.test"}, message))
+		check(t, "clear text allowed", res[0], queue.Delivered, "2.0.0")
+		if m := h.next(); m.Auth != "relay" || m.TLS {
+			t.Errorf("next hop: auth %q, TLS %v", m.Auth, m.TLS)
+		}
 	})
 }

@@ -1,20 +1,26 @@
 package outbound
 
 import (
+	"crypto/tls"
 	"io"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-sasl"
 )
 
 type nopClient struct{ quits chan struct{} }
 
+func (c nopClient) extension(string) (bool, string)           { return false, "" }
+func (c nopClient) startTLS(*tls.Config) error                { return nil }
+func (c nopClient) tlsState() *tls.ConnectionState            { return nil }
+func (c nopClient) auth(sasl.Client) error                    { return nil }
 func (c nopClient) mail(string, bool) error                   { return nil }
 func (c nopClient) rcpt(string) error                         { return nil }
 func (c nopClient) data(io.Reader, []string) ([]error, error) { return nil, nil }
 func (c nopClient) reset() error                              { return nil }
 func (c nopClient) quit()                                     { c.quits <- struct{}{} }
 func (c nopClient) abort()                                    {}
-func (c nopClient) tlsInfo() string                           { return "" }
 
 // A destination is forgotten once nobody delivers to it and its last idle
 // session has been closed, so the table does not grow with every domain

@@ -3,6 +3,7 @@ package outbound_test
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"log"
 	"log/slog"
@@ -110,6 +111,8 @@ type hopOptions struct {
 	Status func(to string) error
 	// Users enables AUTH PLAIN with these passwords.
 	Users map[string]string
+	// AllowInsecureAuth offers AUTH without TLS too.
+	AllowInsecureAuth bool
 }
 
 // hop is a go-smtp server on 127.0.0.1 that records what it is sent.
@@ -119,7 +122,10 @@ type hop struct {
 	addr  string
 	port  string
 	conns atomic.Int32
-	got   chan hopMsg
+	// authTries counts the AUTH commands that reached the session (with
+	// TLS, or AllowInsecureAuth), whether AUTH was offered or not.
+	authTries atomic.Int32
+	got       chan hopMsg
 
 	mu       sync.Mutex
 	sessions []*smtp.Conn
@@ -146,6 +152,7 @@ func newHop(t *testing.T, o hopOptions) *hop {
 	srv.Domain = "hop.test"
 	srv.LMTP = o.LMTP
 	srv.TLSConfig = o.TLS
+	srv.AllowInsecureAuth = o.AllowInsecureAuth
 	srv.ReadTimeout = testTimeout
 	srv.WriteTimeout = testTimeout
 	srv.ErrorLog = log.New(io.Discard, "", 0)
@@ -218,6 +225,7 @@ func (s *hopSession) AuthMechanisms() []string {
 }
 
 func (s *hopSession) Auth(mech string) (sasl.Server, error) {
+	s.h.authTries.Add(1)
 	if s.h.o.Users == nil || mech != sasl.Plain {
 		return nil, smtp.ErrAuthUnknownMechanism
 	}
@@ -364,4 +372,27 @@ func selfSigned(t *testing.T) *tls.Config {
 		t.Fatal(err)
 	}
 	return c.Config()
+}
+
+// trustedTLS is a server configuration with a certificate for name (made
+// as selfSigned's) and a root pool that trusts it, so that a TLS policy
+// built with these roots verifies the next hop as name.
+func trustedTLS(t *testing.T, name string) (*tls.Config, *x509.CertPool) {
+	t.Helper()
+	c, err := smtpd.LoadCerts("", "", t.TempDir(), name, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := c.Config()
+	cert, err := cfg.GetCertificate(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(leaf)
+	return cfg, roots
 }

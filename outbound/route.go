@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"securerelay/smtputil"
+	"securerelay/tlspolicy"
 )
 
 // Target is where a recipient's mail goes next.
@@ -28,10 +29,36 @@ func (t Target) Key() string {
 	return t.Kind + ":" + t.Addr
 }
 
+// configured reports a next hop the configuration names (smtp://,
+// lmtp://, and whatever kind comes): one that takes mail for domains other
+// than its own, so a rule naming a recipient domain must be applied to it
+// explicitly. Not for MX delivery (decided per recipient domain anyway)
+// or maildir (local: nothing crosses a network).
+func (t Target) configured() bool { return t.Kind != "mx" && t.Kind != "maildir" }
+
 // RouteAuth are credentials for a next hop.
 type RouteAuth struct {
 	Username, Password string
-	AllowInsecure      bool
+	// TLS is what a session must prove before the credentials go out:
+	// Verify (any other value, zero included, means it too) is a
+	// certificate that chains to a trusted root and names the next-hop
+	// host; Encrypt accepts any TLS session, which whoever can redirect
+	// the connection can offer.
+	TLS tlspolicy.Level
+	// AllowInsecure lets them go out in clear text, hence over any session.
+	AllowInsecure bool
+}
+
+// minTLS is the least a session must prove for the credentials: None,
+// Encrypt or Verify.
+func (a *RouteAuth) minTLS() tlspolicy.Level {
+	switch {
+	case a.AllowInsecure:
+		return tlspolicy.None
+	case a.TLS == tlspolicy.Encrypt:
+		return tlspolicy.Encrypt
+	}
+	return tlspolicy.Verify
 }
 
 // Route is one transport_maps-like entry: Match is "*", "example.org" or

@@ -404,6 +404,34 @@ func (h *HostPolicy) finish(ex *explainer, floor uint16) {
 	h.Explain = ex.lines
 }
 
+// Authenticates reports whether h's level proves who the server is
+// (chain and name, TLSA or pin), not just that the session is encrypted.
+func (h *HostPolicy) Authenticates() bool { return h.Level.authenticates() }
+
+// VerifyHost checks that a finished handshake proves the server to be
+// h.Host, whatever level h enforces: what credentials for that host need,
+// since secure checks the recipient domain's name and may or encrypt
+// nothing at all. Proof is a chain to the roots verify uses (the system's
+// and ca_file) and a certificate that names h.Host, or, when h is a
+// fingerprint level, a pinned certificate. cs is nil in clear text. A
+// Failure (at level verify) says what was missing; its Source is empty,
+// for the caller to phrase.
+func (h *HostPolicy) VerifyHost(cs *tls.ConnectionState) *Failure {
+	fail := func(code Code, reason string, err error) *Failure {
+		return &Failure{Code: code, Reason: reason, Domain: h.Domain, Host: h.Host, Level: Verify, Err: err, origin: h.origin}
+	}
+	if cs == nil || !cs.HandshakeComplete {
+		return fail(CodeNoSTARTTLS, "the session is not encrypted", nil)
+	}
+	if h.Level == Fingerprint && pinCheck(cs.PeerCertificates, h.pins).ok() {
+		return nil
+	}
+	if res := pkixCheck(cs.PeerCertificates, []string{h.Host}, h.roots, h.now(), nil); !res.ok() {
+		return fail(res.Code, res.Reason, res.Err)
+	}
+	return nil
+}
+
 // UseSTARTTLS reports whether to try STARTTLS at all (not for none).
 func (h *HostPolicy) UseSTARTTLS() bool { return h.Level != None }
 

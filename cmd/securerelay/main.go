@@ -139,7 +139,11 @@ func load(path string, stderr io.Writer) (*config.Config, int) {
 		}
 		res := dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D())
 		if err == nil {
-			_, err = tlsDecider(cfg, res, quietLog, nil)
+			dec, derr := tlsDecider(cfg, res, quietLog, nil)
+			for _, w := range routeAuthWarnings(cfg, dec) {
+				fmt.Fprintln(stderr, "warning:", w)
+			}
+			err = derr
 		}
 		if err == nil {
 			_, err = inboundContent(cfg, res, quietLog)

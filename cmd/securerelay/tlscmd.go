@@ -2,10 +2,10 @@ package main
 
 // `securerelay tls-policy explain|probe`: what the TLS policy asks of a
 // destination, and whether its servers would meet it. Both walk the path
-// a delivery walks (outbound/deliver.go: Router.Route, decideTLS, connect,
-// open; outbound/client.go: newSMTPClient) with the same tlspolicy calls,
-// so that what they print is what a message would get, not a second
-// opinion that could drift from it.
+// a delivery walks (outbound/deliver.go: Router.Route, Deliver's grouping,
+// decideTLS, connect, open; outbound/client.go: establish) with the same
+// tlspolicy calls, so that what they print is what a message would get,
+// not a second opinion that could drift from it.
 
 import (
 	"context"
@@ -23,6 +23,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	gosmtp "github.com/emersion/go-smtp"
 
 	"securerelay/config"
 	"securerelay/dnsutil"
@@ -165,7 +167,7 @@ func (e *tlsEnv) destination(domain string) (destination, error) {
 		d.how = "the MX hosts of " + domain + ", looked up through " + e.cfg.DNS.Resolver
 		return d, nil
 	case "maildir":
-		d.how = "the local maildir " + t.Addr + " (" + key + "): no SMTP, so no TLS policy"
+		d.how = "the local maildir " + t.Addr + " (" + key + "): nothing crosses a network, so no TLS policy applies, not even a rule naming " + domain
 		return d, nil
 	}
 	h, p, err := net.SplitHostPort(t.Addr)
@@ -173,16 +175,26 @@ func (e *tlsEnv) destination(domain string) (destination, error) {
 		return d, fmt.Errorf("%s: next hop %q: %w", key, t.Addr, err)
 	}
 	d.host, d.port, d.policyFor = h, p, strings.ToLower(h)
-	if t.Kind == "smtp" && e.dec.HasDomainRule(domain) {
-		// As delivery does (outbound decideTLS): a partner's rule travels
-		// with its recipients through the relay.
+	if e.dec.HasDomainRule(domain) {
+		// As delivery does (outbound Deliver, decideTLS): a partner's rule
+		// travels with its recipients through any configured next hop.
 		d.policyFor = domain
 		d.how = fmt.Sprintf("%s://%s (%s); a rule names %s, so its policy is checked against this next hop, as delivery does", t.Kind, t.Addr, key, domain)
 	} else {
 		d.how = fmt.Sprintf("%s://%s (%s); the policy is decided for the next-hop host %s, as delivery does (no rule names %s)", t.Kind, t.Addr, key, d.policyFor, domain)
 	}
 	if t.Kind == "lmtp" {
-		d.how += "; LMTP is delivered without STARTTLS, so a level that requires TLS fails every delivery"
+		d.how += "; LMTP uses STARTTLS when offered and is checked like SMTP"
+	}
+	if a := t.Auth; a != nil {
+		switch {
+		case a.AllowInsecure:
+			d.how += fmt.Sprintf("; credentials of %s go out over any session, clear text included (allow_insecure_auth)", a.Username)
+		case a.TLS == tlspolicy.Encrypt:
+			d.how += fmt.Sprintf("; credentials of %s go out over any TLS session, certificate unchecked (auth.tls: encrypt)", a.Username)
+		default:
+			d.how += fmt.Sprintf("; credentials of %s go out only inside TLS verified for %s (auth.tls: verify), else the mail waits", a.Username, h)
+		}
 	}
 	return d, nil
 }
@@ -420,12 +432,7 @@ func tlsProbe(args []string, stdout, stderr io.Writer) int {
 				fmt.Fprintln(stdout)
 			}
 			total++
-			var r *probeReport
-			if d.target.Kind == "lmtp" {
-				r = lmtpReport(hp, h, ad, port)
-			} else {
-				r = p.probe(ctx, hp, h, ad, port)
-			}
+			r := p.probe(ctx, hp, h, ad, port, d.target.Kind == "lmtp")
 			r.print(stdout)
 			if !r.met {
 				failed++
@@ -472,18 +479,6 @@ func policyLine(hp *tlspolicy.HostPolicy) string {
 	return s
 }
 
-func lmtpReport(hp *tlspolicy.HostPolicy, host string, addr netip.Addr, port string) *probeReport {
-	r := &probeReport{title: fmt.Sprintf("%s [%s]:%s (LMTP, not contacted)", host, addr, port)}
-	r.add("policy", policyLine(hp))
-	if hp.RequiresTLS() {
-		r.add("result", "policy NOT met: LMTP delivery has no STARTTLS")
-		return r
-	}
-	r.met = true
-	r.add("result", "policy met: LMTP goes without TLS, which this level allows")
-	return r
-}
-
 type prober struct {
 	helo      string
 	timeout   time.Duration
@@ -491,11 +486,25 @@ type prober struct {
 	rootsDesc string
 }
 
-// probe runs the session newSMTPClient runs, EHLO, STARTTLS, EHLO, and
-// judges it with the same calls (TLSConfig, Evaluate, CheckRequireTLS);
-// then QUIT. It never sends MAIL FROM.
-func (p prober) probe(ctx context.Context, hp *tlspolicy.HostPolicy, host string, addr netip.Addr, port string) *probeReport {
+// probeClient is what the probe asks of net/smtp (SMTP) and go-smtp
+// (LMTP), the clients delivery uses.
+type probeClient interface {
+	Hello(string) error
+	Extension(string) (bool, string)
+	StartTLS(*tls.Config) error
+	TLSConnectionState() (tls.ConnectionState, bool)
+	Quit() error
+	Close() error
+}
+
+// probe runs the session establish runs, EHLO (LHLO), STARTTLS, EHLO
+// (LHLO), and judges it with the same calls (TLSConfig, Evaluate,
+// CheckRequireTLS); then QUIT. It never sends MAIL FROM.
+func (p prober) probe(ctx context.Context, hp *tlspolicy.HostPolicy, host string, addr netip.Addr, port string, lmtp bool) *probeReport {
 	r := &probeReport{title: fmt.Sprintf("%s [%s]:%s", host, addr, port)}
+	if lmtp {
+		r.title += " (LMTP)"
+	}
 	r.add("policy", policyLine(hp))
 	dctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
@@ -508,14 +517,23 @@ func (p prober) probe(ctx context.Context, hp *tlspolicy.HostPolicy, host string
 	stop := context.AfterFunc(dctx, func() { conn.Close() })
 	defer stop()
 	conn.SetDeadline(time.Now().Add(p.timeout))
-	c, err := netsmtp.NewClient(conn, host)
-	if err != nil {
-		r.add("result", "policy NOT met: no SMTP greeting: "+err.Error())
-		return r
+	var c probeClient
+	hello := "EHLO"
+	if lmtp {
+		gc := gosmtp.NewClientLMTP(conn)
+		gc.CommandTimeout = p.timeout
+		c, hello = gc, "LHLO"
+	} else {
+		nc, err := netsmtp.NewClient(conn, host)
+		if err != nil {
+			r.add("result", "policy NOT met: no SMTP greeting: "+err.Error())
+			return r
+		}
+		c = nc
 	}
 	defer c.Close()
 	if err := c.Hello(p.helo); err != nil {
-		r.add("result", "policy NOT met: EHLO: "+err.Error())
+		r.add("result", "policy NOT met: "+hello+": "+err.Error())
 		return r
 	}
 	offered, _ := c.Extension("STARTTLS")
@@ -680,4 +698,57 @@ func (p prober) certRows(r *probeReport, hp *tlspolicy.HostPolicy, cs *tls.Conne
 		verdict = "not confirmed (the session failed with " + string(fail.Code) + ")"
 	}
 	r.add("TLSA", fmt.Sprintf("%s: %s", strings.Join(recs, ", "), verdict))
+}
+
+// routeAuthWarnings are check-config's warnings (and serve's, at start)
+// about route credentials: one per route whose credentials need a next
+// hop verified as its host (auth.tls: verify, written or by default)
+// while the TLS policy for that host does not authenticate the server
+// (its level is none, may or encrypt). Delivery then waits whenever the
+// certificate cannot be verified, yet tls-policy explain and probe judge
+// the host by the weaker level. A route that accepts less on purpose
+// (auth.tls: encrypt, allow_insecure_auth) has said so and gets no
+// warning. nil dec (a policy that did not load) warns about nothing.
+func routeAuthWarnings(cfg *config.Config, dec *tlspolicy.Decider) []string {
+	if dec == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), lookupBudget)
+	defer cancel()
+	var out []string
+	for i, r := range cfg.Outbound.Routes {
+		a := r.Auth
+		if a == nil || a.AllowInsecureAuth || a.TLS == "encrypt" {
+			continue
+		}
+		_, hostport, err := config.ParseNextHop(r.NextHop)
+		if err != nil {
+			continue
+		}
+		host, _, err := net.SplitHostPort(hostport)
+		if err != nil {
+			continue
+		}
+		// As delivery decides it for mail whose domain no rule names
+		// (decideTLS): DecideRelay asks no DNS.
+		pol, err := dec.DecideRelay(ctx, host, false, false)
+		if err != nil {
+			continue
+		}
+		hp, err := pol.ForRelay(ctx, host)
+		if err != nil || hp.Authenticates() {
+			continue
+		}
+		fix := fmt.Sprintf("add {match: \"[%s]\", level: verify} to outbound.tls.policies", host)
+		if strings.HasPrefix(hp.Source, "policy rule") {
+			fix = "raise " + hp.Source + " to level: verify"
+		}
+		key := fmt.Sprintf("outbound.routes[%d].auth", i)
+		out = append(out, fmt.Sprintf("%s:%d: %s: the credentials go out only inside TLS verified for %s (auth.tls: verify), "+
+			"but the TLS policy for %s is %s (%s), which does not check who the server is: mail through this route waits "+
+			"whenever the certificate cannot be verified, and tls-policy probe does not test it; %s, "+
+			"or accept an unverified server with auth.tls: encrypt (a man in the middle can then read the password)",
+			cfg.Path, cfg.Line(key), key, host, host, hp.Level, hp.Source, fix))
+	}
+	return out
 }

@@ -492,7 +492,7 @@ func TestTLSPolicyExplainErrors(t *testing.T) {
 		{"servfail", []string{"broken.test"}, exitDNS, "MX lookup of broken.test failed (delivery would retry): ", ""},
 		{"nxdomain", []string{"nowhere.test"}, exitDNS, "MX lookup of nowhere.test found no mail server (delivery would bounce): ", ""},
 		{"null MX", []string{"null.test"}, exitDNS, "found no mail server (delivery would bounce): null.test: domain accepts no mail (null MX", ""},
-		{"maildir", []string{"example.test"}, 0, "next hop:    the local maildir " + f.dir + "/mail (domains.example.test.deliver_to): no SMTP, so no TLS policy\n", ""},
+		{"maildir", []string{"example.test"}, 0, "next hop:    the local maildir " + f.dir + "/mail (domains.example.test.deliver_to): nothing crosses a network, so no TLS policy applies, not even a rule naming example.test\n", ""},
 		{"no domain", nil, 2, "", "want exactly one DOMAIN, got 0"},
 		{"two domains", []string{"a.test", "b.test"}, 2, "", "want exactly one DOMAIN, got 2"},
 		{"bad domain", []string{"bad domain.test"}, 2, "no policy: tls policy for ", ""},
@@ -676,4 +676,79 @@ func TestTLSPolicyProbeBinary(t *testing.T) {
 	}
 	wantLines(t, string(out), "policy met (required verify, achieved verify)", "policy NOT met: no STARTTLS offered")
 	f.noMailSent()
+}
+
+// check-config warns about route credentials that need a verified next
+// hop (auth.tls: verify, the default) where the TLS policy for that host
+// does not authenticate the server, and about nothing else; a route that
+// accepts less says so and is not warned about. auth.tls contradicting
+// allow_insecure_auth is an error.
+func TestRouteAuthWarnings(t *testing.T) {
+	dir := t.TempDir()
+	write := func(routes, policies string) string {
+		conf := fmt.Sprintf(`hostname: relay.example.test
+state_dir: %[1]s
+postmaster: postmaster@example.test
+dns: {resolver: "127.0.0.1:53", timeout: 2s}
+listeners:
+  - {name: mx, address: "127.0.0.1:0", role: inbound}
+domains:
+  example.test: {deliver_to: "maildir:%[1]s/mail"}
+outbound:
+  routes:
+%[2]s  tls:
+    policies:
+%[3]s`, dir, routes, policies)
+		path := filepath.Join(t.TempDir(), "c.yaml")
+		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	conf := write(`    - {match: a.test, next_hop: "smtp://smtp.isp.test:587", auth: {username: u, password: p}}
+    - {match: b.test, next_hop: "smtp://verified.isp.test:587", auth: {username: u, password: p}}
+    - {match: c.test, next_hop: "smtp://cheap.isp.test:587", auth: {username: u, password: p, tls: encrypt}}
+    - {match: d.test, next_hop: "smtp://old.isp.test:25", auth: {username: u, password: p, allow_insecure_auth: true}}
+    - {match: e.test, next_hop: "smtp://smtp.isp.test:587"}
+    - match: f.test
+      next_hop: "smtp://pinned-tls-none.isp.test:587"
+      auth: {username: u, password: p, tls: verify}
+`, `      - {match: "[verified.isp.test]", level: verify}
+      - {match: "[pinned-tls-none.isp.test]", level: none}
+`)
+	code, out, errOut := runCLI("check-config", "--config", conf)
+	if code != 0 || !strings.Contains(out, "OK") {
+		t.Fatalf("check-config: exit %d\n%s%s", code, out, errOut)
+	}
+	var warnings []string
+	for l := range strings.SplitSeq(strings.TrimSpace(errOut), "\n") {
+		if l != "" {
+			warnings = append(warnings, l)
+		}
+	}
+	want := []string{
+		"warning: " + conf + ":11: outbound.routes[0].auth: the credentials go out only inside TLS verified for smtp.isp.test (auth.tls: verify), but the TLS policy for smtp.isp.test is may (default)",
+		"warning: " + conf + ":18: outbound.routes[5].auth: the credentials go out only inside TLS verified for pinned-tls-none.isp.test (auth.tls: verify), but the TLS policy for pinned-tls-none.isp.test is none (policy rule 2 (match host:pinned-tls-none.isp.test))",
+	}
+	if len(warnings) != len(want) {
+		t.Fatalf("%d warnings, want %d:\n%s", len(warnings), len(want), errOut)
+	}
+	if !strings.Contains(warnings[0], `add {match: "[smtp.isp.test]", level: verify} to outbound.tls.policies`) ||
+		!strings.Contains(warnings[1], "raise policy rule 2 (match host:pinned-tls-none.isp.test) to level: verify") {
+		t.Errorf("the warnings do not say how to fix it:\n%s", errOut)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(warnings[i], w) || !strings.Contains(warnings[i], "auth.tls: encrypt (a man in the middle can then read the password)") {
+			t.Errorf("warning %d:\n%s\nwant it to start with\n%s", i, warnings[i], w)
+		}
+	}
+
+	bad := write(`    - {match: a.test, next_hop: "smtp://smtp.isp.test:587", auth: {username: u, password: p, tls: verify, allow_insecure_auth: true}}
+    - {match: b.test, next_hop: "smtp://smtp.isp.test:587", auth: {username: u, password: p, tls: none}}
+`, "      []\n")
+	code, _, errOut = runCLI("check-config", "--config", bad)
+	if code != 1 || !strings.Contains(errOut, "outbound.routes[0].auth.tls: \"verify\" contradicts allow_insecure_auth: true") ||
+		!strings.Contains(errOut, "outbound.routes[1].auth.tls: \"none\" is not allowed; use verify or encrypt") {
+		t.Errorf("contradiction and bad value: exit %d, stderr:\n%s", code, errOut)
+	}
 }

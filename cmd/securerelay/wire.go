@@ -71,6 +71,9 @@ func router(cfg *config.Config) (*outbound.Router, error) {
 		}
 		if rt.Auth != nil {
 			t.Auth = &outbound.RouteAuth{Username: rt.Auth.Username, Password: rt.Auth.Password, AllowInsecure: rt.Auth.AllowInsecureAuth}
+			if rt.Auth.TLS == "encrypt" {
+				t.Auth.TLS = tlspolicy.Encrypt
+			}
 		}
 		r.Routes = append(r.Routes, outbound.Route{Match: strings.ToLower(rt.Match), Target: t})
 	}

@@ -1,9 +1,10 @@
 package e2e
 
 // Helpers for the TLS policy tests (tlspolicy_test.go): a test CA, MX
-// servers that record every command and every byte they receive, a
-// man-in-the-middle proxy that strips STARTTLS, a DNS server that plays a
-// DNSSEC-validating resolver (the AD bit), and an MTA-STS policy host.
+// servers (SMTP or LMTP, AUTH optional) that record every command and
+// every byte they receive, before TLS and inside it, a man-in-the-middle
+// proxy that strips STARTTLS, a DNS server that plays a DNSSEC-validating
+// resolver (the AD bit), and an MTA-STS policy host.
 
 import (
 	"bufio"
@@ -38,6 +39,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
 	"securerelay/dnsutil/dnstest"
@@ -236,19 +238,36 @@ type mxOptions struct {
 	// RequireTLS advertises REQUIRETLS (RFC 8689), which go-smtp does only
 	// inside TLS.
 	RequireTLS bool
+	// LMTP speaks LMTP (LHLO) instead of SMTP.
+	LMTP bool
+	// Users offers AUTH PLAIN (inside TLS) with these passwords.
+	Users map[string]string
 }
 
 // policyMX is an MX host for TLS policy tests: it counts connections and
-// records the raw bytes it received, every MAIL, RCPT and DATA.
+// records the raw bytes it received, the dialogue as the server read and
+// wrote it (inside TLS too), every MAIL, RCPT and DATA, and who logged in.
 type policyMX struct {
 	Addr string
 
-	mu    sync.Mutex
-	conns int
-	raw   bytes.Buffer
-	mails []mailCmd
-	rcpts []string
-	msgs  []received
+	mu         sync.Mutex
+	conns      int
+	raw        bytes.Buffer
+	transcript bytes.Buffer
+	mails      []mailCmd
+	rcpts      []string
+	msgs       []received
+	logins     []string
+}
+
+// transcriptWriter is go-smtp's Debug writer: the server's side of the
+// dialogue after TLS is taken off, commands and replies alike.
+type transcriptWriter struct{ m *policyMX }
+
+func (w transcriptWriter) Write(p []byte) (int, error) {
+	w.m.mu.Lock()
+	defer w.m.mu.Unlock()
+	return w.m.transcript.Write(p)
 }
 
 func startPolicyMX(t *testing.T, ln net.Listener, o mxOptions) *policyMX {
@@ -259,11 +278,13 @@ func startPolicyMX(t *testing.T, ln net.Listener, o mxOptions) *policyMX {
 		rec:      func(p []byte) { m.mu.Lock(); m.raw.Write(p); m.mu.Unlock() },
 	}
 	s := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
-		return &mxSession{m: m, c: c}, nil
+		return &mxSession{m: m, c: c, users: o.Users}, nil
 	}))
 	s.Domain = "mx.e2e.test"
 	s.TLSConfig = o.TLS
 	s.EnableREQUIRETLS = o.RequireTLS
+	s.LMTP = o.LMTP
+	s.Debug = transcriptWriter{m}
 	s.ReadTimeout = 15 * time.Second
 	s.WriteTimeout = 15 * time.Second
 	// Failed handshakes are the point of several tests.
@@ -282,10 +303,33 @@ func startPolicyMX(t *testing.T, ln net.Listener, o mxOptions) *policyMX {
 }
 
 type mxSession struct {
-	m    *policyMX
-	c    *smtp.Conn
-	from string
-	to   []string
+	m     *policyMX
+	c     *smtp.Conn
+	users map[string]string
+	from  string
+	to    []string
+}
+
+func (s *mxSession) AuthMechanisms() []string {
+	if s.users == nil {
+		return nil
+	}
+	return []string{sasl.Plain}
+}
+
+func (s *mxSession) Auth(mech string) (sasl.Server, error) {
+	if s.users == nil || mech != sasl.Plain {
+		return nil, smtp.ErrAuthUnknownMechanism
+	}
+	return sasl.NewPlainServer(func(_, user, pass string) error {
+		if p, ok := s.users[user]; !ok || p != pass {
+			return smtp.ErrAuthFailed
+		}
+		s.m.mu.Lock()
+		s.m.logins = append(s.m.logins, user)
+		s.m.mu.Unlock()
+		return nil
+	}), nil
 }
 
 func (s *mxSession) Reset()        { s.from, s.to = "", nil }
@@ -324,6 +368,27 @@ func (m *policyMX) Conns() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.conns
+}
+
+// Transcript is the dialogue so far as the server saw it, inside TLS too.
+func (m *policyMX) Transcript() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.transcript.String()
+}
+
+// Rcpts are the RCPT TO addresses the server saw.
+func (m *policyMX) Rcpts() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.rcpts)
+}
+
+// Logins are the users that authenticated.
+func (m *policyMX) Logins() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.logins)
 }
 
 func (m *policyMX) Mails() []mailCmd {
@@ -603,6 +668,10 @@ type policyRelayOpts struct {
 	// CertFile and KeyFile are the listeners' certificate (self-signed
 	// when empty).
 	CertFile, KeyFile string
+	// Routes are lines under outbound.routes, indented by four spaces.
+	Routes string
+	// IdleTimeout replaces outbound.idle_connection_timeout (1s).
+	IdleTimeout string
 }
 
 // policyRelay is a relay with a submission listener that trusts
@@ -637,7 +706,15 @@ func startPolicyRelay(t *testing.T, o policyRelayOpts) *policyRelay {
 	}
 	fmt.Fprintf(&b, "domains:\n  example.test: {deliver_to: %q}\n", "maildir:"+p.Mail)
 	b.WriteString("queue:\n  retry: [1h]\n")
-	b.WriteString("outbound:\n" + outboundTimeouts + "  tls:\n" + o.TLS)
+	timeouts := outboundTimeouts
+	if o.IdleTimeout != "" {
+		timeouts = strings.Replace(timeouts, "idle_connection_timeout: 1s", "idle_connection_timeout: "+o.IdleTimeout, 1)
+	}
+	b.WriteString("outbound:\n" + timeouts)
+	if o.Routes != "" {
+		b.WriteString("  routes:\n" + o.Routes)
+	}
+	b.WriteString("  tls:\n" + o.TLS)
 	writeFile(t, p.Cfg, b.String())
 	if out, errOut, code := runRelayCmd(t, "check-config", "--config", p.Cfg); code != 0 {
 		t.Fatalf("check-config: exit %d: %s %s\n%s", code, out, errOut, b.String())
@@ -671,6 +748,26 @@ func (p *policyRelay) waitAttempt(t *testing.T, id string, timeout time.Duration
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no delivery result for %s within %v", id, timeout)
+		}
+		if !p.Running() {
+			t.Fatalf("relay exited while waiting for the delivery of %s", id)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitRcpt is waitAttempt for one recipient of a message.
+func (p *policyRelay) waitRcpt(t *testing.T, id, rcpt string, timeout time.Duration) attempt {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		for _, st := range []string{"sent", "deferred", "bounced"} {
+			if l := p.LogLines("msg="+st, "queue_id="+id, "to="+rcpt+" ", "status="+st); len(l) > 0 {
+				return attempt{Status: st, Line: l[0]}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no delivery result for %s to %s within %v", id, rcpt, timeout)
 		}
 		if !p.Running() {
 			t.Fatalf("relay exited while waiting for the delivery of %s", id)

@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -699,4 +700,244 @@ func TestMTASTSCacheSurvivesRestart(t *testing.T) {
 		t.Errorf("after the restart, _mta-sts unresolvable: %s, want deferred with mx-not-allowed (cached enforce policy):\n%s", a.Status, a.Line)
 	}
 	mx.checkUntouched(t, "marker-after", false)
+}
+
+// TestTLSPolicyPooledSession (issue 11, finding 1): one gateway for
+// .corp.test, whose valid certificate names only a.corp.test, under a
+// secure rule for .corp.test. Mail for b.corp.test must never reach it:
+// not in the same message as mail for a.corp.test, and not in the next
+// message on the session pooled for a.corp.test. b is deferred with 4.7.5
+// each time and never appears in an envelope command (or, alone, with a
+// byte of its message) in the gateway's transcript; a is delivered, and
+// a's pooled session still serves a.
+func TestTLSPolicyPooledSession(t *testing.T) {
+	requireTool(t, "swaks")
+	ca := newTestCA(t)
+	gw := startPolicyMX(t, listenLoopback(t), mxOptions{TLS: serverTLS(ca.issue(t, certSpec{names: []string{"a.corp.test"}}))})
+	dns := dnstest.NewServer(t, "")
+	r := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(), IdleTimeout: "5m",
+		Routes: fmt.Sprintf("    - {match: .corp.test, next_hop: \"smtp://%s\"}\n", gw.Addr),
+		TLS:    fmt.Sprintf("    ca_file: %q\n    policies:\n      - {match: .corp.test, level: secure}\n", ca.pemFile)})
+
+	sentSecure := func(t *testing.T, id, rcpt string) {
+		t.Helper()
+		a := r.waitRcpt(t, id, rcpt, 20*time.Second)
+		if a.Status != "sent" || !strings.Contains(a.Line, "achieved=secure") {
+			t.Errorf("%s: %s, want sent with achieved=secure:\n%s", rcpt, a.Status, a.Line)
+		}
+	}
+	deferredB := func(t *testing.T, id, rcpt string) {
+		t.Helper()
+		a := r.waitRcpt(t, id, rcpt, 20*time.Second)
+		if a.Status != "deferred" || !strings.Contains(a.Line, "dsn=4.7.5") || !strings.Contains(a.Line, "failure=name-mismatch") ||
+			!strings.Contains(a.Line, "(policy rule 1 (match .corp.test))") {
+			t.Errorf("%s: %s, want deferred with 4.7.5, name-mismatch under rule 1:\n%s", rcpt, a.Status, a.Line)
+		}
+		// The message's To: field names b when a's copy carries it; the
+		// envelope must not.
+		if strings.Contains(strings.ToUpper(gw.Transcript()), strings.ToUpper("RCPT TO:<"+rcpt+">")) {
+			t.Errorf("the gateway was asked to take %s:\n%s", rcpt, gw.Transcript())
+		}
+	}
+
+	t.Run("one message, both subdomains", func(t *testing.T) {
+		id := r.send(t, "s1@example.test", "x@a.corp.test,z@b.corp.test", "marker-both")
+		sentSecure(t, id, "x@a.corp.test")
+		deferredB(t, id, "z@b.corp.test")
+		if rc := gw.Rcpts(); strings.Join(rc, ",") != "x@a.corp.test" {
+			t.Errorf("the gateway saw RCPT %v, want only x@a.corp.test", rc)
+		}
+	})
+	t.Run("two messages on the pooled session", func(t *testing.T) {
+		before := gw.Conns()
+		id := r.send(t, "s2@example.test", "y@a.corp.test", "marker-a-again")
+		sentSecure(t, id, "y@a.corp.test")
+		if n := gw.Conns(); n != before {
+			t.Fatalf("the gateway saw %d new connections for a.corp.test, want 0: the pooled session was not reused, so this test proves nothing", n-before)
+		}
+		id = r.send(t, "s3@example.test", "w@b.corp.test", "marker-b-alone")
+		deferredB(t, id, "w@b.corp.test")
+		if strings.Contains(gw.Transcript(), "marker-b-alone") {
+			t.Errorf("b.corp.test's message reached the gateway:\n%s", gw.Transcript())
+		}
+		if rc := gw.Rcpts(); strings.Join(rc, ",") != "x@a.corp.test,y@a.corp.test" {
+			t.Errorf("the gateway saw RCPT %v, want x@a.corp.test and y@a.corp.test only", rc)
+		}
+	})
+}
+
+// TestTLSPolicyLMTPRoute (issue 11, finding 2): a rule naming a domain
+// routed to an LMTP server applies as it would over SMTP: an LMTP server
+// without STARTTLS gets nothing under secure (4.7.10), one with STARTTLS
+// and a certificate for the domain gets the message inside TLS, and
+// tls-policy explain and probe show that rule.
+func TestTLSPolicyLMTPRoute(t *testing.T) {
+	requireTool(t, "swaks")
+	ca := newTestCA(t)
+	plain := startPolicyMX(t, listenLoopback(t), mxOptions{LMTP: true})
+	secure := startPolicyMX(t, listenLoopback(t), mxOptions{LMTP: true,
+		TLS: serverTLS(ca.issue(t, certSpec{names: []string{"lmtps.test"}}))})
+	dns := dnstest.NewServer(t, "")
+	r := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(),
+		Routes: fmt.Sprintf("    - {match: lmtpp.test, next_hop: \"lmtp://%s\"}\n    - {match: lmtps.test, next_hop: \"lmtp://%s\"}\n", plain.Addr, secure.Addr),
+		TLS: fmt.Sprintf("    ca_file: %q\n    policies:\n      - {match: lmtpp.test, level: secure}\n      - {match: lmtps.test, level: secure}\n",
+			ca.pemFile)})
+
+	t.Run("no STARTTLS", func(t *testing.T) {
+		id := r.send(t, "l1@example.test", "u@lmtpp.test", "marker-lmtp-plain")
+		a := r.waitAttempt(t, id, 20*time.Second)
+		for _, s := range []string{"dsn=4.7.10", "tls required=secure (policy rule 1 (match lmtpp.test))", "failure=no-starttls"} {
+			if !strings.Contains(a.Line, s) {
+				t.Errorf("log line lacks %q:\n%s", s, a.Line)
+			}
+		}
+		if a.Status != "deferred" {
+			t.Errorf("%s, want deferred", a.Status)
+		}
+		plain.checkUntouched(t, "marker-lmtp-plain", true)
+	})
+	t.Run("STARTTLS, certificate for the domain", func(t *testing.T) {
+		id := r.send(t, "l2@example.test", "u@lmtps.test", "marker-lmtp-tls")
+		a := r.waitAttempt(t, id, 20*time.Second)
+		if a.Status != "sent" || !strings.Contains(a.Line, "achieved=secure") || !strings.Contains(a.Line, "(policy rule 2 (match lmtps.test))") {
+			t.Errorf("%s, want sent with achieved=secure under rule 2:\n%s", a.Status, a.Line)
+		}
+		m := secure.waitMessage(t, 5*time.Second)
+		if !m.TLS || m.Helo != "relay.e2e.test" {
+			t.Errorf("LMTP server got the message with TLS %v after LHLO %q", m.TLS, m.Helo)
+		}
+	})
+	t.Run("tls-policy explain and probe", func(t *testing.T) {
+		out, errOut, code := runRelayCmd(t, "tls-policy", "explain", "--config", r.Cfg, "lmtpp.test")
+		for _, s := range []string{"lmtp://" + plain.Addr, "a rule names lmtpp.test", "policy rule 1 (match lmtpp.test) matches lmtpp.test: level secure", "LMTP uses STARTTLS when offered"} {
+			if code != 0 || !strings.Contains(out, s) {
+				t.Errorf("explain lmtpp.test: exit %d, output lacks %q:\n%s%s", code, s, out, errErr(errOut))
+			}
+		}
+		out, errOut, code = runRelayCmd(t, "tls-policy", "probe", "--config", r.Cfg, "--timeout", "10s", "lmtpp.test")
+		if code != 1 || !strings.Contains(out, "(LMTP)") || !strings.Contains(out, "policy NOT met: no STARTTLS offered") {
+			t.Errorf("probe lmtpp.test: exit %d, want 1 and no STARTTLS:\n%s%s", code, out, errErr(errOut))
+		}
+		out, errOut, code = runRelayCmd(t, "tls-policy", "probe", "--config", r.Cfg, "--timeout", "10s", "lmtps.test")
+		if code != 0 || !strings.Contains(out, "all 1 next-hop addresses meet the policy") {
+			t.Errorf("probe lmtps.test: exit %d, want 0:\n%s%s", code, out, errErr(errOut))
+		}
+		if n := len(plain.Mails()) + len(secure.Mails()); n != 1 {
+			t.Errorf("the LMTP servers saw %d MAIL commands, want 1 (the delivery; probe sends none)", n)
+		}
+	})
+}
+
+func errErr(s string) string {
+	if s == "" {
+		return ""
+	}
+	return "stderr: " + s
+}
+
+// TestRouteCredentials (issue 11, finding 3): route credentials go only to
+// a next hop that offers AUTH inside TLS verified for the route's host
+// (the CA in ca_file counts), or over the weaker session a route
+// explicitly accepts. The password never appears in the transcript of a
+// next hop that did not prove itself, and the mail waits with 4.7.x and a
+// log line that says why; check-config warns about routes whose
+// credentials the TLS policy does not back.
+func TestRouteCredentials(t *testing.T) {
+	requireTool(t, "swaks")
+	const user, pass = "relay-user", "e2e-S3cret-pw"
+	users := map[string]string{user: pass}
+	ca := newTestCA(t)
+	type hopCase struct {
+		name   string
+		host   string
+		mx     mxOptions
+		auth   string // the auth: flow mapping
+		want   string // sent or deferred
+		dsn    string
+		reason string // in the log line
+	}
+	cases := []hopCase{
+		{name: "self-signed, no AUTH offered", host: "selfsigned.smarthost.test",
+			mx:   mxOptions{TLS: serverTLS(selfSigned(t, "selfsigned.smarthost.test"))},
+			want: "deferred", dsn: "4.7.5", reason: "not verified as selfsigned.smarthost.test (certificate not trusted"},
+		{name: "self-signed, AUTH offered", host: "selfsigned-auth.smarthost.test",
+			mx:   mxOptions{TLS: serverTLS(selfSigned(t, "selfsigned-auth.smarthost.test")), Users: users},
+			want: "deferred", dsn: "4.7.5", reason: "not verified as selfsigned-auth.smarthost.test"},
+		{name: "valid certificate for another name", host: "wrongname.smarthost.test",
+			mx:   mxOptions{TLS: serverTLS(ca.issue(t, certSpec{names: []string{"mx.elsewhere.test"}})), Users: users},
+			want: "deferred", dsn: "4.7.5", reason: "certificate name mismatch"},
+		{name: "verified, no AUTH offered", host: "noauth.smarthost.test",
+			mx:   mxOptions{TLS: serverTLS(ca.issue(t, certSpec{names: []string{"noauth.smarthost.test"}}))},
+			want: "deferred", dsn: "4.7.0", reason: "does not advertise AUTH"},
+		{name: "no TLS", host: "plain.smarthost.test", mx: mxOptions{Users: users},
+			want: "deferred", dsn: "4.7.10", reason: "not verified as plain.smarthost.test (the session is not encrypted)"},
+		{name: "verified, AUTH offered", host: "good.smarthost.test",
+			mx:   mxOptions{TLS: serverTLS(ca.issue(t, certSpec{names: []string{"good.smarthost.test"}})), Users: users},
+			want: "sent"},
+		{name: "self-signed, auth.tls encrypt", host: "encrypt.smarthost.test",
+			mx:   mxOptions{TLS: serverTLS(selfSigned(t, "encrypt.smarthost.test")), Users: users},
+			auth: ", tls: encrypt", want: "sent"},
+	}
+	var zone, routes strings.Builder
+	mxs := make([]*policyMX, len(cases))
+	for i, c := range cases {
+		mxs[i] = startPolicyMX(t, listenLoopback(t), c.mx)
+		_, port, _ := strings.Cut(mxs[i].Addr, ":")
+		fmt.Fprintf(&zone, "%s. A 127.0.0.1\n", c.host)
+		fmt.Fprintf(&routes, "    - {match: dest%d.test, next_hop: \"smtp://%s:%s\", auth: {username: %s, password: %q%s}}\n", i, c.host, port, user, pass, c.auth)
+	}
+	dns := dnstest.NewServer(t, zone.String())
+	r := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(), Routes: routes.String(),
+		TLS: fmt.Sprintf("    ca_file: %q\n", ca.pemFile)})
+
+	ids := make([]string, len(cases))
+	for i := range cases {
+		ids[i] = r.send(t, fmt.Sprintf("c%d@example.test", i), fmt.Sprintf("user@dest%d.test", i), fmt.Sprintf("marker-cred-%d", i))
+	}
+	plainBlob := base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + pass))
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			a := r.waitAttempt(t, ids[i], 20*time.Second)
+			if a.Status != c.want {
+				t.Fatalf("%s, want %s:\n%s", a.Status, c.want, a.Line)
+			}
+			tr := mxs[i].Transcript()
+			if c.want == "sent" {
+				if !strings.Contains(tr, "AUTH PLAIN "+plainBlob) || !slices.Equal(mxs[i].Logins(), []string{user}) {
+					t.Errorf("the next hop saw logins %v; transcript:\n%s", mxs[i].Logins(), tr)
+				}
+				mxs[i].waitMessage(t, 5*time.Second)
+				return
+			}
+			for _, secret := range []string{pass, plainBlob, base64.StdEncoding.EncodeToString([]byte(pass))} {
+				if strings.Contains(tr, secret) {
+					t.Errorf("the next hop's transcript contains %q:\n%s", secret, tr)
+				}
+			}
+			if regexp.MustCompile(`(?mi)^AUTH`).MatchString(tr) {
+				t.Errorf("the relay sent AUTH:\n%s", tr)
+			}
+			if len(mxs[i].Logins()) != 0 || mxs[i].Conns() == 0 {
+				t.Errorf("logins %v, %d connections; want none and at least one", mxs[i].Logins(), mxs[i].Conns())
+			}
+			mxs[i].checkUntouched(t, fmt.Sprintf("marker-cred-%d", i), true)
+			if !strings.Contains(a.Line, "dsn="+c.dsn) || !strings.Contains(a.Line, "route credentials not sent") || !strings.Contains(a.Line, c.reason) {
+				t.Errorf("log line, want dsn=%s and %q:\n%s", c.dsn, c.reason, a.Line)
+			}
+			r.waitLine(t, 5*time.Second, "route credentials not sent, trying the next address", "user="+user, "relay="+c.host)
+		})
+	}
+
+	t.Run("check-config warns", func(t *testing.T) {
+		_, errOut, code := runRelayCmd(t, "check-config", "--config", r.Cfg)
+		if code != 0 {
+			t.Fatalf("check-config: exit %d\n%s", code, errOut)
+		}
+		for i, c := range cases {
+			w := fmt.Sprintf("outbound.routes[%d].auth: the credentials go out only inside TLS verified for %s (auth.tls: verify), but the TLS policy for %s is may (default)", i, c.host, c.host)
+			if got := strings.Contains(errOut, w); got != (c.auth == "") {
+				t.Errorf("route %d (%s): warning %v, want %v:\n%s", i, c.host, got, c.auth == "", errOut)
+			}
+		}
+	})
 }

@@ -332,6 +332,26 @@ func (c *Client) startTLS(config *tls.Config) error {
 	return nil
 }
 
+// StartTLS sends the STARTTLS command, completes the handshake and sends
+// EHLO (LHLO) again with the name given to Hello, so that a handshake
+// failure is this call's error and Extension then reports what the server
+// offers inside TLS (securerelay patch: upstream keeps startTLS private,
+// and NewClientStartTLS greets as "localhost" and never speaks LMTP).
+//
+// If server returns an error, it will be of type *SMTPError.
+func (c *Client) StartTLS(config *tls.Config) error {
+	if err := c.startTLS(config); err != nil {
+		return err
+	}
+	c.conn.SetDeadline(time.Now().Add(c.CommandTimeout))
+	err := c.conn.(*tls.Conn).Handshake()
+	c.conn.SetDeadline(time.Time{})
+	if err != nil {
+		return err
+	}
+	return c.hello()
+}
+
 // TLSConnectionState returns the client's TLS connection state.
 // The return values are their zero values if STARTTLS did
 // not succeed.
