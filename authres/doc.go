@@ -27,9 +27,18 @@
 // give temperror. dnsutil.Resolver has no PTR lookup, so the ptr
 // mechanism never matches (RFC 7208 §5.5 says a failed reverse lookup is
 // no match, and discourages ptr) and the %{p} macro expands to
-// "unknown" (§7.3 allows that). The a, mx and exists mechanisms ask for
-// A and AAAA together (LookupHost); a temporary failure of the family
-// the client does not use can therefore turn a no-match into temperror.
+// "unknown" (§7.3 allows that). The a and mx mechanisms ask only for
+// the client's address family (§5.3, §5.4), exists for A (§5.7): the
+// library does not say which mechanism asks, so the adapter follows the
+// evaluation (see spfResolver); an exists from an IPv6 client asks A and
+// AAAA. A record of ten mx terms of ten hosts, the most §4.6.4 allows
+// short of permerror, costs 111 questions, not 211. The library enforces
+// §4.6.4 itself (ten DNS terms, ten MX hosts per term, two void
+// lookups); TestSPFLimits counts the questions at a DNS server.
+//
+// SPF costs that much per transaction, so the inbound role asks for it
+// only at the first recipient it accepts, once per transaction, never
+// for a client that names no valid recipient; Check reuses the result.
 //
 // With the null sender the HELO identity is checked as
 // postmaster@helo (§2.4) and reported as smtp.helo; otherwise the
