@@ -212,10 +212,13 @@ type Auth struct {
 	// claiming it are removed. Default: hostname.
 	AuthServID string `yaml:"authserv_id"`
 	// RejectDMARC refuses mail failing DMARC whose domain publishes
-	// p=reject (550 5.7.1). Default true.
+	// p=reject (550 5.7.26), and mail DMARC cannot be checked for:
+	// several From fields (550 5.6.0), more than ten author domains (550
+	// 5.7.1). Default true.
 	RejectDMARC *bool `yaml:"reject_dmarc"`
-	// RejectSPFFail refuses mail whose SPF result is fail (-all) at MAIL
-	// FROM. Default false: forwarding breaks SPF.
+	// RejectSPFFail refuses mail whose SPF result is fail (-all), at the
+	// first accepted RCPT (550 5.7.23; SPF is evaluated there, once per
+	// transaction). Default false: forwarding breaks SPF.
 	RejectSPFFail bool `yaml:"reject_spf_fail"`
 	// Timeout for all DNS lookups of one message. Default 10s.
 	Timeout Duration `yaml:"timeout"`

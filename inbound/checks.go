@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"securerelay/dnsutil"
+	"securerelay/smtpd"
 	"securerelay/smtputil"
 )
 
@@ -77,6 +78,19 @@ func (r *Role) Refusals() map[string]int64 {
 		out[k] = v.Load()
 	}
 	return out
+}
+
+// refused counts a refusal under its check's name and logs it once, on
+// the session's logger (with its connection) when there is one.
+func (r *Role) refused(st *smtpd.State, check string, kv ...any) {
+	n := r.count.inc(check)
+	log := r.log
+	if st != nil && st.Log != nil {
+		log = st.Log
+	}
+	if log != nil {
+		log.Info("inbound check refused", append(append([]any{"check", check}, kv...), "count", n)...)
+	}
 }
 
 // act applies a check's action to a refusal: the permanent reply, its

@@ -161,8 +161,7 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 			return r.contentFailed(msg, "SPF/DKIM/DMARC", err)
 		}
 		if v.Reject != nil {
-			r.count.inc("dmarc")
-			st.Log.Info("inbound check refused", "check", "auth", "queue_id", msg.QueueID, "reply", v.Reject.Message)
+			r.refused(st, v.Check, "queue_id", msg.QueueID, "reply", v.Reject.Message)
 			return v.Reject
 		}
 		msg.AddHeader += v.Header
