@@ -174,6 +174,11 @@ type Inbound struct {
 	Verify  Verify        `yaml:"verify"`
 	Content Content       `yaml:"content"`
 	Auth    Auth          `yaml:"auth"`
+	// MaxMailPerSession ends an inbound session at the MAIL command over
+	// it (421 4.7.0; the client reconnects): each transaction may cost
+	// DNS work (sender domain, SPF), which RSET must not repeat without
+	// end. Default 100 (0 or leaving it out).
+	MaxMailPerSession int `yaml:"max_mail_per_session"`
 }
 
 // Content is scanning after DATA through milters, while the client waits.
@@ -433,7 +438,9 @@ type TLSPolicy struct {
 	// max_age, then a DSN), bounce (a DSN at once) or encrypt (end-to-end,
 	// by the encryption stage; until that exists: defer).
 	Fallback string `yaml:"fallback"`
-	// Inbound: mail from this domain (envelope sender) over a plaintext
+	// Inbound: mail from this domain (envelope sender), and any mail
+	// (the null sender of its DSNs and MDNs included) from a client whose
+	// EHLO name is the domain or a host under it, over a plaintext
 	// session on an inbound listener is refused: tempfail (450 4.7.0) or
 	// reject (530 5.7.0); off (default) accepts it.
 	Inbound string `yaml:"inbound"`

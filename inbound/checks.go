@@ -50,6 +50,9 @@ type Options struct {
 	// PassCache is shared by the inbound listeners and may be kept in a
 	// file; nil: a cache in memory for this role alone.
 	PassCache *PassCache
+	// MaxMailPerSession ends a session at the MAIL command over it (421
+	// 4.7.0); 0: no limit.
+	MaxMailPerSession int
 }
 
 // counters count refusals per check, for the logs now and metrics later.

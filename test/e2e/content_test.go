@@ -550,7 +550,8 @@ func wantTopAR(t *testing.T, got []byte, ar string) {
 // refused in the dialog (550 5.7.26). A forged field claiming our
 // authserv-id is removed, a foreign one kept. A signature made by
 // python3-dkim's dkimsign verifies too. With reject_spf_fail, SPF -all
-// refuses at MAIL FROM (550 5.7.23).
+// refuses at the first accepted RCPT, where SPF is evaluated (550
+// 5.7.23).
 func TestAuthResults(t *testing.T) {
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -696,10 +697,13 @@ _dmarc.reject.test.        TXT "v=DMARC1; p=reject"
 		_, mx2, _ := startContentRelay(t, dns.Addr(), authInbound+"    reject_spf_fail: true\n", domains)
 		c := dialSMTP(t, mx2)
 		c.Expect("EHLO client.e2e.test", 250)
-		if code, text := c.Cmd("MAIL FROM:<boss@reject.test>"); code != 550 || !strings.HasPrefix(text, "550 5.7.23 ") {
-			t.Errorf("MAIL FROM a domain whose SPF fails us: %q, want 550 5.7.23", text)
+		c.Expect("MAIL FROM:<boss@reject.test>", 250)
+		if code, text := c.Cmd("RCPT TO:<" + rcpt + ">"); code != 550 || !strings.HasPrefix(text, "550 5.7.23 ") {
+			t.Errorf("RCPT from a domain whose SPF fails us: %q, want 550 5.7.23", text)
 		}
+		c.Expect("RSET", 250)
 		c.Expect("MAIL FROM:<alice@auth.test>", 250)
+		c.Expect("RCPT TO:<"+rcpt+">", 250)
 		c.Expect("QUIT", 221)
 	})
 }
