@@ -34,6 +34,12 @@ const (
 	DefaultQueueQuarantineMaxAge = Duration(30 * day)
 )
 
+// DefaultMaxMailPerSession: Exim allows 1000 messages per connection
+// (smtp_accept_max_per_connection); an inbound transaction here may cost
+// an SPF evaluation of up to about 110 DNS questions, so a tenth of that.
+// A sender over it reconnects; nothing is lost.
+const DefaultMaxMailPerSession = 100
+
 // defaultLimits are the global limits when the file sets none.
 var defaultLimits = Limits{
 	MaxMessageSize:  50 * 1000 * 1000, // 50MB
@@ -170,6 +176,9 @@ func (l *loader) applyDefaults(c *Config) {
 	}
 	if au.Timeout == 0 {
 		au.Timeout = Duration(10 * time.Second)
+	}
+	if c.Inbound.MaxMailPerSession == 0 {
+		c.Inbound.MaxMailPerSession = DefaultMaxMailPerSession
 	}
 	if o.TLS.Default == "" {
 		o.TLS.Default = "may"

@@ -533,6 +533,9 @@ func (l *loader) checkContent(c *Config) {
 		}
 	}
 	l.positiveDuration("inbound.auth.timeout", c.Inbound.Auth.Timeout, "the default, 10s")
+	if c.Inbound.MaxMailPerSession < 0 {
+		l.errorf("inbound.max_mail_per_session", "must be positive (0 or leaving it out means %d)", DefaultMaxMailPerSession)
+	}
 	if c.Inbound.Auth.Enabled && strings.ContainsAny(c.Inbound.Auth.AuthServID, " ;()\t") {
 		l.errorf("inbound.auth.authserv_id", "%q is not a host name", c.Inbound.Auth.AuthServID)
 	}
