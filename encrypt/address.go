@@ -75,3 +75,23 @@ func openpgpkeyName(local, domain string) string {
 	sum := sha256.Sum256([]byte(local))
 	return hex.EncodeToString(sum[:28]) + "._openpgpkey." + domain
 }
+
+// WKDURLs returns the advanced and the direct WKD URL of address, for
+// "encrypt lookup" to show where it looked.
+func WKDURLs(address string) (advanced, direct string, err error) {
+	r, err := parseRecipient(address)
+	if err != nil {
+		return "", "", err
+	}
+	advanced, direct = wkdURLs(r)
+	return advanced, direct, nil
+}
+
+// OPENPGPKEYName returns the DNS name of address's OPENPGPKEY records.
+func OPENPGPKEYName(address string) (string, error) {
+	r, err := parseRecipient(address)
+	if err != nil {
+		return "", err
+	}
+	return openpgpkeyName(r.local, r.domain), nil
+}

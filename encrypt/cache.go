@@ -57,6 +57,9 @@ type remoteCache struct {
 	dirty   bool
 	keeper  *atomicfile.Keeper
 	flights map[string]*flight
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 type failure struct {
@@ -185,9 +188,12 @@ func (c *remoteCache) once(ctx context.Context, key string, fetch func() (remote
 	return f.ans, f.err
 }
 
+// close saves the cache; later calls do nothing.
 func (c *remoteCache) close() error {
-	if c.keeper == nil {
-		return nil
-	}
-	return c.keeper.Close()
+	c.closeOnce.Do(func() {
+		if c.keeper != nil {
+			c.closeErr = c.keeper.Close()
+		}
+	})
+	return c.closeErr
 }
