@@ -145,6 +145,10 @@ func New(o Options) (*Directory, error) {
 		if o.HTTPClient == nil || o.Resolver == nil {
 			return nil, errors.New("encrypt: WKD needs an HTTP client and a resolver")
 		}
+		// WKD's only authentication is the web server's certificate.
+		if t, ok := o.HTTPClient.Transport.(*http.Transport); ok && t.TLSClientConfig != nil && t.TLSClientConfig.InsecureSkipVerify {
+			return nil, errors.New("encrypt: the WKD HTTP client does not verify certificates; WKD keys would be anybody's")
+		}
 		d.httpc = wkdClient(o.HTTPClient)
 	}
 	d.cache = newRemoteCache(o.CacheFile, o.Now(), o.Logger)

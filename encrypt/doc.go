@@ -20,14 +20,16 @@
 //     rescanned at most every KeyringRescan (mtime, size, inode): changes
 //     take effect without a restart. A folder that cannot be read is a
 //     temporary failure, never "the keys we had". KeyringProblems lists
-//     files that are not readable keys.
+//     files that are not readable keys, and files holding secret keys
+//     (their public part is used; the secret does not belong there).
 //   - SourceWKD: Web Key Directory. The advanced method
 //     (https://openpgpkey.<domain>/.well-known/openpgpkey/<domain>/hu/…)
 //     when openpgpkey.<domain> exists in DNS, else the direct one
 //     (https://<domain>/.well-known/openpgpkey/hu/…); a subdomain that
 //     exists but answers 404 or fails is final, as the WKD draft says.
 //     HTTPS only, certificate verified by the HTTPClient given, redirects
-//     only to the same host over HTTPS, answers up to 1 MiB, the whole
+//     only to the same host over HTTPS (New refuses a client with
+//     InsecureSkipVerify), answers up to 1 MiB, the whole
 //     lookup bounded by RemoteTimeout. A domain with no address at all
 //     has no WKD (no key, not a failure).
 //   - SourceOPENPGPKEY: DNS OPENPGPKEY (RFC 7929), only from an answer
@@ -48,7 +50,9 @@
 // stop it; Result.Temporary is set only when no later source had a key.
 // Result{Key: nil, Temporary: nil} means no key anywhere asked: the
 // message waits (a key may be published) and finally bounces with "no
-// key"; with Temporary set the DSN should say the lookup failed.
+// key"; with Temporary set the DSN should say the lookup failed. An
+// address that cannot have a key (no domain, an address literal) gives one
+// Refused without a Source.
 //
 // WKD and OPENPGPKEY answers are cached (raw key bytes, judged again at
 // each use) in memory and in Options.CacheFile, written at most once a

@@ -160,3 +160,15 @@ func FuzzKeyFile(f *testing.F) {
 		}
 	})
 }
+
+func TestCacheEvictsEarliestExpiring(t *testing.T) {
+	c := &remoteCache{m: map[string]*cacheEntry{}}
+	now := time.Now()
+	for i := range 20 {
+		c.m[string(rune('a'+i))] = &cacheEntry{Expires: now.Add(time.Duration(i) * time.Minute)}
+	}
+	c.evict()
+	if len(c.m) != 17 || c.m["a"] != nil || c.m["c"] != nil || c.m["d"] == nil {
+		t.Errorf("after evict: %d entries; want the 3 expiring first gone", len(c.m))
+	}
+}

@@ -44,6 +44,10 @@ type keyFile struct {
 	stamp stamp
 	keys  openpgp.EntityList
 	err   error // unreadable or unparseable; keys is empty then
+	// secret is set when the file holds secret key material: only the
+	// public parts are used, but such a file does not belong in a
+	// keyring of recipients (or in a rule).
+	secret bool
 }
 
 func readKeyFile(path string) *keyFile {
@@ -72,6 +76,9 @@ func readKeyFile(path string) *keyFile {
 	kf.keys, kf.err = parseKeys(data, maxFileKeyData)
 	if kf.err != nil {
 		kf.err = fmt.Errorf("%s: %w", path, kf.err)
+	}
+	for _, e := range kf.keys {
+		kf.secret = kf.secret || e.PrivateKey != nil
 	}
 	return kf
 }
@@ -173,14 +180,19 @@ func (k *keyring) refresh(now time.Time) error {
 			kf := readKeyFile(path)
 			files[name] = kf
 			changed = true
-			if kf.err != nil {
+			switch {
+			case kf.err != nil:
 				k.log.Warn("encrypt: keyring file unusable", "file", path, "error", kf.err)
-			} else {
+			case kf.secret:
+				k.log.Warn("encrypt: keyring file holds a secret key; only its public part is used, remove the secret", "file", path)
+			default:
 				k.log.Info("encrypt: keyring file loaded", "file", path, "keys", len(kf.keys))
 			}
 		}
-		if files[name].err != nil {
-			problems = append(problems, files[name].err)
+		if kf := files[name]; kf.err != nil {
+			problems = append(problems, kf.err)
+		} else if kf.secret {
+			problems = append(problems, fmt.Errorf("%s: holds secret key material; a keyring of recipients needs public keys only", path))
 		}
 	}
 	if len(files) != len(k.files) {

@@ -1,6 +1,7 @@
 package encrypt_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -30,6 +31,7 @@ func TestKeyringFindsKeys(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "frank.gpg"), k.binary(t, k.frank))
 	writeFile(t, filepath.Join(dir, "README"), []byte("keys of our partners\n"))
 	writeFile(t, filepath.Join(dir, "broken.asc"), []byte("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnonsense\n-----END PGP PUBLIC KEY BLOCK-----\n"))
+	writeFile(t, filepath.Join(dir, "org.asc"), k.secret(t, k.org))
 	d := newDirectory(t, encrypt.Options{KeyringDir: dir})
 
 	for addr, want := range map[string]string{addrAlice: k.alice, "Bob@Partner.Example": k.bob, addrFrank: k.frank} {
@@ -42,9 +44,9 @@ func TestKeyringFindsKeys(t *testing.T) {
 	if res.Key != nil || res.Temporary != nil || !slices.Equal(res.Searched, keyringOnly) {
 		t.Errorf("unknown address: %s; want no key, no temporary error", describe(res))
 	}
-	probs := d.KeyringProblems()
-	if len(probs) != 1 || !strings.Contains(probs[0].Error(), "broken.asc") {
-		t.Errorf("KeyringProblems = %v; want broken.asc only", probs)
+	probs := fmt.Sprint(d.KeyringProblems())
+	if !strings.Contains(probs, "broken.asc: unreadable OpenPGP key data") || !strings.Contains(probs, "org.asc: holds secret key material") || strings.Count(probs, ".asc") != 2 {
+		t.Errorf("KeyringProblems = %s; want broken.asc and the secret key in org.asc", probs)
 	}
 }
 

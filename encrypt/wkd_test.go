@@ -2,6 +2,8 @@ package encrypt_test
 
 import (
 	"bytes"
+	"crypto/tls"
+	"net/http"
 	"net/url"
 	"os/exec"
 	"path/filepath"
@@ -295,4 +297,17 @@ func TestWKDCache(t *testing.T) {
 	want(d2, addrAlice, e.k.alice, 3, "positive answer still cached")
 	e.clk.advance(6 * time.Hour)
 	want(d2, addrAlice, e.k.alice, 4, "positive answer expired")
+}
+
+// WKD's only authentication is the certificate: a client that does not
+// check it is refused at start.
+func TestWKDNeedsVerifyingClient(t *testing.T) {
+	_, res := newDNS(t, wkdZone)
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	if _, err := encrypt.New(encrypt.Options{WKD: true, HTTPClient: c, Resolver: res}); err == nil || !strings.Contains(err.Error(), "does not verify certificates") {
+		t.Errorf("New with InsecureSkipVerify: %v", err)
+	}
+	if _, err := encrypt.New(encrypt.Options{WKD: true, Resolver: res}); err == nil {
+		t.Error("New with WKD and no HTTP client: no error")
+	}
 }
