@@ -19,8 +19,12 @@ cd "$(dirname "$0")"
 # rbldnsd as a real DNSBL server, the content scanners the milter client
 # talks to (rspamd; clamav-daemon + clamav-milter, with a local signature
 # made by the test, never downloaded), and testssl.sh against our STARTTLS.
+# OpenPGP (encrypt/): gnupg makes the recipients' keys, the OPENPGPKEY
+# records and the WKD hashes and decrypts what we encrypt; sq (Sequoia) and
+# rnp decrypt it too, as independent implementations.
 PKGS=(swaks libnet-ssleay-perl libio-socket-ssl-perl postfix openssl ca-certificates python3-dkim python3-nacl opendkim opendkim-tools rbldnsd
-	rspamd clamav clamav-daemon clamav-milter testssl.sh)
+	rspamd clamav clamav-daemon clamav-milter testssl.sh
+	gnupg sq rnp)
 missing=()
 for p in "${PKGS[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

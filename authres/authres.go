@@ -110,10 +110,22 @@ type Verdict struct {
 	// claim our authserv-id: when it is 0, StripForged has nothing to do.
 	Forged int
 	// Reject, when not nil, is the reply to send instead of accepting the
-	// message: 550 when the published DMARC policy says reject, 451 when
-	// a temporary DNS failure left open whether it does.
+	// message: 550 when the published DMARC policy says reject or when
+	// DMARC cannot be evaluated for every author (several From fields,
+	// too many author domains), 451 when a temporary DNS failure left
+	// open whether the policy says reject.
 	Reject *smtp.SMTPError
+	// Check names what made Reject, for the log line and the counter:
+	// "dmarc", "multiple_from" or "author_domains"; "" without Reject.
+	Check string
 }
+
+// The checks that can refuse a message in Check (Verdict.Check).
+const (
+	checkDMARC         = "dmarc"
+	checkMultipleFrom  = "multiple_from"
+	checkAuthorDomains = "author_domains"
+)
 
 // Check verifies the DKIM signatures of msg (the message as received,
 // header and body, CRLF or LF line ends) and evaluates DMARC for its
@@ -158,7 +170,7 @@ func (c *Checker) Check(ctx context.Context, ip netip.Addr, helo, mailFrom strin
 	v.DMARC = c.evalDMARC(ctx, fields, &v.SPF, v.DKIM)
 	v.Header = c.header(v)
 	if !c.o.IgnoreDMARCReject {
-		v.Reject = dmarcReject(v)
+		v.Reject, v.Check = dmarcReject(v)
 	}
 	return v, nil
 }
@@ -179,17 +191,22 @@ func (c *Checker) header(v *Verdict) string {
 	return formatField(c.o.AuthServID, rs)
 }
 
-// dmarcReject returns the reply for the strictest failing author domain:
-// a definite reject wins over a deferral, so that a message is not
-// retried only to be refused.
-func dmarcReject(v *Verdict) *smtp.SMTPError {
+// dmarcReject returns the reply for the strictest failing author domain
+// and the check it comes from: a message DMARC cannot be evaluated for
+// is refused first, and a definite reject wins over a deferral, so that
+// a message is not retried only to be refused.
+func dmarcReject(v *Verdict) (*smtp.SMTPError, string) {
 	var deferral *smtp.SMTPError
 	for i := range v.DMARC {
 		d := &v.DMARC[i]
 		switch {
+		case d.refusal == checkMultipleFrom:
+			return smtputil.MultipleFromFields(d.authors), d.refusal
+		case d.refusal == checkAuthorDomains:
+			return smtputil.TooManyAuthorDomains(d.authors, maxFromDomains), d.refusal
 		case d.Result == Fail && d.Policy == "reject" && !d.uncertain:
 			return smtputil.Reply(550, 5, 7, 26, "message rejected: the DMARC policy of %s says reject, and %s; "+
-				"the sender's domain must sign with DKIM or publish SPF for this server", d.From, d.why(v))
+				"the sender's domain must sign with DKIM or publish SPF for this server", d.From, d.why(v)), checkDMARC
 		case d.Result == Fail && d.Policy == "reject" && deferral == nil:
 			deferral = smtputil.Reply(451, 4, 7, 0, "DMARC check for %s failed with policy reject, but a DNS lookup "+
 				"failed temporarily (%s); please try again later", d.From, d.why(v))
@@ -198,5 +215,8 @@ func dmarcReject(v *Verdict) *smtp.SMTPError {
 				"please try again later", d.From)
 		}
 	}
-	return deferral
+	if deferral != nil {
+		return deferral, checkDMARC
+	}
+	return nil, ""
 }

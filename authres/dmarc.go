@@ -5,6 +5,7 @@ import (
 	"io"
 	"mime"
 	"net/mail"
+	"strconv"
 	"strings"
 
 	"github.com/emersion/go-msgauth/dmarc"
@@ -37,6 +38,11 @@ type DMARCResult struct {
 	// mayReject: the result is temperror and no strictly aligned
 	// identifier passed, so the record we could not read might say reject.
 	mayReject bool
+	// refusal names the check that refuses a message DMARC cannot be
+	// evaluated for (checkMultipleFrom, checkAuthorDomains); authors is
+	// how many fields or domains made it so.
+	refusal string
+	authors int
 }
 
 func (r *DMARCResult) resinfo() resinfo {
@@ -88,20 +94,42 @@ func (r *DMARCResult) why(v *Verdict) string {
 
 // evalDMARC evaluates DMARC for every author domain of the message
 // (RFC 7489 §6.6.1: a From with several domains is checked for each,
-// and the strictest failing policy applies).
+// and the strictest failing policy applies). A message that cannot be
+// checked that way is marked for refusal instead, without a lookup:
+// several From fields (RFC 5322 §3.6 allows one, and §6.6.1 leaves such
+// messages to local policy; which field would a reader's client show?),
+// or more author domains than are looked up. Both used to end in
+// permerror, which never refuses: an attacker could add them to any
+// spoof of a p=reject domain. With IgnoreDMARCReject nothing is
+// refused, and the domains of every From field are evaluated.
 func (c *Checker) evalDMARC(ctx context.Context, fields []string, spf *SPFResult, dk []DKIMResult) []DMARCResult {
+	if n := fromFields(fields); n > 1 && !c.o.IgnoreDMARCReject {
+		return []DMARCResult{{Result: PermError, Reason: strconv.Itoa(n) + " From fields", refusal: checkMultipleFrom, authors: n}}
+	}
 	domains, reason := fromDomains(fields)
 	switch {
 	case len(domains) == 0:
 		return []DMARCResult{{Result: None, Reason: reason}}
 	case len(domains) > maxFromDomains:
-		return []DMARCResult{{Result: PermError, Reason: "too many author domains in From"}}
+		return []DMARCResult{{Result: PermError, Reason: "too many author domains in From", refusal: checkAuthorDomains, authors: len(domains)}}
 	}
 	out := make([]DMARCResult, 0, len(domains))
 	for _, d := range domains {
 		out = append(out, c.dmarcFor(ctx, d, spf, dk))
 	}
 	return out
+}
+
+// fromFields counts the From fields of the header (by name as RFC 5322
+// reads it: case-insensitive, white space before the colon allowed).
+func fromFields(fields []string) int {
+	n := 0
+	for _, f := range fields {
+		if name, _ := splitField(f); strings.EqualFold(name, "From") {
+			n++
+		}
+	}
+	return n
 }
 
 func (c *Checker) dmarcFor(ctx context.Context, from string, spf *SPFResult, dk []DKIMResult) DMARCResult {
@@ -226,9 +254,11 @@ func (c *Checker) discover(ctx context.Context, from, org string) (rec *dmarc.Re
 			// §6.6.3 step 5: several records end policy discovery.
 			return nil, "", None, "several DMARC records at " + name
 		}
-		r, err := dmarc.Parse(normalizeRecord(recs[0]))
-		if err != nil {
-			return nil, "", PermError, "invalid DMARC record at " + name + ": " + strings.TrimPrefix(err.Error(), "dmarc: ")
+		r, ok := parseRecord(recs[0])
+		if !ok {
+			// §6.6.3 step 6: no valid p= and no report address to fall
+			// back to p=none with: no DMARC processing.
+			return nil, "", None, "no valid p= in the DMARC record at " + name
 		}
 		return r, d, "", ""
 	}
@@ -241,27 +271,6 @@ func isDMARC1(t string) bool {
 	first, _, _ := strings.Cut(t, ";")
 	k, v, ok := strings.Cut(first, "=")
 	return ok && strings.TrimSpace(k) == "v" && strings.TrimSpace(v) == "DMARC1"
-}
-
-// normalizeRecord lower-cases tag names and the keyword values of p, sp,
-// adkim, aspf and fo: RFC 7489's ABNF makes them case-insensitive, and
-// go-msgauth compares them exactly. "p=Reject" must still reject.
-func normalizeRecord(t string) string {
-	parts := strings.Split(t, ";")
-	for i, p := range parts {
-		k, v, ok := strings.Cut(p, "=")
-		if !ok {
-			continue
-		}
-		k = strings.ToLower(strings.TrimSpace(k))
-		v = strings.TrimSpace(v)
-		switch k {
-		case "p", "sp", "adkim", "aspf", "fo":
-			v = strings.ToLower(v)
-		}
-		parts[i] = k + "=" + v
-	}
-	return strings.Join(parts, ";")
 }
 
 // fromDomains returns the distinct author domains of the From fields,

@@ -46,9 +46,23 @@ func TestDMARC(t *testing.T) {
 		{name: "keywords are case-insensitive", ip: ipIn, from: "b@esp.example.net", hdrFrom: "x@upper.example.org",
 			want:       []string{"spf=pass smtp.mailfrom=b@esp.example.net", "dkim=none", "dmarc=fail header.from=upper.example.org policy.dmarc=reject"},
 			wantReject: "550 5.7.26"},
-		{name: "invalid record is permerror", ip: ipIn, from: "b@esp.example.net", hdrFrom: "x@bad.example.org",
+		{name: "invalid p= and no rua=: no DMARC (RFC 7489 6.6.3)", ip: ipIn, from: "b@esp.example.net", hdrFrom: "x@bad.example.org",
 			want: []string{"spf=pass smtp.mailfrom=b@esp.example.net", "dkim=none",
-				"dmarc=permerror\r\n reason=\"invalid DMARC record at _dmarc.bad.example.org: invalid policy for parameter 'p'\"\r\n header.from=bad.example.org"}},
+				"dmarc=none\r\n reason=\"no valid p= in the DMARC record at _dmarc.bad.example.org\"\r\n header.from=bad.example.org"}},
+		{name: "invalid p= with a valid rua= is p=none", ip: ipOut, from: "b@esp.example.net", hdrFrom: "x@typo.example.org",
+			want: []string{"spf=fail smtp.mailfrom=b@esp.example.net", "dkim=none", "dmarc=fail header.from=typo.example.org policy.dmarc=none"}},
+		{name: "a bad ri= does not switch p=reject off", ip: ipOut, from: "b@esp.example.net", hdrFrom: "x@slip-ri.example.org",
+			want:       []string{"spf=fail smtp.mailfrom=b@esp.example.net", "dkim=none", "dmarc=fail header.from=slip-ri.example.org policy.dmarc=reject"},
+			wantReject: "550 5.7.26"},
+		{name: "an unknown rf= does not switch p=reject off", ip: ipOut, from: "b@esp.example.net", hdrFrom: "x@slip-rf.example.org",
+			want:       []string{"spf=fail smtp.mailfrom=b@esp.example.net", "dkim=none", "dmarc=fail header.from=slip-rf.example.org policy.dmarc=reject"},
+			wantReject: "550 5.7.26"},
+		{name: "p= after rua= still counts", ip: ipOut, from: "b@esp.example.net", hdrFrom: "x@order.example.org",
+			want:       []string{"spf=fail smtp.mailfrom=b@esp.example.net", "dkim=none", "dmarc=fail header.from=order.example.org policy.dmarc=reject"},
+			wantReject: "550 5.7.26"},
+		{name: "bad sp=, pct=, adkim=, aspf= fall back to p, 100, r, r", ip: ipIn, from: "b@mail.badsp.test", hdrFrom: "x@sub.badsp.test",
+			want:       []string{"spf=none smtp.mailfrom=b@mail.badsp.test", "dkim=none", "dmarc=fail header.from=sub.badsp.test policy.dmarc=reject"},
+			wantReject: "550 5.7.26"},
 		{name: "two records: no DMARC", ip: ipIn, from: "b@esp.example.net", hdrFrom: "x@two.example.org",
 			want: []string{"spf=pass smtp.mailfrom=b@esp.example.net", "dkim=none",
 				"dmarc=none reason=\"several DMARC records at _dmarc.two.example.org\"\r\n header.from=two.example.org"}},
@@ -133,14 +147,35 @@ func TestDMARCNoFrom(t *testing.T) {
 	}
 }
 
-// TestDMARCSecondFromField: adding a second From field does not dodge a
-// reject.
+// TestDMARCSecondFromField: a second From field cannot dodge a reject:
+// several From fields are refused (550 5.6.0, check multiple_from)
+// before any DMARC lookup, whatever the domains; with IgnoreDMARCReject
+// each field's domain is evaluated and nothing refused.
 func TestDMARCSecondFromField(t *testing.T) {
-	c, _ := newTestChecker(t, nil)
-	msg := "From: x@nodmarc.example.org\r\n" + message("ceo@example.com")
-	v := check(t, c, ipOut, testHelo, "b@esp.example.net", msg)
-	if len(v.DMARC) != 2 || v.Reject == nil || v.Reject.Code != 550 {
-		t.Errorf("DMARC %+v, Reject %v", v.DMARC, v.Reject)
+	c, srv := newTestChecker(t, nil)
+	for _, msg := range []string{
+		"From: x@nodmarc.example.org\r\n" + message("ceo@example.com"),
+		"From: x@nodmarc.example.org\r\n" + message("y@none.example.org"),
+		"fROM : x@nodmarc.example.org\r\n" + message("x@nodmarc.example.org"),
+	} {
+		v := check(t, c, ipOut, testHelo, "b@esp.example.net", msg)
+		if v.Reject == nil || v.Reject.Code != 550 || v.Reject.EnhancedCode != [3]int{5, 6, 0} || v.Check != "multiple_from" ||
+			!strings.Contains(v.Reject.Message, "message has 2 From: header fields") {
+			t.Errorf("Reject %v, check %q; want 550 5.6.0 multiple_from", v.Reject, v.Check)
+		}
+		if len(v.DMARC) != 1 || v.DMARC[0].Result != PermError || v.DMARC[0].Reason != "2 From fields" {
+			t.Errorf("DMARC %+v", v.DMARC)
+		}
+	}
+	for _, q := range srv.Queries() {
+		if strings.HasPrefix(q.Name, "_dmarc.") {
+			t.Errorf("looked up %s", q.Name)
+		}
+	}
+	ig, _ := newTestChecker(t, func(o *Options) { o.IgnoreDMARCReject = true })
+	v := check(t, ig, ipOut, testHelo, "b@esp.example.net", "From: x@nodmarc.example.org\r\n"+message("ceo@example.com"))
+	if len(v.DMARC) != 2 || v.DMARC[1].Result != Fail || v.DMARC[1].Policy != "reject" || v.Reject != nil {
+		t.Errorf("IgnoreDMARCReject: DMARC %+v, Reject %v", v.DMARC, v.Reject)
 	}
 }
 
@@ -205,8 +240,11 @@ func TestDMARCIgnoreReject(t *testing.T) {
 	}
 }
 
-// TestDMARCTooManyDomains: more author domains than we evaluate is a
-// permanent error, reported without lookups.
+// TestDMARCTooManyDomains: a From with more author domains than are
+// evaluated is refused (550 5.7.1, check author_domains) without a
+// lookup, even when one of them publishes nothing; ten are evaluated,
+// and a p=reject failure of any of them refuses. With
+// IgnoreDMARCReject it is a permanent error, recorded.
 func TestDMARCTooManyDomains(t *testing.T) {
 	c, srv := newTestChecker(t, nil)
 	var addrs []string
@@ -215,9 +253,72 @@ func TestDMARCTooManyDomains(t *testing.T) {
 	}
 	v := check(t, c, ipIn, testHelo, "b@esp.example.net", message(strings.Join(addrs, ", ")))
 	wantHeader(t, v, ar("spf=pass smtp.mailfrom=b@esp.example.net", "dkim=none", `dmarc=permerror reason="too many author domains in From"`))
+	if v.Reject == nil || v.Reject.Code != 550 || v.Reject.EnhancedCode != [3]int{5, 7, 1} || v.Check != "author_domains" ||
+		!strings.Contains(v.Reject.Message, "addresses in 11 domains; this server checks the DMARC policy of at most 10") {
+		t.Errorf("Reject %v, check %q; want 550 5.7.1 author_domains", v.Reject, v.Check)
+	}
 	for _, q := range srv.Queries() {
 		if strings.HasPrefix(q.Name, "_dmarc.") {
 			t.Errorf("looked up %s", q.Name)
+		}
+	}
+
+	// Ten domains, the p=reject one last: evaluated, refused.
+	v = check(t, c, ipOut, testHelo, "b@esp.example.net", message(strings.Join(append(addrs[:9], "ceo@example.com"), ", ")))
+	if len(v.DMARC) != 10 || v.Reject == nil || v.Reject.EnhancedCode != [3]int{5, 7, 26} || v.Check != "dmarc" {
+		t.Errorf("ten domains: %d results, Reject %v, check %q; want 550 5.7.26 dmarc", len(v.DMARC), v.Reject, v.Check)
+	}
+
+	ig, _ := newTestChecker(t, func(o *Options) { o.IgnoreDMARCReject = true })
+	v = check(t, ig, ipIn, testHelo, "b@esp.example.net", message(strings.Join(addrs, ", ")))
+	if v.Reject != nil || v.Check != "" || v.DMARC[0].Result != PermError {
+		t.Errorf("IgnoreDMARCReject: Reject %v, check %q, DMARC %+v", v.Reject, v.Check, v.DMARC)
+	}
+}
+
+// TestParseRecord: RFC 7489 §6.3's lenient reading; only p= (or, failing
+// it, a valid rua=) decides whether there is a policy.
+func TestParseRecord(t *testing.T) {
+	for _, tc := range []struct {
+		txt         string
+		ok          bool
+		p, sp       string
+		pct         int // -1: not set
+		sSPF, sDKIM bool
+	}{
+		{"v=DMARC1; p=reject", true, "reject", "", -1, false, false},
+		{"v=DMARC1;p=Quarantine;SP=NONE;PCT=20;ADKIM=S;aspf=s", true, "quarantine", "none", 20, true, true},
+		{"v=DMARC1; p=reject; ri=86400s; rf=iodef; fo=x; ruf=nonsense; unknown=1", true, "reject", "", -1, false, false},
+		{"v=DMARC1; p=reject; sp=rejekt", true, "reject", "", -1, false, false},
+		{"v=DMARC1; p=reject; pct=101", true, "reject", "", -1, false, false},
+		{"v=DMARC1; p=reject; pct=-1", true, "reject", "", -1, false, false},
+		{"v=DMARC1; p=reject; pct=0", true, "reject", "", 0, false, false},
+		{"v=DMARC1; p=reject; adkim=x; aspf=relaxed", true, "reject", "", -1, false, false},
+		{"v=DMARC1; p=reject; p=none", true, "reject", "", -1, false, false},
+		{"v=DMARC1; garbage without equals; p = reject ;", true, "reject", "", -1, false, false},
+		{"v=DMARC1; rua=mailto:a@example.com; p=reject", true, "reject", "", -1, false, false},
+		{"v=DMARC1; p=rejct; sp=reject; pct=10; rua=mailto:a@example.com!10m", true, "none", "", -1, false, false},
+		{"v=DMARC1; rua=bogus, https://example.com/r", true, "none", "", -1, false, false},
+		{"v=DMARC1; p=rejct", false, "", "", -1, false, false},
+		{"v=DMARC1; p=rejct; rua=not a uri", false, "", "", -1, false, false},
+		{"v=DMARC1; p=rejct; rua=mailto:", false, "", "", -1, false, false},
+		{"v=DMARC1", false, "", "", -1, false, false},
+	} {
+		rec, ok := parseRecord(tc.txt)
+		if ok != tc.ok {
+			t.Errorf("%q: ok %v, want %v", tc.txt, ok, tc.ok)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		pct := -1
+		if rec.Percent != nil {
+			pct = *rec.Percent
+		}
+		if string(rec.Policy) != tc.p || string(rec.SubdomainPolicy) != tc.sp || pct != tc.pct ||
+			(rec.SPFAlignment == "s") != tc.sSPF || (rec.DKIMAlignment == "s") != tc.sDKIM {
+			t.Errorf("%q: %+v pct %d", tc.txt, rec, pct)
 		}
 	}
 }

@@ -45,7 +45,8 @@ func FuzzStripForged(f *testing.F) {
 // FuzzFromDomains: whatever the From field holds, the author domains
 // are lower-case ASCII host names (A-labels).
 func FuzzFromDomains(f *testing.F) {
-	for _, s := range []string{"a@example.com", "\"x\" <a@EXAMPLE.com.>", "=?x?q?a?= <b@bücher.example>", "g: a@x.y, b@z.w;", "ceo@bank.example <", "@@@.", "a@-x-.y"} {
+	for _, s := range []string{"a@example.com", "\"x\" <a@EXAMPLE.com.>", "=?x?q?a?= <b@bücher.example>", "g: a@x.y, b@z.w;", "ceo@bank.example <", "@@@.", "a@-x-.y",
+		"ceo@bank.test, x@d0.example.net, x@d1.example.net, x@d2.example.net", "a@b.c,,, ,b@c.d", "\"a,b@x.y\" <c@z.w>"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, v string) {
@@ -153,6 +154,47 @@ func FuzzParseTags(f *testing.F) {
 			}
 			if strings.ContainsAny(stripFWS(v), " \t\r\n") {
 				t.Errorf("stripFWS(%q)", v)
+			}
+		}
+	})
+}
+
+// FuzzParseRecord: the lenient DMARC record reader never panics, gives
+// only RFC 7489 keyword values, and keeps a valid p= whatever else the
+// record holds (a slip elsewhere must not switch a policy off).
+func FuzzParseRecord(f *testing.F) {
+	for _, s := range []string{"v=DMARC1; p=reject", "v=DMARC1; p=reject; ri=86400s", "v=DMARC1; p=reject; rf=iodef",
+		"v=DMARC1; p=rejct; rua=mailto:a@b.c!10m", "v=DMARC1; sp=none; pct=abc; adkim=S", ";;==;p", "v=DMARC1; rua=,,!; p="} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		rec, ok := parseRecord(s)
+		if !ok {
+			if rec != nil {
+				t.Errorf("record %+v with ok false", rec)
+			}
+			return
+		}
+		switch rec.Policy {
+		case "none", "quarantine", "reject":
+		default:
+			t.Errorf("p %q", rec.Policy)
+		}
+		switch rec.SubdomainPolicy {
+		case "", "none", "quarantine", "reject":
+		default:
+			t.Errorf("sp %q", rec.SubdomainPolicy)
+		}
+		if rec.Percent != nil && (*rec.Percent < 0 || *rec.Percent > 100) {
+			t.Errorf("pct %d", *rec.Percent)
+		}
+		if rec.SPFAlignment != "r" && rec.SPFAlignment != "s" || rec.DKIMAlignment != "r" && rec.DKIMAlignment != "s" {
+			t.Errorf("alignment %q %q", rec.SPFAlignment, rec.DKIMAlignment)
+		}
+		if !strings.Contains(s, "\x00") {
+			with, ok := parseRecord("v=DMARC1; p=reject; " + s)
+			if !ok || with.Policy != "reject" {
+				t.Errorf("p=reject before %q gives %+v, %v", s, with, ok)
 			}
 		}
 	})

@@ -2,10 +2,14 @@ package authres
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"securerelay/dnsutil"
+	"securerelay/dnsutil/dnstest"
 )
 
 // TestSPFResults runs every SPF result through the wire: the test DNS
@@ -131,5 +135,125 @@ func TestSPFNoIP(t *testing.T) {
 	r := c.SPF(context.Background(), netip.Addr{}, testHelo, "a@pass.example.org")
 	if r.Result != PermError {
 		t.Errorf("result %s", r.Result)
+	}
+}
+
+// nibbles is the %{ir} macro of an IPv6 address: its 32 nibbles,
+// reversed, dot-separated (RFC 7208 §7.3).
+func nibbles(ip string) string {
+	b := netip.MustParseAddr(ip).As16()
+	var out []string
+	for i := 15; i >= 0; i-- {
+		out = append(out, fmt.Sprintf("%x", b[i]&0xf), fmt.Sprintf("%x", b[i]>>4))
+	}
+	return strings.Join(out, ".")
+}
+
+// spfQueries runs one SPF check against srv and returns its result and
+// the DNS questions it asked, counted by type.
+func spfQueries(t *testing.T, c *Checker, srv *dnstest.Server, ip, from string) (SPFResult, map[string]int) {
+	t.Helper()
+	before := len(srv.Queries())
+	r := c.SPF(context.Background(), addr(ip), testHelo, from)
+	n := map[string]int{}
+	for _, q := range srv.Queries()[before:] {
+		n[q.Type]++
+	}
+	return r, n
+}
+
+func newSPFChecker(t *testing.T, zone string) (*Checker, *dnstest.Server) {
+	t.Helper()
+	srv := dnstest.NewServer(t, zone)
+	return New(Options{AuthServID: testID, Resolver: dnsutil.New(srv.Addr(), 3*time.Second), Timeout: 10 * time.Second}), srv
+}
+
+// TestSPFFamily (issue 11, finding 11): the a and mx mechanisms ask only
+// for the client's address family (RFC 7208 §5.3, §5.4), counted at the
+// test DNS server; exists asks for A even for an IPv6 client (§5.7), so
+// it still matches. Before, every name was asked for A and AAAA.
+func TestSPFFamily(t *testing.T) {
+	c, srv := newSPFChecker(t, `
+fam.example.   TXT "v=spf1 a:a4.fam.example a:a6.fam.example mx:m.fam.example -all"
+a4.fam.example. A 192.0.2.10
+a6.fam.example. AAAA 2001:db8::10
+m.fam.example. MX 10 h1.fam.example.
+m.fam.example. MX 20 h2.fam.example.
+h1.fam.example. A 192.0.2.20
+h1.fam.example. AAAA 2001:db8::20
+h2.fam.example. A 192.0.2.21
+h2.fam.example. AAAA 2001:db8::21
+ex.example.    TXT "v=spf1 exists:%{ir}.x.ex.example -all"
+99.2.0.192.x.ex.example. A 127.0.0.2
+`+nibbles("2001:db8::99")+`.x.ex.example. A 127.0.0.2
+`)
+	for _, tc := range []struct {
+		name, ip, from string
+		want           Result
+		queries        map[string]int
+	}{
+		{"IPv4, no match: A only", "192.0.2.99", "a@fam.example", Fail, map[string]int{"TXT": 1, "A": 4, "MX": 1}},
+		{"IPv6, no match: AAAA only", "2001:db8::99", "a@fam.example", Fail, map[string]int{"TXT": 1, "AAAA": 4, "MX": 1}},
+		{"IPv4 a", "192.0.2.10", "a@fam.example", Pass, map[string]int{"TXT": 1, "A": 1}},
+		{"IPv6 a", "2001:db8::10", "a@fam.example", Pass, map[string]int{"TXT": 1, "AAAA": 2}},
+		{"IPv4 mx, second host", "192.0.2.21", "a@fam.example", Pass, map[string]int{"TXT": 1, "A": 4, "MX": 1}},
+		{"IPv6 mx, second host", "2001:db8::21", "a@fam.example", Pass, map[string]int{"TXT": 1, "AAAA": 4, "MX": 1}},
+		{"IPv4 exists", "192.0.2.99", "a@ex.example", Pass, map[string]int{"TXT": 1, "A": 1}},
+		{"IPv6 exists asks A", "2001:db8::99", "a@ex.example", Pass, map[string]int{"TXT": 1, "A": 1, "AAAA": 1}},
+		{"IPv6 exists, no match", "2001:db8::98", "a@ex.example", Fail, map[string]int{"TXT": 1, "A": 1, "AAAA": 1}},
+	} {
+		r, n := spfQueries(t, c, srv, tc.ip, tc.from)
+		if r.Result != tc.want || fmt.Sprint(n) != fmt.Sprint(tc.queries) {
+			t.Errorf("%s: %s (%s) after %v; want %s after %v", tc.name, r.Result, r.Reason, n, tc.want, tc.queries)
+		}
+	}
+}
+
+// TestSPFLimits: RFC 7208 §4.6.4 as the library enforces it, counted at
+// the test DNS server: ten mx terms of ten hosts cost 111 questions and
+// no more; an eleventh DNS term is permerror without being asked; an MX
+// set of more than ten hosts is permerror before any address question;
+// a third void lookup is permerror.
+func TestSPFLimits(t *testing.T) {
+	var z strings.Builder
+	z.WriteString(`ten.example. TXT "v=spf1`)
+	for i := range 10 {
+		fmt.Fprintf(&z, " mx:m%d.ten.example", i)
+	}
+	z.WriteString(" -all\"\n")
+	z.WriteString(`eleven.example. TXT "v=spf1`)
+	for i := range 11 {
+		fmt.Fprintf(&z, " mx:m%d.ten.example", i)
+	}
+	z.WriteString(" -all\"\n")
+	for i := range 11 {
+		for j := range 10 {
+			fmt.Fprintf(&z, "m%d.ten.example. MX 10 h%d.m%d.ten.example.\n", i, j, i)
+			fmt.Fprintf(&z, "h%d.m%d.ten.example. A 192.0.2.%d\n", j, i, 10*i+j+1)
+			fmt.Fprintf(&z, "h%d.m%d.ten.example. AAAA 2001:db8::%d\n", j, i, 10*i+j+1)
+		}
+	}
+	z.WriteString(`big.example. TXT "v=spf1 mx -all"` + "\n")
+	for j := range 11 {
+		fmt.Fprintf(&z, "big.example. MX 10 h%d.big.example.\nh%d.big.example. A 192.0.2.%d\n", j, j, j+1)
+	}
+	z.WriteString(`void.example. TXT "v=spf1 a:nx1.void.example a:nx2.void.example a:nx3.void.example a:nx4.void.example +all"` + "\n")
+	c, srv := newSPFChecker(t, z.String())
+	for _, tc := range []struct {
+		name, ip, from string
+		want           Result
+		reason         string
+		queries        map[string]int
+	}{
+		{"ten mx of ten hosts, IPv4", "198.51.100.1", "a@ten.example", Fail, "", map[string]int{"TXT": 1, "MX": 10, "A": 100}},
+		{"ten mx of ten hosts, IPv6", "2001:db8:1::1", "a@ten.example", Fail, "", map[string]int{"TXT": 1, "MX": 10, "AAAA": 100}},
+		{"eleven DNS terms", "198.51.100.1", "a@eleven.example", PermError, "lookup limit reached", map[string]int{"TXT": 1, "MX": 10, "A": 100}},
+		{"eleven MX hosts", "198.51.100.1", "a@big.example", PermError, "too many MX records", map[string]int{"TXT": 1, "MX": 1}},
+		{"three void lookups", "198.51.100.1", "a@void.example", PermError, "void lookup limit reached", map[string]int{"TXT": 1, "A": 3}},
+	} {
+		r, n := spfQueries(t, c, srv, tc.ip, tc.from)
+		if r.Result != tc.want || r.Reason != tc.reason || fmt.Sprint(n) != fmt.Sprint(tc.queries) {
+			t.Errorf("%s: %s (%q) after %v; want %s (%q) after %v", tc.name, r.Result, r.Reason, n, tc.want, tc.reason, tc.queries)
+		}
 	}
 }

@@ -139,6 +139,8 @@ outbound:
 			Verify:  Verify{PositiveTTL: Duration(24 * time.Hour), NegativeTTL: Duration(10 * time.Minute), Timeout: Duration(10 * time.Second)},
 			Content: Content{Policies: map[string][]string{"default": {}}, RecipientDeletion: "reject"},
 			Auth:    Auth{AuthServID: "box.example.net", RejectDMARC: &yes, Timeout: Duration(10 * time.Second)},
+
+			MaxMailPerSession: 100,
 		},
 		Queue: Queue{
 			Retry: []Duration{

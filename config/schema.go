@@ -184,6 +184,11 @@ type Inbound struct {
 	Verify  Verify        `yaml:"verify"`
 	Content Content       `yaml:"content"`
 	Auth    Auth          `yaml:"auth"`
+	// MaxMailPerSession ends an inbound session at the MAIL command over
+	// it (421 4.7.0; the client reconnects): each transaction may cost
+	// DNS work (sender domain, SPF), which RSET must not repeat without
+	// end. Default 100 (0 or leaving it out).
+	MaxMailPerSession int `yaml:"max_mail_per_session"`
 }
 
 // Content is scanning after DATA through milters, while the client waits.
@@ -222,10 +227,13 @@ type Auth struct {
 	// claiming it are removed. Default: hostname.
 	AuthServID string `yaml:"authserv_id"`
 	// RejectDMARC refuses mail failing DMARC whose domain publishes
-	// p=reject (550 5.7.1). Default true.
+	// p=reject (550 5.7.26), and mail DMARC cannot be checked for:
+	// several From fields (550 5.6.0), more than ten author domains (550
+	// 5.7.1). Default true.
 	RejectDMARC *bool `yaml:"reject_dmarc"`
-	// RejectSPFFail refuses mail whose SPF result is fail (-all) at MAIL
-	// FROM. Default false: forwarding breaks SPF.
+	// RejectSPFFail refuses mail whose SPF result is fail (-all), at the
+	// first accepted RCPT (550 5.7.23; SPF is evaluated there, once per
+	// transaction). Default false: forwarding breaks SPF.
 	RejectSPFFail bool `yaml:"reject_spf_fail"`
 	// Timeout for all DNS lookups of one message. Default 10s.
 	Timeout Duration `yaml:"timeout"`
@@ -461,7 +469,9 @@ type TLSPolicy struct {
 	// EncryptedSubject is the Subject outside the encrypted part (the real
 	// one travels inside, as a protected header). Default "...".
 	EncryptedSubject string `yaml:"encrypted_subject"`
-	// Inbound: mail from this domain (envelope sender) over a plaintext
+	// Inbound: mail from this domain (envelope sender), and any mail
+	// (the null sender of its DSNs and MDNs included) from a client whose
+	// EHLO name is the domain or a host under it, over a plaintext
 	// session on an inbound listener is refused: tempfail (450 4.7.0) or
 	// reject (530 5.7.0); off (default) accepts it.
 	Inbound string `yaml:"inbound"`
@@ -491,9 +501,10 @@ type Encryption struct {
 	// from a DNSSEC-validated answer; needs dns.dnssec_validating. Default
 	// false.
 	OpenPGPKey bool `yaml:"openpgpkey"`
-	// CacheTTL: how long a key found by WKD or DNS is kept. Default 24h.
+	// CacheTTL: how long a key found by WKD or DNS is kept (an OPENPGPKEY
+	// answer no longer than its DNS TTL). Default 6h.
 	CacheTTL Duration `yaml:"cache_ttl"`
-	// NegativeCacheTTL: how long "no key there" is kept. Default 1h.
+	// NegativeCacheTTL: how long "no key there" is kept. Default 30m.
 	NegativeCacheTTL Duration `yaml:"negative_cache_ttl"`
 }
 

@@ -535,6 +535,9 @@ func (l *loader) checkContent(c *Config) {
 		}
 	}
 	l.positiveDuration("inbound.auth.timeout", c.Inbound.Auth.Timeout, "the default, 10s")
+	if c.Inbound.MaxMailPerSession < 0 {
+		l.errorf("inbound.max_mail_per_session", "must be positive (0 or leaving it out means %d)", DefaultMaxMailPerSession)
+	}
 	if c.Inbound.Auth.Enabled && strings.ContainsAny(c.Inbound.Auth.AuthServID, " ;()\t") {
 		l.errorf("inbound.auth.authserv_id", "%q is not a host name", c.Inbound.Auth.AuthServID)
 	}
@@ -741,8 +744,8 @@ func (l *loader) checkEncryption(c *Config) {
 	if en.OpenPGPKey && !c.DNS.DNSSECValidating {
 		l.errorf("outbound.encryption.openpgpkey", "needs dns.dnssec_validating: true: an OPENPGPKEY record is only trusted from a DNSSEC-validated answer, or anyone who can forge DNS answers chooses the key")
 	}
-	l.positiveDuration("outbound.encryption.cache_ttl", en.CacheTTL, "24h")
-	l.positiveDuration("outbound.encryption.negative_cache_ttl", en.NegativeCacheTTL, "1h")
+	l.positiveDuration("outbound.encryption.cache_ttl", en.CacheTTL, "6h")
+	l.positiveDuration("outbound.encryption.negative_cache_ttl", en.NegativeCacheTTL, "30m")
 	for name, d := range c.Domains {
 		if d.OpenPGPSigningKey == "" {
 			continue

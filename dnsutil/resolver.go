@@ -30,6 +30,16 @@ type Resolver interface {
 	LookupTXT(ctx context.Context, name string) ([]string, error)
 }
 
+// FamilyResolver is a Resolver that can also ask for the addresses of
+// one family alone, for callers to whom only that family matters (SPF's
+// a and mx mechanisms, RFC 7208 §5.3/§5.4, ask only for the client's).
+// Callers fall back to LookupHost when a resolver lacks it.
+type FamilyResolver interface {
+	// LookupIP returns the AAAA addresses of name when v6 is true, its A
+	// addresses otherwise.
+	LookupIP(ctx context.Context, name string, v6 bool) ([]netip.Addr, error)
+}
+
 // MX is one mail exchanger. Host is lower case without the trailing dot,
 // except for the root (RFC 7505 null MX), which stays ".".
 type MX struct {
@@ -180,6 +190,16 @@ func (c *Client) LookupHost(ctx context.Context, name string) ([]netip.Addr, err
 		return addrs, nil
 	}
 	return nil, combineHostErrors(name, c.Addr, err4, err6)
+}
+
+var _ FamilyResolver = (*Client)(nil)
+
+// LookupIP implements FamilyResolver: one question, A or AAAA.
+func (c *Client) LookupIP(ctx context.Context, name string, v6 bool) ([]netip.Addr, error) {
+	if v6 {
+		return c.lookupAddr(ctx, name, dns.TypeAAAA)
+	}
+	return c.lookupAddr(ctx, name, dns.TypeA)
 }
 
 // combineHostErrors turns two failed (or empty) family lookups into one

@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"securerelay/dnsutil"
+	"securerelay/smtpd"
 	"securerelay/smtputil"
 )
 
@@ -49,6 +50,9 @@ type Options struct {
 	// PassCache is shared by the inbound listeners and may be kept in a
 	// file; nil: a cache in memory for this role alone.
 	PassCache *PassCache
+	// MaxMailPerSession ends a session at the MAIL command over it (421
+	// 4.7.0); 0: no limit.
+	MaxMailPerSession int
 }
 
 // counters count refusals per check, for the logs now and metrics later.
@@ -77,6 +81,19 @@ func (r *Role) Refusals() map[string]int64 {
 		out[k] = v.Load()
 	}
 	return out
+}
+
+// refused counts a refusal under its check's name and logs it once, on
+// the session's logger (with its connection) when there is one.
+func (r *Role) refused(st *smtpd.State, check string, kv ...any) {
+	n := r.count.inc(check)
+	log := r.log
+	if st != nil && st.Log != nil {
+		log = st.Log
+	}
+	if log != nil {
+		log.Info("inbound check refused", append(append([]any{"check", check}, kv...), "count", n)...)
+	}
 }
 
 // act applies a check's action to a refusal: the permanent reply, its

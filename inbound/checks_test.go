@@ -159,9 +159,60 @@ func TestPlaintextPartner(t *testing.T) {
 			t.Errorf("reply %q does not say why", err)
 		}
 	}
+	// The partner's servers, by EHLO name, whatever the sender: the null
+	// sender of its DSNs and MDNs names nobody.
+	for _, c := range []struct {
+		helo, from string
+		tls        bool
+		code       int
+	}{
+		{"mx1.bank.example", "", false, 450},
+		{"BANK.example.", "", false, 450},
+		{"mx1.bank.example", "bounce@esp.example", false, 450},
+		{"mx1.bank.example", "", true, 250},
+		{"a.mail.insurer.example", "", false, 530},
+		{"insurer.example", "", false, 250},
+		{"notbank.example", "", false, 250},
+		{"[192.0.2.1]", "", false, 250},
+		{"", "", false, 250},
+	} {
+		st := &smtpd.State{Helo: c.helo}
+		if c.tls {
+			st.TLS = withTLS.TLS
+		}
+		_, err := r.Mail(st, c.from, nil)
+		if got, _ := code(err); got != c.code {
+			t.Errorf("EHLO %s, MAIL FROM:<%s> (tls %v): %d (%v), want %d", c.helo, c.from, c.tls, got, err, c.code)
+		}
+		if err != nil && !strings.Contains(err.Error(), "(EHLO "+strings.ToLower(strings.TrimSuffix(c.helo, "."))+") must arrive over TLS") {
+			t.Errorf("reply %q does not say why", err)
+		}
+	}
 	r.SetTLSFrom(nil)
 	if _, err := r.Mail(plain, "a@bank.example", nil); err != nil {
 		t.Errorf("after the rule was removed: %v", err)
+	}
+	if _, err := r.Mail(&smtpd.State{Helo: "mx1.bank.example"}, "", nil); err != nil {
+		t.Errorf("after the rule was removed, EHLO: %v", err)
+	}
+}
+
+// MaxMailPerSession: the MAIL over the limit in one session gets 421
+// 4.7.0 (smtpd then closes), refused or not; a new session starts over.
+func TestMaxMailPerSession(t *testing.T) {
+	r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, MaxMailPerSession: 3})
+	st := &smtpd.State{}
+	for i, from := range []string{"a@example.org", "bad@", "", "a@example.org"} {
+		_, err := r.Mail(st, from, nil)
+		if got, enh := code(err); i < 3 && got == 421 || i == 3 && (got != 421 || enh != smtp.EnhancedCode{4, 7, 0}) {
+			t.Errorf("MAIL %d: %d %v (%v)", i+1, got, enh, err)
+		}
+	}
+	if _, err := r.Mail(&smtpd.State{}, "a@example.org", nil); err != nil {
+		t.Errorf("a new session: %v", err)
+	}
+	if n := r.Refusals()["max_mail_per_session"]; n != 1 {
+		t.Errorf("counted %d, want 1", n)
 	}
 }
 

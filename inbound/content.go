@@ -75,25 +75,31 @@ func (c *Content) policyOf(domain string) string {
 // holds only policies with milters).
 func (c *Content) scans(policy string) bool { return c.Chains[policy] != nil }
 
-// spfAtMail evaluates SPF when the transaction starts, so that a
-// configured hard-fail refusal happens at MAIL FROM, before any data.
-func (r *Role) spfAtMail(st *smtpd.State, from string) error {
+// spfOnce evaluates SPF once per transaction, at its first accepted
+// recipient, and refuses every recipient when reject_spf_fail says so.
+// Not at MAIL: a sender's SPF record may cost over a hundred DNS
+// questions (RFC 7208 §4.6.4 allows ten terms of ten MX hosts each), and
+// a client that names no recipient we accept, or repeats MAIL and RSET,
+// must not make us ask them. The refusal therefore comes at RCPT (550
+// 5.7.23), which RFC 5321 permits and senders treat alike.
+func (r *Role) spfOnce(st *smtpd.State) error {
 	c := r.content.Load()
 	if c == nil || c.Auth == nil || st == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout())
-	defer cancel()
-	res := c.Auth.SPF(ctx, st.RemoteIP, st.Helo, from)
-	txnOf(st).spf = &res
-	if res.Reject != nil {
-		r.count.inc("spf")
-		if r.log != nil {
-			r.log.Info("inbound check refused", "check", "spf", "result", res.Result, "from", from)
-		}
-		return res.Reject
+	t := txnOf(st)
+	if t.spf == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), c.timeout())
+		defer cancel()
+		res := c.Auth.SPF(ctx, st.RemoteIP, st.Helo, st.From)
+		t.spf = &res
 	}
-	return nil
+	if t.spf.Reject == nil {
+		return nil
+	}
+	r.refused(st, "spf", "result", t.spf.Result, "from", st.From)
+	refusal := *t.spf.Reject
+	return &refusal
 }
 
 // splitPolicy keeps one content policy per transaction: SMTP has one reply
@@ -161,8 +167,7 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 			return r.contentFailed(msg, "SPF/DKIM/DMARC", err)
 		}
 		if v.Reject != nil {
-			r.count.inc("dmarc")
-			st.Log.Info("inbound check refused", "check", "auth", "queue_id", msg.QueueID, "reply", v.Reject.Message)
+			r.refused(st, v.Check, "queue_id", msg.QueueID, "reply", v.Reject.Message)
 			return v.Reject
 		}
 		msg.AddHeader += v.Header

@@ -31,6 +31,29 @@ type Role struct {
 	log        *slog.Logger
 	count      counters
 	postmaster string
+	maxMail    int
+}
+
+// session is the role's per-session state (smtpd.State.Data). STARTTLS
+// starts a new one, as it starts a new SMTP session (RFC 3207 §4.2).
+type session struct {
+	// deepPending: the client must still show that it retries (the deep
+	// protocol test, screen.go).
+	deepPending bool
+	// mails counts the MAIL commands of the session.
+	mails int
+}
+
+func sessionOf(st *smtpd.State) *session {
+	if st == nil {
+		return &session{}
+	}
+	s, ok := st.Data.(*session)
+	if !ok {
+		s = &session{}
+		st.Data = s
+	}
+	return s
 }
 
 // New returns an inbound role accepting mail for domains (lower case, no
@@ -42,7 +65,7 @@ func New(domains []string) *Role {
 // NewWithOptions returns an inbound role with its envelope checks.
 func NewWithOptions(o Options) *Role {
 	r := &Role{resolver: o.Resolver, checks: o.Checks, screen: o.Screen, log: o.Log, postmaster: o.Postmaster,
-		count: counters{m: map[string]*atomic.Int64{}}}
+		count: counters{m: map[string]*atomic.Int64{}}, maxMail: o.MaxMailPerSession}
 	r.passed = o.PassCache
 	if r.passed == nil {
 		r.passed = NewPassCache()
@@ -97,14 +120,22 @@ func (r *Role) AuthEnabled() bool { return false }
 func (r *Role) Authenticate(*smtpd.State, string, string) error { return smtp.ErrAuthUnsupported }
 
 // Mail implements smtpd.Role: a fully qualified sender whose domain
-// exists. The null sender is always valid (RFC 5321 §4.5.5).
+// exists. The null sender is always valid (RFC 5321 §4.5.5). SPF waits
+// for the first accepted recipient (spfOnce).
 func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, error) {
+	if s := sessionOf(st); r.maxMail > 0 {
+		// Each MAIL may cost DNS questions (the sender's domain, SPF at
+		// the first recipient); RSET must not repeat them without end.
+		if s.mails++; s.mails > r.maxMail {
+			r.refused(st, "max_mail_per_session", "limit", r.maxMail)
+			return "", smtputil.TooManyTransactions(r.maxMail)
+		}
+	}
 	if err := r.deepCheck(st); err != nil {
 		return "", err
 	}
 	if from == "" {
-		// The null sender: SPF checks the HELO name instead.
-		return "", r.spfAtMail(st, "")
+		return "", r.plaintextPartner(st, "")
 	}
 	if strings.IndexFunc(from, func(c rune) bool { return c < 0x20 || c == 0x7f }) >= 0 {
 		return "", reply(553, smtp.EnhancedCode{5, 1, 7}, "sender address rejected: control characters in %q", from)
@@ -126,13 +157,10 @@ func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, 
 	if err != nil {
 		return "", smtputil.AddressReply(err, true)
 	}
-	if err := r.plaintextPartner(st.TLS != nil, a.Domain); err != nil {
+	if err := r.plaintextPartner(st, a.Domain); err != nil {
 		return "", err
 	}
 	if err := r.senderDomain(a.Domain); err != nil {
-		return "", err
-	}
-	if err := r.spfAtMail(st, a.String()); err != nil {
 		return "", err
 	}
 	return a.String(), nil
@@ -164,6 +192,9 @@ func (r *Role) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, er
 			st.Log.Info("bare postmaster recipient", "rcpt", to, "routed_to", r.postmaster)
 		}
 		if err := r.splitPolicy(st, strings.ToLower(r.postmaster[strings.LastIndexByte(r.postmaster, '@')+1:])); err != nil {
+			return "", err
+		}
+		if err := r.spfOnce(st); err != nil {
 			return "", err
 		}
 		return r.postmaster, nil
@@ -207,6 +238,9 @@ func (r *Role) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, er
 		}
 	}
 	if err := r.splitPolicy(st, a.Domain); err != nil {
+		return "", err
+	}
+	if err := r.spfOnce(st); err != nil {
 		return "", err
 	}
 	return a.String(), nil

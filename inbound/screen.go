@@ -177,7 +177,7 @@ func (r *Role) screenClient(ip netip.Addr, st *smtpd.State) error {
 	if r.screen.DeepProtocol {
 		// Not cached yet: the MAIL of this session gets a 450; the client
 		// is cached then, so its retry goes through.
-		st.Data = deepPending{}
+		sessionOf(st).deepPending = true
 		return nil
 	}
 	if r.screen.CacheTTL > 0 {
@@ -186,15 +186,13 @@ func (r *Role) screenClient(ip netip.Addr, st *smtpd.State) error {
 	return nil
 }
 
-// deepPending marks a session whose client must still show it retries.
-type deepPending struct{}
-
 // deepCheck is the second half of the deep protocol test, at MAIL.
 func (r *Role) deepCheck(st *smtpd.State) error {
-	if _, ok := st.Data.(deepPending); !ok {
+	s := sessionOf(st)
+	if !s.deepPending {
 		return nil
 	}
-	st.Data = nil
+	s.deepPending = false
 	r.passed.add(st.RemoteIP, time.Now().Add(max(r.screen.CacheTTL, time.Hour)))
 	r.count.inc("deep_protocol")
 	return reply(450, smtp.EnhancedCode{4, 7, 1}, "first contact from %s: please try again in a minute (real mail servers retry; this is a one-time check)", st.RemoteIP)

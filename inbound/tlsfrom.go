@@ -1,6 +1,11 @@
 package inbound
 
-import "securerelay/smtputil"
+import (
+	"strings"
+
+	"securerelay/smtpd"
+	"securerelay/smtputil"
+)
 
 // TLSFrom is one partner whose mail must arrive over TLS (Postfix's
 // reject_plaintext_session in a restriction class; PMG's "inbound TLS
@@ -25,26 +30,67 @@ func tlsFromRule(rules []TLSFrom, domain string) *TLSFrom {
 	return nil
 }
 
-// plaintextPartner refuses mail from a partner domain that must use TLS
-// when this session has none. It runs at MAIL FROM, so nothing of the
-// message is taken.
-func (r *Role) plaintextPartner(tlsActive bool, domain string) error {
-	if tlsActive {
+// tlsFromHost returns the first rule whose partner a client with this
+// EHLO name is: a rule "partner.example" covers the host partner.example
+// and every host under it (mx1.partner.example is the partner's
+// machine), a rule ".partner.example" the hosts under it.
+func tlsFromHost(rules []TLSFrom, helo string) *TLSFrom {
+	for i := range rules {
+		m := rules[i].Match
+		if smtputil.MatchDomain(m, helo) || (!strings.HasPrefix(m, ".") && strings.HasSuffix(helo, "."+m)) {
+			return &rules[i]
+		}
+	}
+	return nil
+}
+
+// plaintextPartner refuses, in a session without TLS, mail from a
+// partner that must use TLS. It runs at MAIL FROM, so nothing of the
+// message is taken. The partner is recognised by the sender's domain or,
+// whatever the sender (the null sender of its DSNs and MDNs included,
+// which quote the original), by the EHLO name of its server.
+//
+// Why the EHLO name: a <> sender names nobody, the recipients are ours,
+// and the From field of a report arrives only with the content, which is
+// then already in clear (and refusing it with tempfail would send it in
+// clear again at every retry). The client's address would need the
+// partner's address list or SPF record evaluated for every plaintext
+// null-sender session (DNS work any client could trigger), and its PTR
+// name says what the address owner wants. The EHLO name is what the
+// partner's own MTA says of itself; the rule guards against a path that
+// strips STARTTLS from that MTA (a middlebox, a downgrade), not against
+// someone posing as the partner, who can say any name but only gets
+// himself refused. What it cannot cover: a partner whose MTAs use a
+// provider's name (a hosted mail service); README.md says what the admin
+// can do then.
+func (r *Role) plaintextPartner(st *smtpd.State, domain string) error {
+	if st.TLS != nil {
 		return nil
 	}
-	rule := tlsFromRule(*r.tlsFrom.Load(), domain)
-	if rule == nil || rule.Action == "off" {
+	rules := *r.tlsFrom.Load()
+	if domain != "" {
+		if rule := tlsFromRule(rules, domain); rule != nil && rule.Action != "off" {
+			r.refused(st, "plaintext_partner", "action", rule.Action, "domain", domain, "rule", rule.Rule)
+			return partnerReply(rule, "mail from "+domain)
+		}
+	}
+	helo, err := smtputil.ParseDomain(st.Helo)
+	if err != nil || strings.HasPrefix(helo, "[") {
 		return nil
 	}
-	r.count.inc("plaintext_partner")
-	if r.log != nil {
-		r.log.Info("inbound check refused", "check", "plaintext_partner", "action", rule.Action, "domain", domain, "rule", rule.Rule)
+	if rule := tlsFromHost(rules, helo); rule != nil && rule.Action != "off" {
+		r.refused(st, "plaintext_partner", "action", rule.Action, "helo", helo, "rule", rule.Rule)
+		return partnerReply(rule, "mail from the servers of "+strings.TrimPrefix(rule.Match, ".")+" (EHLO "+helo+")")
 	}
-	const text = "mail from %s must arrive over TLS (this site's TLS policy for %s); your server must use STARTTLS before MAIL FROM"
+	return nil
+}
+
+func partnerReply(rule *TLSFrom, what string) error {
+	const text = "%s must arrive over TLS (this site's TLS policy for %s); your server must use STARTTLS before MAIL FROM"
 	if rule.Action == "reject" {
-		return smtputil.Reply(530, 5, 7, 0, text, domain, rule.Match)
+		return smtputil.Reply(530, 5, 7, 0, text, what, rule.Match)
 	}
-	return smtputil.Reply(450, 4, 7, 0, text+"; try again with TLS", domain, rule.Match)
+	return smtputil.Reply(450, 4, 7, 0, text+"; try again with TLS", what, rule.Match)
 }
 
 // SetTLSFrom replaces the partner rules (SIGHUP).

@@ -51,6 +51,9 @@ import (
 //	EncryptionRequiredForAuth 538 5.7.11 RFC 4954 §6 encryption required for the mechanism
 //	TooManyErrors             421 4.7.0  RFC 5321 §3.8; X.7.0 security/policy status
 //	ShuttingDown              421 4.3.2  X.3.2 system not accepting network messages
+//	MultipleFromFields        550 5.6.0  RFC 5322 §3.6 allows one From field; X.6.0 the content is malformed, which is what the sender must fix (as BareLineEnding)
+//	TooManyAuthorDomains      550 5.7.1  X.7.1 refused by policy: DMARC (RFC 7489 §6.6.1) cannot be checked for every author domain
+//	TooManyTransactions       421 4.7.0  RFC 5321 §3.8; X.7.0 policy: the client reconnects and goes on
 
 // RelayDenied refuses a recipient in a domain we do not serve.
 func RelayDenied(domain string) *smtp.SMTPError {
@@ -267,4 +270,26 @@ func ForwardPath(to string) (Address, error) {
 		return Address{}, AddressReply(err, false)
 	}
 	return a, nil
+}
+
+// MultipleFromFields refuses a message with n > 1 From fields: RFC 5322
+// §3.6 allows one, and a DMARC check of one of them would let the other
+// show a spoofed author.
+func MultipleFromFields(n int) *smtp.SMTPError {
+	return Reply(550, 5, 6, 0, "message has %d From: header fields; RFC 5322 section 3.6 allows exactly one, "+
+		"so the author cannot be authenticated (DMARC); fix the sending software", n)
+}
+
+// TooManyAuthorDomains refuses a From field with more author domains
+// than are checked against their DMARC policies.
+func TooManyAuthorDomains(n, max int) *smtp.SMTPError {
+	return Reply(550, 5, 7, 1, "the From: field names addresses in %d domains; this server checks the DMARC policy of "+
+		"at most %d and refuses what it cannot check; name fewer authors (and the one who sends in Sender:)", n, max)
+}
+
+// TooManyTransactions ends a session at a MAIL command over the limit
+// per session. The caller must close the connection after sending it.
+func TooManyTransactions(max int) *smtp.SMTPError {
+	return Reply(421, 4, 7, 0, "too many transactions in one session (limit %d), closing connection; "+
+		"reconnect to send more", max)
 }

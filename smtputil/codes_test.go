@@ -109,3 +109,21 @@ func TestAddressReply(t *testing.T) {
 		t.Errorf("unknown error: %d", r.Code)
 	}
 }
+
+// The replies of the inbound authentication checks (issue 11).
+func TestAuthReplies(t *testing.T) {
+	for _, tt := range []struct {
+		err  *smtp.SMTPError
+		code int
+		enh  smtp.EnhancedCode
+		want string
+	}{
+		{MultipleFromFields(11), 550, smtp.EnhancedCode{5, 6, 0}, "message has 11 From: header fields; RFC 5322 section 3.6 allows exactly one"},
+		{TooManyAuthorDomains(11, 10), 550, smtp.EnhancedCode{5, 7, 1}, "addresses in 11 domains; this server checks the DMARC policy of at most 10"},
+		{TooManyTransactions(100), 421, smtp.EnhancedCode{4, 7, 0}, "too many transactions in one session (limit 100), closing connection"},
+	} {
+		if tt.err.Code != tt.code || tt.err.EnhancedCode != tt.enh || !strings.Contains(tt.err.Message, tt.want) {
+			t.Errorf("%d %v %q, want %d %v …%s…", tt.err.Code, tt.err.EnhancedCode, tt.err.Message, tt.code, tt.enh, tt.want)
+		}
+	}
+}

@@ -257,6 +257,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 				Domains: domainList(cfg), Recipients: recips, Resolver: res, Log: log,
 				Checks: inboundChecks(cfg), Screen: inboundScreen(cfg), Verifiers: verifiers(cfg),
 				Postmaster: servedPostmaster(cfg), TLSFrom: tlsFrom(cfg), PassCache: r.passed,
+				MaxMailPerSession: cfg.Inbound.MaxMailPerSession,
 			})
 			ir.SetContent(content)
 			r.inbound = append(r.inbound, ir)

@@ -22,7 +22,10 @@ type Mock struct {
 	Fail map[string]dnsutil.Kind
 }
 
-var _ dnsutil.Resolver = Mock{}
+var (
+	_ dnsutil.Resolver       = Mock{}
+	_ dnsutil.FamilyResolver = Mock{}
+)
 
 // LookupMX implements dnsutil.Resolver.
 func (m Mock) LookupMX(_ context.Context, name string) ([]dnsutil.MX, error) {
@@ -32,6 +35,29 @@ func (m Mock) LookupMX(_ context.Context, name string) ([]dnsutil.MX, error) {
 // LookupHost implements dnsutil.Resolver.
 func (m Mock) LookupHost(_ context.Context, name string) ([]netip.Addr, error) {
 	return lookup(m, m.Host, name, "A/AAAA")
+}
+
+// LookupIP implements dnsutil.FamilyResolver from Host: a name with
+// addresses of the other family only is NODATA.
+func (m Mock) LookupIP(ctx context.Context, name string, v6 bool) ([]netip.Addr, error) {
+	all, err := m.LookupHost(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, a := range all {
+		if a.Unmap().Is6() == v6 {
+			out = append(out, a)
+		}
+	}
+	if len(out) == 0 {
+		typ := "A"
+		if v6 {
+			typ = "AAAA"
+		}
+		return nil, &dnsutil.Error{Name: strings.TrimSuffix(name, "."), Type: typ, Server: "mock", Kind: dnsutil.NoData}
+	}
+	return out, nil
 }
 
 // LookupTXT implements dnsutil.Resolver.

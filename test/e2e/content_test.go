@@ -550,7 +550,8 @@ func wantTopAR(t *testing.T, got []byte, ar string) {
 // refused in the dialog (550 5.7.26). A forged field claiming our
 // authserv-id is removed, a foreign one kept. A signature made by
 // python3-dkim's dkimsign verifies too. With reject_spf_fail, SPF -all
-// refuses at MAIL FROM (550 5.7.23).
+// refuses at the first accepted RCPT, where SPF is evaluated (550
+// 5.7.23).
 func TestAuthResults(t *testing.T) {
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -612,7 +613,7 @@ _dmarc.reject.test.        TXT "v=DMARC1; p=reject"
 		if !strings.HasPrefix(res.Data, "550 5.7.26 ") || !strings.Contains(res.Data, "reject.test") {
 			t.Errorf("reply %q, want 550 5.7.26 naming reject.test", res.Data)
 		}
-		r.WaitLog(0, 5*time.Second, "inbound check refused", "check=auth")
+		r.WaitLog(0, 5*time.Second, "inbound check refused", "check=dmarc")
 	})
 
 	t.Run("header too large", func(t *testing.T) {
@@ -696,10 +697,110 @@ _dmarc.reject.test.        TXT "v=DMARC1; p=reject"
 		_, mx2, _ := startContentRelay(t, dns.Addr(), authInbound+"    reject_spf_fail: true\n", domains)
 		c := dialSMTP(t, mx2)
 		c.Expect("EHLO client.e2e.test", 250)
-		if code, text := c.Cmd("MAIL FROM:<boss@reject.test>"); code != 550 || !strings.HasPrefix(text, "550 5.7.23 ") {
-			t.Errorf("MAIL FROM a domain whose SPF fails us: %q, want 550 5.7.23", text)
+		c.Expect("MAIL FROM:<boss@reject.test>", 250)
+		if code, text := c.Cmd("RCPT TO:<" + rcpt + ">"); code != 550 || !strings.HasPrefix(text, "550 5.7.23 ") {
+			t.Errorf("RCPT from a domain whose SPF fails us: %q, want 550 5.7.23", text)
 		}
+		c.Expect("RSET", 250)
 		c.Expect("MAIL FROM:<alice@auth.test>", 250)
+		c.Expect("RCPT TO:<"+rcpt+">", 250)
 		c.Expect("QUIT", 221)
 	})
+}
+
+// dmarcMessage is a plain message with the given From fields (each a
+// whole field value) and a Subject that names it in the log.
+func dmarcMessage(subject string, froms ...string) string {
+	var b strings.Builder
+	for _, f := range froms {
+		b.WriteString("From: " + f + "\r\n")
+	}
+	b.WriteString("To: bob@example.test\r\nSubject: " + subject + "\r\n" +
+		"Date: Mon, 2 Jan 2006 15:04:05 +0000\r\nMessage-ID: <" + strings.ReplaceAll(subject, " ", "-") + "@e2e.test>\r\n" +
+		"\r\nTransfer the money today.\r\n")
+	return b.String()
+}
+
+// TestDMARCDodges: spoofs of a p=reject domain that used to get 250 are
+// refused in the dialog. Issue 11, finding 9: a From field with the
+// victim plus ten other author domains (permerror "too many author
+// domains") and eleven From fields got 250 while the plain spoof got
+// 550 5.7.26; now several From fields are refused (550 5.6.0, RFC 5322
+// allows one), more than ten author domains too (550 5.7.1), and a
+// p=reject failure of any author domain of one From refuses (550
+// 5.7.26). Finding 10: a record with a harmless slip (ri=86400s,
+// rf=iodef) was permerror and switched p=reject off; now tags are read
+// leniently (RFC 7489 §6.3) and p=reject holds, while an invalid p= with
+// a valid rua= is p=none (§6.6.3) and delivered. Each refusal is logged
+// once with the check that fired.
+func TestDMARCDodges(t *testing.T) {
+	dns := dnstest.NewServer(t, `
+bank.test.            TXT "v=spf1 -all"
+_dmarc.bank.test.     TXT "v=DMARC1; p=reject"
+slip-ri.test.         TXT "v=spf1 -all"
+_dmarc.slip-ri.test.  TXT "v=DMARC1; p=reject; ri=86400s"
+slip-rf.test.         TXT "v=spf1 -all"
+_dmarc.slip-rf.test.  TXT "v=DMARC1; p=reject; rf=iodef"
+slip-sp.test.         TXT "v=spf1 -all"
+_dmarc.slip-sp.test.  TXT "v=DMARC1; p=reject; sp=rejekt; pct=hundred; adkim=x"
+typo-p.test.          TXT "v=spf1 -all"
+_dmarc.typo-p.test.   TXT "v=DMARC1; p=rejekt; rua=mailto:dmarc@typo-p.test"
+`)
+	down := startTestServer(t, listenLoopback(t), serverOptions{})
+	const authInbound = "  auth:\n    enabled: true\n    authserv_id: mx.e2e.test\n"
+	domains := fmt.Sprintf("  example.test: {deliver_to: \"smtp://%s\"}\n", down.Addr)
+	r, mx, _ := startContentRelay(t, dns.Addr(), authInbound, domains)
+	const rcpt = "bob@example.test"
+
+	var ten []string
+	for i := range 10 {
+		ten = append(ten, fmt.Sprintf("x@d%d.example.net", i))
+	}
+	var elevenFields []string
+	elevenFields = append(elevenFields, "ceo@bank.test")
+	elevenFields = append(elevenFields, ten...)
+
+	for _, tc := range []struct {
+		name, from string
+		msg        string
+		want       string // reply prefix
+		check      string // the check= of the log line
+	}{
+		{"plain spoof", "boss@bank.test", dmarcMessage("plain spoof", "ceo@bank.test"), "550 5.7.26 ", "check=dmarc"},
+		{"eleven author domains in one From", "boss@bank.test",
+			dmarcMessage("eleven domains", strings.Join(elevenFields, ", ")), "550 5.7.1 ", "check=author_domains"},
+		{"eleven From fields", "boss@bank.test", dmarcMessage("eleven fields", elevenFields...), "550 5.6.0 ", "check=multiple_from"},
+		{"two From fields, the victim second", "boss@bank.test", dmarcMessage("two fields", "x@d0.example.net", "ceo@bank.test"), "550 5.6.0 ", "check=multiple_from"},
+		{"victim third of three mailboxes", "boss@bank.test",
+			dmarcMessage("three mailboxes", "x@d0.example.net, Y <y@d1.example.net>, ceo@bank.test"), "550 5.7.26 ", "check=dmarc"},
+		{"record slip ri=86400s", "boss@slip-ri.test", dmarcMessage("slip ri", "ceo@slip-ri.test"), "550 5.7.26 ", "check=dmarc"},
+		{"record slip rf=iodef", "boss@slip-rf.test", dmarcMessage("slip rf", "ceo@slip-rf.test"), "550 5.7.26 ", "check=dmarc"},
+		{"bad sp, pct and adkim fall back to defaults", "boss@slip-sp.test", dmarcMessage("slip sp", "ceo@slip-sp.test"), "550 5.7.26 ", "check=dmarc"},
+	} {
+		mark := r.Mark()
+		res := send(t, mx, tc.from, []string{rcpt}, tc.msg)
+		if !strings.HasPrefix(res.Data, tc.want) {
+			t.Errorf("%s: reply %q, want %q…", tc.name, res.Data, tc.want)
+			continue
+		}
+		// The line is written before the reply; the log pipe may lag.
+		var lines []string
+		for deadline := time.Now().Add(5 * time.Second); len(lines) == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			lines = r.LogLines("inbound check refused", tc.check, "queue_id=")
+			lines = slices.DeleteFunc(lines, func(l string) bool { return !strings.Contains(r.log.String()[mark:], l) })
+		}
+		if n := strings.Count(r.log.String()[mark:], "inbound check refused"); len(lines) != 1 || n != 1 {
+			t.Errorf("%s: want one line \"inbound check refused %s\", got:\n%s", tc.name, tc.check, r.log.String()[mark:])
+		}
+	}
+
+	// An invalid p= with a valid rua= is p=none: delivered, recorded.
+	msg := dmarcMessage("typo p", "ceo@typo-p.test")
+	mustQueue(t, mx, "boss@typo-p.test", []string{rcpt}, msg)
+	got := messageWith(t, down.WaitMessages(t, 1, 10*time.Second), msg)
+	wantTopAR(t, got.Data, "Authentication-Results: mx.e2e.test;\r\n"+
+		"\tspf=fail smtp.mailfrom=boss@typo-p.test;\r\n"+
+		"\tdkim=none;\r\n"+
+		"\tdmarc=fail header.from=typo-p.test policy.dmarc=none\r\n")
+	noMoreMessages(t, down, 1)
 }
