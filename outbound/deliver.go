@@ -481,7 +481,8 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 	defer r.Close()
 	var data io.Reader = r
 	if e.o.Transform != nil {
-		data, err = e.o.Transform(d, t, ok, tlsInfo, r)
+		data, err = e.o.Transform(&Outgoing{Delivery: d, Target: t, Rcpts: ok, TLS: tlsInfo, Data: r,
+			Reopen: func() (io.ReadCloser, error) { return d.Open() }})
 		if err != nil {
 			for _, i := range okIdx {
 				res[i] = queue.Result{Status: queue.TempFail, Code: "4.3.0", Relay: p.relay, TLS: tlsInfo, TLSPolicy: p.outcome,

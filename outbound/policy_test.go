@@ -60,12 +60,12 @@ func TestTransformSeam(t *testing.T) {
 	h := newHop(t, hopOptions{TLS: selfSigned(t)})
 	var sawTLS string
 	e := engine(t, everything(t, "smtp://"+h.addr), func(o *outbound.EngineOptions) {
-		o.Transform = func(d *queue.Delivery, tg outbound.Target, rcpts []string, tlsInfo string, r io.Reader) (io.Reader, error) {
-			sawTLS = tlsInfo
-			if rcpts[0] == "fail@remote.test" {
+		o.Transform = func(m *outbound.Outgoing) (io.Reader, error) {
+			sawTLS = m.TLS
+			if m.Rcpts[0] == "fail@remote.test" {
 				return nil, io.ErrUnexpectedEOF
 			}
-			b, err := io.ReadAll(r)
+			b, err := io.ReadAll(m.Data)
 			return bytes.NewReader(append([]byte("X-Transformed: yes\r\n"), b...)), err
 		}
 	})
