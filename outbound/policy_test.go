@@ -185,7 +185,7 @@ func TestPoolNotReusedAcrossTLSReload(t *testing.T) {
 	res := deliver(t, e, sp.put("sender@ours.test", []string{"a@bank.example"}, message))
 	check(t, "TLS 1.2 allowed", res[0], queue.Delivered, "2.0.0")
 	h.next()
-	e.SetTLS(rule(tls.VersionTLS13), false)
+	e.SetTLS(rule(tls.VersionTLS13), false, nil)
 	res = deliver(t, e, sp.put("sender@ours.test", []string{"a@bank.example"}, message))
 	check(t, "after the reload", res[0], queue.TempFail, "4.7.10")
 	h.none()

@@ -54,6 +54,10 @@ type Result struct {
 	// required and where it came from, and what was achieved or why not
 	// ("required secure (policy rule 1); achieved none: no STARTTLS").
 	TLSPolicy string
+	// Encryption records the OpenPGP encryption of this attempt: the
+	// recipient's key and where it came from ("openpgp key=… key_source=
+	// wkd (https://…)"), or why there was none; "" when not encrypted.
+	Encryption string
 	// Explanation, for a DSN, says in an end user's words why delivery
 	// failed when the reply alone would not ("the partner's server did not
 	// offer the encryption your organisation requires for bank.example").
@@ -652,6 +656,9 @@ func (q *Queue) logResult(it *item, rcpt string, r Result, delay, attemptDur tim
 	}
 	if r.TLSPolicy != "" {
 		args = append(args, "tls_policy", r.TLSPolicy)
+	}
+	if r.Encryption != "" {
+		args = append(args, "encryption", r.Encryption)
 	}
 	if r.Status == Delivered {
 		q.log.Info(st, args...)
