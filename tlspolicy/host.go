@@ -46,10 +46,10 @@ type HostPolicy struct {
 	// opportunistic policy of mail encrypted end to end (Opportunistic).
 	encryptFallback *requiredLevel
 	pins            [][sha256.Size]byte
-	extra  []string // rule names, added to the level's default identities
-	roots  *x509.CertPool
-	now    func() time.Time
-	report *Failure // a testing-mode finding known before connecting
+	extra           []string // rule names, added to the level's default identities
+	roots           *x509.CertPool
+	now             func() time.Time
+	report          *Failure // a testing-mode finding known before connecting
 }
 
 // ForMX refines the policy for one MX host of the destination: a host rule
