@@ -1,10 +1,15 @@
 package main
 
 import (
+	"context"
 	"crypto/x509"
+	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
@@ -119,4 +124,133 @@ func encryption(cfg *config.Config, dir *encrypt.Directory) (*outbound.Encryptio
 		return nil, err
 	}
 	return &outbound.Encryption{Dir: dir, Rules: rules, Signers: signers, SpillDir: filepath.Join(cfg.StateDir, "tmp")}, nil
+}
+
+// encryptCmd is "securerelay encrypt lookup --config FILE ADDRESS": which
+// key the encryption fallback would use for ADDRESS, from where, and why
+// every other candidate was refused. A fresh lookup (no cache), through
+// the configuration's sources. Exit 0: a usable key; 1: none (or a
+// configuration error); 2: usage; 3: a source failed temporarily and no
+// key was found.
+func encryptCmd(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] != "lookup" {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	fs := flag.NewFlagSet("encrypt lookup", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file (YAML)")
+	timeout := fs.Duration("timeout", 30*time.Second, "time for all lookups")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	if *path == "" || fs.NArg() != 1 {
+		fmt.Fprintln(stderr, "usage: securerelay encrypt lookup --config FILE ADDRESS")
+		return 2
+	}
+	addr := strings.TrimSpace(fs.Arg(0))
+	at := strings.LastIndexByte(addr, '@')
+	if at <= 0 || at == len(addr)-1 {
+		fmt.Fprintf(stderr, "securerelay encrypt lookup: %q is not an address (local@domain)\n", addr)
+		return 2
+	}
+	domain := strings.ToLower(strings.TrimSuffix(addr[at+1:], "."))
+	cfg, code := load(*path, stderr)
+	if cfg == nil {
+		return code
+	}
+	res := dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D())
+	dec, err := tlsDecider(cfg, res, quietLog, nil)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	dir, err := keyDirectory(cfg, res, quietLog, false)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	defer dir.Close()
+	rules, err := encryptionRules(cfg, time.Now())
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	q := encrypt.Query{Address: addr}
+	if r := rules[dec.DomainRule(domain)]; r != nil {
+		fmt.Fprintf(stdout, "rule: %s\n", describeEncryptRule(cfg, dec.DomainRule(domain), r))
+		q.Sources, q.Pins = r.Sources, r.Pins
+	} else {
+		fmt.Fprintf(stdout, "rule: no TLS rule encrypts mail to %s, so the relay never encrypts it; looked up as such a rule would by default\n", domain)
+		for _, s := range config.DefaultKeySources(&cfg.Outbound.Encryption) {
+			src, _ := encrypt.ParseSource(s)
+			q.Sources = append(q.Sources, src)
+		}
+	}
+	fmt.Fprintf(stdout, "sources, in order: %s\n", joinSources(q.Sources))
+	if slices.Contains(q.Sources, encrypt.SourceWKD) {
+		if adv, direct, err := encrypt.WKDURLs(addr); err == nil {
+			fmt.Fprintf(stdout, "  wkd: %s\n  wkd (direct): %s\n", adv, direct)
+		}
+	}
+	if slices.Contains(q.Sources, encrypt.SourceOPENPGPKEY) {
+		if name, err := encrypt.OPENPGPKEYName(addr); err == nil {
+			fmt.Fprintf(stdout, "  openpgpkey: %s (trusted only from a DNSSEC-validated answer)\n", name)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	r := dir.Lookup(ctx, q)
+	for _, rf := range r.Refused {
+		fmt.Fprintf(stdout, "refused: %s\n", rf.String())
+	}
+	fmt.Fprintf(stdout, "searched: %s\n", joinSources(r.Searched))
+	switch {
+	case r.Key != nil:
+		k := r.Key
+		fmt.Fprintf(stdout, "key: %s from %s (%s)\n", k.Fingerprint, k.Source, k.Origin)
+		var ids []string
+		for name := range k.Entity.Identities {
+			ids = append(ids, name)
+		}
+		slices.Sort(ids)
+		for _, id := range ids {
+			fmt.Fprintf(stdout, "  user id: %s\n", id)
+		}
+		return 0
+	case r.Temporary != nil:
+		fmt.Fprintf(stdout, "key: none found, but a source could not be asked: %v (delivery would wait and try again)\n", r.Temporary)
+		return 3
+	}
+	fmt.Fprintf(stdout, "key: none usable for %s\n", addr)
+	return 1
+}
+
+func joinSources(ss []encrypt.Source) string {
+	if len(ss) == 0 {
+		return "none"
+	}
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = string(s)
+	}
+	return strings.Join(out, ", ")
+}
+
+// describeEncryptRule says what an encrypting rule does, for explain and
+// encrypt lookup.
+func describeEncryptRule(cfg *config.Config, match string, r *outbound.EncryptRule) string {
+	idx := slices.IndexFunc(cfg.Outbound.TLS.Policies, func(p config.TLSPolicy) bool { return p.Match == match })
+	var b strings.Builder
+	fmt.Fprintf(&b, "policy rule %d (match %s): ", idx+1, match)
+	switch {
+	case r.Always && r.WithoutKeyTLS:
+		b.WriteString("always encrypted (encrypt: always); a recipient without a key gets it unencrypted when the TLS level is met (without_key: tls)")
+	case r.Always:
+		b.WriteString("always encrypted (encrypt: always); a recipient without a key waits, and outbound listeners refuse it at RCPT (without_key: refuse)")
+	default:
+		b.WriteString("encrypted when no next hop meets the TLS level (fallback: encrypt), then sent over the best session offered; a recipient without a key waits")
+	}
+	fmt.Fprintf(&b, "; pinned keys %d; outer subject %q", len(r.Pins), r.Subject)
+	return b.String()
 }
