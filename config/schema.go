@@ -138,7 +138,8 @@ type Listener struct {
 	// unsigned (send it without a DKIM signature).
 	ForeignFrom string `yaml:"foreign_from"`
 	// NullSender (outbound only): what to do with MAIL FROM:<> that is not
-	// a delivery status or disposition notification (multipart/report):
+	// a delivery status or disposition notification (a multipart/report
+	// whose report part parses, not just its Content-Type):
 	// reject (default; 550 5.7.1) or rewrite (the envelope sender becomes
 	// NullSenderAddress; logged and recorded in a header).
 	NullSender string `yaml:"null_sender"`

@@ -4,9 +4,9 @@
 package outbound
 
 import (
-	"mime"
+	"bufio"
 	"net/netip"
-	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/emersion/go-smtp"
@@ -66,6 +66,7 @@ func (d *DomainSet) Has(domain string) bool {
 type Submission struct {
 	opts  SubmissionOptions
 	users *Users
+	count counters
 }
 
 // Users is the shared, reloadable table of SMTP AUTH accounts.
@@ -160,68 +161,99 @@ func (s *Submission) Rcpt(_ *smtpd.State, to string, _ *smtp.RcptOptions) (strin
 	return a.String(), nil
 }
 
-// Data implements smtpd.Role: an authenticated user may only send mail
-// From: one of our domains, unless the listener allows it unsigned. An
-// OTRS or Kopano with a wrong sender address is then noticed at once, not
-// forwarded unsigned to fail DMARC at the recipient's.
+// Data implements smtpd.Role. An authenticated user may only send mail
+// From: one of our domains (so the message can be signed), unless the
+// listener sends such mail unsigned: an OTRS or Kopano with a wrong sender
+// address is then noticed at once, not forwarded unsigned to fail DMARC at
+// the recipient's. For mail from <>: the null-sender policy, which only a
+// real report escapes.
 func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
-	checkFrom := st.AuthUser != "" && s.opts.ForeignFrom != "unsigned" && s.opts.Ours != nil
+	authed := st.AuthUser != "" && s.opts.ForeignFrom != "unsigned" && s.opts.Ours != nil
 	checkNull := st.From == "" && s.opts.NullSender != ""
-	if !checkFrom && !checkNull {
+	if !authed && !checkNull {
 		return nil
 	}
 	r, err := msg.Open()
 	if err != nil {
 		return err
 	}
-	header, err := dkim.ReadHeader(r, dkim.MaxHeaderBytes)
+	// One reader: the header, then (for <>) the body as far as a report
+	// part can be.
+	br := bufio.NewReader(r)
+	header, err := dkim.ReadHeader(br, dkim.MaxHeaderBytes)
 	if err != nil {
 		return err
 	}
-	if checkNull && !isReport(header) {
-		// RFC 5321 §4.5.5 reserves <> for notifications about other mail;
-		// a notification or auto-reply sent from <> can never be answered
-		// or bounced, and loops between two such systems go unnoticed.
-		if s.opts.NullSender != "rewrite" {
-			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-				Message: "null sender refused: MAIL FROM:<> is reserved for delivery status notifications; set a sender address (such as noreply@your.domain) in the sending application"}
-		}
-		msg.NewFrom = s.opts.NullSenderAddress
-		msg.AddHeader = "X-Securerelay-Null-Sender: envelope sender <> rewritten to <" + s.opts.NullSenderAddress + ">\r\n"
-		if st.Log != nil {
-			st.Log.Info("null sender rewritten", "from", s.opts.NullSenderAddress)
+	if checkNull {
+		if why := checkReport(header, br); why != nil {
+			// RFC 5321 §4.5.5 reserves <> for notifications about other
+			// mail; a notification or auto-reply sent from <> can never
+			// be answered or bounced, and loops between two such systems
+			// go unnoticed.
+			if s.opts.NullSender != "rewrite" {
+				s.refused(st, "null_sender", "reason", why.Error())
+				return smtputil.Reply(550, 5, 7, 1, "null sender refused: MAIL FROM:<> is reserved for delivery status "+
+					"and disposition notifications, and this is none (%v); set a sender address (such as noreply@your.domain) "+
+					"in the sending application", why)
+			}
+			msg.NewFrom = s.opts.NullSenderAddress
+			msg.AddHeader = "X-Securerelay-Null-Sender: envelope sender <> rewritten to <" + s.opts.NullSenderAddress + ">\r\n"
+			if st.Log != nil {
+				st.Log.Info("null sender rewritten", "from", s.opts.NullSenderAddress, "reason", why.Error())
+			}
 		}
 	}
-	if !checkFrom {
+	if !authed {
 		return nil
 	}
 	dom, err := dkim.FromDomain(header)
 	if err != nil {
-		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-			Message: "message refused: no usable From: header (" + err.Error() + "); set a sender address in the sending application"}
+		s.refused(st, "foreign_from", "reason", err.Error())
+		return smtputil.Reply(553, 5, 7, 1, "message refused: no usable From: header (%v); set a sender address in the sending application", err)
 	}
 	if !s.opts.Ours.Has(dom) {
-		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-			Message: "message refused: the From: domain " + dom + " is not one of this relay's domains, so it cannot be signed; fix the sender address in the sending application"}
+		s.refused(st, "foreign_from", "domain", dom)
+		return smtputil.Reply(553, 5, 7, 1, "message refused: the From: domain %s is not one of this relay's domains, so it cannot be signed; fix the sender address in the sending application", dom)
 	}
 	return nil
 }
 
-// isReport reports whether a message header says multipart/report with a
-// delivery-status (RFC 3464) or disposition-notification (RFC 8098)
-// report: the only content the null sender is for.
-func isReport(header []byte) bool {
-	cts := smtputil.HeaderFields(header, "Content-Type")
-	if len(cts) == 0 {
-		return false
+// refused logs and counts one refusal of an outbound check, named as in
+// the configuration (sender_binding, null_sender, foreign_from).
+func (s *Submission) refused(st *smtpd.State, check string, kv ...any) {
+	n := s.count.inc(check)
+	if st.Log != nil {
+		st.Log.Info("outbound check refused", append([]any{"check", check, "count", n}, kv...)...)
 	}
-	mt, params, err := mime.ParseMediaType(cts[0])
-	if err != nil || mt != "multipart/report" {
-		return false
+}
+
+// counters count refusals per check, for the logs now and metrics later.
+type counters struct {
+	mu sync.Mutex
+	m  map[string]*atomic.Int64
+}
+
+func (c *counters) inc(check string) int64 {
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[string]*atomic.Int64{}
 	}
-	switch strings.ToLower(params["report-type"]) {
-	case "delivery-status", "disposition-notification":
-		return true
+	v := c.m[check]
+	if v == nil {
+		v = &atomic.Int64{}
+		c.m[check] = v
 	}
-	return false
+	c.mu.Unlock()
+	return v.Add(1)
+}
+
+// Refusals returns how often each check has refused so far.
+func (s *Submission) Refusals() map[string]int64 {
+	s.count.mu.Lock()
+	defer s.count.mu.Unlock()
+	out := map[string]int64{}
+	for k, v := range s.count.m {
+		out[k] = v.Load()
+	}
+	return out
 }

@@ -177,21 +177,31 @@ func TestSubmissionNullSender(t *testing.T) {
 		data := header + "\r\nbody\r\n"
 		return &smtpd.Message{Size: int64(len(data)), Open: func() (io.Reader, error) { return strings.NewReader(data), nil }}
 	}
+	msgWith := func(data string) *smtpd.Message {
+		return &smtpd.Message{Size: int64(len(data)), Open: func() (io.Reader, error) { return strings.NewReader(data), nil }}
+	}
 	reports := []string{
-		"Content-Type: multipart/report; report-type=delivery-status; boundary=x\r\n",
-		"Content-Type: Multipart/Report;\r\n\treport-type=\"disposition-notification\"; boundary=x\r\n",
+		"Content-Type: multipart/report; report-type=delivery-status; boundary=x\r\n\r\n" +
+			"--x\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; a.example.test\r\n\r\n" +
+			"Final-Recipient: rfc822; b@example.test\r\nAction: failed\r\nStatus: 5.1.1\r\n--x--\r\n",
+		"Content-Type: Multipart/Report;\r\n\treport-type=\"disposition-notification\"; boundary=x\r\n\r\n" +
+			"--x\r\nContent-Type: message/disposition-notification\r\n\r\nFinal-Recipient: rfc822; b@example.test\r\n" +
+			"Disposition: manual-action/MDN-sent-manually; displayed\r\n--x--\r\n",
 	}
 	others := []string{
 		"Subject: Ticket updated\r\n",
 		"Content-Type: multipart/report; report-type=other; boundary=x\r\n",
 		"Content-Type: multipart/mixed; boundary=x\r\n",
 		"Content-Type: text/plain\r\n X-Fake: multipart/report; report-type=delivery-status\r\n",
+		// Issue 11, finding 7: the header alone is not a report.
+		"Content-Type: multipart/report; report-type=delivery-status; boundary=x\r\n",
+		"Content-Type: Multipart/Report;\r\n\treport-type=\"disposition-notification\"; boundary=x\r\n",
 	}
 	reject := outbound.NewSubmission(outbound.SubmissionOptions{NullSender: "reject"}, nil)
 	rewrite := outbound.NewSubmission(outbound.SubmissionOptions{NullSender: "rewrite", NullSenderAddress: "noreply@example.test"}, nil)
 	for _, h := range reports {
 		for _, s := range []*outbound.Submission{reject, rewrite} {
-			m := msg(h)
+			m := msgWith(h)
 			if err := s.Data(&smtpd.State{}, m); err != nil || m.NewFrom != "" {
 				t.Errorf("report %q: %v, new from %q; want it to pass untouched", h, err, m.NewFrom)
 			}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"securerelay/dnsutil/dnstest"
+	"securerelay/dsn"
 )
 
 // partnerZone sends partner.test's mail to mxIP (port 25).
@@ -386,4 +388,98 @@ outbound:
 	if m := other.WaitMessages(t, 1, 10*time.Second); m[0].To[0] != "user@named.test" {
 		t.Errorf("the other machine got a message to %v", m[0].To)
 	}
+}
+
+// TestNullSenderNeedsRealReport (issue 11, finding 7): a header that says
+// multipart/report is not a report. MAIL FROM:<> with that header and an
+// ordinary body, or with a report part that does not parse, is refused
+// (550 5.7.1) or rewritten like any other mail from <>; real reports (the
+// relay's own DSNs, Postfix, Exim and Exchange bounces, Dovecot and
+// Thunderbird MDNs) pass untouched.
+func TestNullSenderNeedsRealReport(t *testing.T) {
+	requireTool(t, "swaks")
+	down := startTestServer(t, listenLoopback(t), serverOptions{})
+	dns := dnstest.NewServer(t, "")
+	dir := t.TempDir()
+	strict, rewrite := freeAddr(t), freeAddr(t)
+	cfg := filepath.Join(dir, "relay.yaml")
+	writeFile(t, cfg, configHead(filepath.Join(dir, "state"), dns.Addr())+fmt.Sprintf(`listeners:
+  - {name: strict, address: %q, role: outbound, trusted_networks: [127.0.0.0/8]}
+  - {name: rewrite, address: %q, role: outbound, trusted_networks: [127.0.0.0/8], null_sender: rewrite, null_sender_address: noreply@example.test}
+domains:
+  example.test: {deliver_to: "maildir:%s"}
+outbound:
+  routes: [{match: "*", next_hop: "smtp://%s"}]
+%s`, strict, rewrite, filepath.Join(dir, "mail"), down.Addr, outboundTimeouts))
+	r := startRelay(t, cfg, strict, rewrite)
+
+	fakes := map[string]string{
+		// The finding: the header alone, an ordinary body.
+		"header only": "From: helpdesk@example.test\r\nTo: agent@partner.test\r\nSubject: Ticket 4711 updated\r\nMIME-Version: 1.0\r\n" +
+			"Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n" +
+			"Your ticket 4711 was updated. Click here to see it.\r\n",
+		// A report part that is there but is not a delivery status.
+		"no status fields": "From: helpdesk@example.test\r\nTo: agent@partner.test\r\nSubject: Ticket 4712 updated\r\nMIME-Version: 1.0\r\n" +
+			"Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n" +
+			"--b\r\nContent-Type: text/plain\r\n\r\nYour ticket 4712 was updated.\r\n" +
+			"--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; helpdesk.example.test\r\n\r\n" +
+			"Final-Recipient: rfc822; agent@partner.test\r\nAction: failed\r\n\r\n--b--\r\n",
+	}
+	for name, data := range fakes {
+		t.Run(name, func(t *testing.T) {
+			// One recipient per message: more than 5 from <> to one
+			// address within the hour would be refused as a loop.
+			f := tempFile(t, "fake.eml", data)
+			res := swaks(t, "--server", strict, "--from", "<>", "--to", "fake1@partner.test", "--data", "@"+f)
+			errs := res.ErrorReplies()
+			if len(errs) == 0 || !strings.HasPrefix(errs[0], "550 5.7.1 ") || !strings.Contains(errs[0], "set a sender address") {
+				t.Errorf("fake report from <>: refusals %q, want 550 5.7.1 telling to set a sender address:\n%s", errs, res.Out)
+			}
+			n := len(down.Messages())
+			mustSend(t, "--server", rewrite, "--from", "<>", "--to", "fake2@partner.test", "--data", "@"+f)
+			m := down.WaitMessages(t, n+1, 10*time.Second)[n]
+			if m.From != "noreply@example.test" || !strings.Contains(headerSection(m.Data), "X-Securerelay-Null-Sender:") {
+				t.Errorf("fake report under rewrite: envelope from %q, want noreply@example.test and the header:\n%s", m.From, m.Data)
+			}
+		})
+	}
+	r.WaitLog(0, 5*time.Second, "outbound check refused", "check=null_sender")
+
+	reports := map[string][]byte{"relay-dsn": ownDSN(t)}
+	for _, name := range []string{"postfix-dsn", "exim-dsn", "exchange2007-ndr", "dovecot-mdn", "thunderbird-mdn"} {
+		b, err := os.ReadFile(filepath.Join("..", "..", "outbound", "testdata", "reports", name+".eml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		reports[name] = b
+	}
+	for name, data := range reports {
+		t.Run(name, func(t *testing.T) {
+			crlf := strings.ReplaceAll(strings.ReplaceAll(string(data), "\r\n", "\n"), "\n", "\r\n")
+			f := tempFile(t, name+".eml", crlf)
+			n := len(down.Messages())
+			mustSend(t, "--server", strict, "--from", "<>", "--to", name+"@partner.test", "--data", "@"+f)
+			m := down.WaitMessages(t, n+1, 10*time.Second)[n]
+			if m.From != "" || strings.Contains(string(m.Data), "X-Securerelay-Null-Sender") {
+				t.Errorf("%s from <> was changed: envelope from %q", name, m.From)
+			}
+		})
+	}
+}
+
+// ownDSN is a bounce as this relay's dsn package builds it.
+func ownDSN(t *testing.T) []byte {
+	t.Helper()
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	b, err := dsn.Build(dsn.Report{
+		ReportingMTA: "relay.e2e.test", Sender: "someone@example.test", QueueID: "ABC123",
+		Arrival: now.Add(-time.Hour), Now: now,
+		Recipients: []dsn.Recipient{{Address: "x@partner.test", Action: "failed", Status: "5.1.1",
+			RemoteMTA: "mx.partner.test", Diagnostic: "550 5.1.1 no such user", LastAttempt: now}},
+		Original: []byte("From: someone@example.test\r\nTo: x@partner.test\r\nSubject: hello\r\n\r\nhi\r\n"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
