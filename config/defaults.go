@@ -23,6 +23,7 @@ const (
 	DefaultDKIMCanonicalization         = "relaxed/relaxed"
 	DefaultForeignFrom                  = "reject"
 	DefaultNullSender                   = "reject"
+	DefaultSenderBinding                = "domains"
 	DefaultStartTLS                     = "opportunistic"
 	DefaultQueueMaxAge                  = Duration(5 * day)
 	DefaultQueueWorkers                 = 100
@@ -282,6 +283,9 @@ func (l *loader) applyDefaults(c *Config) {
 		if *p == "" {
 			*p = "reject"
 		}
+	}
+	if o.SenderBinding == "" {
+		o.SenderBinding = DefaultSenderBinding
 	}
 	if o.DKIM.Identity == "" {
 		o.DKIM.Identity = "domain"

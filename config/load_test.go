@@ -415,3 +415,29 @@ func writeFile(t *testing.T, name, content string) string {
 	}
 	return p
 }
+
+// Sender binding: the default is domains; login with a user whose name is
+// no address is refused at the name when the global switch says login.
+func TestSenderBindingKeys(t *testing.T) {
+	const head = `
+hostname: relay.example.com
+listeners: [{name: sub, address: ":587", role: outbound}]
+outbound:
+`
+	const hash = `"$2a$10$2i/uRSSVtsw9SFVyBdYQkuTX9YP46UVMoLgXaI5p0vehZ8UPWr5gu"`
+	cfg := mustParse(t, head+`  users: [{name: otrs, password_hash: `+hash+`, senders: [otrs@example.com, "@support.example.com"]}]
+`, "/")
+	if cfg.Outbound.SenderBinding != "domains" || !reflect.DeepEqual(cfg.Outbound.Users[0].Senders, []string{"otrs@example.com", "@support.example.com"}) {
+		t.Errorf("sender_binding %q, senders %q", cfg.Outbound.SenderBinding, cfg.Outbound.Users[0].Senders)
+	}
+	mustParse(t, head+`  sender_binding: login
+  users: [{name: bob@example.com, password_hash: `+hash+`}, {name: otrs, password_hash: `+hash+`, senders: [otrs@example.com]}]
+`, "/")
+	got := parseErrors(t, head+`  sender_binding: login
+  users:
+    - {name: otrs, password_hash: `+hash+`}
+`)
+	if !strings.Contains(got, "test.yaml:7: outbound.users[0].name: \"otrs\" is not an address, and sender_binding is login") {
+		t.Errorf("errors:\n%s", got)
+	}
+}

@@ -143,7 +143,8 @@ type Listener struct {
 	// unsigned (send it without a DKIM signature).
 	ForeignFrom string `yaml:"foreign_from"`
 	// NullSender (outbound only): what to do with MAIL FROM:<> that is not
-	// a delivery status or disposition notification (multipart/report):
+	// a delivery status or disposition notification (a multipart/report
+	// whose report part parses, not just its Content-Type):
 	// reject (default; 550 5.7.1) or rewrite (the envelope sender becomes
 	// NullSenderAddress; logged and recorded in a header).
 	NullSender string `yaml:"null_sender"`
@@ -370,6 +371,13 @@ type DKIMOptions struct {
 type Outbound struct {
 	// Users may authenticate on outbound listeners (SMTP AUTH PLAIN/LOGIN).
 	Users []User `yaml:"users"`
+	// SenderBinding: what a user without a senders list may use as
+	// envelope sender and in From:, Sender:, Resent-From: and
+	// Resent-Sender:: domains (default; any address in a domain under
+	// domains:) or login (only the address it logs in with, so the user
+	// name must be one). Clients in trusted_networks that do not log in
+	// are not bound.
+	SenderBinding string `yaml:"sender_binding"`
 	// Routes send recipient domains to a fixed next hop, in order; the
 	// first match wins; no match: MX lookup.
 	Routes []Route `yaml:"routes"`
@@ -512,6 +520,15 @@ type Encryption struct {
 type User struct {
 	Name         string `yaml:"name"`
 	PasswordHash string `yaml:"password_hash"` // bcrypt ($2a$/$2b$/$2y$)
+	// Senders (Postfix's smtpd_sender_login_maps, turned round): what
+	// this user may use as envelope sender and in From:, Sender:,
+	// Resent-From: and Resent-Sender:: "otrs@example.com" (that address)
+	// or "@support.example.com" (any address in that domain). The list is
+	// then all the user may use. Empty: as SenderBinding says.
+	Senders []string `yaml:"senders"`
+	// SenderBinding for this user when it has no Senders; empty:
+	// outbound.sender_binding.
+	SenderBinding string `yaml:"sender_binding"`
 }
 
 // Route is one transport_maps-like entry.

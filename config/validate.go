@@ -344,6 +344,36 @@ func (l *loader) checkDomains(c *Config) {
 	}
 }
 
+// checkSenders checks one user's sender binding (p is its path).
+func (l *loader) checkSenders(c *Config, p string, u User) {
+	for j, s := range u.Senders {
+		k := fmt.Sprintf("%s.senders[%d]", p, j)
+		if d, ok := strings.CutPrefix(s, "@"); ok {
+			if err := checkDomainName(d, false); err != nil {
+				l.errorf(k, "%q: %v; write an address (otrs@example.com) or a domain after @ (@example.com)", s, err)
+			}
+		} else if err := checkAddress(s); err != nil {
+			l.errorf(k, "%v; write an address (otrs@example.com) or a domain after @ (@example.com)", err)
+		}
+	}
+	mode := c.Outbound.SenderBinding
+	key := p + ".name"
+	if u.SenderBinding != "" {
+		mode, key = u.SenderBinding, p+".sender_binding"
+		switch {
+		case u.SenderBinding != "domains" && u.SenderBinding != "login":
+			l.oneOf(key, u.SenderBinding, "domains", "login")
+			return
+		case len(u.Senders) > 0:
+			l.errorf(key, "sender_binding only chooses what a user without senders may use, and this user has senders; remove one of the two")
+			return
+		}
+	}
+	if mode == "login" && len(u.Senders) == 0 && u.Name != "" && checkAddress(u.Name) != nil {
+		l.errorf(key, "%q is not an address, and sender_binding is login (a user may only send as the address it logs in with), so this user could send nothing; log in with an address, or list what it may use under senders", u.Name)
+	}
+}
+
 // validSelector: a selector is one or more DNS labels (RFC 6376 §3.1).
 func validSelector(s string) bool {
 	if len(s) > 253 {
@@ -364,6 +394,7 @@ func validSelector(s string) bool {
 
 func (l *loader) checkOutbound(c *Config) {
 	o := &c.Outbound
+	l.oneOf("outbound.sender_binding", o.SenderBinding, "domains", "login")
 	names := map[string]int{}
 	for i, u := range o.Users {
 		p := fmt.Sprintf("outbound.users[%d]", i)
@@ -381,6 +412,7 @@ func (l *loader) checkOutbound(c *Config) {
 		} else if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
 			l.errorf(p+".password_hash", "not a bcrypt hash (it must look like $2y$10$ followed by 53 characters; plain passwords are not accepted); %s", howto)
 		}
+		l.checkSenders(c, p, u)
 	}
 
 	seen := map[string]int{}

@@ -4,13 +4,13 @@
 package outbound
 
 import (
-	"mime"
+	"bufio"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/emersion/go-smtp"
-	"golang.org/x/crypto/bcrypt"
 
 	"securerelay/dkim"
 	"securerelay/queue"
@@ -27,7 +27,9 @@ type SubmissionOptions struct {
 	// ForeignFrom: "reject" (default) or "unsigned": what to do with mail
 	// from an authenticated user whose From: domain is not one of ours.
 	ForeignFrom string
-	// Ours tells whether a domain is one of ours (receive or sign).
+	// Ours tells whether a domain is one of ours (receive or sign). nil
+	// turns off what depends on it: the foreign_from check and the default
+	// sender binding (users without senders or login binding).
 	Ours *DomainSet
 	// NullSender: "reject" or "rewrite" mail from <> that is not a
 	// delivery status or disposition notification; "" applies no policy.
@@ -66,40 +68,7 @@ func (d *DomainSet) Has(domain string) bool {
 type Submission struct {
 	opts  SubmissionOptions
 	users *Users
-}
-
-// Users is the shared, reloadable table of SMTP AUTH accounts.
-type Users struct {
-	m atomic.Pointer[map[string][]byte]
-}
-
-// NewUsers makes a table from name → bcrypt hash.
-func NewUsers(hashes map[string]string) *Users {
-	u := &Users{}
-	u.Set(hashes)
-	return u
-}
-
-// Set replaces the accounts (SIGHUP).
-func (u *Users) Set(hashes map[string]string) {
-	m := make(map[string][]byte, len(hashes))
-	for k, v := range hashes {
-		m[k] = []byte(v)
-	}
-	u.m.Store(&m)
-}
-
-// dummyHash keeps the time of a login for an unknown user the same as for
-// a wrong password, so that user names cannot be probed by timing.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("securerelay-dummy"), bcrypt.DefaultCost)
-
-func (u *Users) check(user, pass string) bool {
-	h, ok := (*u.m.Load())[user]
-	if !ok {
-		bcrypt.CompareHashAndPassword(dummyHash, []byte(pass))
-		return false
-	}
-	return bcrypt.CompareHashAndPassword(h, []byte(pass)) == nil
+	count counters
 }
 
 // NewSubmission returns the role for one outbound listener.
@@ -134,7 +103,9 @@ func (s *Submission) trusted(ip netip.Addr) bool {
 }
 
 // Mail implements smtpd.Role: the relay decision is made here, once per
-// transaction, so a stranger is refused before naming any recipient.
+// transaction, so a stranger is refused before naming any recipient; and
+// an authenticated user's envelope sender must be one its account allows
+// (MAIL FROM:<> always is: a report's header is checked at DATA).
 func (s *Submission) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, error) {
 	if st.AuthUser == "" {
 		switch {
@@ -148,7 +119,17 @@ func (s *Submission) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (st
 			return "", smtputil.AuthRequired()
 		}
 	}
-	return smtputil.ReversePath(from)
+	canon, err := smtputil.ReversePath(from)
+	if err != nil || st.AuthUser == "" || canon == "" {
+		return canon, err
+	}
+	if why := s.users.lookup(st.AuthUser).refusal(st.AuthUser, canon, s.opts.Ours, false); why != "" {
+		s.refused(st, "sender_binding", "field", "MAIL FROM", "address", canon, "reason", why)
+		return "", smtputil.Reply(553, 5, 7, 1, "<%s>: sender address rejected: not owned by user %s (%s); "+
+			"set the sender address in the sending application to one this login may use, "+
+			"or have the relay's admin add it to the user's senders", canon, st.AuthUser, why)
+	}
+	return canon, nil
 }
 
 // Rcpt implements smtpd.Role: any domain, but a well-formed address.
@@ -160,68 +141,137 @@ func (s *Submission) Rcpt(_ *smtpd.State, to string, _ *smtp.RcptOptions) (strin
 	return a.String(), nil
 }
 
-// Data implements smtpd.Role: an authenticated user may only send mail
-// From: one of our domains, unless the listener allows it unsigned. An
-// OTRS or Kopano with a wrong sender address is then noticed at once, not
-// forwarded unsigned to fail DMARC at the recipient's.
+// Data implements smtpd.Role. For an authenticated user: every address in
+// From:, Sender:, Resent-From: and Resent-Sender: must be one its account
+// allows, and the From: domain must be one of ours (so the message can be
+// signed), unless the listener sends such mail unsigned: an OTRS or
+// Kopano with a wrong sender address is then noticed at once, not
+// forwarded unsigned to fail DMARC at the recipient's. For mail from <>:
+// the null-sender policy, which only a real report escapes.
 func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
-	checkFrom := st.AuthUser != "" && s.opts.ForeignFrom != "unsigned" && s.opts.Ours != nil
+	authed := st.AuthUser != ""
 	checkNull := st.From == "" && s.opts.NullSender != ""
-	if !checkFrom && !checkNull {
+	if !authed && !checkNull {
 		return nil
 	}
 	r, err := msg.Open()
 	if err != nil {
 		return err
 	}
-	header, err := dkim.ReadHeader(r, dkim.MaxHeaderBytes)
+	// One reader: the header, then (for <>) the body as far as a report
+	// part can be.
+	br := bufio.NewReader(r)
+	header, err := dkim.ReadHeader(br, dkim.MaxHeaderBytes)
 	if err != nil {
 		return err
 	}
-	if checkNull && !isReport(header) {
-		// RFC 5321 §4.5.5 reserves <> for notifications about other mail;
-		// a notification or auto-reply sent from <> can never be answered
-		// or bounced, and loops between two such systems go unnoticed.
-		if s.opts.NullSender != "rewrite" {
-			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-				Message: "null sender refused: MAIL FROM:<> is reserved for delivery status notifications; set a sender address (such as noreply@your.domain) in the sending application"}
-		}
-		msg.NewFrom = s.opts.NullSenderAddress
-		msg.AddHeader = "X-Securerelay-Null-Sender: envelope sender <> rewritten to <" + s.opts.NullSenderAddress + ">\r\n"
-		if st.Log != nil {
-			st.Log.Info("null sender rewritten", "from", s.opts.NullSenderAddress)
+	if authed {
+		if err := s.checkHeaderSenders(st, header); err != nil {
+			return err
 		}
 	}
-	if !checkFrom {
+	if checkNull {
+		if why := checkReport(header, br); why != nil {
+			// RFC 5321 §4.5.5 reserves <> for notifications about other
+			// mail; a notification or auto-reply sent from <> can never
+			// be answered or bounced, and loops between two such systems
+			// go unnoticed.
+			if s.opts.NullSender != "rewrite" {
+				s.refused(st, "null_sender", "reason", why.Error())
+				return smtputil.Reply(550, 5, 7, 1, "null sender refused: MAIL FROM:<> is reserved for delivery status "+
+					"and disposition notifications, and this is none (%v); set a sender address (such as noreply@your.domain) "+
+					"in the sending application", why)
+			}
+			msg.NewFrom = s.opts.NullSenderAddress
+			msg.AddHeader = "X-Securerelay-Null-Sender: envelope sender <> rewritten to <" + s.opts.NullSenderAddress + ">\r\n"
+			if st.Log != nil {
+				st.Log.Info("null sender rewritten", "from", s.opts.NullSenderAddress, "reason", why.Error())
+			}
+		}
+	}
+	if !authed || s.opts.ForeignFrom == "unsigned" || s.opts.Ours == nil {
 		return nil
 	}
 	dom, err := dkim.FromDomain(header)
 	if err != nil {
-		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-			Message: "message refused: no usable From: header (" + err.Error() + "); set a sender address in the sending application"}
+		s.refused(st, "foreign_from", "reason", err.Error())
+		return smtputil.Reply(553, 5, 7, 1, "message refused: no usable From: header (%v); set a sender address in the sending application", err)
 	}
 	if !s.opts.Ours.Has(dom) {
-		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-			Message: "message refused: the From: domain " + dom + " is not one of this relay's domains, so it cannot be signed; fix the sender address in the sending application"}
+		s.refused(st, "foreign_from", "domain", dom)
+		return smtputil.Reply(553, 5, 7, 1, "message refused: the From: domain %s is not one of this relay's domains, so it cannot be signed; fix the sender address in the sending application", dom)
 	}
 	return nil
 }
 
-// isReport reports whether a message header says multipart/report with a
-// delivery-status (RFC 3464) or disposition-notification (RFC 8098)
-// report: the only content the null sender is for.
-func isReport(header []byte) bool {
-	cts := smtputil.HeaderFields(header, "Content-Type")
-	if len(cts) == 0 {
-		return false
+// checkHeaderSenders applies the sender binding to the header fields:
+// every address of every From:, Sender:, Resent-From: and Resent-Sender:
+// field (a From: with several mailboxes, or several From: fields, cannot
+// slip one past). A field that does not parse cannot be checked and is
+// refused: a mail client may still show an address from it.
+func (s *Submission) checkHeaderSenders(st *smtpd.State, header []byte) error {
+	acct := s.users.lookup(st.AuthUser)
+	foreignOK := s.opts.ForeignFrom == "unsigned"
+	for _, name := range senderFields {
+		for _, v := range smtputil.HeaderFields(header, name) {
+			if strings.TrimSpace(v) == "" {
+				continue // names nobody
+			}
+			list, err := headerParser.ParseList(v)
+			if err != nil {
+				s.refused(st, "sender_binding", "field", name, "reason", err.Error())
+				return smtputil.Reply(553, 5, 7, 1, "message refused: the %s: field does not parse as addresses (%v), "+
+					"so it cannot be checked against the addresses user %s may use; fix the sending application", name, err, st.AuthUser)
+			}
+			for _, a := range list {
+				if why := acct.refusal(st.AuthUser, a.Address, s.opts.Ours, foreignOK); why != "" {
+					s.refused(st, "sender_binding", "field", name, "address", a.Address, "reason", why)
+					return smtputil.Reply(553, 5, 7, 1, "message refused: %s: <%s> is not owned by user %s (%s); "+
+						"set the %s: address in the sending application to one this login may use, "+
+						"or have the relay's admin add it to the user's senders", name, a.Address, st.AuthUser, why, name)
+				}
+			}
+		}
 	}
-	mt, params, err := mime.ParseMediaType(cts[0])
-	if err != nil || mt != "multipart/report" {
-		return false
+	return nil
+}
+
+// refused logs and counts one refusal of an outbound check, named as in
+// the configuration (sender_binding, null_sender, foreign_from).
+func (s *Submission) refused(st *smtpd.State, check string, kv ...any) {
+	n := s.count.inc(check)
+	if st.Log != nil {
+		st.Log.Info("outbound check refused", append([]any{"check", check, "count", n}, kv...)...)
 	}
-	switch strings.ToLower(params["report-type"]) {
-	case "delivery-status", "disposition-notification":
-		return true
+}
+
+// counters count refusals per check, for the logs now and metrics later.
+type counters struct {
+	mu sync.Mutex
+	m  map[string]*atomic.Int64
+}
+
+func (c *counters) inc(check string) int64 {
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[string]*atomic.Int64{}
 	}
-	return false
+	v := c.m[check]
+	if v == nil {
+		v = &atomic.Int64{}
+		c.m[check] = v
+	}
+	c.mu.Unlock()
+	return v.Add(1)
+}
+
+// Refusals returns how often each check has refused so far.
+func (s *Submission) Refusals() map[string]int64 {
+	s.count.mu.Lock()
+	defer s.count.mu.Unlock()
+	out := map[string]int64{}
+	for k, v := range s.count.m {
+		out[k] = v.Load()
+	}
+	return out
 }

@@ -93,7 +93,8 @@ func TestSubmissionMailPolicy(t *testing.T) {
 		{"off", in, "", ok},
 		{"off", out, "", denied},
 	} {
-		s := outbound.NewSubmission(outbound.SubmissionOptions{Trusted: trusted, Auth: c.auth}, nil)
+		s := outbound.NewSubmission(outbound.SubmissionOptions{Trusted: trusted, Auth: c.auth, Ours: outbound.NewDomainSet([]string{"ours.test"})},
+			outbound.NewUsers(map[string]string{"otrs": "x"}))
 		st := &smtpd.State{RemoteIP: c.ip, AuthUser: c.user}
 		got, err := s.Mail(st, "App@Ours.Test", &smtp.MailOptions{})
 		if c.want == ok {
@@ -157,7 +158,7 @@ func TestSubmissionForeignFrom(t *testing.T) {
 		{"unsigned", "otrs", "From: a@elsewhere.test\r\n", false},
 		{"reject", "", "From: a@elsewhere.test\r\n", false},
 	} {
-		s := outbound.NewSubmission(outbound.SubmissionOptions{ForeignFrom: c.policy, Ours: ours}, nil)
+		s := outbound.NewSubmission(outbound.SubmissionOptions{ForeignFrom: c.policy, Ours: ours}, outbound.NewUsers(map[string]string{"otrs": "x"}))
 		err := s.Data(&smtpd.State{AuthUser: c.user}, msg(c.header))
 		se, isSMTP := err.(*smtp.SMTPError)
 		switch {
@@ -177,21 +178,31 @@ func TestSubmissionNullSender(t *testing.T) {
 		data := header + "\r\nbody\r\n"
 		return &smtpd.Message{Size: int64(len(data)), Open: func() (io.Reader, error) { return strings.NewReader(data), nil }}
 	}
+	msgWith := func(data string) *smtpd.Message {
+		return &smtpd.Message{Size: int64(len(data)), Open: func() (io.Reader, error) { return strings.NewReader(data), nil }}
+	}
 	reports := []string{
-		"Content-Type: multipart/report; report-type=delivery-status; boundary=x\r\n",
-		"Content-Type: Multipart/Report;\r\n\treport-type=\"disposition-notification\"; boundary=x\r\n",
+		"Content-Type: multipart/report; report-type=delivery-status; boundary=x\r\n\r\n" +
+			"--x\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; a.example.test\r\n\r\n" +
+			"Final-Recipient: rfc822; b@example.test\r\nAction: failed\r\nStatus: 5.1.1\r\n--x--\r\n",
+		"Content-Type: Multipart/Report;\r\n\treport-type=\"disposition-notification\"; boundary=x\r\n\r\n" +
+			"--x\r\nContent-Type: message/disposition-notification\r\n\r\nFinal-Recipient: rfc822; b@example.test\r\n" +
+			"Disposition: manual-action/MDN-sent-manually; displayed\r\n--x--\r\n",
 	}
 	others := []string{
 		"Subject: Ticket updated\r\n",
 		"Content-Type: multipart/report; report-type=other; boundary=x\r\n",
 		"Content-Type: multipart/mixed; boundary=x\r\n",
 		"Content-Type: text/plain\r\n X-Fake: multipart/report; report-type=delivery-status\r\n",
+		// Issue 11, finding 7: the header alone is not a report.
+		"Content-Type: multipart/report; report-type=delivery-status; boundary=x\r\n",
+		"Content-Type: Multipart/Report;\r\n\treport-type=\"disposition-notification\"; boundary=x\r\n",
 	}
 	reject := outbound.NewSubmission(outbound.SubmissionOptions{NullSender: "reject"}, nil)
 	rewrite := outbound.NewSubmission(outbound.SubmissionOptions{NullSender: "rewrite", NullSenderAddress: "noreply@example.test"}, nil)
 	for _, h := range reports {
 		for _, s := range []*outbound.Submission{reject, rewrite} {
-			m := msg(h)
+			m := msgWith(h)
 			if err := s.Data(&smtpd.State{}, m); err != nil || m.NewFrom != "" {
 				t.Errorf("report %q: %v, new from %q; want it to pass untouched", h, err, m.NewFrom)
 			}
@@ -210,5 +221,121 @@ func TestSubmissionNullSender(t *testing.T) {
 	// Not from <>: no policy at all.
 	if err := reject.Data(&smtpd.State{From: "a@example.test"}, msg(others[0])); err != nil {
 		t.Errorf("a real sender was refused: %v", err)
+	}
+}
+
+// Sender binding (issue 11, finding 8): each authenticated user may use,
+// as envelope sender and in From:/Sender:/Resent-From:/Resent-Sender:,
+// its senders list, else our domains, else (login) its own address.
+// Trusted clients without AUTH are not bound; <> is always allowed.
+func TestSubmissionSenderBinding(t *testing.T) {
+	ours := outbound.NewDomainSet([]string{"example.test", "example.net"})
+	users := outbound.NewAccounts([]outbound.Account{
+		{Name: "otrs", PasswordHash: "x", Senders: []string{"otrs@example.test", "@Support.Example.ORG", "@xn--bcher-kva.example"}},
+		{Name: "kopano", PasswordHash: "x"},
+		{Name: "Bob@Example.TEST", PasswordHash: "x", LoginOnly: true},
+		{Name: "noaddress", PasswordHash: "x", LoginOnly: true},
+	})
+	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	in, out := netip.MustParseAddr("10.0.0.7"), netip.MustParseAddr("192.0.2.1")
+	sub := func(foreign string) *outbound.Submission {
+		return outbound.NewSubmission(outbound.SubmissionOptions{Trusted: trusted, Auth: "optional", Ours: ours,
+			ForeignFrom: foreign, NullSender: "reject"}, users)
+	}
+	for _, c := range []struct {
+		user, from string
+		ip         netip.Addr
+		ok         bool
+	}{
+		{"otrs", "otrs@example.test", out, true},
+		{"otrs", "OTRS@EXAMPLE.TEST", out, true},
+		{"otrs", "agent@support.example.org", out, true},
+		{"otrs", "agent@bücher.example", out, false}, // not ASCII in an envelope: a syntax error
+		{"otrs", "agent@xn--bcher-kva.example", out, true},
+		{"otrs", "other@example.test", out, false}, // listed: the list is all
+		{"otrs", "agent@sub.support.example.org", out, false},
+		{"otrs", "", out, true}, // <>
+		{"kopano", "anyone@example.net", out, true},
+		{"kopano", "anyone@example.net.", out, true},
+		{"kopano", "someone@outsider.test", out, false},
+		{"kopano", "someone@outsider.test", in, false},       // logged in: bound, trusted or not
+		{"", "someone@outsider.test", in, true},              // trusted, no AUTH: no user to bind
+		{"bob@example.test", "bob@example.test", out, false}, // the name is matched exactly, as logged in
+		{"Bob@Example.TEST", "bob@example.test", out, true},
+		{"Bob@Example.TEST", "alice@example.test", out, false},
+		{"noaddress", "noaddress@example.test", out, false},
+		{"gone", "gone@example.test", out, false}, // removed by a reload
+	} {
+		got, err := sub("reject").Mail(&smtpd.State{RemoteIP: c.ip, AuthUser: c.user}, c.from, &smtp.MailOptions{})
+		n, enh, _ := code(err)
+		switch {
+		case c.ok && err != nil:
+			t.Errorf("%s MAIL FROM:<%s>: %v, want accepted", c.user, c.from, err)
+		case !c.ok && c.from == "agent@bücher.example" && n == 553:
+		case !c.ok && (n != 553 || enh != (smtp.EnhancedCode{5, 7, 1}) || !strings.Contains(err.Error(), "<"+c.from+">") ||
+			!strings.Contains(err.Error(), c.user)):
+			t.Errorf("%s MAIL FROM:<%s>: %q, %v; want 553 5.7.1 naming the address and the user", c.user, c.from, got, err)
+		}
+	}
+
+	msg := func(header string) *smtpd.Message {
+		data := header + "\r\nbody\r\n"
+		return &smtpd.Message{Size: int64(len(data)), Open: func() (io.Reader, error) { return strings.NewReader(data), nil }}
+	}
+	for _, c := range []struct {
+		user, foreign, header string
+		bad                   string // the address the refusal must name; "" accepted
+	}{
+		{"otrs", "reject", "From: OTRS <otrs@example.test>\r\n", ""},
+		{"otrs", "reject", "From: ceo@example.test\r\n", "ceo@example.test"},
+		{"otrs", "reject", "From: otrs@example.test\r\nSender: ceo@example.test\r\n", "ceo@example.test"},
+		{"otrs", "reject", "From: otrs@example.test\r\nResent-From: ceo@example.test\r\n", "ceo@example.test"},
+		{"otrs", "reject", "From: otrs@example.test\r\nResent-Sender: ceo@example.test\r\n", "ceo@example.test"},
+		{"otrs", "reject", "From: otrs@example.test\r\nRESENT-FROM :\r\n ceo@example.test\r\n", "ceo@example.test"},
+		{"otrs", "reject", "From: otrs@example.test, ceo@example.test\r\nSender: otrs@example.test\r\n", "ceo@example.test"},
+		{"otrs", "reject", "From: otrs@example.test\r\nFrom: ceo@example.test\r\n", "ceo@example.test"},
+		{"otrs", "reject", "From: Team: otrs@example.test, ceo@example.test;\r\n", "ceo@example.test"},
+		{"otrs", "reject", "From: \"ceo@example.test\" <otrs@example.test>\r\n", ""},
+		{"otrs", "reject", "From: =?utf-8?q?M=C3=BCller?= <otrs@example.test>\r\n", ""},
+		{"otrs", "reject", "From: a@bücher.example\r\n", "cannot be signed"}, // listed, but not ours: foreign_from refuses
+		{"otrs", "unsigned", "From: a@bücher.example\r\n", ""},
+		{"otrs", "unsigned", "From: agent@support.example.org\r\n", ""},
+		{"otrs", "unsigned", "From: someone@outsider.test\r\n", "someone@outsider.test"}, // listed: foreign_from does not widen a list
+		{"otrs", "reject", "From: Müller, Hans <otrs@example.test>\r\n", "From:"},        // does not parse: cannot be checked
+		{"otrs", "reject", "From: otrs@example.test\r\nSender: \r\n", ""},                // names nobody
+		{"kopano", "reject", "From: Jane <jane@example.net>\r\nSender: kopano@example.test\r\n", ""},
+		{"kopano", "reject", "From: jane@example.net\r\nSender: someone@outsider.test\r\n", "someone@outsider.test"},
+		{"kopano", "unsigned", "From: someone@outsider.test\r\nSender: kopano@example.test\r\n", ""}, // default binding, foreign_from: unsigned
+		{"kopano", "unsigned", "From: someone@outsider.test\r\nSender: x@example.org\r\n", ""},
+		{"Bob@Example.TEST", "reject", "From: Bob <bob@example.test>\r\n", ""},
+		{"Bob@Example.TEST", "reject", "From: alice@example.test\r\n", "alice@example.test"},
+		{"Bob@Example.TEST", "unsigned", "From: someone@outsider.test\r\n", ""},
+		{"", "reject", "From: ceo@example.test\r\nSender: someone@outsider.test\r\n", ""}, // trusted, no AUTH
+	} {
+		st := &smtpd.State{RemoteIP: in, AuthUser: c.user, From: "x@example.test"}
+		err := sub(c.foreign).Data(st, msg(c.header))
+		n, enh, _ := code(err)
+		switch {
+		case c.bad == "" && err != nil:
+			t.Errorf("%s/%s %q: %v, want accepted", c.user, c.foreign, c.header, err)
+		case c.bad != "" && (n != 553 || enh != (smtp.EnhancedCode{5, 7, 1}) || !strings.Contains(err.Error(), c.bad)):
+			t.Errorf("%s/%s %q: %v, want 553 5.7.1 naming %s", c.user, c.foreign, c.header, err, c.bad)
+		}
+	}
+	s := sub("reject")
+	s.Mail(&smtpd.State{RemoteIP: out, AuthUser: "kopano"}, "x@outsider.test", &smtp.MailOptions{})
+	s.Data(&smtpd.State{RemoteIP: out, AuthUser: "kopano", From: "kopano@example.test"}, msg("From: x@outsider.test\r\n"))
+	s.Data(&smtpd.State{RemoteIP: out}, msg("Subject: from <>\r\n"))
+	if got := s.Refusals(); got["sender_binding"] != 2 || got["null_sender"] != 1 {
+		t.Errorf("refusals counted %v, want sender_binding 2, null_sender 1", got)
+	}
+
+	// A reload replaces the lists at once.
+	users.SetAccounts([]outbound.Account{{Name: "otrs", PasswordHash: "x", Senders: []string{"other@example.test"}}})
+	if _, err := s.Mail(&smtpd.State{RemoteIP: out, AuthUser: "otrs"}, "other@example.test", &smtp.MailOptions{}); err != nil {
+		t.Errorf("after reload: %v", err)
+	}
+	if _, err := s.Mail(&smtpd.State{RemoteIP: out, AuthUser: "otrs"}, "otrs@example.test", &smtp.MailOptions{}); err == nil {
+		t.Error("after reload: the old list still applies")
 	}
 }

@@ -81,12 +81,23 @@ func router(cfg *config.Config) (*outbound.Router, error) {
 	return r, nil
 }
 
-func userHashes(cfg *config.Config) map[string]string {
-	m := map[string]string{}
+// userAccounts are the AUTH users with their sender binding; the global
+// outbound.sender_binding is resolved here, so a reload applies it too.
+func userAccounts(cfg *config.Config) []outbound.Account {
+	var out []outbound.Account
 	for _, u := range cfg.Outbound.Users {
-		m[u.Name] = u.PasswordHash
+		a := outbound.Account{Name: u.Name, PasswordHash: u.PasswordHash}
+		if len(u.Senders) > 0 {
+			a.Senders = u.Senders
+		}
+		mode := u.SenderBinding
+		if mode == "" {
+			mode = cfg.Outbound.SenderBinding
+		}
+		a.LoginOnly = mode == "login"
+		out = append(out, a)
 	}
-	return m
+	return out
 }
 
 // domainList is the domains the inbound listeners accept mail for: those
@@ -242,7 +253,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	r.users = outbound.NewUsers(userHashes(cfg))
+	r.users = outbound.NewAccounts(userAccounts(cfg))
 	recips, err := loadRecipients(cfg, log)
 	if err != nil {
 		return err
@@ -496,7 +507,7 @@ func (r *relay) reload() {
 			ir.SetRecipients(recips)
 		}
 	}
-	r.users.Set(userHashes(cfg))
+	r.users.SetAccounts(userAccounts(cfg))
 	r.engine.SetRouter(rt)
 	r.engine.SetTLS(tlsPol, cfg.Outbound.TLS.TLSRequiredNo == "honour", enc)
 	r.signer.Set(keys, dkimOptions(cfg), cfg.Outbound.DKIM.UseEnvelopeSender)
@@ -513,6 +524,7 @@ func stripInbound(i config.Inbound) config.Inbound {
 
 func stripOutbound(o config.Outbound) config.Outbound {
 	o.Users, o.Routes, o.DKIM, o.TLS = nil, nil, config.DKIMOptions{}, config.OutboundTLS{}
+	o.SenderBinding = "" // applied per user with the users
 	return o
 }
 

@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"securerelay/dnsutil/dnstest"
+	"securerelay/dsn"
 )
 
 // partnerZone sends partner.test's mail to mxIP (port 25).
@@ -386,4 +389,270 @@ outbound:
 	if m := other.WaitMessages(t, 1, 10*time.Second); m[0].To[0] != "user@named.test" {
 		t.Errorf("the other machine got a message to %v", m[0].To)
 	}
+}
+
+// TestNullSenderNeedsRealReport (issue 11, finding 7): a header that says
+// multipart/report is not a report. MAIL FROM:<> with that header and an
+// ordinary body, or with a report part that does not parse, is refused
+// (550 5.7.1) or rewritten like any other mail from <>; real reports (the
+// relay's own DSNs, Postfix, Exim and Exchange bounces, Dovecot and
+// Thunderbird MDNs) pass untouched.
+func TestNullSenderNeedsRealReport(t *testing.T) {
+	requireTool(t, "swaks")
+	down := startTestServer(t, listenLoopback(t), serverOptions{})
+	dns := dnstest.NewServer(t, "")
+	dir := t.TempDir()
+	strict, rewrite := freeAddr(t), freeAddr(t)
+	cfg := filepath.Join(dir, "relay.yaml")
+	writeFile(t, cfg, configHead(filepath.Join(dir, "state"), dns.Addr())+fmt.Sprintf(`listeners:
+  - {name: strict, address: %q, role: outbound, trusted_networks: [127.0.0.0/8]}
+  - {name: rewrite, address: %q, role: outbound, trusted_networks: [127.0.0.0/8], null_sender: rewrite, null_sender_address: noreply@example.test}
+domains:
+  example.test: {deliver_to: "maildir:%s"}
+outbound:
+  routes: [{match: "*", next_hop: "smtp://%s"}]
+%s`, strict, rewrite, filepath.Join(dir, "mail"), down.Addr, outboundTimeouts))
+	r := startRelay(t, cfg, strict, rewrite)
+
+	fakes := map[string]string{
+		// The finding: the header alone, an ordinary body.
+		"header only": "From: helpdesk@example.test\r\nTo: agent@partner.test\r\nSubject: Ticket 4711 updated\r\nMIME-Version: 1.0\r\n" +
+			"Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n" +
+			"Your ticket 4711 was updated. Click here to see it.\r\n",
+		// A report part that is there but is not a delivery status.
+		"no status fields": "From: helpdesk@example.test\r\nTo: agent@partner.test\r\nSubject: Ticket 4712 updated\r\nMIME-Version: 1.0\r\n" +
+			"Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n" +
+			"--b\r\nContent-Type: text/plain\r\n\r\nYour ticket 4712 was updated.\r\n" +
+			"--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; helpdesk.example.test\r\n\r\n" +
+			"Final-Recipient: rfc822; agent@partner.test\r\nAction: failed\r\n\r\n--b--\r\n",
+	}
+	for name, data := range fakes {
+		t.Run(name, func(t *testing.T) {
+			// One recipient per message: more than 5 from <> to one
+			// address within the hour would be refused as a loop.
+			f := tempFile(t, "fake.eml", data)
+			res := swaks(t, "--server", strict, "--from", "<>", "--to", "fake1@partner.test", "--data", "@"+f)
+			errs := res.ErrorReplies()
+			if len(errs) == 0 || !strings.HasPrefix(errs[0], "550 5.7.1 ") || !strings.Contains(errs[0], "set a sender address") {
+				t.Errorf("fake report from <>: refusals %q, want 550 5.7.1 telling to set a sender address:\n%s", errs, res.Out)
+			}
+			n := len(down.Messages())
+			mustSend(t, "--server", rewrite, "--from", "<>", "--to", "fake2@partner.test", "--data", "@"+f)
+			m := down.WaitMessages(t, n+1, 10*time.Second)[n]
+			if m.From != "noreply@example.test" || !strings.Contains(headerSection(m.Data), "X-Securerelay-Null-Sender:") {
+				t.Errorf("fake report under rewrite: envelope from %q, want noreply@example.test and the header:\n%s", m.From, m.Data)
+			}
+		})
+	}
+	r.WaitLog(0, 5*time.Second, "outbound check refused", "check=null_sender")
+
+	reports := map[string][]byte{"relay-dsn": ownDSN(t)}
+	for _, name := range []string{"postfix-dsn", "exim-dsn", "exchange2007-ndr", "dovecot-mdn", "thunderbird-mdn"} {
+		b, err := os.ReadFile(filepath.Join("..", "..", "outbound", "testdata", "reports", name+".eml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		reports[name] = b
+	}
+	for name, data := range reports {
+		t.Run(name, func(t *testing.T) {
+			crlf := strings.ReplaceAll(strings.ReplaceAll(string(data), "\r\n", "\n"), "\n", "\r\n")
+			f := tempFile(t, name+".eml", crlf)
+			n := len(down.Messages())
+			mustSend(t, "--server", strict, "--from", "<>", "--to", name+"@partner.test", "--data", "@"+f)
+			m := down.WaitMessages(t, n+1, 10*time.Second)[n]
+			if m.From != "" || strings.Contains(string(m.Data), "X-Securerelay-Null-Sender") {
+				t.Errorf("%s from <> was changed: envelope from %q", name, m.From)
+			}
+		})
+	}
+}
+
+// ownDSN is a bounce as this relay's dsn package builds it.
+func ownDSN(t *testing.T) []byte {
+	t.Helper()
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	b, err := dsn.Build(dsn.Report{
+		ReportingMTA: "relay.e2e.test", Sender: "someone@example.test", QueueID: "ABC123",
+		Arrival: now.Add(-time.Hour), Now: now,
+		Recipients: []dsn.Recipient{{Address: "x@partner.test", Action: "failed", Status: "5.1.1",
+			RemoteMTA: "mx.partner.test", Diagnostic: "550 5.1.1 no such user", LastAttempt: now}},
+		Original: []byte("From: someone@example.test\r\nTo: x@partner.test\r\nSubject: hello\r\n\r\nhi\r\n"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// authSend submits one message as user over STARTTLS + AUTH PLAIN; extra
+// are more swaks arguments (--header, --add-header, --data).
+func authSend(t *testing.T, addr, user, from, to string, extra ...string) swaksResult {
+	t.Helper()
+	args := append([]string{"--server", addr, "--tls", "--auth", "PLAIN", "--auth-user", user, "--auth-password", "s3cret",
+		"--from", from, "--to", to}, extra...)
+	return swaks(t, args...)
+}
+
+// wantRefused requires the first refusal of res to start with prefix and
+// to name every one of subs.
+func wantRefused(t *testing.T, what string, res swaksResult, prefix string, subs ...string) {
+	t.Helper()
+	errs := res.ErrorReplies()
+	if len(errs) == 0 || !strings.HasPrefix(errs[0], prefix) || !containsAll(errs[0], subs) {
+		t.Errorf("%s: refusals %q, want %q naming %q:\n%s", what, errs, prefix, subs, res.Out)
+	}
+}
+
+// TestSenderBindingDefault (issue 11, finding 8): a logged-in user without
+// a senders list may use the domains under domains: and nothing else, as
+// envelope sender and in From:, Sender: and Resent-From:. An outsider's
+// envelope sender (whose bounces would be backscatter) is refused at MAIL
+// FROM, a foreign header address at DATA, both with 553 5.7.1 naming the
+// address. MAIL FROM:<> with a real report stays allowed.
+func TestSenderBindingDefault(t *testing.T) {
+	requireTool(t, "swaks")
+	down := startTestServer(t, listenLoopback(t), serverOptions{})
+	dns := dnstest.NewServer(t, "")
+	dir := t.TempDir()
+	sub := freeAddr(t)
+	cfg := filepath.Join(dir, "relay.yaml")
+	writeFile(t, cfg, configHead(filepath.Join(dir, "state"), dns.Addr())+fmt.Sprintf(`listeners:
+  - {name: submission, address: %q, role: outbound, auth: required}
+domains:
+  example.test: {deliver_to: "maildir:%s"}
+  example.net: {deliver_to: "maildir:%s"}
+outbound:
+  users:
+    - {name: kopano, password_hash: %q}
+  routes: [{match: "*", next_hop: "smtp://%s"}]
+%s`, sub, filepath.Join(dir, "mail"), filepath.Join(dir, "mail"), bcryptHash(t, "s3cret"), down.Addr, outboundTimeouts))
+	r := startRelay(t, cfg, sub)
+
+	// From: is ours; only the envelope sender is an outsider's.
+	res := authSend(t, sub, "kopano", "someone@outsider.test", "agent@partner.test", "--header", "From: kopano@example.test")
+	wantRefused(t, "outsider as envelope sender", res, "553 5.7.1 ", "<someone@outsider.test>", "kopano")
+	r.WaitLog(0, 5*time.Second, "outbound check refused", "check=sender_binding", "address=someone@outsider.test")
+
+	for field, hdr := range map[string][]string{
+		"Sender":      {"--add-header", "Sender: someone@outsider.test"},
+		"Resent-From": {"--add-header", "Resent-From: Someone <someone@outsider.test>"},
+		"From group":  {"--header", "From: kopano@example.test, someone@outsider.test", "--add-header", "Sender: kopano@example.test"},
+	} {
+		res := authSend(t, sub, "kopano", "kopano@example.test", "agent@partner.test", hdr...)
+		wantRefused(t, field, res, "553 5.7.1 ", "someone@outsider.test", strings.Fields(field)[0]+":")
+	}
+
+	// Our domains, in every field, and a real report from <>.
+	mustSend(t, "--server", sub, "--tls", "--auth", "PLAIN", "--auth-user", "kopano", "--auth-password", "s3cret",
+		"--from", "Kopano@Example.NET", "--to", "agent@partner.test",
+		"--header", "From: Jane <jane@example.test>", "--add-header", "Sender: kopano@example.net")
+	// A DSN from <>: its From: is bound like any other.
+	ourDSN := strings.Replace(readFile(t, dsnFile(t)), "MAILER-DAEMON@kopano.example.test", "MAILER-DAEMON@example.test", 1)
+	mustSend(t, "--server", sub, "--tls", "--auth", "PLAIN", "--auth-user", "kopano", "--auth-password", "s3cret",
+		"--from", "<>", "--to", "agent@partner.test", "--data", "@"+tempFile(t, "dsn.eml", ourDSN))
+	down.WaitMessages(t, 2, 10*time.Second)
+	time.Sleep(200 * time.Millisecond)
+	if n := len(down.Messages()); n != 2 {
+		t.Errorf("the partner got %d messages, want only the 2 allowed ones", n)
+	}
+}
+
+// TestSenderBinding: per-user senders lists, the login-only binding, the
+// interplay with foreign_from: unsigned, trusted-network clients without
+// AUTH (not bound), and a SIGHUP that changes a list.
+func TestSenderBinding(t *testing.T) {
+	requireTool(t, "swaks")
+	down := startTestServer(t, listenLoopback(t), serverOptions{})
+	dns := dnstest.NewServer(t, "")
+	dir := t.TempDir()
+	sub, uns, trustedSub := freeAddr(t), freeAddr(t), freeAddr(t)
+	hash := bcryptHash(t, "s3cret")
+	cfg := filepath.Join(dir, "relay.yaml")
+	config := func(otrsSenders string) string {
+		return configHead(filepath.Join(dir, "state"), dns.Addr()) + fmt.Sprintf(`listeners:
+  - {name: submission, address: %q, role: outbound, auth: required}
+  - {name: unsigned, address: %q, role: outbound, auth: required, foreign_from: unsigned}
+  - {name: trusted, address: %q, role: outbound, trusted_networks: [127.0.0.0/8]}
+domains:
+  example.test: {deliver_to: "maildir:%s"}
+  support.example.test: {deliver_to: "maildir:%s"}
+outbound:
+  users:
+    - {name: otrs, password_hash: %q, senders: %s}
+    - {name: kopano, password_hash: %q}
+    - {name: bob@example.test, password_hash: %q, sender_binding: login}
+  routes: [{match: "*", next_hop: "smtp://%s"}]
+%s`, sub, uns, trustedSub, filepath.Join(dir, "mail"), filepath.Join(dir, "mail"), hash, otrsSenders, hash, hash, down.Addr, outboundTimeouts)
+	}
+	writeFile(t, cfg, config(`[otrs@example.test, "@support.example.test"]`))
+	r := startRelay(t, cfg, sub, uns, trustedSub)
+
+	sent := 0
+	accept := func(what, addr, user, from string, extra ...string) {
+		t.Helper()
+		res := authSend(t, addr, user, from, fmt.Sprintf("agent%d@partner.test", sent), extra...)
+		if res.Code != 0 || res.QueueID() == "" {
+			t.Errorf("%s: refused, want accepted:\n%s", what, res.Out)
+			return
+		}
+		sent++
+	}
+	refuse := func(what, addr, user, from, bad, field string, extra ...string) {
+		t.Helper()
+		res := authSend(t, addr, user, from, "agent@partner.test", extra...)
+		wantRefused(t, what, res, "553 5.7.1 ", bad, field, user)
+	}
+
+	// otrs: its list, nothing else; envelope and headers alike.
+	accept("otrs as itself", sub, "otrs", "otrs@example.test")
+	accept("otrs in its domain", sub, "otrs", "ticket-4711@support.example.test", "--header", "From: Support <support@support.example.test>")
+	refuse("otrs as another mailbox of ours", sub, "otrs", "ceo@example.test", "<ceo@example.test>", "not owned by user")
+	refuse("otrs with another From:", sub, "otrs", "otrs@example.test", "ceo@example.test", "From:", "--header", "From: CEO <ceo@example.test>")
+	refuse("otrs with another Sender:", sub, "otrs", "otrs@example.test", "ceo@example.test", "Sender:", "--add-header", "Sender: ceo@example.test")
+	// foreign_from: unsigned does not widen a list.
+	refuse("otrs, foreign From: on the unsigned listener", uns, "otrs", "otrs@example.test", "someone@outsider.test", "From:",
+		"--header", "From: someone@outsider.test")
+
+	// kopano (no list): our domains; with foreign_from: unsigned also
+	// foreign header addresses, never a foreign envelope sender.
+	accept("kopano as any mailbox of ours", sub, "kopano", "jane@support.example.test", "--header", "From: Jane <jane@example.test>")
+	refuse("kopano, foreign From: on the signing listener", sub, "kopano", "kopano@example.test", "someone@outsider.test", "From:",
+		"--header", "From: someone@outsider.test")
+	accept("kopano, foreign From: on the unsigned listener", uns, "kopano", "kopano@example.test", "--header", "From: someone@outsider.test")
+	refuse("kopano, foreign envelope sender on the unsigned listener", uns, "kopano", "someone@outsider.test", "<someone@outsider.test>", "not owned by user",
+		"--header", "From: kopano@example.test")
+
+	// bob@example.test (login): itself only.
+	accept("bob as himself", sub, "bob@example.test", "Bob@example.test")
+	refuse("bob as alice", sub, "bob@example.test", "alice@example.test", "<alice@example.test>", "may only send as itself")
+
+	// Trusted network without AUTH: no user, no binding.
+	res := swaks(t, "--server", trustedSub, "--from", "someone@outsider.test", "--to", fmt.Sprintf("agent%d@partner.test", sent),
+		"--header", "From: ceo@example.test")
+	if res.Code != 0 {
+		t.Errorf("trusted client without AUTH was bound:\n%s", res.Out)
+	} else {
+		sent++
+	}
+
+	down.WaitMessages(t, sent, 10*time.Second)
+	time.Sleep(200 * time.Millisecond)
+	if n := len(down.Messages()); n != sent {
+		t.Errorf("the partner got %d messages, want only the %d allowed ones", n, sent)
+	}
+	if n := len(r.LogLines("outbound check refused", "check=sender_binding")); n != 7 {
+		t.Errorf("%d sender_binding refusals logged, want 7 (one line each)", n)
+	}
+
+	// SIGHUP: the new list applies at once, the old one no longer.
+	writeFile(t, cfg, config(`[ceo@example.test]`))
+	mark := r.Mark()
+	r.Signal(syscall.SIGHUP)
+	r.WaitLog(mark, 5*time.Second, "configuration reloaded")
+	if l := r.LogLines("needs a restart"); len(l) != 0 {
+		t.Errorf("changing senders was reported as needing a restart: %q", l)
+	}
+	accept("otrs after the reload, as the newly listed address", sub, "otrs", "ceo@example.test")
+	refuse("otrs after the reload, as its old address", sub, "otrs", "otrs@example.test", "<otrs@example.test>", "not owned by user")
 }
