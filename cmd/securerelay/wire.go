@@ -293,6 +293,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 			role = outbound.NewSubmission(outbound.SubmissionOptions{
 				Trusted: trusted(l), Auth: l.Auth, ForeignFrom: l.ForeignFrom, Ours: r.ours,
 				NullSender: l.NullSender, NullSenderAddress: l.NullSenderAddress,
+				RecipientKey: r.engine.RequiredKey,
 			}, r.users)
 		}
 		lim := l.Limits
