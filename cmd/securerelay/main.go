@@ -174,11 +174,16 @@ func load(path string, stderr io.Writer) (*config.Config, int) {
 	}
 	if err != nil {
 		var errs config.Errors
-		if errors.As(err, &errs) {
+		var one *config.Error
+		switch {
+		case errors.As(err, &errs):
 			for _, e := range errs {
 				fmt.Fprintln(stderr, e.Error())
 			}
-		} else {
+		case errors.As(err, &one):
+			// Already FILE:LINE: key: what.
+			fmt.Fprintln(stderr, one.Error())
+		default:
 			fmt.Fprintf(stderr, "%s: %v\n", path, err)
 		}
 		return nil, 1
