@@ -14,9 +14,18 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"securerelay/dkim"
 	"securerelay/queue"
 	"securerelay/smtputil"
 )
+
+// maxHeader bounds the header a client may send, on every listener: the
+// stored header, with our Received: and what roles and milters add
+// (Authentication-Results, a rewrite notice), must still fit the
+// dkim.MaxHeaderBytes that the signer and authres read at most, or the
+// message would be accepted and then never signed (deferred until it
+// expires). 64 KiB is left for those fields.
+const maxHeader = dkim.MaxHeaderBytes - 64<<10
 
 // defaultMaxHops is the number of Received: fields a message may already
 // carry when Options.MaxHops is 0, as Postfix's hopcount_limit.
@@ -199,8 +208,9 @@ func (s *session) Data(r io.Reader) error {
 		s.st.Log.Error("cannot spool message", "queue_id", w.ID(), "error", err)
 		return s.edge(smtputil.QueueFailed(), "data")
 	}
-	hops := &smtputil.HopCounter{}
-	_, err = io.Copy(w, io.TeeReader(smtputil.NewLineEndingReader(r, o.NormalizeLineEndings), hops))
+	hops := &smtputil.HopCounter{Max: maxHeader}
+	lines := smtputil.NewLineLengthReader(smtputil.NewLineEndingReader(r, o.NormalizeLineEndings), s.srv.smtp.MaxLineLength)
+	_, err = io.Copy(w, io.TeeReader(lines, hops))
 	if err != nil {
 		var se *smtp.SMTPError
 		var ne net.Error
@@ -216,6 +226,14 @@ func (s *session) Data(r io.Reader) error {
 				Message: "message transfer aborted (RSET during BDAT); send the message again"}
 		case errors.Is(err, smtputil.ErrBareLineEnding):
 			return s.edge(smtputil.BareLineEnding(), "data")
+		case errors.Is(err, smtputil.ErrLineTooLong):
+			// Permanent: no retry shortens the line. go-smtp reads the
+			// rest of the data before this reply goes out.
+			return s.edge(smtputil.LineTooLong(s.srv.smtp.MaxLineLength), "data")
+		case errors.Is(err, smtputil.ErrHeaderTooLarge):
+			// The signer (and authres) read at most dkim.MaxHeaderBytes:
+			// a 250 here would be a message that can never leave.
+			return s.edge(smtputil.HeaderTooLarge(maxHeader), "data")
 		case errors.As(err, &se):
 			// go-smtp's own ErrDataTooLarge (552 5.3.4) and BDAT errors.
 			return s.edge(se, "data")

@@ -42,6 +42,8 @@ import (
 //	RecipientUnknown          550 5.1.1  X.1.1 bad destination mailbox address
 //	BareLineEnding            550 5.6.0  RFC 5321 §2.3.8; X.6.0 other media error (the registry has no code for bare CR/LF)
 //	MessageTooBig             552 5.3.4  RFC 1870 §6; X.3.4 message too big for system
+//	HeaderTooLarge            552 5.3.4  as MessageTooBig: a size limit of this system that no retry gets under
+//	LineTooLong               500 5.5.2  RFC 5321 §4.5.3.1.9 names "500 Line too long" for the text-line limit of §4.5.3.1.6; X.5.2 syntax error, the class 500 belongs to (permanent, unlike the 451 a read error gave)
 //	TooManyRecipients         452 4.5.3  RFC 5321 §4.5.3.1.10; X.5.3 too many recipients
 //	QueueFailed               451 4.3.0  X.3.0 mail system error: nothing was stored, the client retries
 //	TLSRequired               530 5.7.0  RFC 3207 §4 "Must issue a STARTTLS command first"
@@ -149,6 +151,18 @@ func BareLineEnding() *smtp.SMTPError {
 // MessageTooBig refuses a message over the size limit (in bytes).
 func MessageTooBig(limit int64) *smtp.SMTPError {
 	return Reply(552, 5, 3, 4, "message too big: this server accepts at most %d bytes; send large files another way", limit)
+}
+
+// HeaderTooLarge refuses a message whose header exceeds limit bytes.
+func HeaderTooLarge(limit int) *smtp.SMTPError {
+	return Reply(552, 5, 3, 4, "message header is larger than %d bytes; shorten the header (a runaway Received: or X- field?)", limit)
+}
+
+// LineTooLong refuses a message with a line over limit bytes (CRLF
+// included).
+func LineTooLong(limit int) *smtp.SMTPError {
+	return Reply(500, 5, 5, 2, "message has a line longer than %d bytes (RFC 5321 section 4.5.3.1.6 allows 1000); "+
+		"encode long lines (quoted-printable or base64) in the sending software", limit)
 }
 
 // TooManyRecipients defers the recipients over the limit; the client
