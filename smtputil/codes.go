@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-smtp"
 )
@@ -52,6 +53,14 @@ import (
 //	AuthTempFail              454 4.7.0  RFC 4954 §6 temporary authentication failure
 //	EncryptionRequiredForAuth 538 5.7.11 RFC 4954 §6 encryption required for the mechanism
 //	TooManyErrors             421 4.7.0  RFC 5321 §3.8; X.7.0 security/policy status
+//	TooManyConnections        421 4.7.0  RFC 5321 §3.1: 421 may answer the connection; X.7.0 policy
+//	TooManyConnectionsFromClient 421 4.7.0  per-client limits at connect, as Postfix's anvil
+//	ConnectionRateExceeded    421 4.7.0
+//	TooManyJunkCommands       421 4.7.0  as TooManyErrors: the session ends
+//	MessageRateExceeded       450 4.7.1  RFC 5321 §4.3.2 MAIL/RCPT 450: temporary; X.7.1 not authorized (now), as Postfix's rate limits
+//	RecipientRateExceeded     450 4.7.1
+//	AuthLockedOut             454 4.7.0  RFC 4954 §6 temporary authentication failure: the lockout ends by itself
+//	AuthBusy                  454 4.7.0
 //	ShuttingDown              421 4.3.2  X.3.2 system not accepting network messages
 
 // RelayDenied refuses a recipient in a domain we do not serve.
@@ -212,6 +221,66 @@ func TooManyErrors() *smtp.SMTPError {
 // the connection after sending it.
 func ShuttingDown() *smtp.SMTPError {
 	return Reply(421, 4, 3, 2, "server shutting down, closing connection; please try again later")
+}
+
+// TooManyConnections refuses a connection when the listener is full.
+func TooManyConnections() *smtp.SMTPError {
+	return Reply(421, 4, 7, 0, "too many connections, try again later")
+}
+
+// TooManyConnectionsFromClient refuses a connection from a client (an
+// address, or an IPv6 /64) that already holds limit sessions.
+func TooManyConnectionsFromClient(client string, limit int) *smtp.SMTPError {
+	return Reply(421, 4, 7, 0, "too many connections from %s (limit %d at a time per client); "+
+		"close idle connections or send over fewer, and try again later", client, limit)
+}
+
+// ConnectionRateExceeded refuses a connection over a client's rate.
+func ConnectionRateExceeded(client string, limit int, window time.Duration) *smtp.SMTPError {
+	return Reply(421, 4, 7, 0, "too many connections from %s (limit %d per %s); try again later, and reuse connections",
+		client, limit, Window(window))
+}
+
+// MessageRateExceeded defers a MAIL over a client's message rate.
+func MessageRateExceeded(client string, limit int, window time.Duration) *smtp.SMTPError {
+	return Reply(450, 4, 7, 1, "too much mail from %s (limit %d messages per %s); try again later", client, limit, Window(window))
+}
+
+// RecipientRateExceeded defers a RCPT over a client's recipient rate.
+func RecipientRateExceeded(client string, limit int, window time.Duration) *smtp.SMTPError {
+	return Reply(450, 4, 7, 1, "too many recipients from %s (limit %d per %s); try again later", client, limit, Window(window))
+}
+
+// AuthLockedOut refuses a login while the client or the user (who says
+// which: "from 192.0.2.1", "for this user") has too many failures; the
+// password is not even checked.
+func AuthLockedOut(who string, limit int, window time.Duration) *smtp.SMTPError {
+	return Reply(454, 4, 7, 0, "too many failed logins %s (limit %d per %s): logins are refused for now, "+
+		"even with the right password; wait up to %s, and check the password configured in the client", who, limit, Window(window), Window(window))
+}
+
+// AuthBusy refuses a login that waited too long for another login of the
+// same client or user to be checked.
+func AuthBusy() *smtp.SMTPError {
+	return Reply(454, 4, 7, 0, "too many logins in progress for this client or user; try again in a moment")
+}
+
+// TooManyJunkCommands ends a session that sends commands but no mail. The
+// caller must close the connection after sending it.
+func TooManyJunkCommands(limit int) *smtp.SMTPError {
+	return Reply(421, 4, 7, 0, "too many commands that send no mail (limit %d NOOP, RSET, VRFY, HELP between messages), closing connection", limit)
+}
+
+// Window writes a limit's time window as an admin writes it: 1m, 15m, 1h.
+func Window(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // IsEnhancedStatus checks RFC 3463 §2 syntax: class ("2", "4" or "5")
