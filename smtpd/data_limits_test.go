@@ -47,6 +47,9 @@ func TestDataLineTooLong(t *testing.T) {
 				t.Fatalf("line of 1202 bytes: %d %s, want 500 5.5.2 naming the limit", code, msg)
 			}
 			h.expectNothingSpooled()
+			if n := h.srv.Refusals()["max_line_length"]; n != 1 {
+				t.Errorf("refusals counted: %v", h.srv.Refusals())
+			}
 			// Exactly at the limit (CRLF included) is fine, and the
 			// session is in order.
 			c.expect("MAIL FROM:<sender@example.org>", 250, "")
@@ -71,6 +74,9 @@ func TestHeaderTooLarge(t *testing.T) {
 				t.Fatalf("header of %d bytes: %d %s, want 552 5.3.4", len(big), code, msg)
 			}
 			h.expectNothingSpooled()
+			if n := h.srv.Refusals()["header_too_large"]; n != 1 {
+				t.Errorf("refusals counted: %v", h.srv.Refusals())
+			}
 			// A header of 900 KiB is fine, and the session goes on.
 			c.expect("MAIL FROM:<app@ours.test>", 250, "")
 			c.expect("RCPT TO:<user@example.org>", 250, "")

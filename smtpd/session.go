@@ -52,8 +52,8 @@ func (s *session) edge(err error, stage string) error {
 	return s.edgeCheck(err, stage, "")
 }
 
-// edgeCheck is edge for a refusal by a per-client limit: check, the name
-// of its setting, is logged and counted (Server.Refusals).
+// edgeCheck is edge for a refusal by a limit: check, the name of its
+// setting, is logged and counted (Server.Refusals).
 func (s *session) edgeCheck(err error, stage, check string) error {
 	if err == nil {
 		return nil
@@ -266,11 +266,12 @@ func (s *session) Data(r io.Reader) error {
 		case errors.Is(err, smtputil.ErrLineTooLong):
 			// Permanent: no retry shortens the line. go-smtp reads the
 			// rest of the data before this reply goes out.
-			return s.edge(smtputil.LineTooLong(s.srv.smtp.MaxLineLength), "data")
+			return s.edgeCheck(smtputil.LineTooLong(s.srv.smtp.MaxLineLength), "data", "max_line_length")
 		case errors.Is(err, smtputil.ErrHeaderTooLarge):
 			// The signer (and authres) read at most dkim.MaxHeaderBytes:
 			// a 250 here would be a message that can never leave.
-			return s.edge(smtputil.HeaderTooLarge(maxHeader), "data")
+			// Logged and counted under inbound's old name for it.
+			return s.edgeCheck(smtputil.HeaderTooLarge(maxHeader), "data", "header_too_large")
 		case errors.As(err, &se):
 			// go-smtp's own ErrDataTooLarge (552 5.3.4) and BDAT errors.
 			return s.edge(se, "data")
