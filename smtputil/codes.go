@@ -238,17 +238,17 @@ func TooManyConnectionsFromClient(client string, limit int) *smtp.SMTPError {
 // ConnectionRateExceeded refuses a connection over a client's rate.
 func ConnectionRateExceeded(client string, limit int, window time.Duration) *smtp.SMTPError {
 	return Reply(421, 4, 7, 0, "too many connections from %s (limit %d per %s); try again later, and reuse connections",
-		client, limit, Window(window))
+		client, limit, windowText(window))
 }
 
 // MessageRateExceeded defers a MAIL over a client's message rate.
 func MessageRateExceeded(client string, limit int, window time.Duration) *smtp.SMTPError {
-	return Reply(450, 4, 7, 1, "too much mail from %s (limit %d messages per %s); try again later", client, limit, Window(window))
+	return Reply(450, 4, 7, 1, "too much mail from %s (limit %d messages per %s); try again later", client, limit, windowText(window))
 }
 
 // RecipientRateExceeded defers a RCPT over a client's recipient rate.
 func RecipientRateExceeded(client string, limit int, window time.Duration) *smtp.SMTPError {
-	return Reply(450, 4, 7, 1, "too many recipients from %s (limit %d per %s); try again later", client, limit, Window(window))
+	return Reply(450, 4, 7, 1, "too many recipients from %s (limit %d per %s); try again later", client, limit, windowText(window))
 }
 
 // AuthLockedOut refuses a login while the client or the user (who says
@@ -256,7 +256,7 @@ func RecipientRateExceeded(client string, limit int, window time.Duration) *smtp
 // password is not even checked.
 func AuthLockedOut(who string, limit int, window time.Duration) *smtp.SMTPError {
 	return Reply(454, 4, 7, 0, "too many failed logins %s (limit %d per %s): logins are refused for now, "+
-		"even with the right password; wait up to %s, and check the password configured in the client", who, limit, Window(window), Window(window))
+		"even with the right password; wait up to %s, and check the password configured in the client", who, limit, windowText(window), windowText(window))
 }
 
 // AuthBusy refuses a login that waited too long for another login of the
@@ -271,8 +271,8 @@ func TooManyJunkCommands(limit int) *smtp.SMTPError {
 	return Reply(421, 4, 7, 0, "too many commands that send no mail (limit %d NOOP, RSET, VRFY, HELP between messages), closing connection", limit)
 }
 
-// Window writes a limit's time window as an admin writes it: 1m, 15m, 1h.
-func Window(d time.Duration) string {
+// windowText writes a limit's time window as an admin writes it: 1m, 15m, 1h.
+func windowText(d time.Duration) string {
 	s := d.String()
 	if strings.HasSuffix(s, "m0s") {
 		s = strings.TrimSuffix(s, "0s")
