@@ -166,7 +166,7 @@ func TestMessageAndRecipientRate(t *testing.T) {
 }
 
 // countingRole counts the password checks (each a bcrypt in the real
-// role).
+// role) and takes as long as one, so that parallel logins overlap.
 type countingRole struct {
 	fakeRole
 	checks atomic.Int64
@@ -174,6 +174,7 @@ type countingRole struct {
 
 func (r *countingRole) Authenticate(st *smtpd.State, user, pass string) error {
 	r.checks.Add(1)
+	time.Sleep(50 * time.Millisecond)
 	return r.fakeRole.Authenticate(st, user, pass)
 }
 
