@@ -212,7 +212,7 @@ func (c *trackedConn) capDeadline(limit time.Time) {
 // which go-smtp refuses anyway).
 var junk = map[string]bool{"NOOP": true, "RSET": true, "VRFY": true, "EXPN": true, "HELP": true, "ETRN": true}
 
-// command is go-smtp's CommandHook (third_party patch 6): it sees the
+// command is go-smtp's CommandHook (third_party patch 7): it sees the
 // commands go-smtp answers itself.
 func (s *Server) command(c *smtp.Conn, cmd string) error {
 	tc := trackedOf(c.Conn())

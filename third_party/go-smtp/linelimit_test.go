@@ -10,7 +10,7 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
-// securerelay patch 5: MaxLineLength limits command lines as they are read,
+// securerelay patch 6: MaxLineLength limits command lines as they are read,
 // not the bytes read ahead from the connection. A BDAT chunk pipelined
 // behind its command, and a DATA line, may be longer: the backend sees
 // them (and judges them); the session goes on.
@@ -54,7 +54,7 @@ func TestServer_LineLimitMessageData(t *testing.T) {
 	}
 }
 
-// securerelay patch 6: CommandHook sees every command, also those go-smtp
+// securerelay patch 7: CommandHook sees every command, also those go-smtp
 // answers itself, and its error is the reply instead of the command's.
 func TestServer_CommandHook(t *testing.T) {
 	var seen []string
