@@ -2,6 +2,7 @@ package config
 
 import (
 	"bufio"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -77,6 +78,17 @@ var defaultLimits = Limits{
 	MaxAutoReplies:  5,
 	AutoReplyWindow: Duration(time.Hour),
 	BareLineEndings: "reject",
+
+	MaxConnectionsPerClient:    50,
+	MaxConnectionRatePerClient: 300,
+	MaxMessageRatePerClient:    300,
+	MaxRecipientRatePerClient:  1000,
+	ClientRateWindow:           Duration(time.Minute),
+	MaxAuthFailuresPerClient:   20,
+	MaxAuthFailuresPerUser:     10,
+	AuthFailureWindow:          Duration(15 * time.Minute),
+	MaxJunkCommands:            100,
+	StressCommandTimeout:       Duration(10 * time.Second),
 }
 
 // DefaultRouteAuthTLS is what a session must prove before route
@@ -131,11 +143,21 @@ func (l *loader) applyDefaults(c *Config) {
 		c.DNS.Timeout = DefaultDNSTimeout
 	}
 
-	c.Limits.inherit(defaultLimits)
+	c.Limits.inherit(defaultLimits, func(key string) bool { return l.idx.has("limits." + key) })
+	perClientSet := l.idx.has("limits.max_connections_per_client")
+	if !perClientSet {
+		c.Limits.MaxConnectionsPerClient = defaultPerClient(c.Limits.MaxConnections)
+	}
 	hasUsers := len(c.Outbound.Users) > 0
 	for i := range c.Listeners {
 		ln := &c.Listeners[i]
-		ln.Limits.inherit(c.Limits)
+		set := func(key string) bool {
+			return l.idx.has(l.filePath(fmt.Sprintf("listeners[%d].limits.%s", i, key)))
+		}
+		ln.Limits.inherit(c.Limits, set)
+		if !perClientSet && !set("max_connections_per_client") {
+			ln.Limits.MaxConnectionsPerClient = defaultPerClient(ln.Limits.MaxConnections)
+		}
 		if ln.Auth == "" {
 			switch {
 			case ln.Role != "outbound":
@@ -323,9 +345,17 @@ func (l *loader) applyDefaults(c *Config) {
 	}
 }
 
+// defaultPerClient is max_connections_per_client when no file sets it: 50,
+// but at most half of max_connections (Postfix's default is half its
+// process limit), so that one client never holds a small listener alone.
+func defaultPerClient(maxConnections int) int {
+	return min(defaultLimits.MaxConnectionsPerClient, max(1, maxConnections/2))
+}
+
 // inherit fills each zero field from d: a listener states only what differs
-// from the global limits, and callers read only the listener's copy.
-func (lim *Limits) inherit(d Limits) {
+// from the global limits, and callers read only the listener's copy. set
+// tells whether a key (under this limits: block) is in the file.
+func (lim *Limits) inherit(d Limits, set func(key string) bool) {
 	if lim.MaxMessageSize == 0 {
 		lim.MaxMessageSize = d.MaxMessageSize
 	}
@@ -358,6 +388,33 @@ func (lim *Limits) inherit(d Limits) {
 	}
 	if lim.AutoReplyWindow == 0 {
 		lim.AutoReplyWindow = d.AutoReplyWindow
+	}
+	// For the per-client limits a 0 in the file means off, so only a
+	// key left out inherits.
+	for _, f := range []struct {
+		key      string
+		own, def *int
+	}{
+		{"max_connections_per_client", &lim.MaxConnectionsPerClient, &d.MaxConnectionsPerClient},
+		{"max_connection_rate_per_client", &lim.MaxConnectionRatePerClient, &d.MaxConnectionRatePerClient},
+		{"max_message_rate_per_client", &lim.MaxMessageRatePerClient, &d.MaxMessageRatePerClient},
+		{"max_recipient_rate_per_client", &lim.MaxRecipientRatePerClient, &d.MaxRecipientRatePerClient},
+		{"max_auth_failures_per_client", &lim.MaxAuthFailuresPerClient, &d.MaxAuthFailuresPerClient},
+		{"max_auth_failures_per_user", &lim.MaxAuthFailuresPerUser, &d.MaxAuthFailuresPerUser},
+		{"max_junk_commands", &lim.MaxJunkCommands, &d.MaxJunkCommands},
+	} {
+		if !set(f.key) {
+			*f.own = *f.def
+		}
+	}
+	if lim.ClientRateWindow == 0 {
+		lim.ClientRateWindow = d.ClientRateWindow
+	}
+	if lim.AuthFailureWindow == 0 {
+		lim.AuthFailureWindow = d.AuthFailureWindow
+	}
+	if lim.StressCommandTimeout == 0 {
+		lim.StressCommandTimeout = d.StressCommandTimeout
 	}
 }
 

@@ -132,6 +132,10 @@ outbound:
 			CommandTimeout: Duration(5 * time.Minute), DataTimeout: Duration(10 * time.Minute),
 			MaxConnections: 500, BareLineEndings: "reject",
 			MaxAutoReplies: 5, AutoReplyWindow: Duration(time.Hour), MaxHops: 50,
+			MaxConnectionsPerClient: 50, MaxConnectionRatePerClient: 300, MaxMessageRatePerClient: 300,
+			MaxRecipientRatePerClient: 1000, ClientRateWindow: Duration(time.Minute),
+			MaxAuthFailuresPerClient: 20, MaxAuthFailuresPerUser: 10, AuthFailureWindow: Duration(15 * time.Minute),
+			MaxJunkCommands: 100, StressCommandTimeout: Duration(10 * time.Second),
 		},
 		Inbound: Inbound{
 			Screen:  Screen{DNSBL: DNSBL{Threshold: 3, Timeout: Duration(2 * time.Second)}, CacheTTL: Duration(time.Hour)},
@@ -261,6 +265,49 @@ listeners:
 	}
 }
 
+// The per-client limits: a 0 written in the file turns one off (globally
+// or for one listener); a key left out inherits.
+func TestClientLimitsZeroMeansOff(t *testing.T) {
+	cfg := mustParse(t, `
+hostname: relay.example.com
+limits:
+  max_connection_rate_per_client: 0
+  max_auth_failures_per_user: 3
+listeners:
+  - name: mx
+    address: ":25"
+    role: inbound
+    client_limit_exceptions: [192.0.2.7, "2001:db8::1/48"]
+    limits: {max_connections_per_client: 0, max_auth_failures_per_user: 0, max_connection_rate_per_client: 60}
+  - {name: mx2, address: ":26", role: inbound}
+`, "/")
+	g := cfg.Limits
+	if g.MaxConnectionRatePerClient != 0 || g.MaxAuthFailuresPerUser != 3 || g.MaxConnectionsPerClient != 50 || g.MaxJunkCommands != 100 {
+		t.Errorf("global limits: %+v", g)
+	}
+	l0 := cfg.Listeners[0].Limits
+	if l0.MaxConnectionsPerClient != 0 || l0.MaxAuthFailuresPerUser != 0 || l0.MaxConnectionRatePerClient != 60 || l0.MaxMessageRatePerClient != 300 {
+		t.Errorf("listener limits: %+v", l0)
+	}
+	if cfg.Listeners[1].Limits != g {
+		t.Errorf("listener without limits: %+v, want the global %+v", cfg.Listeners[1].Limits, g)
+	}
+	// Unset, the per-client sessions default to at most half a small
+	// listener.
+	small := mustParse(t, `
+hostname: relay.example.com
+listeners:
+  - {name: mx, address: ":25", role: inbound, limits: {max_connections: 20}}
+  - {name: mx2, address: ":26", role: inbound}
+`, "/")
+	if a, b := small.Listeners[0].Limits.MaxConnectionsPerClient, small.Listeners[1].Limits.MaxConnectionsPerClient; a != 10 || b != 50 {
+		t.Errorf("default max_connections_per_client with max_connections 20 and 500: %d and %d, want 10 and 50", a, b)
+	}
+	if got := cfg.Listeners[0].ClientLimitExceptions; !reflect.DeepEqual(got, []string{"192.0.2.7/32", "2001:db8::/48"}) {
+		t.Errorf("client_limit_exceptions = %q, want canonical prefixes", got)
+	}
+}
+
 func TestRelativePaths(t *testing.T) {
 	cfg := mustParse(t, minimal+`
 state_dir: spool/../state
@@ -354,8 +401,8 @@ hostname: relay.example.com
 listeners: [{name: a, address: ":25", role: inbound, port: 1}, {name: b, address: ":26", role: inbound, port: 2}]
 queue: {retry: [1m, 1x, 2x], max_age: 1y}
 `)
-	want := `test.yaml:3: listeners[0].port: unknown key; valid keys here: name, address, role, trusted_networks, auth, allow_insecure_auth, require_tls, foreign_from, null_sender, null_sender_address, limits
-test.yaml:3: listeners[1].port: unknown key; valid keys here: name, address, role, trusted_networks, auth, allow_insecure_auth, require_tls, foreign_from, null_sender, null_sender_address, limits
+	want := `test.yaml:3: listeners[0].port: unknown key; valid keys here: name, address, role, trusted_networks, auth, allow_insecure_auth, require_tls, foreign_from, null_sender, null_sender_address, limits, client_limit_exceptions
+test.yaml:3: listeners[1].port: unknown key; valid keys here: name, address, role, trusted_networks, auth, allow_insecure_auth, require_tls, foreign_from, null_sender, null_sender_address, limits, client_limit_exceptions
 test.yaml:4: queue.retry[1]: invalid duration "1x": unknown unit "x"; use s, m, h or d (also ms), e.g. 30s, 5m, 1h30m, 5d
 test.yaml:4: queue.retry[2]: invalid duration "2x": unknown unit "x"; use s, m, h or d (also ms), e.g. 30s, 5m, 1h30m, 5d
 test.yaml:4: queue.max_age: invalid duration "1y": unknown unit "y"; use s, m, h or d (also ms), e.g. 30s, 5m, 1h30m, 5d`

@@ -119,6 +119,44 @@ type Limits struct {
 	// BareLineEndings: what to do with a bare CR or bare LF in message data:
 	// reject (default; 550 5.6.11 refused in the dialog) or normalize (to CRLF).
 	BareLineEndings string `yaml:"bare_line_endings"`
+
+	// Per-client limits (Postfix's anvil). A client is one IPv4 address
+	// or one IPv6 /64. The listener's trusted_networks and
+	// client_limit_exceptions are exempt. Unlike the limits above, a 0
+	// written in the file turns one of these off (leaving it out
+	// inherits).
+	//
+	// MaxConnectionsPerClient: sessions at a time per listener; more get
+	// 421 4.7.0 at connect. Default 50, at most half of max_connections.
+	MaxConnectionsPerClient int `yaml:"max_connections_per_client"`
+	// MaxConnectionRatePerClient: new connections per ClientRateWindow;
+	// more get 421 4.7.0. Default 300.
+	MaxConnectionRatePerClient int `yaml:"max_connection_rate_per_client"`
+	// MaxMessageRatePerClient: MAIL commands per ClientRateWindow; more
+	// get 450 4.7.1. Default 300.
+	MaxMessageRatePerClient int `yaml:"max_message_rate_per_client"`
+	// MaxRecipientRatePerClient: RCPT commands per ClientRateWindow; more
+	// get 450 4.7.1. Default 1000.
+	MaxRecipientRatePerClient int `yaml:"max_recipient_rate_per_client"`
+	// ClientRateWindow for the three rates. Default 1m.
+	ClientRateWindow Duration `yaml:"client_rate_window"`
+	// MaxAuthFailuresPerClient and MaxAuthFailuresPerUser: failed AUTH
+	// within AuthFailureWindow, across connections and listeners; at the
+	// limit every login of that client or user gets 454 4.7.0 without its
+	// password being checked, the right one too. Defaults 20 and 10.
+	MaxAuthFailuresPerClient int `yaml:"max_auth_failures_per_client"`
+	MaxAuthFailuresPerUser   int `yaml:"max_auth_failures_per_user"`
+	// AuthFailureWindow for the two above. Default 15m.
+	AuthFailureWindow Duration `yaml:"auth_failure_window"`
+	// MaxJunkCommands: NOOP, RSET, VRFY, HELP, EXPN, ETRN a session may
+	// send between two messages; more end it with 421 4.7.0 (Postfix:
+	// smtpd_junk_command_limit). Default 100.
+	MaxJunkCommands int `yaml:"max_junk_commands"`
+	// StressCommandTimeout replaces command_timeout for idle sessions
+	// while a listener holds 80% of max_connections or more (Postfix's
+	// stress mode), and max_junk_commands is then at most 10. Default 10s;
+	// command_timeout or more turns it off.
+	StressCommandTimeout Duration `yaml:"stress_command_timeout"`
 }
 
 // Listener is one SMTP listening socket with a role.
@@ -153,6 +191,11 @@ type Listener struct {
 	// Limits overrides the global limits for this listener; zero values
 	// inherit.
 	Limits Limits `yaml:"limits"`
+	// ClientLimitExceptions: clients (CIDRs or addresses) that the
+	// per-client limits do not apply to, besides trusted_networks: a
+	// backup MX or a partner's relays on an inbound listener, an office's
+	// NAT address on a submission listener. Default none.
+	ClientLimitExceptions []string `yaml:"client_limit_exceptions"`
 }
 
 // Domain is one of our domains: one we receive mail for (deliver_to), one

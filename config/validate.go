@@ -192,6 +192,54 @@ func (l *loader) checkLimits(prefix string, lim Limits, global *Limits) {
 	if own(lim.BareLineEndings, g.BareLineEndings) {
 		l.oneOf(prefix+".bare_line_endings", lim.BareLineEndings, "reject", "normalize")
 	}
+	l.checkClientLimits(prefix, lim, global)
+}
+
+// checkClientLimits checks the per-client limits of one set of limits, as
+// checkLimits (inherited values were checked with the global ones).
+func (l *loader) checkClientLimits(prefix string, lim Limits, global *Limits) {
+	var g Limits
+	if global != nil {
+		g = *global
+	}
+	for _, f := range []struct {
+		name  string
+		v, gv int
+	}{
+		{"max_connections_per_client", lim.MaxConnectionsPerClient, g.MaxConnectionsPerClient},
+		{"max_connection_rate_per_client", lim.MaxConnectionRatePerClient, g.MaxConnectionRatePerClient},
+		{"max_message_rate_per_client", lim.MaxMessageRatePerClient, g.MaxMessageRatePerClient},
+		{"max_recipient_rate_per_client", lim.MaxRecipientRatePerClient, g.MaxRecipientRatePerClient},
+		{"max_auth_failures_per_client", lim.MaxAuthFailuresPerClient, g.MaxAuthFailuresPerClient},
+		{"max_auth_failures_per_user", lim.MaxAuthFailuresPerUser, g.MaxAuthFailuresPerUser},
+		{"max_junk_commands", lim.MaxJunkCommands, g.MaxJunkCommands},
+	} {
+		if (global == nil || f.v != f.gv) && f.v < 0 {
+			l.errorf(prefix+"."+f.name, "must be a count, or 0 to turn the limit off (leaving it out means the default)")
+		}
+	}
+	if global == nil || lim.MaxConnectionsPerClient != g.MaxConnectionsPerClient || lim.MaxConnections != g.MaxConnections {
+		if pc := lim.MaxConnectionsPerClient; pc > lim.MaxConnections && lim.MaxConnections > 0 {
+			l.errorf(prefix+".max_connections_per_client", "%d is more than max_connections (%d): one client could still take every session; use at most %d, or 0 for no per-client limit", pc, lim.MaxConnections, lim.MaxConnections)
+		}
+	}
+	for _, d := range []struct {
+		name  string
+		v, gv Duration
+		def   Duration
+	}{
+		{"client_rate_window", lim.ClientRateWindow, g.ClientRateWindow, defaultLimits.ClientRateWindow},
+		{"auth_failure_window", lim.AuthFailureWindow, g.AuthFailureWindow, defaultLimits.AuthFailureWindow},
+		{"stress_command_timeout", lim.StressCommandTimeout, g.StressCommandTimeout, defaultLimits.StressCommandTimeout},
+	} {
+		if global == nil || d.v != d.gv {
+			unset := "the global limits." + d.name
+			if global == nil {
+				unset = "the default, " + d.def.String()
+			}
+			l.positiveDuration(prefix+"."+d.name, d.v, unset)
+		}
+	}
 }
 
 func (l *loader) checkListeners(c *Config) {
@@ -259,6 +307,14 @@ func (l *loader) checkListeners(c *Config) {
 		}
 
 		l.checkLimits(p+".limits", ln.Limits, &c.Limits)
+		for j, s := range ln.ClientLimitExceptions {
+			pfx, err := parseNetwork(s)
+			if err != nil {
+				l.errorf(fmt.Sprintf("%s.client_limit_exceptions[%d]", p, j), "%q is not a network; write a CIDR such as 192.0.2.0/28 or 2001:db8::/48, or a single address", s)
+				continue
+			}
+			ln.ClientLimitExceptions[j] = pfx.String()
+		}
 	}
 }
 

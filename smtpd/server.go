@@ -61,6 +61,36 @@ type Options struct {
 	PregreetSkip func(netip.Addr) bool
 	// RefuseNonSMTP ends a session at the first HTTP or proxy command.
 	RefuseNonSMTP bool
+
+	// Per-client limits (limits.go; Postfix's anvil). A client is an IPv4
+	// address or an IPv6 /64. 0 turns a limit off.
+	MaxConnectionsPerClient int // sessions at a time, per listener
+	// MaxConnectionRate, MaxMessageRate (MAIL commands) and
+	// MaxRecipientRate (RCPT commands) count per ClientRateWindow.
+	MaxConnectionRate int
+	MaxMessageRate    int
+	MaxRecipientRate  int
+	ClientRateWindow  time.Duration
+	// Failed logins per client and per user (across connections and
+	// listeners) within AuthFailureWindow; at the limit every login is
+	// refused, before its password is checked.
+	MaxAuthFailuresPerClient int
+	MaxAuthFailuresPerUser   int
+	AuthFailureWindow        time.Duration
+	// ClientCounts keeps the rate and failure counts (shared by the
+	// listeners); nil: a store of this listener's own, in memory.
+	ClientCounts ClientCounter
+	// LimitExempt tells the clients no per-client limit applies to
+	// (trusted_networks, client_limit_exceptions); nil: none.
+	LimitExempt func(netip.Addr) bool
+	// MaxJunkCommands: NOOP, RSET, VRFY, HELP… a session may send between
+	// two messages; more end it with 421. 0: no limit.
+	MaxJunkCommands int
+	// StressCommandTimeout replaces CommandTimeout for idle sessions while
+	// the listener holds 80% of MaxConnections or more. 0: no stress mode.
+	StressCommandTimeout time.Duration
+	// Now is the clock of the per-client limits; nil: time.Now.
+	Now func() time.Time
 }
 
 // Counter counts events per key within a window. The embedded
@@ -81,6 +111,13 @@ type Server struct {
 	mu       sync.Mutex
 	conns    map[*trackedConn]struct{}
 	nextID   atomic.Uint64
+
+	// Per-client limits (limits.go); perClient and refusals under mu.
+	counts    ClientCounter
+	perClient map[string]int
+	refusals  map[string]*atomic.Int64
+	stressed  atomic.Bool
+	authLocks keyedLocks
 }
 
 // New prepares a listener; call Listen then Serve.
@@ -88,7 +125,11 @@ func New(o Options) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	s := &Server{opts: o, log: o.Logger.With("listener", o.Name), conns: map[*trackedConn]struct{}{}}
+	s := &Server{opts: o, log: o.Logger.With("listener", o.Name), conns: map[*trackedConn]struct{}{},
+		counts: o.ClientCounts, perClient: map[string]int{}, refusals: map[string]*atomic.Int64{}}
+	if s.counts == nil {
+		s.counts = newCounts()
+	}
 	srv := smtp.NewServer(s)
 	srv.Addr = o.Address
 	srv.Domain = o.Hostname
@@ -105,6 +146,7 @@ func New(o Options) *Server {
 	// delivery engine honours the flag: verified TLS to every next hop.
 	srv.EnableREQUIRETLS = true
 	srv.ErrorLog = slogPrinter{s.log}
+	srv.CommandHook = s.command
 	s.smtp = srv
 	return s
 }
@@ -231,18 +273,21 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 		s := l.s
 		tc := &trackedConn{Conn: c, s: s, id: fmt.Sprintf("%s-%d", s.opts.Name, s.nextID.Add(1)),
 			remote: addrPort(c.RemoteAddr()).Addr()}
-		s.mu.Lock()
-		n := len(s.conns)
-		if s.opts.MaxConnections > 0 && n >= s.opts.MaxConnections {
-			s.mu.Unlock()
-			s.log.Warn("connection refused: too many sessions", "client", tc.remote.String(), "limit", s.opts.MaxConnections)
+		tc.client, tc.exempt = clientKey(tc.remote), s.exempt(tc.remote)
+		// The rate counts every attempt, refused or not, as Postfix's.
+		se, check := s.connectionRate(tc)
+		if se == nil {
+			se, check = s.admit(tc)
+		}
+		if se != nil {
+			s.rejectConn(tc, "connect", check, se)
+			// Straight to the socket, before go-smtp has it: RFC 5321
+			// section 3.1 lets a server answer the connection with 421.
 			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			fmt.Fprintf(c, "421 4.7.0 %s too many connections, try again later\r\n", s.opts.Hostname)
+			fmt.Fprintf(c, "%d %d.%d.%d %s %s\r\n", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], s.opts.Hostname, se.Message)
 			c.Close()
 			continue
 		}
-		s.conns[tc] = struct{}{}
-		s.mu.Unlock()
 		s.log.Debug("connect", "conn_id", tc.id, "client", tc.remote.String())
 		return tc, nil
 	}
@@ -256,6 +301,11 @@ type trackedConn struct {
 	s               *Server
 	id              string
 	remote          netip.Addr
+	client          string // clientKey(remote)
+	exempt          bool   // from the per-client limits
+	junk            atomic.Int64
+	inData          atomic.Bool  // reading message data (DATA), not commands
+	deadline        atomic.Int64 // the read deadline go-smtp last asked for
 	inTxn           atomic.Bool
 	closeAfterWrite atomic.Bool
 	closeOnce       sync.Once
@@ -394,9 +444,7 @@ func (c *trackedConn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
 		err = c.Conn.Close()
-		c.s.mu.Lock()
-		delete(c.s.conns, c)
-		c.s.mu.Unlock()
+		c.s.release(c)
 	})
 	return err
 }

@@ -14,9 +14,18 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"securerelay/dkim"
 	"securerelay/queue"
 	"securerelay/smtputil"
 )
+
+// maxHeader bounds the header a client may send, on every listener: the
+// stored header, with our Received: and what roles and milters add
+// (Authentication-Results, a rewrite notice), must still fit the
+// dkim.MaxHeaderBytes that the signer and authres read at most, or the
+// message would be accepted and then never signed (deferred until it
+// expires). 64 KiB is left for those fields.
+const maxHeader = dkim.MaxHeaderBytes - 64<<10
 
 // defaultMaxHops is the number of Received: fields a message may already
 // carry when Options.MaxHops is 0, as Postfix's hopcount_limit.
@@ -40,8 +49,18 @@ type session struct {
 // the client has had max_errors of them (a client that keeps trying
 // addresses is probing, not sending mail).
 func (s *session) edge(err error, stage string) error {
+	return s.edgeCheck(err, stage, "")
+}
+
+// edgeCheck is edge for a refusal by a limit: check, the name of its
+// setting, is logged and counted (Server.Refusals).
+func (s *session) edgeCheck(err error, stage, check string) error {
 	if err == nil {
 		return nil
+	}
+	var count int64
+	if check != "" {
+		count = s.srv.refused(check)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -55,9 +74,13 @@ func (s *session) edge(err error, stage string) error {
 	}
 	if se.Code >= 400 {
 		s.errors++
-		s.st.Log.Info("reject", "stage", stage, "code", se.Code,
+		args := []any{"stage", stage, "code", se.Code,
 			"dsn", fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2]),
-			"reply", se.Message, "helo", s.st.Helo, "from", s.st.From)
+			"reply", se.Message, "helo", s.st.Helo, "from", s.st.From}
+		if check != "" {
+			args = append(args, "check", check, "count", count)
+		}
+		s.st.Log.Info("reject", args...)
 		if max := s.srv.opts.MaxErrors; max > 0 && s.errors >= max && se.Code != 421 {
 			s.st.Log.Warn("too many errors, closing session", "errors", s.errors)
 			s.tc.closeAfterWrite.Store(true)
@@ -85,7 +108,20 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 		return nil, smtputil.TLSRequired()
 	}
 	check := func(user, pass string) error {
+		// The per-client and per-user failure counts come first: a
+		// client or user locked out gets no password check (no bcrypt),
+		// and the right password is refused as well.
+		release, locked, limit := s.authGate(user)
+		if locked != nil {
+			s.authFails++
+			time.Sleep(time.Duration(min(s.authFails, 5)) * time.Second)
+			return s.edgeCheck(locked, "auth", limit)
+		}
 		err := s.srv.opts.Role.Authenticate(&s.st, user, pass)
+		if err != nil && isCredentialFailure(err) {
+			s.authFailed(user)
+		}
+		release()
 		if err == nil {
 			s.st.AuthUser = user
 			s.st.Log = s.st.Log.With("sasl_username", user)
@@ -116,6 +152,9 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if s.srv.shutting.Load() {
 		return s.edge(smtputil.ShuttingDown(), "mail")
 	}
+	if se := s.rate("msg", s.srv.opts.MaxMessageRate); se != nil {
+		return s.edgeCheck(se, "mail", "max_message_rate_per_client")
+	}
 	if s.srv.opts.RequireTLS && s.st.TLS == nil {
 		return s.edge(smtputil.TLSRequired(), "mail")
 	}
@@ -142,6 +181,9 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 }
 
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if se := s.rate("rcpt", s.srv.opts.MaxRecipientRate); se != nil {
+		return s.edgeCheck(se, "rcpt", "max_recipient_rate_per_client")
+	}
 	canon, err := s.srv.opts.Role.Rcpt(&s.st, to, opts)
 	if err != nil {
 		return s.edge(err, "rcpt")
@@ -152,6 +194,10 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 
 func (s *session) Data(r io.Reader) error {
 	o := &s.srv.opts
+	// Message data is not an idle session: the stress time-out stays off
+	// it (limits.go).
+	s.tc.inData.Store(true)
+	defer s.tc.inData.Store(false)
 	if o.DataTimeout > 0 {
 		s.c.Conn().SetReadDeadline(time.Now().Add(o.DataTimeout))
 	}
@@ -199,8 +245,9 @@ func (s *session) Data(r io.Reader) error {
 		s.st.Log.Error("cannot spool message", "queue_id", w.ID(), "error", err)
 		return s.edge(smtputil.QueueFailed(), "data")
 	}
-	hops := &smtputil.HopCounter{}
-	_, err = io.Copy(w, io.TeeReader(smtputil.NewLineEndingReader(r, o.NormalizeLineEndings), hops))
+	hops := &smtputil.HopCounter{Max: maxHeader}
+	lines := smtputil.NewLineLengthReader(smtputil.NewLineEndingReader(r, o.NormalizeLineEndings), s.srv.smtp.MaxLineLength)
+	_, err = io.Copy(w, io.TeeReader(lines, hops))
 	if err != nil {
 		var se *smtp.SMTPError
 		var ne net.Error
@@ -216,6 +263,15 @@ func (s *session) Data(r io.Reader) error {
 				Message: "message transfer aborted (RSET during BDAT); send the message again"}
 		case errors.Is(err, smtputil.ErrBareLineEnding):
 			return s.edge(smtputil.BareLineEnding(), "data")
+		case errors.Is(err, smtputil.ErrLineTooLong):
+			// Permanent: no retry shortens the line. go-smtp reads the
+			// rest of the data before this reply goes out.
+			return s.edgeCheck(smtputil.LineTooLong(s.srv.smtp.MaxLineLength), "data", "max_line_length")
+		case errors.Is(err, smtputil.ErrHeaderTooLarge):
+			// The signer (and authres) read at most dkim.MaxHeaderBytes:
+			// a 250 here would be a message that can never leave.
+			// Logged and counted under inbound's old name for it.
+			return s.edgeCheck(smtputil.HeaderTooLarge(maxHeader), "data", "header_too_large")
 		case errors.As(err, &se):
 			// go-smtp's own ErrDataTooLarge (552 5.3.4) and BDAT errors.
 			return s.edge(se, "data")
@@ -268,6 +324,9 @@ func (s *session) Data(r io.Reader) error {
 	s.st.Log.Info("queued", "queue_id", w.ID(), "from", env.From, "nrcpt", len(env.To),
 		"size", w.Size(), "helo", sanitize(helo), "tls", ri.TLSVersion)
 	s.endTxn()
+	// A message went through: the junk commands count from here, as
+	// Postfix resets its count after each delivered message.
+	s.tc.junk.Store(0)
 	// go-smtp sends whatever SMTPError Data returns, 2xx included; this is
 	// how the client learns the queue ID, as Postfix admins expect.
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + w.ID()}

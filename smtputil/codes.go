@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-smtp"
 )
@@ -42,6 +43,8 @@ import (
 //	RecipientUnknown          550 5.1.1  X.1.1 bad destination mailbox address
 //	BareLineEnding            550 5.6.0  RFC 5321 §2.3.8; X.6.0 other media error (the registry has no code for bare CR/LF)
 //	MessageTooBig             552 5.3.4  RFC 1870 §6; X.3.4 message too big for system
+//	HeaderTooLarge            552 5.3.4  as MessageTooBig: a size limit of this system that no retry gets under
+//	LineTooLong               500 5.5.2  RFC 5321 §4.5.3.1.9 names "500 Line too long" for the text-line limit of §4.5.3.1.6; X.5.2 syntax error, the class 500 belongs to (permanent, unlike the 451 a read error gave)
 //	TooManyRecipients         452 4.5.3  RFC 5321 §4.5.3.1.10; X.5.3 too many recipients
 //	QueueFailed               451 4.3.0  X.3.0 mail system error: nothing was stored, the client retries
 //	TLSRequired               530 5.7.0  RFC 3207 §4 "Must issue a STARTTLS command first"
@@ -52,6 +55,14 @@ import (
 //	RecipientKeyMissing       550 5.7.1  X.7.1 delivery not authorized: the organisation's policy forbids sending this recipient's mail unencrypted
 //	RecipientKeyTempFail      450 4.7.1  the key lookup (WKD, DNS) failed for now; the client retries
 //	TooManyErrors             421 4.7.0  RFC 5321 §3.8; X.7.0 security/policy status
+//	TooManyConnections        421 4.7.0  RFC 5321 §3.1: 421 may answer the connection; X.7.0 policy
+//	TooManyConnectionsFromClient 421 4.7.0  per-client limits at connect, as Postfix's anvil
+//	ConnectionRateExceeded    421 4.7.0
+//	TooManyJunkCommands       421 4.7.0  as TooManyErrors: the session ends
+//	MessageRateExceeded       450 4.7.1  RFC 5321 §4.3.2 MAIL/RCPT 450: temporary; X.7.1 not authorized (now), as Postfix's rate limits
+//	RecipientRateExceeded     450 4.7.1
+//	AuthLockedOut             454 4.7.0  RFC 4954 §6 temporary authentication failure: the lockout ends by itself
+//	AuthBusy                  454 4.7.0
 //	ShuttingDown              421 4.3.2  X.3.2 system not accepting network messages
 //	MultipleFromFields        550 5.6.0  RFC 5322 §3.6 allows one From field; X.6.0 the content is malformed, which is what the sender must fix (as BareLineEnding)
 //	TooManyAuthorDomains      550 5.7.1  X.7.1 refused by policy: DMARC (RFC 7489 §6.6.1) cannot be checked for every author domain
@@ -156,6 +167,18 @@ func MessageTooBig(limit int64) *smtp.SMTPError {
 	return Reply(552, 5, 3, 4, "message too big: this server accepts at most %d bytes; send large files another way", limit)
 }
 
+// HeaderTooLarge refuses a message whose header exceeds limit bytes.
+func HeaderTooLarge(limit int) *smtp.SMTPError {
+	return Reply(552, 5, 3, 4, "message header is larger than %d bytes; shorten the header (a runaway Received: or X- field?)", limit)
+}
+
+// LineTooLong refuses a message with a line over limit bytes (CRLF
+// included).
+func LineTooLong(limit int) *smtp.SMTPError {
+	return Reply(500, 5, 5, 2, "message has a line longer than %d bytes (RFC 5321 section 4.5.3.1.6 allows 1000); "+
+		"encode long lines (quoted-printable or base64) in the sending software", limit)
+}
+
 // TooManyRecipients defers the recipients over the limit; the client
 // sends them in another transaction (RFC 5321 §4.5.3.1.10).
 func TooManyRecipients() *smtp.SMTPError {
@@ -217,6 +240,66 @@ func RecipientKeyMissing(rcpt, match, searched string) *smtp.SMTPError {
 // looked up for now (WKD server or DNS down).
 func RecipientKeyTempFail(rcpt, detail string) *smtp.SMTPError {
 	return Reply(450, 4, 7, 1, "mail to %s must be encrypted, and its OpenPGP key cannot be looked up right now (%s); try again later", rcpt, detail)
+}
+
+// TooManyConnections refuses a connection when the listener is full.
+func TooManyConnections() *smtp.SMTPError {
+	return Reply(421, 4, 7, 0, "too many connections, try again later")
+}
+
+// TooManyConnectionsFromClient refuses a connection from a client (an
+// address, or an IPv6 /64) that already holds limit sessions.
+func TooManyConnectionsFromClient(client string, limit int) *smtp.SMTPError {
+	return Reply(421, 4, 7, 0, "too many connections from %s (limit %d at a time per client); "+
+		"close idle connections or send over fewer, and try again later", client, limit)
+}
+
+// ConnectionRateExceeded refuses a connection over a client's rate.
+func ConnectionRateExceeded(client string, limit int, window time.Duration) *smtp.SMTPError {
+	return Reply(421, 4, 7, 0, "too many connections from %s (limit %d per %s); try again later, and reuse connections",
+		client, limit, windowText(window))
+}
+
+// MessageRateExceeded defers a MAIL over a client's message rate.
+func MessageRateExceeded(client string, limit int, window time.Duration) *smtp.SMTPError {
+	return Reply(450, 4, 7, 1, "too much mail from %s (limit %d messages per %s); try again later", client, limit, windowText(window))
+}
+
+// RecipientRateExceeded defers a RCPT over a client's recipient rate.
+func RecipientRateExceeded(client string, limit int, window time.Duration) *smtp.SMTPError {
+	return Reply(450, 4, 7, 1, "too many recipients from %s (limit %d per %s); try again later", client, limit, windowText(window))
+}
+
+// AuthLockedOut refuses a login while the client or the user (who says
+// which: "from 192.0.2.1", "for this user") has too many failures; the
+// password is not even checked.
+func AuthLockedOut(who string, limit int, window time.Duration) *smtp.SMTPError {
+	return Reply(454, 4, 7, 0, "too many failed logins %s (limit %d per %s): logins are refused for now, "+
+		"even with the right password; wait up to %s, and check the password configured in the client", who, limit, windowText(window), windowText(window))
+}
+
+// AuthBusy refuses a login that waited too long for another login of the
+// same client or user to be checked.
+func AuthBusy() *smtp.SMTPError {
+	return Reply(454, 4, 7, 0, "too many logins in progress for this client or user; try again in a moment")
+}
+
+// TooManyJunkCommands ends a session that sends commands but no mail. The
+// caller must close the connection after sending it.
+func TooManyJunkCommands(limit int) *smtp.SMTPError {
+	return Reply(421, 4, 7, 0, "too many commands that send no mail (limit %d NOOP, RSET, VRFY, HELP between messages), closing connection", limit)
+}
+
+// windowText writes a limit's time window as an admin writes it: 1m, 15m, 1h.
+func windowText(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // IsEnhancedStatus checks RFC 3463 §2 syntax: class ("2", "4" or "5")

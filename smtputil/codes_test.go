@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 )
@@ -41,6 +42,16 @@ func TestReplies(t *testing.T) {
 		{"EncryptionRequiredForAuth", EncryptionRequiredForAuth(), 538, smtp.EnhancedCode{5, 7, 11}, "STARTTLS before AUTH"},
 		{"TooManyErrors", TooManyErrors(), 421, smtp.EnhancedCode{4, 7, 0}, "closing connection"},
 		{"ShuttingDown", ShuttingDown(), 421, smtp.EnhancedCode{4, 3, 2}, "shutting down"},
+		{"HeaderTooLarge", HeaderTooLarge(983040), 552, smtp.EnhancedCode{5, 3, 4}, "larger than 983040 bytes"},
+		{"LineTooLong", LineTooLong(2000), 500, smtp.EnhancedCode{5, 5, 2}, "longer than 2000 bytes"},
+		{"TooManyConnections", TooManyConnections(), 421, smtp.EnhancedCode{4, 7, 0}, "too many connections"},
+		{"TooManyConnectionsFromClient", TooManyConnectionsFromClient("2001:db8::/64", 50), 421, smtp.EnhancedCode{4, 7, 0}, "from 2001:db8::/64 (limit 50 at a time"},
+		{"ConnectionRateExceeded", ConnectionRateExceeded("192.0.2.1", 300, time.Minute), 421, smtp.EnhancedCode{4, 7, 0}, "(limit 300 per 1m)"},
+		{"MessageRateExceeded", MessageRateExceeded("192.0.2.1", 300, time.Hour), 450, smtp.EnhancedCode{4, 7, 1}, "limit 300 messages per 1h"},
+		{"RecipientRateExceeded", RecipientRateExceeded("192.0.2.1", 1000, 90*time.Second), 450, smtp.EnhancedCode{4, 7, 1}, "limit 1000 per 1m30s"},
+		{"AuthLockedOut", AuthLockedOut("for this user", 10, 15*time.Minute), 454, smtp.EnhancedCode{4, 7, 0}, "for this user (limit 10 per 15m)"},
+		{"AuthBusy", AuthBusy(), 454, smtp.EnhancedCode{4, 7, 0}, "in progress"},
+		{"TooManyJunkCommands", TooManyJunkCommands(100), 421, smtp.EnhancedCode{4, 7, 0}, "limit 100"},
 		{"long", RelayDenied(strings.Repeat("x", 5000)), 554, smtp.EnhancedCode{5, 7, 1}, "relay access denied"},
 	}
 	for _, tt := range tests {

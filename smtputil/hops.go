@@ -1,6 +1,9 @@
 package smtputil
 
-import "strings"
+import (
+	"errors"
+	"strings"
+)
 
 // HopCounter counts the Received: fields in a message's header as the
 // message streams through it (an io.Writer for io.TeeReader). A message
@@ -8,63 +11,93 @@ import "strings"
 // 5321 §6.3 asks relays to detect that by counting Received: fields, and
 // Postfix refuses above 50 (hopcount_limit).
 //
-// Only the header is examined; once the empty line that ends it has gone
-// by, Write returns at once, so the cost does not grow with the body.
+// A field is recognised by its name as RFC 5322 parses it, obsolete
+// syntax included: "Received", in any case, then optional white space
+// (§4.5.3 obs-received, "Received :"), then the colon; HeaderFields reads
+// field names the same way. Only the header is examined; once the empty
+// line that ends it has gone by, Write returns at once, so the cost does
+// not grow with the body.
 type HopCounter struct {
 	// N is the number of Received: fields seen so far.
 	N int
 	// Header keeps the first MaxHeader octets of the header (through the
 	// empty line), for the loop checks that look at field contents.
 	Header []byte
+	// Max, if positive, bounds the whole header: past it Write fails with
+	// ErrHeaderTooLarge (and io.TeeReader's reader with it).
+	Max int
 
-	done    bool
-	lineLen int  // octets of the current line so far, CR not counted
-	differ  bool // the current line is known not to start with "Received:"
+	done  bool
+	size  int // header octets so far
+	line  int // octets of the current line so far, CR not counted
+	match int // octets of "received" matched at the start of this line
+	// differ: the current line is known not to start a Received field.
+	differ bool
 }
 
-const receivedPrefix = "received:"
+const receivedName = "received"
 
 // MaxHeader bounds HopCounter.Header: loop markers and Auto-Submitted sit
 // near the top, and a header larger than this is not worth keeping.
 const MaxHeader = 256 << 10
 
-// Write implements io.Writer; it never fails.
+// ErrHeaderTooLarge is HopCounter's error for a header over its Max.
+var ErrHeaderTooLarge = errors.New("message header exceeds the size limit")
+
+// Write implements io.Writer; it fails only with ErrHeaderTooLarge.
 func (h *HopCounter) Write(p []byte) (int, error) {
 	if h.done {
 		return len(p), nil
 	}
-	for _, c := range p {
+	for i, c := range p {
+		if h.Max > 0 && h.size >= h.Max {
+			return i, ErrHeaderTooLarge
+		}
+		h.size++
 		if len(h.Header) < MaxHeader {
 			h.Header = append(h.Header, c)
 		}
 		switch c {
 		case '\n':
-			if h.lineLen == 0 {
+			if h.line == 0 {
 				h.done = true // the empty line that ends the header
 				return len(p), nil
 			}
-			h.lineLen, h.differ = 0, false
+			h.line, h.match, h.differ = 0, 0, false
 			continue
 		case '\r':
 			continue
 		}
-		if !h.differ && h.lineLen < len(receivedPrefix) {
+		h.line++
+		if h.differ {
+			continue
+		}
+		switch {
+		case h.match < len(receivedName):
 			if 'A' <= c && c <= 'Z' {
 				c += 'a' - 'A'
 			}
-			if c != receivedPrefix[h.lineLen] {
+			if c == receivedName[h.match] {
+				h.match++
+			} else {
+				// Also a continuation line (leading WSP), never a field.
 				h.differ = true
-			} else if h.lineLen == len(receivedPrefix)-1 {
-				h.N++
 			}
+		case c == ' ' || c == '\t':
+			// obs-received: WSP between the name and the colon.
+		case c == ':':
+			h.N++
+			h.differ = true
+		default:
+			h.differ = true // a longer name ("Received-SPF")
 		}
-		h.lineLen++
 	}
 	return len(p), nil
 }
 
 // HeaderFields returns the unfolded values of every field called name in
-// header, in order.
+// header, in order. Names compare as RFC 5322 reads them: case-insensitive,
+// with the obsolete white space before the colon (§4.5) allowed.
 func HeaderFields(header []byte, name string) []string {
 	var out []string
 	lines := strings.Split(strings.ReplaceAll(string(header), "\r\n", "\n"), "\n")
@@ -73,13 +106,11 @@ func HeaderFields(header []byte, name string) []string {
 		if l == "" {
 			break
 		}
-		if l[0] == ' ' || l[0] == '\t' {
+		k, ok := fieldName(l)
+		if !ok || !strings.EqualFold(k, name) {
 			continue
 		}
-		k, v, ok := strings.Cut(l, ":")
-		if !ok || !strings.EqualFold(strings.TrimSpace(k), name) {
-			continue
-		}
+		_, v, _ := strings.Cut(l, ":")
 		for i+1 < len(lines) && lines[i+1] != "" && (lines[i+1][0] == ' ' || lines[i+1][0] == '\t') {
 			i++
 			v += " " + strings.TrimSpace(lines[i])
@@ -87,6 +118,22 @@ func HeaderFields(header []byte, name string) []string {
 		out = append(out, strings.TrimSpace(v))
 	}
 	return out
+}
+
+// fieldName returns the name of the field a header line starts, as RFC
+// 5322 reads it: the text before the first colon, without the white space
+// the obsolete syntax allows before the colon (§4.5); ok is false for a
+// continuation line and for a line that starts no field.
+func fieldName(line string) (name string, ok bool) {
+	if line == "" || line[0] == ' ' || line[0] == '\t' {
+		return "", false
+	}
+	k, _, ok := strings.Cut(line, ":")
+	k = strings.TrimRight(k, " \t")
+	if !ok || k == "" || strings.ContainsAny(k, " \t") {
+		return "", false
+	}
+	return k, true
 }
 
 // IsAutomatic reports whether a header marks the message as sent by a

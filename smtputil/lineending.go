@@ -172,3 +172,50 @@ func (z *normalizingReader) Read(p []byte) (int, error) {
 	}
 	return out, nil
 }
+
+// ErrLineTooLong is returned by a NewLineLengthReader at the first line
+// longer than its limit.
+var ErrLineTooLong = errors.New("message contains a line longer than the limit")
+
+// NewLineLengthReader returns ErrLineTooLong once a line of r, its line
+// ending included, exceeds max octets (RFC 5321 section 4.5.3.1.6 limits a
+// text line to 1000; limits.max_line_length is what this server accepts).
+// A line may not be refolded by a relay without breaking signatures, so a
+// longer one is refused rather than split. It reads after a
+// NewLineEndingReader, where every line ends in CRLF.
+func NewLineLengthReader(r io.Reader, max int) io.Reader {
+	return &lineLengthReader{r: r, max: max}
+}
+
+type lineLengthReader struct {
+	r   io.Reader
+	max int
+	cur int // octets of the current line so far
+	err error
+}
+
+func (l *lineLengthReader) Read(p []byte) (int, error) {
+	if l.err != nil {
+		return 0, l.err
+	}
+	n, err := l.r.Read(p)
+	b := p[:n]
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			l.cur += len(b)
+			break
+		}
+		if l.cur+i+1 > l.max {
+			l.err = ErrLineTooLong
+			return 0, l.err
+		}
+		l.cur = 0
+		b = b[i+1:]
+	}
+	if l.cur > l.max {
+		l.err = ErrLineTooLong
+		return 0, l.err
+	}
+	return n, err
+}

@@ -256,3 +256,25 @@ func BenchmarkLineEndingReader(b *testing.B) {
 		})
 	}
 }
+
+// A line of max octets (CRLF included) passes, one more fails, however the
+// input is split; a last line without CRLF is measured too.
+func TestLineLengthReader(t *testing.T) {
+	for _, tc := range []struct {
+		in string
+		ok bool
+	}{
+		{"abc\r\n" + strings.Repeat("x", 8) + "\r\nz\r\n", true},
+		{"abc\r\n" + strings.Repeat("x", 9) + "\r\nz\r\n", false},
+		{strings.Repeat("x", 10), true},
+		{strings.Repeat("x", 11), false},
+		{"\r\n\r\n", true},
+	} {
+		for _, wrap := range []func(io.Reader) io.Reader{func(r io.Reader) io.Reader { return r }, iotest.OneByteReader, iotest.HalfReader} {
+			_, err := io.ReadAll(NewLineLengthReader(wrap(strings.NewReader(tc.in)), 10))
+			if tc.ok && err != nil || !tc.ok && !errors.Is(err, ErrLineTooLong) {
+				t.Errorf("%q with max 10: %v, want ok %v", tc.in, err, tc.ok)
+			}
+		}
+	}
+}

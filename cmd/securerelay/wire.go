@@ -22,6 +22,7 @@ import (
 	"securerelay/dnsutil"
 	"securerelay/encrypt"
 	"securerelay/inbound"
+	"securerelay/internal/anvil"
 	"securerelay/internal/counter"
 	"securerelay/outbound"
 	"securerelay/queue"
@@ -114,6 +115,25 @@ func domainList(cfg *config.Config) []string {
 
 func trusted(l config.Listener) []netip.Prefix { return prefixes(l.TrustedNetworks) }
 
+// limitExempt: the per-client limits spare a listener's trusted networks
+// (the groupware: one address, many sessions, and mail that must not be
+// throttled away) and its client_limit_exceptions; nil when there are none.
+func limitExempt(l config.Listener) func(netip.Addr) bool {
+	nets := append(trusted(l), prefixes(l.ClientLimitExceptions)...)
+	if len(nets) == 0 {
+		return nil
+	}
+	return func(ip netip.Addr) bool {
+		ip = ip.Unmap()
+		for _, p := range nets {
+			if p.Contains(ip) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
 // relay is the running process, kept so SIGHUP can update it in place.
 type relay struct {
 	cfg      *config.Config
@@ -124,6 +144,7 @@ type relay struct {
 	users    *outbound.Users
 	signer   *outbound.Signer
 	loops    *counter.File
+	clients  *anvil.Memory      // per-client limit counts, shared by the listeners
 	passed   *inbound.PassCache // nil: no inbound listener
 	ours     *outbound.DomainSet
 	inbound  []*inbound.Role
@@ -262,6 +283,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	r.clients = anvil.New(0)
 	if hasInbound(cfg) {
 		// In state_dir, so that a restart does not screen (and, with the
 		// deep protocol test, 450) every regular sender again. Entries
@@ -314,6 +336,14 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 			AutomaticSenders: cfg.Outbound.AutomaticSenders,
 			Pregreet:         pregreet, PregreetSkip: pregreetSkip,
 			RefuseNonSMTP: l.Role == "inbound" && (cfg.Inbound.Screen.ProtocolTests == nil || *cfg.Inbound.Screen.ProtocolTests),
+
+			MaxConnectionsPerClient: lim.MaxConnectionsPerClient, MaxConnectionRate: lim.MaxConnectionRatePerClient,
+			MaxMessageRate: lim.MaxMessageRatePerClient, MaxRecipientRate: lim.MaxRecipientRatePerClient,
+			ClientRateWindow:         lim.ClientRateWindow.D(),
+			MaxAuthFailuresPerClient: lim.MaxAuthFailuresPerClient, MaxAuthFailuresPerUser: lim.MaxAuthFailuresPerUser,
+			AuthFailureWindow: lim.AuthFailureWindow.D(), ClientCounts: r.clients,
+			LimitExempt:     limitExempt(l),
+			MaxJunkCommands: lim.MaxJunkCommands, StressCommandTimeout: lim.StressCommandTimeout.D(),
 		})
 		// Bind everything before accepting anything: a port conflict must
 		// fail the start, not leave a half-running relay.

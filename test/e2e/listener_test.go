@@ -1,13 +1,17 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
+	"encoding/base64"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -234,5 +238,220 @@ func TestDiskFull(t *testing.T) {
 	msgs := waitMaildir(t, mail, "bob@example.test", 1, 5*time.Second)
 	if len(msgs) != 1 || !strings.Contains(string(msgs[0]), "Subject: small after disk full") {
 		t.Fatalf("bob@example.test: %d messages, want only the small one", len(msgs))
+	}
+}
+
+// dialSMTPFrom is dialSMTP from a chosen loopback address (127.0.0.0/8 is
+// all ours), for tests of per-client limits; it returns the first reply
+// instead of insisting on 220.
+func dialSMTPFrom(t *testing.T, addr, from string) (*rawSMTP, int, string) {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := &rawSMTP{t: t, conn: conn, br: bufio.NewReader(conn)}
+	code, text := c.Reply()
+	return c, code, text
+}
+
+// Finding 4 of issue 11: idle connections from one address filled
+// max_connections and everyone else got 421. With the default per-client
+// limit (50 at a time) that client is refused beyond it, with a 421 that
+// names the limit, and another address still gets in.
+func TestOneClientCannotTakeEverySession(t *testing.T) {
+	dns := dnstest.NewServer(t, "")
+	dir := t.TempDir()
+	mx := freeAddr(t)
+	cfg := filepath.Join(dir, "relay.yaml")
+	writeFile(t, cfg, maildirConfig(filepath.Join(dir, "state"), dns.Addr(), mx, filepath.Join(dir, "mail"), "")+
+		"limits: {max_connections: 100}\n")
+	r := startRelay(t, cfg, mx)
+
+	held, refused := 0, 0
+	for i := 0; i < 100; i++ {
+		_, code, text := dialSMTPFrom(t, mx, "127.0.0.1")
+		switch {
+		case code == 220:
+			held++
+		case code == 421 && strings.HasPrefix(text, "421 4.7.0 ") && strings.Contains(text, "limit 50"):
+			refused++
+		default:
+			t.Fatalf("connection %d from 127.0.0.1: %q, want 220 or 421 4.7.0 naming the limit of 50", i, text)
+		}
+	}
+	c, code, text := dialSMTPFrom(t, mx, "127.0.0.2")
+	if code != 220 {
+		t.Fatalf("another client, while 127.0.0.1 holds %d sessions: %q, want 220", held, text)
+	}
+	c.Expect("EHLO other.e2e.test", 250)
+	c.Expect("MAIL FROM:<alice@example.org>", 250)
+	c.Expect("RCPT TO:<bob@example.test>", 250)
+	if held > 50 || held < 45 || refused != 100-held {
+		t.Errorf("127.0.0.1 holds %d sessions, %d refused; want at most the 50 of max_connections_per_client", held, refused)
+	}
+	if n := len(r.LogLines("msg=reject", "stage=connect", "check=max_connections_per_client", "client=127.0.0.1")); n != refused {
+		t.Errorf("%d refusals logged with check=max_connections_per_client, want %d (one each)", n, refused)
+	}
+}
+
+// Finding 4: a session kept alive with NOOPs. After max_junk_commands
+// (default 100) commands that send no mail, the session ends with 421.
+func TestJunkCommandsEndTheSession(t *testing.T) {
+	r, mx, _, _ := maildirRelay(t, "")
+	c := dialSMTP(t, mx)
+	c.Expect("EHLO client.e2e.test", 250)
+	for i := 0; i < 100; i++ {
+		c.Expect([]string{"NOOP", "RSET", "VRFY bob", "HELP"}[i%4], map[int]int{0: 250, 1: 250, 2: 252, 3: 502}[i%4])
+	}
+	code, text := c.Cmd("NOOP")
+	if code != 421 || !strings.HasPrefix(text, "421 4.7.0 ") || !strings.Contains(text, "100") {
+		t.Fatalf("NOOP after 100 commands that send no mail: %q, want 421 4.7.0 naming the limit", text)
+	}
+	c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.br.ReadByte(); err == nil {
+		t.Errorf("connection still open after the 421")
+	}
+	r.WaitLog(0, 5*time.Second, "msg=reject", "check=max_junk_commands")
+}
+
+// Finding 5: password guessing from many parallel connections. Failures
+// count per user (default 10 in 15m) and per client address across
+// connections; beyond that even the right password gets 454 4.7.0, and
+// no password is checked (no bcrypt) at all.
+func TestAuthGuessingAcrossConnections(t *testing.T) {
+	dns := dnstest.NewServer(t, "")
+	dir := t.TempDir()
+	sub := freeAddr(t)
+	cfg := filepath.Join(dir, "relay.yaml")
+	writeFile(t, cfg, configHead(filepath.Join(dir, "state"), dns.Addr())+fmt.Sprintf(`listeners:
+  - name: submission
+    address: %q
+    role: outbound
+    auth: required
+    allow_insecure_auth: true
+    client_limit_exceptions: [127.0.0.3]
+outbound:
+  users: [{name: otrs, password_hash: %q}]
+`, sub, bcryptHash(t, "right")))
+	r := startRelay(t, cfg, sub)
+	plain := func(user, pass string) string {
+		return "AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00"+user+"\x00"+pass))
+	}
+
+	const guesses = 30
+	replies := make(chan string, guesses)
+	var wg sync.WaitGroup
+	for i := 0; i < guesses; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			d := net.Dialer{Timeout: 5 * time.Second}
+			conn, err := d.Dial("tcp", sub)
+			if err != nil {
+				replies <- err.Error()
+				return
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(30 * time.Second))
+			br := bufio.NewReader(conn)
+			read := func() string {
+				var last string
+				for {
+					l, err := br.ReadString('\n')
+					if err != nil {
+						return err.Error()
+					}
+					if last = strings.TrimRight(l, "\r\n"); len(last) < 4 || last[3] == ' ' {
+						return last
+					}
+				}
+			}
+			read()
+			fmt.Fprintf(conn, "EHLO guesser.e2e.test\r\n")
+			read()
+			fmt.Fprintf(conn, "%s\r\n", plain("otrs", fmt.Sprintf("guess%d", i)))
+			replies <- read()
+		}(i)
+	}
+	wg.Wait()
+	close(replies)
+	checked := 0
+	for rep := range replies {
+		switch {
+		case strings.HasPrefix(rep, "535 5.7.8 "):
+			checked++
+		case strings.HasPrefix(rep, "454 4.7.0 "):
+		default:
+			t.Errorf("a wrong guess got %q, want 535 5.7.8 or 454 4.7.0", rep)
+		}
+	}
+	if checked > 10 {
+		t.Errorf("%d of %d parallel guesses had their password checked, want at most max_auth_failures_per_user (10)", checked, guesses)
+	}
+	for _, from := range []string{"127.0.0.1", "127.0.0.2"} {
+		c, _, _ := dialSMTPFrom(t, sub, from)
+		c.Expect("EHLO client.e2e.test", 250)
+		if code, text := c.Cmd(plain("otrs", "right")); code != 454 || !strings.HasPrefix(text, "454 4.7.0 ") {
+			t.Errorf("right password from %s while otrs is locked out: %q, want 454 4.7.0", from, text)
+		}
+	}
+	// The office network (client_limit_exceptions) is never locked out.
+	c, _, _ := dialSMTPFrom(t, sub, "127.0.0.3")
+	c.Expect("EHLO office.e2e.test", 250)
+	c.Expect(plain("otrs", "right"), 235)
+	r.WaitLog(0, 5*time.Second, "msg=reject", "check=max_auth_failures_per_user")
+}
+
+// The groupware on an outbound listener's trusted_networks (one address,
+// many sessions) is never throttled into losing mail: it may hold more
+// sessions than max_connections_per_client and send past the rates, while
+// another address on the same listener is limited.
+func TestTrustedNetworksNotThrottled(t *testing.T) {
+	dns := dnstest.NewServer(t, "")
+	dir := t.TempDir()
+	relay := freeAddr(t)
+	cfg := filepath.Join(dir, "relay.yaml")
+	writeFile(t, cfg, configHead(filepath.Join(dir, "state"), dns.Addr())+fmt.Sprintf(`limits: {max_connections: 100, max_message_rate_per_client: 2}
+listeners:
+  - name: smarthost
+    address: %q
+    role: outbound
+    trusted_networks: [127.0.0.3/32]
+domains:
+  example.test: {deliver_to: "maildir:%s"}
+`, relay, filepath.Join(dir, "mail")))
+	startRelay(t, cfg, relay)
+	var sessions []*rawSMTP
+	for i := 0; i < 60; i++ {
+		c, code, text := dialSMTPFrom(t, relay, "127.0.0.3")
+		if code != 220 {
+			t.Fatalf("session %d from the trusted groupware: %q", i, text)
+		}
+		sessions = append(sessions, c)
+	}
+	c := sessions[0]
+	c.Expect("EHLO groupware.e2e.test", 250)
+	for i := 0; i < 5; i++ {
+		c.Expect("MAIL FROM:<app@example.test>", 250)
+		c.Expect("RCPT TO:<user@example.test>", 250)
+		c.Expect("DATA", 354)
+		c.Write(fmt.Sprintf("Subject: %d\r\n\r\nbody\r\n.\r\n", i))
+		if code, text := c.Reply(); code != 250 {
+			t.Fatalf("message %d from the groupware: %q", i, text)
+		}
+	}
+	// Another address is limited on the same listener (it is refused
+	// relaying anyway, but the rate comes first).
+	o, _, _ := dialSMTPFrom(t, relay, "127.0.0.1")
+	o.Expect("EHLO other.e2e.test", 250)
+	o.Cmd("MAIL FROM:<x@example.org>")
+	o.Cmd("RSET")
+	o.Cmd("MAIL FROM:<x@example.org>")
+	o.Cmd("RSET")
+	if code, text := o.Cmd("MAIL FROM:<x@example.org>"); code != 450 || !strings.HasPrefix(text, "450 4.7.1 ") {
+		t.Errorf("third MAIL from an untrusted client with max_message_rate_per_client 2: %q, want 450 4.7.1", text)
 	}
 }

@@ -1,6 +1,7 @@
 package smtp
 
 import (
+	"bytes"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
@@ -35,11 +36,10 @@ type Conn struct {
 	locker     sync.Mutex
 	binarymime bool
 
-	lineLimitReader *lineLimitReader
-	bdatPipe        *io.PipeWriter
-	bdatStatus      *statusCollector // used for BDAT on LMTP
-	dataResult      chan error
-	bytesReceived   int64 // counts total size of chunks when BDAT is used
+	bdatPipe      *io.PipeWriter
+	bdatStatus    *statusCollector // used for BDAT on LMTP
+	dataResult    chan error
+	bytesReceived int64 // counts total size of chunks when BDAT is used
 
 	fromReceived bool
 	recipients   []string
@@ -57,16 +57,19 @@ func newConn(c net.Conn, s *Server) *Conn {
 }
 
 func (c *Conn) init() {
-	c.lineLimitReader = &lineLimitReader{
-		R:         c.conn,
-		LineLimit: c.server.MaxLineLength,
-	}
+	// MaxLineLength applies to command lines as readLine reads them
+	// (securerelay patch). Upstream limited the bytes read from the
+	// connection, read-ahead included, so a BDAT chunk pipelined behind
+	// its command hit the command-line limit and ended the session, and a
+	// long line in DATA became a read error (the server answered 451 and
+	// the sender retried for days). Message lines are the backend's to
+	// judge, after the end of the data.
 	rwc := struct {
 		io.Reader
 		io.Writer
 		io.Closer
 	}{
-		Reader: c.lineLimitReader,
+		Reader: c.conn,
 		Writer: c.conn,
 		Closer: c.conn,
 	}
@@ -106,6 +109,12 @@ func (c *Conn) handle(cmd string, arg string) {
 	}
 
 	cmd = strings.ToUpper(cmd)
+	if hook := c.server.CommandHook; hook != nil {
+		if err := hook(c, cmd); err != nil {
+			c.writeError(421, EnhancedCode{4, 7, 0}, err)
+			return
+		}
+	}
 	switch cmd {
 	case "SEND", "SOML", "SAML", "EXPN", "HELP", "TURN":
 		// These commands are not implemented in any state
@@ -1081,11 +1090,6 @@ func (c *Conn) handleBdat(arg string) {
 		}()
 	}
 
-	c.lineLimitReader.LineLimit = 0
-	defer func() {
-		c.lineLimitReader.LineLimit = c.server.MaxLineLength
-	}()
-
 	chunk := io.LimitReader(c.text.R, int64(size))
 	_, err = io.Copy(c.bdatPipe, chunk)
 	if err != nil {
@@ -1338,7 +1342,35 @@ func (c *Conn) readLine() (string, error) {
 		}
 	}
 
-	return c.text.ReadLine()
+	// At most MaxLineLength octets, line ending included, checked as the
+	// bytes arrive (securerelay patch; see init).
+	max := c.server.MaxLineLength
+	var line []byte
+	for {
+		if c.text.R.Buffered() == 0 {
+			if _, err := c.text.R.Peek(1); err != nil {
+				return "", err
+			}
+		}
+		buf, _ := c.text.R.Peek(c.text.R.Buffered())
+		i := bytes.IndexByte(buf, '\n')
+		if i >= 0 {
+			buf = buf[:i+1]
+		}
+		line = append(line, buf...)
+		c.text.R.Discard(len(buf))
+		content := line
+		if i >= 0 {
+			// As bufio's ReadLine: the LF, and one CR before it.
+			content = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
+		}
+		if max > 0 && len(content)+2 > max {
+			return "", ErrTooLongLine
+		}
+		if i >= 0 {
+			return string(content), nil
+		}
+	}
 }
 
 func (c *Conn) reset() {

@@ -82,6 +82,13 @@ type Server struct {
 	// The server backend.
 	Backend Backend
 
+	// CommandHook, if set, sees every command verb (upper case) before it
+	// is handled; an error stops the command and is the reply (an
+	// *SMTPError, else 421 4.7.0 with its text). securerelay patch: it
+	// lets the server count the commands go-smtp answers without calling
+	// the backend (NOOP, RSET, VRFY, HELP…).
+	CommandHook func(c *Conn, cmd string) error
+
 	wg   sync.WaitGroup
 	done chan struct{}
 
