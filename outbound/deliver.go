@@ -299,6 +299,13 @@ func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target,
 func (e *Engine) send(ctx context.Context, ds *dest, d *queue.Delivery, t Target, pol *tlspolicy.Policy, key string,
 	rcpts []string, s *sealing, relaxed bool) (res []queue.Result, policyFailed bool) {
 	if relaxed {
+		if s == nil {
+			// Never reached: only an encrypted message may take a session
+			// below the policy. Guarded all the same, as transact guards
+			// the level: this is the promise the product is named for.
+			return all(len(rcpts), queue.Result{Status: queue.TempFail, Code: "4.7.10",
+				Reply: "internal error: a session below the TLS policy was asked for an unencrypted message; not sent"}), false
+		}
 		// Such sessions are pooled apart: reuse checks them against the
 		// relaxed policy, which a cleartext transaction never asks.
 		key += "|encrypted end to end"

@@ -248,9 +248,8 @@ func noKeyAdvice(rcpt string, r encrypt.Result) string {
 // must always be encrypted (encrypt: always without a TLS-only fallback)
 // and who has no usable key is refused at once, so that the user learns
 // it now rather than from a DSN days later. nil: accepted as far as
-// encryption goes. A REQUIRETLS transaction is not refused here: it is
-// not eligible for the relaxed session, but its mail is still encrypted
-// when a key appears in time, and the queue says so otherwise.
+// encryption goes. REQUIRETLS changes nothing here: such a message is
+// encrypted too (it only never takes a session below the level).
 func (e *Engine) RequiredKey(ctx context.Context, rcpt string) *smtp.SMTPError {
 	ts := e.tls.Load()
 	en := ts.enc
