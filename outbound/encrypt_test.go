@@ -427,20 +427,25 @@ func TestRequiredKeyAtRCPT(t *testing.T) {
 // encrypt: always: a recipient with a key gets it encrypted whatever TLS
 // achieves (the session that meets the level if there is one, else the
 // best offered); one without waits (4.7.5), or with without_key: tls goes
-// unencrypted, but only over a session that meets the level.
+// unencrypted, but only over a session that meets the level, never over
+// the relaxed one the encrypted copy just used (sessions are pooled).
 func TestEncryptAlways(t *testing.T) {
 	bob := pgpKey(t, "bob@partner.test")
-	run := func(t *testing.T, withTLS, withoutKeyTLS bool) (*hop, []queue.Result) {
+	const verified, selfsigned, clear = "verified", "self-signed", "clear"
+	run := func(t *testing.T, hopTLS string, withoutKeyTLS bool) (*hop, []queue.Result) {
 		t.Helper()
 		var ho hopOptions
 		var roots *x509.CertPool
-		if withTLS {
+		switch hopTLS {
+		case verified:
 			ho.TLS, roots = trustedTLS(t, "mx.partner.test")
+		case selfsigned:
+			ho.TLS = selfSigned(t)
 		}
 		h := newHop(t, ho)
 		dir := directory(t, encrypt.Options{KeyringDir: keyringOf(t, bob)})
 		e := encEngine(t, h, dir, []tlspolicy.Rule{{Match: "partner.test", Level: tlspolicy.Verify}},
-			map[string]*outbound.EncryptRule{"partner.test": {Always: true, WithoutKeyTLS: withoutKeyTLS}}, roots, 0, t.TempDir())
+			map[string]*outbound.EncryptRule{"partner.test": {Always: true, WithoutKeyTLS: withoutKeyTLS}}, roots, time.Minute, t.TempDir())
 		return h, deliver(t, e, newSpool(t).put("sender@ours.test", []string{"bob@partner.test", "carol@partner.test"}, message))
 	}
 	bobEncrypted := func(t *testing.T, h *hop, r queue.Result, achieved string) {
@@ -458,7 +463,7 @@ func TestEncryptAlways(t *testing.T) {
 		}
 	}
 	t.Run("TLS met, no key waits", func(t *testing.T) {
-		h, res := run(t, true, false)
+		h, res := run(t, verified, false)
 		bobEncrypted(t, h, res[0], "verify")
 		if strings.Contains(res[0].TLSPolicy, "fallback=encrypt") {
 			t.Errorf("bob: tls_policy %q; the level was met, no fallback", res[0].TLSPolicy)
@@ -467,10 +472,13 @@ func TestEncryptAlways(t *testing.T) {
 		if !strings.Contains(res[1].Reply, "always encrypted") || !strings.Contains(res[1].Encryption, "no usable OpenPGP key for carol@partner.test") {
 			t.Errorf("carol: reply %q, encryption %q", res[1].Reply, res[1].Encryption)
 		}
+		if !strings.Contains(res[1].Explanation, "carol@partner.test") || !strings.Contains(res[1].Explanation, "Web Key Directory (WKD)") {
+			t.Errorf("carol: DSN explanation %q; want the recipient and what the partner can do", res[1].Explanation)
+		}
 		h.none()
 	})
 	t.Run("TLS met, without_key: tls", func(t *testing.T) {
-		h, res := run(t, true, true)
+		h, res := run(t, verified, true)
 		bobEncrypted(t, h, res[0], "verify")
 		check(t, "carol", res[1], queue.Delivered, "2.0.0")
 		m := h.next()
@@ -479,16 +487,19 @@ func TestEncryptAlways(t *testing.T) {
 		}
 		h.none()
 	})
-	t.Run("no TLS, without_key: tls", func(t *testing.T) {
-		h, res := run(t, false, true)
-		bobEncrypted(t, h, res[0], "none")
-		if !strings.Contains(res[0].TLSPolicy, "fallback=encrypt") {
-			t.Errorf("bob: tls_policy %q, want fallback=encrypt (relaxed session)", res[0].TLSPolicy)
-		}
-		// Without a key and without the TLS the rule asks: never in clear.
-		check(t, "carol", res[1], queue.TempFail, "4.7.10")
-		h.none()
-	})
+	for _, tc := range []struct{ hop, achieved, code string }{{clear, "none", "4.7.10"}, {selfsigned, "encrypt", "4.7.5"}} {
+		t.Run("TLS not met ("+tc.hop+"), without_key: tls", func(t *testing.T) {
+			h, res := run(t, tc.hop, true)
+			bobEncrypted(t, h, res[0], tc.achieved)
+			if !strings.Contains(res[0].TLSPolicy, "fallback=encrypt") {
+				t.Errorf("bob: tls_policy %q, want fallback=encrypt (relaxed session)", res[0].TLSPolicy)
+			}
+			// Without a key and without the TLS the rule asks: never
+			// sent, neither in clear nor over the unverified session.
+			check(t, "carol", res[1], queue.TempFail, tc.code)
+			h.none()
+		})
+	}
 }
 
 // A copy larger than what is kept in memory goes through a file in the
@@ -513,5 +524,49 @@ func TestEncryptLargeMessage(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(spill); len(ents) != 0 {
 		t.Errorf("%d files left in the spill folder", len(ents))
+	}
+}
+
+// Through a smarthost route the partner's recipients keep their rule:
+// their own transaction, encrypted to their key, while the other
+// recipients of the same message go unencrypted, as their (absent) rule
+// allows, in a transaction of their own.
+func TestEncryptThroughRoute(t *testing.T) {
+	bob := pgpKey(t, "bob@partner.test")
+	h := newHop(t, hopOptions{})
+	dir := directory(t, encrypt.Options{KeyringDir: keyringOf(t, bob)})
+	dec, err := tlspolicy.New(tlspolicy.Options{Rules: fallbackRule(tlspolicy.Verify)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := engine(t, everything(t, "smtp://"+h.addr), func(o *outbound.EngineOptions) {
+		o.TLS, o.IdleTimeout = dec, time.Minute
+		o.Encryption = &outbound.Encryption{Dir: dir, Rules: map[string]*outbound.EncryptRule{"partner.test": {}}, SpillDir: t.TempDir()}
+	})
+	res := deliver(t, e, newSpool(t).put("sender@ours.test", []string{"x@other.test", "bob@partner.test", "y@other.test"}, message))
+	for i, r := range res {
+		check(t, []string{"x", "bob", "y"}[i], r, queue.Delivered, "2.0.0")
+	}
+	if !strings.Contains(res[1].Encryption, "key="+fingerprint(bob)) || res[0].Encryption != "" || res[2].Encryption != "" {
+		t.Errorf("encryption notes %q, %q, %q; want bob's key for bob alone", res[0].Encryption, res[1].Encryption, res[2].Encryption)
+	}
+	got := map[string]bool{}
+	for range 2 {
+		m := h.next()
+		to := strings.Join(m.To, ",")
+		switch {
+		case to == "bob@partner.test" && isPGPMIME(m.Data):
+			if _, msg, _ := sealed(t, m.Data); !bytes.Contains(decryptWith(t, msg, bob), []byte("..two dots")) {
+				t.Error("bob's copy does not decrypt to the message")
+			}
+		case to == "x@other.test,y@other.test" && !isPGPMIME(m.Data):
+		default:
+			t.Errorf("the smarthost got a message to %s, encrypted %v", to, isPGPMIME(m.Data))
+		}
+		got[to] = true
+	}
+	h.none()
+	if len(got) != 2 {
+		t.Errorf("transactions %v, want one for bob and one for x and y", got)
 	}
 }

@@ -4,8 +4,8 @@ package e2e
 // MX that records every byte it gets, recipients' keys made by gpg, and
 // the encrypted message read back by gpg, Sequoia (sq) and RNP.
 //
-// Every MX here lies on 127.0.0.120-127 port 25, and the WKD host on
-// 127.0.0.128 port 443: no other e2e test uses them.
+// Every MX here lies on 127.0.0.120-127 port 25, and the WKD hosts on
+// 127.0.0.128-129 port 443: no other e2e test uses them.
 
 import (
 	"bytes"
@@ -594,9 +594,17 @@ func TestEncryptFallbackPartialKeys(t *testing.T) {
 	mustContain(t, "the DSN text", text, "carol@partner.test",
 		"the partner's mail server (mx.partner.test) did not offer the encryption that your organisation requires for partner.test",
 		"No usable OpenPGP key was found for carol@partner.test", "Web Key Directory (WKD)")
-	if strings.Contains(status, "bob@partner.test") || !strings.Contains(status, "carol@partner.test") {
+	if strings.Contains(status, "bob@partner.test") || strings.Contains(status, "dave@partner.test") || !strings.Contains(status, "carol@partner.test") {
 		t.Errorf("DSN status part, want carol@partner.test alone:\n%s", status)
 	}
+	t.Run("DSN status code", func(t *testing.T) {
+		// The queue turns an expired deferral into 4.4.7 with a failed
+		// action, which the DSN can only write as 5.0.0 "unspecified
+		// error": the report then contradicts its own explanation.
+		if !regexp.MustCompile(`(?mi)^Status: 5\.(4\.7|7\.\d+)\r?$`).MatchString(status) || strings.Contains(text, "unspecified error") {
+			t.Errorf("BUG (queue: expiry code 4.4.7): want Status 5.4.7 (expired) or the 5.7.x of the cause, and no \"unspecified error\":\n%s\n%s", status, text)
+		}
+	})
 
 	msgs := mx.Messages()
 	if len(msgs) != 2 || strings.Join(msgs[0].To, ",") != "bob@partner.test" || strings.Join(msgs[1].To, ",") != "dave@partner.test" {
@@ -720,6 +728,51 @@ openpgpkey.untrusted.test. A 127.0.0.129
 	})
 	// Every message carried the same secret words.
 	newConfidential(t, "", "", "").checkNoSecrets(t, "the bytes the MX received", mx.Raw())
+}
+
+// TestEncryptOPENPGPKEY: keys published as DNS OPENPGPKEY records (RFC
+// 7929, the zone lines gpg --export-options export-dane prints), with
+// openpgpkey: true and a validating resolver. partner.test's answer
+// carries the AD bit: its key is used. unsigned.test's does not: its key
+// is not trusted, and the message waits.
+func TestEncryptOPENPGPKEY(t *testing.T) {
+	requireTool(t, "swaks")
+	g := newGPGHome(t)
+	bob := g.newKey("Bob <bob@partner.test>", "cv25519")
+	eve := g.newKey("Eve <eve@unsigned.test>", "cv25519")
+	mx := startPolicyMX(t, listenMX(t, "127.0.0.127"), mxOptions{})
+	zone := partnerZone("127.0.0.127") + "unsigned.test. MX 10 mx.partner.test.\n"
+	// Each export ends with its own $ORIGIN in force: it goes last.
+	for _, f := range []string{bob, eve} {
+		zone += string(g.must(nil, "--export-options", "export-dane", "--export", f)) + "$ORIGIN .\n"
+	}
+	dns := newADDNS(t, zone, "unsigned.test")
+	r := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(), DNSSEC: true,
+		Outbound: "  encryption:\n    wkd: false\n    openpgpkey: true\n",
+		TLS: "    policies:\n" +
+			"      - {match: partner.test, level: verify, fallback: encrypt}\n" +
+			"      - {match: unsigned.test, level: verify, fallback: encrypt}\n"})
+
+	c := newConfidential(t, "sender@example.test", "bob@partner.test", "dane-1@example.test")
+	id := c.send(t, r.Sub, "sender@example.test", "bob@partner.test", "eve@unsigned.test")
+	a := r.waitRcpt(t, id, "bob@partner.test", 30*time.Second)
+	if a.Status != "sent" {
+		t.Fatalf("bob: %s, want sent (encrypted to the key from OPENPGPKEY):\n%s", a.Status, a.Line)
+	}
+	mustContain(t, "bob's log line", a.Line, "fallback=encrypt", "key="+bob, "key_source=openpgpkey")
+	e := r.waitRcpt(t, id, "eve@unsigned.test", 30*time.Second)
+	if e.Status != "deferred" {
+		t.Fatalf("eve: %s, want deferred (OPENPGPKEY answer not validated):\n%s", e.Status, e.Line)
+	}
+	mustContain(t, "eve's log line", e.Line, "no usable OpenPGP key for eve@unsigned.test")
+	m := mx.waitMessage(t, 5*time.Second)
+	if strings.Join(m.To, ",") != "bob@partner.test" || len(mx.Messages()) != 1 {
+		t.Fatalf("MX got %d messages, the first to %v; want one, to bob@partner.test", len(mx.Messages()), m.To)
+	}
+	_, armored := openPGPMIME(t, m.Data)
+	plain, _ := g.decrypt(armored)
+	c.checkDecrypted(t, "gpg", plain)
+	c.checkNoSecrets(t, "the bytes the MX received", mx.Raw())
 }
 
 // TestEncryptNeverInboundOrRequireTLS: inbound mail for one of our own
