@@ -374,6 +374,7 @@ func TestEncryptKeyLookupFailsTemporarily(t *testing.T) {
 			t.Errorf("reply %q; want it to say the key lookup failed temporarily", r.Reply)
 		}
 		h.none()
+		saysLookupFailed(t, r)
 	})
 	t.Run("encrypt: always, at RCPT", func(t *testing.T) {
 		e := encEngine(t, h, dir, []tlspolicy.Rule{{Match: "partner.test", Level: tlspolicy.Verify}},
@@ -387,7 +388,19 @@ func TestEncryptKeyLookupFailsTemporarily(t *testing.T) {
 			t.Errorf("delivery: %s %s %q; want it to wait, saying the lookup failed temporarily", statusName(r.Status), r.Code, r.Reply)
 		}
 		h.none()
+		saysLookupFailed(t, r)
 	})
+}
+
+// saysLookupFailed: what the sender reads in the DSN, should it come to
+// that. The partner's directory could not be asked, which is not "no key
+// published": the advice to publish one would be wrong.
+func saysLookupFailed(t *testing.T, r queue.Result) {
+	t.Helper()
+	ex := strings.ToLower(r.Explanation)
+	if !strings.Contains(ex, "temporar") && !strings.Contains(ex, "could not be reached") && !strings.Contains(ex, "lookup failed") {
+		t.Errorf("BUG (noKeyAdvice/noKeyResult ignore Result.Temporary): DSN explanation %q says no key was found; want it to say the key lookup failed", r.Explanation)
+	}
 }
 
 // RCPT on outbound listeners: only a recipient under encrypt: always

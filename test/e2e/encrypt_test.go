@@ -628,16 +628,21 @@ func TestEncryptFallbackPartialKeys(t *testing.T) {
 // always encrypted (encrypt: always, no TLS-only fallback) is refused at
 // RCPT on the submission listener for a recipient without a key, with a
 // reply that names the policy and what is missing; a recipient with a
-// key, and one of a rule with without_key: tls, are accepted.
+// key, and one of a rule with without_key: tls, are accepted. Inbound
+// mail is never encrypted, so the inbound listener does not refuse our
+// own recipients under such a rule.
 func TestEncryptAlwaysRefusedAtRCPT(t *testing.T) {
 	requireTool(t, "swaks")
 	g := newGPGHome(t)
 	bob := g.newKey("Bob <bob@partner.test>", "cv25519")
-	dns := dnstest.NewServer(t, partnerZone("127.0.0.123"))
-	r := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(), Outbound: encryptionConfig(g.keyring(bob), false),
+	dns := dnstest.NewServer(t, partnerZone("127.0.0.123")+"mx.local.test. A 127.0.0.123\n")
+	r := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(), Inbound: true, Outbound: encryptionConfig(g.keyring(bob), false),
+		Domains: "  local.test:\n    deliver_to: smtp://mx.local.test:25\n    recipients: {list: [user]}\n",
 		TLS: "    policies:\n" +
 			"      - {match: partner.test, level: verify, encrypt: always}\n" +
-			"      - {match: lenient.test, level: verify, encrypt: always, without_key: tls}\n"})
+			"      - {match: lenient.test, level: verify, encrypt: always, without_key: tls}\n" +
+			"      - {match: local.test, level: verify, encrypt: always}\n"})
+	mustSend(t, "--server", r.MX, "--from", "alice@example.org", "--to", "user@local.test")
 
 	res := swaks(t, "--server", r.Sub, "--from", "sender@example.test", "--to", "carol@partner.test")
 	errs := res.ErrorReplies()
