@@ -237,8 +237,15 @@ func sourceWords(ss []encrypt.Source) string {
 	return strings.Join(w, ", ")
 }
 
-// noKeyAdvice is the end user's part of a DSN for a recipient without a key.
+// noKeyAdvice is the end user's part of a DSN for a recipient without a
+// key after the TLS level was not met. A lookup that failed is not "no
+// key": the partner may well have published one.
 func noKeyAdvice(rcpt string, r encrypt.Result) string {
+	if r.Temporary != nil {
+		return fmt.Sprintf("The OpenPGP key of %s could not be looked up either (looked in: %s; the lookup failed: %v), "+
+			"so the message could not be sent encrypted instead. If this persists, ask the recipient's organisation whether its "+
+			"Web Key Directory (WKD) is reachable, or your mail administrator to pin the recipient's key.", rcpt, sourceWords(r.Searched), r.Temporary)
+	}
 	return fmt.Sprintf("No usable OpenPGP key was found for %s either (looked in: %s), so the message could not be sent encrypted instead. "+
 		"The recipient's organisation can publish a key in its Web Key Directory (WKD), or send one to your mail administrator to pin, "+
 		"or make its mail server offer the required encryption (TLS).", rcpt, sourceWords(r.Searched))
@@ -371,8 +378,19 @@ func noKeyResult(rcpt string, lr encrypt.Result, pol *tlspolicy.Policy, tlsFail 
 		Reply:      fmt.Sprintf("mail to %s is always encrypted (%s, encrypt: always), and there is %s; not sent", pol.Domain, pol.Source, why),
 		TLSPolicy:  fmt.Sprintf("tls required=%s (%s) not tried: encrypt: always and no key", pol.Level, pol.Source),
 		Encryption: "openpgp: " + why,
-		Explanation: fmt.Sprintf("Your organisation sends mail to %s only encrypted end to end, and no usable OpenPGP key was found for %s (looked in: %s). "+
-			"The recipient's organisation can publish a key in its Web Key Directory (WKD), or send one to your mail administrator to pin.",
-			pol.Domain, rcpt, sourceWords(lr.Searched)),
+		Explanation: alwaysAdvice(pol.Domain, rcpt, lr),
 	}
+}
+
+// alwaysAdvice is the end user's part of a DSN for a recipient without a
+// key under encrypt: always.
+func alwaysAdvice(domain, rcpt string, lr encrypt.Result) string {
+	if lr.Temporary != nil {
+		return fmt.Sprintf("Your organisation sends mail to %s only encrypted end to end, and the OpenPGP key of %s could not be looked up "+
+			"(looked in: %s; the lookup failed: %v). If this persists, ask the recipient's organisation whether its Web Key Directory (WKD) "+
+			"is reachable, or your mail administrator to pin the recipient's key.", domain, rcpt, sourceWords(lr.Searched), lr.Temporary)
+	}
+	return fmt.Sprintf("Your organisation sends mail to %s only encrypted end to end, and no usable OpenPGP key was found for %s (looked in: %s). "+
+		"The recipient's organisation can publish a key in its Web Key Directory (WKD), or send one to your mail administrator to pin.",
+		domain, rcpt, sourceWords(lr.Searched))
 }

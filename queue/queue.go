@@ -542,8 +542,11 @@ func (q *Queue) attempt(it *item) {
 			r = results[k]
 		}
 		if r.Status == TempFail && expired {
+			// RFC 3463 X.4.7: delivery time expired; permanent now, so
+			// that the DSN's status matches its action (failed) and says
+			// why in words, with the last error as the detail.
 			r.Status = PermFail
-			r.Code = "4.4.7"
+			r.Code = "5.4.7"
 			r.Reply = fmt.Sprintf("message expired after %s in queue; last error: %s", q.opts.MaxAge, r.Reply)
 		}
 		q.logResult(it, env.To[i], r, now.Sub(env.Received), now.Sub(start))

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -70,6 +71,7 @@ func keyDirectory(cfg *config.Config, res *dnsutil.Client, log *slog.Logger, cac
 // of a key file nobody checked.
 func encryptionRules(cfg *config.Config, now time.Time) (map[string]*outbound.EncryptRule, error) {
 	rules := map[string]*outbound.EncryptRule{}
+	var errs config.Errors
 	for i, p := range cfg.Outbound.TLS.Policies {
 		if p.Fallback != "encrypt" && p.Encrypt != "always" {
 			continue
@@ -79,18 +81,24 @@ func encryptionRules(cfg *config.Config, now time.Time) (map[string]*outbound.En
 		for j, s := range p.KeySources {
 			src, err := encrypt.ParseSource(s)
 			if err != nil {
-				return nil, cfg.KeyError(fmt.Sprintf("%s.key_sources[%d]", key, j), err)
+				errs = append(errs, cfg.KeyError(fmt.Sprintf("%s.key_sources[%d]", key, j), err))
+				continue
 			}
 			r.Sources = append(r.Sources, src)
 		}
 		for j, k := range p.Keys {
 			pin := encrypt.Pin{Fingerprint: k.Fingerprint, File: k.File, Address: k.Address}
 			if err := encrypt.CheckPin(pin, now); err != nil {
-				return nil, cfg.KeyError(fmt.Sprintf("%s.keys[%d]", key, j), err)
+				errs = append(errs, cfg.KeyError(fmt.Sprintf("%s.keys[%d]", key, j), err))
+				continue
 			}
 			r.Pins = append(r.Pins, pin)
 		}
 		rules[p.Match] = r
+	}
+	if len(errs) > 0 {
+		// Every unusable key at once, as check-config promises.
+		return nil, errs
 	}
 	return rules, nil
 }
@@ -98,15 +106,22 @@ func encryptionRules(cfg *config.Config, now time.Time) (map[string]*outbound.En
 // openpgpSigners are the organisations' signing keys by domain.
 func openpgpSigners(cfg *config.Config, now time.Time) (map[string]*openpgp.Entity, error) {
 	out := map[string]*openpgp.Entity{}
+	var errs config.Errors
 	for name, d := range cfg.Domains {
 		if d.OpenPGPSigningKey == "" {
 			continue
 		}
 		e, err := encrypt.LoadSigner(d.OpenPGPSigningKey, now)
 		if err != nil {
-			return nil, cfg.KeyError(cfg.DomainPath(name)+".openpgp_signing_key", err)
+			errs = append(errs, cfg.KeyError(cfg.DomainPath(name)+".openpgp_signing_key", err))
+			continue
 		}
 		out[name] = e
+	}
+	if len(errs) > 0 {
+		// Map order: sorted by line, as the file reads.
+		slices.SortFunc(errs, func(a, b *config.Error) int { return a.Line - b.Line })
+		return nil, errs
 	}
 	return out, nil
 }
@@ -115,13 +130,20 @@ func openpgpSigners(cfg *config.Config, now time.Time) (map[string]*openpgp.Enti
 // encrypts. dir is the process's key directory (kept across reloads).
 func encryption(cfg *config.Config, dir *encrypt.Directory) (*outbound.Encryption, error) {
 	now := time.Now()
-	rules, err := encryptionRules(cfg, now)
-	if err != nil || len(rules) == 0 {
-		return nil, err
+	rules, rerr := encryptionRules(cfg, now)
+	signers, serr := openpgpSigners(cfg, now)
+	if rerr != nil || serr != nil {
+		var all config.Errors
+		for _, err := range []error{rerr, serr} {
+			var errs config.Errors
+			if errors.As(err, &errs) {
+				all = append(all, errs...)
+			}
+		}
+		return nil, all
 	}
-	signers, err := openpgpSigners(cfg, now)
-	if err != nil {
-		return nil, err
+	if len(rules) == 0 {
+		return nil, nil
 	}
 	return &outbound.Encryption{Dir: dir, Rules: rules, Signers: signers, SpillDir: filepath.Join(cfg.StateDir, "tmp")}, nil
 }
