@@ -598,11 +598,12 @@ func TestEncryptFallbackPartialKeys(t *testing.T) {
 		t.Errorf("DSN status part, want carol@partner.test alone:\n%s", status)
 	}
 	t.Run("DSN status code", func(t *testing.T) {
-		// The queue turns an expired deferral into 4.4.7 with a failed
-		// action, which the DSN can only write as 5.0.0 "unspecified
-		// error": the report then contradicts its own explanation.
+		// An expired deferral is a failure with status 5.4.7 (delivery
+		// time expired): the queue once gave it 4.4.7, which the DSN could
+		// only write as 5.0.0 "unspecified error", contradicting its own
+		// explanation.
 		if !regexp.MustCompile(`(?mi)^Status: 5\.(4\.7|7\.\d+)\r?$`).MatchString(status) || strings.Contains(text, "unspecified error") {
-			t.Errorf("BUG (queue: expiry code 4.4.7): want Status 5.4.7 (expired) or the 5.7.x of the cause, and no \"unspecified error\":\n%s\n%s", status, text)
+			t.Errorf("want Status 5.4.7 (expired) or the 5.7.x of the cause, and no \"unspecified error\":\n%s\n%s", status, text)
 		}
 	})
 
