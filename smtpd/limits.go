@@ -31,7 +31,10 @@ import (
 
 // ClientCounter keeps the counts of the per-client limits: events per key
 // in a sliding window. internal/anvil keeps them in memory; a cluster can
-// share them behind this interface, as Counter for the loop counts.
+// share them behind this interface, as Counter for the loop counts. A key
+// asked for with two windows has two counts: the login failures are
+// shared by listeners that may each have their own auth_failure_window,
+// and one listener's window must not reset another's count.
 type ClientCounter interface {
 	Counter
 	// Count is the number of events within window, without adding one:

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"securerelay/internal/anvil"
 	"securerelay/smtpd"
 )
 
@@ -361,5 +362,32 @@ func TestStressTimeout(t *testing.T) {
 		if i == 5 {
 			t.Fatal("the stress time-out still applies with no other session")
 		}
+	}
+}
+
+// The failure counts are shared by the listeners (one store, as the relay
+// wires it), and each listener may have its own auth_failure_window. A
+// guess on a listener with another window must not wipe the count the
+// first one keeps: alternating between two submission ports used to
+// reset both counts, so the lockout never came (issue 11 review).
+func TestAuthFailuresAcrossListenersWithOtherWindows(t *testing.T) {
+	shared := anvil.New(0)
+	role := &countingRole{fakeRole: fakeRole{authEnabled: true}}
+	listener := func(name string, window time.Duration) *harness {
+		return start(t, role, func(o *smtpd.Options) {
+			o.Name, o.AllowInsecureAuth, o.ClientCounts = name, true, shared
+			o.MaxAuthFailuresPerUser, o.AuthFailureWindow = 2, window
+		})
+	}
+	a, b := listener("submission", 15*time.Minute), listener("smarthost", time.Hour)
+	guess(t, a.addr, "127.0.0.1", "user", 2)
+	guess(t, b.addr, "127.0.0.2", "user", 1)
+	c, _, _ := dialFrom(t, a.addr, "127.0.0.3")
+	c.ehlo("client.example.org")
+	if msg := c.expect(authPlain("user", "secret"), 454, "4.7.0"); !strings.Contains(msg, "for this user") {
+		t.Errorf("lockout reply: %s", msg)
+	}
+	if n := role.checks.Load(); n != 3 {
+		t.Errorf("%d passwords checked, want 3 (2 on the first listener, 1 on the second)", n)
 	}
 }
