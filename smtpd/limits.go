@@ -230,7 +230,9 @@ func (s *Server) command(c *smtp.Conn, cmd string) error {
 		tc.Conn.SetReadDeadline(time.Now().Add(o.DataTimeout))
 		return nil
 	}
-	if !junk[cmd] || o.MaxJunkCommands <= 0 {
+	// Not for exempt clients, as the other per-client limits: the
+	// groupware may check its pooled sessions with NOOP or RSET.
+	if !junk[cmd] || o.MaxJunkCommands <= 0 || tc.exempt {
 		return nil
 	}
 	limit := o.MaxJunkCommands

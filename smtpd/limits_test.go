@@ -391,3 +391,25 @@ func TestAuthFailuresAcrossListenersWithOtherWindows(t *testing.T) {
 		t.Errorf("%d passwords checked, want 3 (2 on the first listener, 1 on the second)", n)
 	}
 }
+
+// The junk command limit is a per-client limit like the others: a client
+// in trusted_networks or client_limit_exceptions (LimitExempt), such as
+// a groupware that checks its pooled sessions with NOOP, is not cut off.
+func TestJunkCommandsExempt(t *testing.T) {
+	h := start(t, ours(), func(o *smtpd.Options) {
+		o.MaxJunkCommands = 3
+		o.LimitExempt = exempt("127.0.0.3")
+	})
+	c, _, _ := dialFrom(t, h.addr, "127.0.0.3")
+	c.ehlo("groupware.example.org")
+	for i := 0; i < 10; i++ {
+		c.expect([]string{"NOOP", "RSET"}[i%2], 250, "")
+	}
+	c.expect("MAIL FROM:<a@example.org>", 250, "")
+	c, _, _ = dialFrom(t, h.addr, "127.0.0.4")
+	c.ehlo("client.example.org")
+	for i := 0; i < 3; i++ {
+		c.expect("NOOP", 250, "")
+	}
+	c.expect("NOOP", 421, "4.7.0")
+}
