@@ -413,3 +413,30 @@ func TestJunkCommandsExempt(t *testing.T) {
 	}
 	c.expect("NOOP", 421, "4.7.0")
 }
+
+// The per-user lockout is what an outsider can aim at a real account:
+// ten wrong guesses from anywhere, and the groupware that logs in as that
+// user from its own address would get 454 until the window passed,
+// again and again. A client that has logged in as the user before (a
+// familiar client) is therefore not held to the user's count, only to
+// its own per-client one; a client that never has, is.
+func TestAuthUserLockoutSparesFamiliarClient(t *testing.T) {
+	role := &countingRole{fakeRole: fakeRole{authEnabled: true}}
+	h := start(t, role, func(o *smtpd.Options) {
+		o.AllowInsecureAuth = true
+		o.MaxAuthFailuresPerUser, o.MaxAuthFailuresPerClient, o.AuthFailureWindow = 4, 20, 15*time.Minute
+	})
+	groupware, _, _ := dialFrom(t, h.addr, "127.0.0.5")
+	groupware.ehlo("groupware.example.org")
+	groupware.expect(authPlain("user", "secret"), 235, "2.0.0")
+
+	if codes := guess(t, h.addr, "127.0.0.1", "user", 6); codes[535] != 4 || codes[454] != 2 {
+		t.Fatalf("an outsider's 6 guesses: %v, want 4×535 and 2×454 (the user is locked out)", codes)
+	}
+	c, _, _ := dialFrom(t, h.addr, "127.0.0.6")
+	c.ehlo("new.example.org")
+	c.expect(authPlain("user", "secret"), 454, "4.7.0")
+	c, _, _ = dialFrom(t, h.addr, "127.0.0.5")
+	c.ehlo("groupware.example.org")
+	c.expect(authPlain("user", "secret"), 235, "2.0.0")
+}
