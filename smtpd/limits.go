@@ -31,7 +31,10 @@ import (
 
 // ClientCounter keeps the counts of the per-client limits: events per key
 // in a sliding window. internal/anvil keeps them in memory; a cluster can
-// share them behind this interface, as Counter for the loop counts.
+// share them behind this interface, as Counter for the loop counts. A key
+// asked for with two windows has two counts: the login failures are
+// shared by listeners that may each have their own auth_failure_window,
+// and one listener's window must not reset another's count.
 type ClientCounter interface {
 	Counter
 	// Count is the number of events within window, without adding one:
@@ -227,7 +230,9 @@ func (s *Server) command(c *smtp.Conn, cmd string) error {
 		tc.Conn.SetReadDeadline(time.Now().Add(o.DataTimeout))
 		return nil
 	}
-	if !junk[cmd] || o.MaxJunkCommands <= 0 {
+	// Not for exempt clients, as the other per-client limits: the
+	// groupware may check its pooled sessions with NOOP or RSET.
+	if !junk[cmd] || o.MaxJunkCommands <= 0 || tc.exempt {
 		return nil
 	}
 	limit := o.MaxJunkCommands
@@ -269,12 +274,29 @@ func (s *session) rate(what string, limit int) *smtp.SMTPError {
 func authClientKey(client string) string { return "authfail client " + client }
 func authUserKey(user string) string     { return "authfail user " + strings.ToLower(user) }
 
+// authKnownKey counts the successful logins of a user from a client.
+func authKnownKey(user, client string) string {
+	return "authok " + client + " " + strings.ToLower(user)
+}
+
+// familiarFor is how long a client that logged in as a user stays exempt
+// from that user's failure count (not from its own). The per-user lockout
+// is what an outsider can aim at a real account from anywhere: without
+// this, ten wrong guesses would lock the groupware out of its own account,
+// window after window. A groupware logs in many times a day, a person's
+// mail program at least weekly; a month covers a holiday. In memory, as
+// the other counts: after a restart a client is familiar again from its
+// next successful login.
+const familiarFor = 30 * 24 * time.Hour
+
 // authGate runs before a password is checked: it waits until no other
 // login of the same client or user is being checked (so that parallel
 // connections see each other's failures: the count is read before
 // bcrypt, not after 300 of them), and refuses while the client or the
-// user is locked out, even the right password. release must be called
-// once the outcome is recorded (authResult).
+// user is locked out, even the right password. A client that logged in
+// as the user within familiarFor is held to its own count only.
+// release must be called once the outcome is recorded (authFailed,
+// authSucceeded).
 func (s *session) authGate(user string) (release func(), se *smtp.SMTPError, check string) {
 	o := &s.srv.opts
 	type gate struct {
@@ -285,7 +307,7 @@ func (s *session) authGate(user string) (release func(), se *smtp.SMTPError, che
 	if o.MaxAuthFailuresPerClient > 0 {
 		gates = append(gates, gate{authClientKey(s.tc.client), "max_auth_failures_per_client", "from " + s.tc.client, o.MaxAuthFailuresPerClient})
 	}
-	if o.MaxAuthFailuresPerUser > 0 {
+	if o.MaxAuthFailuresPerUser > 0 && !s.tc.exempt && !s.familiar(user) {
 		gates = append(gates, gate{authUserKey(user), "max_auth_failures_per_user", "for this user", o.MaxAuthFailuresPerUser})
 	}
 	var held []func()
@@ -319,6 +341,24 @@ func (s *session) authGate(user string) (release func(), se *smtp.SMTPError, che
 		}
 	}
 	return release, nil, ""
+}
+
+// familiar reports whether this client logged in as user within
+// familiarFor.
+func (s *session) familiar(user string) bool {
+	n, err := s.srv.counts.Count(authKnownKey(user, s.tc.client), s.srv.now(), familiarFor)
+	return err == nil && n > 0
+}
+
+// authSucceeded records a successful login, which makes the client
+// familiar for the user (authGate).
+func (s *session) authSucceeded(user string) {
+	if s.tc.exempt || s.srv.opts.MaxAuthFailuresPerUser <= 0 {
+		return
+	}
+	if _, err := s.srv.counts.Add(authKnownKey(user, s.tc.client), s.srv.now(), familiarFor); err != nil {
+		s.st.Log.Warn("client counts unavailable, successful login not recorded", "error", err)
+	}
 }
 
 // authFailed records a failed login for the client and the user.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"securerelay/internal/anvil"
 	"securerelay/smtpd"
 )
 
@@ -362,4 +363,80 @@ func TestStressTimeout(t *testing.T) {
 			t.Fatal("the stress time-out still applies with no other session")
 		}
 	}
+}
+
+// The failure counts are shared by the listeners (one store, as the relay
+// wires it), and each listener may have its own auth_failure_window. A
+// guess on a listener with another window must not wipe the count the
+// first one keeps: alternating between two submission ports used to
+// reset both counts, so the lockout never came (issue 11 review).
+func TestAuthFailuresAcrossListenersWithOtherWindows(t *testing.T) {
+	shared := anvil.New(0)
+	role := &countingRole{fakeRole: fakeRole{authEnabled: true}}
+	listener := func(name string, window time.Duration) *harness {
+		return start(t, role, func(o *smtpd.Options) {
+			o.Name, o.AllowInsecureAuth, o.ClientCounts = name, true, shared
+			o.MaxAuthFailuresPerUser, o.AuthFailureWindow = 2, window
+		})
+	}
+	a, b := listener("submission", 15*time.Minute), listener("smarthost", time.Hour)
+	guess(t, a.addr, "127.0.0.1", "user", 2)
+	guess(t, b.addr, "127.0.0.2", "user", 1)
+	c, _, _ := dialFrom(t, a.addr, "127.0.0.3")
+	c.ehlo("client.example.org")
+	if msg := c.expect(authPlain("user", "secret"), 454, "4.7.0"); !strings.Contains(msg, "for this user") {
+		t.Errorf("lockout reply: %s", msg)
+	}
+	if n := role.checks.Load(); n != 3 {
+		t.Errorf("%d passwords checked, want 3 (2 on the first listener, 1 on the second)", n)
+	}
+}
+
+// The junk command limit is a per-client limit like the others: a client
+// in trusted_networks or client_limit_exceptions (LimitExempt), such as
+// a groupware that checks its pooled sessions with NOOP, is not cut off.
+func TestJunkCommandsExempt(t *testing.T) {
+	h := start(t, ours(), func(o *smtpd.Options) {
+		o.MaxJunkCommands = 3
+		o.LimitExempt = exempt("127.0.0.3")
+	})
+	c, _, _ := dialFrom(t, h.addr, "127.0.0.3")
+	c.ehlo("groupware.example.org")
+	for i := 0; i < 10; i++ {
+		c.expect([]string{"NOOP", "RSET"}[i%2], 250, "")
+	}
+	c.expect("MAIL FROM:<a@example.org>", 250, "")
+	c, _, _ = dialFrom(t, h.addr, "127.0.0.4")
+	c.ehlo("client.example.org")
+	for i := 0; i < 3; i++ {
+		c.expect("NOOP", 250, "")
+	}
+	c.expect("NOOP", 421, "4.7.0")
+}
+
+// The per-user lockout is what an outsider can aim at a real account:
+// ten wrong guesses from anywhere, and the groupware that logs in as that
+// user from its own address would get 454 until the window passed,
+// again and again. A client that has logged in as the user before (a
+// familiar client) is therefore not held to the user's count, only to
+// its own per-client one; a client that never has, is.
+func TestAuthUserLockoutSparesFamiliarClient(t *testing.T) {
+	role := &countingRole{fakeRole: fakeRole{authEnabled: true}}
+	h := start(t, role, func(o *smtpd.Options) {
+		o.AllowInsecureAuth = true
+		o.MaxAuthFailuresPerUser, o.MaxAuthFailuresPerClient, o.AuthFailureWindow = 4, 20, 15*time.Minute
+	})
+	groupware, _, _ := dialFrom(t, h.addr, "127.0.0.5")
+	groupware.ehlo("groupware.example.org")
+	groupware.expect(authPlain("user", "secret"), 235, "2.0.0")
+
+	if codes := guess(t, h.addr, "127.0.0.1", "user", 6); codes[535] != 4 || codes[454] != 2 {
+		t.Fatalf("an outsider's 6 guesses: %v, want 4×535 and 2×454 (the user is locked out)", codes)
+	}
+	c, _, _ := dialFrom(t, h.addr, "127.0.0.6")
+	c.ehlo("new.example.org")
+	c.expect(authPlain("user", "secret"), 454, "4.7.0")
+	c, _, _ = dialFrom(t, h.addr, "127.0.0.5")
+	c.ehlo("groupware.example.org")
+	c.expect(authPlain("user", "secret"), 235, "2.0.0")
 }

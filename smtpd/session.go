@@ -120,6 +120,8 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 		err := s.srv.opts.Role.Authenticate(&s.st, user, pass)
 		if err != nil && isCredentialFailure(err) {
 			s.authFailed(user)
+		} else if err == nil {
+			s.authSucceeded(user)
 		}
 		release()
 		if err == nil {

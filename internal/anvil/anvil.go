@@ -29,9 +29,20 @@ const DefaultMaxKeys = 200_000
 // Memory is the in-memory store. The zero value is not usable; call New.
 type Memory struct {
 	mu      sync.Mutex
-	m       map[string]*entry
+	m       map[counted]*entry
 	maxKeys int
 	swept   time.Time
+}
+
+// counted names one count: a key has a count of its own per window.
+// Callers that share a key may ask with different windows (the failed
+// logins are counted across listeners, each with its own
+// auth_failure_window): one caller's window must never reset the count
+// another keeps, or alternating between them would keep every count at
+// one.
+type counted struct {
+	key    string
+	window time.Duration
 }
 
 type entry struct {
@@ -46,19 +57,21 @@ func New(maxKeys int) *Memory {
 	if maxKeys <= 0 {
 		maxKeys = DefaultMaxKeys
 	}
-	return &Memory{m: map[string]*entry{}, maxKeys: maxKeys}
+	return &Memory{m: map[counted]*entry{}, maxKeys: maxKeys}
 }
 
 // Add records one event for key at now and returns the number of events
-// of key within window, this one included.
+// of key within window, this one included. Each window has its own count
+// of a key.
 func (s *Memory) Add(key string, now time.Time, window time.Duration) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sweep(now)
-	e := s.m[key]
-	if e == nil || e.window != window {
+	k := counted{key, window}
+	e := s.m[k]
+	if e == nil {
 		e = &entry{window: window}
-		s.m[key] = e
+		s.m[k] = e
 	}
 	i := e.advance(now)
 	if e.n[i] < ^uint32(0) {
@@ -73,15 +86,15 @@ func (s *Memory) Add(key string, now time.Time, window time.Duration) (int, erro
 func (s *Memory) Count(key string, now time.Time, window time.Duration) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.m[key]
-	if e == nil || e.window != window {
+	e := s.m[counted{key, window}]
+	if e == nil {
 		return 0, nil
 	}
 	e.advance(now)
 	return e.sum(), nil
 }
 
-// Len is the number of keys held.
+// Len is the number of counts held (keys, per window).
 func (s *Memory) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -70,3 +70,18 @@ func TestBounded(t *testing.T) {
 		t.Errorf("%d keys after they all expired, want 1", s.Len())
 	}
 }
+
+// One key asked for with two windows keeps two counts: a caller with
+// another window neither resets nor reads the first one's.
+func TestWindowsApart(t *testing.T) {
+	s := New(0)
+	t0 := time.Unix(1_800_000_000, 0)
+	s.Add("k", t0, 15*time.Minute)
+	s.Add("k", t0, 15*time.Minute)
+	if n, _ := s.Add("k", t0, time.Hour); n != 1 {
+		t.Errorf("first event under the other window counted as %d, want 1", n)
+	}
+	if n, _ := s.Count("k", t0, 15*time.Minute); n != 2 {
+		t.Errorf("count under the first window after an event under another: %d, want 2", n)
+	}
+}

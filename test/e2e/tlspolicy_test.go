@@ -15,12 +15,14 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -940,4 +942,86 @@ func TestRouteCredentials(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestTLSPolicyPooledSessionAcrossReload (issue 11 review: finding 1 with
+// a reload in between): a session to the gateway, verified through the
+// CA in ca_file and pooled, carries the next message; after a SIGHUP that
+// drops that CA (compromised, replaced) it must carry nothing more. The
+// next message gets a new session, which fails verify (4.7.5), and the
+// gateway sees no envelope command for it.
+func TestTLSPolicyPooledSessionAcrossReload(t *testing.T) {
+	requireTool(t, "swaks")
+	oldCA, newCA := newTestCA(t), newTestCA(t)
+	gw := startPolicyMX(t, listenLoopback(t), mxOptions{TLS: serverTLS(oldCA.issue(t, certSpec{names: []string{"gw.corp.test"}}))})
+	_, port, _ := strings.Cut(gw.Addr, ":")
+	dns := dnstest.NewServer(t, "gw.corp.test. A 127.0.0.1\n")
+	tlsConf := func(ca *testCA) string {
+		return fmt.Sprintf("    ca_file: %q\n    policies:\n      - {match: gw.corp.test, level: verify}\n", ca.pemFile)
+	}
+	r := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(), IdleTimeout: "5m",
+		Routes: fmt.Sprintf("    - {match: .corp.test, next_hop: \"smtp://gw.corp.test:%s\"}\n", port), TLS: tlsConf(oldCA)})
+
+	for i, rcpt := range []string{"x@a.corp.test", "y@b.corp.test"} {
+		id := r.send(t, "s@example.test", rcpt, fmt.Sprintf("marker-before-%d", i))
+		if a := r.waitAttempt(t, id, 20*time.Second); a.Status != "sent" || !strings.Contains(a.Line, "achieved=verify") {
+			t.Fatalf("%s before the reload: %s, want sent with achieved=verify:\n%s", rcpt, a.Status, a.Line)
+		}
+	}
+	if n := gw.Conns(); n != 1 {
+		t.Fatalf("the gateway saw %d connections for two messages, want 1: nothing was pooled, so this test proves nothing", n)
+	}
+
+	cfg := readFile(t, r.Cfg)
+	writeFile(t, r.Cfg, strings.Replace(cfg, tlsConf(oldCA), tlsConf(newCA), 1))
+	mark := r.Mark()
+	r.Signal(syscall.SIGHUP)
+	r.WaitLog(mark, 10*time.Second, "configuration reloaded")
+
+	id := r.send(t, "s@example.test", "z@a.corp.test", "marker-after-reload")
+	a := r.waitAttempt(t, id, 20*time.Second)
+	if a.Status != "deferred" || !strings.Contains(a.Line, "dsn=4.7.5") || !strings.Contains(a.Line, "certificate not trusted") {
+		t.Errorf("after the CA was dropped: %s, want deferred with 4.7.5 (certificate not trusted):\n%s", a.Status, a.Line)
+	}
+	if n := len(gw.Mails()); n != 2 {
+		t.Errorf("the gateway saw %d MAIL commands, want the 2 from before the reload", n)
+	}
+	if strings.Contains(gw.Transcript(), "marker-after-reload") || slices.Contains(gw.Rcpts(), "z@a.corp.test") {
+		t.Errorf("the message sent after the reload reached the gateway:\n%s", gw.Transcript())
+	}
+}
+
+// TestTLSPolicyLMTPHandshakeFails (issue 11 review: finding 2, a server
+// that offers STARTTLS and then fails the handshake): at may the delivery
+// retries in clear text, as over SMTP; under a rule that requires TLS
+// (encrypt) it is deferred with 4.7.10 and the LMTP server gets no
+// envelope command.
+func TestTLSPolicyLMTPHandshakeFails(t *testing.T) {
+	requireTool(t, "swaks")
+	broken := &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		return nil, errors.New("no certificate today")
+	}}
+	mayLMTP := startPolicyMX(t, listenLoopback(t), mxOptions{LMTP: true, TLS: broken})
+	encLMTP := startPolicyMX(t, listenLoopback(t), mxOptions{LMTP: true, TLS: broken})
+	dns := dnstest.NewServer(t, "")
+	r := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(),
+		Routes: fmt.Sprintf("    - {match: lmtp-may.test, next_hop: \"lmtp://%s\"}\n    - {match: lmtp-enc.test, next_hop: \"lmtp://%s\"}\n",
+			mayLMTP.Addr, encLMTP.Addr),
+		TLS: "    policies:\n      - {match: lmtp-enc.test, level: encrypt}\n"})
+
+	id := r.send(t, "s@example.test", "u@lmtp-may.test", "marker-lmtp-may")
+	if a := r.waitAttempt(t, id, 20*time.Second); a.Status != "sent" || !strings.Contains(a.Line, "achieved=none") {
+		t.Errorf("may, failed handshake: %s, want sent in clear text:\n%s", a.Status, a.Line)
+	}
+	r.waitLine(t, 5*time.Second, "STARTTLS failed, retrying in clear", "relay=127.0.0.1")
+	if m := mayLMTP.waitMessage(t, 5*time.Second); m.TLS {
+		t.Errorf("the LMTP server got the message inside TLS, after a failed handshake?")
+	}
+
+	id = r.send(t, "s@example.test", "u@lmtp-enc.test", "marker-lmtp-enc")
+	a := r.waitAttempt(t, id, 20*time.Second)
+	if a.Status != "deferred" || !strings.Contains(a.Line, "dsn=4.7.10") || !strings.Contains(a.Line, "tls required=encrypt (policy rule 1 (match lmtp-enc.test))") {
+		t.Errorf("encrypt, failed handshake: %s, want deferred with 4.7.10 under rule 1:\n%s", a.Status, a.Line)
+	}
+	encLMTP.checkUntouched(t, "marker-lmtp-enc", true)
 }
