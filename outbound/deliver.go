@@ -193,7 +193,11 @@ func (e *Engine) Deliver(ctx context.Context, d *queue.Delivery) []queue.Result 
 	}
 	var groups []*group
 	byKey := map[string]*group{}
-	pol := e.tls.Load().d
+	// One snapshot of the TLS policy (and its encryption rules) for the
+	// whole delivery: a SIGHUP meanwhile must not group recipients by one
+	// set of rules and decide their transactions by another.
+	ts := e.tls.Load()
+	pol := ts.d
 	for i, rc := range d.Rcpts {
 		dom := strings.ToLower(rc[strings.LastIndexByte(rc, '@')+1:])
 		t := router.Route(dom)
@@ -223,7 +227,7 @@ func (e *Engine) Deliver(ctx context.Context, d *queue.Delivery) []queue.Result 
 		if g.t.Kind == "maildir" {
 			gr = deliverMaildir(g.t.Addr, e.o.Helo, d, rcpts)
 		} else {
-			gr = e.deliverRemote(ctx, d, g.t, g.dom, rcpts)
+			gr = e.deliverRemote(ctx, ts, d, g.t, g.dom, rcpts)
 		}
 		for k, i := range g.idx {
 			res[i] = gr[k]
@@ -266,7 +270,7 @@ func (e *Engine) releaseDest(d *dest) {
 	e.mu.Unlock()
 }
 
-func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target, ruleDom string, rcpts []string) []queue.Result {
+func (e *Engine) deliverRemote(ctx context.Context, ts *tlsState, d *queue.Delivery, t Target, ruleDom string, rcpts []string) []queue.Result {
 	ds := e.dest(t.Key())
 	defer e.releaseDest(ds)
 	select {
@@ -276,7 +280,6 @@ func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target,
 	}
 	defer func() { <-ds.sem }()
 
-	ts := e.tls.Load()
 	pol, key, fail := e.decideTLS(ctx, ts, d, t, ruleDom)
 	if fail != nil {
 		return all(len(rcpts), *fail)
