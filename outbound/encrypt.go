@@ -375,9 +375,9 @@ func noKeyResult(rcpt string, lr encrypt.Result, pol *tlspolicy.Policy, tlsFail 
 		return r
 	}
 	return queue.Result{Status: queue.TempFail, Code: "4.7.5",
-		Reply:      fmt.Sprintf("mail to %s is always encrypted (%s, encrypt: always), and there is %s; not sent", pol.Domain, pol.Source, why),
-		TLSPolicy:  fmt.Sprintf("tls required=%s (%s) not tried: encrypt: always and no key", pol.Level, pol.Source),
-		Encryption: "openpgp: " + why,
+		Reply:       fmt.Sprintf("mail to %s is always encrypted (%s, encrypt: always), and there is %s; not sent", pol.Domain, pol.Source, why),
+		TLSPolicy:   fmt.Sprintf("tls required=%s (%s) not tried: encrypt: always and no key", pol.Level, pol.Source),
+		Encryption:  "openpgp: " + why,
 		Explanation: alwaysAdvice(pol.Domain, rcpt, lr),
 	}
 }
