@@ -17,6 +17,7 @@ import (
 
 	"securerelay/dkim"
 	"securerelay/dnsutil"
+	"securerelay/encrypt"
 	"securerelay/queue"
 	"securerelay/smtputil"
 	"securerelay/tlspolicy"
@@ -533,6 +534,19 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 		// that leave; the copy is made for the recipients the next hop
 		// took, after RCPT, and is not kept: each attempt encrypts anew.
 		sc, err := s.seal(d, ok)
+		if errors.Is(err, encrypt.ErrMalformed) {
+			// No later attempt can encrypt it either: back to the sender
+			// now, not a retry every few hours until queue.max_age.
+			why := strings.Join(strings.Fields(err.Error()), " ")
+			for _, i := range okIdx {
+				res[i] = queue.Result{Status: queue.PermFail, Code: "5.6.0", Relay: p.relay, TLS: tlsInfo, TLSPolicy: p.outcome,
+					Encryption: s.note(rcpts[i]),
+					Reply:      "the message is malformed and cannot be encrypted as the TLS policy requires (" + why + "); not sent",
+					Explanation: "Your organisation's policy requires this message to be encrypted end to end for this recipient, and it could not be: " +
+						"its header is malformed (" + why + "). Nothing was sent. Ask whoever runs the program that wrote the message to fix it, then send it again."}
+			}
+			return res, p.cl.reset() != nil, false
+		}
 		if err != nil {
 			fail("4.3.0", "encrypting the message failed: "+err.Error())
 			return res, p.cl.reset() != nil, false
