@@ -349,9 +349,14 @@ func (e *Engine) deliverEncrypting(ctx context.Context, ds *dest, en *Encryption
 		return res
 	}
 	if r.WithoutKeyTLS {
-		out, _ := e.send(ctx, ds, d, t, pol, key, pick(rcpts, unkeyed), nil, false)
+		out, failed := e.send(ctx, ds, d, t, pol, key, pick(rcpts, unkeyed), nil, false)
 		for k, i := range unkeyed {
 			res[i] = out[k]
+			if failed {
+				// Neither the level nor a key: the log line and the DSN
+				// name both, and both remedies.
+				res[i] = noKeyResult(rcpts[i], looked[i], pol, out, k)
+			}
 		}
 		return res
 	}
@@ -362,8 +367,9 @@ func (e *Engine) deliverEncrypting(ctx context.Context, ds *dest, en *Encryption
 }
 
 // noKeyResult is the result of a recipient that waits for a key: after
-// the TLS attempt that fell short (tlsFail, fallback: encrypt), or at once
-// (encrypt: always). It stays temporary: a key may be published (WKD) or
+// the TLS attempt that fell short (tlsFail: fallback: encrypt, or encrypt:
+// always with without_key: tls; i indexes tlsFail), or at once (encrypt:
+// always). It stays temporary: a key may be published (WKD) or
 // pinned before queue.max_age, and the DSN then says what was missing.
 func noKeyResult(rcpt string, lr encrypt.Result, pol *tlspolicy.Policy, tlsFail []queue.Result, i int) queue.Result {
 	why := keyRefusal(rcpt, lr)
