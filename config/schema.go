@@ -508,7 +508,7 @@ type TLSPolicy struct {
 	// WithoutKey (with encrypt: always): a recipient without a usable key
 	// is refused at RCPT on outbound listeners and waits at delivery
 	// (refuse, default), or is sent unencrypted when the TLS level is met
-	// (tls).
+	// (tls; not with level none or may, which clear text meets).
 	WithoutKey string `yaml:"without_key"`
 	// Keys pinned for this destination: used first, need not name the
 	// recipient in a user ID.

@@ -759,6 +759,9 @@ func (l *loader) checkRuleEncryption(c *Config, p string, r *TLSPolicy, host boo
 		} else {
 			l.oneOf(p+".without_key", r.WithoutKey, "refuse", "tls")
 		}
+		if r.Encrypt == "always" && r.WithoutKey == "tls" && (r.Level == "none" || r.Level == "may") {
+			l.errorf(p+".without_key", "tls sends the mail of a recipient without a key unencrypted under the rule's level, and level %s is met in clear text; raise the level (encrypt, verify, …) or use refuse", r.Level)
+		}
 	}
 	if !encrypts {
 		for _, k := range []struct {
