@@ -11,6 +11,7 @@ package outbound_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"io"
@@ -31,6 +32,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
+	"github.com/emersion/go-smtp"
 
 	"securerelay/dnsutil"
 	"securerelay/dnsutil/dnstest"
@@ -510,6 +512,13 @@ func TestEncryptAlways(t *testing.T) {
 			// Without a key and without the TLS the rule asks: never
 			// sent, neither in clear nor over the unverified session.
 			check(t, "carol", res[1], queue.TempFail, tc.code)
+			// What she lacked is both: the level, and a key. Her log
+			// line and the DSN say so, and what the partner can do
+			// (publish a key); they once spoke of TLS alone.
+			if !strings.Contains(res[1].Encryption, "no usable OpenPGP key for carol@partner.test") ||
+				!strings.Contains(res[1].Explanation, "No usable OpenPGP key was found for carol@partner.test") {
+				t.Errorf("carol: encryption %q, DSN explanation %q; want them to say there is no key", res[1].Encryption, res[1].Explanation)
+			}
 			h.none()
 		})
 	}
@@ -581,5 +590,313 @@ func TestEncryptThroughRoute(t *testing.T) {
 	h.none()
 	if len(got) != 2 {
 		t.Errorf("transactions %v, want one for bob and one for x and y", got)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Review of the integration (issue 12): what the rule protects must not
+// leave below its level whichever way the delivery turns.
+
+// A message whose header cannot be parsed cannot be encrypted, now or at
+// any later attempt: it is returned to its sender at once (5.6.x, saying
+// why), not retried until queue.max_age, and nothing but MAIL, RCPT and
+// RSET reaches the MX, in both modes. Without the fix the recipient was
+// deferred (4.3.0) at every attempt for days.
+func TestEncryptMalformedHeaderBounces(t *testing.T) {
+	bob := pgpKey(t, "bob@partner.test")
+	const msg = "From: <sender@ours.test>\r\nTo: <bob@partner.test>\r\nSubject: secret-subject\r\n" +
+		"this line is no header field\r\n\r\nsecret-body\r\n"
+	for _, tc := range []struct {
+		name  string
+		rules []tlspolicy.Rule
+		enc   *outbound.EncryptRule
+	}{
+		{"fallback: encrypt", fallbackRule(tlspolicy.Verify), &outbound.EncryptRule{}},
+		{"encrypt: always", []tlspolicy.Rule{{Match: "partner.test", Level: tlspolicy.Verify}}, &outbound.EncryptRule{Always: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHop(t, hopOptions{})
+			dir := directory(t, encrypt.Options{KeyringDir: keyringOf(t, bob)})
+			e := encEngine(t, h, dir, tc.rules, map[string]*outbound.EncryptRule{"partner.test": tc.enc}, nil, 0, t.TempDir())
+			r := deliver(t, e, newSpool(t).put("sender@ours.test", []string{"bob@partner.test"}, msg))[0]
+			if r.Status != queue.PermFail || !strings.HasPrefix(r.Code, "5.6.") {
+				t.Errorf("%s %s %q; want a permanent 5.6.x failure (the message cannot be encrypted, ever)", statusName(r.Status), r.Code, r.Reply)
+			}
+			if !strings.Contains(r.Reply, "malformed") || !strings.Contains(r.Explanation, "header") {
+				t.Errorf("reply %q, DSN explanation %q; want them to say the header is malformed", r.Reply, r.Explanation)
+			}
+			h.none()
+		})
+	}
+}
+
+// A key valid at the lookup that expires before DATA (the next hop is
+// slow at RCPT) is not used: the OpenPGP library refuses it, the
+// recipient waits (temporarily: the next lookup refuses the key and says
+// so), and nothing is sent, neither encrypted to an expired key nor in
+// clear.
+func TestEncryptKeyExpiresBeforeData(t *testing.T) {
+	const life = 2 // seconds
+	bob, err := openpgp.NewEntity("Test", "", "bob@partner.test",
+		&packet.Config{Algorithm: packet.PubKeyAlgoEdDSA, Curve: packet.Curve25519, KeyLifetimeSecs: life})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expires := bob.PrimaryKey.CreationTime.Add(life * time.Second)
+	h := newHop(t, hopOptions{Rcpt: func(string) error {
+		// Until the key has expired (go-crypto compares whole
+		// seconds), bounded by the test's time-out.
+		time.Sleep(time.Until(expires) + 1500*time.Millisecond)
+		return nil
+	}})
+	dir := directory(t, encrypt.Options{KeyringDir: keyringOf(t, bob)})
+	e := encEngine(t, h, dir, fallbackRule(tlspolicy.Verify), map[string]*outbound.EncryptRule{"partner.test": {}}, nil, 0, t.TempDir())
+	sp := newSpool(t)
+	r := deliver(t, e, sp.put("sender@ours.test", []string{"bob@partner.test"}, message))[0]
+	if r.Status != queue.TempFail || !strings.Contains(r.Reply, "encrypting the message failed") {
+		t.Errorf("%s %s %q; want a temporary failure of the encryption", statusName(r.Status), r.Code, r.Reply)
+	}
+	h.none()
+	r = deliver(t, e, sp.put("sender@ours.test", []string{"bob@partner.test"}, message))[0]
+	check(t, "next attempt", r, queue.TempFail, "4.7.10")
+	if !strings.Contains(r.Reply, "no usable OpenPGP key for bob@partner.test") || !strings.Contains(r.Reply, "expired") {
+		t.Errorf("next attempt: reply %q; want it to say bob's key expired", r.Reply)
+	}
+	h.none()
+}
+
+// The encrypted copy is made for the recipients the next hop accepted at
+// RCPT only: a refused recipient's key is not in it (its key ID would
+// tell the next hop who else was meant), 5xx returns, 4xx waits.
+func TestEncryptOnlyToAcceptedRecipients(t *testing.T) {
+	alice, bob, carol := pgpKey(t, "alice@partner.test"), pgpKey(t, "bob@partner.test"), pgpKey(t, "carol@partner.test")
+	h := newHop(t, hopOptions{Rcpt: func(to string) error {
+		switch to {
+		case "alice@partner.test":
+			return smtpErr(550, smtp.EnhancedCode{5, 1, 1}, "no such user")
+		case "carol@partner.test":
+			return smtpErr(450, smtp.EnhancedCode{4, 2, 1}, "mailbox busy")
+		}
+		return nil
+	}})
+	dir := directory(t, encrypt.Options{KeyringDir: keyringOf(t, alice, bob, carol)})
+	e := encEngine(t, h, dir, fallbackRule(tlspolicy.Verify), map[string]*outbound.EncryptRule{"partner.test": {}}, nil, 0, t.TempDir())
+	res := deliver(t, e, newSpool(t).put("sender@ours.test", []string{"alice@partner.test", "bob@partner.test", "carol@partner.test"}, message))
+	check(t, "alice", res[0], queue.PermFail, "5.1.1")
+	check(t, "bob", res[1], queue.Delivered, "2.0.0")
+	check(t, "carol", res[2], queue.TempFail, "4.2.1")
+	m := h.next()
+	h.none()
+	if strings.Join(m.To, ",") != "bob@partner.test" {
+		t.Fatalf("MX got the message for %v, want bob alone", m.To)
+	}
+	if _, _, ids := sealed(t, m.Data); !sameIDs(ids, []uint64{encryptionKeyID(bob)}) {
+		t.Errorf("copy encrypted to key IDs %x, want bob's %x alone", ids, encryptionKeyID(bob))
+	}
+}
+
+// The next hop goes away at the end of DATA: what it read is the
+// encrypted copy, the recipient waits (4.4.2), the session is not pooled,
+// and the next attempt encrypts afresh (a new session key) and is
+// delivered.
+func TestEncryptDroppedAtDataThenRetry(t *testing.T) {
+	bob := pgpKey(t, "bob@partner.test")
+	var calls atomic.Int32
+	seen := make(chan []byte, 2)
+	ho := hopOptions{Data: func(b []byte) error {
+		seen <- b
+		if calls.Add(1) == 1 {
+			return errDrop
+		}
+		return nil
+	}}
+	h := newHop(t, ho)
+	dir := directory(t, encrypt.Options{KeyringDir: keyringOf(t, bob)})
+	e := encEngine(t, h, dir, fallbackRule(tlspolicy.Verify), map[string]*outbound.EncryptRule{"partner.test": {}}, nil, time.Minute, t.TempDir())
+	sp := newSpool(t)
+	d := sp.put("sender@ours.test", []string{"bob@partner.test"}, message)
+	check(t, "first attempt", deliver(t, e, d)[0], queue.TempFail, "4.4.2")
+	first := <-seen
+	if !isPGPMIME(first) || bytes.Contains(first, []byte("..two dots")) {
+		t.Fatalf("what the MX read before it went away is not the encrypted copy:\n%s", first)
+	}
+	check(t, "retry", deliver(t, e, d)[0], queue.Delivered, "2.0.0")
+	m := h.next()
+	if !isPGPMIME(m.Data) || bytes.Equal(m.Data, first) {
+		t.Errorf("retry: encrypted %v, same bytes as the first attempt %v; want a fresh encrypted copy", isPGPMIME(m.Data), bytes.Equal(m.Data, first))
+	}
+	// Each attempt: the session that fails the level, then the relaxed
+	// one; the dropped session is not reused.
+	if n := h.conns.Load(); n != 4 {
+		t.Errorf("%d connections, want 4 (per attempt, one for the level, one relaxed)", n)
+	}
+}
+
+// A relaxed session (pooled after an encrypted delivery) outlives a
+// SIGHUP that changes the rule to defer, or drops the recipient's key:
+// the next delivery under the new rules must not use it, and sends
+// nothing; back to the old rules, a fresh session carries a fresh
+// encrypted copy.
+func TestEncryptPooledSessionAcrossReload(t *testing.T) {
+	bob := pgpKey(t, "bob@partner.test")
+	ho := hopOptions{}
+	mails := countMails(&ho)
+	h := newHop(t, ho)
+	withKey := directory(t, encrypt.Options{KeyringDir: keyringOf(t, bob)})
+	noKey := directory(t, encrypt.Options{KeyringDir: keyringOf(t)})
+	e := encEngine(t, h, withKey, fallbackRule(tlspolicy.Verify), map[string]*outbound.EncryptRule{"partner.test": {}}, nil, time.Minute, t.TempDir())
+	decider := func(rules []tlspolicy.Rule) *tlspolicy.Decider {
+		d, err := tlspolicy.New(tlspolicy.Options{Rules: rules})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	sp := newSpool(t)
+	check(t, "encrypted", deliver(t, e, sp.put("sender@ours.test", []string{"bob@partner.test"}, message))[0], queue.Delivered, "2.0.0")
+	if !isPGPMIME(h.next().Data) {
+		t.Fatal("first message not encrypted")
+	}
+	for _, c := range []struct {
+		what  string
+		rules []tlspolicy.Rule
+		enc   *outbound.Encryption
+	}{
+		{"rule changed to defer", []tlspolicy.Rule{{Match: "partner.test", Level: tlspolicy.Verify, Fallback: tlspolicy.FallbackDefer}}, nil},
+		{"key removed", fallbackRule(tlspolicy.Verify), &outbound.Encryption{Dir: noKey, Rules: map[string]*outbound.EncryptRule{"partner.test": {}}}},
+	} {
+		e.SetTLS(decider(c.rules), false, c.enc)
+		r := deliver(t, e, sp.put("sender@ours.test", []string{"bob@partner.test"}, message))[0]
+		check(t, c.what, r, queue.TempFail, "4.7.10")
+		h.none()
+	}
+	e.SetTLS(decider(fallbackRule(tlspolicy.Verify)), false, &outbound.Encryption{Dir: withKey, Rules: map[string]*outbound.EncryptRule{"partner.test": {}}, SpillDir: t.TempDir()})
+	check(t, "encrypted again", deliver(t, e, sp.put("sender@ours.test", []string{"bob@partner.test"}, message))[0], queue.Delivered, "2.0.0")
+	if !isPGPMIME(h.next().Data) {
+		t.Fatal("third message not encrypted")
+	}
+	if n := mails.Load(); n != 2 {
+		t.Errorf("MX saw %d MAIL commands, want 2 (the encrypted copies)", n)
+	}
+}
+
+// Through a smarthost route with credentials, under a partner rule that
+// the smarthost does not meet: the encrypted copy may take a relaxed
+// session, but the credentials still go only to a smarthost whose
+// certificate proves its name (auth.tls: verify, the default). A
+// self-signed one gets neither the credentials nor the message; a
+// verified one (that fails the partner's rule on another point) gets
+// both, the message encrypted.
+func TestEncryptRouteCredentialsOverRelaxedSession(t *testing.T) {
+	bob := pgpKey(t, "bob@partner.test")
+	run := func(t *testing.T, hopTLS *tls.Config, roots *x509.CertPool, level tlspolicy.Level) (*hop, queue.Result) {
+		h := newHop(t, hopOptions{TLS: hopTLS, Users: map[string]string{"relay": "s3cret"}})
+		dir := directory(t, encrypt.Options{KeyringDir: keyringOf(t, bob)})
+		dec, err := tlspolicy.New(tlspolicy.Options{RootCAs: roots, Rules: []tlspolicy.Rule{{Match: "partner.test", Level: level, Fallback: tlspolicy.FallbackEncrypt}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tg := target(t, "smtp://localhost:"+h.port)
+		tg.Auth = &outbound.RouteAuth{Username: "relay", Password: "s3cret"}
+		e := engine(t, &outbound.Router{Routes: []outbound.Route{{Match: "*", Target: tg}}}, func(o *outbound.EngineOptions) {
+			o.TLS = dec
+			o.Encryption = &outbound.Encryption{Dir: dir, Rules: map[string]*outbound.EncryptRule{"partner.test": {}}, SpillDir: t.TempDir()}
+		})
+		return h, deliver(t, e, newSpool(t).put("sender@ours.test", []string{"bob@partner.test"}, message))[0]
+	}
+	t.Run("self-signed smarthost", func(t *testing.T) {
+		h, r := run(t, selfSigned(t), nil, tlspolicy.Verify)
+		if r.Status != queue.TempFail || !strings.HasPrefix(r.Code, "4.7.") || !strings.Contains(r.Reply, "credentials not sent") {
+			t.Errorf("%s %s %q; want it deferred, the credentials not sent", statusName(r.Status), r.Code, r.Reply)
+		}
+		if n := h.authTries.Load(); n != 0 {
+			t.Errorf("the smarthost saw %d AUTH commands over a session that does not prove its name", n)
+		}
+		h.none()
+	})
+	t.Run("verified smarthost, partner rule not met", func(t *testing.T) {
+		hopTLS, roots := trustedTLS(t, "localhost")
+		// secure asks for a certificate naming partner.test, which the
+		// smarthost's does not.
+		h, r := run(t, hopTLS, roots, tlspolicy.Secure)
+		check(t, "bob", r, queue.Delivered, "2.0.0")
+		if !strings.Contains(r.TLSPolicy, "fallback=encrypt") {
+			t.Errorf("tls_policy %q, want fallback=encrypt", r.TLSPolicy)
+		}
+		m := h.next()
+		if m.Auth != "relay" || !m.TLS || !isPGPMIME(m.Data) {
+			t.Errorf("smarthost got auth %q, TLS %v, encrypted %v; want the route's login, TLS, and the encrypted copy", m.Auth, m.TLS, isPGPMIME(m.Data))
+		}
+	})
+}
+
+// encrypt: always and REQUIRETLS: the recipient with a key gets the
+// encrypted copy only over a session that meets the level (RFC 8689: TLS
+// on every hop); without one, the message is returned, not sent over the
+// relaxed session.
+func TestEncryptAlwaysRequireTLS(t *testing.T) {
+	bob := pgpKey(t, "bob@partner.test")
+	h := newHop(t, hopOptions{})
+	dir := directory(t, encrypt.Options{KeyringDir: keyringOf(t, bob)})
+	e := encEngine(t, h, dir, []tlspolicy.Rule{{Match: "partner.test", Level: tlspolicy.Verify}},
+		map[string]*outbound.EncryptRule{"partner.test": {Always: true}}, nil, 0, t.TempDir())
+	d := newSpool(t).put("sender@ours.test", []string{"bob@partner.test"}, message)
+	d.Envelope.RequireTLS = true
+	r := deliver(t, e, d)[0]
+	if r.Status != queue.PermFail || !strings.HasPrefix(r.Code, "5.7.") || strings.Contains(r.TLSPolicy, "fallback=encrypt") {
+		t.Errorf("%s %s %q (tls_policy %q); want returned with 5.7.x, never the relaxed session", statusName(r.Status), r.Code, r.Reply, r.TLSPolicy)
+	}
+	h.none()
+}
+
+// Header fields that carry what the encryption protects, in odd shapes
+// (folded, encoded-words, raw UTF-8, duplicated, obsolete "Name :"
+// syntax, lower case, the attachment's name in the top-level header of a
+// single-part message, fields of Outlook and mailers): none of it is in
+// what the MX receives, all of it is inside.
+func TestEncryptOddHeadersStayInside(t *testing.T) {
+	bob := pgpKey(t, "bob@partner.test")
+	secrets := []string{"SECRET-FOLDED", "SECRET-Q", "U0VDUkVULUI=", "SECRET-B", "SECRET-UTF8", "SECRET-DUP", "SECRET-OBS",
+		"SECRET-LOWER", "SECRET-FILE", "SECRET-TOPIC", "SECRET-KEYWORD", "SECRET-MAILER", "SECRET-DESC", "SECRET-ORG", "SECRET-BODY",
+		"SECRET-REPLYTO", "SECRET-COMMENT"}
+	msg := "From: <sender@ours.test>\r\n" +
+		"To: <bob@partner.test>\r\n" +
+		"Subject: a folded\r\n SECRET-FOLDED subject\r\n" +
+		"Subject: =?utf-8?q?SECRET-Q?= =?UTF-8?B?U0VDUkVULUI=?=\r\n" +
+		"subject: Gehälter SECRET-UTF8 SECRET-LOWER\r\n" +
+		"Subject: SECRET-DUP\r\n" +
+		"Subject : SECRET-OBS\r\n" +
+		"Thread-Topic: SECRET-TOPIC\r\n" +
+		"Keywords: SECRET-KEYWORD\r\n" +
+		"Comments: SECRET-COMMENT\r\n" +
+		"X-Mailer: SECRET-MAILER\r\n" +
+		"Organization: SECRET-ORG\r\n" +
+		"Reply-To: <SECRET-REPLYTO@ours.test>\r\n" +
+		"MIME-Version: 1.0\r\n" +
+		"Content-Type: application/pdf; name=\"SECRET-FILE.pdf\"\r\n" +
+		"Content-Disposition: attachment;\r\n filename=\"SECRET-FILE.pdf\"\r\n" +
+		"Content-Description: SECRET-DESC\r\n" +
+		"Content-Transfer-Encoding: 8bit\r\n" +
+		"\r\n" +
+		"SECRET-BODY Grüße\r\n"
+	h := newHop(t, hopOptions{})
+	dir := directory(t, encrypt.Options{KeyringDir: keyringOf(t, bob)})
+	e := encEngine(t, h, dir, fallbackRule(tlspolicy.Verify), map[string]*outbound.EncryptRule{"partner.test": {}}, nil, 0, t.TempDir())
+	check(t, "bob", deliver(t, e, newSpool(t).put("sender@ours.test", []string{"bob@partner.test"}, msg))[0], queue.Delivered, "2.0.0")
+	m := h.next()
+	for _, s := range secrets {
+		if bytes.Contains(m.Data, []byte(s)) {
+			t.Errorf("%q left in clear", s)
+		}
+	}
+	if bytes.IndexFunc(m.Data, func(r rune) bool { return r > 0x7e }) >= 0 {
+		t.Errorf("the encrypted message has 8-bit bytes outside")
+	}
+	_, ct, _ := sealed(t, m.Data)
+	p := decryptWith(t, ct, bob)
+	for _, s := range secrets {
+		if !bytes.Contains(p, []byte(s)) {
+			t.Errorf("%q missing inside", s)
+		}
 	}
 }
