@@ -59,7 +59,9 @@
 // minute while it changes and on Close: positive answers for PositiveTTL
 // (6 h; an OPENPGPKEY answer no longer than its DNS TTL), negative ones
 // for NegativeTTL (30 min), temporary failures for one minute in memory
-// only. Concurrent lookups of one address share one fetch.
+// only (a WKD server that does not answer at all, or DNS trouble, for
+// every address of its domain). Concurrent lookups of one address share
+// one fetch.
 //
 // # Messages
 //

@@ -900,3 +900,58 @@ func TestEncryptOddHeadersStayInside(t *testing.T) {
 		}
 	}
 }
+
+// A partner whose WKD server accepts connections and never answers: an
+// RCPT under encrypt: always waits for the lookup (450 4.7.1 after
+// RemoteTimeout, 15 s by default). The next addresses of that domain must
+// not wait as long again, one after the other: the hung server is asked
+// once, and they fail at once, for now. (The failure was remembered per
+// address only, so a transaction with many recipients there held its
+// client RemoteTimeout per RCPT, and a delivery its destination slot.)
+// Their reply must not name the first address.
+func TestEncryptHungWKDAtRCPT(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var held []net.Conn // never answered
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				for _, c := range held {
+					c.Close()
+				}
+				return
+			}
+			accepted.Add(1)
+			held = append(held, c)
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	var dialer net.Dialer
+	dir := directory(t, encrypt.Options{WKD: true, RemoteTimeout: 300 * time.Millisecond,
+		Resolver: dnstest.Mock{Host: map[string][]netip.Addr{"openpgpkey.partner.test": {netip.MustParseAddr("127.0.0.1")}}},
+		HTTPClient: &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return dialer.DialContext(ctx, network, ln.Addr().String())
+		}}},
+	})
+	h := newHop(t, hopOptions{})
+	e := encEngine(t, h, dir, []tlspolicy.Rule{{Match: "partner.test", Level: tlspolicy.Verify}},
+		map[string]*outbound.EncryptRule{"partner.test": {Always: true, Sources: []encrypt.Source{encrypt.SourceWKD}}}, nil, 0, t.TempDir())
+	for _, rc := range []string{"anna@partner.test", "bert@partner.test", "cleo@partner.test"} {
+		se := e.RequiredKey(context.Background(), rc)
+		if se == nil || se.Code != 450 || !strings.Contains(se.Message, rc) {
+			t.Fatalf("%s: %v, want 450 naming it (lookup failed for now)", rc, se)
+		}
+		if rc != "anna@partner.test" && strings.Contains(se.Message, "anna") {
+			t.Errorf("%s: reply %q names the address looked up before", rc, se.Message)
+		}
+	}
+	if n := accepted.Load(); n != 1 {
+		t.Errorf("the hung WKD server was asked %d times for 3 addresses of its domain, want once", n)
+	}
+}
