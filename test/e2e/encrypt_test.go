@@ -24,6 +24,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -979,5 +980,136 @@ outbound:
 	writeFile(t, cfg, text)
 	if out, errOut, code := runRelayCmd(t, "check-config", "--config", cfg); code != 0 {
 		t.Errorf("check-config with a correct pin: exit %d\n%s%s", code, out, errOut)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Review of the integration (issue 12).
+
+// TestEncryptReloadKeepsNoRelaxedSession: partner mail goes through a
+// route to a gateway without STARTTLS; the first message leaves
+// encrypted over a relaxed session, which stays pooled (idle 5m). A
+// SIGHUP makes the rule fallback: defer: the next message must not take
+// that session, nor any: it waits, and the gateway sees no envelope for
+// it. Another SIGHUP restores fallback: encrypt but no longer trusts the
+// keyring for the partner (key_sources: [pinned], none pinned): it waits
+// again, for a key. Nothing but the first encrypted copy ever reaches the
+// gateway.
+func TestEncryptReloadKeepsNoRelaxedSession(t *testing.T) {
+	requireTool(t, "swaks")
+	g := newGPGHome(t)
+	bob := g.newKey("Bob <bob@partner.test>", "cv25519")
+	gw := startPolicyMX(t, listenLoopback(t), mxOptions{})
+	keyring := g.keyring(bob)
+	dns := dnstest.NewServer(t, "")
+	rule := func(fallback string) string {
+		return "    policies:\n      - {match: partner.test, level: verify, fallback: " + fallback + "}\n"
+	}
+	r := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(), IdleTimeout: "5m", Outbound: encryptionConfig(keyring, false),
+		Routes: fmt.Sprintf("    - {match: partner.test, next_hop: \"smtp://%s\"}\n", gw.Addr), TLS: rule("encrypt")})
+
+	c := newConfidential(t, "sender@example.test", "bob@partner.test", "reload-1@example.test")
+	id := c.send(t, r.Sub, "sender@example.test", "bob@partner.test")
+	if a := r.waitAttempt(t, id, 30*time.Second); a.Status != "sent" || !strings.Contains(a.Line, "fallback=encrypt") {
+		t.Fatalf("before the reload: %s, want sent encrypted:\n%s", a.Status, a.Line)
+	}
+	openPGPMIME(t, gw.waitMessage(t, 5*time.Second).Data)
+
+	reload := func(text string) {
+		t.Helper()
+		writeFile(t, r.Cfg, text)
+		mark := r.Mark()
+		r.Signal(syscall.SIGHUP)
+		r.WaitLog(mark, 10*time.Second, "configuration reloaded")
+	}
+	cfg := readFile(t, r.Cfg)
+	reload(strings.Replace(cfg, rule("encrypt"), rule("defer"), 1))
+	id = r.send(t, "sender@example.test", "bob@partner.test", "marker-after-defer")
+	if a := r.waitAttempt(t, id, 30*time.Second); a.Status != "deferred" || !strings.Contains(a.Line, "dsn=4.7.10") || strings.Contains(a.Line, "encryption=") {
+		t.Errorf("after the reload to defer: %s, want deferred 4.7.10, not encrypted:\n%s", a.Status, a.Line)
+	}
+
+	// The keyring is no longer trusted for the partner: only pinned
+	// keys, and there are none.
+	reload(strings.Replace(cfg, rule("encrypt"), "    policies:\n      - {match: partner.test, level: verify, fallback: encrypt, key_sources: [pinned]}\n", 1))
+	id = r.send(t, "sender@example.test", "bob@partner.test", "marker-after-key-removed")
+	if a := r.waitAttempt(t, id, 30*time.Second); a.Status != "deferred" || !strings.Contains(a.Line, "no usable OpenPGP key for bob@partner.test") {
+		t.Errorf("after the key was removed: %s, want deferred for want of a key:\n%s", a.Status, a.Line)
+	}
+	if n := len(gw.Mails()); n != 1 {
+		t.Errorf("the gateway saw %d MAIL commands, want 1 (the encrypted copy before the reload)", n)
+	}
+	if strings.Contains(gw.Raw(), "marker-after") {
+		t.Errorf("a message sent after a reload reached the gateway:\n%s", gw.Transcript())
+	}
+	c.checkNoSecrets(t, "the bytes the gateway received", gw.Raw())
+}
+
+// TestEncryptDSNToPartnerNeverEncryptedNorClear: an application sends
+// from an address at the partner (trusted network, no sender binding) to
+// two recipients there; bob has a key, carol none. Carol's DSN goes back
+// to the sender at the partner: it is the relay's own mail (never
+// encrypted), it carries the original header (the real Subject), and the
+// partner's rule asks for verified TLS, which the gateway lacks: it
+// waits, and the gateway only ever gets bob's encrypted copy.
+func TestEncryptDSNToPartnerNeverEncryptedNorClear(t *testing.T) {
+	requireTool(t, "swaks")
+	g := newGPGHome(t)
+	bob := g.newKey("Bob <bob@partner.test>", "cv25519")
+	app := g.newKey("App <app@partner.test>", "cv25519") // a key would be there: still not encrypted
+	gw := startPolicyMX(t, listenLoopback(t), mxOptions{})
+	dns := dnstest.NewServer(t, "")
+	r := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(), Outbound: encryptionConfig(g.keyring(bob, app), false),
+		Queue:  "  retry: [1s]\n  max_age: 3s\n",
+		Routes: fmt.Sprintf("    - {match: partner.test, next_hop: \"smtp://%s\"}\n", gw.Addr),
+		TLS:    "    policies:\n      - {match: partner.test, level: verify, fallback: encrypt}\n"})
+
+	c := newConfidential(t, "app@partner.test", "bob@partner.test", "dsn-1@example.test")
+	id := c.send(t, r.Sub, "app@partner.test", "bob@partner.test", "carol@partner.test")
+	if a := r.waitRcpt(t, id, "bob@partner.test", 30*time.Second); a.Status != "sent" {
+		t.Fatalf("bob: %s, want sent encrypted:\n%s", a.Status, a.Line)
+	}
+	r.waitLine(t, 30*time.Second, "msg=bounced", "queue_id="+id, "to=carol@partner.test")
+	line := r.waitLine(t, 30*time.Second, "sender non-delivery notification", "queue_id="+id)
+	m := regexp.MustCompile(`dsn_queue_id=(\S+)`).FindStringSubmatch(line)
+	if m == nil {
+		t.Fatalf("no DSN queue ID in %q", line)
+	}
+	a := r.waitAttempt(t, m[1], 30*time.Second)
+	if a.Status != "deferred" || !strings.Contains(a.Line, "required=verify") || strings.Contains(a.Line, "encryption=") || strings.Contains(a.Line, "fallback=encrypt") {
+		t.Errorf("the DSN to app@partner.test: %s, want deferred for the partner's TLS level, not encrypted:\n%s", a.Status, a.Line)
+	}
+	if msgs := gw.Messages(); len(msgs) != 1 || strings.Join(msgs[0].To, ",") != "bob@partner.test" {
+		t.Errorf("the gateway got %d messages, want bob's encrypted copy alone", len(msgs))
+	}
+	c.checkNoSecrets(t, "the bytes the gateway received", gw.Raw())
+}
+
+// TestEncryptMalformedHeaderReturned: a message whose header the
+// encryption cannot read (a line that is no field) is accepted on
+// submission as any relay would, then returned at the first attempt with
+// 5.6.0 and a DSN that says why, not retried until queue.max_age; the
+// partner's server gets no DATA and no byte of it.
+func TestEncryptMalformedHeaderReturned(t *testing.T) {
+	requireTool(t, "swaks")
+	g := newGPGHome(t)
+	bob := g.newKey("Bob <bob@partner.test>", "cv25519")
+	gw := startPolicyMX(t, listenLoopback(t), mxOptions{})
+	dns := dnstest.NewServer(t, "")
+	r := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(), Outbound: encryptionConfig(g.keyring(bob), false),
+		Routes: fmt.Sprintf("    - {match: partner.test, next_hop: \"smtp://%s\"}\n", gw.Addr),
+		TLS:    "    policies:\n      - {match: partner.test, level: verify, fallback: encrypt}\n"})
+	f := filepath.Join(t.TempDir(), "bad.eml")
+	writeFile(t, f, "From: <sender@example.test>\r\nTo: <bob@partner.test>\r\nSubject: marker-malformed\r\nthis line is no header field\r\n\r\nsecret body")
+	id := mustSend(t, "--server", r.Sub, "--from", "sender@example.test", "--to", "bob@partner.test", "--data", "@"+f).QueueID()
+	a := r.waitAttempt(t, id, 30*time.Second)
+	if a.Status != "bounced" || !strings.Contains(a.Line, "dsn=5.6.0") {
+		t.Fatalf("%s, want bounced at once with 5.6.0:\n%s", a.Status, a.Line)
+	}
+	dsns := waitMaildir(t, r.Mail, "sender@example.test", 1, 15*time.Second)
+	text, _ := dsnParts(t, dsns[0])
+	mustContain(t, "the DSN text", text, "bob@partner.test", "header is malformed", "this line is no header field")
+	if len(gw.Messages()) != 0 || strings.Contains(gw.Raw(), "marker-malformed") || strings.Contains(gw.Raw(), "secret body") {
+		t.Errorf("the gateway got the message or a byte of it:\n%s", gw.Transcript())
 	}
 }
