@@ -794,6 +794,21 @@ func (l *loader) checkRuleEncryption(c *Config, p string, r *TLSPolicy, host boo
 	if len(r.Keys) > 0 && !seen["pinned"] && l.idx.has(p+".key_sources") {
 		l.errorf(p+".key_sources", "does not list pinned, so the keys of this rule are never used")
 	}
+	if len(r.Keys) == 0 && !slices.ContainsFunc(r.KeySources, func(s string) bool { return s != "pinned" }) {
+		// Not clear text, but not what the admin meant either: no
+		// recipient ever has a key, so the rule acts as defer (or, with
+		// encrypt: always, refuses every recipient) while it reads as
+		// encryption.
+		key := p + ".key_sources"
+		if !l.idx.has(key) {
+			key = p + ".fallback"
+			if r.Encrypt == "always" {
+				key = p + ".encrypt"
+			}
+		}
+		l.warnf(key, "no source can give a key for this rule: no keys are pinned in it, and no keyring, WKD or OPENPGPKEY is configured or listed; "+
+			"mail to %s is never encrypted and waits (or is refused) for a key; pin keys (keys:) or set up outbound.encryption", r.Match)
+	}
 	for i := 0; i < len(r.EncryptedSubject); i++ {
 		if ch := r.EncryptedSubject[i]; ch < 0x20 || ch > 0x7e {
 			l.errorf(p+".encrypted_subject", "printable ASCII only (it is a header field outside the encryption)")

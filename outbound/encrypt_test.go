@@ -955,3 +955,69 @@ func TestEncryptHungWKDAtRCPT(t *testing.T) {
 		t.Errorf("the hung WKD server was asked %d times for 3 addresses of its domain, want once", n)
 	}
 }
+
+// One message to three domains on one MX host without STARTTLS: the
+// partner with a key and a fallback: encrypt rule gets the encrypted
+// copy; a second partner under the same kind of rule, without a key,
+// waits and gets nothing; a domain without a rule gets the message as
+// the default (may) allows, plain, in a transaction of its own that
+// never carries the partners' recipients.
+func TestEncryptSeveralDomainsOneMessage(t *testing.T) {
+	bob := pgpKey(t, "bob@partner.test")
+	h := newHop(t, hopOptions{})
+	dir := directory(t, encrypt.Options{KeyringDir: keyringOf(t, bob)})
+	rules := []tlspolicy.Rule{
+		{Match: "partner.test", Level: tlspolicy.Verify, Fallback: tlspolicy.FallbackEncrypt},
+		{Match: "fallback.test", Level: tlspolicy.Verify, Fallback: tlspolicy.FallbackEncrypt},
+	}
+	e := encEngine(t, h, dir, rules, map[string]*outbound.EncryptRule{"partner.test": {}, "fallback.test": {}}, nil, time.Minute, t.TempDir())
+	res := deliver(t, e, newSpool(t).put("sender@ours.test",
+		[]string{"x@nopolicy.test", "bob@partner.test", "carol@fallback.test", "y@nopolicy.test"}, message))
+	check(t, "x", res[0], queue.Delivered, "2.0.0")
+	check(t, "bob", res[1], queue.Delivered, "2.0.0")
+	check(t, "carol", res[2], queue.TempFail, "4.7.10")
+	check(t, "y", res[3], queue.Delivered, "2.0.0")
+	for range 2 {
+		m := h.next()
+		switch to := strings.Join(m.To, ","); {
+		case to == "bob@partner.test" && isPGPMIME(m.Data):
+		case to == "x@nopolicy.test,y@nopolicy.test" && !isPGPMIME(m.Data):
+		default:
+			t.Errorf("MX got a message to %s, encrypted %v", to, isPGPMIME(m.Data))
+		}
+	}
+	h.none()
+}
+
+// LMTP to a partner's gateway (a route) under fallback: encrypt: one
+// encrypted copy for the recipients accepted at RCPT, and the gateway's
+// per-recipient replies after DATA apply to each.
+func TestEncryptLMTPRoute(t *testing.T) {
+	alice, bob := pgpKey(t, "alice@partner.test"), pgpKey(t, "bob@partner.test")
+	h := newHop(t, hopOptions{LMTP: true, Status: func(to string) error {
+		if to == "alice@partner.test" {
+			return smtpErr(552, smtp.EnhancedCode{5, 2, 2}, "mailbox full")
+		}
+		return nil
+	}})
+	dir := directory(t, encrypt.Options{KeyringDir: keyringOf(t, alice, bob)})
+	dec, err := tlspolicy.New(tlspolicy.Options{Rules: fallbackRule(tlspolicy.Verify)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := engine(t, &outbound.Router{Routes: []outbound.Route{{Match: "partner.test", Target: target(t, "lmtp://"+h.addr)}}}, func(o *outbound.EngineOptions) {
+		o.TLS = dec
+		o.Encryption = &outbound.Encryption{Dir: dir, Rules: map[string]*outbound.EncryptRule{"partner.test": {}}, SpillDir: t.TempDir()}
+	})
+	res := deliver(t, e, newSpool(t).put("sender@ours.test", []string{"alice@partner.test", "bob@partner.test"}, message))
+	check(t, "alice", res[0], queue.PermFail, "5.2.2")
+	check(t, "bob", res[1], queue.Delivered, "2.0.0")
+	if !strings.Contains(res[1].TLSPolicy, "fallback=encrypt") || !strings.Contains(res[1].Encryption, "key="+fingerprint(bob)) {
+		t.Errorf("bob: tls_policy %q, encryption %q", res[1].TLSPolicy, res[1].Encryption)
+	}
+	m := h.next()
+	h.none()
+	if _, msg, _ := sealed(t, m.Data); !bytes.Contains(decryptWith(t, msg, bob), []byte("..two dots")) {
+		t.Error("bob's copy does not decrypt to the message")
+	}
+}
