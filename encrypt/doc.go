@@ -86,7 +86,8 @@
 // outside: the Subject, Reply-To, Content-* fields (attachment names,
 // boundaries), X-* fields of the sending software, Bcc, List-*, Keywords,
 // Comments, Organization, and of course the body. The outer message is
-// 7-bit ASCII whatever the original was.
+// 7-bit ASCII but for 8-bit text the original had in the fields kept
+// outside (a raw UTF-8 display name in From, To or Cc), copied as it is.
 //
 // MessageOptions.Signer (LoadSigner: an unprotected secret key file) signs
 // inside the encryption, so the recipient sees which organisation sent
