@@ -152,7 +152,7 @@ func (s *Submission) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (stri
 		ctx, cancel := context.WithTimeout(context.Background(), recipientKeyTimeout)
 		defer cancel()
 		if rerr := s.opts.RecipientKey(ctx, rcpt); rerr != nil {
-			s.refused(st, "recipient_key", "to", rcpt, "code", rerr.Code)
+			s.refused(st, "without_key", "to", rcpt, "code", rerr.Code)
 			return "", rerr
 		}
 	}
