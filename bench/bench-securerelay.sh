@@ -34,13 +34,13 @@ if [ "${CUSTOM_ENCRYPT:-0}" != 0 ]; then
 	# DKIM-signed like the rest.
 	export GNUPGHOME="$BENCH_STATE_DIR/gnupg"
 	mkdir -p -m 700 "$GNUPGHOME"
+	primary=ed25519 sub=cv25519
 	if [ "${CUSTOM_ENCRYPT_ALGO:-cv25519}" = rsa3072 ]; then
-		gpg --batch --pinentry-mode loopback --passphrase '' --quick-gen-key 'Bench <rcpt@partner.test>' rsa3072 default never 2>/dev/null
-	else
-		gpg --batch --pinentry-mode loopback --passphrase '' --quick-gen-key 'Bench <rcpt@partner.test>' ed25519 cert,sign never 2>/dev/null
-		fpr=$(gpg --with-colons --list-keys rcpt@partner.test | awk -F: '/^fpr/ {print $10; exit}')
-		gpg --batch --pinentry-mode loopback --passphrase '' --quick-add-key "$fpr" cv25519 encr never 2>/dev/null
+		primary=rsa3072 sub=rsa3072
 	fi
+	gpg --batch --pinentry-mode loopback --passphrase '' --quick-gen-key 'Bench <rcpt@partner.test>' $primary cert,sign never 2>/dev/null
+	fpr=$(gpg --with-colons --list-keys rcpt@partner.test | awk -F: '/^fpr/ {print $10; exit}')
+	gpg --batch --pinentry-mode loopback --passphrase '' --quick-add-key "$fpr" $sub encr never 2>/dev/null
 	fpr=$(gpg --with-colons --list-keys rcpt@partner.test | awk -F: '/^fpr/ {print $10; exit}')
 	gpg --armor --export rcpt@partner.test > "$BENCH_STATE_DIR/partner.asc"
 	cat >> "$conf" <<CONF
