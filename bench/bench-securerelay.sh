@@ -27,6 +27,32 @@ outbound:
   routes:
     - {match: "*", next_hop: "smtp://$BENCH_SINK"}
 CONF
+if [ "${CUSTOM_ENCRYPT:-0}" != 0 ]; then
+	# The encrypt-then-sign path: every message to the harness's
+	# recipients (rcpt@partner.test) is encrypted to one pinned key
+	# (CUSTOM_ENCRYPT_ALGO: cv25519, the default, or rsa3072), then
+	# DKIM-signed like the rest.
+	export GNUPGHOME="$BENCH_STATE_DIR/gnupg"
+	mkdir -p -m 700 "$GNUPGHOME"
+	primary=ed25519 sub=cv25519
+	if [ "${CUSTOM_ENCRYPT_ALGO:-cv25519}" = rsa3072 ]; then
+		primary=rsa3072 sub=rsa3072
+	fi
+	gpg --batch --pinentry-mode loopback --passphrase '' --quick-gen-key 'Bench <rcpt@partner.test>' $primary cert,sign never 2>/dev/null
+	fpr=$(gpg --with-colons --list-keys rcpt@partner.test | awk -F: '/^fpr/ {print $10; exit}')
+	gpg --batch --pinentry-mode loopback --passphrase '' --quick-add-key "$fpr" $sub encr never 2>/dev/null
+	fpr=$(gpg --with-colons --list-keys rcpt@partner.test | awk -F: '/^fpr/ {print $10; exit}')
+	gpg --armor --export rcpt@partner.test > "$BENCH_STATE_DIR/partner.asc"
+	cat >> "$conf" <<CONF
+  tls:
+    policies:
+      - match: partner.test
+        level: none
+        encrypt: always
+        key_sources: [pinned]
+        keys: [{fingerprint: "$fpr", file: "$BENCH_STATE_DIR/partner.asc"}]
+CONF
+fi
 if [ "${CUSTOM_DKIM:-1}" != 0 ]; then
 	cat >> "$conf" <<CONF
 domains:

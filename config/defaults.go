@@ -34,7 +34,30 @@ const (
 	DefaultQueueHoldMaxAge       = Duration(30 * day)
 	DefaultQueueHoldMaxSize      = Size(1000 * 1000 * 1000)
 	DefaultQueueQuarantineMaxAge = Duration(30 * day)
+	DefaultKeyCacheTTL           = Duration(6 * time.Hour)
+	DefaultKeyNegativeCacheTTL   = Duration(30 * time.Minute)
+	DefaultEncryptedSubject      = "..."
 )
+
+// KeySources are the OpenPGP key sources in their default order of trust:
+// keys the admin pinned, then the admin's keyring, then what the
+// recipient's domain publishes.
+var KeySources = []string{"pinned", "keyring", "wkd", "openpgpkey"}
+
+// DefaultKeySources is KeySources without the sources that en leaves off.
+func DefaultKeySources(en *Encryption) []string {
+	var out []string
+	for _, s := range KeySources {
+		switch {
+		case s == "keyring" && en.Keyring == "",
+			s == "wkd" && en.WKD != nil && !*en.WKD,
+			s == "openpgpkey" && !en.OpenPGPKey:
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
 
 // DefaultMaxMailPerSession: Exim allows 1000 messages per connection
 // (smtp_accept_max_per_connection); an inbound transaction here may cost
@@ -215,9 +238,32 @@ func (l *loader) applyDefaults(c *Config) {
 	if o.TLS.TLSRequiredNo == "" {
 		o.TLS.TLSRequiredNo = "ignore"
 	}
+	en := &o.Encryption
+	if en.WKD == nil {
+		t := true
+		en.WKD = &t
+	}
+	if en.CacheTTL == 0 {
+		en.CacheTTL = DefaultKeyCacheTTL
+	}
+	if en.NegativeCacheTTL == 0 {
+		en.NegativeCacheTTL = DefaultKeyNegativeCacheTTL
+	}
 	for i := range o.TLS.Policies {
-		if o.TLS.Policies[i].Inbound == "" {
-			o.TLS.Policies[i].Inbound = "off"
+		r := &o.TLS.Policies[i]
+		if r.Inbound == "" {
+			r.Inbound = "off"
+		}
+		if r.Encrypt == "always" && r.WithoutKey == "" {
+			r.WithoutKey = "refuse"
+		}
+		if r.Encrypt == "always" || r.Fallback == "encrypt" {
+			if r.EncryptedSubject == "" {
+				r.EncryptedSubject = DefaultEncryptedSubject
+			}
+			if len(r.KeySources) == 0 {
+				r.KeySources = DefaultKeySources(en)
+			}
 		}
 	}
 	for i := range o.Routes {

@@ -570,6 +570,13 @@ func (l *loader) resolvePaths(c *Config) {
 	c.TLS.Cert = l.abs(c.TLS.Cert)
 	c.TLS.Key = l.abs(c.TLS.Key)
 	c.Outbound.TLS.CAFile = l.abs(c.Outbound.TLS.CAFile)
+	c.Outbound.Encryption.Keyring = l.abs(c.Outbound.Encryption.Keyring)
+	for i := range c.Outbound.TLS.Policies {
+		for j := range c.Outbound.TLS.Policies[i].Keys {
+			k := &c.Outbound.TLS.Policies[i].Keys[j]
+			k.File = l.abs(k.File)
+		}
+	}
 	for name, d := range c.Domains {
 		if scheme, target, err := ParseDeliverTo(d.DeliverTo); err == nil && scheme == "maildir" {
 			d.DeliverTo = "maildir:" + l.abs(target)
@@ -578,6 +585,7 @@ func (l *loader) resolvePaths(c *Config) {
 			d.DKIM[i].Key = l.abs(d.DKIM[i].Key)
 		}
 		d.Recipients.File = l.abs(d.Recipients.File)
+		d.OpenPGPSigningKey = l.abs(d.OpenPGPSigningKey)
 		c.Domains[name] = d
 	}
 }

@@ -214,6 +214,11 @@ type Domain struct {
 	// ContentPolicy names the inbound.content.policies entry whose
 	// milters scan this domain's inbound mail. Default: "default".
 	ContentPolicy string `yaml:"content_policy"`
+	// OpenPGPSigningKey: an organisation's OpenPGP secret key (armoured,
+	// not passphrase-protected) that also signs the mail from this domain
+	// that the relay encrypts, so the recipient sees who sent it.
+	// Default: none (encrypted, not signed).
+	OpenPGPSigningKey string `yaml:"openpgp_signing_key"`
 }
 
 // Inbound configures the MX role's checks inside the dialog.
@@ -436,6 +441,8 @@ type Outbound struct {
 	StartTLS string `yaml:"starttls"`
 	// TLS is the per-destination TLS policy.
 	TLS OutboundTLS `yaml:"tls"`
+	// Encryption: where the OpenPGP fallback finds recipients' keys.
+	Encryption Encryption `yaml:"encryption"`
 	// DKIM signing options; the keys are per domain (domains.*.dkim).
 	DKIM DKIMOptions `yaml:"dkim"`
 	// AutomaticSenders adds local parts ("ticket-bot") or addresses
@@ -491,15 +498,65 @@ type TLSPolicy struct {
 	// TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384).
 	Ciphers []string `yaml:"ciphers"`
 	// Fallback when the level cannot be met: defer (default: retry until
-	// max_age, then a DSN), bounce (a DSN at once) or encrypt (end-to-end,
-	// by the encryption stage; until that exists: defer).
+	// max_age, then a DSN), bounce (a DSN at once) or encrypt (OpenPGP
+	// end to end to each recipient's key, sent over the best session the
+	// hosts offer; recipients without a key wait, then get a DSN).
 	Fallback string `yaml:"fallback"`
+	// Encrypt: always encrypts every message to this destination with
+	// OpenPGP, whatever TLS achieves; "" (default): only as the fallback.
+	Encrypt string `yaml:"encrypt"`
+	// WithoutKey (with encrypt: always): a recipient without a usable key
+	// is refused at RCPT on outbound listeners and waits at delivery
+	// (refuse, default), or is sent unencrypted when the TLS level is met
+	// (tls; not with level none or may, which clear text meets).
+	WithoutKey string `yaml:"without_key"`
+	// Keys pinned for this destination: used first, need not name the
+	// recipient in a user ID.
+	Keys []PinnedKey `yaml:"keys"`
+	// KeySources: where recipients' keys are looked up, in this order:
+	// pinned, keyring, wkd, openpgpkey. A source not listed is not trusted
+	// for this rule. Default: every source enabled in outbound.encryption.
+	KeySources []string `yaml:"key_sources"`
+	// EncryptedSubject is the Subject outside the encrypted part (the real
+	// one travels inside, as a protected header). Default "...".
+	EncryptedSubject string `yaml:"encrypted_subject"`
 	// Inbound: mail from this domain (envelope sender), and any mail
 	// (the null sender of its DSNs and MDNs included) from a client whose
 	// EHLO name is the domain or a host under it, over a plaintext
 	// session on an inbound listener is refused: tempfail (450 4.7.0) or
 	// reject (530 5.7.0); off (default) accepts it.
 	Inbound string `yaml:"inbound"`
+}
+
+// PinnedKey is an OpenPGP public key an admin vouches for.
+type PinnedKey struct {
+	// Address limits the key to one recipient; empty: every recipient of
+	// the rule (a partner's gateway or domain key).
+	Address string `yaml:"address"`
+	// Fingerprint of the primary key (hex, spaces allowed), as gpg
+	// --fingerprint prints it; must match File.
+	Fingerprint string `yaml:"fingerprint"`
+	// File holds the ASCII-armoured (or binary) public key.
+	File string `yaml:"file"`
+}
+
+// Encryption configures the OpenPGP fallback's key lookup.
+type Encryption struct {
+	// Keyring is a folder of ASCII-armoured public keys (one or more per
+	// file), read again when it changes. Default: none.
+	Keyring string `yaml:"keyring"`
+	// WKD looks keys up in the recipient domain's Web Key Directory
+	// (HTTPS, valid certificate). Default true.
+	WKD *bool `yaml:"wkd"`
+	// OpenPGPKey looks keys up in DNS (OPENPGPKEY, RFC 7929), trusted only
+	// from a DNSSEC-validated answer; needs dns.dnssec_validating. Default
+	// false.
+	OpenPGPKey bool `yaml:"openpgpkey"`
+	// CacheTTL: how long a key found by WKD or DNS is kept (an OPENPGPKEY
+	// answer no longer than its DNS TTL). Default 6h.
+	CacheTTL Duration `yaml:"cache_ttl"`
+	// NegativeCacheTTL: how long "no key there" is kept. Default 30m.
+	NegativeCacheTTL Duration `yaml:"negative_cache_ttl"`
 }
 
 // User is one SMTP AUTH account.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -521,6 +522,7 @@ func (l *loader) checkOutbound(c *Config) {
 	}
 	l.oneOf("outbound.starttls", o.StartTLS, "opportunistic", "off")
 	l.checkOutboundTLS(c)
+	l.checkEncryption(c)
 	l.checkContent(c)
 	l.oneOf("outbound.dkim.canonicalization", o.DKIM.Canonicalization,
 		"relaxed/relaxed", "relaxed/simple", "simple/relaxed", "simple/simple")
@@ -723,9 +725,139 @@ func (l *loader) checkOutboundTLS(c *Config) {
 		if r.Fallback != "" {
 			l.oneOf(p+".fallback", r.Fallback, "defer", "bounce", "encrypt")
 		}
+		l.checkRuleEncryption(c, p, r, host)
 		l.oneOf(p+".inbound", r.Inbound, "off", "tempfail", "reject")
 		if r.Inbound != "off" && host {
 			l.errorf(p+".inbound", "applies to sender domains, not to a next-hop host; use a domain match")
+		}
+	}
+}
+
+// checkRuleEncryption checks a TLS rule's OpenPGP settings: encryption
+// needs a recipient address, so only domain rules can have it, and every
+// setting that only matters with encryption is refused without it, so
+// that nobody believes mail is encrypted when it is not.
+func (l *loader) checkRuleEncryption(c *Config, p string, r *TLSPolicy, host bool) {
+	en := &c.Outbound.Encryption
+	if r.Encrypt != "" {
+		l.oneOf(p+".encrypt", r.Encrypt, "always")
+	}
+	encrypts := r.Encrypt == "always" || r.Fallback == "encrypt"
+	if encrypts && host {
+		key := p + ".fallback"
+		if r.Encrypt != "" {
+			key = p + ".encrypt"
+		}
+		l.errorf(key, "encryption needs the recipient's address, and a [host] rule names a server; write the rule for the recipient domain")
+	}
+	if r.Fallback == "encrypt" && r.Encrypt == "" && (r.Level == "none" || r.Level == "may") {
+		l.errorf(p+".fallback", "level %s is always met, so the encrypt fallback would never be used; raise the level (encrypt, verify, …) or set encrypt: always", r.Level)
+	}
+	if r.WithoutKey != "" {
+		if r.Encrypt != "always" {
+			l.errorf(p+".without_key", "only used with encrypt: always (with fallback: encrypt a recipient without a key always waits)")
+		} else {
+			l.oneOf(p+".without_key", r.WithoutKey, "refuse", "tls")
+		}
+		if r.Encrypt == "always" && r.WithoutKey == "tls" && (r.Level == "none" || r.Level == "may") {
+			l.errorf(p+".without_key", "tls sends the mail of a recipient without a key unencrypted under the rule's level, and level %s is met in clear text; raise the level (encrypt, verify, …) or use refuse", r.Level)
+		}
+	}
+	if !encrypts {
+		for _, k := range []struct {
+			set  bool
+			name string
+		}{{len(r.Keys) > 0, "keys"}, {len(r.KeySources) > 0, "key_sources"}, {r.EncryptedSubject != "", "encrypted_subject"}} {
+			if k.set {
+				l.errorf(p+"."+k.name, "only used when the rule encrypts (fallback: encrypt or encrypt: always)")
+			}
+		}
+		return
+	}
+	seen := map[string]bool{}
+	for j, s := range r.KeySources {
+		key := fmt.Sprintf("%s.key_sources[%d]", p, j)
+		switch {
+		case !slices.Contains(KeySources, s):
+			l.errorf(key, "%q is not a key source; use %s", s, strings.Join(KeySources, ", "))
+		case seen[s]:
+			l.errorf(key, "%q is listed twice", s)
+		case s == "keyring" && en.Keyring == "":
+			l.errorf(key, "keyring is not configured (outbound.encryption.keyring)")
+		case s == "wkd" && en.WKD != nil && !*en.WKD:
+			l.errorf(key, "wkd is switched off (outbound.encryption.wkd)")
+		case s == "openpgpkey" && !en.OpenPGPKey:
+			l.errorf(key, "openpgpkey is switched off (outbound.encryption.openpgpkey)")
+		}
+		seen[s] = true
+	}
+	if len(r.Keys) > 0 && !seen["pinned"] && l.idx.has(p+".key_sources") {
+		l.errorf(p+".key_sources", "does not list pinned, so the keys of this rule are never used")
+	}
+	if len(r.Keys) == 0 && !slices.ContainsFunc(r.KeySources, func(s string) bool { return s != "pinned" }) {
+		// Not clear text, but not what the admin meant either: no
+		// recipient ever has a key, so the rule acts as defer (or, with
+		// encrypt: always, refuses every recipient) while it reads as
+		// encryption.
+		key := p + ".key_sources"
+		if !l.idx.has(key) {
+			key = p + ".fallback"
+			if r.Encrypt == "always" {
+				key = p + ".encrypt"
+			}
+		}
+		l.warnf(key, "no source can give a key for this rule: no keys are pinned in it, and no keyring, WKD or OPENPGPKEY is configured or listed; "+
+			"mail to %s is never encrypted and waits (or is refused) for a key; pin keys (keys:) or set up outbound.encryption", r.Match)
+	}
+	for i := 0; i < len(r.EncryptedSubject); i++ {
+		if ch := r.EncryptedSubject[i]; ch < 0x20 || ch > 0x7e {
+			l.errorf(p+".encrypted_subject", "printable ASCII only (it is a header field outside the encryption)")
+			break
+		}
+	}
+	dom := strings.TrimPrefix(r.Match, ".")
+	for j, k := range r.Keys {
+		key := fmt.Sprintf("%s.keys[%d]", p, j)
+		fp := strings.NewReplacer(" ", "", ":", "").Replace(k.Fingerprint)
+		if (len(fp) != 40 && len(fp) != 64) || strings.Trim(strings.ToLower(fp), "0123456789abcdef") != "" {
+			l.errorf(key+".fingerprint", "%q is not an OpenPGP fingerprint (40 hex digits for a v4 key, 64 for v6; gpg --fingerprint prints it)", k.Fingerprint)
+		}
+		if k.File == "" {
+			l.errorf(key+".file", "missing; the public key file (gpg --export --armor FINGERPRINT > FILE)")
+		} else if _, err := os.Stat(k.File); err != nil {
+			l.errorf(key+".file", "%v", err)
+		}
+		if k.Address != "" {
+			at := strings.LastIndexByte(k.Address, '@')
+			d := strings.ToLower(k.Address[at+1:])
+			if at <= 0 || (d != dom && !strings.HasSuffix(d, "."+dom)) || (!strings.HasPrefix(r.Match, ".") && d != dom) {
+				l.errorf(key+".address", "%q is not an address this rule (match %s) applies to", k.Address, r.Match)
+			}
+		}
+	}
+}
+
+// checkEncryption checks outbound.encryption.
+func (l *loader) checkEncryption(c *Config) {
+	en := &c.Outbound.Encryption
+	if en.Keyring != "" {
+		if fi, err := os.Stat(en.Keyring); err != nil {
+			l.errorf("outbound.encryption.keyring", "%v", err)
+		} else if !fi.IsDir() {
+			l.errorf("outbound.encryption.keyring", "%s is not a folder (put one armoured public key file per partner in it)", en.Keyring)
+		}
+	}
+	if en.OpenPGPKey && !c.DNS.DNSSECValidating {
+		l.errorf("outbound.encryption.openpgpkey", "needs dns.dnssec_validating: true: an OPENPGPKEY record is only trusted from a DNSSEC-validated answer, or anyone who can forge DNS answers chooses the key")
+	}
+	l.positiveDuration("outbound.encryption.cache_ttl", en.CacheTTL, "6h")
+	l.positiveDuration("outbound.encryption.negative_cache_ttl", en.NegativeCacheTTL, "30m")
+	for name, d := range c.Domains {
+		if d.OpenPGPSigningKey == "" {
+			continue
+		}
+		if _, err := os.Stat(d.OpenPGPSigningKey); err != nil {
+			l.errorf(l.domainPath(name)+".openpgp_signing_key", "%v", err)
 		}
 	}
 }

@@ -82,3 +82,44 @@ outbound:
 		t.Errorf("match = %q", got)
 	}
 }
+
+// A rule that encrypts but whose key sources can never give a key (no
+// pins; keyring, WKD and OPENPGPKEY off or not listed) reads as
+// encryption and acts as defer: check-config says so, at the rule.
+func TestWarnEncryptionWithoutKeySource(t *testing.T) {
+	cfg := mustParse(t, `hostname: relay.example.com
+listeners:
+  - {name: sub, address: ":587", role: outbound, trusted_networks: [10.0.0.0/8]}
+outbound:
+  encryption: {wkd: false}
+  tls:
+    policies:
+      - {match: defaults.example, level: verify, fallback: encrypt}
+      - {match: pinned.example, level: verify, encrypt: always, key_sources: [pinned]}
+`, "/")
+	got := strings.Split(strings.TrimSpace(warnings(cfg)), "\n")
+	want := []string{
+		"test.yaml:8: outbound.tls.policies[0].fallback: no source can give a key for this rule",
+		"test.yaml:9: outbound.tls.policies[1].key_sources: no source can give a key for this rule",
+	}
+	if len(got) != len(want) {
+		t.Fatalf("warnings:\n%s\nwant %d", strings.Join(got, "\n"), len(want))
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(got[i], w) {
+			t.Errorf("warning %d:\n%s\nwant it to start with\n%s", i, got[i], w)
+		}
+	}
+	// WKD on (the default), or a key pinned: no warning.
+	cfg = mustParse(t, `hostname: relay.example.com
+listeners:
+  - {name: sub, address: ":587", role: outbound, trusted_networks: [10.0.0.0/8]}
+outbound:
+  tls:
+    policies:
+      - {match: defaults.example, level: verify, fallback: encrypt}
+`, "/")
+	if w := warnings(cfg); w != "" {
+		t.Errorf("with WKD on: %s", w)
+	}
+}

@@ -480,7 +480,9 @@ func humanText(mta, queueID string, arrival time.Time, rcpts []recipient) string
 			}
 			if len(c.diagHuman) > 0 {
 				if c.remoteMTA != "" {
-					fmt.Fprintf(&b, "    The receiving server %s replied:\n", c.remoteMTA)
+					// Not "replied": the details are often the relay's own
+					// (a TLS policy failure, an expiry), not the server's.
+					fmt.Fprintf(&b, "    Details (receiving server %s):\n", c.remoteMTA)
 				} else {
 					b.WriteString("    Details:\n")
 				}

@@ -173,7 +173,7 @@ func TestBuildFailed(t *testing.T) {
 	text := string(p.parts[0].body)
 	for _, s := range []string{
 		"mx1.example.com", "<bob@example.net>: could not be delivered",
-		"the mailbox does not exist", "status 5.1.1", "mx.example.net replied",
+		"the mailbox does not exist", "status 5.1.1", "Details (receiving server mx.example.net)",
 		"550-5.1.1 The email account that you tried to reach does not exist.",
 		"550 5.1.1 Please try double-checking", "0123ABCD", "will not\r\ntry again",
 	} {

@@ -59,7 +59,9 @@
 // minute while it changes and on Close: positive answers for PositiveTTL
 // (6 h; an OPENPGPKEY answer no longer than its DNS TTL), negative ones
 // for NegativeTTL (30 min), temporary failures for one minute in memory
-// only. Concurrent lookups of one address share one fetch.
+// only (a WKD server that does not answer at all, or DNS trouble, for
+// every address of its domain). Concurrent lookups of one address share
+// one fetch.
 //
 // # Messages
 //
@@ -84,7 +86,8 @@
 // outside: the Subject, Reply-To, Content-* fields (attachment names,
 // boundaries), X-* fields of the sending software, Bcc, List-*, Keywords,
 // Comments, Organization, and of course the body. The outer message is
-// 7-bit ASCII whatever the original was.
+// 7-bit ASCII but for 8-bit text the original had in the fields kept
+// outside (a raw UTF-8 display name in From, To or Cc), copied as it is.
 //
 // MessageOptions.Signer (LoadSigner: an unprotected secret key file) signs
 // inside the encryption, so the recipient sees which organisation sent

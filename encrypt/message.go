@@ -108,7 +108,7 @@ func Encrypt(dst io.Writer, src io.Reader, to []*Key, o MessageOptions) error {
 	}
 	lr.N = math.MaxInt64 // the body is not bounded here; the spool was
 
-	outer, inner, err := splitHeader(h, o.Subject)
+	trace, outer, inner, err := splitHeader(h, o.Subject)
 	if err != nil {
 		return err
 	}
@@ -129,6 +129,14 @@ func Encrypt(dst io.Writer, src io.Reader, to []*Key, o MessageOptions) error {
 		DefaultCompressionAlgo: packet.CompressionNone,
 	}
 	bw := bufio.NewWriterSize(dst, ioBuffer)
+	// Trace fields first, as they came (RFC 5321 section 4.4: Received
+	// fields are at the top, newest first); go-pgpmail puts the fields it
+	// sets (MIME-Version, Content-Type) at the top of the header it writes.
+	for _, raw := range trace {
+		if _, err := bw.Write(raw); err != nil {
+			return fmt.Errorf("encrypt: %w", err)
+		}
+	}
 	wc, err := pgpmail.Encrypt(bw, outer, entities, o.Signer, cfg)
 	if err != nil {
 		return fmt.Errorf("encrypt: %w", err)
@@ -165,10 +173,11 @@ func (r *readErr) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// splitHeader makes the outer header (fields that must stay visible, a
-// placeholder Subject) and the inner one (the original fields, protected)
-// from h.
-func splitHeader(h textproto.Header, subject string) (outer, inner textproto.Header, err error) {
+// splitHeader makes the trace fields (Received, Return-Path: written
+// first, as they are), the outer header (the other fields that must stay
+// visible, a placeholder Subject) and the inner one (the original fields,
+// protected) from h.
+func splitHeader(h textproto.Header, subject string) (trace [][]byte, outer, inner textproto.Header, err error) {
 	if subject == "" {
 		subject = DefaultOuterSubject
 	}
@@ -178,10 +187,13 @@ func splitHeader(h textproto.Header, subject string) (outer, inner textproto.Hea
 	for f := h.Fields(); f.Next(); {
 		raw, err := f.Raw()
 		if err != nil {
-			return outer, inner, fmt.Errorf("%w: %v", ErrMalformed, err)
+			return nil, outer, inner, fmt.Errorf("%w: %v", ErrMalformed, err)
 		}
 		k := f.Key()
-		if outerFields[k] {
+		switch {
+		case k == "Received" || k == "Return-Path":
+			trace = append(trace, raw)
+		case outerFields[k]:
 			outerRaw = append(outerRaw, raw)
 		}
 		if innerDropped[k] {
@@ -199,7 +211,7 @@ func splitHeader(h textproto.Header, subject string) (outer, inner textproto.Hea
 		innerRaw = append(innerRaw, []byte("Content-Type: text/plain; protected-headers=\"v1\"\r\n"))
 	}
 	outerRaw = append(outerRaw, []byte("Subject: "+mime.QEncoding.Encode("utf-8", subject)+"\r\n"))
-	return headerOf(outerRaw), headerOf(innerRaw), nil
+	return trace, headerOf(outerRaw), headerOf(innerRaw), nil
 }
 
 // protectContentType appends protected-headers="v1" to a Content-Type

@@ -275,12 +275,13 @@ func TestEncryptDecryptsWithGPG(t *testing.T) {
 	}
 	outer, armored := pgpPart(t, out.Bytes())
 
-	// Outside: only what delivery and threading need, and "..." as Subject.
+	// Outside: only what delivery and threading need, and "..." as Subject;
+	// the trace fields on top (RFC 5321 section 4.4).
 	var names []string
 	for f := outer.Fields(); f.Next(); {
 		names = append(names, f.Key())
 	}
-	want := []string{"Content-Type", "Received", "Return-Path", "From", "To", "Cc", "Date", "Message-Id", "In-Reply-To", "References", "Auto-Submitted", "Mime-Version", "Subject"}
+	want := []string{"Received", "Return-Path", "Content-Type", "From", "To", "Cc", "Date", "Message-Id", "In-Reply-To", "References", "Auto-Submitted", "Mime-Version", "Subject"}
 	if !slices.Equal(names, want) {
 		t.Errorf("outer fields %q\n want %q", names, want)
 	}
@@ -445,3 +446,26 @@ func TestEncryptMalformed(t *testing.T) {
 type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, errors.New("disk on fire") }
+
+// The trace fields stay at the top of the encrypted message, in their
+// order (RFC 5321 section 4.4), above the MIME fields go-pgpmail sets;
+// hop counting and header analysis read them there.
+func TestEncryptTraceFieldsFirst(t *testing.T) {
+	k := getKeys(t)
+	msg := "Return-Path: <a@sender.example>\r\nReceived: from b by c; Mon, 7 Dec 2026 10:00:01 +0000\r\n" +
+		"Received: from a by b; Mon, 7 Dec 2026 10:00:00 +0000\r\nFrom: a@sender.example\r\nTo: " + addrAlice +
+		"\r\nSubject: trace\r\n\r\nbody\r\n"
+	var out bytes.Buffer
+	if err := encrypt.Encrypt(&out, strings.NewReader(msg), []*encrypt.Key{keyFor(t, k, k.alice)}, encrypt.MessageOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	want := "Return-Path: <a@sender.example>\r\nReceived: from b by c; Mon, 7 Dec 2026 10:00:01 +0000\r\n" +
+		"Received: from a by b; Mon, 7 Dec 2026 10:00:00 +0000\r\n"
+	if !strings.HasPrefix(out.String(), want) {
+		hdr, _, _ := strings.Cut(out.String(), "\r\n\r\n")
+		t.Errorf("the encrypted message does not start with the trace fields:\n%s", hdr)
+	}
+	if n := strings.Count(out.String(), "Received: "); n != 2 {
+		t.Errorf("%d Received fields, want 2", n)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -39,6 +40,11 @@ func (d *Directory) lookupRemote(ctx context.Context, src Source, r recipient) (
 	if hit && ferr != nil {
 		return nil, nil, ferr
 	}
+	if !hit && src == SourceWKD {
+		if _, derr, dhit := d.cache.get(wkdHostKey(r), now); dhit && derr != nil {
+			return nil, nil, derr
+		}
+	}
 	if !hit {
 		var err error
 		e, err = d.fetch(ctx, src, r, ck, now)
@@ -69,7 +75,12 @@ func (d *Directory) fetch(ctx context.Context, src Source, r recipient, ck strin
 			ans, err = d.fetchOPENPGPKEY(ctx, r)
 		}
 		if err != nil {
-			d.cache.putFailure(ck, err, now.Add(min(failTTL, d.o.NegativeTTL)))
+			until := now.Add(min(failTTL, d.o.NegativeTTL))
+			d.cache.putFailure(ck, err, until)
+			if src == SourceWKD && wkdHostFailure(err) {
+				d.cache.putFailure(wkdHostKey(r), fmt.Errorf("the Web Key Directory of %s failed for another address less than %v ago (%v); not asked again yet",
+					r.domain, failTTL, hostPart(err)), until)
+			}
 			return ans, err
 		}
 		if !ans.noCache {
@@ -81,6 +92,35 @@ func (d *Directory) fetch(ctx context.Context, src Source, r recipient, ck strin
 		return nil, err
 	}
 	return d.entry(ans, now), nil
+}
+
+// wkdHostKey is where a failure of a domain's WKD server itself is
+// remembered: once it did not answer (down, hanging, a certificate that
+// does not verify, DNS trouble), the next address of that domain fails at
+// once for failTTL instead of waiting RemoteTimeout again, so that a
+// transaction with many recipients there does not hold the submitting
+// client, nor a delivery its destination slot, RemoteTimeout per
+// recipient.
+func wkdHostKey(r recipient) string { return "wkd-host:" + r.domain }
+
+// wkdHostFailure: err is the server's or the network's, not an answer
+// about one address (an HTTP status may be per address: some servers
+// answer 500 where they mean "no key", and that must not hold up the
+// others), nor a lookup its caller gave up.
+func wkdHostFailure(err error) bool {
+	var ue *url.Error
+	var de *dnsutil.Error
+	return (errors.As(err, &ue) || errors.As(err, &de)) && !errors.Is(err, context.Canceled)
+}
+
+// hostPart is err without the URL of the address it was about (the
+// local part is in it), for the other addresses' replies.
+func hostPart(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }
 
 func (d *Directory) entry(ans remoteAnswer, now time.Time) *cacheEntry {

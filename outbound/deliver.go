@@ -17,6 +17,7 @@ import (
 
 	"securerelay/dkim"
 	"securerelay/dnsutil"
+	"securerelay/encrypt"
 	"securerelay/queue"
 	"securerelay/smtputil"
 	"securerelay/tlspolicy"
@@ -47,8 +48,12 @@ type EngineOptions struct {
 	// TLSBase is the starting point of every client TLS configuration
 	// (tests; nil is fine).
 	TLSBase *tls.Config
-	// Transform, if set, rewrites the message per transaction.
+	// Transform, if set, rewrites the message per transaction (after the
+	// OpenPGP encryption, when there is one).
 	Transform Transform
+	// Encryption is the OpenPGP stage of the TLS rules that encrypt
+	// (fallback: encrypt, encrypt: always); nil when none does.
+	Encryption *Encryption
 	// MXPort is the port of MX hosts: "25" in real life.
 	MXPort string
 	// Self reports whether an address, on MXPort, is this relay itself
@@ -136,15 +141,16 @@ func NewEngine(o EngineOptions, r *Router) *Engine {
 		o.TLS, _ = tlspolicy.New(tlspolicy.Options{Default: lvl, Logger: o.Logger})
 	}
 	e := &Engine{o: o, dests: map[string]*dest{}, tlsFailed: map[string]time.Time{}}
-	e.SetTLS(o.TLS, o.HonourTLSRequiredNo)
+	e.SetTLS(o.TLS, o.HonourTLSRequiredNo, o.Encryption)
 	e.router.Store(r)
 	return e
 }
 
-// SetTLS swaps the TLS policy (SIGHUP); pooled sessions checked against
-// the old one are not reused unless the new one asks the same.
-func (e *Engine) SetTLS(d *tlspolicy.Decider, honourTLSRequiredNo bool) {
-	e.tls.Store(&tlsState{d: d, honour: honourTLSRequiredNo, gen: tlsGen.Add(1)})
+// SetTLS swaps the TLS policy and the encryption rules that go with its
+// rules (SIGHUP); pooled sessions checked against the old policy are not
+// reused unless the new one asks the same.
+func (e *Engine) SetTLS(d *tlspolicy.Decider, honourTLSRequiredNo bool, enc *Encryption) {
+	e.tls.Store(&tlsState{d: d, honour: honourTLSRequiredNo, gen: tlsGen.Add(1), enc: enc})
 }
 
 // tlsState is the TLS policy in force; gen tells sessions checked against
@@ -154,6 +160,7 @@ type tlsState struct {
 	d      *tlspolicy.Decider
 	honour bool
 	gen    uint64
+	enc    *Encryption // nil: no rule encrypts
 }
 
 var tlsGen atomic.Uint64
@@ -187,7 +194,11 @@ func (e *Engine) Deliver(ctx context.Context, d *queue.Delivery) []queue.Result 
 	}
 	var groups []*group
 	byKey := map[string]*group{}
-	pol := e.tls.Load().d
+	// One snapshot of the TLS policy (and its encryption rules) for the
+	// whole delivery: a SIGHUP meanwhile must not group recipients by one
+	// set of rules and decide their transactions by another.
+	ts := e.tls.Load()
+	pol := ts.d
 	for i, rc := range d.Rcpts {
 		dom := strings.ToLower(rc[strings.LastIndexByte(rc, '@')+1:])
 		t := router.Route(dom)
@@ -217,7 +228,7 @@ func (e *Engine) Deliver(ctx context.Context, d *queue.Delivery) []queue.Result 
 		if g.t.Kind == "maildir" {
 			gr = deliverMaildir(g.t.Addr, e.o.Helo, d, rcpts)
 		} else {
-			gr = e.deliverRemote(ctx, d, g.t, g.dom, rcpts)
+			gr = e.deliverRemote(ctx, ts, d, g.t, g.dom, rcpts)
 		}
 		for k, i := range g.idx {
 			res[i] = gr[k]
@@ -260,7 +271,7 @@ func (e *Engine) releaseDest(d *dest) {
 	e.mu.Unlock()
 }
 
-func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target, ruleDom string, rcpts []string) []queue.Result {
+func (e *Engine) deliverRemote(ctx context.Context, ts *tlsState, d *queue.Delivery, t Target, ruleDom string, rcpts []string) []queue.Result {
 	ds := e.dest(t.Key())
 	defer e.releaseDest(ds)
 	select {
@@ -270,9 +281,38 @@ func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target,
 	}
 	defer func() { <-ds.sem }()
 
-	pol, key, fail := e.decideTLS(ctx, d, t, ruleDom)
+	pol, key, fail := e.decideTLS(ctx, ts, d, t, ruleDom)
 	if fail != nil {
 		return all(len(rcpts), *fail)
+	}
+	// The encryption rule is the recipient domain's: a route's next-hop
+	// host is no address to look a key up for.
+	if r := ts.enc.ruleFor(pol, d); r != nil && (t.Kind == "mx" || ruleDom != "") {
+		return e.deliverEncrypting(ctx, ds, ts.enc, r, d, t, pol, key, rcpts)
+	}
+	res, _ := e.send(ctx, ds, d, t, pol, key, rcpts, nil, false)
+	return res
+}
+
+// send delivers rcpts in one transaction, on a pooled session or a new
+// one that meets pol. With s, the message is encrypted to the recipients'
+// keys first; relaxed: s's encryption, not the session, protects the
+// message, so the best session the hosts offer will do
+// (tlspolicy.Policy.Opportunistic). policyFailed reports that no next hop
+// met the TLS policy: nothing was sent, and every result says why.
+func (e *Engine) send(ctx context.Context, ds *dest, d *queue.Delivery, t Target, pol *tlspolicy.Policy, key string,
+	rcpts []string, s *sealing, relaxed bool) (res []queue.Result, policyFailed bool) {
+	if relaxed {
+		if s == nil {
+			// Never reached: only an encrypted message may take a session
+			// below the policy. Guarded all the same, as transact guards
+			// the level: this is the promise the product is named for.
+			return all(len(rcpts), queue.Result{Status: queue.TempFail, Code: "4.7.10",
+				Reply: "internal error: a session below the TLS policy was asked for an unencrypted message; not sent"}), false
+		}
+		// Such sessions are pooled apart: reuse checks them against the
+		// relaxed policy, which a cleartext transaction never asks.
+		key += "|encrypted end to end"
 	}
 	for try := 0; ; try++ {
 		var p *pooled
@@ -281,14 +321,14 @@ func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target,
 			// The retry after a stale session connects afresh: when the
 			// peer closed one idle session it has usually closed them all,
 			// and the next pooled one would fail the delivery the same way.
-			p = e.reuse(ctx, ds, t, pol, key)
+			p = e.reuse(ctx, ds, t, pol, key, relaxed)
 			reused = p != nil
 		}
 		if p == nil {
 			var fail *queue.Result
-			p, fail = e.connect(ctx, t, pol, key)
+			p, fail, policyFailed = e.connect(ctx, t, pol, key, relaxed)
 			if fail != nil {
-				return all(len(rcpts), *fail)
+				return all(len(rcpts), *fail), policyFailed
 			}
 		}
 		// queue.Deliverer: return promptly when ctx is cancelled. The
@@ -297,7 +337,7 @@ func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target,
 		// is what ends a transaction in progress; its recipients then
 		// fail temporarily as with any lost connection.
 		stop := context.AfterFunc(ctx, p.cl.abort)
-		res, broken, stale := e.transact(d, t, p, rcpts)
+		res, broken, stale := e.transact(d, t, p, rcpts, s)
 		if !stop() {
 			broken, stale = true, false
 		}
@@ -312,7 +352,7 @@ func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target,
 		} else {
 			e.release(ds, p)
 		}
-		return res
+		return res, false
 	}
 }
 
@@ -322,7 +362,7 @@ func (e *Engine) deliverRemote(ctx context.Context, d *queue.Delivery, t Target,
 // meets the host policy this transaction asks of that session's host
 // (recheck: the guard, which cannot miss what the key leaves out). A
 // session that does not qualify stays idle for transactions it suits.
-func (e *Engine) reuse(ctx context.Context, ds *dest, t Target, pol *tlspolicy.Policy, key string) *pooled {
+func (e *Engine) reuse(ctx context.Context, ds *dest, t Target, pol *tlspolicy.Policy, key string, relaxed bool) *pooled {
 	e.mu.Lock()
 	var cands []*pooled
 	for i := len(ds.idle) - 1; i >= 0; i-- {
@@ -347,7 +387,7 @@ func (e *Engine) reuse(ctx context.Context, ds *dest, t Target, pol *tlspolicy.P
 	for _, p := range cands {
 		d, ok := hps[p.host]
 		if !ok {
-			d.hp, d.err = forHost(ctx, pol, t, p.host)
+			d.hp, d.err = forHost(ctx, pol, t, p.host, relaxed)
 			hps[p.host] = d
 		}
 		outcome, err := "", d.err
@@ -373,8 +413,13 @@ func (e *Engine) reuse(ctx context.Context, ds *dest, t Target, pol *tlspolicy.P
 	return nil
 }
 
-// forHost is the host policy for one next-hop host of t.
-func forHost(ctx context.Context, pol *tlspolicy.Policy, t Target, host string) (*tlspolicy.HostPolicy, error) {
+// forHost is the host policy for one next-hop host of t; relaxed: for mail
+// encrypted end to end (tlspolicy.Policy.Opportunistic), which may use
+// any host the destination has, however it falls short of the policy.
+func forHost(ctx context.Context, pol *tlspolicy.Policy, t Target, host string, relaxed bool) (*tlspolicy.HostPolicy, error) {
+	if relaxed {
+		return pol.Opportunistic(host), nil
+	}
 	if t.Kind == "mx" {
 		return pol.ForMX(ctx, host)
 	}
@@ -405,7 +450,7 @@ func (e *Engine) release(ds *dest, p *pooled) {
 // transact runs one MAIL/RCPT/DATA. broken reports that the session cannot
 // be reused; stale that it failed on its very first command without a reply
 // (a pooled session the peer had closed), so nothing was sent.
-func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string) (res []queue.Result, broken, stale bool) {
+func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string, s *sealing) (res []queue.Result, broken, stale bool) {
 	tlsInfo := p.tls.info
 	// Every recipient starts as a temporary failure: only a reply to the
 	// end of DATA may turn one into Delivered.
@@ -422,6 +467,9 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 	}
 	set := func(i int, err error, stage string) {
 		r := queue.Result{Relay: p.relay, TLS: tlsInfo, TLSPolicy: p.outcome}
+		if s != nil {
+			r.Encryption = s.note(rcpts[i])
+		}
 		if err == nil {
 			r.Status, r.Code, r.Reply = queue.Delivered, "2.0.0", "accepted after "+stage
 		} else if rp := toReply(err, stage); rp != nil {
@@ -471,22 +519,53 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 	if len(ok) == 0 {
 		return res, p.cl.reset() != nil, false
 	}
-	r, err := d.Open()
-	if err != nil {
+	out := &Outgoing{Delivery: d, Target: t, Rcpts: ok, TLS: tlsInfo,
+		Reopen: func() (io.ReadCloser, error) { return d.Open() }}
+	fail := func(code, reply string) {
 		for _, i := range okIdx {
-			res[i] = queue.Result{Status: queue.TempFail, Code: "4.3.0", Reply: "cannot read spool file: " + err.Error(), Relay: p.relay, TLSPolicy: p.outcome}
+			res[i] = queue.Result{Status: queue.TempFail, Code: code, Relay: p.relay, TLS: tlsInfo, TLSPolicy: p.outcome, Reply: reply}
+			if s != nil {
+				res[i].Encryption = s.note(rcpts[i])
+			}
 		}
+	}
+	if s != nil {
+		// Encrypted first, so that the DKIM signature covers the bytes
+		// that leave; the copy is made for the recipients the next hop
+		// took, after RCPT, and is not kept: each attempt encrypts anew.
+		sc, err := s.seal(d, ok)
+		if errors.Is(err, encrypt.ErrMalformed) {
+			// No later attempt can encrypt it either: back to the sender
+			// now, not a retry every few hours until queue.max_age.
+			why := strings.Join(strings.Fields(err.Error()), " ")
+			for _, i := range okIdx {
+				res[i] = queue.Result{Status: queue.PermFail, Code: "5.6.0", Relay: p.relay, TLS: tlsInfo, TLSPolicy: p.outcome,
+					Encryption: s.note(rcpts[i]),
+					Reply:      "the message is malformed and cannot be encrypted as the TLS policy requires (" + why + "); not sent",
+					Explanation: "Your organisation's policy requires this message to be encrypted end to end for this recipient, and it could not be: " +
+						"its header is malformed (" + why + "). Nothing was sent. Ask whoever runs the program that wrote the message to fix it, then send it again."}
+			}
+			return res, p.cl.reset() != nil, false
+		}
+		if err != nil {
+			fail("4.3.0", "encrypting the message failed: "+err.Error())
+			return res, p.cl.reset() != nil, false
+		}
+		defer sc.Close()
+		out.Reopen, out.Encrypted = sc.Open, true
+	}
+	r, err := out.Reopen()
+	if err != nil {
+		fail("4.3.0", "cannot read spool file: "+err.Error())
 		return res, true, false
 	}
 	defer r.Close()
+	out.Data = r
 	var data io.Reader = r
 	if e.o.Transform != nil {
-		data, err = e.o.Transform(d, t, ok, tlsInfo, r)
+		data, err = e.o.Transform(out)
 		if err != nil {
-			for _, i := range okIdx {
-				res[i] = queue.Result{Status: queue.TempFail, Code: "4.3.0", Relay: p.relay, TLS: tlsInfo, TLSPolicy: p.outcome,
-					Reply: "preparing the message failed: " + err.Error()}
-			}
+			fail("4.3.0", "preparing the message failed: "+err.Error())
 			return res, p.cl.reset() != nil, false
 		}
 	}
@@ -511,7 +590,7 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 // turn, moving on after a connection failure, a 4xx greeting or a session
 // that does not meet the TLS policy. MX hosts that failed the policy
 // recently go last, so that a retry starts with the others.
-func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, key string) (*pooled, *queue.Result) {
+func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, key string, relaxed bool) (p *pooled, fail *queue.Result, policyFailed bool) {
 	var hosts []string
 	port := e.o.MXPort
 	// The MX pruning below resolves each MX host; the connection attempts
@@ -531,7 +610,7 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 	case "smtp", "lmtp":
 		h, p, err := net.SplitHostPort(t.Addr)
 		if err != nil {
-			return nil, &queue.Result{Status: queue.TempFail, Code: "4.3.5", Reply: "bad next hop " + t.Addr + ": " + err.Error()}
+			return nil, &queue.Result{Status: queue.TempFail, Code: "4.3.5", Reply: "bad next hop " + t.Addr + ": " + err.Error()}, false
 		}
 		hosts, port = []string{h}, p
 	case "mx":
@@ -544,7 +623,7 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 		}
 		mx, err := dnsutil.MXTargetsExcept(ctx, e.o.Resolver, t.Addr, self)
 		if err != nil {
-			return nil, dnsFailure(t.Addr, err)
+			return nil, dnsFailure(t.Addr, err), false
 		}
 		hosts = e.tlsOrder(t.Addr, mx)
 	}
@@ -558,7 +637,7 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 	var lastCred *credentialsError
 	lastCredRelay := ""
 	for _, h := range hosts {
-		hp, err := forHost(ctx, pol, t, h)
+		hp, err := forHost(ctx, pol, t, h, relaxed)
 		if err != nil {
 			// This host may not be used at all (MTA-STS enforce and not
 			// listed, dane-only without TLSA, …): try the next one.
@@ -584,7 +663,7 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 			p, err := e.open(ctx, t, h, net.JoinHostPort(a.String(), port), relay, hp)
 			if err == nil {
 				p.key = key
-				return p, nil
+				return p, nil, false
 			}
 			lastErr, lastRelay = err, relay
 			te, ce := (*tlsPolicyError)(nil), (*credentialsError)(nil)
@@ -629,7 +708,7 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 		if lastErr != error(lastTLS) {
 			r.Reply = fmt.Sprintf("could not deliver to %s: %v (last error: %v)", t.Addr, lastTLS, lastErr)
 		}
-		return nil, r
+		return nil, r, true
 	}
 	if lastCred != nil {
 		// As for the TLS policy: what the admin must act on, even when a
@@ -639,7 +718,7 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 		if lastErr != error(lastCred) {
 			r.Reply += fmt.Sprintf(" (last error: %v)", lastErr)
 		}
-		return nil, r
+		return nil, r, false
 	}
 	if rp := toReply(lastErr, "greeting"); rp != nil {
 		r.Code = rp.enh
@@ -651,7 +730,7 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 			r.Code = "4" + rp.enh[1:]
 		}
 	}
-	return nil, r
+	return nil, r, false
 }
 
 // tlsPolicyError: a next hop did not meet the TLS policy (or may not be
@@ -673,7 +752,7 @@ func (e *tlsPolicyError) Error() string {
 // names it (routing partner mail through a relay must not weaken its
 // rule), else the next-hop host (as Postfix looks up
 // smtp_tls_policy_maps by next-hop destination).
-func (e *Engine) decideTLS(ctx context.Context, d *queue.Delivery, t Target, ruleDom string) (*tlspolicy.Policy, string, *queue.Result) {
+func (e *Engine) decideTLS(ctx context.Context, ts *tlsState, d *queue.Delivery, t Target, ruleDom string) (*tlspolicy.Policy, string, *queue.Result) {
 	dest := t.Addr
 	if t.Kind != "mx" {
 		dest, _, _ = net.SplitHostPort(t.Addr)
@@ -685,7 +764,6 @@ func (e *Engine) decideTLS(ctx context.Context, d *queue.Delivery, t Target, rul
 	// the organisation's own mail store (a route) is where it ends.
 	requireTLS := d.Envelope.RequireTLS && (t.Kind == "mx" || d.Envelope.Origin != queue.OriginInbound)
 	tlsNo := false
-	ts := e.tls.Load()
 	if ts.honour && !requireTLS {
 		tlsNo = tlsRequiredNo(d)
 	}

@@ -49,7 +49,8 @@ func (s *Signer) Set(keys DKIMKeys, o dkim.Options, useEnvelope bool) {
 // inbound listener is never signed (it is not ours); everything else is
 // signed with every key of its From: domain, or leaves unsigned with a log
 // line saying why.
-func (s *Signer) Transform(d *queue.Delivery, t Target, rcpts []string, tlsInfo string, r io.Reader) (io.Reader, error) {
+func (s *Signer) Transform(m *Outgoing) (io.Reader, error) {
+	d, r := m.Delivery, m.Data
 	if d.Envelope.Origin == queue.OriginInbound {
 		return r, nil
 	}
@@ -66,7 +67,7 @@ func (s *Signer) Transform(d *queue.Delivery, t Target, rcpts []string, tlsInfo 
 	rest := io.MultiReader(bytes.NewReader(head), r)
 	header, err := dkim.ReadHeader(bytes.NewReader(head), dkim.MaxHeaderBytes)
 	if err != nil && !whole && errors.Is(err, dkim.ErrHeaderTooLarge) {
-		hr, oerr := d.Open()
+		hr, oerr := m.Reopen()
 		if oerr != nil {
 			return nil, oerr
 		}
@@ -97,7 +98,7 @@ func (s *Signer) Transform(d *queue.Delivery, t Target, rcpts []string, tlsInfo 
 	if whole {
 		sigs, err = dkim.Sign(bytes.NewReader(head), ks, c.opts)
 	} else {
-		sr, oerr := d.Open()
+		sr, oerr := m.Reopen()
 		if oerr != nil {
 			return nil, oerr
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"log"
 	"log/slog"
@@ -113,7 +114,14 @@ type hopOptions struct {
 	Users map[string]string
 	// AllowInsecureAuth offers AUTH without TLS too.
 	AllowInsecureAuth bool
+	// Data sees each message as received, before the reply to DATA: an
+	// error refuses it, and errDrop closes the connection without a
+	// reply (a next hop that goes away at the end of DATA).
+	Data func(b []byte) error
 }
+
+// errDrop makes a hop close the connection instead of answering DATA.
+var errDrop = errors.New("connection dropped by the test")
 
 // hop is a go-smtp server on 127.0.0.1 that records what it is sent.
 type hop struct {
@@ -270,6 +278,14 @@ func (s *hopSession) Data(r io.Reader) error {
 	b, err := io.ReadAll(r)
 	if err != nil {
 		return err
+	}
+	if s.h.o.Data != nil {
+		if err := s.h.o.Data(b); err != nil {
+			if errors.Is(err, errDrop) {
+				s.c.Close()
+			}
+			return err
+		}
 	}
 	s.record(b, append([]string(nil), s.to...))
 	return nil

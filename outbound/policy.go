@@ -7,7 +7,25 @@ import (
 )
 
 // Transform rewrites the bytes that leave for one transaction: the seam for
-// DKIM signing and OpenPGP encryption, which must act on exactly what is
-// sent and may depend on the session's TLS (tlsInfo is "" in clear text).
-// An error defers those recipients.
-type Transform func(d *queue.Delivery, t Target, rcpts []string, tlsInfo string, data io.Reader) (io.Reader, error)
+// DKIM signing, which must act on exactly what is sent (after the OpenPGP
+// encryption, when there is one) and may depend on the session's TLS. An
+// error defers those recipients.
+type Transform func(m *Outgoing) (io.Reader, error)
+
+// Outgoing is one transaction's message as a Transform sees it.
+type Outgoing struct {
+	Delivery *queue.Delivery
+	Target   Target
+	// Rcpts are the recipients the next hop accepted for this transaction.
+	Rcpts []string
+	// TLS describes the session ("TLS1.3 TLS_AES_128_GCM_SHA256"), "" in
+	// clear text.
+	TLS string
+	// Data is the message to send: the spooled copy, or the encrypted one.
+	Data io.Reader
+	// Reopen reads the same message again from its start (the DKIM signer
+	// reads a large message once to sign it and once to send it).
+	Reopen func() (io.ReadCloser, error)
+	// Encrypted: Data is the OpenPGP-encrypted form of the spooled message.
+	Encrypted bool
+}

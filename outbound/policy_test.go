@@ -60,12 +60,12 @@ func TestTransformSeam(t *testing.T) {
 	h := newHop(t, hopOptions{TLS: selfSigned(t)})
 	var sawTLS string
 	e := engine(t, everything(t, "smtp://"+h.addr), func(o *outbound.EngineOptions) {
-		o.Transform = func(d *queue.Delivery, tg outbound.Target, rcpts []string, tlsInfo string, r io.Reader) (io.Reader, error) {
-			sawTLS = tlsInfo
-			if rcpts[0] == "fail@remote.test" {
+		o.Transform = func(m *outbound.Outgoing) (io.Reader, error) {
+			sawTLS = m.TLS
+			if m.Rcpts[0] == "fail@remote.test" {
 				return nil, io.ErrUnexpectedEOF
 			}
-			b, err := io.ReadAll(r)
+			b, err := io.ReadAll(m.Data)
 			return bytes.NewReader(append([]byte("X-Transformed: yes\r\n"), b...)), err
 		}
 	})
@@ -185,7 +185,7 @@ func TestPoolNotReusedAcrossTLSReload(t *testing.T) {
 	res := deliver(t, e, sp.put("sender@ours.test", []string{"a@bank.example"}, message))
 	check(t, "TLS 1.2 allowed", res[0], queue.Delivered, "2.0.0")
 	h.next()
-	e.SetTLS(rule(tls.VersionTLS13), false)
+	e.SetTLS(rule(tls.VersionTLS13), false, nil)
 	res = deliver(t, e, sp.put("sender@ours.test", []string{"a@bank.example"}, message))
 	check(t, "after the reload", res[0], queue.TempFail, "4.7.10")
 	h.none()

@@ -92,14 +92,14 @@ func TestReuseChecksTheLiveSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := e.reuse(ctx, ds, tg, polB, key); got != nil {
+	if got := e.reuse(ctx, ds, tg, polB, key, false); got != nil {
 		t.Fatalf("a session whose certificate names only a.corp.test was handed out for b.corp.test (outcome %q)", got.outcome)
 	}
 	polA, err := d.DecideRelay(ctx, "a.corp.test", false, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := e.reuse(ctx, ds, tg, polA, key)
+	got := e.reuse(ctx, ds, tg, polA, key, false)
 	if got != p {
 		t.Fatal("the session was lost for a.corp.test, which it meets")
 	}
@@ -124,11 +124,11 @@ func TestReuseKeepsOpportunisticTLS(t *testing.T) {
 	clear := &pooled{cl: nopClient{quits: make(chan struct{}, 1)}, relay: "gw", host: "127.0.0.1", key: "k",
 		tls: sessionTLS{offered: true}}
 	e.release(ds, clear)
-	if got := e.reuse(ctx, ds, tg, pol, "k"); got != nil {
+	if got := e.reuse(ctx, ds, tg, pol, "k", false); got != nil {
 		t.Fatal("a clear-text session was reused at level may although the server offers STARTTLS")
 	}
 	clear.tls.clearByFallback = true
-	if got := e.reuse(ctx, ds, tg, pol, "k"); got != clear {
+	if got := e.reuse(ctx, ds, tg, pol, "k", false); got != clear {
 		t.Fatal("a session in clear text after a failed handshake was not reused")
 	}
 }

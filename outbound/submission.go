@@ -5,10 +5,12 @@ package outbound
 
 import (
 	"bufio"
+	"context"
 	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -36,7 +38,14 @@ type SubmissionOptions struct {
 	NullSender string
 	// NullSenderAddress replaces <> under "rewrite".
 	NullSenderAddress string
+	// RecipientKey, when set, refuses a recipient whose mail must always
+	// be encrypted and who has no usable OpenPGP key (Engine.RequiredKey).
+	RecipientKey func(ctx context.Context, rcpt string) *smtp.SMTPError
 }
+
+// recipientKeyTimeout bounds the key lookup at RCPT (WKD over HTTPS, DNS):
+// the client waits for the reply meanwhile.
+const recipientKeyTimeout = 30 * time.Second
 
 // DomainSet is a reloadable set of domain names.
 type DomainSet struct {
@@ -133,12 +142,21 @@ func (s *Submission) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (st
 }
 
 // Rcpt implements smtpd.Role: any domain, but a well-formed address.
-func (s *Submission) Rcpt(_ *smtpd.State, to string, _ *smtp.RcptOptions) (string, error) {
+func (s *Submission) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, error) {
 	a, err := smtputil.ForwardPath(to)
 	if err != nil {
 		return "", err
 	}
-	return a.String(), nil
+	rcpt := a.String()
+	if s.opts.RecipientKey != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), recipientKeyTimeout)
+		defer cancel()
+		if rerr := s.opts.RecipientKey(ctx, rcpt); rerr != nil {
+			s.refused(st, "without_key", "to", rcpt, "code", rerr.Code)
+			return "", rerr
+		}
+	}
+	return rcpt, nil
 }
 
 // Data implements smtpd.Role. For an authenticated user: every address in

@@ -54,6 +54,10 @@ type Result struct {
 	// required and where it came from, and what was achieved or why not
 	// ("required secure (policy rule 1); achieved none: no STARTTLS").
 	TLSPolicy string
+	// Encryption records the OpenPGP encryption of this attempt: the
+	// recipient's key and where it came from ("openpgp key=… key_source=
+	// wkd (https://…)"), or why there was none; "" when not encrypted.
+	Encryption string
 	// Explanation, for a DSN, says in an end user's words why delivery
 	// failed when the reply alone would not ("the partner's server did not
 	// offer the encryption your organisation requires for bank.example").
@@ -538,8 +542,11 @@ func (q *Queue) attempt(it *item) {
 			r = results[k]
 		}
 		if r.Status == TempFail && expired {
+			// RFC 3463 X.4.7: delivery time expired; permanent now, so
+			// that the DSN's status matches its action (failed) and says
+			// why in words, with the last error as the detail.
 			r.Status = PermFail
-			r.Code = "4.4.7"
+			r.Code = "5.4.7"
 			r.Reply = fmt.Sprintf("message expired after %s in queue; last error: %s", q.opts.MaxAge, r.Reply)
 		}
 		q.logResult(it, env.To[i], r, now.Sub(env.Received), now.Sub(start))
@@ -652,6 +659,9 @@ func (q *Queue) logResult(it *item, rcpt string, r Result, delay, attemptDur tim
 	}
 	if r.TLSPolicy != "" {
 		args = append(args, "tls_policy", r.TLSPolicy)
+	}
+	if r.Encryption != "" {
+		args = append(args, "encryption", r.Encryption)
 	}
 	if r.Status == Delivered {
 		q.log.Info(st, args...)

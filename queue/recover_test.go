@@ -291,7 +291,7 @@ func TestRecoverKeepsReceivedForMaxAge(t *testing.T) {
 	q.rec.next(t)
 	gone(t, q.Queue, id)
 	q.stop()
-	if len(bounces) != 1 || bounces[0].Result.Code != "4.4.7" {
+	if len(bounces) != 1 || bounces[0].Result.Code != "5.4.7" {
 		t.Fatalf("bounces %+v", bounces)
 	}
 }

@@ -159,7 +159,7 @@ func TestRetryScheduleVirtualTime(t *testing.T) {
 			t.Errorf("bounced at attempt %d (+%v); previous at +%v; max_age %v",
 				len(times), last, times[len(times)-2].Sub(start), maxAge)
 		}
-		if b.n() != 1 || b.call(0)[0].Result.Code != "4.4.7" {
+		if b.n() != 1 || b.call(0)[0].Result.Code != "5.4.7" {
 			t.Errorf("bounces %+v", b.calls)
 		}
 		if q.Len() != 0 {
@@ -218,7 +218,7 @@ func TestMaxAgeBouncesOnce(t *testing.T) {
 	}
 	for _, x := range f {
 		r := x.Result
-		if r.Status != PermFail || r.Code != "4.4.7" || !strings.Contains(r.Reply, "expired") || !strings.Contains(r.Reply, tempFail.Reply) {
+		if r.Status != PermFail || r.Code != "5.4.7" || !strings.Contains(r.Reply, "expired") || !strings.Contains(r.Reply, tempFail.Reply) {
 			t.Errorf("expired result %+v", r)
 		}
 	}

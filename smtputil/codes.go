@@ -52,6 +52,8 @@ import (
 //	AuthFailed                535 5.7.8  RFC 4954 §6 authentication credentials invalid
 //	AuthTempFail              454 4.7.0  RFC 4954 §6 temporary authentication failure
 //	EncryptionRequiredForAuth 538 5.7.11 RFC 4954 §6 encryption required for the mechanism
+//	RecipientKeyMissing       550 5.7.1  X.7.1 delivery not authorized: the organisation's policy forbids sending this recipient's mail unencrypted
+//	RecipientKeyTempFail      450 4.7.1  the key lookup (WKD, DNS) failed for now; the client retries
 //	TooManyErrors             421 4.7.0  RFC 5321 §3.8; X.7.0 security/policy status
 //	TooManyConnections        421 4.7.0  RFC 5321 §3.1: 421 may answer the connection; X.7.0 policy
 //	TooManyConnectionsFromClient 421 4.7.0  per-client limits at connect, as Postfix's anvil
@@ -224,6 +226,20 @@ func TooManyErrors() *smtp.SMTPError {
 // the connection after sending it.
 func ShuttingDown() *smtp.SMTPError {
 	return Reply(421, 4, 3, 2, "server shutting down, closing connection; please try again later")
+}
+
+// RecipientKeyMissing refuses, on an outbound listener, a recipient whose
+// mail a TLS rule says is always encrypted (encrypt: always) and who has
+// no usable OpenPGP key: the user learns it at once, not from a DSN.
+func RecipientKeyMissing(rcpt, match, searched string) *smtp.SMTPError {
+	return Reply(550, 5, 7, 1, "mail to %s must be encrypted (TLS policy rule for %s, encrypt: always), and no usable OpenPGP key was found for it "+
+		"(looked in: %s); ask the recipient to publish a key in their Web Key Directory (WKD), or your mail administrator to pin one", rcpt, match, searched)
+}
+
+// RecipientKeyTempFail defers such a recipient when its key could not be
+// looked up for now (WKD server or DNS down).
+func RecipientKeyTempFail(rcpt, detail string) *smtp.SMTPError {
+	return Reply(450, 4, 7, 1, "mail to %s must be encrypted, and its OpenPGP key cannot be looked up right now (%s); try again later", rcpt, detail)
 }
 
 // TooManyConnections refuses a connection when the listener is full.

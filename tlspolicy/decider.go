@@ -194,6 +194,26 @@ func (d *Decider) HasDomainRule(domain string) bool {
 	return d.match(matchDomain, matchSubdomains, dom) != nil
 }
 
+// DomainRule returns the Match of the rule that names domain as a
+// recipient domain (as written in the rule), or "" when none does. The
+// caller keys its own per-rule settings (the encryption fallback's) by
+// it; the Decider refuses two rules with the same match.
+func (d *Decider) DomainRule(domain string) string {
+	dom := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(domain), "."))
+	if r := d.match(matchDomain, matchSubdomains, dom); r != nil {
+		return r.Match
+	}
+	return ""
+}
+
+// RuleMatch is the Match of the domain rule that decided p, or "".
+func (p *Policy) RuleMatch() string {
+	if p.rule == nil {
+		return ""
+	}
+	return p.rule.Match
+}
+
 // match finds the rule for name among the exact and parent-domain rules
 // of one family: the exact one first, then the closest parent.
 func (d *Decider) match(exact, parent matchKind, name string) *rule {

@@ -42,11 +42,14 @@ type HostPolicy struct {
 	Explain    []string
 
 	origin origin
-	pins   [][sha256.Size]byte
-	extra  []string // rule names, added to the level's default identities
-	roots  *x509.CertPool
-	now    func() time.Time
-	report *Failure // a testing-mode finding known before connecting
+	// encryptFallback: the level required (for the log) when this is the
+	// opportunistic policy of mail encrypted end to end (Opportunistic).
+	encryptFallback *requiredLevel
+	pins            [][sha256.Size]byte
+	extra           []string // rule names, added to the level's default identities
+	roots           *x509.CertPool
+	now             func() time.Time
+	report          *Failure // a testing-mode finding known before connecting
 }
 
 // ForMX refines the policy for one MX host of the destination: a host rule
@@ -432,6 +435,33 @@ func (h *HostPolicy) VerifyHost(cs *tls.ConnectionState) *Failure {
 	return nil
 }
 
+type requiredLevel struct {
+	level  Level
+	source string
+}
+
+// Opportunistic is the host policy for a message that the relay has
+// encrypted end to end (OpenPGP) because the level required for host
+// could not be had, or because a rule says the partner's mail is always
+// encrypted: the message no longer depends on the session for its
+// confidentiality, so the best session the host offers is used (STARTTLS
+// when offered, any certificate; clear text otherwise), as at level may.
+// Its Outcome still names the level required and where it came from,
+// and says fallback=encrypt. The pool never hands such a session to a
+// transaction in clear text: its level (may) fails every stricter check.
+func (p *Policy) Opportunistic(host string) *HostPolicy {
+	host = normalizeHost(host)
+	h := &HostPolicy{Domain: p.Domain, Host: host, Level: May, Source: "fallback=encrypt", origin: p.origin,
+		roots: p.d.o.RootCAs, now: p.d.o.Now, encryptFallback: &requiredLevel{p.Level, p.Source}}
+	ex := &explainer{lines: slices.Clone(p.Explain)}
+	ex.add("host %s: the message is encrypted end to end (OpenPGP): best session offered, as may", host)
+	h.finish(ex, 0)
+	return h
+}
+
+// EncryptFallback reports whether h is an Opportunistic policy.
+func (h *HostPolicy) EncryptFallback() bool { return h.encryptFallback != nil }
+
 // UseSTARTTLS reports whether to try STARTTLS at all (not for none).
 func (h *HostPolicy) UseSTARTTLS() bool { return h.Level != None }
 
@@ -504,6 +534,9 @@ type Outcome struct {
 	// Report: MTA-STS testing mode and enforce would have refused this
 	// host or session. Log it (and TLSRPT, later); delivery goes on.
 	Report *Failure
+	// EncryptFallback: the message is encrypted end to end and sent over
+	// what the host offers, whatever Required says (Opportunistic).
+	EncryptFallback bool
 }
 
 func (o Outcome) String() string {
@@ -514,6 +547,9 @@ func (o Outcome) String() string {
 	}
 	if o.Failure != nil {
 		fmt.Fprintf(&b, " failure=%s: %s", o.Failure.Code, o.Failure.Reason)
+	}
+	if o.EncryptFallback {
+		b.WriteString(" fallback=encrypt")
 	}
 	if o.Report != nil {
 		fmt.Fprintf(&b, " mta-sts-testing-report=%s: %s", o.Report.Code, o.Report.Reason)
@@ -537,6 +573,9 @@ func (h *HostPolicy) Check(starttlsOffered bool, cs *tls.ConnectionState, handsh
 // Evaluate is Check with the full Outcome.
 func (h *HostPolicy) Evaluate(starttlsOffered bool, cs *tls.ConnectionState, handshakeErr error) Outcome {
 	o := Outcome{Host: h.Host, Required: h.Level, Source: h.Source, Achieved: None}
+	if f := h.encryptFallback; f != nil {
+		o.Required, o.Source, o.EncryptFallback = f.level, f.source, true
+	}
 	if handshakeErr == nil && cs != nil && cs.HandshakeComplete {
 		o.TLS = smtputil.TLSVersionName(cs.Version) + " " + tls.CipherSuiteName(cs.CipherSuite)
 	}

@@ -39,6 +39,10 @@ commands:
   tls-policy probe --config FILE DOMAIN [--port N] [--timeout D] [--requiretls] [--tls-required-no]
                                EHLO, STARTTLS, EHLO, QUIT to each MX address (no mail); report
                                what it offers; exit 1 unless every one meets the policy, 3 as above
+  encrypt lookup --config FILE ADDRESS [--timeout D]
+                               which OpenPGP key the encryption fallback would use for ADDRESS,
+                               from where, and why the others were refused; exit 0 if a usable
+                               key exists, 1 if none, 3 if a source failed temporarily
   version                      print the version
 `
 
@@ -96,6 +100,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return dkimCmd(args, stdout, stderr)
 	case "tls-policy":
 		return tlsPolicyCmd(args, stdout, stderr)
+	case "encrypt":
+		return encryptCmd(args, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "securerelay", versionString())
 		return 0
@@ -148,6 +154,19 @@ func load(path string, stderr io.Writer) (*config.Config, int) {
 		if err == nil {
 			_, err = inboundContent(cfg, res, quietLog)
 		}
+		if err == nil {
+			// Pinned keys and signing keys are checked here, with their
+			// position; keyring files that cannot be used are warnings.
+			_, err = encryption(cfg, nil)
+		}
+		if err == nil && cfg.Outbound.Encryption.Keyring != "" {
+			if dir, derr := keyDirectory(cfg, res, quietLog, false); derr == nil {
+				for _, p := range dir.KeyringProblems() {
+					fmt.Fprintf(stderr, "warning: %s:%d: outbound.encryption.keyring: %v\n", cfg.Path, cfg.Line("outbound.encryption.keyring"), p)
+				}
+				dir.Close()
+			}
+		}
 		if err == nil && hasInbound(cfg) && servedPostmaster(cfg) == "" {
 			fmt.Fprintf(stderr, "warning: %s:%d: postmaster: %s is not in a domain with deliver_to, so inbound listeners refuse RCPT TO:<Postmaster> (RFC 5321 requires it); use an address in one of your domains\n",
 				cfg.Path, cfg.Line("postmaster"), cfg.Postmaster)
@@ -155,11 +174,16 @@ func load(path string, stderr io.Writer) (*config.Config, int) {
 	}
 	if err != nil {
 		var errs config.Errors
-		if errors.As(err, &errs) {
+		var one *config.Error
+		switch {
+		case errors.As(err, &errs):
 			for _, e := range errs {
 				fmt.Fprintln(stderr, e.Error())
 			}
-		} else {
+		case errors.As(err, &one):
+			// Already FILE:LINE: key: what.
+			fmt.Fprintln(stderr, one.Error())
+		default:
 			fmt.Fprintf(stderr, "%s: %v\n", path, err)
 		}
 		return nil, 1

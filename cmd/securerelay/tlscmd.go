@@ -302,6 +302,7 @@ func tlsExplain(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
+	e.explainEncryption(stdout, a.domain)
 	hosts, ok := e.hosts(ctx, stdout, a.domain, d)
 	if !ok {
 		return exitDNS
@@ -326,6 +327,33 @@ func tlsExplain(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintln(stdout, "\nsummary:")
 	printLines(stdout, "  ", summary)
 	return 0
+}
+
+// explainEncryption says what the OpenPGP fallback does for domain: the
+// rule, whether it encrypts always or as the fallback, the key sources in
+// order and the pinned keys.
+func (e *tlsEnv) explainEncryption(w io.Writer, domain string) {
+	match := e.dec.DomainRule(domain)
+	rules, err := encryptionRules(e.cfg, time.Now())
+	if err != nil {
+		fmt.Fprintf(w, "encryption: %v\n", err)
+		return
+	}
+	r := rules[match]
+	if r == nil {
+		fmt.Fprintln(w, "encryption: none (no rule for this domain says fallback: encrypt or encrypt: always)")
+		return
+	}
+	fmt.Fprintf(w, "encryption: %s\n", describeEncryptRule(e.cfg, match, r))
+	fmt.Fprintf(w, "  key sources, in order: %s\n", joinSources(r.Sources))
+	for _, p := range r.Pins {
+		who := "every recipient of the rule"
+		if p.Address != "" {
+			who = p.Address
+		}
+		fmt.Fprintf(w, "  pinned: %s (%s) for %s\n", p.Fingerprint, p.File, who)
+	}
+	fmt.Fprintln(w, "  only mail from outbound listeners; inbound mail and DSNs are never encrypted, REQUIRETLS messages never leave below the level")
 }
 
 // afterPrefix drops the Decide steps that ForMX copies in front of its own.

@@ -20,6 +20,7 @@ import (
 
 	"securerelay/config"
 	"securerelay/dnsutil"
+	"securerelay/encrypt"
 	"securerelay/inbound"
 	"securerelay/internal/anvil"
 	"securerelay/internal/counter"
@@ -151,6 +152,10 @@ type relay struct {
 	cfgPath  string
 	serveErr chan error
 	stsCache tlspolicy.STSCache
+	// keys is the OpenPGP key directory of the encryption fallback, one
+	// for the process (its settings need a restart; keyring files are
+	// read again when they change).
+	keys *encrypt.Directory
 }
 
 func serve(cfg *config.Config, path string, stderr io.Writer) error {
@@ -217,6 +222,16 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if r.keys, err = keyDirectory(cfg, res, log, true); err != nil {
+		return err
+	}
+	enc, err := encryption(cfg, r.keys)
+	if err != nil {
+		return err
+	}
+	for _, p := range r.keys.KeyringProblems() {
+		log.Warn("encryption: keyring file not used", "error", p)
+	}
 	r.engine = outbound.NewEngine(outbound.EngineOptions{
 		Helo:                cfg.Outbound.Helo,
 		Self:                selfAddrs(cfg),
@@ -229,6 +244,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		TLS:                 tlsPol,
 		HonourTLSRequiredNo: cfg.Outbound.TLS.TLSRequiredNo == "honour",
 		Transform:           r.signer.Transform,
+		Encryption:          enc,
 		Logger:              log,
 	}, rt)
 	var retry []time.Duration
@@ -299,6 +315,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 			role = outbound.NewSubmission(outbound.SubmissionOptions{
 				Trusted: trusted(l), Auth: l.Auth, ForeignFrom: l.ForeignFrom, Ours: r.ours,
 				NullSender: l.NullSender, NullSenderAddress: l.NullSenderAddress,
+				RecipientKey: r.engine.RequiredKey,
 			}, r.users)
 		}
 		lim := l.Limits
@@ -441,6 +458,9 @@ func (r *relay) shutdown() {
 			r.log.Warn("screening cache not saved", "error", err)
 		}
 	}
+	if err := r.keys.Close(); err != nil {
+		r.log.Warn("OpenPGP key cache not saved", "error", err)
+	}
 	r.log.Info("stopped", "spooled", r.q.Len())
 	r.q.Close()
 }
@@ -472,6 +492,11 @@ func (r *relay) reload() {
 		return
 	}
 	content, err := inboundContent(cfg, res, r.log)
+	if err != nil {
+		r.log.Error("reload failed, keeping the running configuration", "error", err)
+		return
+	}
+	enc, err := encryption(cfg, r.keys)
 	if err != nil {
 		r.log.Error("reload failed, keeping the running configuration", "error", err)
 		return
@@ -515,7 +540,7 @@ func (r *relay) reload() {
 	}
 	r.users.SetAccounts(userAccounts(cfg))
 	r.engine.SetRouter(rt)
-	r.engine.SetTLS(tlsPol, cfg.Outbound.TLS.TLSRequiredNo == "honour")
+	r.engine.SetTLS(tlsPol, cfg.Outbound.TLS.TLSRequiredNo == "honour", enc)
 	r.signer.Set(keys, dkimOptions(cfg), cfg.Outbound.DKIM.UseEnvelopeSender)
 	r.ours.Set(ourDomains(cfg))
 	r.log.Info("configuration reloaded", "domains", len(cfg.Domains), "routes", len(cfg.Outbound.Routes), "users", len(cfg.Outbound.Users))

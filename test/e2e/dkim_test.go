@@ -310,6 +310,16 @@ outbound:
 // namespace whose resolv.conf names a test DNS server on 127.53.1.1:53.
 func verifyWithTools(t *testing.T, dir string, msg []byte, zone string) {
 	t.Helper()
+	verifyDKIMTools(t, dir, msg, zone, "8-bit body", "8-bit b0dy")
+}
+
+// verifyDKIMTools is verifyWithTools whose negative control replaces
+// the body text old with new (same length) and must then fail.
+func verifyDKIMTools(t *testing.T, dir string, msg []byte, zone, old, new string) {
+	t.Helper()
+	if !bytes.Contains(msg, []byte(old)) {
+		t.Fatalf("%q is not in the message: the negative control would prove nothing", old)
+	}
 	for _, tool := range []string{"dkimverify", "opendkim-testmsg", "unshare"} {
 		requireTool(t, tool)
 	}
@@ -337,7 +347,7 @@ func verifyWithTools(t *testing.T, dir string, msg []byte, zone string) {
 		fmt.Fprintf(&script, "opendkim-testmsg < %q\n", f)
 	}
 	// A negative control: one body byte changed must fail.
-	bad := bytes.Replace(msg, []byte("8-bit body"), []byte("8-bit b0dy"), 1)
+	bad := bytes.Replace(msg, []byte(old), []byte(new), 1)
 	badFile := filepath.Join(dir, "tools-bad.eml")
 	os.WriteFile(badFile, bad, 0o600)
 	fmt.Fprintf(&script, "if dkimverify --index 0 < %q; then echo 'tampered copy verified'; exit 1; fi\n", badFile)

@@ -370,6 +370,14 @@ func (m *policyMX) Conns() int {
 	return m.conns
 }
 
+// Raw is every byte the relay sent, as it crossed the wire (TLS records
+// encrypted).
+func (m *policyMX) Raw() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.raw.String()
+}
+
 // Transcript is the dialogue so far as the server saw it, inside TLS too.
 func (m *policyMX) Transcript() string {
 	m.mu.Lock()
@@ -599,22 +607,40 @@ func newADDNS(t *testing.T, zone string, unsigned ...string) *dnstest.Server {
 // MTA-STS: the policy host.
 
 // stsHost serves https://mta-sts.DOMAIN/.well-known/mta-sts.txt for
-// several domains with one certificate naming all of them.
+// several domains with one certificate naming all of them, and any other
+// files given (WKD keys at https://openpgpkey.DOMAIN/.well-known/…).
 type stsHost struct {
 	Addr string
 
 	mu       sync.Mutex
 	policies map[string]string // by Host
 	fetches  map[string]int
+	files    map[string][]byte // by "host/path"
+	gets     map[string]int    // of files, by "host/path"
 }
 
 func startSTSHost(t *testing.T, ln net.Listener, ca *testCA, policies map[string]string) *stsHost {
 	t.Helper()
-	h := &stsHost{Addr: ln.Addr().String(), policies: map[string]string{}, fetches: map[string]int{}}
+	return startHTTPSHost(t, ln, ca, policies, nil)
+}
+
+// startHTTPSHost is startSTSHost that also serves files, by URL without
+// the query ("openpgpkey.partner.test/.well-known/openpgpkey/…"); the
+// certificate names their hosts too.
+func startHTTPSHost(t *testing.T, ln net.Listener, ca *testCA, policies map[string]string, files map[string][]byte) *stsHost {
+	t.Helper()
+	h := &stsHost{Addr: ln.Addr().String(), policies: map[string]string{}, fetches: map[string]int{},
+		files: map[string][]byte{}, gets: map[string]int{}}
 	var names []string
 	for d, p := range policies {
 		h.policies["mta-sts."+d] = p
 		names = append(names, "mta-sts."+d)
+	}
+	for u, body := range files {
+		h.files[u] = body
+		if host, _, _ := strings.Cut(u, "/"); !slices.Contains(names, host) {
+			names = append(names, host)
+		}
 	}
 	slices.Sort(names)
 	srv := &http.Server{
@@ -629,7 +655,16 @@ func startSTSHost(t *testing.T, ln net.Listener, ca *testCA, policies map[string
 			if r.URL.Path == "/.well-known/mta-sts.txt" {
 				h.fetches[host]++
 			}
+			f, isFile := h.files[host+r.URL.Path]
+			if isFile {
+				h.gets[host+r.URL.Path]++
+			}
 			h.mu.Unlock()
+			if isFile {
+				w.Header().Set("Content-Type", "application/octet-stream")
+				w.Write(f)
+				return
+			}
 			if !ok || r.URL.Path != "/.well-known/mta-sts.txt" {
 				http.NotFound(w, r)
 				return
@@ -656,6 +691,13 @@ func (h *stsHost) Fetches(domain string) int {
 	return h.fetches["mta-sts."+domain]
 }
 
+// Gets counts the requests for a file ("host/path").
+func (h *stsHost) Gets(file string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.gets[file]
+}
+
 // ---------------------------------------------------------------------------
 // The relay.
 
@@ -672,6 +714,11 @@ type policyRelayOpts struct {
 	Routes string
 	// IdleTimeout replaces outbound.idle_connection_timeout (1s).
 	IdleTimeout string
+	// Outbound are more lines under outbound (encryption:), indented by
+	// two spaces; Domain more lines under domains.example.test, indented
+	// by four; Domains more domains, indented by two; Queue replaces the
+	// lines under queue (retry: [1h]), indented by two.
+	Outbound, Domain, Domains, Queue string
 }
 
 // policyRelay is a relay with a submission listener that trusts
@@ -704,8 +751,12 @@ func startPolicyRelay(t *testing.T, o policyRelayOpts) *policyRelay {
 		addrs = append(addrs, p.MX)
 		fmt.Fprintf(&b, "  - {name: mx, address: %q, role: inbound}\n", p.MX)
 	}
-	fmt.Fprintf(&b, "domains:\n  example.test: {deliver_to: %q}\n", "maildir:"+p.Mail)
-	b.WriteString("queue:\n  retry: [1h]\n")
+	fmt.Fprintf(&b, "domains:\n  example.test:\n    deliver_to: %q\n%s%s", "maildir:"+p.Mail, o.Domain, o.Domains)
+	queue := "  retry: [1h]\n"
+	if o.Queue != "" {
+		queue = o.Queue
+	}
+	b.WriteString("queue:\n" + queue)
 	timeouts := outboundTimeouts
 	if o.IdleTimeout != "" {
 		timeouts = strings.Replace(timeouts, "idle_connection_timeout: 1s", "idle_connection_timeout: "+o.IdleTimeout, 1)
@@ -714,6 +765,7 @@ func startPolicyRelay(t *testing.T, o policyRelayOpts) *policyRelay {
 	if o.Routes != "" {
 		b.WriteString("  routes:\n" + o.Routes)
 	}
+	b.WriteString(o.Outbound)
 	b.WriteString("  tls:\n" + o.TLS)
 	writeFile(t, p.Cfg, b.String())
 	if out, errOut, code := runRelayCmd(t, "check-config", "--config", p.Cfg); code != 0 {
