@@ -20,8 +20,8 @@ func (in *inspector) walkMessage(r io.Reader, depth int) error {
 	e, err := message.Read(r)
 	if err != nil && !message.IsUnknownEncoding(err) && !message.IsUnknownCharset(err) {
 		// No header to go by: nothing a mail program could show as an
-		// attachment either.
-		return nil
+		// attachment either (unless the deadline cut it short).
+		return in.readErr("", err)
 	}
 	return in.walkEntity(e, depth)
 }
@@ -93,8 +93,8 @@ var looseName = regexp.MustCompile(`(?i)(?:^|;)\s*(?:file)?name(?:\*[0-9]*)?\*?\
 func partNames(h message.Header) []string {
 	var out []string
 	add := func(n string) {
-		n = decodeName(strings.TrimSpace(n))
-		if n == "" {
+		n = decodeName(n)
+		if strings.TrimSpace(n) == "" {
 			return
 		}
 		for _, o := range out {
