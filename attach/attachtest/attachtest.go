@@ -355,7 +355,7 @@ func Message(from, to, subject string, parts ...Part) string {
 	return b.String()
 }
 
-// param writes name="value", or RFC 2231 name*=utf-8''… for a value
+// param writes name="value", or RFC 2231 name*=utf-8”… for a value
 // that is not plain ASCII.
 func param(name, v string) string {
 	for i := 0; i < len(v); i++ {
