@@ -355,8 +355,9 @@ func Message(from, to, subject string, parts ...Part) string {
 	return b.String()
 }
 
-// param writes name="value", or RFC 2231 name*=utf-8”… for a value
-// that is not plain ASCII.
+// param writes name="value", or the RFC 2231 extended form
+// (name*=utf-8, two apostrophes, percent-encoded octets) for a value that
+// is not plain ASCII.
 func param(name, v string) string {
 	for i := 0; i < len(v); i++ {
 		if v[i] < 0x20 || v[i] > 0x7e || v[i] == '"' || v[i] == '\\' {
