@@ -193,6 +193,7 @@ type inspector struct {
 	bytes   int64
 	// declared is the sum of declared sizes of the entries seen.
 	declared int64
+	heads    [][]byte
 }
 
 // Inspect walks the message in r (header and body, as spooled) and

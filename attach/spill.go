@@ -2,6 +2,7 @@ package attach
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"os"
 )
@@ -54,6 +55,10 @@ func spill(r io.Reader, dir string) (*spilled, error) {
 }
 
 func (s *spilled) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		// A damaged ZIP directory can point before the file's start.
+		return 0, errNegativeOffset
+	}
 	if s.f != nil {
 		return s.f.ReadAt(p, off)
 	}
@@ -84,6 +89,8 @@ func (w fileWriter) Write(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+var errNegativeOffset = errors.New("attach: negative offset")
 
 // tempError is our own trouble with the temp file: the message could not
 // be checked, which the caller answers with a temporary failure.
