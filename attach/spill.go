@@ -1,6 +1,7 @@
 package attach
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -46,7 +47,12 @@ func spill(r io.Reader, dir string) (*spilled, error) {
 		f.Close()
 		return nil, &tempError{err}
 	}
-	m, err := io.Copy(fileWriter{f}, r)
+	// 256 KiB writes: a 9 MiB archive in 36 system calls, not 288.
+	bw := bufio.NewWriterSize(fileWriter{f}, 256<<10)
+	m, err := io.Copy(bw, r)
+	if err == nil {
+		err = bw.Flush()
+	}
 	if err != nil {
 		f.Close()
 		return nil, err
