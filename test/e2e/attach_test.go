@@ -59,12 +59,12 @@ func TestAttachmentPolicy(t *testing.T) {
 			if err := os.WriteFile(p, data, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			args = append(args, "--attach", "@"+p)
+			args = append(args, "--attach", p)
 		}
 		res := mustSend(t, args...)
 		delivered++
 		msgs := down.WaitMessages(t, delivered, 10*time.Second)
-		if got := msgs[delivered-1].Data; hasHeader(got, "X-Securerelay-Attachment") || !strings.Contains(string(got), "Lebenslauf.docx") {
+		if got := msgs[delivered-1].Data; hasHeader(got, "X-Securerelay-Attachment") || !strings.Contains(string(got), `filename="Lebenslauf.docx"`) {
 			t.Errorf("delivered message:\n%s", headerSection(got))
 		}
 		t.Logf("ordinary: %s", res.QueueID())
