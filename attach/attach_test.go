@@ -56,6 +56,10 @@ func TestOrdinaryAttachmentsPass(t *testing.T) {
 		attachtest.Part{Name: "invite.ics", Type: "text/calendar; method=REQUEST", Data: []byte(attachtest.ICS)},
 		attachtest.Part{Name: "Übersicht März.pdf", Type: "application/pdf", Data: attachtest.PDF()},
 		attachtest.Part{Name: "Заявление.pdf", Type: "application/pdf", Data: attachtest.PDF()},
+		attachtest.Part{Name: "Col·legi d'Advocats.pdf", Type: "application/pdf", Data: attachtest.PDF()},
+		attachtest.Part{Name: "گزارش‌ها.pdf", Type: "application/pdf", Data: attachtest.PDF()},
+		attachtest.Part{Name: "דוח‏ 2026.pdf", Type: "application/pdf", Data: attachtest.PDF()},
+		attachtest.Part{Name: "Scan 2026.01.15.pdf", Type: "application/pdf", Data: attachtest.PDF()},
 		attachtest.Part{Name: "Unterlagen.zip", Type: "application/zip", Data: attachtest.Zip(t, map[string][]byte{"a.pdf": attachtest.PDF(), "b.jpg": attachtest.JPEG()})},
 		attachtest.Part{Name: "logs.tar.gz", Type: "application/gzip", Data: attachtest.TarGz(t, map[string][]byte{"log/app.log": bytes.Repeat([]byte("ok\n"), 1000)})},
 	)
@@ -63,8 +67,8 @@ func TestOrdinaryAttachmentsPass(t *testing.T) {
 	if v.Action != attach.Pass {
 		t.Fatalf("ordinary attachments: %q %+v", v.Action, v.Findings)
 	}
-	if v.Files != 8 {
-		t.Errorf("looked at %d files, want 8", v.Files)
+	if v.Files != 12 {
+		t.Errorf("looked at %d files, want 12", v.Files)
 	}
 	// A message without attachments.
 	if v := inspect(t, "From: <a@b.example>\r\nSubject: hi\r\n\r\nhello\r\n", nil); v.Action != attach.Pass || v.Files != 0 {

@@ -68,22 +68,48 @@ func baseName(name string) string {
 // directionControls change how a name is shown (U+202E shows
 // "invoice\u202Efdp.exe" as "invoiceexe.pdf"); invisible characters
 // hide what separates words. Neither belongs in a file name.
+// The marks (U+200E, U+200F, U+061C) and the joiners (U+200C, U+200D)
+// are left alone: Hebrew, Arabic, Persian and Indic names use them, and
+// they cannot reorder letters.
 func isDirectionControl(r rune) bool {
-	return r >= 0x202a && r <= 0x202e || r >= 0x2066 && r <= 0x2069 || r == 0x200e || r == 0x200f || r == 0x061c
+	return r >= 0x202a && r <= 0x202e || r >= 0x2066 && r <= 0x2069
 }
 
 func isInvisible(r rune) bool {
-	return r >= 0x200b && r <= 0x200d || r == 0x2060 || r == 0xfeff || r == 0x00ad || r == 0x180e
+	return r == 0x200b || r == 0x2060 || r == 0xfeff || r == 0x180e
 }
 
 // dotLookalikes are shown as a full stop but are none: "invoice\u2024pdf"
-// looks like a PDF and has no extension at all, or another one.
+// looks like a PDF and has no extension at all, or another one. Some are
+// ordinary punctuation in some languages (the Arabic full stop, the
+// Catalan middle dot), so only one followed by a known extension counts
+// (fakeExtension).
 func isDotLookalike(r rune) bool {
 	switch r {
 	case 0x2024, 0xff0e, 0x3002, 0xfe52, 0x0701, 0x0702, 0x06d4, 0xa60e, 0x2027, 0x2e31, 0x00b7, 0x2219, 0x22c5, 0x1427:
 		return true
 	}
 	return false
+}
+
+// fakeExtension finds a dot look-alike followed by an extension that
+// mail programs and Windows know ("invoice\u2024pdf"), and returns it.
+func fakeExtension(name string) (rune, string) {
+	rs := []rune(name)
+	for i, r := range rs {
+		if !isDotLookalike(r) {
+			continue
+		}
+		j := i + 1
+		for j < len(rs) && (unicode.IsLetter(rs[j]) || unicode.IsDigit(rs[j])) {
+			j++
+		}
+		ext := strings.ToLower(string(rs[i+1 : j]))
+		if _, known := byExtension[ext]; known || decoys[ext] {
+			return r, ext
+		}
+	}
+	return 0, ""
 }
 
 // scriptOf names the alphabets whose letters look like Latin ones.
@@ -138,7 +164,7 @@ func classifyName(name string) []nameFinding {
 	var out []nameFinding
 	base := baseName(name)
 	var clean strings.Builder
-	var control, invisible, dot rune
+	var control, invisible rune
 	for _, r := range base {
 		switch {
 		case isDirectionControl(r):
@@ -151,14 +177,11 @@ func classifyName(name string) []nameFinding {
 				invisible = r
 			}
 			continue
-		case isDotLookalike(r):
-			if dot == 0 {
-				dot = r
-			}
 		}
 		clean.WriteRune(r)
 	}
 	real := clean.String()
+	dot, fake := fakeExtension(real)
 	if control != 0 {
 		out = append(out, nameFinding{DeceptiveName, fmt.Sprintf("its name contains the Unicode direction control U+%04X, which shows the name in another order than it is (the real name is %+q)", control, real)})
 	}
@@ -166,7 +189,7 @@ func classifyName(name string) []nameFinding {
 		out = append(out, nameFinding{DeceptiveName, fmt.Sprintf("its name contains the invisible character U+%04X", invisible)})
 	}
 	if dot != 0 {
-		out = append(out, nameFinding{DeceptiveName, fmt.Sprintf("its name contains U+%04X, which looks like a dot and fakes an extension", dot)})
+		out = append(out, nameFinding{DeceptiveName, fmt.Sprintf("its name contains U+%04X, which looks like a dot and fakes the extension .%s", dot, fake)})
 	}
 	if a, b := mixedScript(real); a != "" {
 		out = append(out, nameFinding{DeceptiveName, fmt.Sprintf("its name mixes look-alike letters (%s and %s) in one word", a, b)})
