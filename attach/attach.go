@@ -231,6 +231,12 @@ func (in *inspector) found(c Class, pathIn, reason string) error {
 		return nil
 	}
 	f := Finding{Class: c, File: in.file, Path: pathIn, Reason: reason, Action: a}
+	for _, o := range in.v.Findings {
+		if o.Class == c && o.File == f.File && o.Path == pathIn {
+			// The same file by name and by content: said once.
+			return nil
+		}
+	}
 	if len(in.v.Findings) < maxFindings {
 		in.v.Findings = append(in.v.Findings, f)
 	}

@@ -364,3 +364,11 @@ func TestForwardedMessage(t *testing.T) {
 		"--x\r\nContent-Type: message/rfc822\r\n\r\n" + inner + "\r\n--x--\r\n"
 	wantVerdict(t, inspect(t, msg, nil), attach.Reject, attach.Executable, "setup.exe", "")
 }
+
+func TestUuencodedInText(t *testing.T) {
+	msg := "From: <a@b.example>\r\nSubject: x\r\n\r\nsee attached\r\n\r\nbegin 644 Rechnung.pdf.exe\r\nM35H`\r\n`\r\nend\r\n"
+	wantVerdict(t, inspect(t, msg, nil), attach.Reject, attach.DeceptiveName, "Rechnung.pdf.exe", "")
+	if v := inspect(t, "From: <a@b.example>\r\n\r\nbegin 644 Bericht.pdf\r\nend\r\nbeginning of the text\r\n", nil); v.Action != attach.Pass {
+		t.Errorf("a uuencoded PDF: %+v", v)
+	}
+}

@@ -1,6 +1,8 @@
 package attach
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"mime"
@@ -53,7 +55,12 @@ func (in *inspector) walkEntity(e *message.Entity, depth int) error {
 	}
 	disp, _, _ := mime.ParseMediaType(e.Header.Get("Content-Disposition"))
 	if len(names) == 0 && disp != "attachment" && (mt == "" || strings.HasPrefix(mt, "text/") || strings.HasPrefix(mt, "multipart/")) {
-		// Body text: shown, never saved or run.
+		if mt == "" || mt == "text/plain" {
+			// Body text is shown, never saved or run, unless it
+			// holds uuencoded files, which Outlook shows as
+			// attachments.
+			return in.uuencoded(e.Body)
+		}
 		return nil
 	}
 	in.v.Files++
@@ -131,4 +138,34 @@ func partNames(h message.Header) []string {
 		}
 	}
 	return out
+}
+
+// uuBegin is the first line of a uuencoded file: "begin 644 name".
+var uuBegin = regexp.MustCompile(`^begin(?:-base64)? [0-7]{3,4} (.+)$`)
+
+// uuencoded checks the names of uuencoded files in a text part. Only
+// lines starting with "begin " are looked at; the text is read line by
+// line and never kept.
+func (in *inspector) uuencoded(r io.Reader) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), 64*1024)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if len(line) < 10 || line[0] != 'b' || !bytes.HasPrefix(line, []byte("begin")) {
+			continue
+		}
+		m := uuBegin.FindSubmatch(bytes.TrimRight(line, "\r"))
+		if m == nil {
+			continue
+		}
+		in.v.Files++
+		in.file = string(m[1])
+		if err := in.nameFindings("", in.file); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil && err != bufio.ErrTooLong {
+		return in.readErr("", err)
+	}
+	return nil
 }
