@@ -164,6 +164,9 @@ func TestDeclaredNames(t *testing.T) {
 			attach.Executable, "a.pdf"},
 		{"duplicate filename", "Content-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"a.pdf\"; filename=\"a.cmd\"\r\n",
 			attach.Script, "a.pdf"},
+		{"raw UTF-8 (SMTPUTF8)", "Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"Lebenslauf\u202efdp.scr\"\r\n",
+			attach.DeceptiveName, "Lebenslauf\u202efdp.scr"},
+		{"unquoted", "Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=setup.exe\r\n", attach.Executable, "setup.exe"},
 		{"declared type", "Content-Type: application/x-msdownload\r\nContent-Disposition: attachment\r\n", attach.Executable, ""},
 	}
 	for _, tt := range tests {
