@@ -22,9 +22,12 @@ cd "$(dirname "$0")"
 # OpenPGP (encrypt/): gnupg makes the recipients' keys, the OPENPGPKEY
 # records and the WKD hashes and decrypts what we encrypt; sq (Sequoia) and
 # rnp decrypt it too, as independent implementations.
+# The attachment policy (attach/): zip and 7z (p7zip-full) make the
+# archives its tests send, beside tar and gzip, which every system has.
 PKGS=(swaks libnet-ssleay-perl libio-socket-ssl-perl postfix openssl ca-certificates python3-dkim python3-nacl opendkim opendkim-tools rbldnsd
 	rspamd clamav clamav-daemon clamav-milter testssl.sh
-	gnupg sq rnp)
+	gnupg sq rnp
+	zip p7zip-full tar gzip)
 missing=()
 for p in "${PKGS[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

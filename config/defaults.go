@@ -37,7 +37,19 @@ const (
 	DefaultKeyCacheTTL           = Duration(6 * time.Hour)
 	DefaultKeyNegativeCacheTTL   = Duration(30 * time.Minute)
 	DefaultEncryptedSubject      = "..."
+	// The attachment policy's limits: deep enough for a .tar.gz in a ZIP
+	// in a forwarded message, far below what a bomb needs.
+	DefaultAttachmentMaxDepth        = 5
+	DefaultAttachmentMaxEntries      = 10000
+	DefaultAttachmentMaxUncompressed = Size(256 * 1000 * 1000)
+	DefaultAttachmentMaxRatio        = 200
+	DefaultAttachmentTimeout         = Duration(30 * time.Second)
+	DefaultAttachmentAction          = "reject"
 )
+
+// DefaultAttachmentBanned: programs, scripts and everything that
+// disguises a file (attach.DefaultBanned; a test keeps both equal).
+var DefaultAttachmentBanned = []string{"executable", "script", "shortcut", "installer", "disk_image", "office_macro", "deceptive_name", "name_mismatch"}
 
 // KeySources are the OpenPGP key sources in their default order of trust:
 // keys the admin pinned, then the admin's keyring, then what the
@@ -211,6 +223,43 @@ func (l *loader) applyDefaults(c *Config) {
 		for _, m := range ct.Milters {
 			ct.Policies["default"] = append(ct.Policies["default"], m.Name)
 		}
+	}
+	at := &c.Inbound.Attachments
+	if at.Enabled == nil {
+		t := true
+		at.Enabled = &t
+	}
+	if at.MaxDepth == 0 {
+		at.MaxDepth = DefaultAttachmentMaxDepth
+	}
+	if at.MaxEntries == 0 {
+		at.MaxEntries = DefaultAttachmentMaxEntries
+	}
+	if at.MaxUncompressed == 0 {
+		at.MaxUncompressed = DefaultAttachmentMaxUncompressed
+	}
+	if at.MaxRatio == 0 {
+		at.MaxRatio = DefaultAttachmentMaxRatio
+	}
+	if at.Timeout == 0 {
+		at.Timeout = DefaultAttachmentTimeout
+	}
+	if _, ok := at.Policies["default"]; !ok {
+		if at.Policies == nil {
+			at.Policies = map[string]AttachmentPolicy{}
+		}
+		at.Policies["default"] = AttachmentPolicy{}
+	}
+	for name, p := range at.Policies {
+		if p.Banned == nil {
+			p.Banned = append([]string(nil), DefaultAttachmentBanned...)
+		}
+		for _, a := range []*string{&p.Action, &p.Encrypted, &p.Unopened, &p.Limits} {
+			if *a == "" {
+				*a = DefaultAttachmentAction
+			}
+		}
+		at.Policies[name] = p
 	}
 	au := &c.Inbound.Auth
 	if au.AuthServID == "" {

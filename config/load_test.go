@@ -143,6 +143,9 @@ outbound:
 			Verify:  Verify{PositiveTTL: Duration(24 * time.Hour), NegativeTTL: Duration(10 * time.Minute), Timeout: Duration(10 * time.Second)},
 			Content: Content{Policies: map[string][]string{"default": {}}, RecipientDeletion: "reject"},
 			Auth:    Auth{AuthServID: "box.example.net", RejectDMARC: &yes, Timeout: Duration(10 * time.Second)},
+			Attachments: Attachments{Enabled: &yes, MaxDepth: 5, MaxEntries: 10000, MaxUncompressed: 256_000_000, MaxRatio: 200,
+				Timeout: Duration(30 * time.Second), Policies: map[string]AttachmentPolicy{"default": {
+					Banned: DefaultAttachmentBanned, Action: "reject", Encrypted: "reject", Unopened: "reject", Limits: "reject"}}},
 
 			MaxMailPerSession: 100,
 		},

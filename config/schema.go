@@ -214,6 +214,9 @@ type Domain struct {
 	// ContentPolicy names the inbound.content.policies entry whose
 	// milters scan this domain's inbound mail. Default: "default".
 	ContentPolicy string `yaml:"content_policy"`
+	// AttachmentPolicy names the inbound.attachments.policies entry for
+	// this domain's inbound mail. Default: "default".
+	AttachmentPolicy string `yaml:"attachment_policy"`
 	// OpenPGPSigningKey: an organisation's OpenPGP secret key (armoured,
 	// not passphrase-protected) that also signs the mail from this domain
 	// that the relay encrypts, so the recipient sees who sent it.
@@ -228,6 +231,9 @@ type Inbound struct {
 	Verify  Verify        `yaml:"verify"`
 	Content Content       `yaml:"content"`
 	Auth    Auth          `yaml:"auth"`
+	// Attachments is the attachment policy, checked after DATA before
+	// everything else in the content stage.
+	Attachments Attachments `yaml:"attachments"`
 	// MaxMailPerSession ends an inbound session at the MAIL command over
 	// it (421 4.7.0; the client reconnects): each transaction may cost
 	// DNS work (sender domain, SPF), which RSET must not repeat without
@@ -247,6 +253,55 @@ type Content struct {
 	// whole message is refused: reject (default, 550 5.7.1) or tempfail
 	// (451 4.7.1). Never a 250 that silently drops them.
 	RecipientDeletion string `yaml:"recipient_deletion"`
+}
+
+// Attachments refuses files by what they are (programs, scripts,
+// disguised names), also inside archives, in the dialog: no signature
+// needed, no scanner run spent. On by default.
+type Attachments struct {
+	// Enabled: default true; false turns the stage off.
+	Enabled *bool `yaml:"enabled"`
+	// MaxDepth: archives nested in archives that are opened (a ZIP
+	// attached is 1). Default 5.
+	MaxDepth int `yaml:"max_depth"`
+	// MaxEntries: files in all archives of one message. Default 10000.
+	MaxEntries int `yaml:"max_entries"`
+	// MaxUncompressed: bytes all archives of one message expand to (and
+	// declare). Default 256MB.
+	MaxUncompressed Size `yaml:"max_uncompressed"`
+	// MaxRatio: an archive entry over 1 MiB expanding more than this many
+	// times its compressed size. Default 200.
+	MaxRatio int `yaml:"max_ratio"`
+	// Timeout for checking one message. Default 30s.
+	Timeout Duration `yaml:"timeout"`
+	// Policies by name; domains pick one with attachment_policy. A
+	// "default" policy exists even when not written.
+	Policies map[string]AttachmentPolicy `yaml:"policies"`
+}
+
+// AttachmentPolicy is what one policy bans and what each finding costs.
+// Actions: reject (554 5.7.1), tempfail (451 4.7.1), accept (delivered
+// with an X-Securerelay-Attachment header); encrypted and unopened also
+// off (nothing done).
+type AttachmentPolicy struct {
+	// Banned classes: executable, script, shortcut, installer,
+	// disk_image, office_macro, deceptive_name, name_mismatch. Default:
+	// all of them; [] bans none.
+	Banned []string `yaml:"banned"`
+	// BannedNames: file-name patterns (*, ?, [a-z]; case-insensitive),
+	// matched against the name of every file, in archives too. Default
+	// none.
+	BannedNames []string `yaml:"banned_names"`
+	// Action for a banned class or name. Default reject.
+	Action string `yaml:"action"`
+	// Encrypted: an encrypted archive or document, which cannot be
+	// checked. Default reject.
+	Encrypted string `yaml:"encrypted"`
+	// Unopened: an archive recognised but not opened (7z, RAR, CAB, …)
+	// or damaged. Default reject.
+	Unopened string `yaml:"unopened"`
+	// Limits: a limit above was exceeded (a zip bomb). Default reject.
+	Limits string `yaml:"limits"`
 }
 
 // Milter is one content scanner speaking the milter protocol.

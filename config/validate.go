@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path"
 	"slices"
 	"sort"
 	"strconv"
@@ -622,12 +623,57 @@ func (l *loader) checkContent(c *Config) {
 			l.errorf(l.domainPath(name)+".content_policy", "%q is not a policy in inbound.content.policies", d.ContentPolicy)
 		}
 	}
+	l.checkAttachments(c)
 	l.positiveDuration("inbound.auth.timeout", c.Inbound.Auth.Timeout, "the default, 10s")
 	if c.Inbound.MaxMailPerSession < 0 {
 		l.errorf("inbound.max_mail_per_session", "must be positive (0 or leaving it out means %d)", DefaultMaxMailPerSession)
 	}
 	if c.Inbound.Auth.Enabled && strings.ContainsAny(c.Inbound.Auth.AuthServID, " ;()\t") {
 		l.errorf("inbound.auth.authserv_id", "%q is not a host name", c.Inbound.Auth.AuthServID)
+	}
+}
+
+// checkAttachments: limits positive, classes and patterns known, every
+// domain naming a known policy.
+func (l *loader) checkAttachments(c *Config) {
+	at := &c.Inbound.Attachments
+	const p = "inbound.attachments"
+	l.positiveInt(p+".max_depth", at.MaxDepth, fmt.Sprintf("the default, %d", DefaultAttachmentMaxDepth))
+	l.positiveInt(p+".max_entries", at.MaxEntries, fmt.Sprintf("the default, %d", DefaultAttachmentMaxEntries))
+	l.positiveInt(p+".max_ratio", at.MaxRatio, fmt.Sprintf("the default, %d", DefaultAttachmentMaxRatio))
+	if at.MaxUncompressed < 0 {
+		l.errorf(p+".max_uncompressed", "must be positive, e.g. 256MB (0 or leaving it out means the default, %s)", DefaultAttachmentMaxUncompressed)
+	}
+	l.positiveDuration(p+".timeout", at.Timeout, "the default, "+DefaultAttachmentTimeout.String())
+	names := make([]string, 0, len(at.Policies))
+	for name := range at.Policies {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		pol, pp := at.Policies[name], p+".policies."+name
+		for i, b := range pol.Banned {
+			if !slices.Contains(DefaultAttachmentBanned, b) {
+				l.errorf(fmt.Sprintf("%s.banned[%d]", pp, i), "%q is not a class; the classes are %s", b, strings.Join(DefaultAttachmentBanned, ", "))
+			}
+		}
+		for i, pat := range pol.BannedNames {
+			if _, err := path.Match(pat, ""); err != nil || pat == "" || strings.ContainsAny(pat, `/\`) {
+				l.errorf(fmt.Sprintf("%s.banned_names[%d]", pp, i), "%q is not a file-name pattern; write e.g. \"*.xyz\" (* any characters, ? one, [a-z] a range; no folder)", pat)
+			}
+		}
+		l.oneOf(pp+".action", pol.Action, "reject", "tempfail", "accept")
+		l.oneOf(pp+".limits", pol.Limits, "reject", "tempfail", "accept")
+		l.oneOf(pp+".encrypted", pol.Encrypted, "reject", "tempfail", "accept", "off")
+		l.oneOf(pp+".unopened", pol.Unopened, "reject", "tempfail", "accept", "off")
+	}
+	for name, d := range c.Domains {
+		if d.AttachmentPolicy == "" {
+			continue
+		}
+		if _, ok := at.Policies[d.AttachmentPolicy]; !ok {
+			l.errorf(l.domainPath(name)+".attachment_policy", "%q is not a policy in inbound.attachments.policies", d.AttachmentPolicy)
+		}
 	}
 }
 

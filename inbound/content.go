@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"securerelay/attach"
 	"securerelay/authres"
 	"securerelay/dkim"
 	"securerelay/milter"
@@ -41,12 +42,33 @@ type Content struct {
 	Hostname string
 	// Timeout bounds the whole stage for one message.
 	Timeout time.Duration
+	// Attachments, if set, is the attachment policy, run first.
+	Attachments *Attachments
+}
+
+// Attachments is the attachment policy stage (attach/): it runs first,
+// before SPF/DKIM/DMARC and the milters, because it costs no DNS
+// question and no scanner run, and a banned file should cost neither.
+type Attachments struct {
+	Limits attach.Limits
+	// Policies by name; "default" is always there. DomainPolicy names a
+	// domain's policy ("default" when absent).
+	Policies     map[string]*attach.Policy
+	DomainPolicy map[string]string
+}
+
+func (a *Attachments) policyOf(domain string) string {
+	if p := a.DomainPolicy[domain]; p != "" {
+		return p
+	}
+	return "default"
 }
 
 // txn is the role's per-transaction state (smtpd.State.Txn).
 type txn struct {
 	spf    *authres.SPFResult
 	policy string // content policy of the first accepted recipient
+	attach string // attachment policy of the first accepted recipient
 }
 
 func txnOf(st *smtpd.State) *txn {
@@ -106,13 +128,26 @@ func (r *Role) spfOnce(st *smtpd.State) error {
 // to DATA for all recipients, so recipients whose scanning differs are
 // sent by the client in another transaction (452 4.5.3 makes a real MTA
 // retry them at once), never accepted and then treated alike.
+// The attachment policy is split the same way.
 func (r *Role) splitPolicy(st *smtpd.State, domain string) error {
 	c := r.content.Load()
-	if c == nil || len(c.Chains) == 0 {
+	if c == nil {
+		return nil
+	}
+	t := txnOf(st)
+	if a := c.Attachments; a != nil {
+		switch p := a.policyOf(domain); {
+		case t.attach == "":
+			t.attach = p
+		case t.attach != p:
+			r.count.inc("attachment_policy_split")
+			return smtputil.AttachmentPolicySplit(domain)
+		}
+	}
+	if len(c.Chains) == 0 {
 		return nil
 	}
 	p := c.policyOf(domain)
-	t := txnOf(st)
 	switch {
 	case t.policy == "":
 		t.policy = p
@@ -141,11 +176,16 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 	if policy == "" {
 		policy = "default"
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout())
+	defer cancel()
+	if c.Attachments != nil {
+		if err := r.attachments(ctx, st, msg, c.Attachments, t.attach); err != nil {
+			return err
+		}
+	}
 	if c.Auth == nil && !c.scans(policy) {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout())
-	defer cancel()
 	var rewrites []func(io.Writer, io.Reader) error
 	strip := false
 
@@ -251,6 +291,75 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 		msg.Rewrite = chain(rewrites)
 	}
 	return nil
+}
+
+// attachments runs the attachment policy of the transaction on the
+// spooled message: a refusal is a reply naming the file, an accepted
+// finding a header for the recipient's admin.
+func (r *Role) attachments(ctx context.Context, st *smtpd.State, msg *smtpd.Message, a *Attachments, name string) error {
+	if name == "" {
+		name = "default"
+	}
+	pol := a.Policies[name]
+	if pol == nil {
+		pol = a.Policies["default"]
+	}
+	src, err := msg.Open()
+	if err != nil {
+		return r.contentFailed(msg, "reading the spooled message", err)
+	}
+	v, err := attach.Inspect(ctx, src, a.Limits, pol)
+	closeReader(src)
+	if err != nil {
+		return r.contentFailed(msg, "attachment check", err)
+	}
+	f := v.Finding
+	switch v.Action {
+	case attach.Pass:
+		return nil
+	case attach.Accept:
+		log := r.log
+		if st != nil && st.Log != nil {
+			log = st.Log
+		}
+		for i, f := range v.Findings {
+			if i == maxAttachmentHeaders {
+				break
+			}
+			msg.AddHeader += attachmentHeader(f, pol.Name)
+			if log != nil {
+				log.Info("inbound check accepted", "check", "attachment", "class", string(f.Class), "file", f.File, "path", f.Path,
+					"action", f.Action, "policy", pol.Name, "reason", f.Reason, "queue_id", msg.QueueID)
+			}
+		}
+		return nil
+	}
+	r.count.inc("attachment_" + string(f.Class))
+	r.refused(st, "attachment", "class", string(f.Class), "file", f.File, "path", f.Path, "action", v.Action,
+		"policy", pol.Name, "reason", f.Reason, "queue_id", msg.QueueID)
+	if v.Action == attach.Tempfail {
+		return smtputil.AttachmentTempFail(f.Where(), f.Reason)
+	}
+	return smtputil.AttachmentRefused(f.Where(), f.Reason)
+}
+
+// maxAttachmentHeaders bounds the header lines one message gets.
+const maxAttachmentHeaders = 8
+
+// attachmentHeader records an accepted finding for the recipient's
+// admin (and its filters): one field per finding, ASCII only, no
+// line break a name could smuggle in.
+func attachmentHeader(f attach.Finding, policy string) string {
+	v := fmt.Sprintf("%s; file=%s; reason=%s; policy=%s", f.Class, f.Where(), strconv.QuoteToASCII(f.Reason), policy)
+	if len(v) > 900 {
+		v = v[:900]
+	}
+	return "X-Securerelay-Attachment: " + strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return '?'
+		}
+		return r
+	}, v) + "\r\n"
 }
 
 // chain composes streaming rewrites with pipes, so that no stage holds

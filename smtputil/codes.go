@@ -67,6 +67,9 @@ import (
 //	MultipleFromFields        550 5.6.0  RFC 5322 §3.6 allows one From field; X.6.0 the content is malformed, which is what the sender must fix (as BareLineEnding)
 //	TooManyAuthorDomains      550 5.7.1  X.7.1 refused by policy: DMARC (RFC 7489 §6.6.1) cannot be checked for every author domain
 //	TooManyTransactions       421 4.7.0  RFC 5321 §3.8; X.7.0 policy: the client reconnects and goes on
+//	AttachmentRefused         554 5.7.1  RFC 5321 §4.3.2 DATA 554 transaction failed; X.7.1 delivery not authorized: the attachment policy refuses the file (as Postfix's and amavisd-new's banned-file reply)
+//	AttachmentTempFail        451 4.7.1  the same, deferred (action: tempfail, to try a policy out without losing mail)
+//	AttachmentPolicySplit     452 4.5.3  as the content-policy split: recipients with another attachment policy go in their own transaction
 
 // RelayDenied refuses a recipient in a domain we do not serve.
 func RelayDenied(domain string) *smtp.SMTPError {
@@ -391,4 +394,25 @@ func TooManyAuthorDomains(n, max int) *smtp.SMTPError {
 func TooManyTransactions(max int) *smtp.SMTPError {
 	return Reply(421, 4, 7, 0, "too many transactions in one session (limit %d), closing connection; "+
 		"reconnect to send more", max)
+}
+
+// AttachmentRefused refuses a message for one of its files (the
+// attachment policy, attach/): where names the attachment and the path
+// inside its archives, reason says what the file is.
+func AttachmentRefused(where, reason string) *smtp.SMTPError {
+	return Reply(554, 5, 7, 1, "message refused because of the attachment %s: %s; this server accepts no programs, scripts or disguised files, "+
+		"also not inside archives; send the file another way (e.g. a download link)", where, reason)
+}
+
+// AttachmentTempFail is AttachmentRefused for a policy whose action is
+// tempfail: the sender keeps the message and retries.
+func AttachmentTempFail(where, reason string) *smtp.SMTPError {
+	return Reply(451, 4, 7, 1, "message deferred because of the attachment %s: %s; the attachment policy defers such files for now; try again later", where, reason)
+}
+
+// AttachmentPolicySplit defers a recipient whose domain has another
+// attachment policy than the recipients already accepted: one reply to
+// DATA serves all of them.
+func AttachmentPolicySplit(domain string) *smtp.SMTPError {
+	return Reply(452, 4, 5, 3, "recipients of %s have another attachment policy than the recipients already accepted; send to them in a separate transaction", domain)
 }

@@ -52,6 +52,9 @@ func TestReplies(t *testing.T) {
 		{"AuthLockedOut", AuthLockedOut("for this user", 10, 15*time.Minute), 454, smtp.EnhancedCode{4, 7, 0}, "for this user (limit 10 per 15m)"},
 		{"AuthBusy", AuthBusy(), 454, smtp.EnhancedCode{4, 7, 0}, "in progress"},
 		{"TooManyJunkCommands", TooManyJunkCommands(100), 421, smtp.EnhancedCode{4, 7, 0}, "limit 100"},
+		{"AttachmentRefused", AttachmentRefused(`"invoice.zip", file "setup.exe" inside it`, "it is a Windows program (PE)"), 554, smtp.EnhancedCode{5, 7, 1}, `attachment "invoice.zip", file "setup.exe" inside it: it is a Windows program (PE)`},
+		{"AttachmentTempFail", AttachmentTempFail(`"a.js"`, "it is a script"), 451, smtp.EnhancedCode{4, 7, 1}, "try again later"},
+		{"AttachmentPolicySplit", AttachmentPolicySplit("b.example"), 452, smtp.EnhancedCode{4, 5, 3}, "b.example have another attachment policy"},
 		{"long", RelayDenied(strings.Repeat("x", 5000)), 554, smtp.EnhancedCode{5, 7, 1}, "relay access denied"},
 	}
 	for _, tt := range tests {

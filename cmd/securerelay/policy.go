@@ -10,9 +10,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"securerelay/attach"
 	"securerelay/authres"
 	"securerelay/config"
 	"securerelay/dnsutil"
@@ -114,7 +116,47 @@ func inboundContent(cfg *config.Config, res *dnsutil.Client, log *slog.Logger) (
 			c.DomainPolicy[name] = d.ContentPolicy
 		}
 	}
+	c.Attachments = attachments(cfg)
 	return c, nil
+}
+
+// attachments builds the attachment policy stage; nil when it is off.
+func attachments(cfg *config.Config) *inbound.Attachments {
+	at := cfg.Inbound.Attachments
+	if at.Enabled != nil && !*at.Enabled {
+		return nil
+	}
+	a := &inbound.Attachments{
+		Limits: attach.Limits{MaxDepth: at.MaxDepth, MaxEntries: at.MaxEntries, MaxBytes: int64(at.MaxUncompressed),
+			MaxRatio: at.MaxRatio, Timeout: at.Timeout.D(), TempDir: filepath.Join(cfg.StateDir, "tmp")},
+		Policies: map[string]*attach.Policy{}, DomainPolicy: map[string]string{},
+	}
+	off := func(action string) string {
+		if action == "off" {
+			return attach.Pass
+		}
+		return action
+	}
+	for name, p := range at.Policies {
+		pol := &attach.Policy{Name: name, Banned: map[attach.Class]bool{}, Action: p.Action,
+			Encrypted: off(p.Encrypted), Unopened: off(p.Unopened), Limits: p.Limits}
+		for _, b := range p.Banned {
+			pol.Banned[attach.Class(b)] = true
+		}
+		for _, n := range p.BannedNames {
+			pol.BannedNames = append(pol.BannedNames, strings.ToLower(n))
+		}
+		a.Policies[name] = pol
+	}
+	if a.Policies["default"] == nil {
+		a.Policies["default"] = attach.DefaultPolicy()
+	}
+	for name, d := range cfg.Domains {
+		if d.AttachmentPolicy != "" {
+			a.DomainPolicy[name] = d.AttachmentPolicy
+		}
+	}
+	return a
 }
 
 // caPool is the system's roots plus the PEM certificates in file (a

@@ -57,6 +57,10 @@ func TestContentScanners(t *testing.T) {
       spam: [rspamd]
       virus: [clamav]
       both: [rspamd, clamav]
+  # EICARMessage attaches the test file as invoice.com, which the
+  # attachment policy refuses before any milter (TestAttachmentPolicy);
+  # here the scanners' own verdicts are under test.
+  attachments: {enabled: false}
 `, rs.Addr, clam.Addr), fmt.Sprintf(`  spam.test: {deliver_to: "smtp://%[1]s", content_policy: spam}
   virus.test: {deliver_to: "smtp://%[1]s", content_policy: virus}
   both.test: {deliver_to: "smtp://%[1]s", content_policy: both}

@@ -1,0 +1,81 @@
+package inbound_test
+
+import (
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+
+	"securerelay/attach"
+	"securerelay/attach/attachtest"
+	"securerelay/inbound"
+	"securerelay/smtpd"
+)
+
+func attachRole(t *testing.T) *inbound.Role {
+	r := inbound.New([]string{"a.test", "b.test", "c.test"})
+	lenient := attach.DefaultPolicy()
+	lenient.Name, lenient.Action = "lenient", attach.Accept
+	lim := attach.DefaultLimits()
+	lim.TempDir = t.TempDir()
+	r.SetContent(&inbound.Content{Attachments: &inbound.Attachments{
+		Limits:       lim,
+		Policies:     map[string]*attach.Policy{"default": attach.DefaultPolicy(), "lenient": lenient},
+		DomainPolicy: map[string]string{"b.test": "lenient"},
+	}})
+	return r
+}
+
+func message(s string) *smtpd.Message {
+	return &smtpd.Message{QueueID: "Q1", Size: int64(len(s)), Open: func() (io.Reader, error) { return strings.NewReader(s), nil }}
+}
+
+// The attachment stage answers with the catalogue's bare replies, counts
+// per class, and keeps one attachment policy per transaction.
+func TestAttachmentStage(t *testing.T) {
+	r := attachRole(t)
+	exe := attachtest.Message("a@sender.example", "x@a.test", "x", attachtest.Part{Name: "Bewerbung.zip",
+		Data: attachtest.Zip(t, map[string][]byte{"Bewerbung.exe": attachtest.PE()})})
+
+	st := &smtpd.State{}
+	if _, err := r.Rcpt(st, "x@a.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Rcpt(st, "y@c.test", nil); err != nil {
+		t.Errorf("same policy: %v", err)
+	}
+	_, err := r.Rcpt(st, "z@b.test", nil)
+	bare(t, "RCPT of another policy", err, 452, smtp.EnhancedCode{4, 5, 3})
+	err = r.Data(st, message(exe))
+	bare(t, "DATA with a program", err, 554, smtp.EnhancedCode{5, 7, 1})
+	if !strings.Contains(err.Error(), `"Bewerbung.zip", file "Bewerbung.exe" inside it`) {
+		t.Errorf("reply %q", err)
+	}
+	c := r.Refusals()
+	if c["attachment"] != 1 || c["attachment_executable"] != 1 || c["attachment_policy_split"] != 1 {
+		t.Errorf("counts %v", c)
+	}
+
+	// The lenient domain's transaction: accepted, with a header.
+	st = &smtpd.State{}
+	if _, err := r.Rcpt(st, "z@b.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	msg := message(exe)
+	if err := r.Data(st, msg); err != nil {
+		t.Fatalf("lenient: %v", err)
+	}
+	if !strings.HasPrefix(msg.AddHeader, "X-Securerelay-Attachment: executable; file=\"Bewerbung.zip\", file \"Bewerbung.exe\" inside it;") ||
+		!strings.Contains(msg.AddHeader, "policy=lenient\r\n") || strings.Count(msg.AddHeader, "\n") != strings.Count(msg.AddHeader, "\r\n") {
+		t.Errorf("header %q", msg.AddHeader)
+	}
+
+	// An ordinary message passes untouched.
+	st = &smtpd.State{}
+	r.Rcpt(st, "x@a.test", nil)
+	msg = message(attachtest.Message("a@sender.example", "x@a.test", "x", attachtest.Part{Name: "a.pdf", Data: attachtest.PDF()}))
+	if err := r.Data(st, msg); err != nil || msg.AddHeader != "" {
+		t.Errorf("ordinary: %v %q", err, msg.AddHeader)
+	}
+}
