@@ -75,7 +75,9 @@ func (c *Checker) spf(ctx context.Context, ip netip.Addr, helo, mailFrom string)
 		if at < 0 {
 			return r
 		}
-		d, err := smtputil.ParseDomain(mailFrom[at+1:])
+		// RFC 8616 §3: an SMTPUTF8 sender's domain is looked up in
+		// its A-label form.
+		d, err := smtputil.DomainToASCII(mailFrom[at+1:])
 		if err != nil || strings.HasPrefix(d, "[") {
 			return r
 		}
