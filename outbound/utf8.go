@@ -2,6 +2,7 @@ package outbound
 
 import (
 	"fmt"
+	"slices"
 
 	"securerelay/dkim"
 	"securerelay/queue"
@@ -58,7 +59,10 @@ const (
 // is an error: the caller defers, as for any spool read failure.
 func planEnvelope(d *queue.Delivery, rcpts []string, offered bool) (envelopePlan, error) {
 	p := envelopePlan{from: d.Envelope.From, rcpts: append([]string(nil), rcpts...), refused: make([]string, len(rcpts))}
-	if !d.Envelope.SMTPUTF8 {
+	// The flag decides; an address that needs SMTPUTF8 without it (a
+	// spool file written by hand, a bug) is treated as flagged, never
+	// sent raw to a server that did not offer SMTPUTF8.
+	if !d.Envelope.SMTPUTF8 && !smtputil.NeedsSMTPUTF8(d.Envelope.From) && !slices.ContainsFunc(rcpts, smtputil.NeedsSMTPUTF8) {
 		return p, nil
 	}
 	if offered {

@@ -1,6 +1,7 @@
 package outbound_test
 
 import (
+	"context"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -12,8 +13,10 @@ import (
 
 	"securerelay/dnsutil"
 	"securerelay/dnsutil/dnstest"
+	"securerelay/encrypt"
 	"securerelay/outbound"
 	"securerelay/queue"
+	"securerelay/tlspolicy"
 )
 
 // utf8Msg has UTF-8 in its header (RFC 6532): it needs SMTPUTF8 at every
@@ -187,5 +190,21 @@ func TestMaildirSMTPUTF8(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(root, "jörg@xn--mller-kva.example", "new", news[0].Name()))
 	if err != nil || !strings.HasSuffix(string(b), utf8Msg) || !strings.HasPrefix(string(b), "Delivered-To: ") {
 		t.Errorf("message %q, %v", b, err)
+	}
+}
+
+// TestRequiredKeyIDN: a partner rule (kept in A-labels, as the
+// configuration writes every domain) that always encrypts refuses a
+// recipient without a key at RCPT in either spelling of its domain; a
+// U-label recipient must not slip past the rule.
+func TestRequiredKeyIDN(t *testing.T) {
+	h := newHop(t, hopOptions{})
+	dir := directory(t, encrypt.Options{KeyringDir: keyringOf(t, pgpKey(t, "bob@partner.test"))})
+	e := encEngine(t, h, dir, []tlspolicy.Rule{{Match: "xn--mller-kva.example", Level: tlspolicy.Verify}},
+		map[string]*outbound.EncryptRule{"xn--mller-kva.example": {Always: true}}, nil, 0, t.TempDir())
+	for _, rc := range []string{"carol@müller.example", "jörg@müller.example", "carol@xn--mller-kva.example"} {
+		if se := e.RequiredKey(context.Background(), rc); se == nil || se.Code != 550 || se.EnhancedCode != [3]int{5, 7, 1} {
+			t.Errorf("%s: %v, want 550 5.7.1", rc, se)
+		}
 	}
 }
