@@ -71,6 +71,12 @@ func (c *Checker) spf(ctx context.Context, ip netip.Addr, helo, mailFrom string)
 		sender = "postmaster@" + d
 	} else {
 		r.Identity = mailFrom
+		// A sender whose domain alone is non-ASCII is named in A-labels:
+		// our own header field must not keep an otherwise ASCII message
+		// from a next hop without SMTPUTF8 (RFC 6531 section 3.2).
+		if a, ok := smtputil.DowngradeAddress(mailFrom); ok {
+			r.Identity = a
+		}
 		at := strings.LastIndexByte(mailFrom, '@')
 		if at < 0 {
 			return r
