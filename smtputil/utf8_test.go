@@ -199,3 +199,17 @@ func FuzzParseMailbox(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkParseMailbox: the cost per MAIL/RCPT address, ASCII (every
+// address before SMTPUTF8) and internationalised (IDNA mapping).
+func BenchmarkParseMailbox(b *testing.B) {
+	for _, s := range []string{"first.last@example.com", "user@müller.example", "jörg@παράδειγμα.δοκιμή"} {
+		b.Run(s, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := ParseMailbox(s, true); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
