@@ -80,6 +80,7 @@ func keyRecord(t testing.TB, pub crypto.PublicKey) string {
 const baseZone = `
 ; SPF
 pass.example.org.          TXT "v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 -all"
+xn--mller-kva.example.org. TXT "v=spf1 ip4:192.0.2.0/24 -all"
 softfail.example.org.      TXT "v=spf1 ip4:192.0.2.0/24 ~all"
 neutral.example.org.       TXT "v=spf1 ?all"
 nospf.example.org.         A   192.0.2.80

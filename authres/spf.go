@@ -71,11 +71,19 @@ func (c *Checker) spf(ctx context.Context, ip netip.Addr, helo, mailFrom string)
 		sender = "postmaster@" + d
 	} else {
 		r.Identity = mailFrom
+		// A sender whose domain alone is non-ASCII is named in A-labels:
+		// our own header field must not keep an otherwise ASCII message
+		// from a next hop without SMTPUTF8 (RFC 6531 section 3.2).
+		if a, ok := smtputil.DowngradeAddress(mailFrom); ok {
+			r.Identity = a
+		}
 		at := strings.LastIndexByte(mailFrom, '@')
 		if at < 0 {
 			return r
 		}
-		d, err := smtputil.ParseDomain(mailFrom[at+1:])
+		// RFC 8616 §3: an SMTPUTF8 sender's domain is looked up in
+		// its A-label form.
+		d, err := smtputil.DomainToASCII(mailFrom[at+1:])
 		if err != nil || strings.HasPrefix(d, "[") {
 			return r
 		}

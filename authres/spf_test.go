@@ -59,6 +59,13 @@ func TestSPFResults(t *testing.T) {
 		{"null sender: address literal HELO", ipOut, "[198.51.100.1]", "", `spf=none`},
 		{"sender domain is an address literal", ipOut, testHelo, "a@[198.51.100.1]", `spf=none smtp.mailfrom="a@[198.51.100.1]"`},
 		{"quoted local part", ipIn, testHelo, `"a b"@pass.example.org`, `spf=pass smtp.mailfrom="\"a b\"@pass.example.org"`},
+		// SMTPUTF8 senders (RFC 8616 §3): the policy of the A-label
+		// domain; the header names a downgradable sender in ASCII, so
+		// that our own field does not keep the message from a next hop
+		// without SMTPUTF8.
+		{"U-label domain", ipIn, testHelo, "a@müller.example.org", `spf=pass smtp.mailfrom=a@xn--mller-kva.example.org`},
+		{"U-label domain fails", ipOut, testHelo, "a@müller.example.org", `spf=fail smtp.mailfrom=a@xn--mller-kva.example.org`},
+		{"UTF-8 local part", ipIn, testHelo, "jörg@müller.example.org", `spf=pass smtp.mailfrom="jörg@müller.example.org"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -94,6 +94,7 @@ func Parse(name string, data []byte, baseDir string) (*Config, error) {
 	}
 
 	l.normalizeDomains(cfg)
+	l.normalizeNames(cfg)
 	l.applyDefaults(cfg)
 	l.resolvePaths(cfg)
 	l.validate(cfg)
@@ -518,8 +519,9 @@ func levenshtein(a, b string) int {
 	return prev[len(b)]
 }
 
-// normalizeDomains lower-cases the domain keys and drops a trailing dot,
-// because callers compare them with recipient domains as they arrive.
+// normalizeDomains lower-cases the domain keys, drops a trailing dot and
+// writes U-labels as A-labels (idna.go), because callers compare them
+// with recipient domains as they arrive.
 func (l *loader) normalizeDomains(c *Config) {
 	if len(c.Domains) == 0 {
 		return
@@ -539,13 +541,13 @@ func (l *loader) normalizeDomains(c *Config) {
 	out := make(map[string]Domain, len(c.Domains))
 	for _, raw := range raws {
 		key := "domains." + raw
-		name := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(raw)), ".")
-		if err := checkDomainName(name, false); err != nil {
+		name, err := domainName(raw)
+		if err != nil {
 			l.errorf(key, "%q is not a valid domain name: %v", raw, err)
 			continue
 		}
 		if first, dup := l.domainKey[name]; dup {
-			l.errorf(key, "same domain as %q on line %d (domain names are case-insensitive and a trailing dot does not matter); merge the two entries",
+			l.errorf(key, "same domain as %q on line %d (domain names are case-insensitive, a trailing dot does not matter, and U-labels and A-labels name the same domain); merge the two entries",
 				first, l.idx.line("domains."+first))
 			continue
 		}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -370,6 +371,68 @@ domains:
 `, "/")
 	if _, ok := cfg.Domains["example.com"]; !ok || len(cfg.Domains) != 1 {
 		t.Errorf("domains = %v, want the key example.com", cfg.Domains)
+	}
+}
+
+// TestIDNNormalisation: every key that names a domain may use U-labels
+// or A-labels; the loaded configuration has A-labels only, so that the
+// relay compares one form (and DKIM's d= and DNS names are A-labels).
+func TestIDNNormalisation(t *testing.T) {
+	cfg := mustParse(t, `
+hostname: relay.example.com
+postmaster: postmaster@MÜLLER.example
+listeners:
+  - {name: mx, address: ":25", role: inbound}
+  - {name: sub, address: ":587", role: outbound, trusted_networks: [10.0.0.0/8], null_sender: rewrite, null_sender_address: "noreply@bücher.example"}
+domains:
+  Müller.Example.:
+    deliver_to: smtp://kopano.internal:25
+    recipients: {list: [jörg, "anna@müller.example", "bob@example.com"]}
+  xn--bcher-kva.example: {deliver_to: "smtp://kopano.internal:25"}
+  r3--sn-x.example: {deliver_to: "smtp://kopano.internal:25"}
+outbound:
+  users:
+    - name: otrs
+      password_hash: "$2y$10$abcdefghijklmnopqrstuuJ1TKt0YLRp8M3w9ZWO6n3Od6/4BGGKy"
+      senders: ["@müller.example", "jörg@bücher.example"]
+  automatic_senders: ["bot@müller.example", "ticket-bot"]
+  routes:
+    - {match: .bücher.example, next_hop: "smtp://relay.internal:25"}
+    - {match: "*", next_hop: "smtp://relay.internal:25"}
+  tls:
+    policies:
+      - {match: partner.example, level: verify, names: [".mx.bücher.example"]}
+      - {match: "[mx.bücher.example]", level: encrypt}
+      - {match: .日本.jp, level: encrypt}
+`, "/")
+	var doms []string
+	for d := range cfg.Domains {
+		doms = append(doms, d)
+	}
+	sort.Strings(doms)
+	if want := []string{"r3--sn-x.example", "xn--bcher-kva.example", "xn--mller-kva.example"}; !reflect.DeepEqual(doms, want) {
+		t.Errorf("domains = %v, want %v", doms, want)
+	}
+	if got := cfg.DomainPath("xn--mller-kva.example"); got != "domains.Müller.Example." {
+		t.Errorf("DomainPath = %q, want the key as written", got)
+	}
+	if got := cfg.Domains["xn--mller-kva.example"].Recipients.List; !reflect.DeepEqual(got, []string{"jörg", "anna@xn--mller-kva.example", "bob@example.com"}) {
+		t.Errorf("recipients = %q", got)
+	}
+	for _, c := range []struct{ got, want string }{
+		{cfg.Postmaster, "postmaster@xn--mller-kva.example"},
+		{cfg.Listeners[1].NullSenderAddress, "noreply@xn--bcher-kva.example"},
+		{strings.Join(cfg.Outbound.Users[0].Senders, " "), "@xn--mller-kva.example jörg@xn--bcher-kva.example"},
+		{strings.Join(cfg.Outbound.AutomaticSenders, " "), "bot@xn--mller-kva.example ticket-bot"},
+		{cfg.Outbound.Routes[0].Match, ".xn--bcher-kva.example"},
+		{cfg.Outbound.Routes[1].Match, "*"},
+		{cfg.Outbound.TLS.Policies[0].Names[0], ".mx.xn--bcher-kva.example"},
+		{cfg.Outbound.TLS.Policies[1].Match, "[mx.xn--bcher-kva.example]"},
+		{cfg.Outbound.TLS.Policies[2].Match, ".xn--wgv71a.jp"},
+	} {
+		if c.got != c.want {
+			t.Errorf("got %q, want %q", c.got, c.want)
+		}
 	}
 }
 

@@ -406,7 +406,7 @@ func (l *loader) checkSenders(c *Config, p string, u User) {
 	for j, s := range u.Senders {
 		k := fmt.Sprintf("%s.senders[%d]", p, j)
 		if d, ok := strings.CutPrefix(s, "@"); ok {
-			if err := checkDomainName(d, false); err != nil {
+			if _, err := domainName(d); err != nil {
 				l.errorf(k, "%q: %v; write an address (otrs@example.com) or a domain after @ (@example.com)", s, err)
 			}
 		} else if err := checkAddress(s); err != nil {
@@ -1100,7 +1100,7 @@ func checkAddress(a string) error {
 	case strings.ContainsAny(a, " <>\t"):
 		return fmt.Errorf("%q must be a bare address, without spaces or angle brackets", a)
 	}
-	if err := checkDomainName(domain, false); err != nil {
+	if _, err := domainName(domain); err != nil {
 		return fmt.Errorf("%q has an invalid domain: %v", a, err)
 	}
 	return nil

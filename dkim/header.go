@@ -9,6 +9,8 @@ import (
 	"mime"
 	"net/mail"
 	"strings"
+
+	"golang.org/x/net/idna"
 )
 
 // MaxHeaderBytes bounds the header block Sign reads before signing. Real
@@ -108,17 +110,36 @@ var addrParser = mail.AddressParser{WordDecoder: &mime.WordDecoder{
 	CharsetReader: func(_ string, input io.Reader) (io.Reader, error) { return input, nil },
 }}
 
-// FromDomain returns the lower-cased domain of the single mailbox in the
-// message's From: field. RFC 5322 §3.6 allows exactly one From field; a
-// From with several mailboxes needs a Sender (§3.6.2) and is refused here
-// too, since the signing domain must be unambiguous. Absent, repeated or
-// unparsable From fields are errors.
+// FromDomain returns the domain of the single mailbox in the message's
+// From: field, lower-cased, with U-labels (a UTF-8 header, RFC 6532) as
+// A-labels: the form of d= and of the key's DNS name (RFC 8616 §4), and
+// of the configured domains. RFC 5322 §3.6 allows exactly one From field;
+// a From with several mailboxes needs a Sender (§3.6.2) and is refused
+// here too, since the signing domain must be unambiguous. Absent,
+// repeated or unparsable From fields are errors.
 func FromDomain(header []byte) (string, error) {
 	addr, err := FromAddress(header)
 	if err != nil {
 		return "", err
 	}
-	return strings.ToLower(addr[strings.LastIndexByte(addr, '@')+1:]), nil
+	return asciiDomain(addr[strings.LastIndexByte(addr, '@')+1:])
+}
+
+// asciiDomain lower-cases a domain and maps U-labels to A-labels (IDNA
+// Lookup profile, as for envelope addresses). An ASCII name is not
+// checked against IDNA's stricter label rules: what DNS holds, signs.
+func asciiDomain(d string) (string, error) {
+	d = strings.TrimSuffix(strings.ToLower(d), ".")
+	for i := 0; i < len(d); i++ {
+		if d[i] >= 0x80 {
+			a, err := idna.Lookup.ToASCII(d)
+			if err != nil {
+				return "", fmt.Errorf("dkim: From: domain %q is not a valid internationalised domain name: %w", d, err)
+			}
+			return a, nil
+		}
+	}
+	return d, nil
 }
 
 // FromAddress returns the address of the single mailbox in the message's

@@ -59,7 +59,11 @@ func TestFromDomain(t *testing.T) {
 		{"From: Alice\r\n <alice@example.org>\r\n\r\n", "example.org", true},
 		{"From: alice@example.com (comment)\r\n", "example.com", true},
 		{"From : alice@example.com\r\n", "example.com", true},
-		{"From: jörg@bücher.example\r\n", "bücher.example", true},
+		// RFC 8616 §4: d= and the key's DNS name use A-labels.
+		{"From: jörg@bücher.example\r\n", "xn--bcher-kva.example", true},
+		{"From: Jörg <jörg@BÜCHER.example>\r\n", "xn--bcher-kva.example", true},
+		{"From: a@xn--bcher-kva.example\r\n", "xn--bcher-kva.example", true},
+		{"From: a@b\u00fccher..example\r\n", "", false},
 		{"Subject: no from\r\n\r\n", "", false},
 		{"From: a@example.com\r\nFrom: b@example.com\r\n\r\n", "", false},
 		{"From: a@example.com, b@example.org\r\n\r\n", "", false},

@@ -353,7 +353,11 @@ func identity(from, domain string) string {
 	if from == "" || at <= 0 {
 		return ""
 	}
-	local, dom := from[:at], strings.ToLower(from[at+1:])
+	local := from[:at]
+	dom, err := asciiDomain(from[at+1:])
+	if err != nil {
+		return ""
+	}
 	domain = strings.ToLower(domain)
 	if dom != domain && !strings.HasSuffix(dom, "."+domain) {
 		return ""

@@ -183,6 +183,10 @@ func messageVariants() map[string]string {
 		"folded-whitespace": "From: a@example.com\r\nTo: b@example.org,\r\n\tc@example.net\r\n" + date +
 			"Subject:   lots   of\r\n   space \t\r\n\r\nbody  with\t trailing space   \r\n\r\n\r\n",
 		"empty-body": "From: a@example.com\r\nTo: b@example.org\r\nSubject: empty\r\n" + date + "\r\n",
+		// RFC 6532 header fields of an SMTPUTF8 message: UTF-8 addresses
+		// and text, unencoded. DKIM signs them as octets (RFC 8616 §4).
+		"smtputf8": "From: Jörg Müller <jörg@müller.example>\r\nTo: Anna <anna@bücher.example>\r\n" + date +
+			"Subject: Grüße aus Köln\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHallo Anna, schöne Grüße.\r\n",
 	}
 }
 
@@ -407,6 +411,46 @@ func TestSignHeaderOnly(t *testing.T) {
 		}
 		if errs := verifyGo(t, out, z); errs[0] != nil {
 			t.Errorf("%q: %v", msg, errs[0])
+		}
+	}
+}
+
+// TestSignIdentityIDN: a From: domain in U-labels is the signing domain
+// of a key configured in A-labels; i= then uses A-labels (RFC 8616 §4),
+// and a UTF-8 local part, which a tag value cannot hold unencoded, gets
+// no i= (the domain alone is the identity).
+func TestSignIdentityIDN(t *testing.T) {
+	signer, _, err := GenerateKey("ed25519", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	txt, _ := TXTRecord(signer.Public())
+	key := Key{Domain: "xn--bcher-kva.example", Selector: "id", Signer: signer}
+	for _, c := range []struct{ from, wantI string }{
+		{"Jorg <jorg@Bücher.example>", "jorg@xn--bcher-kva.example"},
+		{"jorg@xn--bcher-kva.example", "jorg@xn--bcher-kva.example"},
+		{"Jörg <jörg@bücher.example>", ""},
+	} {
+		msg := "From: " + c.from + "\r\nTo: a@b.test\r\nSubject: Grüße\r\nDate: Mon, 2 Jan 2006 15:04:05 +0000\r\n\r\nbody\r\n"
+		if dom, err := FromDomain([]byte(msg)); err != nil || dom != key.Domain {
+			t.Errorf("FromDomain = %q, %v", dom, err)
+		}
+		sigs, err := Sign(strings.NewReader(msg), []Key{key}, Options{IdentityFromHeader: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		unfolded := strings.NewReplacer("\r\n\t", "", "\r\n ", "").Replace(sigs[0])
+		if !strings.Contains(unfolded, "d=xn--bcher-kva.example;") {
+			t.Errorf("%s: d= is not the A-label form: %s", c.from, unfolded)
+		}
+		if c.wantI != "" && !strings.Contains(unfolded, "i="+c.wantI) || c.wantI == "" && strings.Contains(unfolded, "i=") {
+			t.Errorf("%s: want i=%q in %s", c.from, c.wantI, unfolded)
+		}
+		vs, err := msgauth.VerifyWithOptions(strings.NewReader(sigs[0]+msg), &msgauth.VerifyOptions{
+			LookupTXT: func(string) ([]string, error) { return []string{txt}, nil },
+		})
+		if err != nil || len(vs) != 1 || vs[0].Err != nil {
+			t.Errorf("%s: does not verify: %v %+v", c.from, err, vs)
 		}
 	}
 }

@@ -87,9 +87,16 @@ func Build(r Report) ([]byte, error) {
 	if sender == "" {
 		return nil, ErrNullSender
 	}
-	to, err := smtputil.ParseAddress(sender)
+	// An SMTPUTF8 sender (RFC 6531) gets its DSN too: To: is in ASCII
+	// when the address has an ASCII form (its domain in A-labels), else
+	// in UTF-8 (RFC 6532; the DSN then travels with SMTPUTF8 itself).
+	to, err := smtputil.ParseMailbox(sender, true)
 	if err != nil {
 		return nil, fmt.Errorf("dsn: sender: %w", err)
+	}
+	toAddr, ok := to.ASCII()
+	if !ok {
+		toAddr = to.String()
 	}
 	if len(r.Recipients) == 0 {
 		return nil, ErrNoRecipients
@@ -137,7 +144,7 @@ func Build(r Report) ([]byte, error) {
 
 	var out bytes.Buffer
 	out.WriteString(smtputil.FoldField("From", (&mail.Address{Name: "Mail Delivery System", Address: from.Key()}).String()))
-	out.WriteString(smtputil.FoldField("To", (&mail.Address{Address: to.Key()}).String()))
+	out.WriteString(smtputil.FoldField("To", (&mail.Address{Address: unquoted(toAddr)}).String()))
 	out.WriteString(smtputil.FoldField("Subject", subject))
 	out.WriteString(smtputil.FoldField("Date", now.Format(smtputil.DateFormat)))
 	out.WriteString(smtputil.FoldField("Message-ID", msgID))
@@ -229,6 +236,10 @@ func Build(r Report) ([]byte, error) {
 // recipient is a Recipient with every field validated or sanitised.
 type recipient struct {
 	addr, origType, orig, action, status, remoteMTA string
+	// addrType is Final-Recipient's address type: rfc822, or utf-8 for an
+	// address with a UTF-8 local part (RFC 6533 §3), whose addr is then
+	// utf-8-addr-xtext; addrHuman is the address for the text part.
+	addrType, addrHuman string
 
 	diag        string   // ASCII, for message/delivery-status
 	diagHuman   []string // reply lines as printable UTF-8, for the text part
@@ -248,9 +259,22 @@ func cleanRecipient(rc Recipient) (recipient, error) {
 	default:
 		return c, fmt.Errorf("action %q is not failed or delayed", rc.Action)
 	}
-	c.addr = cleanAddress(rc.Address)
+	c.addrType, c.addr, c.addrHuman = "rfc822", cleanAddress(rc.Address), ""
 	if c.addr == "" {
 		return c, errors.New("empty recipient address")
+	}
+	c.addrHuman = c.addr
+	if a, err := smtputil.ParseMailbox(strings.Trim(strings.TrimSpace(rc.Address), "<>"), true); err == nil && smtputil.NeedsSMTPUTF8(a.String()) {
+		// RFC 6533 §3: in the 7-bit message/delivery-status part, an
+		// address that has no ASCII form is of type utf-8, written as
+		// utf-8-addr-xtext; one whose domain alone is non-ASCII is an
+		// rfc822 address in A-labels.
+		c.addrHuman = a.String()
+		if ascii, ok := a.ASCII(); ok {
+			c.addr = ascii
+		} else {
+			c.addrType, c.addr = "utf-8", utf8AddrXtext(a.String())
+		}
 	}
 	if o := strings.TrimSpace(rc.OriginalRecipient); o != "" {
 		c.origType = "rfc822"
@@ -284,6 +308,36 @@ func cleanAddress(s string) string {
 		return a.String()
 	}
 	return asciiLine(s, maxAddress)
+}
+
+// utf8AddrXtext encodes an address as RFC 6533 §3's utf-8-addr-xtext:
+// every character outside printable ASCII, and '+', '=' and '\\' (which
+// xtext and the escape itself use), as \x{HEX}, so that the value stays
+// 7-bit for message/delivery-status.
+func utf8AddrXtext(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r > 0x20 && r < 0x7f && r != '+' && r != '=' && r != '\\' {
+			b.WriteRune(r)
+			continue
+		}
+		fmt.Fprintf(&b, "\\x{%X}", r)
+	}
+	return b.String()
+}
+
+// unquoted is an address without the quotes of a quoted local part:
+// mail.Address quotes it again where the header needs it.
+func unquoted(addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	if at <= 0 || !strings.HasPrefix(addr, `"`) {
+		return addr
+	}
+	a, err := smtputil.ParseMailbox(addr, true)
+	if err != nil {
+		return addr
+	}
+	return a.Local + addr[at:]
 }
 
 // cleanHost keeps a host name or address literal, else drops it.
@@ -421,7 +475,7 @@ func deliveryStatus(mta string, arrival time.Time, rcpts []recipient) string {
 		if c.orig != "" {
 			b.WriteString(smtputil.FoldField("Original-Recipient", c.origType+"; "+c.orig))
 		}
-		b.WriteString(smtputil.FoldField("Final-Recipient", "rfc822; "+c.addr))
+		b.WriteString(smtputil.FoldField("Final-Recipient", c.addrType+"; "+c.addr))
 		b.WriteString(smtputil.FoldField("Action", c.action))
 		b.WriteString(smtputil.FoldField("Status", c.status))
 		if c.remoteMTA != "" {
@@ -473,7 +527,7 @@ func humanText(mta, queueID string, arrival time.Time, rcpts []recipient) string
 		}
 		b.WriteString(title + "\n\n")
 		for _, c := range list {
-			fmt.Fprintf(&b, "<%s>: %s\n", c.addr, verb)
+			fmt.Fprintf(&b, "<%s>: %s\n", c.addrHuman, verb)
 			fmt.Fprintf(&b, "    Reason: %s (status %s)\n", explainStatus(c.status), c.status)
 			if c.explain != "" {
 				fmt.Fprintf(&b, "    %s\n", wrapText(c.explain, 70, "    "))

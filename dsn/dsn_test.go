@@ -9,6 +9,7 @@ import (
 	"mime/multipart"
 	"net/mail"
 	"net/textproto"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -476,11 +477,15 @@ func TestExplainStatus(t *testing.T) {
 	}
 }
 
+var toField = regexp.MustCompile(`(?m)^To: [^\r\n]*\r\n`)
+
 func FuzzBuild(f *testing.F) {
 	f.Add("alice@example.org", "bob@example.net", "550 5.1.1 user unknown", "mx.example.net", "5.1.1", "failed", []byte(origMsg))
 	f.Add("a b@example.org", "x\r\nBcc: y", "550 a\r\n\r\n--b\r\nX: y\x00\xff", "h\r\nX: 1", "5.1.1\r\n", "delayed", []byte("A\nB: c\n\nbody"))
 	f.Add("<>", "", "", "", "", "failed", []byte{})
 	f.Add("u@[192.0.2.1]", `"q@x"@example.net`, strings.Repeat("long ", 400), "[192.0.2.1]", "4.4.1", "delayed", []byte(strings.Repeat("H: v\r\n", 100)))
+	f.Add("user@bücher.example", "jörg@müller.example", "553 5.6.7 no SMTPUTF8", "mx.example.net", "5.6.7", "failed", []byte(origMsg))
+	f.Add("jörg@bücher.example", `"jö rg"@müller.example`, "", "", "5.6.7", "failed", []byte("Subject: Grüße\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, sender, rcpt, diag, remote, status, action string, original []byte) {
 		r := Report{
 			ReportingMTA: "mx1.example.com",
@@ -497,6 +502,16 @@ func FuzzBuild(f *testing.F) {
 		b, err := Build(r)
 		if err != nil {
 			return
+		}
+		// The one 8-bit field: To: for a sender with a UTF-8 local
+		// part, which has no ASCII form (RFC 6532; such a DSN travels
+		// with SMTPUTF8, outbound/bounce.go). The rest stays 7-bit.
+		if to := toField.Find(b); bytes.ContainsFunc(to, func(r rune) bool { return r >= 0x80 }) {
+			a, err := smtputil.ParseMailbox(strings.Trim(strings.TrimSpace(sender), "<>"), true)
+			if _, ascii := a.ASCII(); err != nil || ascii {
+				t.Fatalf("8-bit %q for sender %q", to, sender)
+			}
+			b = toField.ReplaceAll(b, []byte("To: <utf8@example.org>\r\n"))
 		}
 		p := parseDSN(t, b)
 		allowed := map[string]bool{

@@ -16,14 +16,16 @@ import (
 // sources need.
 type recipient struct {
 	local  string // as given (case kept: RFC 5321 local parts are case-sensitive)
-	domain string // lower case, no trailing dot (smtputil.ParseAddress)
+	domain string // lower case, no trailing dot, A-labels (smtputil.ParseMailbox)
 	// key compares addresses with user IDs and names cache entries: the
 	// whole address in lower case, as gpg and WKD match them.
 	key string
 }
 
 func parseRecipient(s string) (recipient, error) {
-	a, err := smtputil.ParseAddress(s)
+	// Addresses from an SMTPUTF8 message: the key sources look the
+	// domain up in its A-label form (WKD host, OPENPGPKEY owner name).
+	a, err := smtputil.ParseMailbox(s, true)
 	if err != nil {
 		return recipient{}, fmt.Errorf("recipient %q: %w", s, err)
 	}

@@ -33,13 +33,16 @@ func TestOPENPGPKEYNameVector(t *testing.T) {
 }
 
 func TestParseRecipient(t *testing.T) {
-	for in, want := range map[string]string{"Alice@Partner.Example.": "alice@partner.example", "a+b@x.example": "a+b@x.example"} {
+	for in, want := range map[string]string{"Alice@Partner.Example.": "alice@partner.example", "a+b@x.example": "a+b@x.example",
+		// SMTPUTF8 recipients: the key sources look the domain up in
+		// A-labels; RFC 7929 and WKD hash a UTF-8 local part as it is.
+		"ä@x.example": "ä@x.example", "Jörg@Bücher.Example": "jörg@xn--bcher-kva.example"} {
 		r, err := parseRecipient(in)
 		if err != nil || r.key != want {
 			t.Errorf("parseRecipient(%q) = %+v, %v; want key %s", in, r, err, want)
 		}
 	}
-	for _, in := range []string{"", "nodomain", "a@[192.0.2.1]", "a@localhost", "ä@x.example"} {
+	for _, in := range []string{"", "nodomain", "a@[192.0.2.1]", "a@localhost", "a@b..example", "a\x80@x.example"} {
 		if _, err := parseRecipient(in); err == nil {
 			t.Errorf("parseRecipient(%q) accepted", in)
 		}

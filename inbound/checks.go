@@ -161,7 +161,7 @@ type RecipientSet struct {
 func NewRecipientSet(list []string, file string, log *slog.Logger) (*RecipientSet, error) {
 	s := &RecipientSet{list: map[string]bool{}, file: file, log: log}
 	for _, x := range list {
-		s.list[strings.ToLower(x)] = true
+		s.list[recipientKey(x)] = true
 	}
 	if file != "" {
 		if err := s.reload(time.Now()); err != nil {
@@ -193,7 +193,7 @@ func (s *RecipientSet) reload(now time.Time) error {
 			line = strings.TrimSpace(line[:i])
 		}
 		if line != "" {
-			m[strings.ToLower(line)] = true
+			m[recipientKey(line)] = true
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -204,6 +204,17 @@ func (s *RecipientSet) reload(now time.Time) error {
 		s.log.Info("recipients file loaded", "file", s.file, "entries", len(m))
 	}
 	return nil
+}
+
+// recipientKey is how a listed local part or address is kept: lower case,
+// the domain of an address in A-labels, so that a file may name
+// "jörg@müller.example" or "jörg@xn--mller-kva.example" alike.
+func recipientKey(x string) string {
+	at := strings.LastIndexByte(x, '@')
+	if at < 0 {
+		return strings.ToLower(x)
+	}
+	return strings.ToLower(x[:at]) + "@" + smtputil.AddressDomain(x)
 }
 
 // Has reports whether the address (local part and domain) exists. Local

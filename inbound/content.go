@@ -248,7 +248,7 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 			return smtputil.Reply(550, 5, 7, 1, text, strings.Join(del, ", "))
 		}
 		for _, a := range res.RecipientsAdded() {
-			addr, err := smtputil.ParseAddress(strings.Trim(a, "<>"))
+			addr, err := smtputil.ParseMailbox(strings.Trim(a, "<>"), st.SMTPUTF8)
 			if err != nil {
 				return r.contentFailed(msg, "a milter's added recipient", fmt.Errorf("%q: %w", a, err))
 			}
@@ -266,7 +266,7 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 				// The null sender cannot be set through NewFrom; keep the
 				// sender rather than guess.
 				st.Log.Warn("milter changed the sender to <>; kept the original", "queue_id", msg.QueueID)
-			} else if a, err := smtputil.ParseAddress(from); err != nil {
+			} else if a, err := smtputil.ParseMailbox(from, st.SMTPUTF8); err != nil {
 				return r.contentFailed(msg, "a milter's new sender", fmt.Errorf("%q: %w", from, err))
 			} else {
 				msg.NewFrom = a.String()

@@ -4,6 +4,7 @@
 package inbound
 
 import (
+	"errors"
 	"log/slog"
 	"strings"
 	"sync/atomic"
@@ -140,7 +141,7 @@ func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, 
 	if strings.IndexFunc(from, func(c rune) bool { return c < 0x20 || c == 0x7f }) >= 0 {
 		return "", reply(553, smtp.EnhancedCode{5, 1, 7}, "sender address rejected: control characters in %q", from)
 	}
-	a, err := smtputil.ParseAddress(from)
+	a, err := smtputil.ParseMailbox(from, st != nil && st.SMTPUTF8)
 	if isNotFQDN(err) {
 		// "off" lets user@host through; a sender with no domain at all
 		// never: downstream MTAs would qualify it with their own domain
@@ -199,7 +200,7 @@ func (r *Role) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, er
 		}
 		return r.postmaster, nil
 	}
-	a, err := smtputil.ParseAddress(to)
+	a, err := smtputil.ParseMailbox(to, st != nil && st.SMTPUTF8)
 	if isNotFQDN(err) {
 		if err := r.act("recipient_fqdn", r.checks.RecipientFQDN, smtputil.NotFQDNRecipient(to)); err != nil {
 			return "", err
@@ -223,6 +224,11 @@ func (r *Role) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, er
 	} else if v := (*r.verifiers.Load())[a.Domain]; v != nil && r.checks.UnknownRecipient != "off" {
 		exists, err := v.Exists(a.String())
 		switch {
+		case errors.Is(err, errNoSMTPUTF8):
+			// In the dialog, not after our 250: the message could only
+			// be held (RFC 6531 §3.2 allows no downgrade of it).
+			r.refused(st, "verify_smtputf8", "rcpt", a.String())
+			return "", smtputil.DownstreamNoSMTPUTF8(a.String())
 		case err != nil:
 			// Never a silent accept: the sender retries until the
 			// downstream can answer.

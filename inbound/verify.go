@@ -11,6 +11,8 @@ import (
 	"time"
 
 	gosmtp "github.com/emersion/go-smtp"
+
+	"securerelay/smtputil"
 )
 
 // Verifier asks a domain's downstream system whether a recipient exists,
@@ -37,6 +39,11 @@ type verdict struct {
 // errUnverifiable: the downstream could not answer (down, 4xx, time-out).
 var errUnverifiable = errors.New("recipient cannot be verified now")
 
+// errNoSMTPUTF8: the downstream does not offer SMTPUTF8 and the address
+// has a non-ASCII local part, which no downgrade can express (RFC 6531
+// §3.2): the recipient cannot get mail through this downstream at all.
+var errNoSMTPUTF8 = errors.New("the downstream system does not offer SMTPUTF8, and the local part is not ASCII")
+
 // Exists reports whether addr exists downstream; errUnverifiable (wrapped)
 // when that cannot be known now.
 func (v *Verifier) Exists(addr string) (bool, error) {
@@ -53,6 +60,9 @@ func (v *Verifier) Exists(addr string) (bool, error) {
 	v.mu.Unlock()
 
 	exists, err := v.probe(addr)
+	if errors.Is(err, errNoSMTPUTF8) {
+		return false, err
+	}
 	if err != nil {
 		return false, fmt.Errorf("%w: %v", errUnverifiable, err)
 	}
@@ -70,8 +80,23 @@ func (v *Verifier) Exists(addr string) (bool, error) {
 }
 
 // probe runs MAIL FROM:<> / RCPT TO / QUIT against the downstream. Only a
-// 5xx to RCPT means "no such user"; a 2xx means it exists.
+// 5xx to RCPT means "no such user"; a 2xx means it exists. An address
+// that needs SMTPUTF8 is asked as delivery would send it: with SMTPUTF8
+// when the downstream offers it, else in its ASCII form (A-labels), else
+// not at all (errNoSMTPUTF8).
 func (v *Verifier) probe(addr string) (bool, error) {
+	intl := smtputil.NeedsSMTPUTF8(addr)
+	ascii, downgradable := smtputil.DowngradeAddress(addr)
+	// rcptFor picks the form to ask for, once the EHLO reply is known.
+	rcptFor := func(offered bool) (string, error) {
+		switch {
+		case !intl || offered:
+			return addr, nil
+		case downgradable:
+			return ascii, nil
+		}
+		return "", errNoSMTPUTF8
+	}
 	conn, err := net.DialTimeout("tcp", v.Addr, v.Timeout)
 	if err != nil {
 		return false, err
@@ -84,10 +109,16 @@ func (v *Verifier) probe(addr string) (bool, error) {
 		if err := c.Hello(v.Helo); err != nil {
 			return false, err
 		}
-		if err := c.Mail("", nil); err != nil {
+		offered, _ := c.Extension("SMTPUTF8")
+		rcpt, err := rcptFor(offered)
+		if err != nil {
+			c.Quit()
 			return false, err
 		}
-		rcptErr = c.Rcpt(addr, nil)
+		if err := c.Mail("", &gosmtp.MailOptions{UTF8: intl && offered}); err != nil {
+			return false, err
+		}
+		rcptErr = c.Rcpt(rcpt, nil)
 		c.Quit()
 		var se *gosmtp.SMTPError
 		if errors.As(rcptErr, &se) && se.Code >= 500 {
@@ -101,10 +132,17 @@ func (v *Verifier) probe(addr string) (bool, error) {
 		if err := c.Hello(v.Helo); err != nil {
 			return false, err
 		}
+		offered, _ := c.Extension("SMTPUTF8")
+		rcpt, err := rcptFor(offered)
+		if err != nil {
+			c.Quit()
+			return false, err
+		}
+		// net/smtp adds SMTPUTF8 to MAIL itself whenever it is offered.
 		if err := c.Mail(""); err != nil {
 			return false, err
 		}
-		rcptErr = c.Rcpt(addr)
+		rcptErr = c.Rcpt(rcpt)
 		c.Quit()
 		var te *textproto.Error
 		if errors.As(rcptErr, &te) && te.Code >= 500 {

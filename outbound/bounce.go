@@ -9,6 +9,7 @@ import (
 
 	"securerelay/dsn"
 	"securerelay/queue"
+	"securerelay/smtputil"
 )
 
 // NewBouncer returns the queue's Bouncer: it builds an RFC 3464 DSN for the
@@ -55,6 +56,9 @@ func NewBouncer(q func() *queue.Queue, hostname, postmaster string) queue.Bounce
 			// RFC 8689 4.4: the DSN returns the original header; it
 			// travels under the same requirement.
 			RequireTLS: d.Envelope.RequireTLS,
+			// To an internationalised sender (RFC 6531): delivered with
+			// SMTPUTF8, or downgraded to A-labels like any message.
+			SMTPUTF8: smtputil.NeedsSMTPUTF8(d.Envelope.From),
 		}, bytes.NewReader(msg))
 		if err != nil {
 			return err

@@ -82,9 +82,8 @@ type client interface {
 	tlsState() *tls.ConnectionState
 	// auth authenticates with a SASL mechanism.
 	auth(sasl.Client) error
-	// mail starts a transaction; requireTLS adds REQUIRETLS (RFC 8689),
-	// and a next hop that does not offer it gets nothing.
-	mail(from string, requireTLS bool) error
+	// mail starts a transaction with the parameters p asks for.
+	mail(from string, p mailParams) error
 	rcpt(to string) error
 	// data sends the message; for LMTP it returns per-recipient replies
 	// (nil = accepted) in rcpt order.
@@ -94,6 +93,15 @@ type client interface {
 	// abort closes the connection at once, ending a read or write in
 	// progress in another goroutine.
 	abort()
+}
+
+// mailParams are the MAIL parameters of one transaction. requireTLS adds
+// REQUIRETLS (RFC 8689), and a next hop that does not offer it gets
+// nothing (establish refused it); smtputf8 adds SMTPUTF8 (RFC 6531), only
+// ever asked of a next hop that offers it (planEnvelope).
+type mailParams struct {
+	requireTLS bool
+	smtputf8   bool
 }
 
 // sessionTLS is what a session showed of its security when it was
@@ -239,20 +247,28 @@ func (s *smtpClient) tlsState() *tls.ConnectionState {
 }
 func (s *smtpClient) auth(a sasl.Client) error { s.deadline(); return s.c.Auth(saslAuth{a}) }
 
-func (s *smtpClient) mail(from string, requireTLS bool) error {
+func (s *smtpClient) mail(from string, p mailParams) error {
 	s.deadline()
-	if !requireTLS {
-		return s.c.Mail(from)
-	}
-	// establish refused a session without TLS or without REQUIRETLS
+	// net/smtp has no way to add MAIL parameters of its own, and its
+	// Mail sends SMTPUTF8 to every server that offers it: the command is
+	// written here, with what this message asks for. establish refused a
+	// session without TLS or without REQUIRETLS for a REQUIRETLS message
 	// (HostPolicy.CheckRequireTLS), and a pooled session is checked the
-	// same way before reuse. net/smtp has no way to add MAIL parameters
-	// of its own.
+	// same way before reuse.
+	if strings.ContainsAny(from, "\r\n") {
+		return errors.New("smtp: a line must not contain CR or LF")
+	}
 	cmd := "MAIL FROM:<%s>"
 	if ok, _ := s.c.Extension("8BITMIME"); ok {
 		cmd += " BODY=8BITMIME"
 	}
-	id, err := s.c.Text.Cmd(cmd+" REQUIRETLS", from)
+	if p.smtputf8 {
+		cmd += " SMTPUTF8"
+	}
+	if p.requireTLS {
+		cmd += " REQUIRETLS"
+	}
+	id, err := s.c.Text.Cmd(cmd, from)
 	if err != nil {
 		return err
 	}
@@ -341,14 +357,12 @@ func (l *lmtpClient) tlsState() *tls.ConnectionState {
 }
 func (l *lmtpClient) auth(a sasl.Client) error { return l.c.Auth(a) }
 
-// mail passes REQUIRETLS on as SMTP does: delivery decides whether the
-// message still has it at this hop (decideTLS), and establish checked
-// that the server advertises it.
-func (l *lmtpClient) mail(from string, requireTLS bool) error {
-	if requireTLS {
-		return l.c.Mail(from, &gosmtp.MailOptions{RequireTLS: true})
-	}
-	return l.c.Mail(from, nil)
+// mail passes REQUIRETLS and SMTPUTF8 on as SMTP does: delivery decides
+// whether the message still has REQUIRETLS at this hop (decideTLS), and
+// establish checked that the server advertises it; SMTPUTF8 is asked only
+// of a server that offers it (planEnvelope).
+func (l *lmtpClient) mail(from string, p mailParams) error {
+	return l.c.Mail(from, &gosmtp.MailOptions{RequireTLS: p.requireTLS, UTF8: p.smtputf8})
 }
 func (l *lmtpClient) rcpt(to string) error { return l.c.Rcpt(to, nil) }
 func (l *lmtpClient) data(r io.Reader, rcpts []string) ([]error, error) {

@@ -200,7 +200,9 @@ func (e *Engine) Deliver(ctx context.Context, d *queue.Delivery) []queue.Result 
 	ts := e.tls.Load()
 	pol := ts.d
 	for i, rc := range d.Rcpts {
-		dom := strings.ToLower(rc[strings.LastIndexByte(rc, '@')+1:])
+		// Routes, TLS rules and MX lookup use the A-label form: one
+		// domain however the sender wrote it (RFC 5890).
+		dom := smtputil.AddressDomain(rc)
 		t := router.Route(dom)
 		key, ruleDom := t.Key(), ""
 		if t.configured() && pol.HasDomainRule(dom) {
@@ -484,28 +486,53 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 		}
 		res[i] = r
 	}
-	setAll := func(err error, stage string) {
-		for i := range rcpts {
-			set(i, err, stage)
+	// SMTPUTF8 (utf8.go): with the parameter, downgraded to A-labels, or
+	// not at all, decided on what this session offered.
+	offered, _ := p.cl.extension("SMTPUTF8")
+	plan, err := planEnvelope(d, rcpts, offered)
+	if err != nil {
+		return all(len(rcpts), queue.Result{Status: queue.TempFail, Code: "4.3.0", Relay: p.relay, TLS: tlsInfo, TLSPolicy: p.outcome,
+			Reply: "cannot read spool file: " + err.Error()}), false, false
+	}
+	if plan.whole != "" {
+		// Nothing was sent: the session stays good for other mail.
+		r := noSMTPUTF8(p.relay, plan.whole, plan.wholeWhat)
+		r.TLS, r.TLSPolicy = tlsInfo, p.outcome
+		return all(len(rcpts), r), false, false
+	}
+	for i, why := range plan.refused {
+		if why != "" {
+			res[i] = noSMTPUTF8(p.relay, why, utf8Recipient)
+			res[i].TLS, res[i].TLSPolicy = tlsInfo, p.outcome
 		}
 	}
-	if err := p.cl.mail(d.Envelope.From, p.hp.RequireTLS); err != nil {
+	setAll := func(err error, stage string) {
+		for i := range rcpts {
+			if plan.refused[i] == "" {
+				set(i, err, stage)
+			}
+		}
+	}
+	if err := p.cl.mail(plan.from, mailParams{requireTLS: p.hp.RequireTLS, smtputf8: plan.smtputf8}); err != nil {
 		setAll(err, "MAIL FROM")
 		if toReply(err, "") == nil {
 			return res, true, true
 		}
 		return res, p.cl.reset() != nil, false
 	}
-	var ok []string
+	var ok, okWire []string
 	var okIdx []int
 	for i, rc := range rcpts {
-		if err := p.cl.rcpt(rc); err != nil {
+		if plan.refused[i] != "" {
+			continue
+		}
+		if err := p.cl.rcpt(plan.rcpts[i]); err != nil {
 			set(i, err, "RCPT TO")
 			if toReply(err, "") == nil {
 				// The connection is gone: recipients accepted so far never
 				// got their DATA, later ones were never asked.
 				for j := range rcpts {
-					if j != i && (j > i || res[j].Status != queue.PermFail) {
+					if j != i && plan.refused[j] == "" && (j > i || res[j].Status != queue.PermFail) {
 						set(j, err, "RCPT TO")
 					}
 				}
@@ -514,6 +541,7 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 			continue
 		}
 		ok = append(ok, rc)
+		okWire = append(okWire, plan.rcpts[i])
 		okIdx = append(okIdx, i)
 	}
 	if len(ok) == 0 {
@@ -569,7 +597,8 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 			return res, p.cl.reset() != nil, false
 		}
 	}
-	per, err := p.cl.data(data, ok)
+	// LMTP's replies are matched by the address as sent.
+	per, err := p.cl.data(data, okWire)
 	for k, i := range okIdx {
 		// Per-recipient replies (LMTP) take precedence; nil there means
 		// accepted, and a recipient without a reply carries the I/O error.

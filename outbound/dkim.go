@@ -12,6 +12,7 @@ import (
 
 	"securerelay/dkim"
 	"securerelay/queue"
+	"securerelay/smtputil"
 )
 
 // DKIMKeys maps a domain to the keys that sign its mail.
@@ -81,7 +82,7 @@ func (s *Signer) Transform(m *Outgoing) (io.Reader, error) {
 	dom, ferr := dkim.FromDomain(header)
 	ks := c.keys[dom]
 	if len(ks) == 0 && c.useEnvelope && d.Envelope.From != "" {
-		env := strings.ToLower(d.Envelope.From[strings.LastIndexByte(d.Envelope.From, '@')+1:])
+		env := smtputil.AddressDomain(d.Envelope.From)
 		if ks = c.keys[env]; len(ks) > 0 {
 			dom = env
 		}

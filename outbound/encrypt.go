@@ -263,11 +263,11 @@ func (e *Engine) RequiredKey(ctx context.Context, rcpt string) *smtp.SMTPError {
 	if en == nil {
 		return nil
 	}
-	at := strings.LastIndexByte(rcpt, '@')
-	if at < 0 {
+	if strings.LastIndexByte(rcpt, '@') < 0 {
 		return nil
 	}
-	match := ts.d.DomainRule(rcpt[at+1:])
+	// The rule for "müller.example" is written and kept in A-labels.
+	match := ts.d.DomainRule(smtputil.AddressDomain(rcpt))
 	r := en.Rules[match]
 	if r == nil || !r.Always || r.WithoutKeyTLS {
 		return nil

@@ -74,7 +74,13 @@ func newSpool(t *testing.T) *spool {
 // put spools a message and returns the queue's delivery for it.
 func (s *spool) put(from string, to []string, data string) *queue.Delivery {
 	s.t.Helper()
-	id, err := s.q.Put(queue.Envelope{From: from, To: to, Origin: queue.OriginOutbound}, strings.NewReader(data))
+	return s.putEnv(queue.Envelope{From: from, To: to, Origin: queue.OriginOutbound}, data)
+}
+
+// putEnv is put with a whole envelope (origin, SMTPUTF8, …).
+func (s *spool) putEnv(env queue.Envelope, data string) *queue.Delivery {
+	s.t.Helper()
+	id, err := s.q.Put(env, strings.NewReader(data))
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -98,6 +104,8 @@ type hopMsg struct {
 	TLS  bool
 	Auth string
 	Helo string
+	// UTF8: MAIL FROM carried SMTPUTF8.
+	UTF8 bool
 }
 
 // hopOptions shape a test next hop's answers.
@@ -114,6 +122,8 @@ type hopOptions struct {
 	Users map[string]string
 	// AllowInsecureAuth offers AUTH without TLS too.
 	AllowInsecureAuth bool
+	// SMTPUTF8 offers SMTPUTF8 (RFC 6531).
+	SMTPUTF8 bool
 	// Data sees each message as received, before the reply to DATA: an
 	// error refuses it, and errDrop closes the connection without a
 	// reply (a next hop that goes away at the end of DATA).
@@ -161,6 +171,7 @@ func newHop(t *testing.T, o hopOptions) *hop {
 	srv.LMTP = o.LMTP
 	srv.TLSConfig = o.TLS
 	srv.AllowInsecureAuth = o.AllowInsecureAuth
+	srv.EnableSMTPUTF8 = o.SMTPUTF8
 	srv.ReadTimeout = testTimeout
 	srv.WriteTimeout = testTimeout
 	srv.ErrorLog = log.New(io.Discard, "", 0)
@@ -220,9 +231,10 @@ type hopSession struct {
 	from string
 	to   []string
 	auth string
+	utf8 bool
 }
 
-func (s *hopSession) Reset()        { s.from, s.to = "", nil }
+func (s *hopSession) Reset()        { s.from, s.to, s.utf8 = "", nil, false }
 func (s *hopSession) Logout() error { return nil }
 
 func (s *hopSession) AuthMechanisms() []string {
@@ -246,7 +258,7 @@ func (s *hopSession) Auth(mech string) (sasl.Server, error) {
 	}), nil
 }
 
-func (s *hopSession) Mail(from string, _ *smtp.MailOptions) error {
+func (s *hopSession) Mail(from string, mo *smtp.MailOptions) error {
 	if s.h.o.Users != nil && s.auth == "" {
 		return smtp.ErrAuthRequired
 	}
@@ -256,6 +268,7 @@ func (s *hopSession) Mail(from string, _ *smtp.MailOptions) error {
 		}
 	}
 	s.from = from
+	s.utf8 = mo != nil && mo.UTF8
 	return nil
 }
 
@@ -271,7 +284,7 @@ func (s *hopSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 
 func (s *hopSession) record(b []byte, to []string) {
 	_, isTLS := s.c.TLSConnectionState()
-	s.h.got <- hopMsg{From: s.from, To: to, Data: b, TLS: isTLS, Auth: s.auth, Helo: s.c.Hostname()}
+	s.h.got <- hopMsg{From: s.from, To: to, Data: b, TLS: isTLS, Auth: s.auth, Helo: s.c.Hostname(), UTF8: s.utf8}
 }
 
 func (s *hopSession) Data(r io.Reader) error {

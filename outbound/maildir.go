@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"securerelay/queue"
+	"securerelay/smtputil"
 )
 
 var maildirSeq atomic.Uint64
@@ -30,13 +31,21 @@ func deliverMaildir(dir, hostname string, d *queue.Delivery, rcpts []string) []q
 
 // mailboxName makes a recipient address safe as one directory name: '/' is
 // legal in a local part and ".." must not climb out of the maildir root.
+// The domain is in A-labels, so that "jörg@müller.example" and
+// "jörg@xn--mller-kva.example" are one mailbox (and mailboxes made before
+// SMTPUTF8, which could only be named in A-labels, stay where they are);
+// a UTF-8 local part is kept, lower-cased.
 func mailboxName(rcpt string) string {
+	box := strings.ToLower(rcpt)
+	if at := strings.LastIndexByte(rcpt, '@'); at >= 0 {
+		box = strings.ToLower(rcpt[:at]) + "@" + smtputil.AddressDomain(rcpt)
+	}
 	n := strings.Map(func(r rune) rune {
 		if r == '/' || r == 0 || r == '\\' {
 			return '_'
 		}
 		return r
-	}, strings.ToLower(rcpt))
+	}, box)
 	if strings.HasPrefix(n, ".") {
 		n = "_" + n
 	}

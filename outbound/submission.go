@@ -128,7 +128,7 @@ func (s *Submission) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (st
 			return "", smtputil.AuthRequired()
 		}
 	}
-	canon, err := smtputil.ReversePath(from)
+	canon, err := smtputil.ReversePath(from, st.SMTPUTF8)
 	if err != nil || st.AuthUser == "" || canon == "" {
 		return canon, err
 	}
@@ -143,7 +143,7 @@ func (s *Submission) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (st
 
 // Rcpt implements smtpd.Role: any domain, but a well-formed address.
 func (s *Submission) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, error) {
-	a, err := smtputil.ForwardPath(to)
+	a, err := smtputil.ForwardPath(to, st.SMTPUTF8)
 	if err != nil {
 		return "", err
 	}

@@ -94,6 +94,10 @@ type Envelope struct {
 	// RequireTLS: the message arrived with REQUIRETLS (RFC 8689); it
 	// leaves only over verified TLS, to next hops that offer REQUIRETLS.
 	RequireTLS bool `json:"requiretls,omitempty"`
+	// SMTPUTF8: the message arrived with SMTPUTF8 (RFC 6531) or has an
+	// internationalised envelope address; it leaves with SMTPUTF8 to a
+	// next hop that offers it, else downgraded or returned.
+	SMTPUTF8 bool `json:"smtputf8,omitempty"`
 }
 
 // Origins of a message.

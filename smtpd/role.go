@@ -53,6 +53,10 @@ type State struct {
 	// much: a suspicious client is slowed down, costing us only a sleeping
 	// goroutine.
 	Tarpit time.Duration
+	// SMTPUTF8: the client sent MAIL FROM with SMTPUTF8 (RFC 6531): the
+	// transaction's addresses and the message's header may be UTF-8.
+	// Set before Role.Mail runs, so that Mail and Rcpt parse with it.
+	SMTPUTF8 bool
 }
 
 // Message gives a Data hook the spooled message before it is committed.

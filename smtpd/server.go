@@ -145,6 +145,10 @@ func New(o Options) *Server {
 	// REQUIRETLS (RFC 8689): go-smtp offers it only inside TLS, and the
 	// delivery engine honours the flag: verified TLS to every next hop.
 	srv.EnableREQUIRETLS = true
+	// SMTPUTF8 (RFC 6531) on both roles: the roles parse UTF-8 addresses
+	// only in a transaction that declared it (State.SMTPUTF8); delivery
+	// passes it on or downgrades (outbound/utf8.go).
+	srv.EnableSMTPUTF8 = true
 	srv.ErrorLog = slogPrinter{s.log}
 	srv.CommandHook = s.command
 	s.smtp = srv

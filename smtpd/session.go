@@ -170,6 +170,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	// with a refused MAIL (go-smtp calls no Reset then) must not carry
 	// over, e.g. that sender's SPF verdict into this message's header.
 	s.st.Txn = nil
+	s.st.SMTPUTF8 = opts != nil && opts.UTF8
 	canon, err := s.srv.opts.Role.Mail(&s.st, from, opts)
 	if err != nil {
 		return s.edge(err, "mail")
@@ -214,6 +215,8 @@ func (s *session) Data(r io.Reader) error {
 		AuthUser: s.st.AuthUser,
 		// RFC 8689: the promise travels with the message to every hop.
 		RequireTLS: s.st.RequireTLS,
+		// RFC 6531: delivery passes SMTPUTF8 on, or downgrades.
+		SMTPUTF8: s.st.SMTPUTF8 || needsSMTPUTF8(s.st.From, s.st.Rcpts),
 	}
 	s.mu.Unlock()
 	w, err := o.Queue.NewWriter(env)
@@ -231,6 +234,9 @@ func (s *session) Data(r io.Reader) error {
 		Protocol: "ESMTP",
 		QueueID:  w.ID(),
 		Time:     time.Now(),
+	}
+	if env.SMTPUTF8 {
+		ri.Protocol = "UTF8SMTP" // RFC 6531 §4.3
 	}
 	if s.st.TLS != nil {
 		ri.Protocol += "S"
@@ -343,7 +349,7 @@ func (s *session) Data(r io.Reader) error {
 func (s *session) loopCheck(header []byte, env queue.Envelope) error {
 	if len(env.To) == 1 {
 		mark := "by " + s.srv.opts.Hostname + " (securerelay) "
-		forRcpt := "for <" + env.To[0] + ">"
+		forRcpt := "for <" + smtputil.TraceFor(env.To[0]) + ">"
 		for _, r := range smtputil.HeaderFields(header, "Received") {
 			if strings.Contains(r, mark) && strings.Contains(r, forRcpt) {
 				return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 4, 6},
@@ -398,6 +404,9 @@ func (s *session) respool(w *queue.Writer, env queue.Envelope, msg *Message) (*q
 			}
 		}
 	}
+	// A milter's new sender or recipient may be the first address that
+	// needs SMTPUTF8.
+	env.SMTPUTF8 = env.SMTPUTF8 || needsSMTPUTF8(env.From, env.To)
 	w2, err := s.srv.opts.Queue.NewWriter(env)
 	if err != nil {
 		return nil, err
@@ -425,6 +434,7 @@ func (s *session) endTxn() {
 	s.st.From = ""
 	s.st.Rcpts = nil
 	s.st.RequireTLS = false
+	s.st.SMTPUTF8 = false
 	s.st.Txn = nil
 	s.tc.inTxn.Store(false)
 	if s.srv.shutting.Load() {
@@ -448,6 +458,13 @@ func (s *session) Reset() {
 func (s *session) Logout() error {
 	s.tc.inTxn.Store(false)
 	return nil
+}
+
+// needsSMTPUTF8 reports an envelope with a non-ASCII address: the queue
+// must know the message needs SMTPUTF8 (or a downgrade) whatever the
+// client declared.
+func needsSMTPUTF8(from string, to []string) bool {
+	return smtputil.NeedsSMTPUTF8(from) || slices.ContainsFunc(to, smtputil.NeedsSMTPUTF8)
 }
 
 // loginServer is the server side of the LOGIN SASL mechanism (a de-facto

@@ -9,6 +9,9 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"unicode/utf8"
+
+	"golang.org/x/net/idna"
 )
 
 // Error kinds returned (wrapped in *AddressError) by ParseAddress. They are
@@ -24,9 +27,9 @@ var (
 	// name only means something inside the sender's own network, so the
 	// address cannot be answered or routed from here (DESIGN.md 2.2/2.3).
 	ErrNotFQDN = errors.New("domain is not fully qualified")
-	// ErrNonASCII: the address has octets above 0x7f. Without an IDNA
-	// library we cannot map U-labels to A-labels, and SMTPUTF8 (RFC 6531)
-	// is not offered, so such addresses are refused.
+	// ErrNonASCII: the address has octets above 0x7f and the transaction
+	// did not declare SMTPUTF8 (RFC 6531 §3.4): only ParseMailbox with
+	// smtputf8 accepts a UTF-8 local part or U-label domain.
 	ErrNonASCII = errors.New("non-ASCII address")
 )
 
@@ -55,10 +58,18 @@ const (
 )
 
 // Address is an envelope mailbox. Local is the local part without quoting
-// (as go-smtp hands it over); Domain is lower-case without a trailing dot,
-// or an address literal such as "[192.0.2.1]" or "[ipv6:2001:db8::1]".
+// (as go-smtp hands it over; UTF-8 under SMTPUTF8); Domain is lower-case
+// ASCII without a trailing dot, an internationalised domain in its A-label
+// (xn--) form, or an address literal such as "[192.0.2.1]" or
+// "[ipv6:2001:db8::1]". Domain is what every comparison, route, TLS rule
+// and DNS lookup uses, so that "müller.example" and
+// "xn--mller-kva.example" are one domain.
 type Address struct {
 	Local, Domain string
+	// UDomain is the domain in U-labels (normalised by IDNA: lower case,
+	// NFC) when the sender wrote it that way, else "": String keeps the
+	// address as its sender wrote it, while Domain compares.
+	UDomain string
 }
 
 // ParseAddress parses a mailbox as go-smtp passes it to Session.Mail and
@@ -76,7 +87,17 @@ type Address struct {
 //
 // The null reverse-path (MAIL FROM:<>) reaches the session as "" and must
 // be handled by the caller; here it is a syntax error.
-func ParseAddress(s string) (Address, error) {
+//
+// ParseAddress is ParseMailbox without SMTPUTF8: non-ASCII is ErrNonASCII.
+func ParseAddress(s string) (Address, error) { return ParseMailbox(s, false) }
+
+// ParseMailbox parses a mailbox as ParseAddress does; with smtputf8 (the
+// transaction declared SMTPUTF8, RFC 6531 §3.4, or the address comes from
+// a message that did) it also accepts a UTF-8 local part (RFC 6531 §3.3:
+// atext and qtext extended by UTF8-non-ascii, limits in octets) and a
+// domain in U-labels, which IDNA (the Lookup profile: the sender typed a
+// name, we look it up) maps to the A-labels in Domain.
+func ParseMailbox(s string, smtputf8 bool) (Address, error) {
 	if s == "" {
 		return Address{}, addrErr(ErrBadSyntax, "empty address")
 	}
@@ -100,36 +121,140 @@ func ParseAddress(s string) (Address, error) {
 	if local == "" {
 		return Address{}, addrErr(ErrBadSyntax, "%s has an empty local part", quoteForError(s))
 	}
-	if !isASCII(local) {
-		return Address{}, addrErr(ErrNonASCII, "local part of %s contains non-ASCII characters; internationalised mailboxes (SMTPUTF8) are not supported", quoteForError(s))
+	if !smtputf8 && !isASCII(local) {
+		return Address{}, addrErr(ErrNonASCII, "local part of %s contains non-ASCII characters, which need the SMTPUTF8 parameter on MAIL FROM (RFC 6531)", quoteForError(s))
 	}
-	if !isASCII(domain) {
-		return Address{}, addrErr(ErrNonASCII, "domain of %s contains non-ASCII characters; use its xn-- (A-label) form", quoteForError(s))
+	if !smtputf8 && !isASCII(domain) {
+		return Address{}, addrErr(ErrNonASCII, "domain of %s contains non-ASCII characters, which need the SMTPUTF8 parameter on MAIL FROM (RFC 6531); or use its xn-- (A-label) form", quoteForError(s))
 	}
-	for i := 0; i < len(local); i++ {
-		// RFC 5321 §4.1.2: qtextSMTP and quoted-pairSMTP cover %d32-126,
-		// so anything else cannot be expressed even when quoted.
-		if c := local[i]; c < 0x20 || c > 0x7e {
-			return Address{}, addrErr(ErrBadSyntax, "local part of %s contains control character 0x%02x", quoteForError(s), c)
-		}
+	if err := checkLocalChars(local, s); err != nil {
+		return Address{}, err
 	}
 
-	domain, err := normalizeDomain(domain)
+	a := Address{Local: local}
+	var err error
+	if isASCII(domain) {
+		a.Domain, err = normalizeDomain(domain)
+	} else {
+		a.Domain, a.UDomain, err = idnDomain(domain)
+	}
 	if err != nil {
 		return Address{}, err
 	}
 
-	a := Address{Local: local, Domain: domain}
 	if n := len(quoteLocal(local)); n > maxLocalLen {
 		return Address{}, addrErr(ErrTooLong, "local part is %d octets, limit is %d (RFC 5321 section 4.5.3.1.1)", n, maxLocalLen)
 	}
-	if n := len(a.String()); n > maxAddressLen {
+	// Both forms must fit: the one written, and the A-label one a
+	// downgrade would send (RFC 6531 §3.3 counts octets).
+	if n := max(len(a.String()), len(quoteLocal(local))+1+len(a.Domain)); n > maxAddressLen {
 		return Address{}, addrErr(ErrTooLong, "address is %d octets, limit is %d (RFC 5321 section 4.5.3.1.3)", n, maxAddressLen)
 	}
 	return a, nil
 }
 
-// ParseDomain validates and normalises a domain name or address literal
+// checkLocalChars refuses what no local part can hold even when quoted:
+// RFC 5321 §4.1.2's qtextSMTP and quoted-pairSMTP cover %d32-126, and RFC
+// 6531 §3.3 adds UTF8-non-ascii (RFC 6532 §3.1: valid UTF-8 only). C1
+// controls are refused with the C0 ones: they are invisible, and no mail
+// store takes them.
+func checkLocalChars(local, whole string) error {
+	if !utf8.ValidString(local) {
+		return addrErr(ErrBadSyntax, "local part of %s is not valid UTF-8 (RFC 6532 section 3.1)", quoteForError(whole))
+	}
+	for _, r := range local {
+		if r < 0x20 || r == 0x7f || r >= 0x80 && r <= 0x9f {
+			return addrErr(ErrBadSyntax, "local part of %s contains control character %U", quoteForError(whole), r)
+		}
+	}
+	return nil
+}
+
+// idnDomain maps a domain written with U-labels to its A-label form and
+// its normalised U-label form, with IDNA's Lookup profile (UTS #46
+// mapping, non-transitional: what a mail client or a resolver does with a
+// name a person typed, as mox and Postfix's midna do). The A-label form
+// must then be a valid host name like any other domain.
+func idnDomain(d string) (ascii, unicode string, err error) {
+	d = strings.TrimSuffix(d, ".")
+	if strings.HasPrefix(d, "[") {
+		return "", "", addrErr(ErrBadSyntax, "address literal %s contains non-ASCII characters", quoteForError(d))
+	}
+	a, ierr := idna.Lookup.ToASCII(d)
+	if ierr != nil {
+		return "", "", addrErr(ErrBadSyntax, "domain %s is not a valid internationalised domain name (IDNA2008/UTS #46: %s)", quoteForError(d), quoteForError(strings.TrimPrefix(ierr.Error(), "idna: ")))
+	}
+	if ascii, err = normalizeDomain(a); err != nil {
+		return "", "", err
+	}
+	u, ierr := idna.Lookup.ToUnicode(ascii)
+	if ierr != nil {
+		return "", "", addrErr(ErrBadSyntax, "domain %s is not a valid internationalised domain name (IDNA2008/UTS #46: %s)", quoteForError(d), quoteForError(strings.TrimPrefix(ierr.Error(), "idna: ")))
+	}
+	if u == ascii {
+		u = ""
+	}
+	return ascii, u, nil
+}
+
+// DomainToASCII returns the form of a domain every comparison and DNS
+// lookup uses: lower case, no trailing dot, U-labels as A-labels (IDNA
+// Lookup profile). ASCII names are only checked as host names (LDH), not
+// by IDNA's stricter label rules, so that names that exist in DNS today
+// ("r3--sn-x.example") keep working.
+func DomainToASCII(d string) (string, error) {
+	if len(d) > 4*maxDomainLen {
+		return "", addrErr(ErrTooLong, "domain is %d octets, limit is %d", len(d), maxDomainLen)
+	}
+	if isASCII(d) {
+		return normalizeDomain(d)
+	}
+	a, _, err := idnDomain(d)
+	return a, err
+}
+
+// AddressDomain returns the domain of an envelope address (as the queue
+// keeps it) in the form DomainToASCII gives, for routing and policy. An
+// address that does not parse yields its text after the last '@' in
+// lower case, as before IDNA: such an address never got into the queue
+// through a listener.
+func AddressDomain(addr string) string {
+	d := addr[strings.LastIndexByte(addr, '@')+1:]
+	if a, err := DomainToASCII(d); err == nil {
+		return a
+	}
+	return strings.TrimSuffix(strings.ToLower(d), ".")
+}
+
+// NeedsSMTPUTF8 reports whether an address (as ParseMailbox accepted it)
+// has non-ASCII octets: such an address only travels with SMTPUTF8 or, if
+// only its domain is non-ASCII, in its A-label form (ASCII).
+func NeedsSMTPUTF8(addr string) bool { return !isASCII(addr) }
+
+// ASCII returns the address with its domain in A-labels, the form a next
+// hop without SMTPUTF8 may be sent (RFC 6531 §3.2); ok is false when the
+// local part is not ASCII, which no such form exists for.
+func (a Address) ASCII() (s string, ok bool) {
+	if !isASCII(a.Local) {
+		return "", false
+	}
+	return quoteLocal(a.Local) + "@" + a.Domain, true
+}
+
+// DowngradeAddress is Address.ASCII for an address as the queue keeps it:
+// "" (the null sender) stays "", an ASCII address is returned as is.
+func DowngradeAddress(addr string) (string, bool) {
+	if isASCII(addr) {
+		return addr, true
+	}
+	a, err := ParseMailbox(addr, true)
+	if err != nil {
+		return "", false
+	}
+	return a.ASCII()
+}
+
+// ParseDomain validates and normalises an ASCII domain name or address literal
 // the way ParseAddress does for the part after '@' (lower case, no
 // trailing dot, LDH labels, ErrNotFQDN without a dot). Useful for HELO
 // names, configured domains and host names.
@@ -281,12 +406,16 @@ func (a Address) LiteralIP() (netip.Addr, bool) {
 }
 
 // String returns the address in RFC 5321 wire form (without angle
-// brackets), quoting the local part when it is not a dot-string.
+// brackets), quoting the local part when it is not a dot-string, with the
+// domain as written (U-labels or A-labels).
 func (a Address) String() string {
+	if a.UDomain != "" {
+		return quoteLocal(a.Local) + "@" + a.UDomain
+	}
 	return quoteLocal(a.Local) + "@" + a.Domain
 }
 
-// Key is a canonical map key. The local part keeps its case: RFC 5321 §2.4
+// Key is a canonical map key, with the domain in A-labels. The local part keeps its case: RFC 5321 §2.4
 // says only the destination host may interpret it, and it is formally
 // case-sensitive, although most systems (Kopano, OTRS, Postfix lookups)
 // fold it. Callers that want case-insensitive recipient lookup fold
@@ -316,17 +445,19 @@ func quoteLocal(l string) string {
 }
 
 // IsDotString reports whether s is Atom *("." Atom) (RFC 5321 §4.1.2;
-// RFC 5322's dot-atom-text): a local part that needs no quoting.
+// RFC 5322's dot-atom-text): a local part that needs no quoting. UTF-8
+// characters count as atext (RFC 6531 §3.3, RFC 6532 §3.2), so "jörg"
+// needs no quotes; an ASCII-only caller never sees one.
 func IsDotString(s string) bool {
 	if s == "" || s[0] == '.' || s[len(s)-1] == '.' || strings.Contains(s, "..") {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		if s[i] != '.' && !isAtext(s[i]) {
+		if s[i] != '.' && !isAtext(s[i]) && s[i] < 0x80 {
 			return false
 		}
 	}
-	return true
+	return utf8.ValidString(s)
 }
 
 // isAtext: RFC 5322 §3.2.3 atext, which RFC 5321 §4.1.2 uses for Atom.

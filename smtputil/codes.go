@@ -36,7 +36,8 @@ import (
 //	BadSenderSyntax           501 5.1.7  X.1.7 bad sender's mailbox address syntax
 //	NotFQDNRecipient          553 5.1.3  RFC 5321 §4.2.3 553 mailbox name not allowed (504 is not a MAIL/RCPT reply in §4.3.2)
 //	NotFQDNSender             553 5.1.7
-//	NonASCIIAddress           553 5.6.7  X.6.7 non-ASCII addresses not permitted (RFC 6531)
+//	NonASCIIAddress           553 5.6.7  X.6.7 non-ASCII addresses not permitted (RFC 6531 §3.5: a UTF-8 address without the SMTPUTF8 parameter)
+//	DownstreamNoSMTPUTF8      553 5.6.7  X.6.7 for that recipient: the system behind us lacks SMTPUTF8 and the local part has no ASCII form (RFC 6531 §3.2)
 //	SenderDomainNotFound      550 5.1.8  X.1.8 bad sender's system address (NXDOMAIN, no A/AAAA/MX)
 //	SenderNullMX              550 5.7.27 RFC 7505 §4.2 sender address has null MX
 //	DNSTempFail               451 4.4.3  X.4.3 directory server failure: a DNS timeout is temporary
@@ -109,10 +110,20 @@ func NotFQDNSender(addr string) *smtp.SMTPError {
 		"(user@example.com, not user@host); fix the sender address or masquerading of the sending system", addr)
 }
 
-// NonASCIIAddress refuses internationalised addresses (no SMTPUTF8 here).
-func NonASCIIAddress(addr string) *smtp.SMTPError {
-	return Reply(553, 5, 6, 7, "<%s>: non-ASCII addresses are not accepted by this server; "+
-		"use the ASCII (xn--) form of the domain", addr)
+// NonASCIIAddress refuses an internationalised address in a transaction
+// that did not declare SMTPUTF8; detail says which part is non-ASCII.
+func NonASCIIAddress(detail string) *smtp.SMTPError {
+	return Reply(553, 5, 6, 7, "%s", detail)
+}
+
+// DownstreamNoSMTPUTF8 refuses, at RCPT, a recipient with a non-ASCII
+// local part when the system we deliver its domain to does not offer
+// SMTPUTF8: the message could never be delivered, and inbound mail is
+// refused in the dialog rather than held.
+func DownstreamNoSMTPUTF8(addr string) *smtp.SMTPError {
+	return Reply(553, 5, 6, 7, "<%s>: recipient address rejected: the mail system behind this server does not support "+
+		"internationalised addresses (SMTPUTF8, RFC 6531), and this one has non-ASCII characters before the @; "+
+		"ask the recipient for an ASCII address", addr)
 }
 
 // AddressReply picks the reply for an error from ParseAddress.
@@ -129,7 +140,7 @@ func AddressReply(err error, sender bool) *smtp.SMTPError {
 		}
 		return Reply(553, 5, 1, 3, "recipient address rejected: %s; need a fully-qualified address (user@example.com)", detail)
 	case errors.Is(err, ErrNonASCII):
-		return Reply(553, 5, 6, 7, "%s", detail)
+		return NonASCIIAddress(detail)
 	case sender:
 		return BadSenderSyntax(detail)
 	default:
@@ -351,23 +362,24 @@ func replyText(s string) string {
 }
 
 // ReversePath checks a MAIL FROM address as go-smtp hands it over and
-// returns its canonical form; the null sender "" stays "". The error, if
-// any, is the *smtp.SMTPError to send.
-func ReversePath(from string) (string, error) {
+// returns its canonical form; the null sender "" stays "". smtputf8: the
+// MAIL command carried SMTPUTF8 (ParseMailbox). The error, if any, is the
+// *smtp.SMTPError to send.
+func ReversePath(from string, smtputf8 bool) (string, error) {
 	if from == "" {
 		return "", nil
 	}
-	a, err := ParseAddress(from)
+	a, err := ParseMailbox(from, smtputf8)
 	if err != nil {
 		return "", AddressReply(err, true)
 	}
 	return a.String(), nil
 }
 
-// ForwardPath parses a RCPT TO address; the error, if any, is the
-// *smtp.SMTPError to send.
-func ForwardPath(to string) (Address, error) {
-	a, err := ParseAddress(to)
+// ForwardPath parses a RCPT TO address of a transaction that declared
+// SMTPUTF8 or not; the error, if any, is the *smtp.SMTPError to send.
+func ForwardPath(to string, smtputf8 bool) (Address, error) {
+	a, err := ParseMailbox(to, smtputf8)
 	if err != nil {
 		return Address{}, AddressReply(err, false)
 	}

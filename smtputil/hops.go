@@ -174,10 +174,21 @@ func IsAutomaticSender(addr string, extra []string) bool {
 	if automaticLocalParts[local] {
 		return true
 	}
+	// An address in the list matches whether either side writes its
+	// domain in U-labels or A-labels.
+	full := ""
 	for _, x := range extra {
 		x = strings.ToLower(x)
-		if x == local || x == strings.ToLower(addr) {
+		if x == local {
 			return true
+		}
+		if i := strings.LastIndexByte(x, '@'); i >= 0 {
+			if full == "" {
+				full = local + "@" + AddressDomain(addr)
+			}
+			if x[:i]+"@"+AddressDomain(x) == full {
+				return true
+			}
 		}
 	}
 	return false

@@ -120,8 +120,8 @@ func Received(ri ReceivedInfo) string {
 		t = time.Now()
 	}
 	date := t.Format(DateFormat)
-	if a, ok := forAddress(ri.For); ok {
-		clauses = append(clauses, []string{"for", "<" + a.String() + ">;"})
+	if f := TraceFor(ri.For); f != "" {
+		clauses = append(clauses, []string{"for", "<" + f + ">;"})
 	} else {
 		last := clauses[len(clauses)-1]
 		last[len(last)-1] += ";"
@@ -184,7 +184,8 @@ func AddressLiteral(ip netip.Addr) string {
 
 // ProtocolName returns the RFC 3848 "with" keyword for a session: SMTP for
 // HELO, ESMTP for EHLO, plus S when TLS is active and A when the client
-// authenticated.
+// authenticated. (A transaction with SMTPUTF8 is "UTF8SMTP" plus S and A,
+// RFC 6531 §4.3; the session writes that itself.)
 func ProtocolName(ehlo, tls, auth bool) string {
 	if !ehlo {
 		return "SMTP"
@@ -204,14 +205,26 @@ func TLSVersionName(v uint16) string {
 	return strings.ReplaceAll(tls.VersionName(v), " ", "")
 }
 
-// forAddress parses the For value; an unparsable one is left out rather
-// than written into the trace.
-func forAddress(s string) (Address, bool) {
+// TraceFor is an envelope recipient as our Received: field's "for"
+// clause writes it, and as the loop check looks for it; "" for one that
+// does not parse (left out rather than written into the trace). An
+// internationalised address is written in ASCII (its domain in A-labels)
+// whenever that exists, so that the trace field does not by itself keep
+// a message from being downgraded for a next hop without SMTPUTF8 (RFC
+// 6531 §3.2); only a UTF-8 local part, which never downgrades, is
+// written in UTF-8 (RFC 6532).
+func TraceFor(s string) string {
 	if s == "" {
-		return Address{}, false
+		return ""
 	}
-	a, err := ParseAddress(s)
-	return a, err == nil
+	a, err := ParseMailbox(s, true)
+	if err != nil {
+		return ""
+	}
+	if f, ok := a.ASCII(); ok {
+		return f
+	}
+	return a.String()
 }
 
 // cleanHelo returns the HELO argument lower-cased and whether it is a

@@ -15,6 +15,7 @@ import (
 	"securerelay/config"
 	"securerelay/dkim"
 	"securerelay/dnsutil"
+	"securerelay/smtputil"
 )
 
 // dkimCmd is `securerelay dkim keygen|check`.
@@ -58,6 +59,13 @@ func dkimKeygen(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "securerelay dkim keygen: --domain, --selector and --out are required")
 		return 2
 	}
+	// The record's owner name is in A-labels (RFC 8616 §4), however the
+	// domain was written.
+	ascii, err := smtputil.DomainToASCII(*domain)
+	if err != nil {
+		fmt.Fprintf(stderr, "securerelay dkim keygen: --domain: %v\n", err)
+		return 2
+	}
 	txt, err := newKeyFile(*alg, *bits, *out)
 	if err != nil {
 		fmt.Fprintf(stderr, "securerelay dkim keygen: %v\n", err)
@@ -67,7 +75,7 @@ func dkimKeygen(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "; publish this record, then add to the config under domains.%s.dkim:\n", *domain)
 	fmt.Fprintf(stdout, ";   - {selector: %s, key: %s}\n", *selector, *out)
 	fmt.Fprintf(stdout, "; and run `securerelay dkim check --config FILE` until it says ok.\n")
-	fmt.Fprintln(stdout, dkim.ZoneEntry(*domain, *selector, txt))
+	fmt.Fprintln(stdout, dkim.ZoneEntry(ascii, *selector, txt))
 	return 0
 }
 
@@ -156,12 +164,16 @@ func dkimRotate(args []string, stdout, stderr io.Writer) int {
 	if cfg == nil {
 		return code
 	}
-	d, ok := cfg.Domains[strings.ToLower(strings.TrimSuffix(*domain, "."))]
+	// The configuration keeps domains in A-labels; either form names one.
+	name, err := smtputil.DomainToASCII(*domain)
+	if err != nil {
+		name = strings.ToLower(strings.TrimSuffix(*domain, "."))
+	}
+	d, ok := cfg.Domains[name]
 	if !ok {
 		fmt.Fprintf(stderr, "securerelay dkim rotate: %s is not under domains: in %s\n", *domain, cfg.Path)
 		return 1
 	}
-	name := strings.ToLower(strings.TrimSuffix(*domain, "."))
 	if *selector == "" {
 		*selector = "s" + time.Now().Format("20060102")
 	}

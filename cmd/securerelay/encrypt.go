@@ -19,6 +19,7 @@ import (
 	"securerelay/dnsutil"
 	"securerelay/encrypt"
 	"securerelay/outbound"
+	"securerelay/smtputil"
 )
 
 // keyCacheFile keeps WKD and OPENPGPKEY answers across restarts.
@@ -176,7 +177,7 @@ func encryptCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "securerelay encrypt lookup: %q is not an address (local@domain)\n", addr)
 		return 2
 	}
-	domain := strings.ToLower(strings.TrimSuffix(addr[at+1:], "."))
+	domain := smtputil.AddressDomain(addr)
 	cfg, code := load(*path, stderr)
 	if cfg == nil {
 		return code

@@ -29,6 +29,7 @@ import (
 	"securerelay/config"
 	"securerelay/dnsutil"
 	"securerelay/outbound"
+	"securerelay/smtputil"
 	"securerelay/tlspolicy"
 )
 
@@ -101,6 +102,11 @@ func parseTLSArgs(sub string, args []string, stderr io.Writer) (tlsCmdArgs, bool
 		return a, false
 	}
 	a.domain = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(pos[0]), "."))
+	// Delivery decides for the A-label form (U-labels name the same
+	// domain), and so does the explanation.
+	if d, err := smtputil.DomainToASCII(a.domain); err == nil {
+		a.domain = d
+	}
 	return a, true
 }
 

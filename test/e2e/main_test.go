@@ -405,6 +405,7 @@ type received struct {
 	Data []byte
 	TLS  bool
 	Helo string
+	UTF8 bool // MAIL FROM carried SMTPUTF8
 }
 
 type serverOptions struct {
@@ -414,6 +415,8 @@ type serverOptions struct {
 	RcptErr func(to string) error
 	// DataErr, if set, refuses every message at the end of DATA.
 	DataErr error
+	// SMTPUTF8 offers SMTPUTF8 (RFC 6531).
+	SMTPUTF8 bool
 }
 
 type testServer struct {
@@ -441,6 +444,7 @@ func startTestServer(t *testing.T, ln net.Listener, o serverOptions) *testServer
 	s.WriteTimeout = 15 * time.Second
 	s.MaxMessageBytes = 64 << 20
 	s.AllowInsecureAuth = true
+	s.EnableSMTPUTF8 = o.SMTPUTF8
 	ts.srv = s
 	done := make(chan struct{})
 	go func() { defer close(done); s.Serve(ln) }()
@@ -478,13 +482,14 @@ type testSession struct {
 	c    *smtp.Conn
 	from string
 	to   []string
+	utf8 bool
 }
 
-func (s *testSession) Reset()        { s.from, s.to = "", nil }
+func (s *testSession) Reset()        { s.from, s.to, s.utf8 = "", nil, false }
 func (s *testSession) Logout() error { return nil }
 
-func (s *testSession) Mail(from string, _ *smtp.MailOptions) error {
-	s.from, s.to = from, nil
+func (s *testSession) Mail(from string, mo *smtp.MailOptions) error {
+	s.from, s.to, s.utf8 = from, nil, mo != nil && mo.UTF8
 	return nil
 }
 
@@ -514,7 +519,7 @@ func (s *testSession) Data(r io.Reader) error {
 		return s.ts.opts.DataErr
 	}
 	s.ts.msgs = append(s.ts.msgs, received{
-		From: s.from, To: slices.Clone(s.to), Data: data, TLS: tlsOn, Helo: s.c.Hostname(),
+		From: s.from, To: slices.Clone(s.to), Data: data, TLS: tlsOn, Helo: s.c.Hostname(), UTF8: s.utf8,
 	})
 	return nil
 }
