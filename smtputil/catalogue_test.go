@@ -5,7 +5,10 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"io/fs"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -98,6 +101,103 @@ func intLit(e ast.Expr) string {
 		return b.Value
 	}
 	return "?"
+}
+
+// replyLiteral matches a string that is (the start of) a reply line or a
+// format for one: "554 5.5.1 …", "220-%s", "%d %d.%d.%d".
+var replyLiteral = regexp.MustCompile(`^[2-5][0-9][0-9][ -]|%d[ -]%d\.%d\.%d`)
+
+// goSMTPReplies are go-smtp's own reply values; sending one bypasses the
+// catalogue.
+var goSMTPReplies = map[string]bool{"ErrAuthFailed": true, "ErrAuthRequired": true, "ErrAuthUnsupported": true, "ErrAuthUnknownMechanism": true}
+
+// TestRepliesOnlyHere fails when a reply is built outside codes.go: an
+// *smtp.SMTPError literal, a call of Reply, one of go-smtp's reply values,
+// or a reply line written as a string, anywhere in the project's code
+// (tests and third_party aside). A reply is added to the catalogue, with
+// its row, instead.
+func TestRepliesOnlyHere(t *testing.T) {
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, err := filepath.Abs(catalogueFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked := 0
+	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			switch d.Name() {
+			case "third_party", "testdata", ".git", "vendor":
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") || path == self {
+			return nil
+		}
+		checked++
+		fset := token.NewFileSet()
+		f, err := parser.ParseFile(fset, path, nil, 0)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, path)
+		smtpNames := map[string]bool{}
+		for _, im := range f.Imports {
+			if p, _ := strconv.Unquote(im.Path.Value); p == "github.com/emersion/go-smtp" {
+				name := "smtp"
+				if im.Name != nil {
+					name = im.Name.Name
+				}
+				smtpNames[name] = true
+			}
+		}
+		inSmtputil := f.Name.Name == "smtputil"
+		ast.Inspect(f, func(n ast.Node) bool {
+			where := func() string { return fmt.Sprintf("%s:%d", rel, fset.Position(n.Pos()).Line) }
+			switch n := n.(type) {
+			case *ast.CompositeLit:
+				if sel, ok := n.Type.(*ast.SelectorExpr); ok && sel.Sel.Name == "SMTPError" {
+					t.Errorf("%s: an smtp.SMTPError literal; add a function to smtputil/codes.go", where())
+				}
+			case *ast.CallExpr:
+				switch fn := n.Fun.(type) {
+				case *ast.SelectorExpr:
+					if x, ok := fn.X.(*ast.Ident); ok && x.Name == "smtputil" && fn.Sel.Name == "Reply" {
+						t.Errorf("%s: smtputil.Reply outside the catalogue; add a function to smtputil/codes.go", where())
+					}
+				case *ast.Ident:
+					if inSmtputil && fn.Name == "Reply" {
+						t.Errorf("%s: Reply outside %s", where(), catalogueFile)
+					}
+				}
+			case *ast.SelectorExpr:
+				if x, ok := n.X.(*ast.Ident); ok && smtpNames[x.Name] && goSMTPReplies[n.Sel.Name] {
+					t.Errorf("%s: go-smtp's %s is a reply of the library; use the catalogue's", where(), n.Sel.Name)
+				}
+			case *ast.BasicLit:
+				if n.Kind != token.STRING {
+					return true
+				}
+				if s, err := strconv.Unquote(n.Value); err == nil && replyLiteral.MatchString(s) {
+					t.Errorf("%s: %q looks like a reply line; build it in smtputil/codes.go (Line writes one outside go-smtp)", where(), s)
+				}
+			}
+			return true
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if checked < 50 {
+		t.Fatalf("only %d files checked under %s: the walk is not looking at the project", checked, root)
+	}
 }
 
 // TestBuiltinComplete: every situation go-smtp answers itself has its
