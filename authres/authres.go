@@ -205,14 +205,11 @@ func dmarcReject(v *Verdict) (*smtp.SMTPError, string) {
 		case d.refusal == checkAuthorDomains:
 			return smtputil.TooManyAuthorDomains(d.authors, maxFromDomains), d.refusal
 		case d.Result == Fail && d.Policy == "reject" && !d.uncertain:
-			return smtputil.Reply(550, 5, 7, 26, "message rejected: the DMARC policy of %s says reject, and %s; "+
-				"the sender's domain must sign with DKIM or publish SPF for this server", d.From, d.why(v)), checkDMARC
+			return smtputil.DMARCReject(d.From, d.why(v)), checkDMARC
 		case d.Result == Fail && d.Policy == "reject" && deferral == nil:
-			deferral = smtputil.Reply(451, 4, 7, 0, "DMARC check for %s failed with policy reject, but a DNS lookup "+
-				"failed temporarily (%s); please try again later", d.From, d.why(v))
+			deferral = smtputil.DMARCTempFail(d.From, d.why(v))
 		case d.Result == TempError && d.mayReject && deferral == nil:
-			deferral = smtputil.Reply(451, 4, 7, 0, "temporary DNS failure while looking up the DMARC policy of %s; "+
-				"please try again later", d.From)
+			deferral = smtputil.DMARCLookupTempFail(d.From)
 		}
 	}
 	if deferral != nil {

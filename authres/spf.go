@@ -113,10 +113,9 @@ func (c *Checker) spf(ctx context.Context, ip netip.Addr, helo, mailFrom string)
 	if c.o.RejectSPFFail {
 		switch r.Result {
 		case Fail:
-			r.Reject = smtputil.Reply(550, 5, 7, 23, "SPF of %s does not allow sending from %s; "+
-				"the sender's domain must list this server in its SPF record", r.Domain, ip.Unmap())
+			r.Reject = smtputil.SPFFail(r.Domain, ip.Unmap().String())
 		case TempError:
-			r.Reject = smtputil.Reply(451, 4, 7, 24, "temporary DNS failure while checking SPF of %s; please try again later", r.Domain)
+			r.Reject = smtputil.SPFTempFail(r.Domain)
 		}
 	}
 	return r

@@ -108,13 +108,9 @@ func (r *Role) act(check, action string, perm *smtp.SMTPError) error {
 		r.log.Info("inbound check refused", "check", check, "action", action, "count", n)
 	}
 	if action == "tempfail" {
-		return &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, perm.EnhancedCode[1], perm.EnhancedCode[2]}, Message: perm.Message}
+		return smtputil.Deferred(perm)
 	}
 	return perm
-}
-
-func reply(code int, e smtp.EnhancedCode, format string, args ...any) *smtp.SMTPError {
-	return &smtp.SMTPError{Code: code, EnhancedCode: e, Message: fmt.Sprintf(format, args...)}
 }
 
 // senderDomain checks that the sender's domain can receive a reply (RFC
@@ -132,13 +128,11 @@ func (r *Role) senderDomain(domain string) error {
 		return nil
 	case dnsutil.IsTemporary(err):
 		r.count.inc("sender_domain_dns")
-		return reply(450, smtp.EnhancedCode{4, 1, 8}, "cannot verify the sender domain %s: DNS lookup failed temporarily; try again later", domain)
+		return smtputil.SenderDomainTempFail(domain)
 	case dnsutil.IsNullMX(err):
-		return r.act("sender_domain", r.checks.SenderDomain,
-			reply(550, smtp.EnhancedCode{5, 1, 8}, "sender address rejected: domain %s has a null MX (RFC 7505) and cannot receive replies; use a sender address that can", domain))
+		return r.act("sender_domain", r.checks.SenderDomain, smtputil.SenderNullMX(domain))
 	default:
-		return r.act("sender_domain", r.checks.SenderDomain,
-			reply(550, smtp.EnhancedCode{5, 1, 8}, "sender address rejected: domain %s does not exist in DNS (no MX, A or AAAA record); use a sender address in a registered domain", domain))
+		return r.act("sender_domain", r.checks.SenderDomain, smtputil.SenderDomainNotFound(domain))
 	}
 }
 

@@ -54,7 +54,7 @@ func TestSenderChecks(t *testing.T) {
 		{"reject", "a@mx.example", 250, smtp.EnhancedCode{2, 0, 0}},
 		{"reject", "a@a-only.example", 250, smtp.EnhancedCode{2, 0, 0}}, // implicit MX
 		{"reject", "a@nx.example", 550, smtp.EnhancedCode{5, 1, 8}},
-		{"reject", "a@nullmx.example", 550, smtp.EnhancedCode{5, 1, 8}},
+		{"reject", "a@nullmx.example", 550, smtp.EnhancedCode{5, 7, 27}}, // RFC 7505 section 4.2
 		{"reject", "a@broken.example", 450, smtp.EnhancedCode{4, 1, 8}},
 		{"tempfail", "a@nx.example", 450, smtp.EnhancedCode{4, 1, 8}},
 		{"off", "a@nx.example", 250, smtp.EnhancedCode{2, 0, 0}},

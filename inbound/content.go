@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"securerelay/attach"
 	"securerelay/authres"
 	"securerelay/dkim"
@@ -153,7 +151,7 @@ func (r *Role) splitPolicy(st *smtpd.State, domain string) error {
 		t.policy = p
 	case t.policy != p && (c.scans(p) || c.scans(t.policy)):
 		r.count.inc("content_policy_split")
-		return smtputil.Reply(452, 4, 5, 3, "recipients of %s are scanned differently from the recipients already accepted; send to them in a separate transaction", domain)
+		return smtputil.ContentPolicySplit(domain)
 	}
 	return nil
 }
@@ -201,7 +199,7 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 			// one, so the refusal is permanent (as too big a message).
 			r.count.inc("header_too_large")
 			st.Log.Info("inbound check refused", "check", "header_too_large", "queue_id", msg.QueueID)
-			return smtputil.Reply(552, 5, 3, 4, "message header is larger than %d bytes; shorten the header (a runaway Received: or X- field?)", dkim.MaxHeaderBytes)
+			return smtputil.HeaderTooLarge(dkim.MaxHeaderBytes)
 		}
 		if err != nil {
 			return r.contentFailed(msg, "SPF/DKIM/DMARC", err)
@@ -239,13 +237,12 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 			r.count.inc("content_rcpt_deleted")
 			st.Log.Warn("milter asked to delete recipients; refusing the whole message rather than losing them",
 				"queue_id", msg.QueueID, "deleted", strings.Join(del, ","))
-			// smtputil.Reply: the addresses are the milter's, and must
+			// The catalogue cleans the milter's addresses: they must
 			// neither break the reply into lines nor overrun 512 octets.
-			const text = "the content filter wants to refuse delivery to some recipients (%s); the message is refused for all, so that none is silently dropped; send it to the others alone"
 			if c.RecipientDeletion == "tempfail" {
-				return smtputil.Reply(451, 4, 7, 1, text, strings.Join(del, ", "))
+				return smtputil.RecipientDeletionDeferred(strings.Join(del, ", "))
 			}
-			return smtputil.Reply(550, 5, 7, 1, text, strings.Join(del, ", "))
+			return smtputil.RecipientDeletionRefused(strings.Join(del, ", "))
 		}
 		for _, a := range res.RecipientsAdded() {
 			addr, err := smtputil.ParseMailbox(strings.Trim(a, "<>"), st.SMTPUTF8)
@@ -396,20 +393,11 @@ func (r *Role) contentFailed(msg *smtpd.Message, what string, err error) error {
 	if r.log != nil {
 		r.log.Error("content stage failed", "queue_id", msg.QueueID, "stage", what, "error", err)
 	}
-	return smtputil.Reply(451, 4, 3, 0, "local error while checking the message (%s); try again later", what)
+	return smtputil.ContentCheckFailed(what)
 }
 
 // milterReply is the milter's own reply (code, enhanced code and text), as
-// Postfix passes it on.
+// Postfix passes it on, checked by the catalogue.
 func milterReply(res *milter.Result) error {
-	e := smtp.EnhancedCode{res.Code / 100, 7, 1}
-	if p := strings.Split(res.Enhanced, "."); len(p) == 3 {
-		a, _ := strconv.Atoi(p[0])
-		b, _ := strconv.Atoi(p[1])
-		c, _ := strconv.Atoi(p[2])
-		if a == res.Code/100 {
-			e = smtp.EnhancedCode{a, b, c}
-		}
-	}
-	return &smtp.SMTPError{Code: res.Code, EnhancedCode: e, Message: res.Text}
+	return smtputil.MilterReply(res.Code, res.Enhanced, res.Text, res.Milter)
 }

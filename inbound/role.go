@@ -118,7 +118,7 @@ func (r *Role) Origin() string { return queue.OriginInbound }
 func (r *Role) AuthEnabled() bool { return false }
 
 // Authenticate implements smtpd.Role.
-func (r *Role) Authenticate(*smtpd.State, string, string) error { return smtp.ErrAuthUnsupported }
+func (r *Role) Authenticate(*smtpd.State, string, string) error { return smtputil.AuthNotOffered() }
 
 // Mail implements smtpd.Role: a fully qualified sender whose domain
 // exists. The null sender is always valid (RFC 5321 §4.5.5). SPF waits
@@ -139,7 +139,7 @@ func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, 
 		return "", r.plaintextPartner(st, "")
 	}
 	if strings.IndexFunc(from, func(c rune) bool { return c < 0x20 || c == 0x7f }) >= 0 {
-		return "", reply(553, smtp.EnhancedCode{5, 1, 7}, "sender address rejected: control characters in %q", from)
+		return "", smtputil.SenderControlChars(from)
 	}
 	a, err := smtputil.ParseMailbox(from, st != nil && st.SMTPUTF8)
 	if isNotFQDN(err) {
@@ -236,7 +236,7 @@ func (r *Role) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, er
 			if r.log != nil {
 				r.log.Warn("recipient verification failed", "rcpt", a.String(), "error", err)
 			}
-			return "", reply(450, smtp.EnhancedCode{4, 1, 1}, "<%s>: recipient address cannot be verified now (the mail system behind this server does not answer); try again later", a.String())
+			return "", smtputil.RecipientVerifyTempFail(a.String())
 		case !exists:
 			if err := r.act("unknown_recipient", r.checks.UnknownRecipient, smtputil.RecipientUnknown(a.String())); err != nil {
 				return "", err

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"securerelay/dnsutil"
 	"securerelay/smtpd"
 	"securerelay/smtputil"
@@ -140,8 +138,7 @@ func (r *Role) Connect(st *smtpd.State) error {
 		return err
 	}
 	if r.checks.HeloFQDN != "" && r.checks.HeloFQDN != "off" && !validHelo(st.Helo) {
-		return r.act("helo_fqdn", r.checks.HeloFQDN,
-			reply(504, smtp.EnhancedCode{5, 5, 2}, "HELO/EHLO name %q is not a fully qualified host name; configure the sending server's host name", sanitizeHelo(st.Helo)))
+		return r.act("helo_fqdn", r.checks.HeloFQDN, smtputil.HeloNotFQDN(sanitizeHelo(st.Helo)))
 	}
 	return nil
 }
@@ -155,7 +152,7 @@ func (r *Role) Allowed(ip netip.Addr) bool {
 func (r *Role) screenClient(ip netip.Addr, st *smtpd.State) error {
 	if inAny(ip, r.screen.Deny) {
 		r.count.inc("deny")
-		return reply(554, smtp.EnhancedCode{5, 7, 1}, "client %s is on this server's deny list", ip)
+		return smtputil.ClientDenied(ip.String())
 	}
 	if inAny(ip, r.screen.Allow) {
 		return nil
@@ -169,7 +166,7 @@ func (r *Role) screenClient(ip netip.Addr, st *smtpd.State) error {
 		if r.log != nil {
 			r.log.Info("inbound check refused", "check", "dnsbl", "client", ip.String(), "score", total, "lists", strings.Join(listed, ","))
 		}
-		return reply(550, smtp.EnhancedCode{5, 7, 1}, "client %s is listed on %s; see the lists' sites for delisting", ip, strings.Join(listed, ", "))
+		return smtputil.ClientListed(ip.String(), strings.Join(listed, ", "))
 	}
 	if total > 0 && r.screen.Tarpit > 0 {
 		st.Tarpit = r.screen.Tarpit // listed somewhere: slow it down
@@ -195,7 +192,7 @@ func (r *Role) deepCheck(st *smtpd.State) error {
 	s.deepPending = false
 	r.passed.add(st.RemoteIP, time.Now().Add(max(r.screen.CacheTTL, time.Hour)))
 	r.count.inc("deep_protocol")
-	return reply(450, smtp.EnhancedCode{4, 7, 1}, "first contact from %s: please try again in a minute (real mail servers retry; this is a one-time check)", st.RemoteIP)
+	return smtputil.FirstContact(st.RemoteIP.String())
 }
 
 func validHelo(h string) bool {

@@ -86,11 +86,10 @@ func (r *Role) plaintextPartner(st *smtpd.State, domain string) error {
 }
 
 func partnerReply(rule *TLSFrom, what string) error {
-	const text = "%s must arrive over TLS (this site's TLS policy for %s); your server must use STARTTLS before MAIL FROM"
 	if rule.Action == "reject" {
-		return smtputil.Reply(530, 5, 7, 0, text, what, rule.Match)
+		return smtputil.PartnerNeedsTLS(what, rule.Match)
 	}
-	return smtputil.Reply(450, 4, 7, 0, text+"; try again with TLS", what, rule.Match)
+	return smtputil.PartnerNeedsTLSDefer(what, rule.Match)
 }
 
 // SetTLSFrom replaces the partner rules (SIGHUP).

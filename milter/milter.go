@@ -293,7 +293,7 @@ func (c *Chain) Check(ctx context.Context, env *Envelope, open func() (io.Reader
 		out, err := c.converse(ctx, m, env, macros, cnt)
 		if err != nil {
 			if errors.Is(err, errHeaderTooLarge) {
-				return &Result{Action: Reject, Code: 552, Enhanced: "5.3.4", Text: "Message header too large"}, nil
+				return result(Reject, smtputil.ScannerHeaderTooLarge(maxHeaderBytes, maxHeaderFields), "", nil), nil
 			}
 			return nil, err
 		}
@@ -307,11 +307,9 @@ func (c *Chain) Check(ctx context.Context, env *Envelope, open func() (io.Reader
 			case OnErrorAccept:
 				continue
 			case OnErrorReject:
-				return &Result{Action: Reject, Code: 554, Enhanced: "5.7.1",
-					Text: "Content scanner " + m.name + " failed, message refused", Milter: m.name, Mods: res.Mods}, nil
+				return result(Reject, smtputil.ScannerFailed(m.name), m.name, res.Mods), nil
 			default:
-				return &Result{Action: Tempfail, Code: 451, Enhanced: "4.7.1",
-					Text: "Content scanner " + m.name + " unavailable, try again later", Milter: m.name, Mods: res.Mods}, nil
+				return result(Tempfail, smtputil.ScannerUnavailable(m.name), m.name, res.Mods), nil
 			}
 		}
 		if out.action != Accept {

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/emersion/go-smtp"
+
 	"securerelay/smtputil"
 )
 
@@ -268,12 +270,27 @@ func changeField(fields []field, m Modification) []field {
 	return append(fields, newField(m.Name, m.Value, m.leadSpace))
 }
 
-// Reply texts that name the milter; the sending admin sees them.
+// defaultReply is the reply for a milter that rejected or deferred
+// without its own: the catalogue's, naming the milter (the sending admin
+// sees it).
 func defaultReply(a Action, milter string) (int, string, string) {
 	if a == Tempfail {
-		return 451, "4.7.1", "Message deferred by content scanner " + milter + ", try again later"
+		return replyFields(smtputil.ContentDeferred(milter))
 	}
-	return 550, "5.7.1", "Message rejected by content scanner " + milter
+	return replyFields(smtputil.ContentRejected(milter))
+}
+
+// result is a Result that carries a reply of the catalogue.
+func result(a Action, se *smtp.SMTPError, milter string, mods []Modification) *Result {
+	r := &Result{Action: a, Milter: milter, Mods: mods}
+	r.Code, r.Enhanced, r.Text = replyFields(se)
+	return r
+}
+
+// replyFields splits a catalogue reply into a Result's fields.
+func replyFields(se *smtp.SMTPError) (int, string, string) {
+	e := se.EnhancedCode
+	return se.Code, fmt.Sprintf("%d.%d.%d", e[0], e[1], e[2]), se.Message
 }
 
 // parseReply turns an SMFIR_REPLYCODE text into code, enhanced code and a

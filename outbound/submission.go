@@ -99,7 +99,7 @@ func (s *Submission) Authenticate(_ *smtpd.State, user, pass string) error {
 	if s.users != nil && s.users.check(user, pass) {
 		return nil
 	}
-	return smtp.ErrAuthFailed
+	return smtputil.AuthFailed()
 }
 
 func (s *Submission) trusted(ip netip.Addr) bool {
@@ -122,8 +122,7 @@ func (s *Submission) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (st
 			return "", smtputil.AuthRequired()
 		case !s.trusted(st.RemoteIP):
 			if s.opts.Auth == "off" {
-				return "", &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-					Message: "relay access denied: client " + st.RemoteIP.String() + " is not in this listener's trusted_networks"}
+				return "", smtputil.RelayNotTrusted(st.RemoteIP.String())
 			}
 			return "", smtputil.AuthRequired()
 		}
@@ -134,9 +133,7 @@ func (s *Submission) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (st
 	}
 	if why := s.users.lookup(st.AuthUser).refusal(st.AuthUser, canon, s.opts.Ours, false); why != "" {
 		s.refused(st, "sender_binding", "field", "MAIL FROM", "address", canon, "reason", why)
-		return "", smtputil.Reply(553, 5, 7, 1, "<%s>: sender address rejected: not owned by user %s (%s); "+
-			"set the sender address in the sending application to one this login may use, "+
-			"or have the relay's admin add it to the user's senders", canon, st.AuthUser, why)
+		return "", smtputil.SenderNotOwned(canon, st.AuthUser, why)
 	}
 	return canon, nil
 }
@@ -196,9 +193,7 @@ func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
 			// go unnoticed.
 			if s.opts.NullSender != "rewrite" {
 				s.refused(st, "null_sender", "reason", why.Error())
-				return smtputil.Reply(550, 5, 7, 1, "null sender refused: MAIL FROM:<> is reserved for delivery status "+
-					"and disposition notifications, and this is none (%v); set a sender address (such as noreply@your.domain) "+
-					"in the sending application", why)
+				return smtputil.NullSenderRefused(why.Error())
 			}
 			msg.NewFrom = s.opts.NullSenderAddress
 			msg.AddHeader = "X-Securerelay-Null-Sender: envelope sender <> rewritten to <" + s.opts.NullSenderAddress + ">\r\n"
@@ -213,11 +208,11 @@ func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
 	dom, err := dkim.FromDomain(header)
 	if err != nil {
 		s.refused(st, "foreign_from", "reason", err.Error())
-		return smtputil.Reply(553, 5, 7, 1, "message refused: no usable From: header (%v); set a sender address in the sending application", err)
+		return smtputil.FromUnusable(err.Error())
 	}
 	if !s.opts.Ours.Has(dom) {
 		s.refused(st, "foreign_from", "domain", dom)
-		return smtputil.Reply(553, 5, 7, 1, "message refused: the From: domain %s is not one of this relay's domains, so it cannot be signed; fix the sender address in the sending application", dom)
+		return smtputil.FromNotOurs(dom)
 	}
 	return nil
 }
@@ -238,15 +233,12 @@ func (s *Submission) checkHeaderSenders(st *smtpd.State, header []byte) error {
 			list, err := headerParser.ParseList(v)
 			if err != nil {
 				s.refused(st, "sender_binding", "field", name, "reason", err.Error())
-				return smtputil.Reply(553, 5, 7, 1, "message refused: the %s: field does not parse as addresses (%v), "+
-					"so it cannot be checked against the addresses user %s may use; fix the sending application", name, err, st.AuthUser)
+				return smtputil.HeaderSenderUnparsable(name, err.Error(), st.AuthUser)
 			}
 			for _, a := range list {
 				if why := acct.refusal(st.AuthUser, a.Address, s.opts.Ours, foreignOK); why != "" {
 					s.refused(st, "sender_binding", "field", name, "address", a.Address, "reason", why)
-					return smtputil.Reply(553, 5, 7, 1, "message refused: %s: <%s> is not owned by user %s (%s); "+
-						"set the %s: address in the sending application to one this login may use, "+
-						"or have the relay's admin add it to the user's senders", name, a.Address, st.AuthUser, why, name)
+					return smtputil.HeaderSenderNotOwned(name, a.Address, st.AuthUser, why)
 				}
 			}
 		}

@@ -252,10 +252,10 @@ func TestAuthFailuresPerClient(t *testing.T) {
 	for _, from := range []string{"127.0.0.2", "127.0.0.3"} {
 		c, _, _ := dialFrom(t, h.addr, from)
 		c.ehlo("client.example.org")
-		c.expect(authPlain("user", "secret"), 235, "2.0.0")
+		c.expect(authPlain("user", "secret"), 235, "2.7.0")
 	}
 	clk.Advance(16*time.Minute + 2*time.Minute)
-	c.expect(authPlain("user", "secret"), 235, "2.0.0")
+	c.expect(authPlain("user", "secret"), 235, "2.7.0")
 	if n := h.srv.Refusals()["max_auth_failures_per_client"]; n != 8 {
 		t.Errorf("lockout refusals counted: %d, want 8", n)
 	}
@@ -285,7 +285,7 @@ func TestAuthFailuresPerUser(t *testing.T) {
 	}
 	c, _, _ = dialFrom(t, h.addr, "127.0.0.9")
 	c.ehlo("office.example.org")
-	c.expect(authPlain("user", "secret"), 235, "2.0.0")
+	c.expect(authPlain("user", "secret"), 235, "2.7.0")
 	// Other users are not affected.
 	if role.checks.Load() != 5 {
 		t.Errorf("checks: %d", role.checks.Load())
@@ -428,7 +428,7 @@ func TestAuthUserLockoutSparesFamiliarClient(t *testing.T) {
 	})
 	groupware, _, _ := dialFrom(t, h.addr, "127.0.0.5")
 	groupware.ehlo("groupware.example.org")
-	groupware.expect(authPlain("user", "secret"), 235, "2.0.0")
+	groupware.expect(authPlain("user", "secret"), 235, "2.7.0")
 
 	if codes := guess(t, h.addr, "127.0.0.1", "user", 6); codes[535] != 4 || codes[454] != 2 {
 		t.Fatalf("an outsider's 6 guesses: %v, want 4×535 and 2×454 (the user is locked out)", codes)
@@ -438,5 +438,5 @@ func TestAuthUserLockoutSparesFamiliarClient(t *testing.T) {
 	c.expect(authPlain("user", "secret"), 454, "4.7.0")
 	c, _, _ = dialFrom(t, h.addr, "127.0.0.5")
 	c.ehlo("groupware.example.org")
-	c.expect(authPlain("user", "secret"), 235, "2.0.0")
+	c.expect(authPlain("user", "secret"), 235, "2.7.0")
 }

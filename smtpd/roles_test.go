@@ -129,7 +129,7 @@ func TestSubmissionUntrustedNeedsAuth(t *testing.T) {
 	c := dial(t, h.addr)
 	c.ehlo("client.example.org")
 	c.expect("MAIL FROM:<app@ours.test>", 530, "5.7.0")
-	c.expect("RCPT TO:<someone@remote.test>", 502, "5.5.1")
+	c.expect("RCPT TO:<someone@remote.test>", 503, "5.5.1")
 	h.expectNothingSpooled()
 }
 
@@ -223,7 +223,7 @@ func TestSubmissionAuthLoginPrompts(t *testing.T) {
 	if code, msg := c.cmd(b64([]byte("otrs"))); code != 334 || msg != b64([]byte("Password:")) {
 		t.Fatalf("after user name: %d %s", code, msg)
 	}
-	c.expect(b64([]byte("s3cret")), 235, "2.0.0")
+	c.expect(b64([]byte("s3cret")), 235, "2.7.0")
 	c.expect("MAIL FROM:<app@ours.test>", 250, "")
 }
 
@@ -246,7 +246,7 @@ func TestSubmissionAllowInsecureAuth(t *testing.T) {
 		t.Errorf("AUTH not advertised with allow_insecure_auth: %q", v)
 	}
 	ir := base64.StdEncoding.EncodeToString([]byte("\x00otrs\x00s3cret"))
-	c.expect("AUTH PLAIN "+ir, 235, "2.0.0")
+	c.expect("AUTH PLAIN "+ir, 235, "2.7.0")
 	c.expect("MAIL FROM:<app@ours.test>", 250, "")
 	c.expect("RCPT TO:<someone@remote.test>", 250, "")
 	h.queueID(c.data("Subject: x\r\n\r\nx\r\n.\r\n"))
@@ -268,7 +268,7 @@ func TestSubmissionWrongPassword(t *testing.T) {
 	c.expect("MAIL FROM:<app@ours.test>", 530, "5.7.0")
 	// The right password still works in the same session.
 	ir = base64.StdEncoding.EncodeToString([]byte("\x00otrs\x00s3cret"))
-	c.expect("AUTH PLAIN "+ir, 235, "2.0.0")
+	c.expect("AUTH PLAIN "+ir, 235, "2.7.0")
 }
 
 // PLAIN with an authorisation identity other than the user is refused

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"securerelay/queue"
+	"securerelay/smtputil"
 )
 
 // Options configure one listener.
@@ -151,6 +153,9 @@ func New(o Options) *Server {
 	srv.EnableSMTPUTF8 = true
 	srv.ErrorLog = slogPrinter{s.log}
 	srv.CommandHook = s.command
+	// Every reply go-smtp makes itself comes from the catalogue
+	// (third_party patch 8); its errors count as the roles' do.
+	srv.Replies = s.reply
 	s.smtp = srv
 	return s
 }
@@ -240,7 +245,7 @@ func (s *Server) closeAll() {
 func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	tc := trackedOf(c.Conn())
 	if tc == nil {
-		return nil, &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "internal error, try again later"}
+		return nil, smtputil.InternalError()
 	}
 	ss := &session{srv: s, c: c, tc: tc}
 	ss.st = State{
@@ -288,7 +293,7 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 			// Straight to the socket, before go-smtp has it: RFC 5321
 			// section 3.1 lets a server answer the connection with 421.
 			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			fmt.Fprintf(c, "%d %d.%d.%d %s %s\r\n", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], s.opts.Hostname, se.Message)
+			io.WriteString(c, smtputil.Line(se, s.opts.Hostname, false))
 			c.Close()
 			continue
 		}
@@ -316,6 +321,9 @@ type trackedConn struct {
 	greeted         bool         // only go-smtp's goroutine writes before the greeting
 	tarpit          atomic.Int64 // time.Duration before each reply
 	sawMail         atomic.Bool
+	// errors counts the error replies of the connection (the roles'
+	// refusals and go-smtp's own) towards max_errors.
+	errors atomic.Int64
 	// lineStart/linePrefix follow the command stream before TLS for the
 	// non-SMTP command test (only go-smtp's goroutine reads).
 	midLine    bool
@@ -388,7 +396,7 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 func (c *trackedConn) protocolViolation(what, fix string) (int, error) {
 	c.s.log.Info("reject", "stage", "protocol", "conn_id", c.id, "client", c.remote.String(), "reply", what)
 	c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintf(c.Conn, "554 5.5.1 %s protocol error: %s; %s\r\n", c.s.opts.Hostname, what, fix)
+	io.WriteString(c.Conn, smtputil.Line(smtputil.ProtocolViolation(what, fix), c.s.opts.Hostname, false))
 	c.Close()
 	return 0, net.ErrClosed
 }
@@ -423,7 +431,7 @@ func (c *trackedConn) pregreet() bool {
 		return true
 	}
 	c.Conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := fmt.Fprintf(c.Conn, "220-%s ESMTP\r\n", o.Hostname); err != nil {
+	if _, err := io.WriteString(c.Conn, smtputil.Line(smtputil.Greeting(o.Hostname), "", true)); err != nil {
 		c.Close()
 		return false
 	}
@@ -438,7 +446,7 @@ func (c *trackedConn) pregreet() bool {
 	if n > 0 {
 		c.s.log.Info("reject", "stage", "pregreet", "conn_id", c.id, "client", c.remote.String(),
 			"reply", "talked before the greeting ended")
-		fmt.Fprintf(c.Conn, "554 5.5.1 %s protocol error: you talked before the greeting ended; wait for the \"220 \" line\r\n", o.Hostname)
+		io.WriteString(c.Conn, smtputil.Line(smtputil.ProtocolViolation("you talked before the greeting ended", `wait for the "220 " line`), o.Hostname, false))
 	}
 	c.Close()
 	return false
@@ -451,6 +459,53 @@ func (c *trackedConn) Close() error {
 		c.s.release(c)
 	})
 	return err
+}
+
+// tooManyErrors counts an error reply to the client (a role's refusal or
+// go-smtp's own) and reports whether it is the max_errors-th: the
+// session then ends with TooManyErrors instead. A 421 is not replaced: it
+// ends the session anyway.
+func (c *trackedConn) tooManyErrors(se *smtp.SMTPError, log *slog.Logger) bool {
+	if se.Code < 400 {
+		return false
+	}
+	n := c.errors.Add(1)
+	if max := c.s.opts.MaxErrors; max <= 0 || n < int64(max) || se.Code == 421 {
+		return false
+	}
+	log.Warn("too many errors, closing session", "errors", n)
+	c.closeAfterWrite.Store(true)
+	return true
+}
+
+// reply is go-smtp's Replies (third_party patch 8): the replies go-smtp
+// makes itself come from the catalogue, and its error replies are
+// treated as edge treats a role's: logged, counted towards max_errors,
+// and a 421 closes the connection.
+func (s *Server) reply(c *smtp.Conn, r smtp.Reply, arg string) *smtp.SMTPError {
+	se := smtputil.Builtin(c.Server(), r, arg)
+	tc := trackedOf(c.Conn())
+	if tc == nil || se.Code < 400 {
+		return se
+	}
+	log := s.log.With("conn_id", tc.id, "client", tc.remote.String())
+	if r != smtp.ReplyConnError { // a reset connection is no refusal
+		args := []any{"stage", "command", "code", se.Code,
+			"dsn", fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2]), "reply", se.Message}
+		if ss, ok := c.Session().(*session); ok {
+			ss.mu.Lock()
+			args = append(args, "helo", ss.st.Helo, "from", ss.st.From)
+			ss.mu.Unlock()
+		}
+		log.Info("reject", args...)
+	}
+	if tc.tooManyErrors(se, log) {
+		return smtputil.TooManyErrors()
+	}
+	if se.Code == 421 {
+		tc.closeAfterWrite.Store(true)
+	}
+	return se
 }
 
 func trackedOf(c net.Conn) *trackedConn {

@@ -35,19 +35,19 @@ type session struct {
 	srv *Server
 	c   *smtp.Conn
 	tc  *trackedConn
-	// mu guards st and errors against the one concurrent caller go-smtp
-	// has: with BDAT, Data runs in its own goroutine while the command
-	// loop goes on, and an RSET then calls Reset during Data.
+	// mu guards st against the one concurrent caller go-smtp has: with
+	// BDAT, Data runs in its own goroutine while the command loop goes
+	// on, and an RSET then calls Reset during Data.
 	mu        sync.Mutex
 	st        State
-	errors    int
 	authFails int
 }
 
 // edge turns whatever a role or the queue returned into the bare
 // *smtp.SMTPError go-smtp needs, counts refusals, and ends the session once
-// the client has had max_errors of them (a client that keeps trying
-// addresses is probing, not sending mail).
+// the client has had max_errors of them, go-smtp's own error replies
+// included (builtin; a client that keeps trying addresses is probing, not
+// sending mail).
 func (s *session) edge(err error, stage string) error {
 	return s.edgeCheck(err, stage, "")
 }
@@ -67,13 +67,16 @@ func (s *session) edgeCheck(err error, stage, check string) error {
 	se, ok := err.(*smtp.SMTPError)
 	if !ok {
 		s.st.Log.Error("internal error, answering with a temporary failure", "stage", stage, "error", err)
-		se = smtputil.QueueFailed()
-		if stage == "auth" {
+		switch stage {
+		case "data":
+			se = smtputil.QueueFailed()
+		case "auth":
 			se = smtputil.AuthTempFail()
+		default:
+			se = smtputil.LocalError()
 		}
 	}
 	if se.Code >= 400 {
-		s.errors++
 		args := []any{"stage", stage, "code", se.Code,
 			"dsn", fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2]),
 			"reply", se.Message, "helo", s.st.Helo, "from", s.st.From}
@@ -81,9 +84,7 @@ func (s *session) edgeCheck(err error, stage, check string) error {
 			args = append(args, "check", check, "count", count)
 		}
 		s.st.Log.Info("reject", args...)
-		if max := s.srv.opts.MaxErrors; max > 0 && s.errors >= max && se.Code != 421 {
-			s.st.Log.Warn("too many errors, closing session", "errors", s.errors)
-			s.tc.closeAfterWrite.Store(true)
+		if s.tc.tooManyErrors(se, s.st.Log) {
 			return smtputil.TooManyErrors()
 		}
 	}
@@ -102,10 +103,12 @@ func (s *session) AuthMechanisms() []string {
 
 func (s *session) Auth(mech string) (sasl.Server, error) {
 	if !s.srv.opts.Role.AuthEnabled() {
-		return nil, smtp.ErrAuthUnsupported
+		return nil, smtputil.AuthNotOffered()
 	}
 	if s.st.TLS == nil && !s.srv.opts.AllowInsecureAuth {
-		return nil, smtputil.TLSRequired()
+		// go-smtp answers this itself before asking (538); kept for
+		// the case it would not.
+		return nil, smtputil.EncryptionRequiredForAuth()
 	}
 	check := func(user, pass string) error {
 		// The per-client and per-user failure counts come first: a
@@ -140,14 +143,14 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	case sasl.Plain:
 		return sasl.NewPlainServer(func(identity, user, pass string) error {
 			if identity != "" && identity != user {
-				return s.edge(smtp.ErrAuthFailed, "auth")
+				return s.edge(smtputil.AuthFailed(), "auth")
 			}
 			return check(user, pass)
 		}), nil
 	case sasl.Login:
 		return &loginServer{check: check}, nil
 	}
-	return nil, smtp.ErrAuthUnknownMechanism
+	return nil, smtputil.AuthUnknownMechanism(mech)
 }
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
@@ -163,8 +166,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if opts != nil && opts.RequireTLS && s.st.TLS == nil {
 		// Advertised only inside TLS (RFC 8689 section 3): over a clear
 		// session the sender's own hop already broke the promise.
-		return s.edge(&smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 10},
-			Message: "REQUIRETLS needs an encrypted session; use STARTTLS first"}, "mail")
+		return s.edge(smtputil.RequireTLSInClear(), "mail")
 	}
 	// A new transaction: the role's state of an earlier one that ended
 	// with a refused MAIL (go-smtp calls no Reset then) must not carry
@@ -257,18 +259,13 @@ func (s *session) Data(r io.Reader) error {
 	lines := smtputil.NewLineLengthReader(smtputil.NewLineEndingReader(r, o.NormalizeLineEndings), s.srv.smtp.MaxLineLength)
 	_, err = io.Copy(w, io.TeeReader(lines, hops))
 	if err != nil {
-		var se *smtp.SMTPError
 		var ne net.Error
 		switch {
 		case errors.Is(err, smtp.ErrDataReset):
 			// RSET during BDAT: the client gave the message up. Not a
-			// refusal, so neither logged nor counted. Normally nobody sees
-			// this reply; it is a temporary SMTPError because go-smtp
-			// v0.25.1 can deliver an aborted transfer's result to the next
-			// BDAT transaction, which must then read "try again", never a
-			// permanent 554 with internal text.
-			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
-				Message: "message transfer aborted (RSET during BDAT); send the message again"}
+			// refusal, so neither logged nor counted (TransferAborted
+			// says why it is temporary).
+			return smtputil.TransferAborted()
 		case errors.Is(err, smtputil.ErrBareLineEnding):
 			return s.edge(smtputil.BareLineEnding(), "data")
 		case errors.Is(err, smtputil.ErrLineTooLong):
@@ -280,15 +277,15 @@ func (s *session) Data(r io.Reader) error {
 			// a 250 here would be a message that can never leave.
 			// Logged and counted under inbound's old name for it.
 			return s.edgeCheck(smtputil.HeaderTooLarge(maxHeader), "data", "header_too_large")
-		case errors.As(err, &se):
-			// go-smtp's own ErrDataTooLarge (552 5.3.4) and BDAT errors.
-			return s.edge(se, "data")
+		case errors.Is(err, smtp.ErrDataTooLarge):
+			// go-smtp's DATA reader counted past max_message_size.
+			return s.edge(smtputil.MessageTooBig(o.MaxMessageSize), "data")
 		case errors.As(err, &ne) && ne.Timeout():
 			s.tc.closeAfterWrite.Store(true)
-			return s.edge(&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "timeout while receiving the message, closing connection"}, "data")
+			return s.edge(smtputil.DataTimeout(), "data")
 		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 			s.st.Log.Info("client disconnected during DATA", "queue_id", w.ID())
-			return s.edge(&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "connection lost during DATA"}, "data")
+			return s.edge(smtputil.ConnectionLost(), "data")
 		default:
 			// Anything else is our side: the spool could not be written.
 			s.st.Log.Error("cannot spool message", "queue_id", w.ID(), "error", err)
@@ -304,8 +301,7 @@ func (s *session) Data(r io.Reader) error {
 		// forwarding rule pointing back here). Refusing ends it; for our
 		// own deliveries the refusal reaches the queue, which holds or
 		// bounces the message once instead of circulating it forever.
-		return s.edge(&smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 4, 6},
-			Message: fmt.Sprintf("too many hops (%d Received: header fields, limit %d): this looks like a mail loop; check the forwarding and routing between your servers and this one", hops.N, maxHops)}, "data")
+		return s.edge(smtputil.TooManyHops(hops.N, maxHops), "data")
 	}
 	if err := s.loopCheck(hops.Header, env); err != nil {
 		return s.edge(err, "data")
@@ -337,7 +333,7 @@ func (s *session) Data(r io.Reader) error {
 	s.tc.junk.Store(0)
 	// go-smtp sends whatever SMTPError Data returns, 2xx included; this is
 	// how the client learns the queue ID, as Postfix admins expect.
-	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + w.ID()}
+	return smtputil.Queued(w.ID())
 }
 
 // loopCheck refuses the two loops that need no state: a message that
@@ -352,16 +348,14 @@ func (s *session) loopCheck(header []byte, env queue.Envelope) error {
 		forRcpt := "for <" + smtputil.TraceFor(env.To[0]) + ">"
 		for _, r := range smtputil.HeaderFields(header, "Received") {
 			if strings.Contains(r, mark) && strings.Contains(r, forRcpt) {
-				return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 4, 6},
-					Message: "mail loop: this message already passed " + s.srv.opts.Hostname + " for <" + env.To[0] + ">; check forwarding rules and deliver_to targets"}
+				return smtputil.MailLoop(s.srv.opts.Hostname, env.To[0])
 			}
 		}
 	}
 	if env.From == "" || smtputil.IsAutomatic(header) {
 		for _, rc := range env.To {
 			if smtputil.IsAutomaticSender(rc, s.srv.opts.AutomaticSenders) {
-				return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-					Message: "automatic message to <" + rc + ">, an address only programs send from: refused to break an auto-reply loop; do not send notifications or auto-replies to it"}
+				return smtputil.AutoReplyToProgram(rc)
 			}
 		}
 		o := &s.srv.opts
@@ -381,8 +375,7 @@ func (s *session) loopCheck(header []byte, env queue.Envelope) error {
 						from = "<>"
 					}
 					s.st.Log.Warn("auto-reply loop refused", "from", from, "to", rc, "count", n, "window", o.AutoReplyWindow.String())
-					return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-						Message: fmt.Sprintf("auto-reply loop: %d automatic messages from %s to <%s> within %s (limit %d); check the auto-responders on both sides", n, from, rc, o.AutoReplyWindow, o.MaxAutoReplies)}
+					return smtputil.AutoReplyLoop(n, from, rc, o.AutoReplyWindow, o.MaxAutoReplies)
 				}
 			}
 		}
@@ -494,7 +487,7 @@ func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
 		l.step++
 		return nil, true, l.check(l.username, string(resp))
 	}
-	return nil, true, smtp.ErrAuthFailed
+	return nil, true, smtputil.AuthFailed()
 }
 
 // sanitize bounds and cleans client-supplied text for logs.

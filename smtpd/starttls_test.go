@@ -37,7 +37,7 @@ func TestSTARTTLSPipelinedCommandsDiscarded(t *testing.T) {
 		c.raw("STARTTLS\r\nEHLO evil.test\r\nMAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@ours.test>\r\n")
 		c.handshakeAfter220()
 		// Not even the EHLO survived: the session starts from scratch.
-		c.expect("MAIL FROM:<sender@example.org>", 502, "5.5.1")
+		c.expect("MAIL FROM:<sender@example.org>", 503, "5.5.1")
 		if code, msg := c.cmd("DATA"); code < 500 {
 			t.Fatalf("DATA right after the handshake: %d %s", code, msg)
 		}

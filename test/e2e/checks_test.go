@@ -49,7 +49,7 @@ outbound:
 		{"MAIL FROM:<alice@localhost>", "553 5.1.7 "},
 		{"MAIL FROM:<alice>", "553 5.1.7 "},
 		{"MAIL FROM:<alice@nx.example>", "550 5.1.8 "},
-		{"MAIL FROM:<alice@nullmx.example>", "550 5.1.8 "},
+		{"MAIL FROM:<alice@nullmx.example>", "550 5.7.27 "}, // RFC 7505 section 4.2
 		{"MAIL FROM:<alice@example.org>", "250 "},
 		{"RCPT TO:<carol>", "553 5.1.3 "},
 		{"RCPT TO:<bob@elsewhere.test>", "554 5.7.1 "},

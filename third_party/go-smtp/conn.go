@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/ioutil"
+	"math"
 	"net"
 	"net/textproto"
 	"regexp"
@@ -44,6 +45,10 @@ type Conn struct {
 	fromReceived bool
 	recipients   []string
 	didAuth      bool
+
+	// midLine: readLine returned ErrTooLongLine before the line's end,
+	// which skipLine still has to find.
+	midLine bool
 }
 
 func newConn(c net.Conn, s *Server) *Conn {
@@ -95,7 +100,7 @@ func (c *Conn) handle(cmd string, arg string) {
 	// and close connection.
 	defer func() {
 		if err := recover(); err != nil {
-			c.writeResponse(421, EnhancedCode{4, 0, 0}, "Internal server error")
+			c.reply(ReplyInternalError, "", 421, EnhancedCode{4, 0, 0}, "Internal server error")
 			c.Close()
 
 			stack := debug.Stack()
@@ -104,7 +109,7 @@ func (c *Conn) handle(cmd string, arg string) {
 	}()
 
 	if cmd == "" {
-		c.protocolError(500, EnhancedCode{5, 5, 2}, "Error: bad syntax")
+		c.protocolError(ReplyUnknownCommand, "", 500, EnhancedCode{5, 5, 2}, "Error: bad syntax")
 		return
 	}
 
@@ -116,18 +121,20 @@ func (c *Conn) handle(cmd string, arg string) {
 		}
 	}
 	switch cmd {
-	case "SEND", "SOML", "SAML", "EXPN", "HELP", "TURN":
+	case "SEND", "SOML", "SAML", "EXPN", "TURN":
 		// These commands are not implemented in any state
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, fmt.Sprintf("%v command not implemented", cmd))
+		c.reply(ReplyNotImplemented, cmd, 502, EnhancedCode{5, 5, 1}, fmt.Sprintf("%v command not implemented", cmd))
+	case "HELP":
+		c.reply(ReplyHelp, arg, 502, EnhancedCode{5, 5, 1}, fmt.Sprintf("%v command not implemented", cmd))
 	case "HELO", "EHLO", "LHLO":
 		lmtp := cmd == "LHLO"
 		enhanced := lmtp || cmd == "EHLO"
 		if c.server.LMTP && !lmtp {
-			c.writeResponse(500, EnhancedCode{5, 5, 1}, "This is a LMTP server, use LHLO")
+			c.reply(ReplyWrongHello, cmd, 500, EnhancedCode{5, 5, 1}, "This is a LMTP server, use LHLO")
 			return
 		}
 		if !c.server.LMTP && lmtp {
-			c.writeResponse(500, EnhancedCode{5, 5, 1}, "This is not a LMTP server")
+			c.reply(ReplyWrongHello, cmd, 500, EnhancedCode{5, 5, 1}, "This is not a LMTP server")
 			return
 		}
 		c.handleGreet(enhanced, arg)
@@ -136,18 +143,18 @@ func (c *Conn) handle(cmd string, arg string) {
 	case "RCPT":
 		c.handleRcpt(arg)
 	case "VRFY":
-		c.writeResponse(252, EnhancedCode{2, 5, 0}, "Cannot VRFY user, but will accept message")
+		c.reply(ReplyVrfy, arg, 252, EnhancedCode{2, 5, 0}, "Cannot VRFY user, but will accept message")
 	case "NOOP":
-		c.writeResponse(250, EnhancedCode{2, 0, 0}, "I have successfully done nothing")
+		c.reply(ReplyNoop, "", 250, EnhancedCode{2, 0, 0}, "I have successfully done nothing")
 	case "RSET": // Reset session
 		c.reset()
-		c.writeResponse(250, EnhancedCode{2, 0, 0}, "Session reset")
+		c.reply(ReplyRset, "", 250, EnhancedCode{2, 0, 0}, "Session reset")
 	case "BDAT":
 		c.handleBdat(arg)
 	case "DATA":
 		c.handleData(arg)
 	case "QUIT":
-		c.writeResponse(221, EnhancedCode{2, 0, 0}, "Bye")
+		c.reply(ReplyQuit, "", 221, EnhancedCode{2, 0, 0}, "Bye")
 		c.Close()
 	case "AUTH":
 		c.handleAuth(arg)
@@ -155,7 +162,7 @@ func (c *Conn) handle(cmd string, arg string) {
 		c.handleStartTLS()
 	default:
 		msg := fmt.Sprintf("Syntax errors, %v command unrecognized", cmd)
-		c.protocolError(500, EnhancedCode{5, 5, 2}, msg)
+		c.protocolError(ReplyUnknownCommand, cmd, 500, EnhancedCode{5, 5, 2}, msg)
 	}
 }
 
@@ -217,9 +224,16 @@ func (c *Conn) authAllowed() bool {
 
 // protocolError writes errors responses and closes the connection once too many
 // have occurred.
-func (c *Conn) protocolError(code int, ec EnhancedCode, msg string) {
-	c.writeResponse(code, ec, msg)
+func (c *Conn) protocolError(r Reply, arg string, code int, ec EnhancedCode, msg string) {
+	c.reply(r, arg, code, ec, msg)
 
+	// securerelay patch: a server that words the replies (Server.Replies)
+	// sees every error reply and decides itself when a client has had
+	// enough; upstream's own count would end the session behind its back,
+	// with a second reply to the same command.
+	if c.server.Replies != nil {
+		return
+	}
 	c.errCount++
 	if c.errCount > errThreshold {
 		c.writeResponse(500, EnhancedCode{5, 5, 1}, "Too many errors. Quiting now")
@@ -227,11 +241,22 @@ func (c *Conn) protocolError(code int, ec EnhancedCode, msg string) {
 	}
 }
 
+// helloVerb names the greeting command handleGreet answers.
+func (c *Conn) helloVerb(enhanced bool) string {
+	switch {
+	case c.server.LMTP:
+		return "LHLO"
+	case enhanced:
+		return "EHLO"
+	}
+	return "HELO"
+}
+
 // GREET state -> waiting for HELO
 func (c *Conn) handleGreet(enhanced bool, arg string) {
 	domain, err := parseHelloArgument(arg)
 	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Domain/address argument required for HELO")
+		c.reply(ReplySyntax, c.helloVerb(enhanced), 501, EnhancedCode{5, 5, 2}, "Domain/address argument required for HELO")
 		return
 	}
 	// c.helo is populated before NewSession so
@@ -255,7 +280,7 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 	}
 
 	if !enhanced {
-		c.writeResponse(250, EnhancedCode{2, 0, 0}, fmt.Sprintf("Hello %s", domain))
+		c.reply(ReplyHelo, domain, 250, EnhancedCode{2, 0, 0}, fmt.Sprintf("Hello %s", domain))
 		return
 	}
 
@@ -318,37 +343,48 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 		}
 	}
 
-	args := []string{"Hello " + domain}
+	code, enh, first := 250, NoEnhancedCode, "Hello "+domain
+	if se := c.server.reply(c, ReplyEhlo, domain); se != nil {
+		code, enh, first = se.Code, se.EnhancedCode, se.Message
+	}
+	args := []string{first}
 	args = append(args, caps...)
-	c.writeResponse(250, NoEnhancedCode, args...)
+	c.writeResponse(code, enh, args...)
 }
 
 // READY state -> waiting for MAIL
 func (c *Conn) handleMail(arg string) {
 	if c.helo == "" {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
+		c.reply(ReplyNeedHello, "MAIL", 502, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "MAIL not allowed during message transfer")
+		c.reply(ReplyInTransfer, "MAIL", 502, EnhancedCode{5, 5, 1}, "MAIL not allowed during message transfer")
+		return
+	}
+	if c.fromReceived {
+		// securerelay patch: RFC 5321 section 4.1.4 forbids MAIL inside a
+		// transaction; upstream answered 250 but kept the recipients of
+		// the first MAIL, which the session had already forgotten.
+		c.reply(ReplyNestedMail, "", 503, EnhancedCode{5, 5, 1}, "Nested MAIL command")
 		return
 	}
 
 	arg, ok := cutPrefixFold(arg, "FROM:")
 	if !ok {
-		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Was expecting MAIL arg syntax of FROM:<address>")
+		c.reply(ReplySyntax, "MAIL", 501, EnhancedCode{5, 5, 2}, "Was expecting MAIL arg syntax of FROM:<address>")
 		return
 	}
 
 	p := parser{s: strings.TrimSpace(arg)}
 	from, err := p.parseReversePath()
 	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Was expecting MAIL arg syntax of FROM:<address>")
+		c.reply(ReplyBadSender, err.Error(), 501, EnhancedCode{5, 5, 2}, "Was expecting MAIL arg syntax of FROM:<address>")
 		return
 	}
 	args, err := parseArgs(p.s)
 	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unable to parse MAIL ESMTP parameters")
+		c.reply(ReplySyntax, "MAIL", 501, EnhancedCode{5, 5, 4}, "Unable to parse MAIL ESMTP parameters")
 		return
 	}
 
@@ -360,27 +396,34 @@ func (c *Conn) handleMail(arg string) {
 	for key, value := range args {
 		switch key {
 		case "SIZE":
-			size, err := strconv.ParseUint(value, 10, 32)
-			if err != nil {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unable to parse SIZE as an integer")
+			// securerelay patch: any number of digits is a size (RFC 1870
+			// section 3 sets no bound); one too large for 64 bits is over
+			// every limit (552), not a syntax error (upstream's 501 for
+			// anything over 32 bits).
+			size, err := strconv.ParseUint(value, 10, 63)
+			if err != nil && (value == "" || strings.Trim(value, "0123456789") != "") {
+				c.reply(ReplyParamSyntax, key, 501, EnhancedCode{5, 5, 4}, "Unable to parse SIZE as an integer")
 				return
+			}
+			if err != nil {
+				size = math.MaxInt64
 			}
 
 			if c.server.MaxMessageBytes > 0 && int64(size) > c.server.MaxMessageBytes {
-				c.writeResponse(552, EnhancedCode{5, 3, 4}, "Max message size exceeded")
+				c.reply(ReplyTooBig, "", 552, EnhancedCode{5, 3, 4}, "Max message size exceeded")
 				return
 			}
 
 			opts.Size = int64(size)
 		case "SMTPUTF8":
 			if !c.server.EnableSMTPUTF8 {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "SMTPUTF8 is not implemented")
+				c.reply(ReplyParamUnsupported, key, 504, EnhancedCode{5, 5, 4}, "SMTPUTF8 is not implemented")
 				return
 			}
 			opts.UTF8 = true
 		case "REQUIRETLS":
 			if !c.server.EnableREQUIRETLS {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "REQUIRETLS is not implemented")
+				c.reply(ReplyParamUnsupported, key, 504, EnhancedCode{5, 5, 4}, "REQUIRETLS is not implemented")
 				return
 			}
 			opts.RequireTLS = true
@@ -389,20 +432,20 @@ func (c *Conn) handleMail(arg string) {
 			switch BodyType(value) {
 			case BodyBinaryMIME:
 				if !c.server.EnableBINARYMIME {
-					c.writeResponse(504, EnhancedCode{5, 5, 4}, "BINARYMIME is not implemented")
+					c.reply(ReplyParamUnsupported, key+"=BINARYMIME", 504, EnhancedCode{5, 5, 4}, "BINARYMIME is not implemented")
 					return
 				}
 				c.binarymime = true
 			case Body7Bit, Body8BitMIME:
 				// This space is intentionally left blank
 			default:
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unknown BODY value")
+				c.reply(ReplyParamSyntax, key, 501, EnhancedCode{5, 5, 4}, "Unknown BODY value")
 				return
 			}
 			opts.Body = BodyType(value)
 		case "RET":
 			if !c.server.EnableDSN {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "RET is not implemented")
+				c.reply(ReplyParamUnsupported, key, 504, EnhancedCode{5, 5, 4}, "RET is not implemented")
 				return
 			}
 			value = strings.ToUpper(value)
@@ -410,25 +453,25 @@ func (c *Conn) handleMail(arg string) {
 			case DSNReturnFull, DSNReturnHeaders:
 				// This space is intentionally left blank
 			default:
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unknown RET value")
+				c.reply(ReplyParamSyntax, key, 501, EnhancedCode{5, 5, 4}, "Unknown RET value")
 				return
 			}
 			opts.Return = DSNReturn(value)
 		case "ENVID":
 			if !c.server.EnableDSN {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "ENVID is not implemented")
+				c.reply(ReplyParamUnsupported, key, 504, EnhancedCode{5, 5, 4}, "ENVID is not implemented")
 				return
 			}
 			value, err := decodeXtext(value)
 			if err != nil || value == "" || !isPrintableASCII(value) {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed ENVID parameter value")
+				c.reply(ReplyParamSyntax, key, 501, EnhancedCode{5, 5, 4}, "Malformed ENVID parameter value")
 				return
 			}
 			opts.EnvelopeID = value
 		case "AUTH":
 			value, err := decodeXtext(value)
 			if err != nil || value == "" {
-				c.writeResponse(500, EnhancedCode{5, 5, 4}, "Malformed AUTH parameter value")
+				c.reply(ReplyParamSyntax, key, 500, EnhancedCode{5, 5, 4}, "Malformed AUTH parameter value")
 				return
 			}
 			if value == "<>" {
@@ -437,13 +480,13 @@ func (c *Conn) handleMail(arg string) {
 				p := parser{s: value}
 				value, err = p.parseMailbox(false)
 				if err != nil || p.s != "" {
-					c.writeResponse(500, EnhancedCode{5, 5, 4}, "Malformed AUTH parameter mailbox")
+					c.reply(ReplyParamSyntax, key, 500, EnhancedCode{5, 5, 4}, "Malformed AUTH parameter mailbox")
 					return
 				}
 			}
 			opts.Auth = &value
 		default:
-			c.writeResponse(500, EnhancedCode{5, 5, 4}, "Unknown MAIL FROM argument")
+			c.reply(ReplyParamUnsupported, key, 500, EnhancedCode{5, 5, 4}, "Unknown MAIL FROM argument")
 			return
 		}
 	}
@@ -453,7 +496,7 @@ func (c *Conn) handleMail(arg string) {
 		return
 	}
 
-	c.writeResponse(250, EnhancedCode{2, 0, 0}, fmt.Sprintf("Roger, accepting mail from <%v>", from))
+	c.reply(ReplyMailOK, from, 250, EnhancedCode{2, 0, 0}, fmt.Sprintf("Roger, accepting mail from <%v>", from))
 	c.fromReceived = true
 }
 
@@ -680,35 +723,35 @@ func isPrintableASCII(val string) bool {
 // MAIL state -> waiting for RCPTs followed by DATA
 func (c *Conn) handleRcpt(arg string) {
 	if !c.fromReceived {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing MAIL FROM command.")
+		c.reply(ReplyNeedMail, "RCPT", 502, EnhancedCode{5, 5, 1}, "Missing MAIL FROM command.")
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "RCPT not allowed during message transfer")
+		c.reply(ReplyInTransfer, "RCPT", 502, EnhancedCode{5, 5, 1}, "RCPT not allowed during message transfer")
 		return
 	}
 
 	arg, ok := cutPrefixFold(arg, "TO:")
 	if !ok {
-		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Was expecting RCPT arg syntax of TO:<address>")
+		c.reply(ReplySyntax, "RCPT", 501, EnhancedCode{5, 5, 2}, "Was expecting RCPT arg syntax of TO:<address>")
 		return
 	}
 
 	p := parser{s: strings.TrimSpace(arg)}
 	recipient, err := p.parsePath()
 	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Was expecting RCPT arg syntax of TO:<address>")
+		c.reply(ReplyBadRecipient, err.Error(), 501, EnhancedCode{5, 5, 2}, "Was expecting RCPT arg syntax of TO:<address>")
 		return
 	}
 
 	if c.server.MaxRecipients > 0 && len(c.recipients) >= c.server.MaxRecipients {
-		c.writeResponse(452, EnhancedCode{4, 5, 3}, fmt.Sprintf("Maximum limit of %v recipients reached", c.server.MaxRecipients))
+		c.reply(ReplyTooManyRcpts, "", 452, EnhancedCode{4, 5, 3}, fmt.Sprintf("Maximum limit of %v recipients reached", c.server.MaxRecipients))
 		return
 	}
 
 	args, err := parseArgs(p.s)
 	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unable to parse RCPT ESMTP parameters")
+		c.reply(ReplySyntax, "RCPT", 501, EnhancedCode{5, 5, 4}, "Unable to parse RCPT ESMTP parameters")
 		return
 	}
 
@@ -718,7 +761,7 @@ func (c *Conn) handleRcpt(arg string) {
 		switch key {
 		case "NOTIFY":
 			if !c.server.EnableDSN {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "NOTIFY is not implemented")
+				c.reply(ReplyParamUnsupported, key, 504, EnhancedCode{5, 5, 4}, "NOTIFY is not implemented")
 				return
 			}
 			notify := []DSNNotify{}
@@ -726,68 +769,68 @@ func (c *Conn) handleRcpt(arg string) {
 				notify = append(notify, DSNNotify(strings.ToUpper(val)))
 			}
 			if err := checkNotifySet(notify); err != nil {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed NOTIFY parameter value")
+				c.reply(ReplyParamSyntax, key, 501, EnhancedCode{5, 5, 4}, "Malformed NOTIFY parameter value")
 				return
 			}
 			opts.Notify = notify
 		case "ORCPT":
 			if !c.server.EnableDSN {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "ORCPT is not implemented")
+				c.reply(ReplyParamUnsupported, key, 504, EnhancedCode{5, 5, 4}, "ORCPT is not implemented")
 				return
 			}
 			aType, aAddr, err := decodeTypedAddress(value)
 			if err != nil || aAddr == "" {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed ORCPT parameter value")
+				c.reply(ReplyParamSyntax, key, 501, EnhancedCode{5, 5, 4}, "Malformed ORCPT parameter value")
 				return
 			}
 			opts.OriginalRecipientType = aType
 			opts.OriginalRecipient = aAddr
 		case "RRVS":
 			if !c.server.EnableRRVS {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "RRVS is not implemented")
+				c.reply(ReplyParamUnsupported, key, 504, EnhancedCode{5, 5, 4}, "RRVS is not implemented")
 				return
 			}
 			value, _, _ = strings.Cut(value, ";") // discard the no-support action
 			rrvsTime, err := time.Parse(time.RFC3339, value)
 			if err != nil {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed RRVS parameter value")
+				c.reply(ReplyParamSyntax, key, 501, EnhancedCode{5, 5, 4}, "Malformed RRVS parameter value")
 				return
 			}
 			opts.RequireRecipientValidSince = rrvsTime
 		case "BY":
 			if !c.server.EnableDELIVERBY {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "DELIVERBY is not implemented")
+				c.reply(ReplyParamUnsupported, key, 504, EnhancedCode{5, 5, 4}, "DELIVERBY is not implemented")
 				return
 			}
 			deliverBy := parseDeliverByArgument(value)
 			if deliverBy == nil {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed BY parameter value")
+				c.reply(ReplyParamSyntax, key, 501, EnhancedCode{5, 5, 4}, "Malformed BY parameter value")
 				return
 			}
 			if c.server.MinimumDeliverByTime != 0 &&
 				deliverBy.Mode == DeliverByReturn &&
 				deliverBy.Time < c.server.MinimumDeliverByTime {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "BY parameter is below server minimum")
+				c.reply(ReplyParamSyntax, key, 501, EnhancedCode{5, 5, 4}, "BY parameter is below server minimum")
 				return
 			}
 			opts.DeliverBy = deliverBy
 		case "MT-PRIORITY":
 			if !c.server.EnableMTPRIORITY {
-				c.writeResponse(504, EnhancedCode{5, 5, 4}, "MT-PRIORITY is not implemented")
+				c.reply(ReplyParamUnsupported, key, 504, EnhancedCode{5, 5, 4}, "MT-PRIORITY is not implemented")
 				return
 			}
 			mtPriority, err := strconv.Atoi(value)
 			if err != nil {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed MT-PRIORITY parameter value")
+				c.reply(ReplyParamSyntax, key, 501, EnhancedCode{5, 5, 4}, "Malformed MT-PRIORITY parameter value")
 				return
 			}
 			if mtPriority < -9 || mtPriority > 9 {
-				c.writeResponse(501, EnhancedCode{5, 5, 4}, "MT-PRIORITY is outside valid range")
+				c.reply(ReplyParamSyntax, key, 501, EnhancedCode{5, 5, 4}, "MT-PRIORITY is outside valid range")
 				return
 			}
 			opts.MTPriority = &mtPriority
 		default:
-			c.writeResponse(500, EnhancedCode{5, 5, 4}, "Unknown RCPT TO argument")
+			c.reply(ReplyParamUnsupported, key, 500, EnhancedCode{5, 5, 4}, "Unknown RCPT TO argument")
 			return
 		}
 	}
@@ -797,7 +840,7 @@ func (c *Conn) handleRcpt(arg string) {
 		return
 	}
 	c.recipients = append(c.recipients, recipient)
-	c.writeResponse(250, EnhancedCode{2, 0, 0}, fmt.Sprintf("I'll make sure <%v> gets this", recipient))
+	c.reply(ReplyRcptOK, recipient, 250, EnhancedCode{2, 0, 0}, fmt.Sprintf("I'll make sure <%v> gets this", recipient))
 }
 
 func checkNotifySet(values []DSNNotify) error {
@@ -826,24 +869,24 @@ func checkNotifySet(values []DSNNotify) error {
 
 func (c *Conn) handleAuth(arg string) {
 	if c.helo == "" {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
+		c.reply(ReplyNeedHello, "AUTH", 502, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
 		return
 	}
 	if c.didAuth {
-		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Already authenticated")
+		c.reply(ReplyAuthTwice, "", 503, EnhancedCode{5, 5, 1}, "Already authenticated")
 		return
 	}
 
 	parts := strings.Fields(arg)
 	if len(parts) == 0 {
-		c.writeResponse(502, EnhancedCode{5, 5, 4}, "Missing parameter")
+		c.reply(ReplySyntax, "AUTH", 502, EnhancedCode{5, 5, 4}, "Missing parameter")
 		return
 	}
 
 	if !c.authAllowed() {
 		// RFC 4954 section 6 defines this reply for AUTH (securerelay
 		// patch; upstream answered RFC 5248's generic 523 5.7.10).
-		c.writeResponse(538, EnhancedCode{5, 7, 11}, "Encryption required for requested authentication mechanism: issue STARTTLS first")
+		c.reply(ReplyAuthNeedsTLS, "", 538, EnhancedCode{5, 7, 11}, "Encryption required for requested authentication mechanism: issue STARTTLS first")
 		return
 	}
 
@@ -855,7 +898,7 @@ func (c *Conn) handleAuth(arg string) {
 		var err error
 		ir, err = decodeSASLResponse(parts[1])
 		if err != nil {
-			c.writeResponse(454, EnhancedCode{4, 7, 0}, "Invalid base64 data")
+			c.reply(ReplyAuthBadBase64, "", 454, EnhancedCode{4, 7, 0}, "Invalid base64 data")
 			return
 		}
 	}
@@ -870,6 +913,13 @@ func (c *Conn) handleAuth(arg string) {
 	for {
 		challenge, done, err := sasl.Next(response)
 		if err != nil {
+			if _, ok := err.(*SMTPError); !ok {
+				// securerelay patch: the SASL mechanism's own errors are
+				// about what the client sent (a PLAIN response without
+				// its NULs), not a temporary failure.
+				c.reply(ReplyAuthBadResponse, err.Error(), 454, EnhancedCode{4, 7, 0}, err.Error())
+				return
+			}
 			c.writeError(454, EnhancedCode{4, 7, 0}, err)
 			return
 		}
@@ -885,24 +935,29 @@ func (c *Conn) handleAuth(arg string) {
 		c.writeResponse(334, NoEnhancedCode, encoded)
 
 		encoded, err = c.readLine()
+		if err == ErrTooLongLine {
+			c.reply(ReplyLineTooLong, "", 500, EnhancedCode{5, 4, 0}, "Too long line")
+			c.skipLine()
+			return
+		}
 		if err != nil {
 			return // TODO: error handling
 		}
 
 		if encoded == "*" {
 			// https://tools.ietf.org/html/rfc4954#page-4
-			c.writeResponse(501, EnhancedCode{5, 0, 0}, "Negotiation cancelled")
+			c.reply(ReplyAuthCancelled, "", 501, EnhancedCode{5, 0, 0}, "Negotiation cancelled")
 			return
 		}
 
 		response, err = decodeSASLResponse(encoded)
 		if err != nil {
-			c.writeResponse(454, EnhancedCode{4, 7, 0}, "Invalid base64 data")
+			c.reply(ReplyAuthBadBase64, "", 454, EnhancedCode{4, 7, 0}, "Invalid base64 data")
 			return
 		}
 	}
 
-	c.writeResponse(235, EnhancedCode{2, 0, 0}, "Authentication succeeded")
+	c.reply(ReplyAuthOK, "", 235, EnhancedCode{2, 0, 0}, "Authentication succeeded")
 	c.didAuth = true
 }
 
@@ -929,16 +984,16 @@ func (c *Conn) auth(mech string) (sasl.Server, error) {
 
 func (c *Conn) handleStartTLS() {
 	if _, isTLS := c.TLSConnectionState(); isTLS {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Already running in TLS")
+		c.reply(ReplyTLSActive, "", 502, EnhancedCode{5, 5, 1}, "Already running in TLS")
 		return
 	}
 
 	if c.server.TLSConfig == nil {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "TLS not supported")
+		c.reply(ReplyTLSNotOffered, "", 502, EnhancedCode{5, 5, 1}, "TLS not supported")
 		return
 	}
 
-	c.writeResponse(220, EnhancedCode{2, 0, 0}, "Ready to start TLS")
+	c.reply(ReplyStartTLS, "", 220, EnhancedCode{2, 0, 0}, "Ready to start TLS")
 
 	// Upgrade to TLS
 	tlsConn := tls.Server(c.conn, c.server.TLSConfig)
@@ -972,25 +1027,29 @@ func (c *Conn) handleStartTLS() {
 // DATA
 func (c *Conn) handleData(arg string) {
 	if arg != "" {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "DATA command should not have any arguments")
+		c.reply(ReplySyntax, "DATA", 501, EnhancedCode{5, 5, 4}, "DATA command should not have any arguments")
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "DATA not allowed during message transfer")
+		c.reply(ReplyInTransfer, "DATA", 502, EnhancedCode{5, 5, 1}, "DATA not allowed during message transfer")
 		return
 	}
 	if c.binarymime {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "DATA not allowed for BINARYMIME messages")
+		c.reply(ReplyDataBinary, "", 502, EnhancedCode{5, 5, 1}, "DATA not allowed for BINARYMIME messages")
 		return
 	}
 
-	if !c.fromReceived || len(c.recipients) == 0 {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
+	if !c.fromReceived {
+		c.reply(ReplyNeedMail, "DATA", 502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
+		return
+	}
+	if len(c.recipients) == 0 {
+		c.reply(ReplyNeedRcpt, "DATA", 502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
 		return
 	}
 
 	// We have recipients, go to accept data
-	c.writeResponse(354, NoEnhancedCode, "Go ahead. End your data with <CR><LF>.<CR><LF>")
+	c.reply(ReplyDataStart, "", 354, NoEnhancedCode, "Go ahead. End your data with <CR><LF>.<CR><LF>")
 
 	defer c.reset()
 
@@ -1000,7 +1059,7 @@ func (c *Conn) handleData(arg string) {
 	}
 
 	r := newDataReader(c)
-	code, enhancedCode, msg := dataErrorToStatus(c.Session().Data(r))
+	code, enhancedCode, msg := c.dataErrorToStatus(c.Session().Data(r))
 	r.limited = false
 	io.Copy(ioutil.Discard, r) // Make sure all the data has been consumed
 	c.writeResponse(code, enhancedCode, msg)
@@ -1009,18 +1068,18 @@ func (c *Conn) handleData(arg string) {
 func (c *Conn) handleBdat(arg string) {
 	args := strings.Fields(arg)
 	if len(args) == 0 {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Missing chunk size argument")
+		c.reply(ReplySyntax, "BDAT", 501, EnhancedCode{5, 5, 4}, "Missing chunk size argument")
 		return
 	}
 	if len(args) > 2 {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Too many arguments")
+		c.reply(ReplySyntax, "BDAT", 501, EnhancedCode{5, 5, 4}, "Too many arguments")
 		return
 	}
 
 	last := false
 	if len(args) == 2 {
 		if !strings.EqualFold(args[1], "LAST") {
-			c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unknown BDAT argument")
+			c.reply(ReplySyntax, "BDAT", 501, EnhancedCode{5, 5, 4}, "Unknown BDAT argument")
 			return
 		}
 		last = true
@@ -1029,19 +1088,23 @@ func (c *Conn) handleBdat(arg string) {
 	// ParseUint instead of Atoi so we will not accept negative values.
 	size, err := strconv.ParseUint(args[0], 10, 32)
 	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed size argument")
+		c.reply(ReplySyntax, "BDAT", 501, EnhancedCode{5, 5, 4}, "Malformed size argument")
 		return
 	}
 
 	if !c.fromReceived || len(c.recipients) == 0 {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
+		if !c.fromReceived {
+			c.reply(ReplyNeedMail, "BDAT", 502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
+		} else {
+			c.reply(ReplyNeedRcpt, "BDAT", 502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
+		}
 		// The chunk follows the command even when the command is rejected.
 		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
 		return
 	}
 
 	if c.server.MaxMessageBytes != 0 && c.bytesReceived+int64(size) > c.server.MaxMessageBytes {
-		c.writeResponse(552, EnhancedCode{5, 3, 4}, "Max message size exceeded")
+		c.reply(ReplyTooBig, "", 552, EnhancedCode{5, 3, 4}, "Max message size exceeded")
 
 		// Discard chunk itself without passing it to backend.
 		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
@@ -1097,7 +1160,7 @@ func (c *Conn) handleBdat(arg string) {
 		// the whole chunk.
 		io.Copy(ioutil.Discard, chunk)
 
-		c.writeResponse(dataErrorToStatus(err))
+		c.writeResponse(c.dataErrorToStatus(err))
 
 		if err == errPanic {
 			c.Close()
@@ -1117,11 +1180,11 @@ func (c *Conn) handleBdat(arg string) {
 		if c.server.LMTP {
 			c.bdatStatus.fillRemaining(err)
 			for i, rcpt := range c.recipients {
-				code, enchCode, msg := dataErrorToStatus(<-c.bdatStatus.status[i])
+				code, enchCode, msg := c.dataErrorToStatus(<-c.bdatStatus.status[i])
 				c.writeResponse(code, enchCode, "<"+rcpt+"> "+msg)
 			}
 		} else {
-			c.writeResponse(dataErrorToStatus(err))
+			c.writeResponse(c.dataErrorToStatus(err))
 		}
 
 		if err == errPanic {
@@ -1131,7 +1194,7 @@ func (c *Conn) handleBdat(arg string) {
 
 		c.reset()
 	} else {
-		c.writeResponse(250, EnhancedCode{2, 0, 0}, "Continue")
+		c.reply(ReplyChunkOK, strconv.FormatUint(size, 10), 250, EnhancedCode{2, 0, 0}, "Continue")
 	}
 }
 
@@ -1258,7 +1321,7 @@ func (c *Conn) handleDataLMTP() {
 	}
 
 	for i, rcpt := range c.recipients {
-		code, enchCode, msg := dataErrorToStatus(<-status.status[i])
+		code, enchCode, msg := c.dataErrorToStatus(<-status.status[i])
 		c.writeResponse(code, enchCode, "<"+rcpt+"> "+msg)
 	}
 
@@ -1269,20 +1332,29 @@ func (c *Conn) handleDataLMTP() {
 	}
 }
 
-func dataErrorToStatus(err error) (code int, enchCode EnhancedCode, msg string) {
+func (c *Conn) dataErrorToStatus(err error) (code int, enchCode EnhancedCode, msg string) {
+	r := ReplyDataOK
 	if err != nil {
-		if smtperr, ok := err.(*SMTPError); ok {
+		if smtperr, ok := err.(*SMTPError); ok && err != errPanic {
 			return smtperr.Code, smtperr.EnhancedCode, smtperr.Message
+		} else if err == errPanic {
+			r = ReplyInternalError
+			code, enchCode, msg = errPanic.Code, errPanic.EnhancedCode, errPanic.Message
 		} else {
-			return 554, EnhancedCode{5, 0, 0}, "Error: transaction failed: " + err.Error()
+			r = ReplyLocalError
+			code, enchCode, msg = 554, EnhancedCode{5, 0, 0}, "Error: transaction failed: "+err.Error()
 		}
+	} else {
+		code, enchCode, msg = 250, EnhancedCode{2, 0, 0}, "OK: queued"
 	}
-
-	return 250, EnhancedCode{2, 0, 0}, "OK: queued"
+	if se := c.server.reply(c, r, ""); se != nil {
+		return se.Code, se.EnhancedCode, se.Message
+	}
+	return code, enchCode, msg
 }
 
 func (c *Conn) Reject() {
-	c.writeResponse(421, EnhancedCode{4, 4, 5}, "Too busy. Try again later.")
+	c.reply(ReplyBusy, "", 421, EnhancedCode{4, 4, 5}, "Too busy. Try again later.")
 	c.Close()
 }
 
@@ -1291,7 +1363,7 @@ func (c *Conn) greet() {
 	if c.server.LMTP {
 		protocol = "LMTP"
 	}
-	c.writeResponse(220, NoEnhancedCode, fmt.Sprintf("%v %s Service Ready", c.server.Domain, protocol))
+	c.reply(ReplyGreeting, protocol, 220, NoEnhancedCode, fmt.Sprintf("%v %s Service Ready", c.server.Domain, protocol))
 }
 
 func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
@@ -1317,7 +1389,13 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 
 	lastLineIndex := len(text) - 1
 	for i := 0; i < lastLineIndex; i++ {
-		c.text.PrintfLine("%d-%v", code, text[i])
+		if enhCode == NoEnhancedCode {
+			c.text.PrintfLine("%d-%v", code, text[i])
+		} else {
+			// securerelay patch: RFC 2034 section 3 puts the enhanced
+			// code on every line of a reply, not only the last.
+			c.text.PrintfLine("%d-%v.%v.%v %v", code, enhCode[0], enhCode[1], enhCode[2], text[i])
+		}
 	}
 	if enhCode == NoEnhancedCode {
 		c.text.PrintfLine("%d %v", code, text[lastLineIndex])
@@ -1330,7 +1408,7 @@ func (c *Conn) writeError(code int, enhCode EnhancedCode, err error) {
 	if smtpErr, ok := err.(*SMTPError); ok {
 		c.writeResponse(smtpErr.Code, smtpErr.EnhancedCode, smtpErr.Message)
 	} else {
-		c.writeResponse(code, enhCode, err.Error())
+		c.reply(ReplyLocalError, "", code, enhCode, err.Error())
 	}
 }
 
@@ -1365,12 +1443,35 @@ func (c *Conn) readLine() (string, error) {
 			content = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
 		}
 		if max > 0 && len(content)+2 > max {
+			// The caller replies, then skips the rest (skipLine).
+			c.midLine = i < 0
 			return "", ErrTooLongLine
 		}
 		if i >= 0 {
 			return string(content), nil
 		}
 	}
+}
+
+// skipLine discards the rest of a line that readLine found too long
+// (securerelay patch): the session goes on after the error reply, as
+// after any other (RFC 5321 section 4.5.3.1.9, "500 Line too long");
+// upstream closed it. It waits for the line's end under the read
+// time-out readLine set, and keeps nothing.
+func (c *Conn) skipLine() error {
+	for c.midLine {
+		if _, err := c.text.R.Peek(1); err != nil {
+			return err
+		}
+		buf, _ := c.text.R.Peek(c.text.R.Buffered())
+		n := len(buf)
+		if i := bytes.IndexByte(buf, '\n'); i >= 0 {
+			n = i + 1
+			c.midLine = false
+		}
+		c.text.R.Discard(n)
+	}
+	return nil
 }
 
 func (c *Conn) reset() {

@@ -8,6 +8,7 @@ import (
 	"log"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -88,6 +89,13 @@ type Server struct {
 	// lets the server count the commands go-smtp answers without calling
 	// the backend (NOOP, RSET, VRFY, HELP…).
 	CommandHook func(c *Conn, cmd string) error
+
+	// Replies, if set, words the replies go-smtp makes itself (see Reply;
+	// securerelay patch 8): nil keeps go-smtp's own for that one. With it
+	// set, go-smtp no longer ends a session after a few protocol errors:
+	// the server sees every error reply here and decides (a 421 from
+	// Replies does not close the connection by itself).
+	Replies func(c *Conn, r Reply, arg string) *SMTPError
 
 	wg   sync.WaitGroup
 	done chan struct{}
@@ -187,7 +195,11 @@ func (s *Server) handleConn(c *Conn) error {
 		if err == nil {
 			cmd, arg, err := parseCmd(line)
 			if err != nil {
-				c.protocolError(501, EnhancedCode{5, 5, 2}, "Bad command")
+				// securerelay patch: what cannot be parsed as a command
+				// is an unknown command (500, RFC 5321 section 4.2.4),
+				// not a parameter error (501).
+				verb, _, _ := strings.Cut(line, " ")
+				c.protocolError(ReplyUnknownCommand, verb, 501, EnhancedCode{5, 5, 2}, "Bad command")
 				continue
 			}
 
@@ -197,16 +209,21 @@ func (s *Server) handleConn(c *Conn) error {
 				return nil
 			}
 			if err == ErrTooLongLine {
-				c.writeResponse(500, EnhancedCode{5, 4, 0}, "Too long line, closing connection")
-				return nil
+				// securerelay patch: the rest of the line is skipped and
+				// the session goes on (patch 6).
+				c.protocolError(ReplyLineTooLong, "", 500, EnhancedCode{5, 4, 0}, "Too long line")
+				if err := c.skipLine(); err != nil {
+					return nil
+				}
+				continue
 			}
 
 			if neterr, ok := err.(net.Error); ok && neterr.Timeout() {
-				c.writeResponse(421, EnhancedCode{4, 4, 2}, "Idle timeout, bye bye")
+				c.reply(ReplyTimeout, "", 421, EnhancedCode{4, 4, 2}, "Idle timeout, bye bye")
 				return nil
 			}
 
-			c.writeResponse(421, EnhancedCode{4, 4, 0}, "Connection error, sorry")
+			c.reply(ReplyConnError, "", 421, EnhancedCode{4, 4, 0}, "Connection error, sorry")
 			return err
 		}
 	}
