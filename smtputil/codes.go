@@ -67,6 +67,7 @@ import (
 //	MultipleFromFields        550 5.6.0  RFC 5322 §3.6 allows one From field; X.6.0 the content is malformed, which is what the sender must fix (as BareLineEnding)
 //	TooManyAuthorDomains      550 5.7.1  X.7.1 refused by policy: DMARC (RFC 7489 §6.6.1) cannot be checked for every author domain
 //	TooManyTransactions       421 4.7.0  RFC 5321 §3.8; X.7.0 policy: the client reconnects and goes on
+//	DSNParamTooLong           501 5.5.4  RFC 3461 §4 bounds ENVID (100) and ORCPT (500 with NOTIFY); X.5.4 invalid command arguments
 
 // RelayDenied refuses a recipient in a domain we do not serve.
 func RelayDenied(domain string) *smtp.SMTPError {
@@ -391,4 +392,11 @@ func TooManyAuthorDomains(n, max int) *smtp.SMTPError {
 func TooManyTransactions(max int) *smtp.SMTPError {
 	return Reply(421, 4, 7, 0, "too many transactions in one session (limit %d), closing connection; "+
 		"reconnect to send more", max)
+}
+
+// DSNParamTooLong refuses an ENVID or ORCPT longer than RFC 3461 allows
+// (limit characters, as sent in xtext).
+func DSNParamTooLong(param string, limit int) *smtp.SMTPError {
+	return Reply(501, 5, 5, 4, "%s parameter is longer than the %d characters RFC 3461 section 4 allows; "+
+		"shorten it in the sending software", param, limit)
 }
