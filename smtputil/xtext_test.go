@@ -37,11 +37,11 @@ func isUpperHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'A' && c <= '
 
 func TestEncodeXtext(t *testing.T) {
 	for in, want := range map[string]string{
-		"":                        "",
-		"QQ314159":                "QQ314159",
-		"a+b=c d":                 "a+2Bb+3Dc+20d",
-		"\x01\x7f\xff":            "+01+7F+FF",
-		"Bob@Example.org":         "Bob@Example.org",
+		"":                       "",
+		"QQ314159":               "QQ314159",
+		"a+b=c d":                "a+2Bb+3Dc+20d",
+		"\x01\x7f\xff":           "+01+7F+FF",
+		"Bob@Example.org":        "Bob@Example.org",
 		`<id.1@host> "quoted"\x`: `<id.1@host>+20"quoted"\x`,
 	} {
 		if got := EncodeXtext(in); got != want {
