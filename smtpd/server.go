@@ -41,6 +41,9 @@ type Options struct {
 	NormalizeLineEndings bool
 	AllowInsecureAuth    bool
 	RequireTLS           bool
+	// DSN offers the DSN extension (RFC 3461): NOTIFY, ORCPT, RET and
+	// ENVID are accepted and kept with the message.
+	DSN bool
 
 	Queue  *queue.Queue
 	Role   Role
@@ -145,6 +148,7 @@ func New(o Options) *Server {
 	// REQUIRETLS (RFC 8689): go-smtp offers it only inside TLS, and the
 	// delivery engine honours the flag: verified TLS to every next hop.
 	srv.EnableREQUIRETLS = true
+	srv.EnableDSN = o.DSN
 	srv.ErrorLog = slogPrinter{s.log}
 	srv.CommandHook = s.command
 	s.smtp = srv

@@ -68,6 +68,7 @@ import (
 //	TooManyAuthorDomains      550 5.7.1  X.7.1 refused by policy: DMARC (RFC 7489 §6.6.1) cannot be checked for every author domain
 //	TooManyTransactions       421 4.7.0  RFC 5321 §3.8; X.7.0 policy: the client reconnects and goes on
 //	DSNParamTooLong           501 5.5.4  RFC 3461 §4 bounds ENVID (100) and ORCPT (500 with NOTIFY); X.5.4 invalid command arguments
+//	BadDSNParameter           501 5.5.4  RFC 3461 §4 syntax of a DSN parameter
 
 // RelayDenied refuses a recipient in a domain we do not serve.
 func RelayDenied(domain string) *smtp.SMTPError {
@@ -399,4 +400,10 @@ func TooManyTransactions(max int) *smtp.SMTPError {
 func DSNParamTooLong(param string, limit int) *smtp.SMTPError {
 	return Reply(501, 5, 5, 4, "%s parameter is longer than the %d characters RFC 3461 section 4 allows; "+
 		"shorten it in the sending software", param, limit)
+}
+
+// BadDSNParameter refuses a DSN parameter (RFC 3461 §4) that cannot be
+// kept or passed on; detail says what is wrong with it.
+func BadDSNParameter(param, detail string) *smtp.SMTPError {
+	return Reply(501, 5, 5, 4, "bad %s parameter: %s (RFC 3461 section 4); fix it in the sending software", param, detail)
 }
