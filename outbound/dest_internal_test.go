@@ -15,8 +15,8 @@ func (c nopClient) extension(string) (bool, string)           { return false, ""
 func (c nopClient) startTLS(*tls.Config) error                { return nil }
 func (c nopClient) tlsState() *tls.ConnectionState            { return nil }
 func (c nopClient) auth(sasl.Client) error                    { return nil }
-func (c nopClient) mail(string, bool) error                   { return nil }
-func (c nopClient) rcpt(string) error                         { return nil }
+func (c nopClient) mail(string, mailParams) error             { return nil }
+func (c nopClient) rcpt(string, rcptParams) error             { return nil }
 func (c nopClient) data(io.Reader, []string) ([]error, error) { return nil, nil }
 func (c nopClient) reset() error                              { return nil }
 func (c nopClient) quit()                                     { c.quits <- struct{}{} }

@@ -9,6 +9,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -74,7 +75,13 @@ func newSpool(t *testing.T) *spool {
 // put spools a message and returns the queue's delivery for it.
 func (s *spool) put(from string, to []string, data string) *queue.Delivery {
 	s.t.Helper()
-	id, err := s.q.Put(queue.Envelope{From: from, To: to, Origin: queue.OriginOutbound}, strings.NewReader(data))
+	return s.putEnv(queue.Envelope{From: from, To: to, Origin: queue.OriginOutbound}, data)
+}
+
+// putEnv is put with a whole envelope.
+func (s *spool) putEnv(env queue.Envelope, data string) *queue.Delivery {
+	s.t.Helper()
+	id, err := s.q.Put(env, strings.NewReader(data))
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -82,7 +89,12 @@ func (s *spool) put(from string, to []string, data string) *queue.Delivery {
 		select {
 		case d := <-s.ch:
 			if d.ID == id {
-				return d
+				// The test's own copy, envelope included: tests change it
+				// (an inbound origin), and the queue still reads its own
+				// after the hand-over.
+				dd, env := *d, *d.Envelope
+				dd.Envelope = &env
+				return &dd
 			}
 		case <-time.After(testTimeout):
 			s.t.Fatalf("queue did not hand over %s", id)
@@ -98,6 +110,10 @@ type hopMsg struct {
 	TLS  bool
 	Auth string
 	Helo string
+	// MailOpts and RcptOpts are the MAIL and RCPT parameters as the hop
+	// parsed them (RcptOpts by recipient).
+	MailOpts smtp.MailOptions
+	RcptOpts map[string]smtp.RcptOptions
 }
 
 // hopOptions shape a test next hop's answers.
@@ -118,6 +134,12 @@ type hopOptions struct {
 	// error refuses it, and errDrop closes the connection without a
 	// reply (a next hop that goes away at the end of DATA).
 	Data func(b []byte) error
+	// DSN offers DSN (RFC 3461).
+	DSN bool
+	// Discard lists EHLO keywords the hop does not offer, as Postfix's
+	// smtpd_discard_ehlo_keywords ("8BITMIME"): taken out of its EHLO
+	// reply on the wire.
+	Discard []string
 }
 
 // errDrop makes a hop close the connection instead of answering DATA.
@@ -161,10 +183,11 @@ func newHop(t *testing.T, o hopOptions) *hop {
 	srv.LMTP = o.LMTP
 	srv.TLSConfig = o.TLS
 	srv.AllowInsecureAuth = o.AllowInsecureAuth
+	srv.EnableDSN = o.DSN
 	srv.ReadTimeout = testTimeout
 	srv.WriteTimeout = testTimeout
 	srv.ErrorLog = log.New(io.Discard, "", 0)
-	go srv.Serve(countingListener{ln, &h.conns})
+	go srv.Serve(countingListener{ln, &h.conns, o.Discard})
 	t.Cleanup(func() { srv.Close() })
 	return h
 }
@@ -203,26 +226,50 @@ func (h *hop) none() {
 
 type countingListener struct {
 	net.Listener
-	n *atomic.Int32
+	n       *atomic.Int32
+	discard []string
 }
 
 func (l countingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err == nil {
 		l.n.Add(1)
+		if len(l.discard) > 0 {
+			c = discardConn{c, l.discard}
+		}
 	}
 	return c, err
 }
 
-type hopSession struct {
-	h    *hop
-	c    *smtp.Conn
-	from string
-	to   []string
-	auth string
+// discardConn takes keywords out of the EHLO reply the server writes.
+// go-smtp writes one reply line per Write and ends its EHLO reply with
+// SIZE, so dropping a "250-KEYWORD" line is all it takes.
+type discardConn struct {
+	net.Conn
+	keywords []string
 }
 
-func (s *hopSession) Reset()        { s.from, s.to = "", nil }
+func (c discardConn) Write(p []byte) (int, error) {
+	if line, ok := strings.CutPrefix(string(p), "250-"); ok {
+		kw, _, _ := strings.Cut(strings.TrimSuffix(line, "\r\n"), " ")
+		if slices.ContainsFunc(c.keywords, func(k string) bool { return strings.EqualFold(k, kw) }) {
+			return len(p), nil
+		}
+	}
+	return c.Conn.Write(p)
+}
+
+type hopSession struct {
+	h        *hop
+	c        *smtp.Conn
+	from     string
+	to       []string
+	auth     string
+	mailOpts smtp.MailOptions
+	rcptOpts map[string]smtp.RcptOptions
+}
+
+func (s *hopSession) Reset()        { s.from, s.to, s.mailOpts, s.rcptOpts = "", nil, smtp.MailOptions{}, nil }
 func (s *hopSession) Logout() error { return nil }
 
 func (s *hopSession) AuthMechanisms() []string {
@@ -246,7 +293,10 @@ func (s *hopSession) Auth(mech string) (sasl.Server, error) {
 	}), nil
 }
 
-func (s *hopSession) Mail(from string, _ *smtp.MailOptions) error {
+func (s *hopSession) Mail(from string, o *smtp.MailOptions) error {
+	if o != nil {
+		s.mailOpts = *o
+	}
 	if s.h.o.Users != nil && s.auth == "" {
 		return smtp.ErrAuthRequired
 	}
@@ -259,19 +309,26 @@ func (s *hopSession) Mail(from string, _ *smtp.MailOptions) error {
 	return nil
 }
 
-func (s *hopSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (s *hopSession) Rcpt(to string, o *smtp.RcptOptions) error {
 	if s.h.o.Rcpt != nil {
 		if err := s.h.o.Rcpt(to); err != nil {
 			return err
 		}
 	}
 	s.to = append(s.to, to)
+	if o != nil {
+		if s.rcptOpts == nil {
+			s.rcptOpts = map[string]smtp.RcptOptions{}
+		}
+		s.rcptOpts[to] = *o
+	}
 	return nil
 }
 
 func (s *hopSession) record(b []byte, to []string) {
 	_, isTLS := s.c.TLSConnectionState()
-	s.h.got <- hopMsg{From: s.from, To: to, Data: b, TLS: isTLS, Auth: s.auth, Helo: s.c.Hostname()}
+	s.h.got <- hopMsg{From: s.from, To: to, Data: b, TLS: isTLS, Auth: s.auth, Helo: s.c.Hostname(),
+		MailOpts: s.mailOpts, RcptOpts: s.rcptOpts}
 }
 
 func (s *hopSession) Data(r io.Reader) error {

@@ -93,6 +93,18 @@ type Delivery struct {
 
 	path    string
 	dataOff int64
+	idx     []int // Rcpts[k] is Envelope.To[idx[k]]
+}
+
+// DSN returns the DSN parameters of a recipient of this attempt (of its
+// first occurrence, should it be listed twice).
+func (d *Delivery) DSN(rcpt string) RcptDSN {
+	for k, r := range d.Rcpts {
+		if r == rcpt && k < len(d.idx) {
+			return d.Envelope.DSN(d.idx[k])
+		}
+	}
+	return RcptDSN{}
 }
 
 // Open returns the message data (CRLF lines, including our Received:).
@@ -555,6 +567,7 @@ func (q *Queue) attempt(it *item) {
 			idx = append(idx, i)
 		}
 	}
+	d.idx = idx
 	start := q.opts.Now()
 	results := q.opts.Deliverer.Deliver(q.ctx, d)
 	now := q.opts.Now()
