@@ -54,15 +54,14 @@ type Report struct {
 	// Original is the original message, or its start: its header is
 	// returned (RET=HDRS, RFC 3461 §4.3), or all of it with ReturnFull.
 	Original []byte
-	// ReturnFull returns Original whole, as message/rfc822 (RET=FULL); the
-	// caller sets it only when Original is the complete message. Build
-	// still returns the header only when the message could not travel
+	// ReturnFull: the sender asked for the whole message back (RET=FULL).
+	// A report of failures then returns Original whole, as message/rfc822,
+	// unless TooLargeToReturn is set or the message could not travel
 	// intact inside the report (8-bit header fields, lines over 998
-	// octets).
+	// octets): then its header, and the text says why.
 	ReturnFull bool
-	// TooLargeToReturn, when RET=FULL was asked but the message is larger
-	// than the relay returns, is its size: the text then says why only
-	// the header is attached.
+	// TooLargeToReturn is the size of a message larger than the relay
+	// returns; Original then holds only its start.
 	TooLargeToReturn int64
 	// EnvID is the ENVID of the original transaction (RFC 3461 §4.4),
 	// decoded; reported as Original-Envelope-Id.
@@ -155,7 +154,7 @@ func Build(r Report) ([]byte, error) {
 	}
 	// A failure may return the whole message (RET=FULL); a report without
 	// failures returns the header only (RFC 3461 §4.3).
-	full := r.ReturnFull && anyFailed && canReturnWhole(r.Original)
+	full := r.ReturnFull && anyFailed && r.TooLargeToReturn <= 0 && canReturnWhole(r.Original)
 	envID := printableLine(r.EnvID, 100)
 
 	var body bytes.Buffer

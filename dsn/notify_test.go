@@ -142,16 +142,15 @@ func TestBuildReturnFull(t *testing.T) {
 	})
 	t.Run("too large", func(t *testing.T) {
 		r := baseReport()
+		r.ReturnFull = true
 		r.TooLargeToReturn = 12 << 20
-		r.ReturnFull = false
 		b, err := Build(r)
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Without ReturnFull the note is not given: the caller says too
-		// large only together with RET=FULL.
-		if strings.Contains(string(parseDSN(t, b).parts[0].body), "12.0 MB") {
-			t.Fatalf("size note without RET=FULL")
+		p := parseDSN(t, b)
+		if p.parts[2].header.Get("Content-Type") != "text/rfc822-headers" || !strings.Contains(string(p.parts[0].body), "at 12.0 MB it\r\nis larger than this system returns") {
+			t.Fatalf("want the header only, with the size:\n%s", p.parts[0].body)
 		}
 	})
 }
