@@ -97,10 +97,6 @@ type entity struct {
 	leaf     bool
 }
 
-func (e *entity) composite() bool {
-	return strings.HasPrefix(e.typ, "multipart/") || strings.HasPrefix(e.typ, "message/")
-}
-
 // handler receives the walk's events.
 type handler interface {
 	// header is an entity's header block as read (its final empty line

@@ -661,7 +661,7 @@ func canReturnWhole(msg []byte) bool {
 		}
 	}
 	for _, l := range bytes.Split(msg, []byte("\r\n")) {
-		if len(l) > 998 || bytes.IndexByte(l, 0) >= 0 || bytes.IndexAny(l, "\r\n") >= 0 {
+		if len(l) > 998 || bytes.IndexByte(l, 0) >= 0 || bytes.ContainsAny(l, "\r\n") {
 			return false
 		}
 	}
