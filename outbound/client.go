@@ -101,46 +101,46 @@ type client interface {
 // mailParams are the MAIL FROM parameters of one transaction, each set
 // only where the next hop offers its extension.
 type mailParams struct {
-	// RequireTLS: REQUIRETLS (RFC 8689); establish refused a session
+	// requireTLS adds REQUIRETLS (RFC 8689); establish refused a session
 	// that does not offer it, and a pooled one is checked the same way.
-	RequireTLS bool
-	// Body is BODY= (RFC 6152): "8BITMIME", or "" for none.
-	Body string
-	// SMTPUTF8 (RFC 6531). net/smtp added it whenever the next hop
-	// offered it, and still does here; when to send it is i13-smtputf8's
-	// question.
-	SMTPUTF8 bool
-	// Ret and EnvID are RET= and ENVID= (RFC 3461), EnvID decoded; "" for
-	// none.
-	Ret, EnvID string
+	requireTLS bool
+	// smtputf8 adds SMTPUTF8 (RFC 6531). net/smtp added it whenever the
+	// next hop offered it, and transact still does; when to send it is
+	// i13-smtputf8's question.
+	smtputf8 bool
+	// body is BODY= (RFC 6152): "8BITMIME", or "" for none.
+	body string
+	// ret and envID are RET= and ENVID= (RFC 3461), envID decoded; ""
+	// for none.
+	ret, envID string
 }
 
 // rcptParams are one RCPT TO's parameters (RFC 3461), for a next hop that
 // offers DSN.
 type rcptParams struct {
-	// Notify is NOTIFY= as kept in the queue ("SUCCESS,FAILURE").
-	Notify string
-	// ORCPT is the original recipient as kept in the queue
+	// notify is NOTIFY= as kept in the queue ("SUCCESS,FAILURE").
+	notify string
+	// orcpt is the original recipient as kept in the queue
 	// ("rfc822;bob@example.org", decoded); encoded on the way out.
-	ORCPT string
+	orcpt string
 }
 
 // args renders the parameters in the order Postfix sends them.
 func (p mailParams) args() string {
 	var b strings.Builder
-	if p.Body != "" {
-		b.WriteString(" BODY=" + p.Body)
+	if p.body != "" {
+		b.WriteString(" BODY=" + p.body)
 	}
-	if p.SMTPUTF8 {
+	if p.smtputf8 {
 		b.WriteString(" SMTPUTF8")
 	}
-	if p.Ret != "" {
-		b.WriteString(" RET=" + p.Ret)
+	if p.ret != "" {
+		b.WriteString(" RET=" + p.ret)
 	}
-	if p.EnvID != "" {
-		b.WriteString(" ENVID=" + smtputil.EncodeXtext(p.EnvID))
+	if p.envID != "" {
+		b.WriteString(" ENVID=" + smtputil.EncodeXtext(p.envID))
 	}
-	if p.RequireTLS {
+	if p.requireTLS {
 		b.WriteString(" REQUIRETLS")
 	}
 	return b.String()
@@ -148,11 +148,11 @@ func (p mailParams) args() string {
 
 func (p rcptParams) args() string {
 	var b strings.Builder
-	if p.Notify != "" {
-		b.WriteString(" NOTIFY=" + p.Notify)
+	if p.notify != "" {
+		b.WriteString(" NOTIFY=" + p.notify)
 	}
 	// The queue keeps only what smtpd could encode (EncodeORCPT).
-	if o, ok := smtputil.EncodeORCPT(p.ORCPT); ok {
+	if o, ok := smtputil.EncodeORCPT(p.orcpt); ok {
 		b.WriteString(" ORCPT=" + o)
 	}
 	return b.String()
@@ -413,18 +413,18 @@ func (l *lmtpClient) auth(a sasl.Client) error { return l.c.Auth(a) }
 // REQUIRETLS: delivery decides whether the message still has it at this
 // hop (decideTLS), and establish checked that the server advertises it.
 func (l *lmtpClient) mail(from string, p mailParams) error {
-	return l.c.Mail(from, &gosmtp.MailOptions{RequireTLS: p.RequireTLS, UTF8: p.SMTPUTF8,
-		Return: gosmtp.DSNReturn(p.Ret), EnvelopeID: p.EnvID})
+	return l.c.Mail(from, &gosmtp.MailOptions{RequireTLS: p.requireTLS, UTF8: p.smtputf8,
+		Return: gosmtp.DSNReturn(p.ret), EnvelopeID: p.envID})
 }
 
 func (l *lmtpClient) rcpt(to string, p rcptParams) error {
 	o := &gosmtp.RcptOptions{}
-	for _, n := range strings.Split(p.Notify, ",") {
+	for _, n := range strings.Split(p.notify, ",") {
 		if n != "" {
 			o.Notify = append(o.Notify, gosmtp.DSNNotify(n))
 		}
 	}
-	if typ, addr, ok := strings.Cut(p.ORCPT, ";"); ok {
+	if typ, addr, ok := strings.Cut(p.orcpt, ";"); ok {
 		o.OriginalRecipientType, o.OriginalRecipient = gosmtp.DSNAddressType(strings.ToUpper(typ)), addr
 	}
 	return l.c.Rcpt(to, o)

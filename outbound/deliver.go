@@ -509,17 +509,17 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 	}
 	// SMTPUTF8 as net/smtp sent it for SMTP (whenever offered); when to
 	// send it is i13-smtputf8's to decide.
-	mp := mailParams{RequireTLS: p.hp.RequireTLS, SMTPUTF8: utf8Hop && t.Kind != "lmtp"}
+	mp := mailParams{requireTLS: p.hp.RequireTLS, smtputf8: utf8Hop && t.Kind != "lmtp"}
 	if dsnHop {
 		// RFC 3461 §5.2: a next hop that offers DSN gets the request, and
 		// the notices are then its to send.
-		mp.Ret, mp.EnvID = env.Ret, env.EnvID
+		mp.ret, mp.envID = env.Ret, env.EnvID
 	}
 	var conv *sealed
 	switch {
 	case eightHop:
 		if s != nil || d.Content != queue.Content7Bit || env.Body == "8BITMIME" {
-			mp.Body = "8BITMIME"
+			mp.body = "8BITMIME"
 		}
 	case s == nil && d.Content != queue.Content7Bit:
 		// RFC 6152: no 8-bit octet to a next hop without 8BITMIME. The
@@ -566,7 +566,7 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 		var rp rcptParams
 		if dsnHop {
 			dsn := d.DSN(rc)
-			rp = rcptParams{Notify: dsn.Notify, ORCPT: dsn.ORCPT}
+			rp = rcptParams{notify: dsn.Notify, orcpt: dsn.ORCPT}
 		}
 		if err := p.cl.rcpt(rc, rp); err != nil {
 			set(i, err, "RCPT TO")

@@ -127,7 +127,11 @@ func TestPostfixNextHopDSNAnd8BitMIME(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			end := startPolicyMX(t, listenLoopback(t), mxOptions{DSN: true})
-			pf := startPostfix(t, postfixOptions{RelayHost: end.Addr, Discard: tc.discard})
+			pf := startPostfix(t, postfixOptions{Relayhost: end.Addr, Main: []string{
+				"smtpd_discard_ehlo_keywords = " + tc.discard,
+				// The relay connects from an inet_interfaces address: as a
+				// local client Postfix would rewrite its header addresses.
+				"local_header_rewrite_clients ="}})
 			r := startDSNRelay(t, pf.Addr, dkimConf)
 			msg := eightBitMessage("postfix " + strings.Fields(tc.name)[1])
 			replies := pySend(t, r.Sub, "alice@example.test", []string{"RET=HDRS", "ENVID=QQ+2B314"},
@@ -207,7 +211,7 @@ func TestPostfixPreviousHopDSN(t *testing.T) {
 				next = endMX.Addr
 			}
 			r := startDSNRelay(t, next, "")
-			pf := startPostfix(t, postfixOptions{RelayHost: r.Sub})
+			pf := startPostfix(t, postfixOptions{Relayhost: r.Sub})
 			msg := []byte("From: alice@example.test\r\nTo: bob@partner.test\r\nSubject: via postfix\r\nMessage-ID: <pf1@example.test>\r\n\r\nhello\r\n")
 			pf.Sendmail(t, msg, "-f", "alice@example.test", "-N", "success,failure", "-V", "ENV-42", "-R", "hdrs", "bob@partner.test")
 			never := []byte("From: alice@example.test\r\nTo: gone@partner.test\r\nSubject: never\r\n\r\nx\r\n")
@@ -250,7 +254,7 @@ func TestPostfixPreviousHopDSN(t *testing.T) {
 // explanation, nothing having been sent; with RET=FULL a returnable
 // message comes back whole (message/rfc822), which Python reads.
 func TestDowngradeRefusedAndReturnFull(t *testing.T) {
-	pf := startPostfix(t, postfixOptions{RelayHost: "127.0.0.1:9", Discard: "8bitmime, dsn"})
+	pf := startPostfix(t, postfixOptions{Relayhost: "127.0.0.1:9", Main: []string{"smtpd_discard_ehlo_keywords = 8bitmime, dsn"}})
 	end := startTestServer(t, listenLoopback(t), serverOptions{RcptErr: func(string) error {
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "mailbox unavailable (e2e)"}
 	}})
