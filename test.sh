@@ -13,7 +13,8 @@ cd "$(dirname "$0")"
 
 # Debian packages: swaks (SMTP client; the two Perl TLS modules for its
 # --tls, which --no-install-recommends leaves out), postfix (smtp-source/smtp-sink,
-# the load tools), openssl (s_client against STARTTLS), and the independent
+# the load tools; a private instance as next and previous hop for DSN and
+# 8BITMIME), openssl (s_client against STARTTLS), and the independent
 # DKIM verifiers: python3-dkim (dkimverify; python3-nacl for Ed25519) and
 # OpenDKIM (opendkim-testmsg; opendkim -V says which algorithms it has),
 # rbldnsd as a real DNSBL server, the content scanners the milter client

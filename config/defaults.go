@@ -34,6 +34,7 @@ const (
 	DefaultQueueHoldMaxAge       = Duration(30 * day)
 	DefaultQueueHoldMaxSize      = Size(1000 * 1000 * 1000)
 	DefaultQueueQuarantineMaxAge = Duration(30 * day)
+	DefaultDSNReturnMaxSize      = Size(1000 * 1000)
 	DefaultKeyCacheTTL           = Duration(6 * time.Hour)
 	DefaultKeyNegativeCacheTTL   = Duration(30 * time.Minute)
 	DefaultEncryptedSubject      = "..."
@@ -371,6 +372,11 @@ func (l *loader) applyDefaults(c *Config) {
 		if ln := &c.Listeners[i]; ln.Role == "outbound" && ln.NullSender == "" {
 			ln.NullSender = DefaultNullSender
 		}
+		if ln := &c.Listeners[i]; ln.DSN == nil {
+			// On outbound listeners only: see Listener.DSN.
+			dsn := ln.Role == "outbound"
+			ln.DSN = &dsn
+		}
 	}
 
 	q := &c.Queue
@@ -391,6 +397,9 @@ func (l *loader) applyDefaults(c *Config) {
 	}
 	if q.QuarantineMaxAge == 0 {
 		q.QuarantineMaxAge = DefaultQueueQuarantineMaxAge
+	}
+	if q.DSNReturnMaxSize == 0 {
+		q.DSNReturnMaxSize = DefaultDSNReturnMaxSize
 	}
 }
 

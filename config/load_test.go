@@ -160,6 +160,7 @@ outbound:
 
 			HoldMaxAge: Duration(30 * 24 * time.Hour), HoldMaxSize: 1000 * 1000 * 1000,
 			QuarantineMaxAge: Duration(30 * 24 * time.Hour),
+			DSNReturnMaxSize: Size(1000 * 1000),
 		},
 	}
 	got := *cfg
@@ -467,8 +468,8 @@ hostname: relay.example.com
 listeners: [{name: a, address: ":25", role: inbound, port: 1}, {name: b, address: ":26", role: inbound, port: 2}]
 queue: {retry: [1m, 1x, 2x], max_age: 1y}
 `)
-	want := `test.yaml:3: listeners[0].port: unknown key; valid keys here: name, address, role, trusted_networks, auth, allow_insecure_auth, require_tls, foreign_from, null_sender, null_sender_address, limits, client_limit_exceptions
-test.yaml:3: listeners[1].port: unknown key; valid keys here: name, address, role, trusted_networks, auth, allow_insecure_auth, require_tls, foreign_from, null_sender, null_sender_address, limits, client_limit_exceptions
+	want := `test.yaml:3: listeners[0].port: unknown key; valid keys here: name, address, role, trusted_networks, auth, allow_insecure_auth, require_tls, foreign_from, null_sender, null_sender_address, limits, client_limit_exceptions, dsn
+test.yaml:3: listeners[1].port: unknown key; valid keys here: name, address, role, trusted_networks, auth, allow_insecure_auth, require_tls, foreign_from, null_sender, null_sender_address, limits, client_limit_exceptions, dsn
 test.yaml:4: queue.retry[1]: invalid duration "1x": unknown unit "x"; use s, m, h or d (also ms), e.g. 30s, 5m, 1h30m, 5d
 test.yaml:4: queue.retry[2]: invalid duration "2x": unknown unit "x"; use s, m, h or d (also ms), e.g. 30s, 5m, 1h30m, 5d
 test.yaml:4: queue.max_age: invalid duration "1y": unknown unit "y"; use s, m, h or d (also ms), e.g. 30s, 5m, 1h30m, 5d`

@@ -196,6 +196,12 @@ type Listener struct {
 	// backup MX or a partner's relays on an inbound listener, an office's
 	// NAT address on a submission listener. Default none.
 	ClientLimitExceptions []string `yaml:"client_limit_exceptions"`
+	// DSN offers the DSN extension (RFC 3461: NOTIFY, ORCPT, RET, ENVID).
+	// Default true on outbound listeners, false on inbound ones, where
+	// a success notice to an unverified sender would be backscatter; with
+	// true there, the parameters go to the downstream system, and the
+	// relay still sends nothing about inbound mail itself.
+	DSN *bool `yaml:"dsn"`
 }
 
 // Domain is one of our domains: one we receive mail for (deliver_to), one
@@ -678,6 +684,15 @@ type Queue struct {
 	// QuarantineMaxAge: a file in spool/quarantine (found damaged or
 	// incomplete at start) is deleted this long after. Default 30d.
 	QuarantineMaxAge Duration `yaml:"quarantine_max_age"`
+	// DelayWarningTime: the sender of outbound mail still undelivered this
+	// long after it arrived gets one delay notice, for the recipients that
+	// asked for one (NOTIFY=DELAY, or no NOTIFY), as Postfix's
+	// delay_warning_time. 0 (default): none.
+	DelayWarningTime Duration `yaml:"delay_warning_time"`
+	// DSNReturnMaxSize: a failed message whose sender asked for it back
+	// whole (RET=FULL) is returned so up to this size, else as its
+	// header. Default 1MB.
+	DSNReturnMaxSize Size `yaml:"dsn_return_max_size"`
 }
 
 // Duration is a time.Duration that also accepts a "d" (day) unit: "5d", "1h30m".

@@ -69,6 +69,18 @@ func (l *loader) validate(c *Config) {
 	l.positiveDuration("queue.max_age", c.Queue.MaxAge, "the default, "+DefaultQueueMaxAge.String())
 	l.positiveInt("queue.workers", c.Queue.Workers, "the default, "+strconv.Itoa(DefaultQueueWorkers))
 	l.checkHold(c)
+	l.checkDSN(c)
+}
+
+// checkDSN checks the DSN settings of the queue.
+func (l *loader) checkDSN(c *Config) {
+	q := &c.Queue
+	switch {
+	case q.DelayWarningTime < 0:
+		l.errorf("queue.delay_warning_time", "must not be negative; 0 or leaving it out sends no delay notices, 4h sends one after four hours")
+	case q.DelayWarningTime > 0 && q.DelayWarningTime >= q.MaxAge:
+		l.warnf("queue.delay_warning_time", "%s is not less than queue.max_age (%s): a message expires (and its sender gets the failure notice) before any delay notice; lower it, e.g. 4h", q.DelayWarningTime, q.MaxAge)
+	}
 }
 
 // checkHold checks the spool/hold limits, and warns about what fills

@@ -1,5 +1,8 @@
-// Package dsn builds RFC 3464 delivery status notifications (bounces and
-// delay warnings) for messages the relay accepted but could not deliver.
+// Package dsn builds RFC 3464 delivery status notifications for messages
+// the relay accepted: bounces and delay warnings, and the success notices
+// a sender asked for with NOTIFY=SUCCESS (RFC 3461): "delivered" where the
+// relay made the final delivery, "relayed" where it passed the message to
+// a server that does not confirm deliveries itself.
 //
 // The caller (the queue) must send the result with the null reverse-path
 // MAIL FROM:<> (RFC 5321 §4.5.5, RFC 3464 §2), so that a DSN that cannot
@@ -29,8 +32,8 @@ import (
 // Recipient is the delivery outcome for one recipient.
 type Recipient struct {
 	Address           string
-	OriginalRecipient string // optional; ORCPT (RFC 3461 §4.2), "rfc822;" prefix optional
-	Action            string // failed | delayed
+	OriginalRecipient string // optional; ORCPT (RFC 3461 §4.2), decoded, "rfc822;" or "utf-8;" prefix optional
+	Action            string // failed | delayed | delivered | relayed
 	Status            string // RFC 3463 code, e.g. 5.1.1; X.0.0 of the action's class if empty or invalid
 	RemoteMTA         string // host name, optional
 	Diagnostic        string // remote reply text, e.g. "550 5.1.1 user unknown", optional
@@ -48,9 +51,23 @@ type Report struct {
 	QueueID      string
 	Arrival      time.Time
 	Recipients   []Recipient
-	Original     []byte // the original message; only its header is returned (RET=HDRS)
-	Now          time.Time
-	MessageID    string // optional; generated if empty
+	// Original is the original message, or its start: its header is
+	// returned (RET=HDRS, RFC 3461 §4.3), or all of it with ReturnFull.
+	Original []byte
+	// ReturnFull: the sender asked for the whole message back (RET=FULL).
+	// A report of failures then returns Original whole, as message/rfc822,
+	// unless TooLargeToReturn is set or the message could not travel
+	// intact inside the report (8-bit header fields, lines over 998
+	// octets): then its header, and the text says why.
+	ReturnFull bool
+	// TooLargeToReturn is the size of a message larger than the relay
+	// returns; Original then holds only its start.
+	TooLargeToReturn int64
+	// EnvID is the ENVID of the original transaction (RFC 3461 §4.4),
+	// decoded; reported as Original-Envelope-Id.
+	EnvID     string
+	Now       time.Time
+	MessageID string // optional; generated if empty
 }
 
 var (
@@ -115,13 +132,14 @@ func Build(r Report) ([]byte, error) {
 	}
 
 	rcpts := make([]recipient, 0, len(r.Recipients))
-	anyFailed := false
+	anyFailed, anyDelayed := false, false
 	for i, rc := range r.Recipients {
 		c, err := cleanRecipient(rc)
 		if err != nil {
 			return nil, fmt.Errorf("dsn: recipient %d: %w", i, err)
 		}
 		anyFailed = anyFailed || c.action == "failed"
+		anyDelayed = anyDelayed || c.action == "delayed"
 		rcpts = append(rcpts, c)
 	}
 
@@ -134,10 +152,17 @@ func Build(r Report) ([]byte, error) {
 	if msgID == "" {
 		msgID = newMessageID(queueID, mta, now)
 	}
-	subject := "Delayed Mail (still being retried)"
-	if anyFailed {
+	subject := "Successful Mail Delivery Report"
+	switch {
+	case anyFailed:
 		subject = "Undelivered Mail Returned to Sender"
+	case anyDelayed:
+		subject = "Delayed Mail (still being retried)"
 	}
+	// A failure may return the whole message (RET=FULL); a report without
+	// failures returns the header only (RFC 3461 §4.3).
+	full := r.ReturnFull && anyFailed && r.TooLargeToReturn <= 0 && canReturnWhole(r.Original)
+	envID := printableLine(r.EnvID, 100)
 
 	var body bytes.Buffer
 	mw := multipart.NewWriter(&body)
@@ -171,7 +196,7 @@ func Build(r Report) ([]byte, error) {
 		return nil, err
 	}
 	qp := quotedprintable.NewWriter(pw)
-	if _, err := io.WriteString(qp, humanText(mta, queueID, r.Arrival, rcpts)); err != nil {
+	if _, err := io.WriteString(qp, humanText(mta, queueID, r.Arrival, rcpts, full, r.ReturnFull && anyFailed && !full, r.TooLargeToReturn)); err != nil {
 		return nil, err
 	}
 	if err := qp.Close(); err != nil {
@@ -189,17 +214,44 @@ func Build(r Report) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := io.WriteString(pw, deliveryStatus(mta, r.Arrival, rcpts)); err != nil {
+	if _, err := io.WriteString(pw, deliveryStatus(mta, envID, r.Arrival, rcpts)); err != nil {
 		return nil, err
 	}
 
-	// Part 3: the original header (text/rfc822-headers, RFC 6522);
-	// the body is never returned, as with RET=HDRS (RFC 3461 §4.3): it
-	// may be large and private, and the header identifies the message.
-	if hdr := originalHeader(r.Original); len(hdr) > 0 {
+	// Part 3: the original message when the sender asked for it
+	// (RET=FULL) and it failed, as message/rfc822, which may not be
+	// encoded (RFC 2046 §5.2.1): 8-bit body text stays 8-bit.
+	if full {
+		ph = textproto.MIMEHeader{}
+		ph.Set("Content-Type", "message/rfc822")
+		ph.Set("Content-Description", "Undelivered Message")
+		if needsEncoding(r.Original) {
+			ph.Set("Content-Transfer-Encoding", "8bit")
+		} else {
+			ph.Set("Content-Transfer-Encoding", "7bit")
+		}
+		pw, err = mw.CreatePart(ph)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := pw.Write(r.Original); err != nil {
+			return nil, err
+		}
+		if !bytes.HasSuffix(r.Original, []byte("\r\n")) {
+			io.WriteString(pw, "\r\n")
+		}
+	}
+	// Otherwise the original header (text/rfc822-headers, RFC 6522); the
+	// body is not returned (RET=HDRS, or no RET): it may be large and
+	// private, and the header identifies the message.
+	if hdr := originalHeader(r.Original); !full && len(hdr) > 0 {
 		ph = textproto.MIMEHeader{}
 		ph.Set("Content-Type", "text/rfc822-headers")
-		ph.Set("Content-Description", "Undelivered Message Headers")
+		desc := "Undelivered Message Headers"
+		if !anyFailed {
+			desc = "Message Headers"
+		}
+		ph.Set("Content-Description", desc)
 		if needsEncoding(hdr) {
 			ph.Set("Content-Transfer-Encoding", "quoted-printable")
 		} else {
@@ -256,8 +308,10 @@ func cleanRecipient(rc Recipient) (recipient, error) {
 		class = "5"
 	case "delayed":
 		class = "4"
+	case "delivered", "relayed":
+		class = "2"
 	default:
-		return c, fmt.Errorf("action %q is not failed or delayed", rc.Action)
+		return c, fmt.Errorf("action %q is not failed, delayed, delivered or relayed", rc.Action)
 	}
 	c.addrType, c.addr, c.addrHuman = "rfc822", cleanAddress(rc.Address), ""
 	if c.addr == "" {
@@ -281,7 +335,15 @@ func cleanRecipient(rc Recipient) (recipient, error) {
 		if t, a, ok := strings.Cut(o, ";"); ok && atomText(t, 20) == strings.TrimSpace(t) && strings.TrimSpace(t) != "" {
 			c.origType, o = strings.ToLower(strings.TrimSpace(t)), a
 		}
-		c.orig = cleanAddress(o)
+		if c.origType == "utf-8" {
+			// RFC 6533 §3: in message/delivery-status a UTF-8 address
+			// is written in utf-8-addr-xtext, which is ASCII.
+			if enc, ok := smtputil.EncodeUTF8AddrXtext(strings.TrimSpace(o)); ok && len(enc) <= maxAddress*4 {
+				c.orig = enc
+			}
+		} else {
+			c.orig = cleanAddress(o)
+		}
 	}
 	// RFC 3464 §2.3.3/§2.3.4: the status class must match the action; a
 	// mismatch or a malformed code would make the report contradict
@@ -412,6 +474,21 @@ func humanLines(s string, max int) []string {
 	return out
 }
 
+// printableLine keeps a value that must travel as given (an ENVID): only
+// printable ASCII and spaces, at most max octets; anything else makes it
+// "" rather than a different value the sender would not recognise.
+func printableLine(s string, max int) string {
+	if len(s) > max {
+		return ""
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < ' ' || s[i] > '~' {
+			return ""
+		}
+	}
+	return strings.TrimSpace(s)
+}
+
 // atomText keeps RFC 5322 atext characters only (for queue IDs).
 func atomText(s string, max int) string {
 	var b strings.Builder
@@ -464,8 +541,13 @@ func newMessageID(queueID, mta string, now time.Time) string {
 // deliveryStatus renders the message/delivery-status body: the
 // per-message group, then one group per recipient, each ended by an
 // empty line (RFC 3464 §2.1).
-func deliveryStatus(mta string, arrival time.Time, rcpts []recipient) string {
+func deliveryStatus(mta, envID string, arrival time.Time, rcpts []recipient) string {
 	var b strings.Builder
+	if envID != "" {
+		// RFC 3464 §2.2.1: first, and exactly as the sender gave it
+		// (not folded, which could change its spaces; it is short).
+		b.WriteString("Original-Envelope-Id: " + envID + "\r\n")
+	}
 	b.WriteString(smtputil.FoldField("Reporting-MTA", "dns; "+mta))
 	if !arrival.IsZero() {
 		b.WriteString(smtputil.FoldField("Arrival-Date", arrival.Format(smtputil.DateFormat)))
@@ -493,26 +575,36 @@ func deliveryStatus(mta string, arrival time.Time, rcpts []recipient) string {
 
 // humanText is the first part: what happened, per recipient, in words
 // a sender without mail-system knowledge can act on.
-func humanText(mta, queueID string, arrival time.Time, rcpts []recipient) string {
-	var failed, delayed []recipient
+func humanText(mta, queueID string, arrival time.Time, rcpts []recipient, full, fullOmitted bool, tooLarge int64) string {
+	var failed, delayed, delivered, relayed []recipient
 	for _, c := range rcpts {
-		if c.action == "failed" {
+		switch c.action {
+		case "failed":
 			failed = append(failed, c)
-		} else {
+		case "delayed":
 			delayed = append(delayed, c)
+		case "delivered":
+			delivered = append(delivered, c)
+		default:
+			relayed = append(relayed, c)
 		}
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "This is the mail system at host %s.\n\n", mta)
-	if len(failed) > 0 {
+	switch {
+	case len(failed) > 0:
 		b.WriteString("Your message could not be delivered to the recipients listed below.\n" +
 			"This is a permanent error: the mail system has given up and will not\n" +
 			"try again. Please check the explanation for each recipient, correct\n" +
 			"the problem (for example a mistyped address), and send the message again.\n\n")
-	} else {
+	case len(delayed) > 0:
 		b.WriteString("Your message has not yet been delivered to the recipients listed below.\n" +
 			"The mail system will keep trying; you do not need to send the message\n" +
 			"again. You will get another notice if it finally cannot be delivered.\n\n")
+	default:
+		b.WriteString("You asked to be told when your message was delivered. This is that\n" +
+			"confirmation for the recipients listed below; you do not need to do\n" +
+			"anything.\n\n")
 	}
 	if queueID != "" {
 		fmt.Fprintf(&b, "Queue ID:  %s\n", queueID)
@@ -521,18 +613,23 @@ func humanText(mta, queueID string, arrival time.Time, rcpts []recipient) string
 		fmt.Fprintf(&b, "Received:  %s\n", arrival.Format(smtputil.DateFormat))
 	}
 	b.WriteString("\n")
-	writeGroup := func(title, verb string, list []recipient) {
+	writeGroup := func(title, verb string, list []recipient, success bool) {
 		if len(list) == 0 {
 			return
 		}
 		b.WriteString(title + "\n\n")
 		for _, c := range list {
 			fmt.Fprintf(&b, "<%s>: %s\n", c.addrHuman, verb)
-			fmt.Fprintf(&b, "    Reason: %s (status %s)\n", explainStatus(c.status), c.status)
+			if c.orig != "" && c.origType == "rfc822" && !strings.EqualFold(c.orig, c.addr) {
+				fmt.Fprintf(&b, "    (you wrote to <%s>)\n", c.orig)
+			}
+			if !success {
+				fmt.Fprintf(&b, "    Reason: %s (status %s)\n", explainStatus(c.status), c.status)
+			}
 			if c.explain != "" {
 				fmt.Fprintf(&b, "    %s\n", wrapText(c.explain, 70, "    "))
 			}
-			if len(c.diagHuman) > 0 {
+			if len(c.diagHuman) > 0 && !success {
 				if c.remoteMTA != "" {
 					// Not "replied": the details are often the relay's own
 					// (a TLS policy failure, an expiry), not the server's.
@@ -547,17 +644,82 @@ func humanText(mta, queueID string, arrival time.Time, rcpts []recipient) string
 				fmt.Fprintf(&b, "    Receiving server: %s\n", c.remoteMTA)
 			}
 			if !c.lastAttempt.IsZero() {
-				fmt.Fprintf(&b, "    Last attempt: %s\n", c.lastAttempt.Format(smtputil.DateFormat))
+				label := "Last attempt"
+				if success {
+					label = "Handed over"
+				}
+				fmt.Fprintf(&b, "    %s: %s\n", label, c.lastAttempt.Format(smtputil.DateFormat))
 			}
 			b.WriteString("\n")
 		}
 	}
-	writeGroup("Delivery failed permanently for:", "could not be delivered", failed)
-	writeGroup("Delivery is delayed (still being retried) for:", "not delivered yet", delayed)
-	b.WriteString("If you need help, forward this whole message to your mail administrator.\n" +
-		"The machine-readable report is attached, followed by the header of your\n" +
-		"original message (its text and attachments are not returned).\n")
+	writeGroup("Delivery failed permanently for:", "could not be delivered", failed, false)
+	writeGroup("Delivery is delayed (still being retried) for:", "not delivered yet", delayed, false)
+	writeGroup("Delivered to the mailbox of:", "delivered", delivered, true)
+	writeGroup("Passed on, without a confirmation of final delivery, for:", "passed on to the next mail server", relayed, true)
+	if len(relayed) > 0 {
+		b.WriteString("The mail server named above accepted your message for these recipients\n" +
+			"but does not send delivery confirmations. This is the last confirmation\n" +
+			"you will get for them: it shows the message left this system, not that\n" +
+			"it reached the recipient's mailbox.\n\n")
+	}
+	b.WriteString("If you need help, forward this whole message to your mail administrator.\n")
+	switch {
+	case full:
+		b.WriteString("The machine-readable report is attached, followed by your original\n" +
+			"message.\n")
+	case fullOmitted && tooLarge > 0:
+		fmt.Fprintf(&b, "The machine-readable report is attached, followed by the header of your\n"+
+			"original message. You asked for the whole message back, but at %s it\n"+
+			"is larger than this system returns; you still have it in your sent mail.\n", sizeText(tooLarge))
+	case fullOmitted:
+		b.WriteString("The machine-readable report is attached, followed by the header of your\n" +
+			"original message. You asked for the whole message back, but it cannot be\n" +
+			"attached unchanged; you still have it in your sent mail.\n")
+	case len(failed) > 0 || len(delayed) > 0:
+		b.WriteString("The machine-readable report is attached, followed by the header of your\n" +
+			"original message (its text and attachments are not returned).\n")
+	default:
+		b.WriteString("The machine-readable report is attached, followed by the header of your\n" +
+			"message.\n")
+	}
 	return b.String()
+}
+
+// sizeText writes a size as a user reads it: 12 KB, 3.4 MB.
+func sizeText(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%d KB", n>>10)
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+// canReturnWhole reports whether msg can travel intact as a message/rfc822
+// part: a header without 8-bit octets (those need message/global and
+// SMTPUTF8), no NUL, and no line over 998 octets (RFC 5322 §2.1.1), since
+// the part may not be encoded.
+func canReturnWhole(msg []byte) bool {
+	if len(msg) == 0 {
+		return false
+	}
+	hdr := msg
+	if i := bytes.Index(msg, []byte("\r\n\r\n")); i >= 0 {
+		hdr = msg[:i]
+	}
+	for _, c := range hdr {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	for _, l := range bytes.Split(msg, []byte("\r\n")) {
+		if len(l) > 998 || bytes.IndexByte(l, 0) >= 0 || bytes.ContainsAny(l, "\r\n") {
+			return false
+		}
+	}
+	return true
 }
 
 // explainStatus puts an RFC 3463 code into plain words: the detail code

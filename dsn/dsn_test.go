@@ -298,7 +298,7 @@ func TestBuildRefuses(t *testing.T) {
 		{"no recipients", func(r *Report) { r.Recipients = nil }, ErrNoRecipients},
 		{"bad sender", func(r *Report) { r.Sender = "alice\r\nBcc: x@evil.example" }, smtputil.ErrBadSyntax},
 		{"unqualified sender", func(r *Report) { r.Sender = "alice@localhost" }, smtputil.ErrNotFQDN},
-		{"bad action", func(r *Report) { r.Recipients[0].Action = "delivered" }, nil},
+		{"bad action", func(r *Report) { r.Recipients[0].Action = "expanded" }, nil},
 		{"empty recipient", func(r *Report) { r.Recipients[0].Address = " \r\n" }, nil},
 		{"no reporting MTA", func(r *Report) { r.ReportingMTA = "" }, nil},
 		{"bad reporting MTA", func(r *Report) { r.ReportingMTA = "mx1.example.com\r\nX: y" }, nil},

@@ -62,7 +62,7 @@ func TestBouncerSpoolsDSNToSender(t *testing.T) {
 	var q *queue.Queue
 	q, err := queue.Open(queue.Options{
 		Dir: t.TempDir(), Retry: []time.Duration{time.Hour}, Logger: discard, Deliverer: s,
-		Bouncer: outbound.NewBouncer(func() *queue.Queue { return q }, "relay.ours.test", "postmaster@ours.test"),
+		Bouncer: outbound.NewBouncer(func() *queue.Queue { return q }, outbound.BouncerOptions{Hostname: "relay.ours.test", Postmaster: "postmaster@ours.test"}),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +137,7 @@ func TestBounceEndToEnd(t *testing.T) {
 	var q *queue.Queue
 	q, err := queue.Open(queue.Options{
 		Dir: t.TempDir(), Retry: []time.Duration{time.Hour}, Logger: discard, Deliverer: e,
-		Bouncer: outbound.NewBouncer(func() *queue.Queue { return q }, "relay.ours.test", ""),
+		Bouncer: outbound.NewBouncer(func() *queue.Queue { return q }, outbound.BouncerOptions{Hostname: "relay.ours.test"}),
 	})
 	if err != nil {
 		t.Fatal(err)

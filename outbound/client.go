@@ -16,6 +16,7 @@ import (
 	"github.com/emersion/go-sasl"
 	gosmtp "github.com/emersion/go-smtp"
 
+	"securerelay/smtputil"
 	"securerelay/tlspolicy"
 )
 
@@ -82,9 +83,11 @@ type client interface {
 	tlsState() *tls.ConnectionState
 	// auth authenticates with a SASL mechanism.
 	auth(sasl.Client) error
-	// mail starts a transaction with the parameters p asks for.
+	// mail starts a transaction with the parameters in p; rcpt adds a
+	// recipient. Each parameter is sent as given: whether the next hop
+	// offers its extension is the caller's to check (transact).
 	mail(from string, p mailParams) error
-	rcpt(to string) error
+	rcpt(to string, p rcptParams) error
 	// data sends the message; for LMTP it returns per-recipient replies
 	// (nil = accepted) in rcpt order.
 	data(r io.Reader, rcpts []string) (perRcpt []error, err error)
@@ -95,13 +98,64 @@ type client interface {
 	abort()
 }
 
-// mailParams are the MAIL parameters of one transaction. requireTLS adds
-// REQUIRETLS (RFC 8689), and a next hop that does not offer it gets
-// nothing (establish refused it); smtputf8 adds SMTPUTF8 (RFC 6531), only
-// ever asked of a next hop that offers it (planEnvelope).
+// mailParams are the MAIL FROM parameters of one transaction, each set
+// only where the next hop offers its extension.
 type mailParams struct {
+	// requireTLS adds REQUIRETLS (RFC 8689); establish refused a session
+	// that does not offer it, and a pooled one is checked the same way.
 	requireTLS bool
-	smtputf8   bool
+	// smtputf8 adds SMTPUTF8 (RFC 6531), only ever asked of a next hop
+	// that offers it, and only for a message that needs it
+	// (planEnvelope).
+	smtputf8 bool
+	// body is BODY= (RFC 6152): "8BITMIME", or "" for none.
+	body string
+	// ret and envID are RET= and ENVID= (RFC 3461), envID decoded; ""
+	// for none.
+	ret, envID string
+}
+
+// rcptParams are one RCPT TO's parameters (RFC 3461), for a next hop that
+// offers DSN.
+type rcptParams struct {
+	// notify is NOTIFY= as kept in the queue ("SUCCESS,FAILURE").
+	notify string
+	// orcpt is the original recipient as kept in the queue
+	// ("rfc822;bob@example.org", decoded); encoded on the way out.
+	orcpt string
+}
+
+// args renders the parameters in the order Postfix sends them.
+func (p mailParams) args() string {
+	var b strings.Builder
+	if p.body != "" {
+		b.WriteString(" BODY=" + p.body)
+	}
+	if p.smtputf8 {
+		b.WriteString(" SMTPUTF8")
+	}
+	if p.ret != "" {
+		b.WriteString(" RET=" + p.ret)
+	}
+	if p.envID != "" {
+		b.WriteString(" ENVID=" + smtputil.EncodeXtext(p.envID))
+	}
+	if p.requireTLS {
+		b.WriteString(" REQUIRETLS")
+	}
+	return b.String()
+}
+
+func (p rcptParams) args() string {
+	var b strings.Builder
+	if p.notify != "" {
+		b.WriteString(" NOTIFY=" + p.notify)
+	}
+	// The queue keeps only what smtpd could encode (EncodeORCPT).
+	if o, ok := smtputil.EncodeORCPT(p.orcpt); ok {
+		b.WriteString(" ORCPT=" + o)
+	}
+	return b.String()
 }
 
 // sessionTLS is what a session showed of its security when it was
@@ -247,38 +301,34 @@ func (s *smtpClient) tlsState() *tls.ConnectionState {
 }
 func (s *smtpClient) auth(a sasl.Client) error { s.deadline(); return s.c.Auth(saslAuth{a}) }
 
+// mail and rcpt go through net/smtp's textproto connection: net/smtp has
+// no way to add parameters of our own (REQUIRETLS, DSN), and its Mail
+// decides BODY and SMTPUTF8 by itself.
 func (s *smtpClient) mail(from string, p mailParams) error {
+	return s.cmd(250, "MAIL FROM:<"+from+">"+p.args())
+}
+
+func (s *smtpClient) rcpt(to string, p rcptParams) error {
+	// 250 and 251 (will forward), as net/smtp's Rcpt takes them.
+	return s.cmd(25, "RCPT TO:<"+to+">"+p.args())
+}
+
+// cmd sends one command line and reads its reply, expecting code (a
+// prefix, as textproto matches it).
+func (s *smtpClient) cmd(code int, line string) error {
 	s.deadline()
-	// net/smtp has no way to add MAIL parameters of its own, and its
-	// Mail sends SMTPUTF8 to every server that offers it: the command is
-	// written here, with what this message asks for. establish refused a
-	// session without TLS or without REQUIRETLS for a REQUIRETLS message
-	// (HostPolicy.CheckRequireTLS), and a pooled session is checked the
-	// same way before reuse.
-	if strings.ContainsAny(from, "\r\n") {
-		return errors.New("smtp: a line must not contain CR or LF")
+	if strings.ContainsAny(line, "\r\n") {
+		return errors.New("smtp: a line break in a command")
 	}
-	cmd := "MAIL FROM:<%s>"
-	if ok, _ := s.c.Extension("8BITMIME"); ok {
-		cmd += " BODY=8BITMIME"
-	}
-	if p.smtputf8 {
-		cmd += " SMTPUTF8"
-	}
-	if p.requireTLS {
-		cmd += " REQUIRETLS"
-	}
-	id, err := s.c.Text.Cmd(cmd, from)
+	id, err := s.c.Text.Cmd("%s", line)
 	if err != nil {
 		return err
 	}
 	s.c.Text.StartResponse(id)
 	defer s.c.Text.EndResponse(id)
-	_, _, err = s.c.Text.ReadResponse(250)
+	_, _, err = s.c.Text.ReadResponse(code)
 	return err
 }
-
-func (s *smtpClient) rcpt(to string) error { s.deadline(); return s.c.Rcpt(to) }
 func (s *smtpClient) data(r io.Reader, _ []string) ([]error, error) {
 	s.deadline()
 	w, err := s.c.Data()
@@ -357,14 +407,28 @@ func (l *lmtpClient) tlsState() *tls.ConnectionState {
 }
 func (l *lmtpClient) auth(a sasl.Client) error { return l.c.Auth(a) }
 
-// mail passes REQUIRETLS and SMTPUTF8 on as SMTP does: delivery decides
-// whether the message still has REQUIRETLS at this hop (decideTLS), and
-// establish checked that the server advertises it; SMTPUTF8 is asked only
-// of a server that offers it (planEnvelope).
+// mail and rcpt pass the parameters through go-smtp's options, which
+// send each only where the server offers its extension (and BODY=8BITMIME
+// whenever it offers 8BITMIME, which is harmless for 7-bit content).
+// REQUIRETLS: delivery decides whether the message still has it at this
+// hop (decideTLS), and establish checked that the server advertises it.
 func (l *lmtpClient) mail(from string, p mailParams) error {
-	return l.c.Mail(from, &gosmtp.MailOptions{RequireTLS: p.requireTLS, UTF8: p.smtputf8})
+	return l.c.Mail(from, &gosmtp.MailOptions{RequireTLS: p.requireTLS, UTF8: p.smtputf8,
+		Return: gosmtp.DSNReturn(p.ret), EnvelopeID: p.envID})
 }
-func (l *lmtpClient) rcpt(to string) error { return l.c.Rcpt(to, nil) }
+
+func (l *lmtpClient) rcpt(to string, p rcptParams) error {
+	o := &gosmtp.RcptOptions{}
+	for _, n := range strings.Split(p.notify, ",") {
+		if n != "" {
+			o.Notify = append(o.Notify, gosmtp.DSNNotify(n))
+		}
+	}
+	if typ, addr, ok := strings.Cut(p.orcpt, ";"); ok {
+		o.OriginalRecipientType, o.OriginalRecipient = gosmtp.DSNAddressType(strings.ToUpper(typ)), addr
+	}
+	return l.c.Rcpt(to, o)
+}
 func (l *lmtpClient) data(r io.Reader, rcpts []string) ([]error, error) {
 	w, err := l.c.Data()
 	if err != nil {

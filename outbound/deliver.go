@@ -17,6 +17,7 @@ import (
 
 	"securerelay/dkim"
 	"securerelay/dnsutil"
+	"securerelay/downgrade"
 	"securerelay/encrypt"
 	"securerelay/queue"
 	"securerelay/smtputil"
@@ -54,6 +55,10 @@ type EngineOptions struct {
 	// Encryption is the OpenPGP stage of the TLS rules that encrypt
 	// (fallback: encrypt, encrypt: always); nil when none does.
 	Encryption *Encryption
+	// SpillDir holds a 7-bit copy made for a next hop without 8BITMIME
+	// while it is sent, when larger than spillAt (unlinked at once); "":
+	// the system's temporary directory.
+	SpillDir string
 	// MXPort is the port of MX hosts: "25" in real life.
 	MXPort string
 	// Self reports whether an address, on MXPort, is this relay itself
@@ -467,6 +472,9 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 		return all(len(rcpts), queue.Result{Status: queue.TempFail, Code: "4.7.10", Relay: p.relay, TLSPolicy: p.outcome,
 			Reply: fmt.Sprintf("TLS required for %s, session is not encrypted; not sent", t.Addr)}), true, false
 	}
+	env := d.Envelope
+	dsnHop, _ := p.cl.extension("DSN")
+	eightHop, _ := p.cl.extension("8BITMIME")
 	set := func(i int, err error, stage string) {
 		r := queue.Result{Relay: p.relay, TLS: tlsInfo, TLSPolicy: p.outcome}
 		if s != nil {
@@ -474,6 +482,15 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 		}
 		if err == nil {
 			r.Status, r.Code, r.Reply = queue.Delivered, "2.0.0", "accepted after "+stage
+			// What a success DSN would say, if one was asked for and the
+			// next hop did not take the request over (RFC 3461 §5.2.2).
+			switch {
+			case dsnHop:
+			case t.Kind == "lmtp":
+				r.Success = queue.ActionDelivered
+			default:
+				r.Success = queue.ActionRelayed
+			}
 		} else if rp := toReply(err, stage); rp != nil {
 			r.Code, r.Reply = rp.enh, fmt.Sprintf("%s said: %s", p.relay, rp.Error())
 			r.Status = queue.TempFail
@@ -513,7 +530,53 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 			}
 		}
 	}
-	if err := p.cl.mail(plan.from, mailParams{requireTLS: p.hp.RequireTLS, smtputf8: plan.smtputf8}); err != nil {
+	mp := mailParams{requireTLS: p.hp.RequireTLS, smtputf8: plan.smtputf8}
+	if dsnHop {
+		// RFC 3461 §5.2: a next hop that offers DSN gets the request, and
+		// the notices are then its to send.
+		mp.ret, mp.envID = env.Ret, env.EnvID
+	}
+	var conv *sealed
+	switch {
+	case eightHop || plan.smtputf8:
+		// RFC 6531 §3.2: a server that offers SMTPUTF8 takes 8-bit
+		// content too; its UTF-8 header fields are no reason to convert.
+		if eightHop && (s != nil || d.Content != queue.Content7Bit || env.Body == "8BITMIME") {
+			mp.body = "8BITMIME"
+		}
+	case s == nil && d.Content != queue.Content7Bit:
+		// RFC 6152: no 8-bit octet to a next hop without 8BITMIME. The
+		// 7-bit copy is made before MAIL, so that a message that cannot
+		// be converted goes back without a transaction, and before the
+		// DKIM signer (Transform), which signs what leaves. (An encrypted
+		// message is ASCII armour already.)
+		c, err := e.downgrade(d)
+		var de *downgrade.Error
+		switch {
+		case errors.As(err, &de):
+			// No other attempt does better: the next hops of a domain are
+			// set up alike, and the message stays what it is.
+			for i := range res {
+				res[i] = queue.Result{Status: queue.PermFail, Code: "5.6.3", Relay: p.relay, TLS: tlsInfo, TLSPolicy: p.outcome,
+					Reply: fmt.Sprintf("%s does not offer 8BITMIME and the message cannot be converted to 7 bit (%s); not sent", p.relay, de.Reason),
+					Explanation: "The receiving mail server accepts only messages in plain 7-bit form, and this message could not be converted " +
+						"to that form without changing what it says: " + de.Reason + ". Nothing was sent. The same text written by another " +
+						"mail program, or as an attachment, may get through; your mail administrator can tell you more."}
+			}
+			return res, false, false
+		case err != nil:
+			for i := range res {
+				res[i].Code, res[i].Reply = "4.3.0", "converting the message to 7 bit failed: "+err.Error()
+			}
+			return res, false, false
+		}
+		if c != nil {
+			defer c.Close()
+			conv = c
+			e.o.Logger.Info("converted to 7 bit: the next hop does not offer 8BITMIME", "queue_id", d.ID, "relay", p.relay)
+		}
+	}
+	if err := p.cl.mail(plan.from, mp); err != nil {
 		setAll(err, "MAIL FROM")
 		if toReply(err, "") == nil {
 			return res, true, true
@@ -526,7 +589,14 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 		if plan.refused[i] != "" {
 			continue
 		}
-		if err := p.cl.rcpt(plan.rcpts[i]); err != nil {
+		var rp rcptParams
+		if dsnHop {
+			// Looked up by the recipient as queued; the wire form may be
+			// its A-label downgrade.
+			dsn := d.DSN(rc)
+			rp = rcptParams{notify: dsn.Notify, orcpt: dsn.ORCPT}
+		}
+		if err := p.cl.rcpt(plan.rcpts[i], rp); err != nil {
 			set(i, err, "RCPT TO")
 			if toReply(err, "") == nil {
 				// The connection is gone: recipients accepted so far never
@@ -549,6 +619,9 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 	}
 	out := &Outgoing{Delivery: d, Target: t, Rcpts: ok, TLS: tlsInfo,
 		Reopen: func() (io.ReadCloser, error) { return d.Open() }}
+	if conv != nil {
+		out.Reopen, out.Converted = conv.Open, true
+	}
 	fail := func(code, reply string) {
 		for _, i := range okIdx {
 			res[i] = queue.Result{Status: queue.TempFail, Code: code, Relay: p.relay, TLS: tlsInfo, TLSPolicy: p.outcome, Reply: reply}
@@ -612,6 +685,32 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 		return res, true, false
 	}
 	return res, false, false
+}
+
+// downgrade makes the 7-bit copy of d for a next hop without 8BITMIME, in
+// memory or, past spillAt, an unlinked file in SpillDir; nil when the
+// message has no 8-bit octet after all. A message that cannot be
+// converted is a *downgrade.Error.
+func (e *Engine) downgrade(d *queue.Delivery) (*sealed, error) {
+	r, err := d.Open()
+	if err != nil {
+		return nil, fmt.Errorf("cannot read spool file: %w", err)
+	}
+	plan, err := downgrade.Analyze(r)
+	r.Close()
+	if err != nil || !plan.Needed() {
+		return nil, err
+	}
+	if r, err = d.Open(); err != nil {
+		return nil, fmt.Errorf("cannot read spool file: %w", err)
+	}
+	defer r.Close()
+	out := &sealed{dir: e.o.SpillDir}
+	if err := plan.Convert(out, r); err != nil {
+		out.Close()
+		return nil, err
+	}
+	return out, nil
 }
 
 // connect opens a session to t: the fixed next hop, or the MX hosts of the

@@ -16,7 +16,7 @@ func (c nopClient) startTLS(*tls.Config) error                { return nil }
 func (c nopClient) tlsState() *tls.ConnectionState            { return nil }
 func (c nopClient) auth(sasl.Client) error                    { return nil }
 func (c nopClient) mail(string, mailParams) error             { return nil }
-func (c nopClient) rcpt(string) error                         { return nil }
+func (c nopClient) rcpt(string, rcptParams) error             { return nil }
 func (c nopClient) data(io.Reader, []string) ([]error, error) { return nil, nil }
 func (c nopClient) reset() error                              { return nil }
 func (c nopClient) quit()                                     { c.quits <- struct{}{} }

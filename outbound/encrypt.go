@@ -139,7 +139,8 @@ func (en *Encryption) signer(fromDomain string) *openpgp.Entity {
 	return en.Signers[fromDomain]
 }
 
-// sealed is an encrypted copy: a buffer that moves to a file past spillAt.
+// sealed is a copy of the message made for one transaction (encrypted, or
+// converted to 7 bit): a buffer that moves to a file past spillAt.
 type sealed struct {
 	dir  string
 	buf  bytes.Buffer
@@ -156,7 +157,7 @@ func (s *sealed) Write(p []byte) (int, error) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return 0, err
 		}
-		f, err := os.CreateTemp(dir, "encrypted-*")
+		f, err := os.CreateTemp(dir, "copy-*")
 		if err != nil {
 			return 0, err
 		}

@@ -9,6 +9,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -88,7 +89,12 @@ func (s *spool) putEnv(env queue.Envelope, data string) *queue.Delivery {
 		select {
 		case d := <-s.ch:
 			if d.ID == id {
-				return d
+				// The test's own copy, envelope included: tests change it
+				// (an inbound origin), and the queue still reads its own
+				// after the hand-over.
+				dd, env := *d, *d.Envelope
+				dd.Envelope = &env
+				return &dd
 			}
 		case <-time.After(testTimeout):
 			s.t.Fatalf("queue did not hand over %s", id)
@@ -106,6 +112,10 @@ type hopMsg struct {
 	Helo string
 	// UTF8: MAIL FROM carried SMTPUTF8.
 	UTF8 bool
+	// MailOpts and RcptOpts are the MAIL and RCPT parameters as the hop
+	// parsed them (RcptOpts by recipient).
+	MailOpts smtp.MailOptions
+	RcptOpts map[string]smtp.RcptOptions
 }
 
 // hopOptions shape a test next hop's answers.
@@ -128,6 +138,12 @@ type hopOptions struct {
 	// error refuses it, and errDrop closes the connection without a
 	// reply (a next hop that goes away at the end of DATA).
 	Data func(b []byte) error
+	// DSN offers DSN (RFC 3461).
+	DSN bool
+	// Discard lists EHLO keywords the hop does not offer, as Postfix's
+	// smtpd_discard_ehlo_keywords ("8BITMIME"): taken out of its EHLO
+	// reply on the wire.
+	Discard []string
 }
 
 // errDrop makes a hop close the connection instead of answering DATA.
@@ -172,10 +188,11 @@ func newHop(t *testing.T, o hopOptions) *hop {
 	srv.TLSConfig = o.TLS
 	srv.AllowInsecureAuth = o.AllowInsecureAuth
 	srv.EnableSMTPUTF8 = o.SMTPUTF8
+	srv.EnableDSN = o.DSN
 	srv.ReadTimeout = testTimeout
 	srv.WriteTimeout = testTimeout
 	srv.ErrorLog = log.New(io.Discard, "", 0)
-	go srv.Serve(countingListener{ln, &h.conns})
+	go srv.Serve(countingListener{ln, &h.conns, o.Discard})
 	t.Cleanup(func() { srv.Close() })
 	return h
 }
@@ -214,27 +231,53 @@ func (h *hop) none() {
 
 type countingListener struct {
 	net.Listener
-	n *atomic.Int32
+	n       *atomic.Int32
+	discard []string
 }
 
 func (l countingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err == nil {
 		l.n.Add(1)
+		if len(l.discard) > 0 {
+			c = discardConn{c, l.discard}
+		}
 	}
 	return c, err
 }
 
-type hopSession struct {
-	h    *hop
-	c    *smtp.Conn
-	from string
-	to   []string
-	auth string
-	utf8 bool
+// discardConn takes keywords out of the EHLO reply the server writes.
+// go-smtp writes one reply line per Write and ends its EHLO reply with
+// SIZE, so dropping a "250-KEYWORD" line is all it takes.
+type discardConn struct {
+	net.Conn
+	keywords []string
 }
 
-func (s *hopSession) Reset()        { s.from, s.to, s.utf8 = "", nil, false }
+func (c discardConn) Write(p []byte) (int, error) {
+	if line, ok := strings.CutPrefix(string(p), "250-"); ok {
+		kw, _, _ := strings.Cut(strings.TrimSuffix(line, "\r\n"), " ")
+		if slices.ContainsFunc(c.keywords, func(k string) bool { return strings.EqualFold(k, kw) }) {
+			return len(p), nil
+		}
+	}
+	return c.Conn.Write(p)
+}
+
+type hopSession struct {
+	h        *hop
+	c        *smtp.Conn
+	from     string
+	to       []string
+	auth     string
+	utf8     bool
+	mailOpts smtp.MailOptions
+	rcptOpts map[string]smtp.RcptOptions
+}
+
+func (s *hopSession) Reset() {
+	s.from, s.to, s.utf8, s.mailOpts, s.rcptOpts = "", nil, false, smtp.MailOptions{}, nil
+}
 func (s *hopSession) Logout() error { return nil }
 
 func (s *hopSession) AuthMechanisms() []string {
@@ -259,6 +302,9 @@ func (s *hopSession) Auth(mech string) (sasl.Server, error) {
 }
 
 func (s *hopSession) Mail(from string, mo *smtp.MailOptions) error {
+	if mo != nil {
+		s.mailOpts = *mo
+	}
 	if s.h.o.Users != nil && s.auth == "" {
 		return smtp.ErrAuthRequired
 	}
@@ -272,19 +318,26 @@ func (s *hopSession) Mail(from string, mo *smtp.MailOptions) error {
 	return nil
 }
 
-func (s *hopSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (s *hopSession) Rcpt(to string, o *smtp.RcptOptions) error {
 	if s.h.o.Rcpt != nil {
 		if err := s.h.o.Rcpt(to); err != nil {
 			return err
 		}
 	}
 	s.to = append(s.to, to)
+	if o != nil {
+		if s.rcptOpts == nil {
+			s.rcptOpts = map[string]smtp.RcptOptions{}
+		}
+		s.rcptOpts[to] = *o
+	}
 	return nil
 }
 
 func (s *hopSession) record(b []byte, to []string) {
 	_, isTLS := s.c.TLSConnectionState()
-	s.h.got <- hopMsg{From: s.from, To: to, Data: b, TLS: isTLS, Auth: s.auth, Helo: s.c.Hostname(), UTF8: s.utf8}
+	s.h.got <- hopMsg{From: s.from, To: to, Data: b, TLS: isTLS, Auth: s.auth, Helo: s.c.Hostname(), UTF8: s.utf8,
+		MailOpts: s.mailOpts, RcptOpts: s.rcptOpts}
 }
 
 func (s *hopSession) Data(r io.Reader) error {

@@ -21,7 +21,8 @@ var maildirSeq atomic.Uint64
 func deliverMaildir(dir, hostname string, d *queue.Delivery, rcpts []string) []queue.Result {
 	res := make([]queue.Result, len(rcpts))
 	for i, rcpt := range rcpts {
-		res[i] = queue.Result{Status: queue.Delivered, Code: "2.0.0", Reply: "delivered to maildir", Relay: "maildir"}
+		// Final delivery: a success DSN, if asked for, says "delivered".
+		res[i] = queue.Result{Status: queue.Delivered, Code: "2.0.0", Reply: "delivered to maildir", Relay: "maildir", Success: queue.ActionDelivered}
 		if err := maildirOne(dir, hostname, d, rcpt); err != nil {
 			res[i] = queue.Result{Status: queue.TempFail, Code: "4.3.0", Reply: "maildir: " + err.Error(), Relay: "maildir"}
 		}

@@ -21,11 +21,15 @@ type Outgoing struct {
 	// TLS describes the session ("TLS1.3 TLS_AES_128_GCM_SHA256"), "" in
 	// clear text.
 	TLS string
-	// Data is the message to send: the spooled copy, or the encrypted one.
+	// Data is the message to send: the spooled copy, or the encrypted or
+	// converted one.
 	Data io.Reader
 	// Reopen reads the same message again from its start (the DKIM signer
 	// reads a large message once to sign it and once to send it).
 	Reopen func() (io.ReadCloser, error)
 	// Encrypted: Data is the OpenPGP-encrypted form of the spooled message.
 	Encrypted bool
+	// Converted: Data is the 7-bit form of the spooled message, for a next
+	// hop without 8BITMIME (package downgrade).
+	Converted bool
 }

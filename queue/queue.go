@@ -62,7 +62,21 @@ type Result struct {
 	// failed when the reply alone would not ("the partner's server did not
 	// offer the encryption your organisation requires for bank.example").
 	Explanation string
+	// Success, for a Delivered recipient, is what a success DSN reports
+	// if the sender asked for one (NOTIFY=SUCCESS): ActionDelivered
+	// (final delivery: LMTP, maildir) or ActionRelayed (to a next hop
+	// without DSN). "" when the next hop offers DSN and was handed the
+	// request: the notice is then its to send (RFC 3461 §5.2.2).
+	Success string
 }
+
+// DSN actions (RFC 3464 §2.3.3).
+const (
+	ActionFailed    = "failed"
+	ActionDelayed   = "delayed"
+	ActionDelivered = "delivered"
+	ActionRelayed   = "relayed"
+)
 
 // Delivery is one attempt to deliver a message to some of its recipients.
 type Delivery struct {
@@ -74,9 +88,23 @@ type Delivery struct {
 	Attempt int
 	// Size is the length of the message data.
 	Size int64
+	// Content is what is known of the data's octets (8-bit or not).
+	Content Content
 
 	path    string
 	dataOff int64
+	idx     []int // Rcpts[k] is Envelope.To[idx[k]]
+}
+
+// DSN returns the DSN parameters of a recipient of this attempt (of its
+// first occurrence, should it be listed twice).
+func (d *Delivery) DSN(rcpt string) RcptDSN {
+	for k, r := range d.Rcpts {
+		if r == rcpt && k < len(d.idx) {
+			return d.Envelope.DSN(d.idx[k])
+		}
+	}
+	return RcptDSN{}
 }
 
 // Open returns the message data (CRLF lines, including our Received:).
@@ -98,17 +126,25 @@ type Deliverer interface {
 	Deliver(ctx context.Context, d *Delivery) []Result
 }
 
-// Bounce is a permanent failure the Bouncer must report.
+// Bounce is one recipient's outcome the Bouncer must report.
 type Bounce struct {
 	Rcpt   string
 	Result Result
+	// Action is ActionFailed ("" too), ActionDelayed (a delay warning),
+	// ActionDelivered or ActionRelayed (a success notice).
+	Action string
+	// DSN are the recipient's DSN parameters (ORCPT for the report).
+	DSN RcptDSN
 }
 
-// Bouncer builds and enqueues a DSN for permanent failures. It is called only
-// for messages whose origin allows it (not inbound, not the null sender).
-// When it returns an error the failure stays pending and is retried, so a
-// DSN is never lost either.
-type Bouncer func(d *Delivery, failed []Bounce) error
+// Bouncer builds and enqueues DSNs. It is called only for messages whose
+// origin allows it (not inbound, not the null sender), and only for what
+// each recipient asked for (NOTIFY). It is called with the permanent
+// failures of an attempt, and separately with its notices (delays,
+// successes). When it returns an error for failures they stay pending and
+// are retried, so a failure DSN is never lost either; a notice that cannot
+// be spooled is logged and not tried again, since its recipient is done.
+type Bouncer func(d *Delivery, reports []Bounce) error
 
 // Options configure a Queue.
 type Options struct {
@@ -133,6 +169,11 @@ type Options struct {
 	HoldMaxSize      int64
 	QuarantineMaxAge time.Duration
 	PruneInterval    time.Duration
+	// DelayWarning: a recipient still pending this long after the
+	// message arrived gets its sender one delay warning (Postfix's
+	// delay_warning_time), if it asked for one (NOTIFY=DELAY, or no
+	// NOTIFY). 0: none.
+	DelayWarning time.Duration
 }
 
 // Queue is the spool plus its scheduler.
@@ -174,6 +215,8 @@ type item struct {
 	// held: a recipient failed permanently without a DSN; the message
 	// ends in hold/ rather than being removed.
 	held bool
+	// warned: recipient indexes whose sender got a delay warning.
+	warned map[int]bool
 }
 
 // Open opens (creating if needed) the spool in opts.Dir and loads every
@@ -283,7 +326,8 @@ func (q *Queue) recover() error {
 				}
 				continue
 			}
-			done, attempts, next, held, _ := readStatus(filepath.Join(dir, name+statusExt), name)
+			ps := readStatus(filepath.Join(dir, name+statusExt), name)
+			done, attempts, next, held := ps.done, ps.attempts, ps.next, ps.held
 			for k := range done {
 				// Only a damaged sidecar names recipients the message does
 				// not have; counted, they would end it with some pending.
@@ -291,7 +335,7 @@ func (q *Queue) recover() error {
 					delete(done, k)
 				}
 			}
-			it := &item{id: name, st: st, done: done, attempts: attempts, next: next, index: -1, sidecar: true, held: held}
+			it := &item{id: name, st: st, done: done, attempts: attempts, next: next, index: -1, sidecar: true, held: held, warned: ps.warned}
 			// A next time beyond the longest backoff (with its up to 10%
 			// jitter) means the clock was set back: do not trust it.
 			last := q.opts.Retry[len(q.opts.Retry)-1]
@@ -366,8 +410,8 @@ func (w *Writer) Commit() error {
 	}
 	w.closed = true
 	w.releaseBuf()
-	st := &stored{env: w.env, dataOff: w.off, dataLen: w.n}
-	it := &item{id: w.id, st: st, done: map[int]bool{}, next: w.q.opts.Now(), index: -1}
+	st := &stored{env: w.env, dataOff: w.off, dataLen: w.n, content: w.content}
+	it := &item{id: w.id, st: st, done: map[int]bool{}, warned: map[int]bool{}, next: w.q.opts.Now(), index: -1}
 	w.q.mu.Lock()
 	w.q.items[w.id] = it
 	heap.Push(&w.q.waiting, it)
@@ -513,7 +557,7 @@ func (q *Queue) attempt(it *item) {
 	}()
 	env := &it.st.env
 	d := &Delivery{
-		ID: it.id, Envelope: env, Attempt: it.attempts + 1, Size: it.st.dataLen,
+		ID: it.id, Envelope: env, Attempt: it.attempts + 1, Size: it.st.dataLen, Content: it.st.content,
 		path: q.store.path(it.id), dataOff: it.st.dataOff,
 	}
 	var idx []int
@@ -523,6 +567,7 @@ func (q *Queue) attempt(it *item) {
 			idx = append(idx, i)
 		}
 	}
+	d.idx = idx
 	start := q.opts.Now()
 	results := q.opts.Deliverer.Deliver(q.ctx, d)
 	now := q.opts.Now()
@@ -531,8 +576,13 @@ func (q *Queue) attempt(it *item) {
 	// must not turn into an expiry.
 	expired := now.Sub(env.Received) >= q.opts.MaxAge && q.ctx.Err() == nil
 
-	var bounces []Bounce
+	// Reports go to the sender only for outbound (and local) mail with a
+	// sender: inbound mail was refused in the dialog instead of bounced,
+	// and <> must never get one (RFC 5321 §6.1).
+	reportable := env.Origin != OriginInbound && env.From != "" && q.opts.Bouncer != nil
+	var bounces, notices []Bounce
 	var bounceIdx []int
+	newlyWarned := false
 	lastTLS := ""
 	newlyDone := []int{}
 	pending := 0
@@ -553,14 +603,37 @@ func (q *Queue) attempt(it *item) {
 		if r.Status != Delivered && r.TLSPolicy != "" {
 			lastTLS = r.TLSPolicy
 		}
+		dsn := env.DSN(i)
 		switch r.Status {
 		case Delivered:
 			newlyDone = append(newlyDone, i)
+			if reportable && r.Success != "" && dsn.Wants(NotifySuccess) {
+				notices = append(notices, Bounce{Rcpt: env.To[i], Result: r, Action: r.Success, DSN: dsn})
+			}
 		case PermFail:
-			bounces = append(bounces, Bounce{Rcpt: env.To[i], Result: r})
+			if reportable && !dsn.Wants(NotifyFailure) {
+				// The sender asked for no failure notice (NOTIFY=NEVER,
+				// or only SUCCESS or DELAY): done, logged above.
+				q.log.Info("no DSN: the sender asked for none", "queue_id", it.id, "to", env.To[i], "notify", dsn.Notify)
+				newlyDone = append(newlyDone, i)
+				continue
+			}
+			bounces = append(bounces, Bounce{Rcpt: env.To[i], Result: r, Action: ActionFailed, DSN: dsn})
 			bounceIdx = append(bounceIdx, i)
 		default:
 			pending++
+			if reportable && q.opts.DelayWarning > 0 && !it.warned[i] && now.Sub(env.Received) >= q.opts.DelayWarning && dsn.Wants(NotifyDelay) {
+				if it.warned == nil {
+					it.warned = map[int]bool{}
+				}
+				it.warned[i], newlyWarned = true, true
+				notices = append(notices, Bounce{Rcpt: env.To[i], Result: r, Action: ActionDelayed, DSN: dsn})
+			}
+		}
+	}
+	if len(notices) > 0 {
+		if err := q.opts.Bouncer(d, notices); err != nil {
+			q.log.Error("could not queue a delay or success notice; it is not sent", "queue_id", it.id, "error", err)
 		}
 	}
 	if len(bounces) > 0 {
@@ -619,12 +692,17 @@ func (q *Queue) attempt(it *item) {
 		// Shutting down: the attempt was cut short, not really failed.
 		it.next = now
 	}
-	var doneList []int
+	var doneList, warnedList []int
 	for i := range it.done {
 		doneList = append(doneList, i)
 	}
+	if newlyWarned {
+		for i := range it.warned {
+			warnedList = append(warnedList, i)
+		}
+	}
 	it.sidecar = true
-	if err := q.store.appendStatus(it.id, status{Done: doneList, Attempts: it.attempts, Next: it.next, Held: it.held, TLSPolicy: lastTLS}); err != nil {
+	if err := q.store.appendStatus(it.id, status{Done: doneList, Attempts: it.attempts, Next: it.next, Held: it.held, TLSPolicy: lastTLS, Warned: warnedList}); err != nil {
 		q.log.Warn("could not record delivery status; recipients may be retried", "queue_id", it.id, "error", err)
 	}
 	q.mu.Lock()
@@ -742,8 +820,8 @@ func Scan(dir string) ([]Info, error) {
 				inf.Err = err
 			} else {
 				inf.Envelope, inf.Size = st.env, st.dataLen
-				done, att, next, _, tp := readStatus(filepath.Join(sd, e.Name()+statusExt), e.Name())
-				inf.Done, inf.Attempts, inf.Next, inf.TLSPolicy = len(done), att, next, tp
+				ps := readStatus(filepath.Join(sd, e.Name()+statusExt), e.Name())
+				inf.Done, inf.Attempts, inf.Next, inf.TLSPolicy = len(ps.done), ps.attempts, ps.next, ps.tlsPolicy
 			}
 			out = append(out, inf)
 		}

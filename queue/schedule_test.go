@@ -66,7 +66,8 @@ func TestRetrySchedule(t *testing.T) {
 			t.Fatalf("after attempt %d: next in %v, want %v + at most 10%%", k+1, delay, w)
 		}
 		// the sidecar records the same
-		done, attempts, next, _, _ := readStatus(q.store.path(id)+statusExt, id)
+		ps := readStatus(q.store.path(id)+statusExt, id)
+		done, attempts, next := ps.done, ps.attempts, ps.next
 		if len(done) != 0 || attempts != k+1 || !next.Equal(s.next) {
 			t.Fatalf("sidecar: done %v attempts %d next %v; want none, %d, %v", done, attempts, next, k+1, s.next)
 		}

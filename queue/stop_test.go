@@ -84,7 +84,8 @@ func TestStopCancelsAndMessageSurvives(t *testing.T) {
 	if _, err := readStored(q1.store.path(id)); err != nil {
 		t.Fatalf("message not intact in the spool after Stop: %v", err)
 	}
-	doneIdx, attempts, next, _, _ := readStatus(q1.store.path(id)+statusExt, id)
+	ps := readStatus(q1.store.path(id)+statusExt, id)
+	doneIdx, attempts, next := ps.done, ps.attempts, ps.next
 	if len(doneIdx) != 0 || attempts != 1 || !next.Equal(t0) {
 		t.Errorf("sidecar after a cut attempt: done %v attempts %d next %v; want none, 1, now", doneIdx, attempts, next)
 	}

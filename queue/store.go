@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -98,7 +99,75 @@ type Envelope struct {
 	// internationalised envelope address; it leaves with SMTPUTF8 to a
 	// next hop that offers it, else downgraded or returned.
 	SMTPUTF8 bool `json:"smtputf8,omitempty"`
+	// Body is MAIL's BODY= parameter (RFC 6152): "7BIT", "8BITMIME", or
+	// "" when the client declared nothing. What the data really holds is
+	// Delivery.Content.
+	Body string `json:"body,omitempty"`
+	// Ret and EnvID are MAIL's DSN parameters (RFC 3461 §4.3, §4.4):
+	// "FULL" or "HDRS", and the envelope identifier, xtext-decoded; ""
+	// when not given.
+	Ret   string `json:"ret,omitempty"`
+	EnvID string `json:"envid,omitempty"`
+	// RcptDSN holds each recipient's DSN parameters by its index in To;
+	// it is shorter than To (nil in files written before DSN support)
+	// where a recipient had none.
+	RcptDSN []RcptDSN `json:"rcpt_dsn,omitempty"`
 }
+
+// RcptDSN are the DSN parameters (RFC 3461) of one RCPT.
+type RcptDSN struct {
+	// Notify is NOTIFY= (§4.1): "NEVER", or SUCCESS, FAILURE and DELAY
+	// separated by commas; "" when not given.
+	Notify string `json:"notify,omitempty"`
+	// ORCPT is the original recipient (§4.2): its address type, ";" and
+	// the xtext-decoded address ("rfc822;Bob@example.org"); "" when not
+	// given.
+	ORCPT string `json:"orcpt,omitempty"`
+}
+
+// DSN kinds a recipient may ask for (NOTIFY, RFC 3461 §4.1).
+const (
+	NotifySuccess = "SUCCESS"
+	NotifyFailure = "FAILURE"
+	NotifyDelay   = "DELAY"
+)
+
+// Wants reports whether the recipient asked for a DSN of this kind.
+// Without NOTIFY the relay sends failures and, when delay warnings are
+// on, delays (RFC 3461 §4.1 leaves it to the MTA; Postfix does the same);
+// NOTIFY=NEVER asks for nothing at all.
+func (r RcptDSN) Wants(kind string) bool {
+	if r.Notify == "" {
+		return kind == NotifyFailure || kind == NotifyDelay
+	}
+	for _, k := range strings.Split(r.Notify, ",") {
+		if strings.EqualFold(strings.TrimSpace(k), kind) {
+			return true
+		}
+	}
+	return false
+}
+
+// DSN returns the DSN parameters of recipient i (none when it had none).
+func (e *Envelope) DSN(i int) RcptDSN {
+	if i >= 0 && i < len(e.RcptDSN) {
+		return e.RcptDSN[i]
+	}
+	return RcptDSN{}
+}
+
+// Content is what the queue knows of a message's octets.
+type Content uint8
+
+const (
+	// ContentUnknown: not looked at (recovered from the spool after a
+	// restart, or spooled by a caller that did not say).
+	ContentUnknown Content = iota
+	// Content7Bit: no octet above 0x7F.
+	Content7Bit
+	// Content8Bit: some octet above 0x7F.
+	Content8Bit
+)
 
 // Origins of a message.
 const (
@@ -267,6 +336,8 @@ type Writer struct {
 	n      int64
 	err    error
 	closed bool
+	// content is what the writer was told of the data (SetContent).
+	content Content
 }
 
 // ID is the queue ID the message will have.
@@ -291,6 +362,13 @@ func (w *Writer) Write(p []byte) (int, error) {
 	}
 	return n, w.err
 }
+
+// SetContent records what the caller saw of the data while writing it
+// (smtpd watches for 8-bit octets as it spools): delivery then knows
+// without reading the message again. It is kept in memory only, since the
+// envelope is on disk before the data; after a restart delivery looks
+// again where it matters.
+func (w *Writer) SetContent(c Content) { w.content = c }
 
 // Size is the number of data bytes written so far.
 func (w *Writer) Size() int64 { return w.n }
@@ -365,6 +443,7 @@ type stored struct {
 	env     Envelope
 	dataOff int64
 	dataLen int64
+	content Content
 }
 
 var errIncomplete = errors.New("incomplete or damaged spool file")
@@ -452,6 +531,9 @@ type status struct {
 	// was made and not met: what an admin asks first about a deferred
 	// message for a partner with mandatory TLS.
 	TLSPolicy string `json:"tls_policy,omitempty"`
+	// Warned lists recipient indexes whose sender got a delay warning
+	// (delay_warning_time), so that each gets one.
+	Warned []int `json:"warned,omitempty"`
 }
 
 func (s *store) appendStatus(id string, st status) error {
@@ -471,13 +553,23 @@ func (s *store) appendStatus(id string, st status) error {
 	return err
 }
 
+// progress is a message's delivery state as its sidecar records it.
+type progress struct {
+	done      map[int]bool
+	attempts  int
+	next      time.Time
+	held      bool
+	tlsPolicy string
+	warned    map[int]bool
+}
+
 // readStatus folds the sidecar's lines for message id; a torn last line
 // (crash while appending) and lines of another message are ignored.
-func readStatus(path, id string) (done map[int]bool, attempts int, next time.Time, held bool, tlsPolicy string) {
-	done = map[int]bool{}
+func readStatus(path, id string) progress {
+	p := progress{done: map[int]bool{}, warned: map[int]bool{}}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return
+		return p
 	}
 	for _, line := range bytes.Split(b, []byte{'\n'}) {
 		var st status
@@ -485,13 +577,16 @@ func readStatus(path, id string) (done map[int]bool, attempts int, next time.Tim
 			continue
 		}
 		for _, i := range st.Done {
-			done[i] = true
+			p.done[i] = true
 		}
-		attempts, next = st.Attempts, st.Next
-		held = held || st.Held
-		tlsPolicy = st.TLSPolicy
+		for _, i := range st.Warned {
+			p.warned[i] = true
+		}
+		p.attempts, p.next = st.Attempts, st.Next
+		p.held = p.held || st.Held
+		p.tlsPolicy = st.TLSPolicy
 	}
-	return
+	return p
 }
 
 func (s *store) remove(id string, sidecar bool) error {

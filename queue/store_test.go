@@ -384,11 +384,13 @@ func TestReadStatusTornLastLine(t *testing.T) {
 	l3, _ := json.Marshal(status{ID: "X", Done: []int{0, 1, 2}, Attempts: 3, Next: next.Add(time.Hour)})
 	content := string(l1) + "\n" + string(l2) + "\n" + string(other) + "\n" + string(l3[:len(l3)/2])
 	os.WriteFile(p, []byte(content), 0o600)
-	done, attempts, n, _, _ := readStatus(p, "X")
+	ps := readStatus(p, "X")
+	done, attempts, n := ps.done, ps.attempts, ps.next
 	if len(done) != 2 || !done[0] || !done[2] || attempts != 2 || !n.Equal(next) {
 		t.Fatalf("readStatus = %v %d %v; want {0,2} 2 %v", done, attempts, n, next)
 	}
-	done, attempts, n, _, _ = readStatus(filepath.Join(t.TempDir(), "missing.st"), "X")
+	ps = readStatus(filepath.Join(t.TempDir(), "missing.st"), "X")
+	done, attempts, n = ps.done, ps.attempts, ps.next
 	if len(done) != 0 || attempts != 0 || !n.IsZero() {
 		t.Fatalf("missing sidecar: %v %d %v", done, attempts, n)
 	}

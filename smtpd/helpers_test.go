@@ -28,9 +28,10 @@ var discard = slog.New(slog.DiscardHandler)
 
 // delivered is what the recording Deliverer saw of one spooled message.
 type delivered struct {
-	ID   string
-	Env  queue.Envelope
-	Data []byte
+	ID      string
+	Env     queue.Envelope
+	Data    []byte
+	Content queue.Content
 }
 
 // recorder is a queue.Deliverer that reports every message it is handed
@@ -44,7 +45,7 @@ func (r *recorder) Deliver(ctx context.Context, d *queue.Delivery) []queue.Resul
 		rc.Close()
 	}
 	select {
-	case r.ch <- delivered{ID: d.ID, Env: *d.Envelope, Data: data}:
+	case r.ch <- delivered{ID: d.ID, Env: *d.Envelope, Data: data, Content: d.Content}:
 	case <-ctx.Done():
 	}
 	res := make([]queue.Result, len(d.Rcpts))

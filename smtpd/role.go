@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"securerelay/queue"
 )
 
 // State is what a role may see of a session. Roles must treat it as read
@@ -42,7 +44,12 @@ type State struct {
 	// RequireTLS: the client sent MAIL FROM with REQUIRETLS (RFC 8689):
 	// the message may only leave over verified TLS.
 	RequireTLS bool
-	Log        *slog.Logger
+	// Body, Ret and EnvID are the transaction's BODY= (RFC 6152), RET=
+	// and ENVID= (RFC 3461, decoded); "" when not given.
+	Body, Ret, EnvID string
+	// RcptDSN holds NOTIFY and ORCPT of each recipient in Rcpts, by index.
+	RcptDSN []queue.RcptDSN
+	Log     *slog.Logger
 	// Data is free for the role's per-session use (screening verdicts…).
 	Data any
 	// Txn is free for the role's per-transaction use (an SPF verdict, the

@@ -43,6 +43,9 @@ type Options struct {
 	NormalizeLineEndings bool
 	AllowInsecureAuth    bool
 	RequireTLS           bool
+	// DSN offers the DSN extension (RFC 3461): NOTIFY, ORCPT, RET and
+	// ENVID are accepted and kept with the message.
+	DSN bool
 
 	Queue  *queue.Queue
 	Role   Role
@@ -151,6 +154,7 @@ func New(o Options) *Server {
 	// only in a transaction that declared it (State.SMTPUTF8); delivery
 	// passes it on or downgrades (outbound/utf8.go).
 	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = o.DSN
 	srv.ErrorLog = slogPrinter{s.log}
 	srv.CommandHook = s.command
 	// Every reply go-smtp makes itself comes from the catalogue

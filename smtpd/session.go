@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"securerelay/dkim"
+	"securerelay/downgrade"
 	"securerelay/queue"
 	"securerelay/smtputil"
 )
@@ -168,6 +169,9 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		// session the sender's own hop already broke the promise.
 		return s.edge(smtputil.RequireTLSInClear(), "mail")
 	}
+	if opts != nil && len(smtputil.EncodeXtext(opts.EnvelopeID)) > smtputil.MaxEnvIDLen {
+		return s.edge(smtputil.DSNParamTooLong("ENVID", smtputil.MaxEnvIDLen), "mail")
+	}
 	// A new transaction: the role's state of an earlier one that ended
 	// with a refused MAIL (go-smtp calls no Reset then) must not carry
 	// over, e.g. that sender's SPF verdict into this message's header.
@@ -178,8 +182,12 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		return s.edge(err, "mail")
 	}
 	s.st.From = canon
-	s.st.Rcpts = nil
+	s.st.Rcpts, s.st.RcptDSN = nil, nil
 	s.st.RequireTLS = opts != nil && opts.RequireTLS
+	s.st.Body, s.st.Ret, s.st.EnvID = "", "", ""
+	if opts != nil {
+		s.st.Body, s.st.Ret, s.st.EnvID = string(opts.Body), string(opts.Return), opts.EnvelopeID
+	}
 	s.tc.inTxn.Store(true)
 	s.tc.sawMail.Store(true)
 	return nil
@@ -189,11 +197,36 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if se := s.rate("rcpt", s.srv.opts.MaxRecipientRate); se != nil {
 		return s.edgeCheck(se, "rcpt", "max_recipient_rate_per_client")
 	}
+	var dsn queue.RcptDSN
+	if opts != nil && len(opts.Notify) > 0 {
+		n := make([]string, len(opts.Notify))
+		for i, v := range opts.Notify {
+			n[i] = string(v)
+		}
+		dsn.Notify = strings.Join(n, ",")
+	}
+	if opts != nil && opts.OriginalRecipient != "" {
+		// Kept decoded, "type;address"; passed on encoded again.
+		dsn.ORCPT = strings.ToLower(string(opts.OriginalRecipientType)) + ";" + opts.OriginalRecipient
+		enc, ok := smtputil.EncodeORCPT(dsn.ORCPT)
+		if !ok {
+			return s.edge(smtputil.BadDSNParameter("ORCPT", "the original recipient is not an address of type rfc822 or utf-8"), "rcpt")
+		}
+		if len(enc) > smtputil.MaxORCPTLen {
+			return s.edge(smtputil.DSNParamTooLong("ORCPT", smtputil.MaxORCPTLen), "rcpt")
+		}
+	}
 	canon, err := s.srv.opts.Role.Rcpt(&s.st, to, opts)
 	if err != nil {
 		return s.edge(err, "rcpt")
 	}
 	s.st.Rcpts = append(s.st.Rcpts, canon)
+	if dsn != (queue.RcptDSN{}) {
+		for len(s.st.RcptDSN) < len(s.st.Rcpts)-1 {
+			s.st.RcptDSN = append(s.st.RcptDSN, queue.RcptDSN{})
+		}
+		s.st.RcptDSN = append(s.st.RcptDSN, dsn)
+	}
 	return nil
 }
 
@@ -219,6 +252,10 @@ func (s *session) Data(r io.Reader) error {
 		RequireTLS: s.st.RequireTLS,
 		// RFC 6531: delivery passes SMTPUTF8 on, or downgrades.
 		SMTPUTF8: s.st.SMTPUTF8 || needsSMTPUTF8(s.st.From, s.st.Rcpts),
+		Body:     s.st.Body,
+		Ret:      s.st.Ret,
+		EnvID:    s.st.EnvID,
+		RcptDSN:  append([]queue.RcptDSN(nil), s.st.RcptDSN...),
 	}
 	s.mu.Unlock()
 	w, err := o.Queue.NewWriter(env)
@@ -256,8 +293,11 @@ func (s *session) Data(r io.Reader) error {
 		return s.edge(smtputil.QueueFailed(), "data")
 	}
 	hops := &smtputil.HopCounter{Max: maxHeader}
+	// Whether the data has 8-bit octets, seen on the way to the spool:
+	// delivery to a next hop without 8BITMIME must then convert it.
+	eight := &downgrade.Detector{}
 	lines := smtputil.NewLineLengthReader(smtputil.NewLineEndingReader(r, o.NormalizeLineEndings), s.srv.smtp.MaxLineLength)
-	_, err = io.Copy(w, io.TeeReader(lines, hops))
+	_, err = io.Copy(w, io.TeeReader(lines, io.MultiWriter(hops, eight)))
 	if err != nil {
 		var ne net.Error
 		switch {
@@ -310,6 +350,7 @@ func (s *session) Data(r io.Reader) error {
 	if err := o.Role.Data(&s.st, msg); err != nil {
 		return s.edge(err, "data")
 	}
+	w.SetContent(contentOf(eight))
 	if msg.NewFrom != "" || msg.AddHeader != "" || msg.Rewrite != nil || len(msg.AddRcpts) > 0 {
 		w2, err := s.respool(w, env, msg)
 		if err != nil {
@@ -404,30 +445,42 @@ func (s *session) respool(w *queue.Writer, env queue.Envelope, msg *Message) (*q
 	if err != nil {
 		return nil, err
 	}
+	eight := &downgrade.Detector{}
+	dst := io.MultiWriter(w2, eight)
 	r, err := w.Reader()
 	if err == nil {
-		_, err = io.WriteString(w2, msg.AddHeader)
+		_, err = io.WriteString(dst, msg.AddHeader)
 	}
 	if err == nil && msg.Rewrite != nil {
-		err = msg.Rewrite(w2, r)
+		err = msg.Rewrite(dst, r)
 	} else if err == nil {
-		_, err = io.Copy(w2, r)
+		_, err = io.Copy(dst, r)
 	}
 	if err != nil {
 		w2.Abort()
 		return nil, err
 	}
+	w2.SetContent(contentOf(eight))
 	w.Abort()
 	return w2, nil
+}
+
+// contentOf is what a Detector saw, for the queue.
+func contentOf(d *downgrade.Detector) queue.Content {
+	if d.EightBit {
+		return queue.Content8Bit
+	}
+	return queue.Content7Bit
 }
 
 func (s *session) endTxn() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.st.From = ""
-	s.st.Rcpts = nil
+	s.st.Rcpts, s.st.RcptDSN = nil, nil
 	s.st.RequireTLS = false
 	s.st.SMTPUTF8 = false
+	s.st.Body, s.st.Ret, s.st.EnvID = "", "", ""
 	s.st.Txn = nil
 	s.tc.inTxn.Store(false)
 	if s.srv.shutting.Load() {

@@ -178,6 +178,8 @@ import (
 //	AttachmentRefused         554 5.7.1  RFC 5321 §4.3.2 DATA 554 transaction failed; X.7.1 delivery not authorized: the attachment policy refuses the file (as Postfix's and amavisd-new's banned-file reply)
 //	AttachmentTempFail        451 4.7.1  the same, deferred (action: tempfail, to try a policy out without losing mail)
 //	AttachmentPolicySplit     452 4.5.3  as the content-policy split: recipients with another attachment policy go in their own transaction
+//	DSNParamTooLong           501 5.5.4  RFC 3461 §4 bounds ENVID (100) and ORCPT (500 with NOTIFY); X.5.4 invalid command arguments
+//	BadDSNParameter           501 5.5.4  RFC 3461 §4 syntax of a DSN parameter
 
 // Builtin words the replies go-smtp makes itself (third_party patch 8):
 // smtpd sets it as the server's Replies. arg is what go-smtp says of the
@@ -1175,4 +1177,17 @@ func AttachmentTempFail(where, reason string) *smtp.SMTPError {
 // DATA serves all of them.
 func AttachmentPolicySplit(domain string) *smtp.SMTPError {
 	return Reply(452, 4, 5, 3, "recipients of %s have another attachment policy than the recipients already accepted; send to them in a separate transaction", domain)
+}
+
+// DSNParamTooLong refuses an ENVID or ORCPT longer than RFC 3461 allows
+// (limit characters, as sent in xtext).
+func DSNParamTooLong(param string, limit int) *smtp.SMTPError {
+	return Reply(501, 5, 5, 4, "%s parameter is longer than the %d characters RFC 3461 section 4 allows; "+
+		"shorten it in the sending software", param, limit)
+}
+
+// BadDSNParameter refuses a DSN parameter (RFC 3461 §4) that cannot be
+// kept or passed on; detail says what is wrong with it.
+func BadDSNParameter(param, detail string) *smtp.SMTPError {
+	return Reply(501, 5, 5, 4, "bad %s parameter: %s (RFC 3461 section 4); fix it in the sending software", param, detail)
 }

@@ -245,6 +245,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		HonourTLSRequiredNo: cfg.Outbound.TLS.TLSRequiredNo == "honour",
 		Transform:           r.signer.Transform,
 		Encryption:          enc,
+		SpillDir:            filepath.Join(cfg.StateDir, "tmp"),
 		Logger:              log,
 	}, rt)
 	var retry []time.Duration
@@ -258,7 +259,9 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		Workers:   cfg.Queue.Workers,
 		Logger:    log,
 		Deliverer: r.engine,
-		Bouncer:   outbound.NewBouncer(func() *queue.Queue { return r.q }, cfg.Hostname, cfg.Postmaster),
+		Bouncer: outbound.NewBouncer(func() *queue.Queue { return r.q }, outbound.BouncerOptions{
+			Hostname: cfg.Hostname, Postmaster: cfg.Postmaster, MaxReturnSize: int64(cfg.Queue.DSNReturnMaxSize)}),
+		DelayWarning: cfg.Queue.DelayWarningTime.D(),
 		// Pre-created spool files take file creation and the directory
 		// fsync off the path to the 250 (see queue/pool.go): +15%
 		// delivered msg/s and -10% CPU in paired runs of smtp-source →
@@ -331,6 +334,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 			CommandTimeout: lim.CommandTimeout.D(), DataTimeout: lim.DataTimeout.D(),
 			NormalizeLineEndings: lim.BareLineEndings == "normalize",
 			AllowInsecureAuth:    l.AllowInsecureAuth, RequireTLS: l.RequireTLS,
+			DSN:   l.DSN != nil && *l.DSN,
 			Queue: r.q, Role: role, Logger: log,
 			AutoReplies: r.loops, MaxAutoReplies: lim.MaxAutoReplies, AutoReplyWindow: lim.AutoReplyWindow.D(),
 			AutomaticSenders: cfg.Outbound.AutomaticSenders,

@@ -231,6 +231,15 @@ type mailCmd struct {
 	From       string
 	RequireTLS bool
 	TLS        bool
+	// BODY, RET and ENVID as parsed (DSN ones only with mxOptions.DSN).
+	Body, Ret, EnvID string
+}
+
+// rcptCmd is one RCPT TO a policyMX saw, with its DSN parameters.
+type rcptCmd struct {
+	To     string
+	Notify string // "SUCCESS,FAILURE"
+	ORCPT  string // "RFC822;bob@example.org", decoded
 }
 
 type mxOptions struct {
@@ -242,6 +251,8 @@ type mxOptions struct {
 	LMTP bool
 	// Users offers AUTH PLAIN (inside TLS) with these passwords.
 	Users map[string]string
+	// DSN offers DSN (RFC 3461); the parameters are recorded.
+	DSN bool
 }
 
 // policyMX is an MX host for TLS policy tests: it counts connections and
@@ -256,6 +267,7 @@ type policyMX struct {
 	transcript bytes.Buffer
 	mails      []mailCmd
 	rcpts      []string
+	rcptCmds   []rcptCmd
 	msgs       []received
 	logins     []string
 }
@@ -283,6 +295,7 @@ func startPolicyMX(t *testing.T, ln net.Listener, o mxOptions) *policyMX {
 	s.Domain = "mx.e2e.test"
 	s.TLSConfig = o.TLS
 	s.EnableREQUIRETLS = o.RequireTLS
+	s.EnableDSN = o.DSN
 	s.LMTP = o.LMTP
 	s.Debug = transcriptWriter{m}
 	s.ReadTimeout = 15 * time.Second
@@ -338,14 +351,30 @@ func (s *mxSession) Logout() error { return nil }
 func (s *mxSession) Mail(from string, opts *smtp.MailOptions) error {
 	_, tlsOn := s.c.TLSConnectionState()
 	s.m.mu.Lock()
-	s.m.mails = append(s.m.mails, mailCmd{From: from, RequireTLS: opts != nil && opts.RequireTLS, TLS: tlsOn})
+	mc := mailCmd{From: from, TLS: tlsOn}
+	if opts != nil {
+		mc.RequireTLS, mc.Body, mc.Ret, mc.EnvID = opts.RequireTLS, string(opts.Body), string(opts.Return), opts.EnvelopeID
+	}
+	s.m.mails = append(s.m.mails, mc)
 	s.m.mu.Unlock()
 	s.from, s.to = from, nil
 	return nil
 }
 
-func (s *mxSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (s *mxSession) Rcpt(to string, opts *smtp.RcptOptions) error {
+	rc := rcptCmd{To: to}
+	if opts != nil {
+		var n []string
+		for _, v := range opts.Notify {
+			n = append(n, string(v))
+		}
+		rc.Notify = strings.Join(n, ",")
+		if opts.OriginalRecipient != "" {
+			rc.ORCPT = string(opts.OriginalRecipientType) + ";" + opts.OriginalRecipient
+		}
+	}
 	s.m.mu.Lock()
+	s.m.rcptCmds = append(s.m.rcptCmds, rc)
 	s.m.rcpts = append(s.m.rcpts, to)
 	s.m.mu.Unlock()
 	s.to = append(s.to, to)
@@ -390,6 +419,13 @@ func (m *policyMX) Rcpts() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return slices.Clone(m.rcpts)
+}
+
+// RcptCmds are the RCPT TO commands the server saw, with DSN parameters.
+func (m *policyMX) RcptCmds() []rcptCmd {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.rcptCmds)
 }
 
 // Logins are the users that authenticated.

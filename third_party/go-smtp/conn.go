@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/emersion/go-sasl"
 )
@@ -638,6 +639,12 @@ func decodeTypedAddress(val string) (DSNAddressType, string, error) {
 		}
 	case DSNAddressTypeUTF8:
 		aAddr, err = decodeUTF8AddrXtext(aAddr)
+		// securerelay patch: utf-8-addr-unitext (RFC 6533 section 3)
+		// carries UTF-8 characters, not arbitrary octets; upstream let
+		// invalid UTF-8 through into the decoded address.
+		if err == nil && !utf8.ValidString(aAddr) {
+			err = errors.New("invalid UTF-8 in address")
+		}
 	default:
 		err = errors.New("unknown address type:" + aType)
 	}
@@ -658,8 +665,9 @@ func encodeXtext(raw string) string {
 			// printable non-space US-ASCII except '+' and '='
 			out.WriteRune(ch)
 		default:
-			out.WriteRune('+')
-			out.WriteString(strings.ToUpper(strconv.FormatInt(int64(ch), 16)))
+			// securerelay patch: two digits always (RFC 3461 hexchar);
+			// upstream wrote "+9" for a tab.
+			fmt.Fprintf(&out, "+%02X", ch)
 		}
 	}
 	return out.String()
@@ -679,7 +687,9 @@ func encodeUTF8AddrXtext(raw string) string {
 			out.WriteRune('\\')
 			out.WriteRune('x')
 			out.WriteRune('{')
-			out.WriteString(strings.ToUpper(strconv.FormatInt(int64(ch), 16)))
+			// securerelay patch: at least two digits (RFC 6533 HEXPOINT);
+			// upstream wrote \x{1}, which its own decoder refuses.
+			fmt.Fprintf(&out, "%02X", ch)
 			out.WriteRune('}')
 		}
 	}
@@ -701,7 +711,9 @@ func encodeUTF8AddrUnitext(raw string) string {
 			out.WriteRune('\\')
 			out.WriteRune('x')
 			out.WriteRune('{')
-			out.WriteString(strings.ToUpper(strconv.FormatInt(int64(ch), 16)))
+			// securerelay patch: at least two digits (RFC 6533 HEXPOINT);
+			// upstream wrote \x{1}, which its own decoder refuses.
+			fmt.Fprintf(&out, "%02X", ch)
 			out.WriteRune('}')
 		default:
 			// UTF-8 non-ASCII

@@ -53,11 +53,18 @@ func parseArgs(s string) (map[string]string, error) {
 	argMap := map[string]string{}
 	for _, arg := range strings.Fields(s) {
 		m := strings.Split(arg, "=")
+		key := strings.ToUpper(m[0])
+		// securerelay patch: a parameter given twice (NOTIFY=NEVER
+		// NOTIFY=SUCCESS) is a syntax error, as Postfix answers it;
+		// upstream kept the last one silently.
+		if _, dup := argMap[key]; dup {
+			return nil, fmt.Errorf("parameter %s given more than once", key)
+		}
 		switch len(m) {
 		case 2:
-			argMap[strings.ToUpper(m[0])] = m[1]
+			argMap[key] = m[1]
 		case 1:
-			argMap[strings.ToUpper(m[0])] = ""
+			argMap[key] = ""
 		default:
 			return nil, fmt.Errorf("failed to parse arg string: %q", arg)
 		}
