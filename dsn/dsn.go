@@ -26,6 +26,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"securerelay/downgrade"
 	"securerelay/smtputil"
 )
 
@@ -162,6 +163,20 @@ func Build(r Report) ([]byte, error) {
 	// A failure may return the whole message (RET=FULL); a report without
 	// failures returns the header only (RFC 3461 §4.3).
 	full := r.ReturnFull && anyFailed && r.TooLargeToReturn <= 0 && canReturnWhole(r.Original)
+	original := r.Original
+	if full && needsEncoding(original) {
+		// A message/rfc822 part may not be encoded as a whole (RFC 2046
+		// §5.2.1), so an 8-bit original would make the report 8-bit, and a
+		// hop on the way back without 8BITMIME could not take it. Its own
+		// text parts are converted instead, as the outbound side does for
+		// a 7-bit next hop; what cannot be converted goes back as its
+		// header only.
+		if c, ok := sevenBit(original); ok {
+			original = c
+		} else {
+			full = false
+		}
+	}
 	envID := printableLine(r.EnvID, 100)
 
 	var body bytes.Buffer
@@ -225,19 +240,15 @@ func Build(r Report) ([]byte, error) {
 		ph = textproto.MIMEHeader{}
 		ph.Set("Content-Type", "message/rfc822")
 		ph.Set("Content-Description", "Undelivered Message")
-		if needsEncoding(r.Original) {
-			ph.Set("Content-Transfer-Encoding", "8bit")
-		} else {
-			ph.Set("Content-Transfer-Encoding", "7bit")
-		}
+		ph.Set("Content-Transfer-Encoding", "7bit")
 		pw, err = mw.CreatePart(ph)
 		if err != nil {
 			return nil, err
 		}
-		if _, err := pw.Write(r.Original); err != nil {
+		if _, err := pw.Write(original); err != nil {
 			return nil, err
 		}
-		if !bytes.HasSuffix(r.Original, []byte("\r\n")) {
+		if !bytes.HasSuffix(original, []byte("\r\n")) {
 			io.WriteString(pw, "\r\n")
 		}
 	}
@@ -695,6 +706,24 @@ func sizeText(n int64) string {
 		return fmt.Sprintf("%d KB", n>>10)
 	}
 	return fmt.Sprintf("%d bytes", n)
+}
+
+// sevenBit is msg with its 8-bit text parts converted to 7 bit
+// (quoted-printable), or false when that cannot be done without changing
+// what it says.
+func sevenBit(msg []byte) ([]byte, bool) {
+	plan, err := downgrade.Analyze(bytes.NewReader(msg))
+	if err != nil {
+		return nil, false
+	}
+	if !plan.Needed() {
+		return msg, true
+	}
+	var out bytes.Buffer
+	if err := plan.Convert(&out, bytes.NewReader(msg)); err != nil || needsEncoding(out.Bytes()) {
+		return nil, false
+	}
+	return out.Bytes(), true
 }
 
 // canReturnWhole reports whether msg can travel intact as a message/rfc822

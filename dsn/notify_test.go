@@ -122,9 +122,27 @@ func TestBuildReturnFull(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Contains(b, []byte("Content-Type: message/rfc822\r\n")) || !bytes.Contains(b, []byte("Content-Transfer-Encoding: 8bit\r\n")) ||
-			!bytes.Contains(b, []byte("\r\n\r\nGrüße\r\n")) {
-			t.Fatalf("8-bit original not returned as 8bit message/rfc822:\n%s", b)
+		// Returned whole, its text converted to quoted-printable, so that
+		// the report is 7 bit and passes a hop without 8BITMIME.
+		if !bytes.Contains(b, []byte("Content-Type: message/rfc822\r\n")) || !bytes.Contains(b, []byte("Content-Transfer-Encoding: 7bit\r\n")) ||
+			!bytes.Contains(b, []byte("Content-Transfer-Encoding: quoted-printable\r\n\r\nGr=C3=BC=C3=9Fe\r\n")) || needsEncoding(b) {
+			t.Fatalf("8-bit original not returned as 7-bit message/rfc822:\n%s", b)
+		}
+	})
+	t.Run("8-bit attached message", func(t *testing.T) {
+		// A message/rfc822 part with 8-bit text cannot be re-encoded: the
+		// header only, never an 8-bit report.
+		r := baseReport()
+		r.ReturnFull = true
+		r.Original = []byte("From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" +
+			"--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: x\r\n\r\nGrüße\r\n--b--\r\n")
+		b, err := Build(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := parseDSN(t, b)
+		if p.parts[2].header.Get("Content-Type") != "text/rfc822-headers" || needsEncoding(b) {
+			t.Fatalf("want the header only, 7 bit:\n%s", b)
 		}
 	})
 	t.Run("8-bit header", func(t *testing.T) {

@@ -557,11 +557,7 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 			// No other attempt does better: the next hops of a domain are
 			// set up alike, and the message stays what it is.
 			for i := range res {
-				res[i] = queue.Result{Status: queue.PermFail, Code: "5.6.3", Relay: p.relay, TLS: tlsInfo, TLSPolicy: p.outcome,
-					Reply: fmt.Sprintf("%s does not offer 8BITMIME and the message cannot be converted to 7 bit (%s); not sent", p.relay, de.Reason),
-					Explanation: "The receiving mail server accepts only messages in plain 7-bit form, and this message could not be converted " +
-						"to that form without changing what it says: " + de.Reason + ". Nothing was sent. The same text written by another " +
-						"mail program, or as an attachment, may get through; your mail administrator can tell you more."}
+				res[i] = not7Bit(p, de.Reason)
 			}
 			return res, false, false
 		case err != nil:
@@ -654,6 +650,19 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 		}
 		defer sc.Close()
 		out.Reopen, out.Encrypted = sc.Open, true
+		if !eightHop && !plan.smtputf8 && d.Content != queue.Content7Bit {
+			// The armour is 7 bit, but the fields kept outside (From, To,
+			// Cc) are copied as they are: a raw UTF-8 display name would
+			// reach a 7-bit hop as 8-bit octets, which the same message
+			// unencrypted is refused for above.
+			if de := sevenBitRefusal(sc); de != nil {
+				for _, i := range okIdx {
+					res[i] = not7Bit(p, de.Reason)
+					res[i].Encryption = s.note(rcpts[i])
+				}
+				return res, p.cl.reset() != nil, false
+			}
+		}
 	}
 	r, err := out.Reopen()
 	if err != nil {
@@ -685,6 +694,32 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 		return res, true, false
 	}
 	return res, false, false
+}
+
+// not7Bit is the result for a message that a next hop without 8BITMIME
+// cannot take and that cannot be converted to 7 bit.
+func not7Bit(p *pooled, why string) queue.Result {
+	return queue.Result{Status: queue.PermFail, Code: "5.6.3", Relay: p.relay, TLS: p.tls.info, TLSPolicy: p.outcome,
+		Reply: fmt.Sprintf("%s does not offer 8BITMIME and the message cannot be converted to 7 bit (%s); not sent", p.relay, why),
+		Explanation: "The receiving mail server accepts only messages in plain 7-bit form, and this message could not be converted " +
+			"to that form without changing what it says: " + why + ". Nothing was sent. The same text written by another " +
+			"mail program, or as an attachment, may get through; your mail administrator can tell you more."}
+}
+
+// sevenBitRefusal is why the encrypted copy sc cannot go to a next hop
+// without 8BITMIME, or nil when it can. A read error is no refusal: the
+// transaction then fails on reading the copy, temporarily.
+func sevenBitRefusal(sc *sealed) *downgrade.Error {
+	r, err := sc.Open()
+	if err != nil {
+		return nil
+	}
+	defer r.Close()
+	var de *downgrade.Error
+	if _, err := downgrade.Analyze(r); errors.As(err, &de) {
+		return de
+	}
+	return nil
 }
 
 // downgrade makes the 7-bit copy of d for a next hop without 8BITMIME, in

@@ -328,6 +328,9 @@ type trackedConn struct {
 	// errors counts the error replies of the connection (the roles'
 	// refusals and go-smtp's own) towards max_errors.
 	errors atomic.Int64
+	// overshoot counts the 452 4.5.3 replies (recipients over
+	// max_recipients) that errors does not count; see maxRcptOvershoot.
+	overshoot atomic.Int64
 	// lineStart/linePrefix follow the command stream before TLS for the
 	// non-SMTP command test (only go-smtp's goroutine reads).
 	midLine    bool
@@ -465,12 +468,25 @@ func (c *trackedConn) Close() error {
 	return err
 }
 
+// maxRcptOvershoot is how many recipients over the per-transaction limit
+// (452 4.5.3) a session may send before each counts towards max_errors,
+// as Postfix's smtpd_recipient_overshoot_limit (1000).
+const maxRcptOvershoot = 1000
+
 // tooManyErrors counts an error reply to the client (a role's refusal or
 // go-smtp's own) and reports whether it is the max_errors-th: the
 // session then ends with TooManyErrors instead. A 421 is not replaced: it
 // ends the session anyway.
 func (c *trackedConn) tooManyErrors(se *smtp.SMTPError, log *slog.Logger) bool {
 	if se.Code < 400 {
+		return false
+	}
+	if se.Code == 452 && se.EnhancedCode == (smtp.EnhancedCode{4, 5, 3}) && c.overshoot.Add(1) <= maxRcptOvershoot {
+		// Too many recipients: the client is to send the rest in another
+		// transaction (RFC 5321 §4.5.3.1.10), which is no error of it.
+		// Counted it closed the session with 421 at the tenth excess
+		// recipient, so that the recipients accepted before never got
+		// the message and a retry did the same.
 		return false
 	}
 	n := c.errors.Add(1)

@@ -92,6 +92,7 @@ type pyDSN struct {
 	Recipients   []map[string]string `json:"recipients"`
 	ThirdPart    string              `json:"third_part"`
 	ReturnedSubj string              `json:"returned_subject"`
+	ReturnedBody string              `json:"returned_body"`
 	Text         string              `json:"text"`
 }
 
@@ -106,7 +107,7 @@ from email import policy
 m = email.message_from_bytes(sys.stdin.buffer.read(), policy=policy.default)
 parts = list(m.iter_parts())
 out = {"type": m.get_content_type(), "report_type": m.get_param("report-type"), "subject": str(m["Subject"]),
-       "text": parts[0].get_content(), "per_message": {}, "recipients": [], "third_part": "", "returned_subject": ""}
+       "text": parts[0].get_content(), "per_message": {}, "recipients": [], "third_part": "", "returned_subject": "", "returned_body": ""}
 ds = [p for p in parts if p.get_content_type() == "message/delivery-status"][0]
 groups = ds.get_payload()
 out["per_message"] = {k: str(v) for k, v in groups[0].items()}
@@ -115,6 +116,9 @@ if len(parts) > 2:
     out["third_part"] = parts[2].get_content_type()
     if parts[2].get_content_type() == "message/rfc822":
         out["returned_subject"] = str(parts[2].get_payload()[0]["Subject"])
+        rm = parts[2].get_payload()[0]
+        if rm.get_content_maintype() == "text":
+            out["returned_body"] = rm.get_content()
 print(json.dumps(out))
 `
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
