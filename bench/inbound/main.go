@@ -7,6 +7,7 @@
 //	inboundbench scanner rspamd|clamav INFO    a scanner, until SIGTERM
 //	inboundbench fsync DIR                     fsync latency of DIR's file system
 //	inboundbench run -spec FILE -data DIR -out DIR [flags]   the measurement
+//	inboundbench report DIR                    the summary again, from DIR/runs.jsonl
 //
 // The shell script starts the daemons, each in its own cgroup, and writes
 // the spec; see the README's Benchmark section.
@@ -58,6 +59,11 @@ func main() {
 		}
 	case "run":
 		err = runCmd(a)
+	case "report":
+		if len(a) != 1 {
+			usage()
+		}
+		err = rereport(a[0])
 	default:
 		usage()
 	}
@@ -67,7 +73,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: inboundbench gen DIR | dns ADDR ZONEFILE | scanner rspamd|clamav INFOFILE | fsync DIR | run -spec FILE -data DIR -out DIR [flags]")
+	fmt.Fprintln(os.Stderr, "usage: inboundbench gen DIR | dns ADDR ZONEFILE | scanner rspamd|clamav INFOFILE | fsync DIR | run -spec FILE -data DIR -out DIR [flags] | report DIR")
 	os.Exit(2)
 }
 
@@ -82,7 +88,7 @@ func runCmd(args []string) error {
 	fs.IntVar(&o.warmup, "warmup", 200, "unrecorded messages per variant before the rounds")
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds")
 	fs.IntVar(&o.session, "sessions", 20, "parallel sessions")
-	fs.IntVar(&o.latN, "latency-n", 200, "messages per latency run (0: no latency phase)")
+	fs.IntVar(&o.latN, "latency-n", 400, "messages per latency run (0: no latency phase)")
 	fs.IntVar(&o.latSessions, "latency-sessions", 1, "parallel sessions in the latency phase")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "limit per run")
 	kinds := fs.String("messages", "text,pdf", "message kinds sent in turn")

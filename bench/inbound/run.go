@@ -64,6 +64,62 @@ type options struct {
 	loader            string
 }
 
+// saved is what report needs of the options, kept in the results folder
+// (options.json) so that `inboundbench report DIR` can write the summary
+// again from runs.jsonl.
+type saved struct {
+	Variants                                       []string
+	N, Warmup, Rounds, Sessions, LatN, LatSessions int
+	Kinds                                          []string
+	Loader                                         string
+}
+
+func (o *options) save() error {
+	b, err := json.MarshalIndent(saved{o.variants, o.n, o.warmup, o.rounds, o.session, o.latN, o.latSessions, o.kinds, o.loader}, "", " ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(o.out, "options.json"), b, 0o644)
+}
+
+// rereport writes the summary of the results folder dir again.
+func rereport(dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, "options.json"))
+	if err != nil {
+		return err
+	}
+	var sv saved
+	if err := json.Unmarshal(b, &sv); err != nil {
+		return err
+	}
+	o := &options{out: dir, variants: sv.Variants, n: sv.N, warmup: sv.Warmup, rounds: sv.Rounds, session: sv.Sessions,
+		latN: sv.LatN, latSessions: sv.LatSessions, kinds: sv.Kinds, loader: sv.Loader}
+	f, err := os.Open(filepath.Join(dir, "runs.jsonl"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var runs []runResult
+	var problems []string
+	dec := json.NewDecoder(f)
+	for dec.More() {
+		var r runResult
+		if err := dec.Decode(&r); err != nil {
+			return err
+		}
+		if r.Round > 0 {
+			runs = append(runs, r)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "results.json")); err == nil {
+		var prev struct{ Problems []string }
+		if json.Unmarshal(b, &prev) == nil {
+			problems = prev.Problems
+		}
+	}
+	return report(o, runs, problems)
+}
+
 // runResult is one run: one variant, N messages.
 type runResult struct {
 	Variant string `json:"variant"`
@@ -101,7 +157,11 @@ type runResult struct {
 	// Latency percentiles in milliseconds: "eod", "greet", "session",
 	// "setup" (milters only), each for "all" and per message kind.
 	Latency map[string]map[string][3]float64 `json:"latency_ms"`
-	DNS     map[string]int                   `json:"dns_queries"`
+	// Paired (latency phase): percentiles, by message kind, of this
+	// variant's end-of-data latency minus the scanners' alone for the
+	// same message at the same moment.
+	Paired map[string][3]float64 `json:"paired_on_top_ms,omitempty"`
+	DNS    map[string]int        `json:"dns_queries"`
 }
 
 func (o *options) variant(name string) (variantSpec, error) {
@@ -575,6 +635,9 @@ func drive(o *options) error {
 			return err
 		}
 	}
+	if err := o.save(); err != nil {
+		return err
+	}
 	sc, err := loadScanners(o.spec)
 	if err != nil {
 		return err
@@ -615,24 +678,32 @@ func drive(o *options) error {
 	for round := 1; round <= o.rounds; round++ {
 		k := (round - 1) % len(o.variants)
 		order := append(slices.Clone(o.variants[k:]), o.variants[:k]...)
-		for _, phase := range []string{"load", "latency"} {
-			n, ses := o.n, o.session
-			if phase == "latency" {
-				n, ses = o.latN, o.latSessions
-				if n == 0 {
-					continue
-				}
+		for _, name := range order {
+			v, _ := o.variant(name)
+			r := runOnce(o, v, sc, sk, msgs, smtpMsgs, o.n, o.session, fmt.Sprintf("r%d-load-%s", round, name))
+			r.Round, r.Phase = round, "load"
+			runs = append(runs, r)
+			writeJSONLine(jw, r)
+			eod := r.Latency["eod"]["all"]
+			log.Printf("round %d load %-20s delivered %6.1f msg/s (%d/%d)  relay %.2f ms/msg  scanners %.2f ms/msg  end-of-data p50/p90/p99 %.1f/%.1f/%.1f ms  load %s",
+				round, name, r.DeliverRate, r.Delivered, r.N, perMsg(r.RelayCPU, r.N), perMsg(sum(r.ScannerCPU), r.N),
+				eod[0], eod[1], eod[2], r.LoadAvg)
+			if r.Failed > 0 || r.Delivered < r.Accepted {
+				problems = append(problems, fmt.Sprintf("%s: %d failed, %d of %d delivered %v", r.Tag, r.Failed, r.Delivered, r.Accepted, r.Errors))
 			}
+		}
+		if o.latN > 0 {
+			var vs []variantSpec
 			for _, name := range order {
 				v, _ := o.variant(name)
-				r := runOnce(o, v, sc, sk, msgs, smtpMsgs, n, ses, fmt.Sprintf("r%d-%s-%s", round, phase, name))
-				r.Round, r.Phase = round, phase
+				vs = append(vs, v)
+			}
+			for _, r := range runLatency(o, vs, sc, sk, msgs, smtpMsgs, o.latN, o.latSessions, round) {
 				runs = append(runs, r)
 				writeJSONLine(jw, r)
 				eod := r.Latency["eod"]["all"]
-				log.Printf("round %d %-7s %-20s delivered %6.1f msg/s (%d/%d)  relay %.2f ms/msg  scanners %.2f ms/msg  end-of-data p50/p90/p99 %.2f/%.2f/%.2f ms  load %s",
-					round, phase, name, r.DeliverRate, r.Delivered, r.N, 1000*r.RelayCPU/float64(r.N), 1000*sum(r.ScannerCPU)/float64(r.N),
-					eod[0], eod[1], eod[2], r.LoadAvg)
+				log.Printf("round %d latency %-17s end-of-data p50/p90/p99 %.2f/%.2f/%.2f ms, paired with the scanners alone p50/p90 %+.2f/%+.2f ms  load %s",
+					round, r.Variant, eod[0], eod[1], eod[2], r.Paired["all"][0], r.Paired["all"][1], r.LoadAvg)
 				if r.Failed > 0 || r.Delivered < r.Accepted {
 					problems = append(problems, fmt.Sprintf("%s: %d failed, %d of %d delivered %v", r.Tag, r.Failed, r.Delivered, r.Accepted, r.Errors))
 				}
