@@ -93,6 +93,11 @@ func report(o *options, runs []runResult, problems []string) error {
 	w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range runs {
 		e := r.Latency["eod"]["all"]
+		if r.Phase == "latency" {
+			w("| %d | latency | %s | %d/%d of %d | – | – | – | – | – | – | – | %.2f / %.2f / %.2f | – | – | %s | – |\n",
+				r.Round, r.Variant, r.Accepted, r.Delivered, r.N, e[0], e[1], e[2], r.LoadAvg)
+			continue
+		}
 		w("| %d | %s | %s | %d/%d of %d | %.1f | %.2f | %.2f | %.2f | %.2f | %.3f | %.2f | %.2f / %.2f / %.2f | %.1f / %.1f (%d) | %.0f | %s | %.0f |\n",
 			r.Round, r.Phase, r.Variant, r.Accepted, r.Delivered, r.N, r.DeliverRate, perMsg(r.RelayCPU, r.N),
 			perMsg(r.ScannerCPU["rspamd"], r.N), perMsg(r.ScannerCPU["clamd"], r.N), perMsg(r.ScannerCPU["clamav-milter"], r.N),
