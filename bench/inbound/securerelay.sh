@@ -23,7 +23,9 @@ hostname: mx.inbound.example
 postmaster: postmaster@inbound.example
 state_dir: $STATE
 dns: {resolver: "$DNS"}
-log: {level: warn}
+# The default level: a line per message received and delivered, as
+# Postfix logs (its postlogd and syslog formatting count in its CPU).
+log: {level: info}
 listeners:
   - name: mx
     address: "127.0.0.1:$PORT"
