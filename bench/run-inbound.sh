@@ -22,6 +22,8 @@
 # Variants (VARIANTS, comma-separated; default all five):
 #   postfix, securerelay          the full pipelines
 #   postfix-nomilter, securerelay-nomilter   the same without the milters
+#   securerelay-noauth            securerelay without SPF/DKIM/DMARC, which
+#                                 this Postfix does not check either
 #   milters                       the scanners alone, driven by a milter
 #                                 client: their own time at end of data
 # Each round has a load phase (N messages over SESSIONS sessions: msg/s,
@@ -30,7 +32,7 @@
 # Other settings: N, ROUNDS, WARMUP (per variant), SESSIONS, MESSAGES
 # (text,pdf), LOADER=smtp-source (Postfix's load generator, no latency
 # figures), OUT (results folder), KEEP=1 (leave everything running),
-# CPUPROFILE=1 (securerelay writes a Go CPU profile, cpu.pprof in OUT).
+# CPUPROFILE=1 (securerelay writes a Go CPU profile, cpu-VARIANT.pprof in OUT).
 # Needs root (port 53, cgroups, a mount namespace for Postfix's resolver)
 # and: postfix, rspamd, clamav-daemon, clamav-milter, Go.
 set -euo pipefail
@@ -43,7 +45,7 @@ if [ "$QUICK" = 1 ]; then
 fi
 N=${N:-3000}; ROUNDS=${ROUNDS:-3}; WARMUP=${WARMUP:-200}; SESSIONS=${SESSIONS:-20}
 LATENCY_N=${LATENCY_N:-400}; LATENCY_SESSIONS=${LATENCY_SESSIONS:-1}
-VARIANTS=${VARIANTS:-postfix,securerelay,milters,postfix-nomilter,securerelay-nomilter}
+VARIANTS=${VARIANTS:-postfix,securerelay,milters,postfix-nomilter,securerelay-nomilter,securerelay-noauth}
 MESSAGES=${MESSAGES:-text,pdf}
 LOADER=${LOADER:-go}
 STATE=${STATE:-/tmp/securerelay-bench-inbound}
@@ -52,7 +54,7 @@ OUT=${OUT:-/tmp/securerelay-bench-inbound-results/$(date +%Y%m%d-%H%M%S)}
 # the same time.
 DNS_IP=${DNS_IP:-127.0.10.53}
 SINK=127.0.0.1:10126
-PF_PORT=10125 PF_NM_PORT=10127 SR_PORT=10145 SR_NM_PORT=10147
+PF_PORT=10125 PF_NM_PORT=10127 SR_PORT=10145 SR_NM_PORT=10147 SR_NA_PORT=10149
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
@@ -122,7 +124,7 @@ pf_env() {
 
 stop_all() {
 	local n
-	for n in securerelay securerelay-nomilter rspamd clamav dns; do stop_bg "$n"; done
+	for n in securerelay securerelay-nomilter securerelay-noauth rspamd clamav dns; do stop_bg "$n"; done
 	if [ -d "$STATE/postfix/etc" ]; then BASE=$STATE/postfix "$here/inbound/postfix.sh" stop || true; fi
 }
 cleanup() {
@@ -130,7 +132,9 @@ cleanup() {
 	if [ "${KEEP:-0}" != 1 ]; then
 		stop_all
 		# written by the relay when it stops (CPUPROFILE=1)
-		cp "$STATE"/securerelay*/cpu.pprof "$OUT/" 2>/dev/null || true
+		for n in securerelay securerelay-nomilter securerelay-noauth; do
+			cp "$STATE/$n/cpu.pprof" "$OUT/cpu-$n.pprof" 2>/dev/null || true
+		done
 	fi
 	exit $rc
 }
@@ -139,7 +143,7 @@ mkdir -p "$STATE"
 stop_all   # leftovers of an earlier run (or of KEEP=1)
 if [ "${1:-}" = stop ]; then log "stopped"; exit 0; fi
 trap cleanup EXIT
-rm -rf "$STATE/data" "$STATE/postfix" "$STATE/securerelay" "$STATE/securerelay-nomilter" "$STATE"/*.json
+rm -rf "$STATE/data" "$STATE/postfix" "$STATE"/securerelay* "$STATE"/*.json
 mkdir -p "$STATE/bin" "$OUT"
 
 log "building securerelay and inboundbench"
@@ -167,17 +171,18 @@ case ",$VARIANTS," in *,postfix*)
 	log "postfix $(postconf -d -h mail_version) up on 127.0.0.1:$PF_PORT (and :$PF_NM_PORT without milters)"
 esac
 
-start_relay() {  # name port milters
+start_relay() {  # name port milters auth
 	local prof=""
 	[ "${CPUPROFILE:-0}" = 1 ] && prof=$STATE/$1/cpu.pprof
-	start_bg "$1" env SECURERELAY_CPUPROFILE="$prof" STATE="$STATE/$1" PORT="$2" MILTERS="$3" SINK="$SINK" DNS="$DNS_IP:53" \
+	start_bg "$1" env SECURERELAY_CPUPROFILE="$prof" STATE="$STATE/$1" PORT="$2" MILTERS="$3" AUTH="$4" SINK="$SINK" DNS="$DNS_IP:53" \
 		RECIPIENTS="$STATE/data/recipients.txt" RSPAMD="$RSPAMD" CLAMAV="$CLAMAV" BIN="$STATE/bin/securerelay" \
 		"$here/inbound/securerelay.sh"
 	wait_for 30 "$1" port_open 127.0.0.1 "$2"
 	log "$1 up on 127.0.0.1:$2"
 }
-case ",$VARIANTS," in *,securerelay,*) start_relay securerelay $SR_PORT 1 ;; esac
-case ",$VARIANTS," in *,securerelay-nomilter,*) start_relay securerelay-nomilter $SR_NM_PORT 0 ;; esac
+case ",$VARIANTS," in *,securerelay,*) start_relay securerelay $SR_PORT 1 1 ;; esac
+case ",$VARIANTS," in *,securerelay-nomilter,*) start_relay securerelay-nomilter $SR_NM_PORT 0 1 ;; esac
+case ",$VARIANTS," in *,securerelay-noauth,*) start_relay securerelay-noauth $SR_NA_PORT 1 0 ;; esac
 
 sr_probe() { echo "[ \"\$($STATE/bin/securerelay queue count --config $STATE/$1/securerelay.yaml)\" = 0 ]"; }
 pf_probe="[ -z \"\$(find $STATE/postfix/queue/incoming $STATE/postfix/queue/active $STATE/postfix/queue/deferred $STATE/postfix/queue/maildrop -type f 2>/dev/null | head -1)\" ]"
@@ -199,6 +204,8 @@ cat > "$STATE/spec.json" <<JSON
    "queue_empty": "$(sr_probe securerelay | json)", "scans": true, "auth": true},
   {"name": "securerelay-nomilter", "addr": "127.0.0.1:$SR_NM_PORT", "cgroup": "$(cat "$STATE/securerelay-nomilter.cgroup" 2>/dev/null)",
    "queue_empty": "$(sr_probe securerelay-nomilter | json)", "auth": true},
+  {"name": "securerelay-noauth", "addr": "127.0.0.1:$SR_NA_PORT", "cgroup": "$(cat "$STATE/securerelay-noauth.cgroup" 2>/dev/null)",
+   "queue_empty": "$(sr_probe securerelay-noauth | json)", "scans": true},
   {"name": "milters"}
  ]
 }
@@ -221,7 +228,7 @@ cp "$STATE/spec.json" "$STATE/data/zone.txt" "$OUT/" 2>/dev/null || true
 cp "$STATE/postfix/etc/main.cf" "$OUT/postfix-main.cf" 2>/dev/null || true
 cp "$STATE/postfix/etc/master.cf" "$OUT/postfix-master.cf" 2>/dev/null || true
 tail -c 2000000 "$STATE/postfix/log/maillog" > "$OUT/postfix-maillog" 2>/dev/null || true
-for n in securerelay securerelay-nomilter; do
+for n in securerelay securerelay-nomilter securerelay-noauth; do
 	cp "$STATE/$n/securerelay.yaml" "$OUT/$n.yaml" 2>/dev/null || true
 	tail -c 1000000 "$STATE/$n.log" > "$OUT/$n.log" 2>/dev/null || true
 done

@@ -61,6 +61,17 @@ func pairs(runs []runResult, phase, a, b string, f func(x, y runResult) float64)
 	return out
 }
 
+// hasPaired: the variant has per-message differences in phase (a relay
+// with the milters, in the latency phase).
+func hasPaired(t table, phase, v string) bool {
+	for _, r := range t.runs {
+		if r.Phase == phase && r.Variant == v && r.Paired != nil {
+			return true
+		}
+	}
+	return false
+}
+
 type table struct {
 	runs []runResult
 }
@@ -135,12 +146,20 @@ func report(o *options, runs []runResult, problems []string) error {
 				if m("eod", 0) == 0 {
 					continue
 				}
-				paired := "–"
-				if p := t.of(ph, v, func(r runResult) float64 { return r.Paired[k][0] }); ph == "latency" && v != "milters" && len(p) > 0 {
-					paired = fmt.Sprintf("%+.2f / %+.2f", median(p), median(t.of(ph, v, func(r runResult) float64 { return r.Paired[k][1] })))
+				paired, setup := "–", "–"
+				if hasPaired(t, ph, v) {
+					paired = fmt.Sprintf("%+.2f / %+.2f", median(t.of(ph, v, func(r runResult) float64 { return r.Paired[k][0] })),
+						median(t.of(ph, v, func(r runResult) float64 { return r.Paired[k][1] })))
 				}
-				w("| %s | %s | %.2f / %.2f / %.2f | %.2f | %.2f | %.2f | %s |\n", v, k, m("eod", 0), m("eod", 1), m("eod", 2),
-					m("greet", 0), m("session", 0), m("setup", 0), paired)
+				if x := m("setup", 0); x > 0 {
+					setup = fmt.Sprintf("%.2f", x)
+				}
+				greet := "–"
+				if x := m("greet", 0); x > 0 {
+					greet = fmt.Sprintf("%.2f", x)
+				}
+				w("| %s | %s | %.2f / %.2f / %.2f | %s | %.2f | %s | %s |\n", v, k, m("eod", 0), m("eod", 1), m("eod", 2),
+					greet, m("session", 0), setup, paired)
 			}
 		}
 	}
@@ -155,8 +174,17 @@ func report(o *options, runs []runResult, problems []string) error {
 		w("- Relay CPU per message, securerelay ÷ Postfix (all of Postfix's processes: postscreen, smtpd, cleanup, qmgr, smtp, …; the scanners apart), %s, per round: %s; target ≤ 0.50: **%s**.\n", phaseName["load"], span(rs, 2), met)
 		verdict = append(verdict, fmt.Sprintf("securerelay/postfix relay CPU per message %.2f (target <= 0.50 %s)", median(rs), met))
 	}
+	for _, p := range [][2]string{{"securerelay-noauth", "postfix"}, {"securerelay-nomilter", "postfix-nomilter"}} {
+		if rs := pairs(runs, "load", p[0], p[1], func(x, y runResult) float64 { return x.RelayCPU / y.RelayCPU }); len(rs) > 0 {
+			what := "like for like: no SPF/DKIM/DMARC on either side"
+			if p[1] == "postfix-nomilter" {
+				what = "without the milters on either side"
+			}
+			w("- Relay CPU per message, %s ÷ %s (%s), per round: %s.\n", p[0], p[1], what, span(rs, 2))
+		}
+	}
 	for _, ph := range phases {
-		for _, v := range []string{"securerelay", "postfix"} {
+		for _, v := range []string{"securerelay", "securerelay-noauth", "postfix"} {
 			kinds := []string{"all"}
 			if ph == "latency" {
 				kinds = append(kinds, o.kinds...)
@@ -186,7 +214,7 @@ func report(o *options, runs []runResult, problems []string) error {
 					}
 				}
 				paired := ""
-				if p := t.of(ph, v, func(r runResult) float64 { return r.Paired[k][0] }); ph == "latency" && len(p) > 0 {
+				if p := t.of(ph, v, func(r runResult) float64 { return r.Paired[k][0] }); hasPaired(t, ph, v) {
 					paired = fmt.Sprintf(" (per message, against the same message through the scanners alone: p50 %s, p90 %s ms)",
 						span(p, 2), span(t.of(ph, v, func(r runResult) float64 { return r.Paired[k][1] }), 2))
 				}

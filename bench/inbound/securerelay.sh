@@ -4,10 +4,12 @@
 # the caller started this in) is the relay's own.
 #   screening: pregreet 6 s and a DNSBL (postscreen's tests), the pass cache
 #   envelope: sender_fqdn, recipient_fqdn, sender_domain, unknown_recipient
-#   content: SPF/DKIM/DMARC (inbound.auth), then every stage that is on by
-#            default, then rspamd and clamav-milter (MILTERS=0: none)
+#   content: SPF/DKIM/DMARC (inbound.auth; AUTH=0: off), then every stage
+#            that is on by default, then rspamd and clamav-milter
+#            (MILTERS=0: none)
 # Env: STATE (fresh folder), PORT, SINK, DNS (ip:port), RECIPIENTS (file),
-# RSPAMD, CLAMAV (unix:/path), MILTERS (1/0), BIN (the securerelay binary).
+# RSPAMD, CLAMAV (unix:/path), MILTERS and AUTH (1/0), BIN (the securerelay
+# binary).
 set -eu
 conf=$STATE/securerelay.yaml
 mkdir -p "$STATE"
@@ -50,7 +52,7 @@ inbound:
       threshold: 3
       lists: [{zone: dnsbl.example, weight: 3}]
   checks: {sender_fqdn: reject, recipient_fqdn: reject, sender_domain: reject, unknown_recipient: reject}
-  auth: {enabled: true}
+  auth: {enabled: $( [ "${AUTH:-1}" != 0 ] && echo true || echo false )}
 $content
 outbound:
   starttls: "off"
