@@ -1,6 +1,9 @@
-// Package inbound is the MX role: it accepts mail only for our own domains
-// and (in later stages) screens clients and checks envelopes and content
+// Package inbound is the MX role: it accepts mail only for our own domains,
+// screens clients at EHLO (screen.go), checks the envelope at MAIL and RCPT
+// (role.go, checks.go, tlsfrom.go, verify.go) and the content after DATA
+// (content.go: attachment policy, then SPF/DKIM/DMARC, then milters), all
 // inside the SMTP dialog, so that nothing has to be bounced afterwards.
+// docs/flow.md walks a message through these stages in order.
 package inbound
 
 import (

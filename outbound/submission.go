@@ -1,6 +1,8 @@
 // Package outbound is the smarthost/submission role (who may relay through
-// us) and the delivery engine (routes, MX lookup, the SMTP/LMTP client,
-// maildir, DSNs).
+// us, sender binding, the null-sender policy) and the delivery engine
+// (routes, MX lookup, the session pool, the TLS policy per destination, the
+// SMTP/LMTP client, maildir, the encryption fallback, the 8BITMIME
+// downgrade, DKIM signing, DSNs). docs/flow.md walks a message through it.
 package outbound
 
 import (

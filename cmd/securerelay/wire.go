@@ -469,10 +469,17 @@ func (r *relay) shutdown() {
 	r.q.Close()
 }
 
-// reload applies what can change safely while sessions run: certificates,
-// our domains, routes, users. Listeners, state_dir, queue and log settings
-// need a restart; a change to them is logged and not applied, so that a
-// reload never half-applies a configuration.
+// reload applies what can change safely while sessions run: the
+// certificate, domains (deliver_to, recipients, DKIM keys, content,
+// attachment and OpenPGP signing settings), outbound routes, users, dkim
+// and tls (the TLS policy with its encryption and inbound partner rules),
+// and inbound content, auth, attachments and verify. listeners, state_dir,
+// queue, log, dns, hostname, proxy_addresses and the other inbound and
+// outbound settings need a restart; a change to them is logged and not
+// applied. README.md ("Reload") lists the same, and where this falls short
+// of never half-applying a configuration: the restart warning also names
+// inbound.attachments and inbound.verify (stripInbound keeps them), and the
+// rebuilt parts already use the new dns and hostname.
 func (r *relay) reload() {
 	cfg, err := config.Load(r.cfgPath)
 	if err != nil {
@@ -551,7 +558,9 @@ func (r *relay) reload() {
 }
 
 // stripInbound leaves what a reload cannot apply: content scanning and
-// authentication are swapped whole on SIGHUP.
+// authentication are swapped whole on SIGHUP. attachments and verify are
+// swapped too (inboundContent, verifiers) but not stripped here, so a
+// change to them is applied and still warned about (issue 16).
 func stripInbound(i config.Inbound) config.Inbound {
 	i.Content, i.Auth = config.Content{}, config.Auth{}
 	return i
