@@ -194,6 +194,7 @@ type inspector struct {
 	// declared is the sum of declared sizes of the entries seen.
 	declared int64
 	heads    [][]byte
+	timedOut bool
 }
 
 // Inspect walks the message in r (header and body, as spooled) and
@@ -215,7 +216,12 @@ func Inspect(ctx context.Context, r io.Reader, lim Limits, pol *Policy) (Verdict
 	switch {
 	case err == nil, errors.Is(err, errStop), errors.Is(err, errLimit):
 	case ctx.Err() != nil:
-		in.limit("", fmt.Sprintf("checking the attachments took longer than %s", lim.Timeout))
+		// Time depends on the server's load as much as on the
+		// message: a refusal would be permanent for a message that
+		// may pass when the server is idle, so the time limit defers
+		// at most (451); a bomb is caught by the other limits.
+		in.timedOut = true
+		in.limit("", fmt.Sprintf("checking the attachments took longer than %s; try again later", lim.Timeout))
 	default:
 		return in.v, err
 	}
@@ -229,6 +235,9 @@ func (in *inspector) found(c Class, pathIn, reason string) error {
 	a := in.pol.action(c)
 	if a == Pass {
 		return nil
+	}
+	if in.timedOut && a == Reject {
+		a = Tempfail
 	}
 	f := Finding{Class: c, File: in.file, Path: pathIn, Reason: reason, Action: a}
 	for _, o := range in.v.Findings {
