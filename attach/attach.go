@@ -172,7 +172,14 @@ type Verdict struct {
 	// looked at; Bytes: bytes decompressed from archives.
 	Files, Entries int
 	Bytes          int64
+	// Forged counts the HeaderField fields the message came with: a
+	// sender may write one, and only ours may reach the recipient.
+	Forged int
 }
+
+// HeaderField is the header field an Accept verdict adds, one per
+// finding.
+const HeaderField = "X-Securerelay-Attachment"
 
 const maxFindings = 32
 

@@ -307,7 +307,9 @@ type AttachmentPolicy struct {
 	// checked. Default reject.
 	Encrypted string `yaml:"encrypted"`
 	// Unopened: an archive recognised but not opened (7z, RAR, CAB, …)
-	// or damaged. Default reject.
+	// or damaged, or a MIME part mail programs read in different ways
+	// (a damaged part header, two differing encodings or types).
+	// Default reject.
 	Unopened string `yaml:"unopened"`
 	// Limits: a limit above was exceeded (a zip bomb). Default reject;
 	// for the time limit, reject means tempfail.

@@ -1,0 +1,174 @@
+package attach_test
+
+import (
+	"bytes"
+	"encoding/base64"
+	"mime/quotedprintable"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"securerelay/attach"
+	"securerelay/attach/attachtest"
+)
+
+// Evasions: messages written so that a strict reader sees no file, or
+// another file, than the one a mail program shows. Each case is a way
+// around the check that the walk once had.
+
+// b64 is base64 in lines of 76, as mail programs write it.
+func b64(d []byte) string {
+	enc := base64.StdEncoding.EncodeToString(d)
+	var b strings.Builder
+	for len(enc) > 76 {
+		b.WriteString(enc[:76] + "\r\n")
+		enc = enc[76:]
+	}
+	b.WriteString(enc + "\r\n")
+	return b.String()
+}
+
+// rawMsg is a multipart/mixed message with a text part and the given
+// parts, each its header, an empty line and its body.
+func rawMsg(parts ...string) string {
+	s := "From: <a@sender.example>\r\nTo: <b@example.test>\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"BB\"\r\n\r\n--BB\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+	for _, p := range parts {
+		s += "--BB\r\n" + p
+	}
+	return s + "--BB--\r\n"
+}
+
+type evasion struct {
+	name   string
+	msg    string
+	pol    *attach.Policy
+	action string
+	class  attach.Class
+	file   string
+	path   string
+}
+
+func runEvasions(t *testing.T, cases []evasion) {
+	t.Helper()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			v := inspect(t, c.msg, c.pol)
+			if c.action == attach.Pass {
+				if v.Action != attach.Pass {
+					t.Fatalf("verdict %q %s file=%q path=%q (%s), want it to pass", v.Action, v.Finding.Class, v.Finding.File, v.Finding.Path, v.Finding.Reason)
+				}
+				return
+			}
+			wantVerdict(t, v, c.action, c.class, c.file, c.path)
+		})
+	}
+}
+
+func TestMIMEEvasions(t *testing.T) {
+	pe := attachtest.PE()
+	zipPE := attachtest.Zip(t, map[string][]byte{"Rechnung.exe": pe})
+	zb64 := b64(zipPE)
+	zipPart := "Content-Type: application/zip; name=\"b.zip\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + zb64
+	js := []byte("var s=new ActiveXObject('WScript.Shell');s.Run('calc');\r\n")
+	inner := attachtest.Message("a@b.example", "c@d.example", "inner", attachtest.Part{Name: "setup.zip", Data: zipPE})
+
+	// Quoted-printable with a raw control character where the encoder
+	// wrote an escape: mail programs decode it as the octet it is.
+	var qp bytes.Buffer
+	w := quotedprintable.NewWriter(&qp)
+	w.Binary = true
+	w.Write(zipPE)
+	w.Close()
+	loc := regexp.MustCompile(`=(0[1-8BCEF]|1[0-9A-F])`).FindIndex(qp.Bytes()[100:])
+	if loc == nil {
+		t.Fatal("no escaped control character in the quoted-printable ZIP")
+	}
+	ctl, _ := strconv.ParseUint(string(qp.Bytes()[100+loc[0]+1:100+loc[1]]), 16, 8)
+	qpRaw := string(qp.Bytes()[:100+loc[0]]) + string(rune(ctl)) + string(qp.Bytes()[100+loc[1]:])
+
+	onlyUnopenedAccepted := attach.DefaultPolicy()
+	onlyUnopenedAccepted.Unopened = attach.Accept
+
+	runEvasions(t, []evasion{
+		// A line that is no header field in the message's header:
+		// mail programs skip it; go-message gave up on the message.
+		{name: "bad line in the message header", msg: strings.Replace(rawMsg(zipPart), "Subject: x\r\n", "Subject: x\r\nthis is no header field\r\n", 1),
+			action: attach.Reject, class: attach.Executable, file: "b.zip", path: "Rechnung.exe"},
+		{name: "bad field name in the message header", msg: strings.Replace(rawMsg(zipPart), "Subject: x\r\n", "Subject: x\r\nX Bad Key: 1\r\n", 1),
+			action: attach.Reject, class: attach.Executable, file: "b.zip", path: "Rechnung.exe"},
+		// A damaged part header: what a mail program shows of it and of
+		// the parts after it cannot be told, so it is a finding.
+		{name: "part header with a bad line", msg: rawMsg("Content-Type: application/pdf; name=\"a.pdf\"\r\nthis is no header field\r\nContent-Transfer-Encoding: base64\r\n\r\n"+b64(attachtest.PDF()), zipPart),
+			action: attach.Reject, class: attach.Unopened},
+		{name: "part header starting with a blank", msg: rawMsg(" Content-Type: application/pdf\r\n\r\nx\r\n", zipPart),
+			action: attach.Reject, class: attach.Unopened},
+		{name: "part header with a bad line, unopened accepted", msg: rawMsg("Content-Type: application/pdf\r\nno header field\r\n\r\nx\r\n", zipPart), pol: onlyUnopenedAccepted,
+			action: attach.Accept, class: attach.Unopened},
+		// Transfer encodings as mail programs read them.
+		{name: "two CTE", msg: rawMsg("Content-Type: application/zip; name=\"a.zip\"\r\nContent-Transfer-Encoding: 7bit\r\nContent-Transfer-Encoding: base64\r\n\r\n" + zb64),
+			action: attach.Reject, class: attach.Executable, file: "a.zip", path: "Rechnung.exe"},
+		{name: "two CTE that decode differently", msg: rawMsg("Content-Type: application/zip; name=\"a.zip\"\r\nContent-Transfer-Encoding: quoted-printable\r\nContent-Transfer-Encoding: base64\r\n\r\n" + zb64),
+			action: attach.Reject, class: attach.Unopened, file: "a.zip"},
+		{name: "CTE upper case with a blank", msg: rawMsg("Content-Type: application/zip; name=\"a.zip\"\r\nContent-Transfer-Encoding: BASE64 \r\n\r\n" + zb64),
+			action: attach.Reject, class: attach.Executable, file: "a.zip", path: "Rechnung.exe"},
+		{name: "CTE with a comment", msg: rawMsg("Content-Type: application/zip; name=\"a.zip\"\r\nContent-Transfer-Encoding: base64 (x)\r\n\r\n" + zb64),
+			action: attach.Reject, class: attach.Executable, file: "a.zip", path: "Rechnung.exe"},
+		{name: "x-uuencode", msg: rawMsg("Content-Type: application/octet-stream; name=\"a.pdf\"\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 setup.exe\r\nM35H`\r\n`\r\nend\r\n"),
+			action: attach.Reject, class: attach.Executable, file: "setup.exe"},
+		{name: "base64 with a stray octet", msg: rawMsg("Content-Type: application/zip; name=\"a.zip\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + zb64[:20] + "!" + zb64[20:]),
+			action: attach.Reject, class: attach.Executable, file: "a.zip", path: "Rechnung.exe"},
+		{name: "base64 PE with a stray octet", msg: rawMsg("Content-Type: application/pdf; name=\"a.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(pe)[:20] + "*" + b64(pe)[20:]),
+			action: attach.Reject, class: attach.Executable, file: "a.pdf"},
+		// Each piece encoded on its own, padding and all: mail
+		// programs decode one after the other.
+		{name: "base64 with padding in the middle", msg: rawMsg("Content-Type: application/pdf; name=\"a.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(pe[:10]) + b64(pe[10:])),
+			action: attach.Reject, class: attach.Executable, file: "a.pdf"},
+		{name: "base64 texts one after another", msg: rawMsg("Content-Type: application/octet-stream; name=\"a.zip\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + zb64 + "QQ==\r\n"),
+			action: attach.Reject, class: attach.Executable, file: "a.zip", path: "Rechnung.exe"},
+		{name: "qp with a raw control character", msg: rawMsg("Content-Type: application/octet-stream; name=\"a.zip\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n" + qpRaw + "\r\n"),
+			action: attach.Reject, class: attach.Executable, file: "a.zip", path: "Rechnung.exe"},
+		// "=ZZ" is itself: the file starts "=ZZ#!", no script (and a
+		// .txt is opened as text anyway).
+		{name: "qp garbage js", msg: rawMsg("Content-Type: text/plain\r\nContent-Disposition: attachment; filename=\"a.txt\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n=ZZ#!/bin/sh\r\n"),
+			action: attach.Pass},
+		{name: "qp script with garbage after the #! line", msg: rawMsg("Content-Type: application/octet-stream\r\nContent-Disposition: attachment\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n#!/bin/sh\r\necho \x01=ZZ ==\r\n=\r\n"),
+			action: attach.Reject, class: attach.Script},
+		// Repeated fields: mail programs differ in which they use.
+		{name: "two Content-Types", msg: rawMsg("Content-Type: text/plain\r\nContent-Type: application/zip; name=\"a.zip\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + zb64),
+			action: attach.Reject, class: attach.Executable, file: "a.zip", path: "Rechnung.exe"},
+		{name: "two Content-Dispositions", msg: rawMsg("Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"a.txt\"\r\nContent-Disposition: attachment; filename=\"a.js\"\r\n\r\n" + string(js)),
+			action: attach.Reject, class: attach.Script, file: "a.txt"},
+		{name: "a container and a file by two Content-Types", msg: rawMsg("Content-Type: multipart/mixed; boundary=\"CC\"\r\nContent-Type: application/zip; name=\"a.zip\"\r\n\r\n--CC\r\n\r\nx\r\n--CC--\r\n"),
+			action: attach.Reject, class: attach.Unopened, file: "a.zip"},
+		{name: "Content-Type that does not parse", msg: rawMsg("Content-Type: application/zip;;; =\r\nContent-Transfer-Encoding: base64\r\n\r\n" + zb64),
+			action: attach.Reject, class: attach.Executable, path: "Rechnung.exe"},
+		{name: "no CT, CD attachment exe name", msg: rawMsg("Content-Disposition: attachment; filename=a.exe\r\n\r\nxx\r\n"),
+			action: attach.Reject, class: attach.Executable, file: "a.exe"},
+		// Body text is shown as text, never saved or run.
+		{name: "text/plain PE without name", msg: rawMsg("Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(pe)),
+			action: attach.Pass},
+		{name: "inline text/plain holding a ZIP", msg: rawMsg("Content-Type: text/plain\r\nContent-Disposition: inline\r\nContent-Transfer-Encoding: base64\r\n\r\n" + zb64),
+			action: attach.Pass},
+		// multipart/digest parts are messages by default (RFC 2046).
+		{name: "digest", msg: "From: <a@b.example>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/digest; boundary=\"DD\"\r\n\r\n--DD\r\n\r\n" + inner + "\r\n--DD--\r\n",
+			action: attach.Reject, class: attach.Executable, file: "setup.zip", path: "Rechnung.exe"},
+		{name: "message/rfc822 in base64", msg: rawMsg("Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64([]byte(inner))),
+			action: attach.Reject, class: attach.Executable, file: "setup.zip", path: "Rechnung.exe"},
+	})
+}
+
+// The sender's own X-Securerelay-Attachment fields are counted, so that
+// the inbound role can remove them: only ours may reach the recipient.
+func TestForgedHeaderCounted(t *testing.T) {
+	msg := attachtest.Message(from, to, "x", attachtest.Part{Name: "a.pdf", Data: attachtest.PDF()})
+	v := inspect(t, "X-Securerelay-Attachment: executable; file=\"a.pdf\"; policy=default\r\nx-securerelay-attachment : none\r\n"+msg, nil)
+	if v.Action != attach.Pass || v.Forged != 2 {
+		t.Errorf("verdict %q, forged %d; want a pass and 2", v.Action, v.Forged)
+	}
+	// In an attached message it is that message's business.
+	v = inspect(t, rawMsg("Content-Type: message/rfc822\r\n\r\nX-Securerelay-Attachment: x\r\nSubject: fw\r\n\r\nhi\r\n"), nil)
+	if v.Forged != 0 {
+		t.Errorf("forged %d in an attached message", v.Forged)
+	}
+}
