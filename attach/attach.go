@@ -283,8 +283,14 @@ func (in *inspector) nameFindings(pathIn, name string) error {
 	}
 	if len(in.pol.BannedNames) > 0 {
 		base := strings.ToLower(baseName(name))
+		// Also as Windows saves it: "report.one." is a .one.
+		saved := strings.TrimRight(base, ". \t")
 		for _, pat := range in.pol.BannedNames {
-			if ok, _ := path.Match(pat, base); ok {
+			ok, _ := path.Match(pat, base)
+			if !ok && saved != base {
+				ok, _ = path.Match(pat, saved)
+			}
+			if ok {
 				if err := in.found(BannedName, pathIn, fmt.Sprintf("its name matches the banned pattern %+q", pat)); err != nil {
 					return err
 				}

@@ -172,3 +172,51 @@ func TestForgedHeaderCounted(t *testing.T) {
 		t.Errorf("forged %d in an attached message", v.Forged)
 	}
 }
+
+func TestNameEvasions(t *testing.T) {
+	js := []byte("var s=new ActiveXObject('WScript.Shell');s.Run('calc');\r\n")
+	named := func(name string) string {
+		return attachtest.Message(from, to, "x", attachtest.Part{Name: name, Data: attachtest.PDF()})
+	}
+	onlyNames := attach.DefaultPolicy()
+	onlyNames.Banned = map[attach.Class]bool{attach.DeceptiveName: true}
+	oneNote := attach.DefaultPolicy()
+	oneNote.BannedNames = []string{"*.one"}
+	cases := []evasion{
+		// Names in one alphabet, or with Greek letters that look like
+		// no Latin one, are ordinary names.
+		{name: "Greek", msg: named("Τιμολόγιο Μαρτίου.pdf"), action: attach.Pass},
+		{name: "Greek mu next to Latin", msg: named("Filter_10μm.pdf"), action: attach.Pass},
+		{name: "Greek omega next to Latin", msg: named("Widerstand 4,7kΩ.pdf"), action: attach.Pass},
+		{name: "Greek delta next to Latin", msg: named("ΔT-Messung.pdf"), action: attach.Pass},
+		{name: "Hebrew", msg: named("חשבונית.pdf"), action: attach.Pass},
+		{name: "Arabic", msg: named("فاتورة.pdf"), action: attach.Pass},
+		{name: "Chinese", msg: named("发票.pdf"), action: attach.Pass},
+		{name: "Turkish", msg: named("Fatura_İstanbul_ığüşöç.pdf"), action: attach.Pass},
+		// Greek and Cyrillic look-alikes mixed into a Latin word still are.
+		{name: "Greek omicron in a Latin word", msg: named("Invοice.pdf"), action: attach.Reject, class: attach.DeceptiveName, file: "Invοice.pdf"},
+		{name: "Cyrillic o in a Latin word", msg: named("Invоice.pdf"), action: attach.Reject, class: attach.DeceptiveName, file: "Invоice.pdf"},
+		// A trailing dot or space that hides nothing.
+		{name: "trailing dot on a PDF", msg: named("Rechnung.pdf."), action: attach.Pass},
+		{name: "trailing space on a PDF", msg: named("Rechnung.pdf "), action: attach.Pass},
+		{name: "trailing dot on a program", msg: named("Rechnung.exe."), action: attach.Reject, class: attach.DeceptiveName, file: "Rechnung.exe."},
+		{name: "trailing dot on a script, names only", msg: named("Rechnung.js. ."), pol: onlyNames, action: attach.Reject, class: attach.DeceptiveName, file: "Rechnung.js. ."},
+		{name: "trailing dot on a banned name", msg: named("Notizen.one."), pol: oneNote, action: attach.Reject, class: attach.BannedName, file: "Notizen.one."},
+		// Names in a charset nobody knows: the extension is ASCII.
+		{name: "unknown charset, RFC 2231", msg: rawMsg("Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename*=x-unknown''invoice.js\r\n\r\n" + string(js)),
+			action: attach.Reject, class: attach.Script, file: "invoice.js"},
+		{name: "unknown charset, RFC 2047", msg: rawMsg("Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"=?x-unknown?Q?invoice.js?=\"\r\n\r\n" + string(js)),
+			action: attach.Reject, class: attach.Script, file: "invoice.js"},
+		{name: "unknown charset, RFC 2047 unquoted", msg: rawMsg("Content-Type: application/octet-stream; name==?x-unknown?Q?invoice.js?=\r\n\r\n" + string(js)),
+			action: attach.Reject, class: attach.Script, file: "invoice.js"},
+		{name: "RFC 2231 continuation, Latin-1", msg: rawMsg("Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename*0*=iso-8859-1''R%E9sum%E9; filename*1=\".js\"\r\n\r\n" + string(js)),
+			action: attach.Reject, class: attach.Script, file: "Résumé.js"},
+		// Extensions Windows runs or installs.
+		{name: "Python", msg: named("deploy.py"), action: attach.Reject, class: attach.Script, file: "deploy.py"},
+		{name: "Windows update package", msg: named("setup.msu"), action: attach.Reject, class: attach.Installer, file: "setup.msu"},
+		{name: "App installer", msg: named("x.appinstaller"), action: attach.Reject, class: attach.Installer, file: "x.appinstaller"},
+		{name: "Access database", msg: named("daten.accde"), action: attach.Reject, class: attach.OfficeMacro, file: "daten.accde"},
+		{name: "not in Content-Description", msg: rawMsg("Content-Type: application/octet-stream\r\nContent-Description: setup.js\r\n\r\n" + string(attachtest.PDF())), action: attach.Pass},
+	}
+	runEvasions(t, cases)
+}
