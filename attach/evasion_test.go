@@ -1,8 +1,13 @@
 package attach_test
 
 import (
+	"archive/tar"
+	"archive/zip"
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
 	"mime/quotedprintable"
 	"regexp"
 	"strconv"
@@ -219,4 +224,107 @@ func TestNameEvasions(t *testing.T) {
 		{name: "not in Content-Description", msg: rawMsg("Content-Type: application/octet-stream\r\nContent-Description: setup.js\r\n\r\n" + string(attachtest.PDF())), action: attach.Pass},
 	}
 	runEvasions(t, cases)
+}
+
+// upathZip is a ZIP whose entry is called name in its headers and uname
+// in an Info-ZIP Unicode Path extra field (0x7075), which 7-Zip and
+// libarchive extract under.
+func upathZip(t *testing.T, name, uname string, data []byte) []byte {
+	var b bytes.Buffer
+	w := zip.NewWriter(&b)
+	ex := []byte{0x75, 0x70, 0, 0, 1}
+	ex = binary.LittleEndian.AppendUint32(ex, crc32.ChecksumIEEE([]byte(name)))
+	ex = append(ex, uname...)
+	binary.LittleEndian.PutUint16(ex[2:], uint16(len(ex)-4))
+	f, err := w.CreateHeader(&zip.FileHeader{Name: name, Method: zip.Deflate, Extra: ex})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(data)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// v7Tar is a tar file in the old V7 format (no "ustar" mark), as
+// archive/tar writes no such file: a USTAR file with the mark removed.
+func v7Tar(t *testing.T, name string, data []byte) []byte {
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(data)), Format: tar.FormatUSTAR}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Write(data)
+	tw.Close()
+	h := b.Bytes()[:512]
+	clear(h[257:265]) // magic and version
+	clear(h[265:345]) // user and group names, USTAR only
+	clear(h[345:500]) // prefix
+	copy(h[148:156], "        ")
+	sum := 0
+	for _, c := range h {
+		sum += int(c)
+	}
+	copy(h[148:156], fmt.Sprintf("%06o\x00 ", sum))
+	if hdr, err := tar.NewReader(bytes.NewReader(b.Bytes())).Next(); err != nil || hdr.Name != name || bytes.Contains(h, []byte("ustar")) {
+		t.Fatalf("not a V7 tar: %v %v", hdr, err)
+	}
+	return b.Bytes()
+}
+
+func TestArchiveEvasions(t *testing.T) {
+	pe := attachtest.PE()
+	js := []byte("var s=new ActiveXObject('WScript.Shell');s.Run('calc');\r\n")
+	zipPE := attachtest.Zip(t, map[string][]byte{"Rechnung.exe": pe})
+	junk := append(append([]byte("%PDF-1.4\n% junk junk\n"), make([]byte, 100)...), zipPE...)
+
+	// A directory name with "\" in the local header: one name.
+	bs := goZip(t, map[string][]byte{"docs/a.pdf": attachtest.PDF()})
+	copy(bs[bytes.Index(bs, []byte("docs/a.pdf")):], `docs\a.pdf`)
+
+	// An entry whose data breaks off after the program's first bytes.
+	var cut bytes.Buffer
+	zw := zip.NewWriter(&cut)
+	f, _ := zw.CreateHeader(&zip.FileHeader{Name: "Rechnung.pdf", Method: zip.Deflate})
+	noise := make([]byte, 200000)
+	for i := range noise {
+		noise[i] = byte(i*7919 ^ i>>3)
+	}
+	f.Write(append(append([]byte{}, pe...), noise...))
+	zw.Close()
+	broken := cut.Bytes()
+	at := bytes.Index(broken, []byte("Rechnung.pdf")) + len("Rechnung.pdf")
+	for j := at + 400; j < at+500; j++ {
+		broken[j] ^= 0xff
+	}
+
+	runEvasions(t, []evasion{
+		{name: "unicode path extra field", msg: one("a.zip", upathZip(t, "invoice.txt", "invoice.js", js)),
+			action: attach.Reject, class: attach.Script, file: "a.zip", path: "invoice.js"},
+		{name: "unicode path extra field, same name", msg: one("a.zip", upathZip(t, "Übersicht.txt", "Übersicht.txt", []byte("hallo"))),
+			action: attach.Pass},
+		{name: "V7 tar", msg: one("a.tar", v7Tar(t, "invoice.js", js)),
+			action: attach.Reject, class: attach.Script, file: "a.tar", path: "invoice.js"},
+		{name: "V7 tar of a PDF", msg: one("a.tar", v7Tar(t, "Rechnung.pdf", attachtest.PDF())),
+			action: attach.Pass},
+		{name: "prefixed ZIP", msg: one("invoice.zip", junk),
+			action: attach.Reject, class: attach.Executable, file: "invoice.zip", path: "Rechnung.exe"},
+		{name: "named .zip, no ZIP at all", msg: one("invoice.zip", attachtest.PDF()),
+			action: attach.Pass},
+		{name: "backslash in the local header", msg: one("a.zip", bs),
+			action: attach.Pass},
+		{name: "entry broken after its first bytes", msg: one("a.zip", broken),
+			action: attach.Reject, class: attach.Executable, file: "a.zip", path: "Rechnung.pdf"},
+		// "#!" makes a script only of a file without an extension:
+		// desktops open the others by their extension.
+		{name: "shebang without a name", msg: rawMsg("Content-Type: application/octet-stream\r\nContent-Disposition: attachment\r\n\r\n#!/bin/sh\r\nrm -rf ~\r\n"),
+			action: attach.Reject, class: attach.Script},
+		{name: "shebang named without an extension", msg: one("install", []byte("#!/bin/sh\nrm -rf ~\n")),
+			action: attach.Reject, class: attach.Script, file: "install"},
+		{name: "shebang in a .txt", msg: one("notes.txt", []byte("#!/usr/bin/env python3\nprint(1)\n")),
+			action: attach.Pass},
+		{name: "shebang in a .txt in a ZIP", msg: one("a.zip", attachtest.Zip(t, map[string][]byte{"docs/notes.txt": []byte("#!/bin/sh\n")})),
+			action: attach.Pass},
+	})
 }
