@@ -299,7 +299,25 @@ func TestArchiveEvasions(t *testing.T) {
 		broken[j] ^= 0xff
 	}
 
+	// A ZIP declaring an entry of 4 GiB that holds five bytes.
+	var small bytes.Buffer
+	zw = zip.NewWriter(&small)
+	f, _ = zw.CreateHeader(&zip.FileHeader{Name: "a.txt", Method: zip.Store})
+	f.Write([]byte("hello"))
+	zw.Close()
+	huge := small.Bytes()
+	binary.LittleEndian.PutUint32(huge[bytes.Index(huge, []byte("PK\x01\x02"))+24:], 0xfffffff0)
+
+	// Two ZIP files one after the other: the directory is the second's,
+	// a streaming extractor reads the first's entries.
+	pdfZip := attachtest.Zip(t, map[string][]byte{"Rechnung.pdf": attachtest.PDF()})
+	concat := append(attachtest.Zip(t, map[string][]byte{"Rechnung.pdf": pe}), pdfZip...)
+
 	runEvasions(t, []evasion{
+		{name: "declared huge", msg: one("a.zip", huge),
+			action: attach.Reject, class: attach.Limit, file: "a.zip"},
+		{name: "two ZIPs one after the other", msg: one("a.zip", concat),
+			action: attach.Reject, class: attach.NameMismatch, file: "a.zip", path: "Rechnung.pdf"},
 		{name: "unicode path extra field", msg: one("a.zip", upathZip(t, "invoice.txt", "invoice.js", js)),
 			action: attach.Reject, class: attach.Script, file: "a.zip", path: "invoice.js"},
 		{name: "unicode path extra field, same name", msg: one("a.zip", upathZip(t, "Übersicht.txt", "Übersicht.txt", []byte("hallo"))),
