@@ -346,3 +346,24 @@ func TestArchiveEvasions(t *testing.T) {
 			action: attach.Pass},
 	})
 }
+
+func TestStripForged(t *testing.T) {
+	head := "Received: from x\r\n\tby y\r\nX-Securerelay-Attachment: executable;\r\n file=\"a.exe\"\r\nSubject: hi\r\n" +
+		"x-securerelay-attachment\t: none\r\n" + strings.Repeat("X-Long: "+strings.Repeat("y", 40000)+"\r\n", 2) +
+		"X-Securerelay-Attachments: not ours\r\n\r\n"
+	body := "X-Securerelay-Attachment: in the body, kept\r\n"
+	var out strings.Builder
+	n, err := attach.StripForged(&out, strings.NewReader(head+body))
+	if err != nil || n != 2 {
+		t.Fatalf("removed %d, %v", n, err)
+	}
+	want := "Received: from x\r\n\tby y\r\nSubject: hi\r\n" + strings.Repeat("X-Long: "+strings.Repeat("y", 40000)+"\r\n", 2) +
+		"X-Securerelay-Attachments: not ours\r\n\r\n" + body
+	if out.String() != want {
+		t.Errorf("got\n%.300q\nwant\n%.300q", out.String(), want)
+	}
+	// What Inspect counts, StripForged removes.
+	if v := inspect(t, head+body, nil); v.Forged != n {
+		t.Errorf("Inspect counts %d, StripForged removes %d", v.Forged, n)
+	}
+}
