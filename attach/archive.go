@@ -243,11 +243,27 @@ func (in *inspector) content(pathIn string, r io.Reader, depth int) error {
 
 // isTar: the first bytes are a tar header with a valid checksum.
 func isTar(head []byte) bool {
-	if len(head) < 512 {
+	if len(head) < 512 || !octalField(head[148:156]) {
 		return false
 	}
 	_, err := tar.NewReader(bytes.NewReader(head)).Next()
 	return err == nil || err == io.ErrUnexpectedEOF
+}
+
+// octalField: a tar header's number field (octal digits, blanks, NULs),
+// a cheap look before archive/tar is asked, for the many files that
+// are no tar file.
+func octalField(f []byte) bool {
+	digits := 0
+	for _, c := range f {
+		switch {
+		case c >= '0' && c <= '7':
+			digits++
+		case c != ' ' && c != 0:
+			return false
+		}
+	}
+	return digits > 0
 }
 
 // prefixedZip opens a file named .zip whose ZIP directory is behind
