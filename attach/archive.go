@@ -159,16 +159,41 @@ func (in *inspector) content(pathIn string, r io.Reader, depth int) error {
 	head := in.head(depth)
 	n, err := io.ReadFull(r, head)
 	head = head[:n]
-	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
-		return in.readErr(pathIn, err)
-	}
+	damaged := err != nil && err != io.EOF && err != io.ErrUnexpectedEOF
 	s := sniff(head)
+	name := baseName(pathIn)
+	if pathIn == "" {
+		name = baseName(in.file)
+	}
+	if s.shebang && extension(strings.TrimRight(name, ". ")) != "" {
+		// Windows, macOS and Linux desktops open a file with an
+		// extension by its extension, which the name check judges; a
+		// "#!" line makes a script only of a file without one.
+		s.class = ""
+	}
 	if s.class != "" {
+		// Also when the file breaks off after its first bytes: an
+		// extraction tool keeps what it could read.
 		if err := in.found(s.class, pathIn, "it is "+s.what); err != nil {
 			return err
 		}
 	}
+	if damaged {
+		return in.readErr(pathIn, err)
+	}
+	if s.kind == kindPlain && s.class == "" && isTar(head) {
+		// A tar file without the ustar mark (the old V7 format),
+		// which 7-Zip and Windows open as well.
+		s.kind = kindTar
+	}
 	rest := io.MultiReader(bytes.NewReader(head), r)
+	if s.kind == kindPlain && s.class == "" && strings.EqualFold(extension(name), "zip") {
+		// Named .zip but not starting like one: a ZIP file behind
+		// other data (a self-extractor's stub, junk, another file),
+		// which 7-Zip, WinRAR and Windows open by the directory at
+		// its end.
+		return in.prefixedZip(rest, pathIn, depth)
+	}
 	switch s.kind {
 	case kindZip:
 		if err := in.deeper(pathIn, depth); err != nil {
@@ -214,6 +239,48 @@ func (in *inspector) content(pathIn string, r io.Reader, depth int) error {
 		return in.found(Unopened, pathIn, "it is "+s.unopen+", a format this server recognises but does not open, so its content cannot be checked")
 	}
 	return nil
+}
+
+// isTar: the first bytes are a tar header with a valid checksum.
+func isTar(head []byte) bool {
+	if len(head) < 512 || !octalField(head[148:156]) {
+		return false
+	}
+	_, err := tar.NewReader(bytes.NewReader(head)).Next()
+	return err == nil || err == io.ErrUnexpectedEOF
+}
+
+// octalField: a tar header's number field (octal digits, blanks, NULs),
+// a cheap look before archive/tar is asked, for the many files that
+// are no tar file.
+func octalField(f []byte) bool {
+	digits := 0
+	for _, c := range f {
+		switch {
+		case c >= '0' && c <= '7':
+			digits++
+		case c != ' ' && c != 0:
+			return false
+		}
+	}
+	return digits > 0
+}
+
+// prefixedZip opens a file named .zip whose ZIP directory is behind
+// other data; a file that is no ZIP at all passes (no tool opens it).
+func (in *inspector) prefixedZip(rest io.Reader, pathIn string, depth int) error {
+	sp, err := spill(rest, in.lim.TempDir)
+	if err != nil {
+		return in.readErr(pathIn, err)
+	}
+	defer sp.Close()
+	if zr, err := zip.NewReader(sp, sp.size); (err != nil && !errors.Is(err, zip.ErrInsecurePath)) || len(zr.File) == 0 {
+		return nil
+	}
+	if err := in.deeper(pathIn, depth); err != nil {
+		return err
+	}
+	return in.walkZip(sp, pathIn, depth+1)
 }
 
 // walkCompressed opens a gzip or bzip2 stream: one file, whose name is
@@ -369,6 +436,25 @@ func (in *inspector) localHeaders(ra io.ReaderAt, size int64, cdSize map[int64]i
 	return out
 }
 
+func slashes(name string) string { return strings.ReplaceAll(name, `\`, "/") }
+
+// unicodePath is the name in an Info-ZIP Unicode Path extra field
+// (0x7075: version, CRC-32 of the header's name, the UTF-8 name), "" if
+// none.
+func unicodePath(extra []byte) string {
+	for len(extra) >= 4 {
+		id, n := binary.LittleEndian.Uint16(extra), int(binary.LittleEndian.Uint16(extra[2:]))
+		if n > len(extra)-4 {
+			break
+		}
+		if id == 0x7075 && n > 5 {
+			return string(extra[4+5 : 4+n])
+		}
+		extra = extra[4+n:]
+	}
+	return ""
+}
+
 // zip64Size is the compressed size from a local header's ZIP64 extra
 // field, -1 if none.
 func zip64Size(extra []byte) int64 {
@@ -481,13 +567,27 @@ func (in *inspector) walkZip(sp *spilled, pathIn string, depth int) error {
 		if off, ok := dataOff[f]; ok {
 			if le, ok := byOff[off]; ok {
 				seen[off] = true
-				if le.name != f.Name {
+				// Some Windows tools write "\\" in one header and
+				// "/" in the other: one name.
+				if slashes(le.name) != slashes(f.Name) {
 					if err := in.found(NameMismatch, p, fmt.Sprintf("it is named %+q in the ZIP file's directory but %+q in its local header; extraction tools differ in which name they use", f.Name, le.name)); err != nil {
 						return err
 					}
 					if err := in.nameFindings(join(pathIn, le.name), le.name); err != nil {
 						return err
 					}
+				}
+			}
+		}
+		if u := unicodePath(f.Extra); u != "" && slashes(u) != slashes(f.Name) {
+			// 7-Zip and libarchive (Windows 11) extract under this
+			// name, Explorer and archive/zip show the other.
+			if err := in.nameFindings(join(pathIn, u), u); err != nil {
+				return err
+			}
+			if !sameExtension(u, f.Name) {
+				if err := in.found(NameMismatch, p, fmt.Sprintf("it is named %+q in the ZIP file's directory but %+q in its Unicode path field; extraction tools differ in which name they use", f.Name, u)); err != nil {
+					return err
 				}
 			}
 		}

@@ -172,7 +172,14 @@ type Verdict struct {
 	// looked at; Bytes: bytes decompressed from archives.
 	Files, Entries int
 	Bytes          int64
+	// Forged counts the HeaderField fields the message came with: a
+	// sender may write one, and only ours may reach the recipient.
+	Forged int
 }
+
+// HeaderField is the header field an Accept verdict adds, one per
+// finding.
+const HeaderField = "X-Securerelay-Attachment"
 
 const maxFindings = 32
 
@@ -194,6 +201,7 @@ type inspector struct {
 	// declared is the sum of declared sizes of the entries seen.
 	declared int64
 	heads    [][]byte
+	timedOut bool
 }
 
 // Inspect walks the message in r (header and body, as spooled) and
@@ -215,7 +223,12 @@ func Inspect(ctx context.Context, r io.Reader, lim Limits, pol *Policy) (Verdict
 	switch {
 	case err == nil, errors.Is(err, errStop), errors.Is(err, errLimit):
 	case ctx.Err() != nil:
-		in.limit("", fmt.Sprintf("checking the attachments took longer than %s", lim.Timeout))
+		// Time depends on the server's load as much as on the
+		// message: a refusal would be permanent for a message that
+		// may pass when the server is idle, so the time limit defers
+		// at most (451); a bomb is caught by the other limits.
+		in.timedOut = true
+		in.limit("", fmt.Sprintf("checking the attachments took longer than %s; try again later", lim.Timeout))
 	default:
 		return in.v, err
 	}
@@ -229,6 +242,9 @@ func (in *inspector) found(c Class, pathIn, reason string) error {
 	a := in.pol.action(c)
 	if a == Pass {
 		return nil
+	}
+	if in.timedOut && a == Reject {
+		a = Tempfail
 	}
 	f := Finding{Class: c, File: in.file, Path: pathIn, Reason: reason, Action: a}
 	for _, o := range in.v.Findings {
@@ -267,8 +283,14 @@ func (in *inspector) nameFindings(pathIn, name string) error {
 	}
 	if len(in.pol.BannedNames) > 0 {
 		base := strings.ToLower(baseName(name))
+		// Also as Windows saves it: "report.one." is a .one.
+		saved := strings.TrimRight(base, ". \t")
 		for _, pat := range in.pol.BannedNames {
-			if ok, _ := path.Match(pat, base); ok {
+			ok, _ := path.Match(pat, base)
+			if !ok && saved != base {
+				ok, _ = path.Match(pat, saved)
+			}
+			if ok {
 				if err := in.found(BannedName, pathIn, fmt.Sprintf("its name matches the banned pattern %+q", pat)); err != nil {
 					return err
 				}

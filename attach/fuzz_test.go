@@ -49,6 +49,7 @@ func FuzzInspectMessage(f *testing.F) {
 		attachtest.Message(from, to, "s", attachtest.Part{Header: "Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename*0*=iso-8859-1''R%E9; filename*1*=sum%E9.js\r\n", Data: pdf}),
 		attachtest.Message(from, to, "s", attachtest.Part{Header: "Content-Type: text/plain; name=\"=?UTF-8?Q?a=2Eexe?=\"\r\n", Data: pdf}),
 		"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: message/rfc822\r\n\r\nContent-Type: multipart/mixed; boundary=y\r\n\r\n--y\r\nContent-Disposition: attachment; filename=a.js\r\n\r\nx\r\n--y--\r\n--x--\r\n",
+		"X-Securerelay-Attachment: x\r\nbad line\r\n x-securerelay-attachment: y\r\nX-SECURERELAY-ATTACHMENT : z\r\n\r\n",
 		"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: application/pdf; name=\"a.pdf\"; name=\"b.exe\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nMZ=00=00\r\n--x",
 	} {
 		f.Add([]byte(seed))
@@ -57,6 +58,11 @@ func FuzzInspectMessage(f *testing.F) {
 		lim := fuzzLimits(t)
 		v, err := inspectWatched(bytes.NewReader(msg), lim)
 		checkVerdict(t, v, err, lim)
+		// Every sender-written field counted is one the inbound role
+		// can remove.
+		if n, err := attach.StripForged(io.Discard, bytes.NewReader(msg)); err != nil || v.Forged > n {
+			t.Fatalf("Inspect counts %d forged fields, StripForged removes %d (%v)", v.Forged, n, err)
+		}
 	})
 }
 

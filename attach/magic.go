@@ -31,6 +31,8 @@ type sniffed struct {
 	class  Class  // a class by content, "" if none
 	what   string // in words: "a Windows program (PE)", "a 7-Zip archive"
 	unopen string // for kindUnopened: the format
+	// shebang: a script by its "#!" line only.
+	shebang bool
 }
 
 var lnkHeader = []byte{0x4c, 0, 0, 0, 0x01, 0x14, 0x02, 0, 0, 0, 0, 0, 0xc0, 0, 0, 0, 0, 0, 0, 0x46}
@@ -60,7 +62,7 @@ func sniff(head []byte) sniffed {
 		}
 		return sniffed{class: Executable, what: "a Java program (class file)"}
 	case at(head, 0, "#!"):
-		return sniffed{class: Script, what: "a script (#!)"}
+		return sniffed{class: Script, what: "a script (#!)", shebang: true}
 	case bytes.HasPrefix(head, lnkHeader):
 		return sniffed{class: Shortcut, what: "a Windows shortcut (.lnk)"}
 	case at(head, 0, "\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):

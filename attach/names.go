@@ -10,6 +10,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"golang.org/x/text/encoding/charmap"
 	"golang.org/x/text/encoding/htmlindex"
 )
 
@@ -21,11 +22,11 @@ var byExtension = map[string]Class{}
 func init() {
 	for cls, list := range map[Class]string{
 		Executable:  "exe dll scr com pif cpl sys drv ocx msc gadget jar class xll xbap efi",
-		Script:      "js jse vbs vbe vb wsf wsh wsc ws ps1 ps1xml ps2 ps2xml psc1 psc2 psm1 psd1 msh msh1 msh2 mshxml hta bat cmd sct reg inf chm jnlp sh bash ksh csh settingcontent-ms",
-		Shortcut:    "lnk url scf appref-ms search-ms searchconnector-ms library-ms",
-		Installer:   "msi msp mst msix msixbundle appx appxbundle application",
+		Script:      "js jse vbs vbe vb wsf wsh wsc ws ps1 ps1xml ps2 ps2xml psc1 psc2 psm1 psd1 msh msh1 msh2 mshxml hta bat cmd sct reg inf chm jnlp sh bash ksh csh settingcontent-ms py pyw pyz pyzw shb shs wsb",
+		Shortcut:    "lnk url scf appref-ms search-ms searchconnector-ms library-ms website",
+		Installer:   "msi msp mst msix msixbundle appx appxbundle application msu appinstaller diagcab",
 		DiskImage:   "iso img vhd vhdx udf dmg",
-		OfficeMacro: "docm dotm xlsm xltm xlam pptm potm ppam ppsm sldm",
+		OfficeMacro: "docm dotm xlsm xltm xlam pptm potm ppam ppsm sldm accde mde ade adp",
 	} {
 		for _, e := range strings.Fields(list) {
 			byExtension[e] = cls
@@ -112,6 +113,11 @@ func fakeExtension(name string) (rune, string) {
 	return 0, ""
 }
 
+// greekLookalikes are the Greek letters shown like Latin ones. The
+// others are no disguise, and engineers write them next to Latin
+// letters in ordinary names ("Filter 10μm", "4,7kΩ", "ΔT-Messung").
+const greekLookalikes = "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧϹͿαγικνορυχϲϳ"
+
 // scriptOf names the alphabets whose letters look like Latin ones.
 func scriptOf(r rune) string {
 	switch {
@@ -119,7 +125,7 @@ func scriptOf(r rune) string {
 		return "Latin"
 	case unicode.In(r, unicode.Cyrillic):
 		return "Cyrillic"
-	case unicode.In(r, unicode.Greek):
+	case unicode.In(r, unicode.Greek) && strings.ContainsRune(greekLookalikes, r):
 		return "Greek"
 	case unicode.In(r, unicode.Armenian):
 		return "Armenian"
@@ -195,11 +201,15 @@ func classifyName(name string) []nameFinding {
 		out = append(out, nameFinding{DeceptiveName, fmt.Sprintf("its name mixes look-alike letters (%s and %s) in one word", a, b)})
 	}
 	trimmed := strings.TrimRight(real, ". \t")
-	if trimmed != real && trimmed != "" {
+	ext := strings.ToLower(strings.TrimSpace(extension(trimmed)))
+	cls, dangerous := byExtension[ext]
+	if trimmed != real && trimmed != "" && dangerous {
+		// Only where it hides a class: "Rechnung.pdf " is saved as
+		// the PDF it is (banned_names are matched without the dots
+		// and spaces too).
 		out = append(out, nameFinding{DeceptiveName, "its name ends in a dot or a space, which Windows removes (the file really is " + extOf(trimmed) + ")"})
 	}
-	ext := strings.ToLower(strings.TrimSpace(extension(trimmed)))
-	if cls, ok := byExtension[ext]; ok {
+	if dangerous {
 		stem := strings.TrimSpace(trimmed[:strings.LastIndexByte(trimmed, '.')])
 		prev := strings.ToLower(strings.TrimSpace(extension(stem)))
 		if decoys[prev] && cls != OfficeMacro && cls != DiskImage {
@@ -235,11 +245,14 @@ func sameExtension(a, b string) bool {
 }
 
 // charsetReader converts the charsets that names arrive in (names are
-// short: the whole name is converted at once).
+// short: the whole name is converted at once). An unknown charset is
+// read as Latin-1: mail programs still show such a name, and what
+// matters in it, the extension, is ASCII (a name dropped for its
+// charset would be a name no check sees).
 func charsetReader(cs string, r io.Reader) (io.Reader, error) {
 	enc, err := htmlindex.Get(cs)
 	if err != nil {
-		return nil, fmt.Errorf("unknown charset %q", cs)
+		enc = charmap.ISO8859_1
 	}
 	return enc.NewDecoder().Reader(r), nil
 }

@@ -278,7 +278,10 @@ type Attachments struct {
 	// MaxRatio: an archive entry over 1 MiB expanding more than this many
 	// times its compressed size. Default 200.
 	MaxRatio int `yaml:"max_ratio"`
-	// Timeout for checking one message. Default 30s.
+	// Timeout for checking one message. Default 30s. Running out of
+	// time defers the message (451 4.7.1) even where limits says
+	// reject: the time depends on the server's load, not only on the
+	// message.
 	Timeout Duration `yaml:"timeout"`
 	// Policies by name; domains pick one with attachment_policy. A
 	// "default" policy exists even when not written.
@@ -304,9 +307,12 @@ type AttachmentPolicy struct {
 	// checked. Default reject.
 	Encrypted string `yaml:"encrypted"`
 	// Unopened: an archive recognised but not opened (7z, RAR, CAB, …)
-	// or damaged. Default reject.
+	// or damaged, or a MIME part mail programs read in different ways
+	// (a damaged part header, two differing encodings or types).
+	// Default reject.
 	Unopened string `yaml:"unopened"`
-	// Limits: a limit above was exceeded (a zip bomb). Default reject.
+	// Limits: a limit above was exceeded (a zip bomb). Default reject;
+	// for the time limit, reject means tempfail.
 	Limits string `yaml:"limits"`
 }
 

@@ -79,3 +79,37 @@ func TestAttachmentStage(t *testing.T) {
 		t.Errorf("ordinary: %v %q", err, msg.AddHeader)
 	}
 }
+
+// A sender's own X-Securerelay-Attachment fields are removed: only the
+// relay's may reach the recipient, whom they tell what was found.
+func TestAttachmentForgedHeader(t *testing.T) {
+	r := attachRole(t)
+	forged := "X-Securerelay-Attachment: none; policy=default\r\n" +
+		attachtest.Message("a@sender.example", "x@b.test", "x", attachtest.Part{Name: "Bewerbung.zip",
+			Data: attachtest.Zip(t, map[string][]byte{"Bewerbung.exe": attachtest.PE()})})
+	for _, c := range []struct{ rcpt, ours string }{{"x@a.test", ""}, {"z@b.test", "X-Securerelay-Attachment: executable;"}} {
+		st := &smtpd.State{}
+		if _, err := r.Rcpt(st, c.rcpt, nil); err != nil {
+			t.Fatal(err)
+		}
+		msg := message(forged)
+		if c.ours == "" {
+			// Refused messages reach nobody; check a clean one.
+			msg = message("X-Securerelay-Attachment: executable\r\nSubject: hi\r\n\r\nhello\r\n")
+		}
+		if err := r.Data(st, msg); err != nil {
+			t.Fatalf("%s: %v", c.rcpt, err)
+		}
+		if msg.Rewrite == nil || !strings.HasPrefix(msg.AddHeader, c.ours) {
+			t.Fatalf("%s: rewrite %v, header %q", c.rcpt, msg.Rewrite != nil, msg.AddHeader)
+		}
+		var out strings.Builder
+		src, _ := msg.Open()
+		if err := msg.Rewrite(&out, src); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(strings.ToLower(out.String()), "x-securerelay-attachment") || !strings.Contains(out.String(), "\r\n\r\n") {
+			t.Errorf("%s: the sender's field reaches the recipient:\n%.400s", c.rcpt, out.String())
+		}
+	}
+}

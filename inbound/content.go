@@ -176,12 +176,20 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout())
 	defer cancel()
+	// forged: the sender wrote X-Securerelay-Attachment fields, which
+	// must not reach the recipient looking like ours.
+	forged := false
 	if c.Attachments != nil {
-		if err := r.attachments(ctx, st, msg, c.Attachments, t.attach); err != nil {
+		f, err := r.attachments(ctx, st, msg, c.Attachments, t.attach)
+		if err != nil {
 			return err
 		}
+		forged = f
 	}
 	if c.Auth == nil && !c.scans(policy) {
+		if forged {
+			msg.Rewrite = stripAttachmentFields
+		}
 		return nil
 	}
 	var rewrites []func(io.Writer, io.Reader) error
@@ -284,16 +292,25 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 			return err
 		})
 	}
+	if forged {
+		rewrites = append(rewrites, stripAttachmentFields)
+	}
 	if len(rewrites) > 0 {
 		msg.Rewrite = chain(rewrites)
 	}
 	return nil
 }
 
+func stripAttachmentFields(w io.Writer, r io.Reader) error {
+	_, err := attach.StripForged(w, r)
+	return err
+}
+
 // attachments runs the attachment policy of the transaction on the
 // spooled message: a refusal is a reply naming the file, an accepted
-// finding a header for the recipient's admin.
-func (r *Role) attachments(ctx context.Context, st *smtpd.State, msg *smtpd.Message, a *Attachments, name string) error {
+// finding a header for the recipient's admin. forged: the message came
+// with X-Securerelay-Attachment fields of its own, to be removed.
+func (r *Role) attachments(ctx context.Context, st *smtpd.State, msg *smtpd.Message, a *Attachments, name string) (forged bool, err error) {
 	if name == "" {
 		name = "default"
 	}
@@ -303,17 +320,17 @@ func (r *Role) attachments(ctx context.Context, st *smtpd.State, msg *smtpd.Mess
 	}
 	src, err := msg.Open()
 	if err != nil {
-		return r.contentFailed(msg, "reading the spooled message", err)
+		return false, r.contentFailed(msg, "reading the spooled message", err)
 	}
 	v, err := attach.Inspect(ctx, src, a.Limits, pol)
 	closeReader(src)
 	if err != nil {
-		return r.contentFailed(msg, "attachment check", err)
+		return false, r.contentFailed(msg, "attachment check", err)
 	}
 	f := v.Finding
 	switch v.Action {
 	case attach.Pass:
-		return nil
+		return v.Forged > 0, nil
 	case attach.Accept:
 		log := r.log
 		if st != nil && st.Log != nil {
@@ -329,15 +346,15 @@ func (r *Role) attachments(ctx context.Context, st *smtpd.State, msg *smtpd.Mess
 					"action", f.Action, "policy", pol.Name, "reason", f.Reason, "queue_id", msg.QueueID)
 			}
 		}
-		return nil
+		return v.Forged > 0, nil
 	}
 	r.count.inc("attachment_" + string(f.Class))
 	r.refused(st, "attachment", "class", string(f.Class), "file", f.File, "path", f.Path, "action", v.Action,
 		"policy", pol.Name, "reason", f.Reason, "queue_id", msg.QueueID)
 	if v.Action == attach.Tempfail {
-		return smtputil.AttachmentTempFail(f.Where(), f.Reason)
+		return false, smtputil.AttachmentTempFail(f.Where(), f.Reason)
 	}
-	return smtputil.AttachmentRefused(f.Where(), f.Reason)
+	return false, smtputil.AttachmentRefused(f.Where(), f.Reason)
 }
 
 // maxAttachmentHeaders bounds the header lines one message gets.
