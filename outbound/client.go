@@ -330,18 +330,23 @@ func (s *smtpClient) cmd(code int, line string) error {
 	return err
 }
 func (s *smtpClient) data(r io.Reader, _ []string) ([]error, error) {
-	s.deadline()
-	w, err := s.c.Data()
-	if err != nil {
+	// As net/smtp's Data, but with smtputil's dot-stuffing writer, which
+	// writes whole runs where textproto's goes byte by byte.
+	if err := s.cmd(354, "DATA"); err != nil {
 		return nil, err
 	}
 	// The whole transfer plus the final reply: RFC 5321 §4.5.3.2.6 allows
 	// the server 10 minutes after the dot.
 	s.conn.SetDeadline(time.Now().Add(s.timeout + 10*time.Minute))
+	w := smtputil.NewDotWriter(s.c.Text.W)
 	if _, err := io.Copy(w, r); err != nil {
 		return nil, err
 	}
-	return nil, w.Close()
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	_, _, err := s.c.Text.ReadResponse(250)
+	return nil, err
 }
 func (s *smtpClient) reset() error { s.deadline(); return s.c.Reset() }
 func (s *smtpClient) quit() {
