@@ -17,6 +17,7 @@ const (
 	DefaultLogFormat                    = "text"
 	DefaultLogLevel                     = "info"
 	DefaultDNSTimeout                   = Duration(5 * time.Second)
+	DefaultDNSCacheSize                 = 10000
 	DefaultMaxConnectionsPerDestination = 20
 	DefaultConnectTimeout               = Duration(30 * time.Second)
 	DefaultOutboundCommandTimeout       = Duration(5 * time.Minute)
@@ -154,6 +155,9 @@ func (l *loader) applyDefaults(c *Config) {
 	}
 	if c.DNS.Timeout == 0 {
 		c.DNS.Timeout = DefaultDNSTimeout
+	}
+	if !l.idx.has("dns.cache_size") {
+		c.DNS.CacheSize = DefaultDNSCacheSize
 	}
 
 	c.Limits.inherit(defaultLimits, func(key string) bool { return l.idx.has("limits." + key) })

@@ -127,7 +127,7 @@ outbound:
 		StateDir:   "/srv/relay/var",
 		Postmaster: "postmaster@box.example.net",
 		Log:        Log{Format: "text", Level: "info"},
-		DNS:        DNS{Resolver: "[fe80::1%eth0]:53", Timeout: Duration(5 * time.Second)},
+		DNS:        DNS{Resolver: "[fe80::1%eth0]:53", Timeout: Duration(5 * time.Second), CacheSize: 10000},
 		Limits: Limits{
 			MaxMessageSize: 50_000_000, MaxRecipients: 100, MaxLineLength: 2000, MaxErrors: 10,
 			CommandTimeout: Duration(5 * time.Minute), DataTimeout: Duration(10 * time.Minute),
@@ -553,5 +553,11 @@ outbound:
 `)
 	if !strings.Contains(got, "test.yaml:7: outbound.users[0].name: \"otrs\" is not an address, and sender_binding is login") {
 		t.Errorf("errors:\n%s", got)
+	}
+}
+
+func TestDNSCacheZeroMeansOff(t *testing.T) {
+	if cfg := mustParse(t, minimal+"dns: {cache_size: 0}\n", "/"); cfg.DNS.CacheSize != 0 {
+		t.Errorf("cache_size: 0 must stay 0 (no cache), got %d", cfg.DNS.CacheSize)
 	}
 }

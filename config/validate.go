@@ -55,6 +55,9 @@ func (l *loader) validate(c *Config) {
 		}
 	}
 	l.positiveDuration("dns.timeout", c.DNS.Timeout, "the default, "+DefaultDNSTimeout.String())
+	if c.DNS.CacheSize < 0 {
+		l.errorf("dns.cache_size", "%d: must be 0 (no cache) or a number of answers, e.g. the default, %d", c.DNS.CacheSize, DefaultDNSCacheSize)
+	}
 
 	l.checkLimits("limits", c.Limits, nil)
 	l.checkListeners(c)

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -147,6 +148,9 @@ type Client struct {
 	// "udp" or "tcp". It exists so tests can hand the client replies no
 	// well-behaved server sends.
 	Exchange func(ctx context.Context, m *dns.Msg, network string) (*dns.Msg, error)
+
+	// Cache, when set, keeps answers for their TTL (NewCache).
+	Cache *Cache
 }
 
 // New returns a Client asking the resolver at addr (host:port).
@@ -295,6 +299,17 @@ func (c *Client) exchange(ctx context.Context, name string, qtype uint16, secure
 		return nil, false, mkErr(Invalid, errors.New("not a valid domain name"))
 	}
 
+	key := keyOf(fqdn, qtype, secure)
+	if c.Cache != nil {
+		if e, ok := c.Cache.get(key); ok {
+			if e.kind != Temporary {
+				return nil, e.ad, mkErr(e.kind, nil)
+			}
+			// A copy of the slice: callers may sort or cut theirs.
+			return slices.Clone(e.rrs), e.ad, nil
+		}
+	}
+
 	timeout := c.Timeout
 	if timeout <= 0 {
 		timeout = DefaultTimeout
@@ -325,11 +340,18 @@ func (c *Client) exchange(ctx context.Context, name string, qtype uint16, secure
 	// Only NOERROR and NXDOMAIN get here; SERVFAIL (what a validating
 	// resolver answers for bogus data) is a temporary error above.
 	ad = r.AuthenticatedData
+	if kind == Temporary && len(rrs) == 0 {
+		kind = NoData
+	}
+	if c.Cache != nil {
+		if kind != Temporary {
+			c.Cache.put(key, cacheEntry{kind: kind, ad: ad}, negativeTTL(r))
+		} else {
+			c.Cache.put(key, cacheEntry{rrs: rrs, kind: kind, ad: ad}, answerTTL(r, rrs))
+		}
+	}
 	if kind != Temporary {
 		return nil, ad, mkErr(kind, nil)
-	}
-	if len(rrs) == 0 {
-		return nil, ad, mkErr(NoData, nil)
 	}
 	return rrs, ad, nil
 }

@@ -152,6 +152,7 @@ type relay struct {
 	cfgPath  string
 	serveErr chan error
 	stsCache tlspolicy.STSCache
+	dnsCache *dnsutil.Cache // nil: dns.cache_size 0
 	// keys is the OpenPGP key directory of the encryption fallback, one
 	// for the process (its settings need a restart; keyring files are
 	// read again when they change).
@@ -188,7 +189,10 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	if cfg.DNS.Resolver == "" {
 		log.Warn("no dns.resolver configured and none found in /etc/resolv.conf: MX delivery will be deferred")
 	}
+	// One answer cache for the process: a reload keeps what it knows.
+	dnsCache := dnsutil.NewCache(cfg.DNS.CacheSize, nil)
 	res := dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D())
+	res.Cache = dnsCache
 	keys, warnings, err := loadDKIM(cfg)
 	if err != nil {
 		return err
@@ -200,7 +204,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	if cfg.Outbound.IdleConnectionTimeout != nil {
 		idle = cfg.Outbound.IdleConnectionTimeout.D()
 	}
-	r := &relay{cfg: cfg, log: log, certs: certs, cfgPath: path, serveErr: make(chan error, len(cfg.Listeners))}
+	r := &relay{cfg: cfg, log: log, certs: certs, cfgPath: path, serveErr: make(chan error, len(cfg.Listeners)), dnsCache: dnsCache}
 	r.signer = outbound.NewSigner(keys, dkimOptions(cfg), cfg.Outbound.DKIM.UseEnvelopeSender, log)
 	r.ours = outbound.NewDomainSet(ourDomains(cfg))
 	// One MTA-STS cache for the process, kept in state_dir: neither a
@@ -497,6 +501,7 @@ func (r *relay) reload() {
 		return
 	}
 	res := dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D())
+	res.Cache = r.dnsCache
 	tlsPol, err := tlsDecider(cfg, res, r.log, r.stsCache)
 	if err != nil {
 		r.log.Error("reload failed, keeping the running configuration", "error", err)

@@ -350,3 +350,34 @@ func TestPartnerNullSender(t *testing.T) {
 	}
 	r.waitLine(t, 5*time.Second, "inbound check refused", "check=plaintext_partner", "helo=mx1.partner.test", "rule=outbound.tls.policies[0]")
 }
+
+// TestDNSAnswersCached: the relay keeps DNS answers for their TTL
+// (dns.cache_size, on by default), so three messages from one sender
+// domain ask for its SPF and DMARC records once, not three times.
+func TestDNSAnswersCached(t *testing.T) {
+	dns := dnstest.NewServer(t, `
+cache.test. 300 MX 10 mail.cache.test.
+mail.cache.test. 300 A 127.0.0.1
+cache.test. 300 TXT "v=spf1 ip4:127.0.0.0/8 -all"
+_dmarc.cache.test. 300 TXT "v=DMARC1; p=none"
+`)
+	down := startTestServer(t, listenLoopback(t), serverOptions{})
+	domains := fmt.Sprintf("  example.test: {deliver_to: \"smtp://%s\"}\n", down.Addr)
+	_, mx, _ := startContentRelay(t, dns.Addr(), "  auth:\n    enabled: true\n", domains)
+	for i := range 3 {
+		mustSend(t, "--server", mx, "--from", "alice@cache.test", "--to", "bob@example.test",
+			"--header", "From: alice@cache.test", "--header", fmt.Sprintf("Subject: cached %d", i))
+	}
+	down.WaitMessages(t, 3, 30*time.Second)
+	n := map[string]int{}
+	for _, q := range dns.Queries() {
+		if strings.HasSuffix(q.Name, "cache.test") {
+			n[q.Name+" "+q.Type]++
+		}
+	}
+	for _, k := range []string{"cache.test TXT", "_dmarc.cache.test TXT"} {
+		if n[k] != 1 {
+			t.Errorf("%s asked %d times for three messages, want 1 (questions: %v)", k, n[k], n)
+		}
+	}
+}
