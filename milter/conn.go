@@ -135,7 +135,12 @@ func (c *guardConn) flush(p []byte) error {
 func (c *guardConn) Close() error {
 	ferr := c.flush(nil)
 	if c.wbuf != nil {
-		wbufPool.Put(&c.wbuf)
+		// A pointer to a variable of its own: putting &c.wbuf would hand
+		// the pool this field, which the next line sets to nil (so the
+		// pool only ever gave out nil, and the next conversation read a
+		// field this one writes).
+		b := c.wbuf[:0]
+		wbufPool.Put(&b)
 		c.wbuf = nil
 	}
 	if err := c.Conn.Close(); err != nil {

@@ -16,11 +16,14 @@
 //
 // # What it does
 //
-//   - Runs the milters one after another over the whole conversation
-//     (connect, HELO, MAIL, RCPT, DATA, header fields, end of header, body,
-//     end of message), like Postfix's cleanup server: each milter sees the
-//     header and body changes of the ones before it; the first refusal
-//     ends the check. Protocol steps and replies a milter negotiates away
+//   - Opens every milter's conversation at once and takes each through
+//     the envelope (connect, HELO, MAIL, RCPT, DATA) in parallel, as
+//     Postfix sends each envelope event to every milter; then runs the
+//     content (header fields, end of header, body, end of message) one
+//     milter after another, like Postfix's cleanup server: each milter
+//     sees the header and body changes of the ones before it; the first
+//     refusal ends the check, and the milters not reached by then get
+//     SMFIC_ABORT and QUIT (in the background), never the message. Protocol steps and replies a milter negotiates away
 //     (SMFIP_NO*, SMFIP_NR_*) are not sent or awaited; SMFIR_SKIP and
 //     SMFIR_PROGRESS are honoured.
 //   - Streams the message from the caller's open function in chunks of at

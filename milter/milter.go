@@ -286,11 +286,40 @@ func (c *Chain) Check(ctx context.Context, env *Envelope, open func() (io.Reader
 	cnt := &content{open: open}
 	defer cnt.close()
 	macros := env.macros(c.Version)
-	for _, m := range c.milters {
+	// Every milter's envelope stages at once (pending); the content one
+	// milter after another. A milter that is not reached (an earlier one
+	// refused) is closed in the background: its envelope stages cost the
+	// scanner no content check, and the reply need not wait for them.
+	// The conversations live on a context of their own, which ctx ends
+	// while Check runs; after that, the ones not reached end with ABORT
+	// and QUIT rather than a dropped connection (bounded by the milters'
+	// own time-outs).
+	bctx, bcancel := context.WithCancel(context.WithoutCancel(ctx))
+	unlink := context.AfterFunc(ctx, bcancel)
+	begun := make([]chan *pending, len(c.milters))
+	for i, m := range c.milters {
+		begun[i] = make(chan *pending, 1)
+		bag := macros.Copy()
+		go func() { begun[i] <- c.begin(bctx, m, env, bag) }()
+	}
+	next := 0
+	defer func() {
+		unlink()
+		go func(rest []chan *pending) {
+			for _, ch := range rest {
+				(<-ch).close()
+			}
+			bcancel()
+		}(begun[next:])
+	}()
+	for i, m := range c.milters {
+		p := <-begun[i]
+		next = i + 1
 		if err := ctx.Err(); err != nil {
+			p.close()
 			return nil, err
 		}
-		out, err := c.converse(ctx, m, env, macros, cnt)
+		out, err := p.finish(ctx, c, cnt)
 		if err != nil {
 			if errors.Is(err, errHeaderTooLarge) {
 				return result(Reject, smtputil.ScannerHeaderTooLarge(maxHeaderBytes, maxHeaderFields), "", nil), nil

@@ -30,41 +30,40 @@ var emptyLine = []byte("\r\n")
 
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}
 
-// converse runs one milter's conversation. The returned error is for the
-// caller (source, context); the milter's own failures are in
-// outcome.failure.
-func (c *Chain) converse(ctx context.Context, m *milterDef, env *Envelope, macros *gomilter.MacroBag, cnt *content) (out outcome, err error) {
-	d := &dialer{ctx: ctx, timeout: m.cfg.ConnectTimeout, writeTimeout: m.cfg.WriteTimeout,
-		budget: c.MaxBodyReplacement + maxPacket}
-	opts := append(m.opts[:len(m.opts):len(m.opts)], gomilter.WithDialer(d))
-	s, serr := gomilter.NewClient(m.network, m.addr, opts...).Session(macros)
-	defer func() {
-		if d.conn != nil {
-			out.read, out.written = d.conn.read, d.conn.written
-		}
-		// The caller's deadline or cancellation is not the milter's fault.
-		if out.failure != nil && err == nil && ctx.Err() != nil {
-			err = ctx.Err()
-		}
-	}()
-	if serr != nil {
-		out.failure = serr
-		return out, nil
+// pending is one milter's conversation taken as far as it goes without
+// the message: connect, HELO, MAIL, RCPT and DATA. Check begins every
+// milter's at once, so that their connections and envelope round trips
+// overlap (Postfix opens its milter sessions while the SMTP client sends
+// its envelope), and then finishes them one after another with the
+// content, each seeing the changes of the ones before it.
+type pending struct {
+	m             *milterDef
+	d             *dialer
+	s             *gomilter.ClientSession
+	out           outcome
+	over          bool // the milter failed or decided before the content
+	inTransaction bool
+	stop          func() bool // ends the socket's tie to the context
+}
+
+// begin opens the conversation with m and takes it through DATA. It does
+// not fail: a failure or a decision is in the outcome (p.over).
+func (c *Chain) begin(ctx context.Context, m *milterDef, env *Envelope, macros *gomilter.MacroBag) *pending {
+	p := &pending{m: m, d: &dialer{ctx: ctx, timeout: m.cfg.ConnectTimeout, writeTimeout: m.cfg.WriteTimeout,
+		budget: c.MaxBodyReplacement + maxPacket}}
+	opts := append(m.opts[:len(m.opts):len(m.opts)], gomilter.WithDialer(p.d))
+	s, err := gomilter.NewClient(m.network, m.addr, opts...).Session(macros)
+	if err != nil {
+		p.out.failure, p.over = err, true
+		return p
 	}
+	p.s = s
 	// go-milter has no context; closing the socket ends a blocked read
 	// or write at once. (The socket itself: guardConn is not safe for use
 	// from another goroutine.)
-	stop := context.AfterFunc(ctx, func() { d.conn.Conn.Close() })
-	defer stop()
-	inTransaction := false
-	defer func() {
-		if inTransaction {
-			_ = s.Abort(nil)
-		}
-		_ = s.Close()
-	}()
+	p.stop = context.AfterFunc(ctx, func() { p.d.conn.Conn.Close() })
 
-	conv := conversation{m: m, s: s, out: &out}
+	conv := conversation{m: m, s: s, out: &p.out}
 	family, port, addr := gomilter.FamilyUnknown, uint16(0), ""
 	if env.ClientAddr.IsValid() {
 		a := env.ClientAddr.Unmap()
@@ -80,11 +79,13 @@ func (c *Chain) converse(ctx context.Context, m *milterDef, env *Envelope, macro
 	}
 	if conv.step(s.Conn(clientName, family, port, addr)) ||
 		conv.step(s.Helo(env.Helo)) {
-		return out, nil
+		p.over = true
+		return p
 	}
-	inTransaction = true
+	p.inTransaction = true
 	if conv.step(s.Mail(env.From, "")) {
-		return out, nil
+		p.over = true
+		return p
 	}
 	for _, rcpt := range env.Rcpts {
 		macros.Set(gomilter.MacroRcptAddr, rcpt)
@@ -93,20 +94,58 @@ func (c *Chain) converse(ctx context.Context, m *milterDef, env *Envelope, macro
 		// recipients were accepted in the dialog before DATA, and the
 		// relay cannot take back one of them now.
 		if conv.step(s.Rcpt(rcpt, "")) {
-			return out, nil
+			p.over = true
+			return p
 		}
 	}
-	if conv.step(s.DataStart()) {
-		return out, nil
+	p.over = conv.step(s.DataStart())
+	return p
+}
+
+// close ends the conversation (SMFIC_ABORT inside a transaction, then
+// QUIT); it may be called more than once.
+func (p *pending) close() {
+	if p.s != nil {
+		if p.inTransaction {
+			_ = p.s.Abort(nil)
+		}
+		_ = p.s.Close()
+		p.s = nil
 	}
+	if p.stop != nil {
+		p.stop()
+		p.stop = nil
+	}
+}
+
+// finish sends the header and body of cnt and reads the verdict, then
+// closes the conversation. The returned error is for the caller (source,
+// context); the milter's own failures are in outcome.failure.
+func (p *pending) finish(ctx context.Context, c *Chain, cnt *content) (out outcome, err error) {
+	defer func() {
+		p.close()
+		out = p.out
+		if p.d.conn != nil {
+			out.read, out.written = p.d.conn.read, p.d.conn.written
+		}
+		// The caller's deadline or cancellation is not the milter's fault.
+		if out.failure != nil && err == nil && ctx.Err() != nil {
+			err = ctx.Err()
+		}
+	}()
+	if p.over {
+		return
+	}
+	s := p.s
+	conv := conversation{m: p.m, s: s, out: &p.out}
 	if err := cnt.load(); err != nil {
-		return out, err
+		return outcome{}, err
 	}
 	leadSpace := s.ProtocolOption(gomilter.OptHeaderLeadingSpace)
 	if !s.ProtocolOption(gomilter.OptNoHeaders) {
 		for _, f := range cnt.fields() {
 			if conv.step(s.HeaderField(f.name(), f.milterValue(leadSpace), nil)) {
-				return out, nil
+				return
 			}
 			if s.Skip() {
 				break
@@ -114,24 +153,24 @@ func (c *Chain) converse(ctx context.Context, m *milterDef, env *Envelope, macro
 		}
 	}
 	if conv.step(s.HeaderEnd()) {
-		return out, nil
+		return
 	}
 	decided, err := conv.body(cnt)
 	if err != nil || decided {
-		return out, err
+		return outcome{}, err
 	}
 	mods, act, eerr := s.End()
-	inTransaction = false
+	p.inTransaction = false
 	if eerr != nil {
-		out.failure = eerr
-		return out, nil
+		p.out.failure = eerr
+		return
 	}
 	if act.Type == gomilter.ActionAccept || act.Type == gomilter.ActionContinue {
 		conv.collect(mods, leadSpace, c.MaxBodyReplacement)
-		return out, nil
+		return
 	}
 	conv.decide(act)
-	return out, nil
+	return
 }
 
 type conversation struct {
