@@ -35,6 +35,10 @@ type guardConn struct {
 	wbuf         []byte
 	vec          net.Buffers // reused, so that a writev allocates nothing
 
+	rmem []byte // the read buffer, rbufSize
+	rbuf []byte // what is left of it to hand out
+	rerr error  // the error of the read that filled it
+
 	hdr    [4]byte
 	hdrN   int
 	remain uint32 // bytes left in the current packet
@@ -44,21 +48,60 @@ type guardConn struct {
 	read, written int64
 }
 
+// rbufSize is the read buffer: go-milter reads each packet's 4-byte
+// length and then its data, two reads (and, unbuffered, two system calls)
+// per reply; most replies are a few bytes and arrive together.
+const rbufSize = 4 << 10
+
 func (c *guardConn) Read(p []byte) (int, error) {
+	if len(c.rbuf) > 0 {
+		n := copy(p, c.rbuf)
+		c.rbuf = c.rbuf[n:]
+		return n, nil
+	}
+	if c.rerr != nil {
+		// The error of the read that filled the buffer, after its data.
+		err := c.rerr
+		c.rerr = nil
+		return 0, err
+	}
 	if err := c.flush(nil); err != nil {
 		return 0, err
 	}
-	n, err := c.Conn.Read(p)
-	if n > 0 {
-		c.read += int64(n)
-		if c.budget -= int64(n); c.budget < 0 {
-			return 0, fmt.Errorf("milter sent more than its byte budget for one message")
-		}
-		if ferr := c.scan(p[:n]); ferr != nil {
+	if len(p) >= rbufSize {
+		n, err := c.Conn.Read(p)
+		if ferr := c.check(p[:n]); ferr != nil {
 			return 0, ferr
 		}
+		return n, err
 	}
-	return n, err
+	if c.rmem == nil {
+		c.rmem = make([]byte, rbufSize)
+	}
+	n, err := c.Conn.Read(c.rmem)
+	if ferr := c.check(c.rmem[:n]); ferr != nil {
+		return 0, ferr
+	}
+	k := copy(p, c.rmem[:n])
+	c.rbuf = c.rmem[k:n]
+	if len(c.rbuf) > 0 {
+		c.rerr = err
+		return k, nil
+	}
+	return k, err
+}
+
+// check counts and checks the bytes b as they arrive from the milter,
+// before go-milter sees any of them.
+func (c *guardConn) check(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	c.read += int64(len(b))
+	if c.budget -= int64(len(b)); c.budget < 0 {
+		return fmt.Errorf("milter sent more than its byte budget for one message")
+	}
+	return c.scan(b)
 }
 
 func (c *guardConn) scan(b []byte) error {
