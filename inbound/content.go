@@ -195,6 +195,26 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 	var rewrites []func(io.Writer, io.Reader) error
 	strip := false
 
+	// The milters' conversations begin now, through the envelope, while
+	// SPF/DKIM/DMARC runs: they see the message only if it passes.
+	var run *milter.Run
+	if ch := c.Chains[policy]; ch != nil {
+		env := &milter.Envelope{
+			// {daemon_name} is our host name, as Postfix's default
+			// milter_daemon_name: rspamd uses it as its authserv-id.
+			QueueID: msg.QueueID, Hostname: c.Hostname, DaemonName: c.Hostname,
+			ClientAddr: st.RemoteIP, ClientPort: int(st.Remote.Port()), LocalAddr: st.Local,
+			Helo: st.Helo, AuthUser: st.AuthUser, From: st.From, Rcpts: st.Rcpts,
+		}
+		if st.TLS != nil {
+			// Postfix's spelling of the macros: TLSv1.3 and the IANA name.
+			env.TLSVersion = strings.Replace(tls.VersionName(st.TLS.Version), " ", "v", 1)
+			env.TLSCipher = tls.CipherSuiteName(st.TLS.CipherSuite)
+		}
+		run = ch.Begin(ctx, env)
+		defer run.Close()
+	}
+
 	if c.Auth != nil {
 		src, err := msg.Open()
 		if err != nil {
@@ -220,20 +240,8 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 		strip = v.Forged > 0
 	}
 
-	if ch := c.Chains[policy]; ch != nil {
-		env := &milter.Envelope{
-			// {daemon_name} is our host name, as Postfix's default
-			// milter_daemon_name: rspamd uses it as its authserv-id.
-			QueueID: msg.QueueID, Hostname: c.Hostname, DaemonName: c.Hostname,
-			ClientAddr: st.RemoteIP, ClientPort: int(st.Remote.Port()), LocalAddr: st.Local,
-			Helo: st.Helo, AuthUser: st.AuthUser, From: st.From, Rcpts: st.Rcpts,
-		}
-		if st.TLS != nil {
-			// Postfix's spelling of the macros: TLSv1.3 and the IANA name.
-			env.TLSVersion = strings.Replace(tls.VersionName(st.TLS.Version), " ", "v", 1)
-			env.TLSCipher = tls.CipherSuiteName(st.TLS.CipherSuite)
-		}
-		res, err := ch.Check(ctx, env, func() (io.Reader, error) { return msg.Open() })
+	if run != nil {
+		res, err := run.Check(func() (io.Reader, error) { return msg.Open() })
 		if err != nil {
 			return r.contentFailed(msg, "content scanning", err)
 		}

@@ -8,6 +8,8 @@
 //
 //	chain, err := milter.NewChain(cfgs, log)        // at start-up
 //	res, err := chain.Check(ctx, env, open)          // per message, after DATA
+//	// or, to overlap the envelope stages with other work:
+//	run := chain.Begin(ctx, env); defer run.Close(); …; res, err := run.Check(open)
 //	// err: the message could not be read, or ctx ended: answer 451.
 //	// res.Action Reject/Tempfail: answer res.Code res.Enhanced res.Text.
 //	// res.Action Accept: store res.Apply(w, original) (or the original when

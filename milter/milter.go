@@ -276,45 +276,95 @@ func (e errSource) Unwrap() error { return e.err }
 // asks for. Check returns an error only when the message cannot be read,
 // env has no recipient, or ctx ends.
 func (c *Chain) Check(ctx context.Context, env *Envelope, open func() (io.Reader, error)) (*Result, error) {
-	res := &Result{Action: Accept}
+	r := c.Begin(ctx, env)
+	defer r.Close()
+	return r.Check(open)
+}
+
+// Run is a check begun by Begin: every milter's conversation on its way
+// through the envelope while the caller does other work.
+type Run struct {
+	c       *Chain
+	ctx     context.Context
+	env     *Envelope
+	err     error // from Begin: nothing was started
+	begun   []chan *pending
+	next    int // the first of begun not yet taken
+	unlink  func() bool
+	bcancel context.CancelFunc
+	closed  bool
+}
+
+// Begin starts the check of a message with envelope env: it opens every
+// milter's conversation at once and takes each through connect, HELO,
+// MAIL, RCPT and DATA (as Postfix sends each envelope event to every
+// milter), so that this overlaps whatever the caller does before Check.
+// ctx bounds the whole check. Close must follow, after Check or instead
+// of it (the caller refused the message on its own).
+func (c *Chain) Begin(ctx context.Context, env *Envelope) *Run {
+	r := &Run{c: c, ctx: ctx, env: env}
 	if len(c.milters) == 0 {
-		return res, nil
+		return r
 	}
 	if len(env.Rcpts) == 0 {
-		return nil, errors.New("milter: check: envelope without recipients")
+		r.err = errors.New("milter: check: envelope without recipients")
+		return r
+	}
+	macros := env.macros(c.Version)
+	// The conversations live on a context of their own, which ctx ends
+	// until Close; after that, the ones not reached end with ABORT and
+	// QUIT rather than a dropped connection (bounded by the milters' own
+	// time-outs).
+	bctx, bcancel := context.WithCancel(context.WithoutCancel(ctx))
+	r.bcancel, r.unlink = bcancel, context.AfterFunc(ctx, bcancel)
+	r.begun = make([]chan *pending, len(c.milters))
+	for i, m := range c.milters {
+		r.begun[i] = make(chan *pending, 1)
+		bag := macros.Copy()
+		go func() { r.begun[i] <- c.begin(bctx, m, env, bag) }()
+	}
+	return r
+}
+
+// Close ends the conversations Check did not finish, in the background:
+// the milters not reached get ABORT and QUIT, never the message. It may
+// be called more than once.
+func (r *Run) Close() {
+	if r.closed || r.begun == nil {
+		r.closed = true
+		return
+	}
+	r.closed = true
+	r.unlink()
+	go func(rest []chan *pending, cancel context.CancelFunc) {
+		for _, ch := range rest {
+			(<-ch).close()
+		}
+		cancel()
+	}(r.begun[r.next:], r.bcancel)
+}
+
+// Check sends the message to the milters begun, one after another, each
+// seeing the header and body changes of the ones before it, and stops at
+// the first that rejects or fails. open is as for Chain.Check. Check is
+// called at most once.
+func (r *Run) Check(open func() (io.Reader, error)) (*Result, error) {
+	c, ctx, env := r.c, r.ctx, r.env
+	res := &Result{Action: Accept}
+	if r.err != nil {
+		return nil, r.err
+	}
+	if r.begun == nil {
+		return res, nil
+	}
+	if r.closed {
+		return nil, errors.New("milter: check after close")
 	}
 	cnt := &content{open: open}
 	defer cnt.close()
-	macros := env.macros(c.Version)
-	// Every milter's envelope stages at once (pending); the content one
-	// milter after another. A milter that is not reached (an earlier one
-	// refused) is closed in the background: its envelope stages cost the
-	// scanner no content check, and the reply need not wait for them.
-	// The conversations live on a context of their own, which ctx ends
-	// while Check runs; after that, the ones not reached end with ABORT
-	// and QUIT rather than a dropped connection (bounded by the milters'
-	// own time-outs).
-	bctx, bcancel := context.WithCancel(context.WithoutCancel(ctx))
-	unlink := context.AfterFunc(ctx, bcancel)
-	begun := make([]chan *pending, len(c.milters))
 	for i, m := range c.milters {
-		begun[i] = make(chan *pending, 1)
-		bag := macros.Copy()
-		go func() { begun[i] <- c.begin(bctx, m, env, bag) }()
-	}
-	next := 0
-	defer func() {
-		unlink()
-		go func(rest []chan *pending) {
-			for _, ch := range rest {
-				(<-ch).close()
-			}
-			bcancel()
-		}(begun[next:])
-	}()
-	for i, m := range c.milters {
-		p := <-begun[i]
-		next = i + 1
+		p := <-r.begun[i]
+		r.next = i + 1
 		if err := ctx.Err(); err != nil {
 			p.close()
 			return nil, err

@@ -654,3 +654,36 @@ func TestApplyStreams(t *testing.T) {
 type countWriter int64
 
 func (c *countWriter) Write(p []byte) (int, error) { *c += countWriter(len(p)); return len(p), nil }
+
+// A check begun and then closed without Check (the caller refused the
+// message on its own, e.g. for DMARC, while the envelope went to the
+// milters) ends every conversation with ABORT and never sends the message.
+func TestBeginThenCloseSendsNoContent(t *testing.T) {
+	first, second := &script{}, &script{}
+	c := newTestChain(t,
+		Config{Name: "a", Address: startMilter(t, first, allActions, 0)},
+		Config{Name: "b", Address: startMilter(t, second, allActions, 0)})
+	r := c.Begin(context.Background(), testEnvelope())
+	time.Sleep(50 * time.Millisecond) // let the envelope stages run
+	r.Close()
+	r.Close() // twice is harmless
+	for _, s := range []*script{first, second} {
+		deadline := time.Now().Add(5 * time.Second)
+		for !slices.Contains(s.Events(), "abort") && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		ev := s.Events()
+		if !slices.Contains(ev, "abort") {
+			t.Errorf("conversation not aborted: %q", ev)
+		}
+		for _, e := range ev {
+			if e == "header" || e == "eoh" || strings.HasPrefix(e, "body") || e == "eom" {
+				t.Errorf("milter saw the message: %q", ev)
+				break
+			}
+		}
+	}
+	if _, err := r.Check(opener(testMessage, nil)); err == nil {
+		t.Error("Check after Close succeeded")
+	}
+}
