@@ -4,12 +4,14 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"runtime/debug"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -232,11 +234,17 @@ func queueCmd(sub string, cfg *config.Config, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, n)
 		return 0
 	}
-	tw := tabwriter.NewWriter(stdout, 2, 8, 2, ' ', 0)
+	// The rows are aligned as a table; each is followed by the lines of
+	// its recipients still owed (like mailq), outside the table.
+	var rows bytes.Buffer
+	var details [][]string
+	tw := tabwriter.NewWriter(&rows, 2, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "QUEUE ID\tSIZE\tARRIVAL\tATTEMPTS\tNEXT\tSENDER\tRECIPIENTS")
+	details = append(details, nil)
 	for _, it := range items {
 		if it.Err != nil {
 			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t(%v)\t\n", it.ID, it.Err)
+			details = append(details, nil)
 			continue
 		}
 		from := it.Envelope.From
@@ -250,17 +258,47 @@ func queueCmd(sub string, cfg *config.Config, stdout, stderr io.Writer) int {
 		if it.Held {
 			next = "held"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\t%d of %d pending\n", it.ID, it.Size,
-			it.Envelope.Received.Format(time.DateTime), it.Attempts, next, from,
-			len(it.Envelope.To)-it.Done, len(it.Envelope.To))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\t%s\n", it.ID, it.Size,
+			it.Envelope.Received.Format(time.DateTime), it.Attempts, next, from, rcptSummary(&it))
+		var d []string
 		if it.TLSPolicy != "" {
 			// Postfix's mailq shows the last error under the entry; the TLS
 			// decision is what an admin asks first about a deferred partner.
-			fmt.Fprintf(tw, "  tls: %s\n", it.TLSPolicy)
+			d = append(d, "  tls: "+it.TLSPolicy)
 		}
+		for _, r := range it.Rcpts {
+			if r.State == queue.RcptSent || r.State == queue.RcptBounced || r.State == "done" || r.Code == "" {
+				continue
+			}
+			d = append(d, fmt.Sprintf("  [%s] %s: %s %s", r.State, r.Addr, r.Code, r.Reply))
+		}
+		details = append(details, d)
 	}
 	tw.Flush()
+	for i, line := range strings.Split(strings.TrimSuffix(rows.String(), "\n"), "\n") {
+		fmt.Fprintln(stdout, line)
+		if i < len(details) {
+			for _, d := range details[i] {
+				fmt.Fprintln(stdout, d)
+			}
+		}
+	}
 	return 0
+}
+
+// rcptSummary counts a message's recipients by state: "2 of 3 pending",
+// or for a held message "1 of 3 held, 2 done".
+func rcptSummary(it *queue.Info) string {
+	pending, held, done := it.Count()
+	n := len(it.Envelope.To)
+	if held == 0 {
+		return fmt.Sprintf("%d of %d pending", pending, n)
+	}
+	s := fmt.Sprintf("%d of %d held, %d done", held, n, done)
+	if pending > 0 {
+		s += fmt.Sprintf(", %d pending", pending)
+	}
+	return s
 }
 
 func hasInbound(cfg *config.Config) bool {
