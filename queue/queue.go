@@ -841,6 +841,9 @@ type Info struct {
 	Err      error
 	// Held: in hold/ (not being delivered; see the log for why).
 	Held bool
+	// Quarantined: in quarantine/ (a file found damaged or incomplete at
+	// start; Err says why when it cannot be read).
+	Quarantined bool
 	// TLSPolicy: the last attempt's unmet TLS requirement, if any.
 	TLSPolicy string
 	// Rcpts is each recipient's state, in envelope order.
@@ -906,7 +909,7 @@ func Scan(dir string) ([]Info, error) {
 	for i := 0; i < shards; i++ {
 		dirs = append(dirs, fmt.Sprintf("%X", i))
 	}
-	dirs = append(dirs, holdDir)
+	dirs = append(dirs, holdDir, brokenDir)
 	for _, d := range dirs {
 		sd := filepath.Join(dir, d)
 		ents, err := os.ReadDir(sd)
@@ -923,7 +926,7 @@ func Scan(dir string) ([]Info, error) {
 			if fi, err := e.Info(); err == nil && fi.Size() == 0 {
 				continue // a pre-created file, not a message
 			}
-			inf := Info{ID: e.Name(), Held: d == holdDir}
+			inf := Info{ID: e.Name(), Held: d == holdDir, Quarantined: d == brokenDir}
 			st, err := readStored(filepath.Join(sd, e.Name()))
 			if err != nil {
 				inf.Err = err

@@ -566,9 +566,14 @@ const (
 	RcptReleased = "released"
 )
 
+func jsonLine(st status) ([]byte, error) {
+	b, err := json.Marshal(st)
+	return append(b, '\n'), err
+}
+
 func (s *store) appendStatus(id string, st status) error {
 	st.ID = id
-	b, err := json.Marshal(st)
+	b, err := jsonLine(st)
 	if err != nil {
 		return err
 	}
@@ -576,7 +581,7 @@ func (s *store) appendStatus(id string, st status) error {
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(append(b, '\n'))
+	_, err = f.Write(b)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -592,17 +597,6 @@ type progress struct {
 	tlsPolicy string
 	warned    map[int]bool
 	notes     map[int]rcptNote
-}
-
-// owed lists the recipients held: owed a delivery nobody is attempting.
-func (p progress) owed() map[int]rcptNote {
-	out := map[int]rcptNote{}
-	for i, n := range p.notes {
-		if n.State == RcptHeld && !p.done[i] {
-			out[i] = n
-		}
-	}
-	return out
 }
 
 // readStatus folds the sidecar's lines for message id; a torn last line

@@ -23,6 +23,7 @@ import (
 	"securerelay/encrypt"
 	"securerelay/inbound"
 	"securerelay/internal/anvil"
+	"securerelay/internal/control"
 	"securerelay/internal/counter"
 	"securerelay/outbound"
 	"securerelay/queue"
@@ -151,6 +152,7 @@ type relay struct {
 	servers  []*smtpd.Server
 	cfgPath  string
 	serveErr chan error
+	ctl      *control.Server
 	stsCache tlspolicy.STSCache
 	// keys is the OpenPGP key directory of the encryption fallback, one
 	// for the process (its settings need a restart; keyring files are
@@ -252,6 +254,13 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	for _, d := range cfg.Queue.Retry {
 		retry = append(retry, d.D())
 	}
+	// One process owns the spool: a second relay on the same state_dir,
+	// or a queue command working on the files, would race deliveries.
+	unlock, err := lockSpool(cfg)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	r.q, err = queue.Open(queue.Options{
 		Dir:       spoolDir(cfg),
 		Retry:     retry,
@@ -357,6 +366,11 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		r.servers = append(r.servers, s)
 	}
 	r.q.Start()
+	// The queue commands that change the spool come through here while
+	// the relay runs (queuecmd.go).
+	if r.ctl, err = control.Listen(filepath.Join(cfg.StateDir, control.SocketName), r.controlHandler); err != nil {
+		return err
+	}
 	for _, s := range r.servers {
 		go func(s *smtpd.Server) { r.serveErr <- s.Serve() }(s)
 	}
@@ -452,6 +466,7 @@ func (r *relay) shutdown() {
 		go func(s *smtpd.Server) { defer wg.Done(); s.Shutdown(ctx) }(s)
 	}
 	wg.Wait()
+	r.ctl.Close()
 	r.q.Stop(ctx)
 	r.engine.Close()
 	if err := r.loops.Close(); err != nil {

@@ -1,9 +1,13 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,7 +17,7 @@ import (
 )
 
 // queueRelay is an inbound relay whose downstream (LMTP, as Dovecot)
-// refuses the recipients refuse names with 550 5.1.1.
+// answers each RCPT as the test says (rcptReply: 0 accepts, 450 or 550).
 type queueRelay struct {
 	*Relay
 	cfg   string
@@ -22,16 +26,25 @@ type queueRelay struct {
 	down  *testServer
 }
 
+var (
+	noSuchUser  = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user here (e2e downstream)"}
+	mailboxBusy = &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 2, 0}, Message: "mailbox busy, try later (e2e downstream)"}
+)
+
 func startQueueRelay(t *testing.T, refuse func(to string) bool) *queueRelay {
 	t.Helper()
-	dns := dnstest.NewServer(t, "")
-	noSuchUser := &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user here (e2e downstream)"}
-	down := startTestServer(t, listenLoopback(t), serverOptions{LMTP: true, RcptErr: func(to string) error {
+	return startQueueRelayOpts(t, func(to string) error {
 		if refuse(to) {
 			return noSuchUser
 		}
 		return nil
-	}})
+	}, 0, "1s")
+}
+
+func startQueueRelayOpts(t *testing.T, rcpt func(to string) error, dataDelay time.Duration, retry string) *queueRelay {
+	t.Helper()
+	dns := dnstest.NewServer(t, "")
+	down := startTestServer(t, listenLoopback(t), serverOptions{LMTP: true, RcptErr: rcpt, DataDelay: dataDelay})
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
 	mx := freeAddr(t)
@@ -43,8 +56,8 @@ domains:
     deliver_to: "lmtp://%s"
 outbound:
 %squeue:
-  retry: [1s]
-`, mx, down.Addr, outboundTimeouts))
+  retry: [%s]
+`, mx, down.Addr, outboundTimeouts, retry))
 	return &queueRelay{Relay: startRelay(t, cfg, mx), cfg: cfg, mx: mx, state: state, down: down}
 }
 
@@ -82,5 +95,237 @@ func TestHeldMessageKeepsRecipientState(t *testing.T) {
 	if !strings.Contains(out, id) || !strings.Contains(out, "1 of 3 held, 2 done") ||
 		!strings.Contains(out, "[held] carol@example.test: 5.1.1 ") || strings.Contains(out, "alice@example.test:") {
 		t.Errorf("queue list does not show 1 of 3 held, 2 done, carol held with 5.1.1:\n%s", out)
+	}
+}
+
+// rcptPolicy is the downstream's answer per recipient, changed by a test
+// while the relay runs.
+type rcptPolicy struct {
+	mu  sync.Mutex
+	err map[string]error
+}
+
+func (p *rcptPolicy) set(to string, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err == nil {
+		p.err = map[string]error{}
+	}
+	p.err[to] = err
+}
+
+func (p *rcptPolicy) rcpt(to string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err[to]
+}
+
+// queueJSON runs queue list --json with extra filters.
+func (r *queueRelay) queueJSON(t *testing.T, args ...string) []queueEntry {
+	t.Helper()
+	out, errOut, code := runRelayCmd(t, append([]string{"queue", "list", "--json", "--config", r.cfg}, args...)...)
+	if code != 0 {
+		t.Fatalf("queue list --json %v: exit %d: %s", args, code, errOut)
+	}
+	var l []queueEntry
+	if err := json.Unmarshal([]byte(out), &l); err != nil {
+		t.Fatalf("queue list --json: %v\n%s", err, out)
+	}
+	return l
+}
+
+type queueEntry struct {
+	ID         string `json:"id"`
+	State      string `json:"state"`
+	From       string `json:"from"`
+	Attempts   int    `json:"attempts"`
+	Recipients []struct {
+		Address string `json:"address"`
+		State   string `json:"state"`
+		Code    string `json:"code"`
+	} `json:"recipients"`
+}
+
+func (e queueEntry) rcptStates() string {
+	var s []string
+	for _, r := range e.Recipients {
+		s = append(s, r.Address+"="+r.State)
+	}
+	return strings.Join(s, " ")
+}
+
+// queueCmd runs a queue command that must succeed and returns its output.
+func (r *queueRelay) queueCmd(t *testing.T, args ...string) string {
+	t.Helper()
+	out, errOut, code := runRelayCmd(t, append([]string{"queue"}, append(args, "--config", r.cfg)...)...)
+	if code != 0 {
+		t.Fatalf("queue %v: exit %d:\n%s%s", args, code, out, errOut)
+	}
+	return out
+}
+
+// Issue 14: queue show, hold, release, retry, delete and prune against a
+// running relay with messages queued, deferred and held; releasing a held
+// message reaches only the recipients still owed; every change is logged
+// with the operator's Unix user; the control socket is private.
+func TestQueueCommands(t *testing.T) {
+	requireTool(t, "swaks")
+	pol := &rcptPolicy{}
+	pol.set("carol@example.test", noSuchUser)
+	pol.set("dave@example.test", mailboxBusy)
+	pol.set("erin@example.test", mailboxBusy)
+	pol.set("frank@example.test", mailboxBusy)
+	// No retry of its own within the test: what is delivered again is
+	// what a command asked for.
+	r := startQueueRelayOpts(t, pol.rcpt, 0, "1h")
+	me, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	sock := filepath.Join(r.state, "control.sock")
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 || fi.Mode().Type() != os.ModeSocket {
+		t.Fatalf("control socket %s: %v, mode %v; want a socket with mode 0600", sock, err, fi.Mode())
+	}
+
+	send := func(to, subject string) string {
+		mark := r.Mark()
+		id := mustSend(t, "--server", r.mx, "--from", "sender@example.org", "--to", to,
+			"--header", "Subject: "+subject).QueueID()
+		r.WaitLog(mark, 10*time.Second, "queue_id="+id, "status=")
+		return id
+	}
+	held := send("alice@example.test,bob@example.test,carol@example.test", "three recipients")
+	r.WaitLog(0, 10*time.Second, "held:", "queue_id="+held)
+	deferred := send("dave@example.test", "for dave")
+	erin := send("erin@example.test", "for erin")
+	frank := send("frank@example.test", "for frank")
+
+	// list and its filters.
+	if l := r.queueJSON(t, "--held"); len(l) != 1 || l[0].ID != held || l[0].State != "held" ||
+		l[0].rcptStates() != "alice@example.test=sent bob@example.test=sent carol@example.test=held" {
+		t.Fatalf("list --held: %+v", l)
+	}
+	if l := r.queueJSON(t, "--to", "dave@example.test"); len(l) != 1 || l[0].ID != deferred || l[0].State != "deferred" ||
+		l[0].Recipients[0].Code != "4.2.0" {
+		t.Fatalf("list --to dave: %+v", l)
+	}
+	if l := r.queueJSON(t, "--from", "@example.org"); len(l) != 4 {
+		t.Fatalf("list --from @example.org: %d messages, want 4", len(l))
+	}
+	if l := r.queueJSON(t, "--older-than", "1h"); len(l) != 0 {
+		t.Fatalf("list --older-than 1h: %+v", l)
+	}
+
+	// show, with and without the body.
+	out := r.queueCmd(t, "show", held)
+	for _, want := range []string{"queue_id: " + held, "state: held", "from: sender@example.org", "alice@example.test: sent",
+		"carol@example.test: held 5.1.1", "header:", "Subject: three recipients"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("queue show lacks %q:\n%s", want, out)
+		}
+	}
+	if out := r.queueCmd(t, "show", held, "--body"); !strings.Contains(out, "message:\nReceived: ") || !strings.Contains(out, "This is a test mailing") {
+		t.Errorf("queue show --body does not print the message:\n%s", out)
+	}
+
+	// release: only carol, the recipient still owed, gets it.
+	pol.set("carol@example.test", nil)
+	mark := r.Mark()
+	if out := r.queueCmd(t, "release", held); !strings.Contains(out, held+": released") {
+		t.Errorf("release: %s", out)
+	}
+	r.WaitLog(mark, 10*time.Second, "queue_id="+held, "to=carol@example.test", "status=sent")
+	r.WaitLog(mark, 10*time.Second, "removed", "queue_id="+held)
+	msgs := r.down.Messages()
+	if len(msgs) != 2 || strings.Join(msgs[1].To, " ") != "carol@example.test" {
+		t.Fatalf("downstream after release: %+v; want the second copy for carol only", msgs)
+	}
+	if l := r.LogLines(`msg="queue control: released"`, "queue_id="+held, "operator="+me.Username, "uid="+me.Uid, "via=socket"); len(l) != 1 {
+		t.Errorf("release not logged with the operator %s:\n%s", me.Username, r.log.String())
+	}
+
+	// retry: dave's message, deferred for an hour, goes now.
+	pol.set("dave@example.test", nil)
+	mark = r.Mark()
+	if out := r.queueCmd(t, "retry", deferred); !strings.Contains(out, deferred+": due now") {
+		t.Errorf("retry: %s", out)
+	}
+	r.WaitLog(mark, 10*time.Second, "queue_id="+deferred, "to=dave@example.test", "status=sent")
+
+	// hold a deferred message; release brings it back; hold again.
+	if out := r.queueCmd(t, "hold", erin); !strings.Contains(out, erin+": held") {
+		t.Errorf("hold: %s", out)
+	}
+	if l := r.queueJSON(t, "--held"); len(l) != 1 || l[0].ID != erin || l[0].rcptStates() != "erin@example.test=held" {
+		t.Fatalf("list --held after hold: %+v", l)
+	}
+	if l := r.LogLines(`msg="queue control: held"`, "queue_id="+erin, "operator="+me.Username); len(l) != 1 {
+		t.Errorf("hold not logged with the operator")
+	}
+	if _, errOut, code := runRelayCmd(t, "queue", "hold", erin, "--config", r.cfg); code != 1 || !strings.Contains(errOut, "already held") {
+		t.Errorf("hold of a held message: exit %d, %s", code, errOut)
+	}
+
+	// delete with a filter asks for --yes, then prints the count.
+	if _, errOut, code := runRelayCmd(t, "queue", "delete", "--to", "erin@example.test", "--config", r.cfg); code != 2 || !strings.Contains(errOut, "1 messages match; add --yes") {
+		t.Errorf("delete --to without --yes: exit %d, %s", code, errOut)
+	}
+	if l := r.queueJSON(t, "--to", "erin@example.test"); len(l) != 1 {
+		t.Fatalf("delete without --yes deleted something")
+	}
+	if out := r.queueCmd(t, "delete", "--to", "erin@example.test", "--yes"); !strings.Contains(out, "deleted 1 messages") {
+		t.Errorf("delete --to --yes: %s", out)
+	}
+	// delete by ID, of an active (deferred) message.
+	if out := r.queueCmd(t, "delete", frank); !strings.Contains(out, "deleted 1 messages") {
+		t.Errorf("delete ID: %s", out)
+	}
+	if l := r.LogLines(`msg="queue control: deleted"`, "operator="+me.Username, "via=socket"); len(l) != 2 {
+		t.Errorf("%d deletions logged, want 2", len(l))
+	}
+	if l := r.queueJSON(t); len(l) != 0 {
+		t.Fatalf("spool after deleting everything left: %+v", l)
+	}
+
+	// prune by age: a message held two days ago goes, a fresh one stays.
+	pol.set("gina@example.test", noSuchUser)
+	pol.set("hugo@example.test", noSuchUser)
+	old := send("gina@example.test", "old")
+	young := send("hugo@example.test", "young")
+	r.WaitLog(0, 10*time.Second, "held:", "queue_id="+young)
+	twoDays := time.Now().Add(-48 * time.Hour)
+	if err := os.Chtimes(filepath.Join(r.state, "spool", "hold", old), twoDays, twoDays); err != nil {
+		t.Fatal(err)
+	}
+	if out := r.queueCmd(t, "prune", "--held-older-than", "1d"); !strings.Contains(out, "deleted 1 held messages, 0 quarantined files") {
+		t.Errorf("prune: %s", out)
+	}
+	if l := r.queueJSON(t, "--held"); len(l) != 1 || l[0].ID != young {
+		t.Fatalf("after prune: %+v, want %s only", l, young)
+	}
+
+	// With the relay stopped, the same commands work on the spool (the
+	// operator logged on the command's stderr), retry says why it cannot.
+	r.Stop()
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("control socket left behind after the relay stopped: %v", err)
+	}
+	out, errOut, code := runRelayCmd(t, "queue", "release", young, "--config", r.cfg)
+	if code != 0 || !strings.Contains(out, young+": released") ||
+		!strings.Contains(errOut, "queue control: released") || !strings.Contains(errOut, "operator="+me.Username) || !strings.Contains(errOut, "via=spool") {
+		t.Errorf("release with the relay stopped: exit %d\n%s%s", code, out, errOut)
+	}
+	if l := r.queueJSON(t); len(l) != 1 || l[0].ID != young || l[0].State != "deferred" || l[0].rcptStates() != "hugo@example.test=released" {
+		t.Errorf("after release on the spool: %+v", l)
+	}
+	if _, errOut, code := runRelayCmd(t, "queue", "retry", "--all", "--config", r.cfg); code != 1 || !strings.Contains(errOut, "not running") {
+		t.Errorf("retry with the relay stopped: exit %d, %s", code, errOut)
+	}
+	if out := r.queueCmd(t, "delete", young); !strings.Contains(out, "deleted 1 messages") {
+		t.Errorf("delete on the spool: %s", out)
+	}
+	if l := r.queueJSON(t); len(l) != 0 {
+		t.Errorf("spool not empty: %+v", l)
 	}
 }
