@@ -77,11 +77,15 @@ func Locate(dir, id string) (string, error) {
 // it) or give it back with unclaim.
 func (q *Queue) claim(ctx context.Context, id string) (*item, error) {
 	deadline := time.Now().Add(ClaimWait)
+	waited := false
 	for {
 		q.mu.Lock()
 		it := q.items[id]
 		if it == nil {
 			q.mu.Unlock()
+			if waited {
+				return nil, fmt.Errorf("%s: %w (its delivery attempt, which we waited for, finished it: delivered, held or bounced; nothing changed)", id, ErrNotFound)
+			}
 			return nil, fmt.Errorf("%s: %w", id, ErrNotFound)
 		}
 		if !it.busy {
@@ -93,6 +97,7 @@ func (q *Queue) claim(ctx context.Context, id string) (*item, error) {
 			return it, nil
 		}
 		q.mu.Unlock()
+		waited = true
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return nil, fmt.Errorf("%s: %w", id, ErrBusy)
 		}
