@@ -191,6 +191,11 @@ func queueMain(args []string, stdout, stderr io.Writer) int {
 	}
 	// No relay: work on the spool, under its lock, so that a relay
 	// starting meanwhile waits for us (and we refuse if one holds it).
+	op := localOperator()
+	if err := becomeSpoolOwner(cfg.StateDir); err != nil {
+		fmt.Fprintf(stderr, "securerelay queue %s: %v\n", a.sub, err)
+		return 1
+	}
 	unlock, err := lockSpool(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "securerelay queue %s: %v\n", a.sub, err)
@@ -211,7 +216,7 @@ func queueMain(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer q.Close()
-	return queueControl(q, a, localOperator(), stdout, stderr)
+	return queueControl(q, a, op, stdout, stderr)
 }
 
 // ClaimTimeout bounds a command through the socket: it may wait for
@@ -226,6 +231,35 @@ func localOperator() queue.Operator {
 		op.User = u.Username
 	}
 	return op
+}
+
+// becomeSpoolOwner makes the direct path write as the relay would: files
+// root created in state_dir (a sidecar, the lock) would be unreadable to a
+// relay running as its own user, which would then deliver a message again
+// to recipients that had it, or not start. So root takes the owner's
+// uid and gid; another user is refused.
+func becomeSpoolOwner(stateDir string) error {
+	fi, err := os.Stat(stateDir)
+	if err != nil {
+		return fmt.Errorf("state_dir: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || int(st.Uid) == os.Geteuid() {
+		return nil
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("state_dir %s belongs to uid %d: run this as that user (or root)", stateDir, st.Uid)
+	}
+	if err := syscall.Setgroups(nil); err != nil {
+		return fmt.Errorf("becoming the owner of %s: %w", stateDir, err)
+	}
+	if err := syscall.Setgid(int(st.Gid)); err != nil {
+		return fmt.Errorf("becoming the owner of %s (gid %d): %w", stateDir, st.Gid, err)
+	}
+	if err := syscall.Setuid(int(st.Uid)); err != nil {
+		return fmt.Errorf("becoming the owner of %s (uid %d): %w", stateDir, st.Uid, err)
+	}
+	return nil
 }
 
 // lockSpool takes the spool lock (state_dir/spool.lock) that a running

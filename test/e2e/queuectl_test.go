@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -315,12 +316,33 @@ func TestQueueCommands(t *testing.T) {
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("control socket left behind after the relay stopped: %v", err)
 	}
+	// A relay that runs as its own user owns state_dir: root's command
+	// writes as that user, or the relay could not read the sidecar (and
+	// would deliver to every recipient again) nor take the lock.
+	// The release creates the sidecar: the message was held by an older
+	// version, which kept none in hold/.
+	if err := os.Remove(filepath.Join(r.state, "spool", "hold", young+".st")); err != nil {
+		t.Fatal(err)
+	}
+	owner := -1
+	if os.Geteuid() == 0 {
+		owner = 65534
+		chownTree(t, r.state, owner)
+	}
 	out, errOut, code := runRelayCmd(t, "queue", "release", young, "--config", r.cfg)
 	if code != 0 || !strings.Contains(out, young+": released") ||
 		!strings.Contains(errOut, "queue control: released") || !strings.Contains(errOut, "operator="+me.Username) || !strings.Contains(errOut, "via=spool") {
-		t.Errorf("release with the relay stopped: exit %d\n%s%s", code, out, errOut)
+		t.Fatalf("release with the relay stopped: exit %d\n%s%s", code, out, errOut)
 	}
-	if l := r.queueJSON(t); len(l) != 1 || l[0].ID != young || l[0].State != "deferred" || l[0].rcptStates() != "hugo@example.test=released" {
+	if owner >= 0 {
+		for _, f := range []string{"spool.lock", filepath.Join("spool", young[len(young)-1:], young+".st")} {
+			fi, err := os.Stat(filepath.Join(r.state, f))
+			if err != nil || int(fi.Sys().(*syscall.Stat_t).Uid) != owner {
+				t.Errorf("%s after root's release: %v, want owned by uid %d (state_dir's owner)", f, err, owner)
+			}
+		}
+	}
+	if l := r.queueJSON(t); len(l) != 1 || l[0].ID != young || l[0].State != "queued" || l[0].rcptStates() != "hugo@example.test=pending" {
 		t.Errorf("after release on the spool: %+v", l)
 	}
 	if _, errOut, code := runRelayCmd(t, "queue", "retry", "--all", "--config", r.cfg); code != 1 || !strings.Contains(errOut, "not running") {
@@ -328,6 +350,24 @@ func TestQueueCommands(t *testing.T) {
 	}
 	if out := r.queueCmd(t, "delete", young); !strings.Contains(out, "deleted 1 messages") {
 		t.Errorf("delete on the spool: %s", out)
+	}
+
+	// A quarantined file (what start found incomplete): listed, shown
+	// with why, pruned by age.
+	damaged := "0123456789ABCDE0"
+	qf := filepath.Join(r.state, "spool", "quarantine", damaged)
+	writeFile(t, qf, "SRQ1 99\n{\"from\":")
+	if err := os.Chtimes(qf, twoDays, twoDays); err != nil {
+		t.Fatal(err)
+	}
+	if l := r.queueJSON(t, "--quarantined"); len(l) != 1 || l[0].ID != damaged || l[0].State != "quarantined" {
+		t.Errorf("list --quarantined: %+v", l)
+	}
+	if out, _, code := runRelayCmd(t, "queue", "show", damaged, "--config", r.cfg); code != 1 || !strings.Contains(out, "state: quarantined") || !strings.Contains(out, "error: incomplete or damaged spool file") {
+		t.Errorf("show of a quarantined file: exit %d\n%s", code, out)
+	}
+	if out := r.queueCmd(t, "prune", "--quarantined-older-than", "1d"); !strings.Contains(out, "deleted 0 held messages, 1 quarantined files") {
+		t.Errorf("prune --quarantined-older-than: %s", out)
 	}
 	if l := r.queueJSON(t); len(l) != 0 {
 		t.Errorf("spool not empty: %+v", l)
@@ -471,5 +511,35 @@ func TestQueueCommandsDuringDeliveries(t *testing.T) {
 				t.Errorf("%s (message %s) received %d copies, want exactly 1", to, ids[i], got[to])
 			}
 		}
+	}
+}
+
+// chownTree gives dir and everything under it to uid (and its parents
+// search permission), as a relay running as its own user would have it.
+func chownTree(t *testing.T, dir string, uid int) {
+	t.Helper()
+	// Only the test's own directories, below the temporary directory,
+	// and only those others cannot search yet (never /tmp itself).
+	top := filepath.Clean(os.TempDir())
+	for p := filepath.Dir(dir); strings.HasPrefix(p, top+"/"); p = filepath.Dir(p) {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm()&0o001 != 0 {
+			continue
+		}
+		if err := os.Chmod(p, fi.Mode()&(os.ModePerm|os.ModeSticky)|0o011); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, uid, uid)
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
