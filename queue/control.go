@@ -1,8 +1,10 @@
 package queue
 
 import (
+	"bytes"
 	"container/heap"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -431,3 +433,44 @@ func (q *Queue) Busy() map[string]bool {
 
 // Dir is the spool directory.
 func (q *Queue) Dir() string { return q.store.dir }
+
+// History returns what the sidecar of message id in the spool dir
+// recorded, oldest first: each recipient's result per attempt, the
+// operator's holds, and releases (Addr "", State RcptReleased).
+func History(dir, id string) ([]RcptInfo, error) {
+	where, err := Locate(dir, id)
+	if err != nil {
+		return nil, err
+	}
+	p := map[string]string{
+		WhereActive: filepath.Join(dir, shardOf(id), id), WhereHold: filepath.Join(dir, holdDir, id),
+		WhereQuarantine: filepath.Join(dir, brokenDir, id)}[where]
+	env, err := readEnvelope(p)
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(p + statusExt)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []RcptInfo
+	for _, line := range bytes.Split(b, []byte{'\n'}) {
+		var st status
+		if len(line) == 0 || json.Unmarshal(line, &st) != nil || st.ID != id {
+			continue
+		}
+		if st.Released {
+			out = append(out, RcptInfo{State: RcptReleased, At: st.Next})
+		}
+		for _, n := range st.Rcpts {
+			if n.I < 0 || n.I >= len(env.To) {
+				continue
+			}
+			out = append(out, RcptInfo{Addr: env.To[n.I], State: n.State, Code: n.Code, Reply: n.Reply, At: n.At})
+		}
+	}
+	return out, nil
+}

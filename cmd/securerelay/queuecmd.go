@@ -543,6 +543,16 @@ func queueShow(a *queueArgs, dir string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintln(w)
 	}
+	if hist, err := queue.History(dir, id); err == nil && len(hist) > 0 {
+		fmt.Fprintln(w, "history:")
+		for _, h := range hist {
+			if h.Addr == "" {
+				fmt.Fprintf(w, "  %s released by an operator\n", h.At.Format(time.RFC3339))
+				continue
+			}
+			fmt.Fprintf(w, "  %s %s: %s %s %s\n", h.At.Format(time.RFC3339), h.Addr, h.State, h.Code, h.Reply)
+		}
+	}
 	rc, err := queue.OpenData(dir, id)
 	if err != nil {
 		fmt.Fprintf(stderr, "securerelay queue show: %v\n", err)

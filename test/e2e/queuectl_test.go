@@ -225,7 +225,7 @@ func TestQueueCommands(t *testing.T) {
 	// show, with and without the body.
 	out := r.queueCmd(t, "show", held)
 	for _, want := range []string{"queue_id: " + held, "state: held", "from: sender@example.org", "alice@example.test: sent",
-		"carol@example.test: held 5.1.1", "header:", "Subject: three recipients"} {
+		"carol@example.test: held 5.1.1", "history:", "header:", "Subject: three recipients"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("queue show lacks %q:\n%s", want, out)
 		}
@@ -264,6 +264,10 @@ func TestQueueCommands(t *testing.T) {
 	}
 	if l := r.queueJSON(t, "--held"); len(l) != 1 || l[0].ID != erin || l[0].rcptStates() != "erin@example.test=held" {
 		t.Fatalf("list --held after hold: %+v", l)
+	}
+	if out := r.queueCmd(t, "show", erin); !strings.Contains(out, "erin@example.test: deferred 4.2.0") ||
+		!strings.Contains(out, "erin@example.test: held  held by operator "+me.Username+"; last attempt: 4.2.0") {
+		t.Errorf("queue show of a message held by the operator lacks its history:\n%s", out)
 	}
 	if l := r.LogLines(`msg="queue control: held"`, "queue_id="+erin, "operator="+me.Username); len(l) != 1 {
 		t.Errorf("hold not logged with the operator")
