@@ -257,7 +257,7 @@ func (q *Queue) Retry(ctx context.Context, id string, op Operator) error {
 		return fmt.Errorf("%s: %w", id, ErrNotFound)
 	}
 	busy := it.busy
-	if !busy {
+	if !busy && it.index >= 0 {
 		it.next = q.opts.Now()
 		heap.Fix(&q.waiting, it.index)
 	}

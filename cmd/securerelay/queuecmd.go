@@ -196,7 +196,7 @@ func queueMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "securerelay queue %s: %v\n", a.sub, err)
 		return 1
 	}
-	unlock, err := lockSpool(cfg)
+	unlock, err := lockSpool(cfg, 0)
 	if err != nil {
 		fmt.Fprintf(stderr, "securerelay queue %s: %v\n", a.sub, err)
 		return 1
@@ -263,8 +263,9 @@ func becomeSpoolOwner(stateDir string) error {
 }
 
 // lockSpool takes the spool lock (state_dir/spool.lock) that a running
-// relay holds for its lifetime.
-func lockSpool(cfg *config.Config) (func(), error) {
+// relay holds for its lifetime, and a queue command working on the spool
+// for its own (a second or so): wait is how long to wait for it.
+func lockSpool(cfg *config.Config, wait time.Duration) (func(), error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state_dir: %w", err)
 	}
@@ -273,12 +274,21 @@ func lockSpool(cfg *config.Config) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool lock: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("the spool in %s is in use by a running relay (%s is locked); use the relay's control socket %s", cfg.StateDir, p, filepath.Join(cfg.StateDir, control.SocketName))
+	deadline := time.Now().Add(wait)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
 		}
-		return nil, fmt.Errorf("spool lock %s: %w", p, err)
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("spool lock %s: %w", p, err)
+		}
+		if time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("the spool in %s is in use by another process (%s is locked: a running relay, whose control socket is %s, or a queue command)", cfg.StateDir, p, filepath.Join(cfg.StateDir, control.SocketName))
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	return func() { f.Close() }, nil
 }
@@ -311,6 +321,10 @@ func queueControl(q *queue.Queue, a *queueArgs, op queue.Operator, stdout, stder
 		each("due now", q.Retry)
 	case "delete":
 		ids := a.ids
+		if len(ids) == 0 && !a.yes {
+			fmt.Fprintln(stderr, "securerelay queue delete: --from/--to need --yes")
+			return 2
+		}
 		if len(ids) == 0 {
 			items, err := queue.Scan(q.Dir())
 			if err != nil {

@@ -256,7 +256,9 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	}
 	// One process owns the spool: a second relay on the same state_dir,
 	// or a queue command working on the files, would race deliveries.
-	unlock, err := lockSpool(cfg)
+	// A queue command working on the stopped relay's spool holds the
+	// lock for a moment: wait for it rather than fail the start.
+	unlock, err := lockSpool(cfg, 10*time.Second)
 	if err != nil {
 		return err
 	}
