@@ -99,6 +99,9 @@ func (q *Queue) claim(ctx context.Context, id string) (*item, error) {
 			return it, nil
 		}
 		q.mu.Unlock()
+		if !waited {
+			q.log.Info("queue control: waiting for the delivery attempt in progress", "queue_id", id, "max_wait", ClaimWait.String())
+		}
 		waited = true
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return nil, fmt.Errorf("%s: %w", id, ErrBusy)

@@ -396,7 +396,7 @@ func TestQueueCommandsDuringDeliveries(t *testing.T) {
 			return mailboxBusy
 		}
 		return nil
-	}, 150*time.Millisecond, "1s")
+	}, 300*time.Millisecond, "1s")
 
 	const n = 12
 	stop := make(chan struct{})
@@ -463,7 +463,10 @@ func TestQueueCommandsDuringDeliveries(t *testing.T) {
 	}
 	// Let the commands and the retries interleave a while: until the
 	// operator held a few messages (bounded).
-	for end := time.Now().Add(20 * time.Second); holding.Load() < 3 && time.Now().Before(end); {
+	waits := func() int {
+		return len(r.LogLines(`msg="queue control: waiting for the delivery attempt in progress"`))
+	}
+	for end := time.Now().Add(20 * time.Second); (holding.Load() < 2 || waits() < 1) && time.Now().Before(end); {
 		time.Sleep(50 * time.Millisecond)
 	}
 	close(stop)
@@ -486,7 +489,8 @@ func TestQueueCommandsDuringDeliveries(t *testing.T) {
 			t.Errorf("queue %v: exit %d:\n%s", res.args, res.code, res.out)
 		}
 	}
-	t.Logf("%d holds and %d releases succeeded while delivering", holds, releases)
+	t.Logf("%d holds and %d releases succeeded while delivering; %d commands waited for an attempt in progress",
+		holds, releases, waits())
 	if holds == 0 {
 		t.Errorf("no hold succeeded; the test did not race anything")
 	}
