@@ -12,7 +12,7 @@ import (
 
 var testOp = Operator{User: "alice", UID: 1000, Via: "socket"}
 
-// A held message released is delivered to the recipients it still owes,
+// A held message released (here by retry) is delivered to the recipients it still owes,
 // and to no other: the sidecar that went to hold/ says who got it.
 func TestReleaseDeliversOnlyOwed(t *testing.T) {
 	refuse := "carol@example.com"
@@ -45,7 +45,8 @@ func TestReleaseDeliversOnlyOwed(t *testing.T) {
 
 	refuse = ""
 	// Not racy: the recorder calls fn only in an attempt, and none runs.
-	if err := q.Release(context.Background(), id, testOp); err != nil {
+	// Retry of a held message is its release.
+	if err := q.Retry(context.Background(), id, testOp); err != nil {
 		t.Fatal(err)
 	}
 	if c := q.rec.next(t); strings.Join(c.rcpts, " ") != "carol@example.com" {
