@@ -141,6 +141,7 @@ type relay struct {
 	log      *slog.Logger
 	certs    *smtpd.Certs
 	q        *queue.Queue
+	ctl      *control.Server // the queue commands' socket (queuecmd.go)
 	engine   *outbound.Engine
 	users    *outbound.Users
 	signer   *outbound.Signer
@@ -152,7 +153,6 @@ type relay struct {
 	servers  []*smtpd.Server
 	cfgPath  string
 	serveErr chan error
-	ctl      *control.Server
 	stsCache tlspolicy.STSCache
 	// keys is the OpenPGP key directory of the encryption fallback, one
 	// for the process (its settings need a restart; keyring files are
