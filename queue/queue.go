@@ -217,6 +217,25 @@ type item struct {
 	held bool
 	// warned: recipient indexes whose sender got a delay warning.
 	warned map[int]bool
+	// notes: the last result of each recipient tried; those in state
+	// RcptHeld (and not done) are owed a delivery that waits for an
+	// operator, and are not attempted.
+	notes map[int]rcptNote
+}
+
+// isHeld reports whether recipient i waits in hold: owed, not attempted.
+func (it *item) isHeld(i int) bool {
+	return !it.done[i] && it.notes[i].State == RcptHeld
+}
+
+// finished reports whether no recipient is left to attempt.
+func (it *item) finished() bool {
+	for i := range it.st.env.To {
+		if !it.done[i] && !it.isHeld(i) {
+			return false
+		}
+	}
+	return true
 }
 
 // Open opens (creating if needed) the spool in opts.Dir and loads every
@@ -335,7 +354,12 @@ func (q *Queue) recover() error {
 					delete(done, k)
 				}
 			}
-			it := &item{id: name, st: st, done: done, attempts: attempts, next: next, index: -1, sidecar: true, held: held, warned: ps.warned}
+			for k := range ps.notes {
+				if k < 0 || k >= len(st.env.To) {
+					delete(ps.notes, k)
+				}
+			}
+			it := &item{id: name, st: st, done: done, attempts: attempts, next: next, index: -1, sidecar: true, held: held, warned: ps.warned, notes: ps.notes}
 			// A next time beyond the longest backoff (with its up to 10%
 			// jitter) means the clock was set back: do not trust it.
 			last := q.opts.Retry[len(q.opts.Retry)-1]
@@ -411,7 +435,7 @@ func (w *Writer) Commit() error {
 	w.closed = true
 	w.releaseBuf()
 	st := &stored{env: w.env, dataOff: w.off, dataLen: w.n, content: w.content}
-	it := &item{id: w.id, st: st, done: map[int]bool{}, warned: map[int]bool{}, next: w.q.opts.Now(), index: -1}
+	it := &item{id: w.id, st: st, done: map[int]bool{}, warned: map[int]bool{}, notes: map[int]rcptNote{}, next: w.q.opts.Now(), index: -1}
 	w.q.mu.Lock()
 	w.q.items[w.id] = it
 	heap.Push(&w.q.waiting, it)
@@ -562,7 +586,7 @@ func (q *Queue) attempt(it *item) {
 	}
 	var idx []int
 	for i, r := range env.To {
-		if !it.done[i] {
+		if !it.done[i] && !it.isHeld(i) {
 			d.Rcpts = append(d.Rcpts, r)
 			idx = append(idx, i)
 		}
@@ -580,6 +604,13 @@ func (q *Queue) attempt(it *item) {
 	// sender: inbound mail was refused in the dialog instead of bounced,
 	// and <> must never get one (RFC 5321 §6.1).
 	reportable := env.Origin != OriginInbound && env.From != "" && q.opts.Bouncer != nil
+	// Where no DSN is possible a permanent failure is held, not bounced:
+	// the recipient stays owed (see the end of this function).
+	holds := env.Origin == OriginInbound || env.From == "" || q.opts.Bouncer == nil
+	if it.notes == nil {
+		it.notes = map[int]rcptNote{}
+	}
+	var notes []rcptNote
 	var bounces, notices []Bounce
 	var bounceIdx []int
 	newlyWarned := false
@@ -599,7 +630,17 @@ func (q *Queue) attempt(it *item) {
 			r.Code = "5.4.7"
 			r.Reply = fmt.Sprintf("message expired after %s in queue; last error: %s", q.opts.MaxAge, r.Reply)
 		}
-		q.logResult(it, env.To[i], r, now.Sub(env.Received), now.Sub(start))
+		state := map[Status]string{Delivered: RcptSent, PermFail: RcptBounced}[r.Status]
+		if state == "" {
+			state = RcptDeferred
+		}
+		if r.Status == PermFail && holds {
+			state = RcptHeld
+		}
+		q.logResult(it, env.To[i], r, state, now.Sub(env.Received), now.Sub(start))
+		n := rcptNote{I: i, State: state, Code: r.Code, Reply: r.Reply, At: now}
+		notes = append(notes, n)
+		it.notes[i] = n
 		if r.Status != Delivered && r.TLSPolicy != "" {
 			lastTLS = r.TLSPolicy
 		}
@@ -638,22 +679,26 @@ func (q *Queue) attempt(it *item) {
 	}
 	if len(bounces) > 0 {
 		switch {
+		// Held recipients are not done: they stay owed (their note says
+		// why), so that a release delivers to them, and only to them.
 		case env.Origin == OriginInbound:
 			q.log.Warn("permanent failure of accepted inbound mail: no DSN is sent for inbound mail; the message will be kept in spool/hold; check the downstream system",
 				"queue_id", it.id, "from", env.From, "nrcpt", len(bounces))
-			newlyDone = append(newlyDone, bounceIdx...)
 			it.held = true
 		case env.From == "":
 			q.log.Warn("no DSN for the null sender; the message will be kept in spool/hold", "queue_id", it.id, "nrcpt", len(bounces))
-			newlyDone = append(newlyDone, bounceIdx...)
 			it.held = true
 		case q.opts.Bouncer == nil:
-			newlyDone = append(newlyDone, bounceIdx...)
 			it.held = true
 		default:
 			if err := q.opts.Bouncer(d, bounces); err != nil {
 				q.log.Error("could not queue DSN, will try again", "queue_id", it.id, "error", err)
 				pending += len(bounces)
+				for _, i := range bounceIdx {
+					n := it.notes[i]
+					n.State = RcptDeferred
+					it.notes[i] = n
+				}
 			} else {
 				newlyDone = append(newlyDone, bounceIdx...)
 			}
@@ -662,11 +707,29 @@ func (q *Queue) attempt(it *item) {
 	for _, i := range newlyDone {
 		it.done[i] = true
 	}
-	if len(it.done) >= len(env.To) {
+	var doneList, warnedList []int
+	for i := range it.done {
+		doneList = append(doneList, i)
+	}
+	if newlyWarned {
+		for i := range it.warned {
+			warnedList = append(warnedList, i)
+		}
+	}
+	for k, n := range notes {
+		notes[k] = it.notes[n.I] // a DSN that failed turned bounced into deferred
+	}
+	if it.finished() {
 		q.mu.Lock()
 		delete(q.items, it.id)
 		q.mu.Unlock()
 		if it.held {
+			// The sidecar goes to hold/ with the message: which
+			// recipients were served and which are still owed, and why.
+			it.sidecar = true
+			if err := q.store.appendStatus(it.id, status{Done: doneList, Attempts: it.attempts, Held: true, Warned: warnedList, Rcpts: notes}); err != nil {
+				q.log.Warn("could not record delivery status of a held message; a release would deliver to every recipient", "queue_id", it.id, "error", err)
+			}
 			// Not deleted now: whoever accepted it must deliver it, and
 			// nobody can be told it failed. An admin looks at hold/,
 			// which keeps it for queue.hold_max_age within
@@ -692,17 +755,8 @@ func (q *Queue) attempt(it *item) {
 		// Shutting down: the attempt was cut short, not really failed.
 		it.next = now
 	}
-	var doneList, warnedList []int
-	for i := range it.done {
-		doneList = append(doneList, i)
-	}
-	if newlyWarned {
-		for i := range it.warned {
-			warnedList = append(warnedList, i)
-		}
-	}
 	it.sidecar = true
-	if err := q.store.appendStatus(it.id, status{Done: doneList, Attempts: it.attempts, Next: it.next, Held: it.held, TLSPolicy: lastTLS, Warned: warnedList}); err != nil {
+	if err := q.store.appendStatus(it.id, status{Done: doneList, Attempts: it.attempts, Next: it.next, Held: it.held, TLSPolicy: lastTLS, Warned: warnedList, Rcpts: notes}); err != nil {
 		q.log.Warn("could not record delivery status; recipients may be retried", "queue_id", it.id, "error", err)
 	}
 	q.mu.Lock()
@@ -724,8 +778,10 @@ func (q *Queue) backoff(n int) time.Duration {
 	return d + time.Duration(rand.Int64N(int64(d)/10+1))
 }
 
-func (q *Queue) logResult(it *item, rcpt string, r Result, delay, attemptDur time.Duration) {
-	st := map[Status]string{Delivered: "sent", TempFail: "deferred", PermFail: "bounced"}[r.Status]
+// logResult logs one recipient's attempt, Postfix-like; st is the
+// recipient's state after it (sent, deferred, bounced, or held where no
+// DSN was possible and the message is kept for the operator).
+func (q *Queue) logResult(it *item, rcpt string, r Result, st string, delay, attemptDur time.Duration) {
 	args := []any{
 		"queue_id", it.id, "from", it.st.env.From, "to", rcpt, "relay", r.Relay,
 		"delay", fmt.Sprintf("%.2f", delay.Seconds()),
@@ -785,8 +841,64 @@ type Info struct {
 	Err      error
 	// Held: in hold/ (not being delivered; see the log for why).
 	Held bool
+	// Quarantined: in quarantine/ (a file found damaged or incomplete at
+	// start; Err says why when it cannot be read).
+	Quarantined bool
 	// TLSPolicy: the last attempt's unmet TLS requirement, if any.
 	TLSPolicy string
+	// Rcpts is each recipient's state, in envelope order.
+	Rcpts []RcptInfo
+}
+
+// RcptInfo is one recipient of a spooled message.
+type RcptInfo struct {
+	Addr string
+	// State: RcptSent or RcptBounced (done), RcptHeld (owed, waiting for
+	// an operator), RcptPending (to be tried; RcptDeferred or
+	// RcptReleased when tried before). A recipient done before per-
+	// recipient notes were kept is "done".
+	State string
+	Code  string
+	Reply string
+	At    time.Time
+}
+
+// Count returns how many recipients are in each state.
+func (in *Info) Count() (pending, held, done int) {
+	for _, r := range in.Rcpts {
+		switch r.State {
+		case RcptHeld:
+			held++
+		case RcptSent, RcptBounced, "done":
+			done++
+		default:
+			pending++
+		}
+	}
+	return
+}
+
+// rcptInfos describes env's recipients from their progress.
+func rcptInfos(env *Envelope, done map[int]bool, notes map[int]rcptNote) []RcptInfo {
+	out := make([]RcptInfo, len(env.To))
+	for i, a := range env.To {
+		n, ok := notes[i]
+		r := RcptInfo{Addr: a, State: RcptPending}
+		if ok {
+			r.State, r.Code, r.Reply, r.At = n.State, n.Code, n.Reply, n.At
+		}
+		switch {
+		case done[i] && r.State != RcptSent && r.State != RcptBounced:
+			// Done without a note (older sidecar), or after a DSN that
+			// the note counted as deferred first.
+			r.State = "done"
+		case !done[i] && (r.State == RcptSent || r.State == RcptBounced):
+			// The line recording it done was lost: it will be tried again.
+			r.State = RcptPending
+		}
+		out[i] = r
+	}
+	return out
 }
 
 // Scan reads the spool in dir without a running queue (for the CLI). It
@@ -797,7 +909,7 @@ func Scan(dir string) ([]Info, error) {
 	for i := 0; i < shards; i++ {
 		dirs = append(dirs, fmt.Sprintf("%X", i))
 	}
-	dirs = append(dirs, holdDir)
+	dirs = append(dirs, holdDir, brokenDir)
 	for _, d := range dirs {
 		sd := filepath.Join(dir, d)
 		ents, err := os.ReadDir(sd)
@@ -814,7 +926,7 @@ func Scan(dir string) ([]Info, error) {
 			if fi, err := e.Info(); err == nil && fi.Size() == 0 {
 				continue // a pre-created file, not a message
 			}
-			inf := Info{ID: e.Name(), Held: d == holdDir}
+			inf := Info{ID: e.Name(), Held: d == holdDir, Quarantined: d == brokenDir}
 			st, err := readStored(filepath.Join(sd, e.Name()))
 			if err != nil {
 				inf.Err = err
@@ -822,6 +934,7 @@ func Scan(dir string) ([]Info, error) {
 				inf.Envelope, inf.Size = st.env, st.dataLen
 				ps := readStatus(filepath.Join(sd, e.Name()+statusExt), e.Name())
 				inf.Done, inf.Attempts, inf.Next, inf.TLSPolicy = len(ps.done), ps.attempts, ps.next, ps.tlsPolicy
+				inf.Rcpts = rcptInfos(&st.env, ps.done, ps.notes)
 			}
 			out = append(out, inf)
 		}

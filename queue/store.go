@@ -534,11 +534,46 @@ type status struct {
 	// Warned lists recipient indexes whose sender got a delay warning
 	// (delay_warning_time), so that each gets one.
 	Warned []int `json:"warned,omitempty"`
+	// Rcpts are the results of this line's attempt (or operator action)
+	// per recipient: what queue list and show report, and which
+	// recipients a held message still owes (state "held"; they are not
+	// in Done, so that a release delivers to them and only them).
+	Rcpts []rcptNote `json:"rcpts,omitempty"`
+	// Released: an operator released the message from hold/; every
+	// recipient held until now is owed a delivery again.
+	Released bool `json:"released,omitempty"`
+}
+
+// rcptNote is the last word about one recipient.
+type rcptNote struct {
+	I int `json:"i"`
+	// State: "sent", "deferred", "bounced", "held" (owed, not being
+	// tried: failed with no DSN possible, or held by an operator),
+	// "released" (held before, owed and tried again).
+	State string    `json:"state"`
+	Code  string    `json:"code,omitempty"`
+	Reply string    `json:"reply,omitempty"`
+	At    time.Time `json:"at"`
+}
+
+// Recipient states in the sidecar and in Info.
+const (
+	RcptPending  = "pending"
+	RcptSent     = "sent"
+	RcptDeferred = "deferred"
+	RcptBounced  = "bounced"
+	RcptHeld     = "held"
+	RcptReleased = "released"
+)
+
+func jsonLine(st status) ([]byte, error) {
+	b, err := json.Marshal(st)
+	return append(b, '\n'), err
 }
 
 func (s *store) appendStatus(id string, st status) error {
 	st.ID = id
-	b, err := json.Marshal(st)
+	b, err := jsonLine(st)
 	if err != nil {
 		return err
 	}
@@ -546,7 +581,7 @@ func (s *store) appendStatus(id string, st status) error {
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(append(b, '\n'))
+	_, err = f.Write(b)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -561,12 +596,13 @@ type progress struct {
 	held      bool
 	tlsPolicy string
 	warned    map[int]bool
+	notes     map[int]rcptNote
 }
 
 // readStatus folds the sidecar's lines for message id; a torn last line
 // (crash while appending) and lines of another message are ignored.
 func readStatus(path, id string) progress {
-	p := progress{done: map[int]bool{}, warned: map[int]bool{}}
+	p := progress{done: map[int]bool{}, warned: map[int]bool{}, notes: map[int]rcptNote{}}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return p
@@ -581,6 +617,18 @@ func readStatus(path, id string) progress {
 		}
 		for _, i := range st.Warned {
 			p.warned[i] = true
+		}
+		if st.Released {
+			for i, n := range p.notes {
+				if n.State == RcptHeld {
+					n.State = RcptReleased
+					p.notes[i] = n
+				}
+			}
+			p.held = false
+		}
+		for _, n := range st.Rcpts {
+			p.notes[n.I] = n
 		}
 		p.attempts, p.next = st.Attempts, st.Next
 		p.held = p.held || st.Held

@@ -4,12 +4,14 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"runtime/debug"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -31,8 +33,21 @@ commands:
   dkim check --config FILE     look up every configured selector and compare it with its key
   dkim rotate --config FILE --domain D [--selector S] [--algorithm rsa|ed25519]
                                make the next key of D (not signing yet) and print the steps
-  queue list|count --config FILE   show the spool (read only); list includes spool/hold,
-                               count only messages still being delivered
+  queue list|count --config FILE [--held] [--quarantined] [--from ADDR] [--to ADDR]
+                     [--older-than D] [--json]
+                               show the spool (list includes spool/hold and spool/quarantine,
+                               each recipient's state; count only messages being delivered)
+  queue show --config FILE ID [--body]
+                               envelope, recipients' states, header (--body: the message)
+  queue hold|release|retry --config FILE ID... (retry: or --all)
+                               hold/release a message (release: to the recipients still owed);
+                               retry: deliver now (needs the running relay)
+  queue delete --config FILE ID...|--from ADDR|--to ADDR [--yes]
+                               delete for good and print the count; a filter needs --yes
+  queue prune --config FILE [--held-older-than D] [--quarantined-older-than D]
+                               delete what was held/quarantined longer than D
+                               (changes go through the running relay's control socket
+                               state_dir/control.sock, else to the stopped relay's spool)
   tls-policy explain --config FILE DOMAIN [--requiretls] [--tls-required-no]
                                print the TLS policy for mail to DOMAIN, where each part comes
                                from, per MX host; exit 3 if DNS gave no MX host
@@ -83,19 +98,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%s: OK (%d listeners, %d domains, %d routes)\n", path, len(cfg.Listeners), len(cfg.Domains), len(cfg.Outbound.Routes))
 		return 0
 	case "queue":
-		if len(args) == 0 || (args[0] != "list" && args[0] != "count") {
-			fmt.Fprint(stderr, usage)
-			return 2
-		}
-		path, ok := configFlag("queue", args[1:], stderr)
-		if !ok {
-			return 2
-		}
-		cfg, code := load(path, stderr)
-		if cfg == nil {
-			return code
-		}
-		return queueCmd(args[0], cfg, stdout, stderr)
+		return queueMain(args, stdout, stderr)
 	case "dkim":
 		return dkimCmd(args, stdout, stderr)
 	case "tls-policy":
@@ -215,28 +218,20 @@ func versionString() string {
 	return "dev"
 }
 
-func queueCmd(sub string, cfg *config.Config, stdout, stderr io.Writer) int {
-	items, err := queue.Scan(spoolDir(cfg))
-	if err != nil {
-		fmt.Fprintf(stderr, "securerelay queue: %v\n", err)
-		return 1
-	}
-	if sub == "count" {
-		// Messages still being delivered; held ones wait for the admin.
-		n := 0
-		for _, it := range items {
-			if !it.Held {
-				n++
-			}
-		}
-		fmt.Fprintln(stdout, n)
-		return 0
-	}
-	tw := tabwriter.NewWriter(stdout, 2, 8, 2, ' ', 0)
+// printList prints list's table: one row per message, followed by the
+// lines of its recipients still owed.
+func printList(items []queue.Info, stdout io.Writer) int {
+	// The rows are aligned as a table; each is followed by the lines of
+	// its recipients still owed (like mailq), outside the table.
+	var rows bytes.Buffer
+	var details [][]string
+	tw := tabwriter.NewWriter(&rows, 2, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "QUEUE ID\tSIZE\tARRIVAL\tATTEMPTS\tNEXT\tSENDER\tRECIPIENTS")
+	details = append(details, nil)
 	for _, it := range items {
 		if it.Err != nil {
 			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t(%v)\t\n", it.ID, it.Err)
+			details = append(details, nil)
 			continue
 		}
 		from := it.Envelope.From
@@ -247,20 +242,50 @@ func queueCmd(sub string, cfg *config.Config, stdout, stderr io.Writer) int {
 		if !it.Next.IsZero() {
 			next = it.Next.Format(time.DateTime)
 		}
-		if it.Held {
-			next = "held"
+		if it.Held || it.Quarantined {
+			next = messageState(&it)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\t%d of %d pending\n", it.ID, it.Size,
-			it.Envelope.Received.Format(time.DateTime), it.Attempts, next, from,
-			len(it.Envelope.To)-it.Done, len(it.Envelope.To))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\t%s\n", it.ID, it.Size,
+			it.Envelope.Received.Format(time.DateTime), it.Attempts, next, from, rcptSummary(&it))
+		var d []string
 		if it.TLSPolicy != "" {
 			// Postfix's mailq shows the last error under the entry; the TLS
 			// decision is what an admin asks first about a deferred partner.
-			fmt.Fprintf(tw, "  tls: %s\n", it.TLSPolicy)
+			d = append(d, "  tls: "+it.TLSPolicy)
 		}
+		for _, r := range it.Rcpts {
+			if r.State == queue.RcptSent || r.State == queue.RcptBounced || r.State == "done" || r.Code == "" {
+				continue
+			}
+			d = append(d, fmt.Sprintf("  [%s] %s: %s %s", r.State, r.Addr, r.Code, r.Reply))
+		}
+		details = append(details, d)
 	}
 	tw.Flush()
+	for i, line := range strings.Split(strings.TrimSuffix(rows.String(), "\n"), "\n") {
+		fmt.Fprintln(stdout, line)
+		if i < len(details) {
+			for _, d := range details[i] {
+				fmt.Fprintln(stdout, d)
+			}
+		}
+	}
 	return 0
+}
+
+// rcptSummary counts a message's recipients by state: "2 of 3 pending",
+// or for a held message "1 of 3 held, 2 done".
+func rcptSummary(it *queue.Info) string {
+	pending, held, done := it.Count()
+	n := len(it.Envelope.To)
+	if held == 0 {
+		return fmt.Sprintf("%d of %d pending", pending, n)
+	}
+	s := fmt.Sprintf("%d of %d held, %d done", held, n, done)
+	if pending > 0 {
+		s += fmt.Sprintf(", %d pending", pending)
+	}
+	return s
 }
 
 func hasInbound(cfg *config.Config) bool {

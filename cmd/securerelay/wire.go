@@ -24,6 +24,7 @@ import (
 	"securerelay/encrypt"
 	"securerelay/inbound"
 	"securerelay/internal/anvil"
+	"securerelay/internal/control"
 	"securerelay/internal/counter"
 	"securerelay/outbound"
 	"securerelay/queue"
@@ -141,6 +142,7 @@ type relay struct {
 	log      *slog.Logger
 	certs    *smtpd.Certs
 	q        *queue.Queue
+	ctl      *control.Server // the queue commands' socket (queuecmd.go)
 	engine   *outbound.Engine
 	users    *outbound.Users
 	signer   *outbound.Signer
@@ -268,6 +270,15 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	for _, d := range cfg.Queue.Retry {
 		retry = append(retry, d.D())
 	}
+	// One process owns the spool: a second relay on the same state_dir,
+	// or a queue command working on the files, would race deliveries.
+	// A queue command working on the stopped relay's spool holds the
+	// lock for a moment: wait for it rather than fail the start.
+	unlock, err := lockSpool(cfg, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	r.q, err = queue.Open(queue.Options{
 		Dir:       spoolDir(cfg),
 		Retry:     retry,
@@ -373,6 +384,11 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		r.servers = append(r.servers, s)
 	}
 	r.q.Start()
+	// The queue commands that change the spool come through here while
+	// the relay runs (queuecmd.go).
+	if r.ctl, err = control.Listen(filepath.Join(cfg.StateDir, control.SocketName), r.controlHandler); err != nil {
+		return err
+	}
 	for _, s := range r.servers {
 		go func(s *smtpd.Server) { r.serveErr <- s.Serve() }(s)
 	}
@@ -468,6 +484,7 @@ func (r *relay) shutdown() {
 		go func(s *smtpd.Server) { defer wg.Done(); s.Shutdown(ctx) }(s)
 	}
 	wg.Wait()
+	r.ctl.Close()
 	r.q.Stop(ctx)
 	r.engine.Close()
 	if err := r.loops.Close(); err != nil {

@@ -417,6 +417,9 @@ type serverOptions struct {
 	DataErr error
 	// SMTPUTF8 offers SMTPUTF8 (RFC 6531).
 	SMTPUTF8 bool
+	// DataDelay, if set, is waited after reading DATA, before the reply
+	// (a delivery that stays in progress for a while).
+	DataDelay time.Duration
 }
 
 type testServer struct {
@@ -510,6 +513,9 @@ func (s *testSession) Data(r io.Reader) error {
 	data, err := io.ReadAll(r)
 	if err != nil {
 		return err
+	}
+	if s.ts.opts.DataDelay > 0 {
+		time.Sleep(s.ts.opts.DataDelay)
 	}
 	_, tlsOn := s.c.TLSConnectionState()
 	s.ts.mu.Lock()

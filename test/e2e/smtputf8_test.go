@@ -460,7 +460,7 @@ domains:
 	if held == nil {
 		t.Fatalf("no queue ID in %q", got[4].Text)
 	}
-	r.WaitLog(0, 10*time.Second, "msg=bounced", "queue_id="+held[1], "dsn=5.6.7", "SMTPUTF8 is required, but was not offered")
+	r.WaitLog(0, 10*time.Second, "msg=held", "queue_id="+held[1], "dsn=5.6.7", "SMTPUTF8 is required, but was not offered")
 	r.WaitLog(0, 10*time.Second, "held:", "queue_id="+held[1])
 	m := down.WaitMessages(t, 1, 10*time.Second)
 	if len(m) != 1 || m[0].UTF8 || m[0].From != "sender@xn--bcher-kva.example" || strings.Join(m[0].To, " ") != "anna@xn--mller-kva.example" {

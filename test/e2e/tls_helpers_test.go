@@ -819,7 +819,7 @@ func (p *policyRelay) send(t *testing.T, from, to, subject string) string {
 
 // attempt is the queue's log line for one delivery attempt.
 type attempt struct {
-	Status string // sent, deferred or bounced
+	Status string // sent, deferred, bounced or held
 	Line   string
 }
 
@@ -829,7 +829,7 @@ func (p *policyRelay) waitAttempt(t *testing.T, id string, timeout time.Duration
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		for _, st := range []string{"sent", "deferred", "bounced"} {
+		for _, st := range []string{"sent", "deferred", "bounced", "held"} {
 			if l := p.LogLines("msg="+st, "queue_id="+id, "status="+st); len(l) > 0 {
 				return attempt{Status: st, Line: l[0]}
 			}
@@ -849,7 +849,7 @@ func (p *policyRelay) waitRcpt(t *testing.T, id, rcpt string, timeout time.Durat
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		for _, st := range []string{"sent", "deferred", "bounced"} {
+		for _, st := range []string{"sent", "deferred", "bounced", "held"} {
 			if l := p.LogLines("msg="+st, "queue_id="+id, "to="+rcpt+" ", "status="+st); len(l) > 0 {
 				return attempt{Status: st, Line: l[0]}
 			}

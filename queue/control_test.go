@@ -1,0 +1,121 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+var testOp = Operator{User: "alice", UID: 1000, Via: "socket"}
+
+// A held message released (here by retry) is delivered to the recipients it still owes,
+// and to no other: the sidecar that went to hold/ says who got it.
+func TestReleaseDeliversOnlyOwed(t *testing.T) {
+	refuse := "carol@example.com"
+	q := open(t, "", Options{}, func(ctx context.Context, d *Delivery) []Result {
+		out := make([]Result, len(d.Rcpts))
+		for i, r := range d.Rcpts {
+			out[i] = Result{Status: Delivered, Code: "2.0.0", Reply: "250 ok"}
+			if r == refuse {
+				out[i] = permFail
+			}
+		}
+		return out
+	})
+	q.Start()
+	id := put(t, q.Queue, inboundEnv("alice@example.com", "bob@example.com", "carol@example.com"), msg1)
+	if c := q.rec.next(t); len(c.rcpts) != 3 {
+		t.Fatalf("first attempt to %v", c.rcpts)
+	}
+	waitFor(t, 5*time.Second, "held", func() bool { n, _ := q.HoldUsage(); return n == 1 })
+	infos, err := Scan(q.dir)
+	if err != nil || len(infos) != 1 {
+		t.Fatalf("Scan: %v, %d", err, len(infos))
+	}
+	if p, h, d := infos[0].Count(); p != 0 || h != 1 || d != 2 || infos[0].Rcpts[2].Code != "5.1.1" {
+		t.Fatalf("held message: pending %d held %d done %d, %+v", p, h, d, infos[0].Rcpts)
+	}
+	if !strings.Contains(q.logs.String(), "msg=held ") || strings.Contains(q.logs.String(), "status=bounced") {
+		t.Errorf("held recipient not logged as held:\n%s", q.logs.String())
+	}
+
+	refuse = ""
+	// Not racy: the recorder calls fn only in an attempt, and none runs.
+	// Retry of a held message is its release.
+	if err := q.Retry(context.Background(), id, testOp); err != nil {
+		t.Fatal(err)
+	}
+	if c := q.rec.next(t); strings.Join(c.rcpts, " ") != "carol@example.com" {
+		t.Fatalf("after release, attempt to %v; want carol only", c.rcpts)
+	}
+	gone(t, q.Queue, id)
+	if !strings.Contains(q.logs.String(), `msg="queue control: released" queue_id=`+id) || !strings.Contains(q.logs.String(), "operator=alice uid=1000 via=socket") {
+		t.Errorf("release not logged with the operator:\n%s", q.logs.String())
+	}
+}
+
+// An operation on a message being delivered right now waits for the
+// attempt to end, and acts on what the attempt left; past ClaimWait it
+// refuses with ErrBusy and changes nothing.
+func TestControlWaitsForDelivery(t *testing.T) {
+	release := make(chan struct{})
+	q := open(t, "", Options{Retry: []time.Duration{time.Hour}}, func(ctx context.Context, d *Delivery) []Result {
+		<-release
+		return all(len(d.Rcpts), tempFail)
+	})
+	q.Start()
+	id := put(t, q.Queue, inboundEnv("a@example.com"), msg1)
+	q.rec.next(t) // the attempt is under way, blocked
+
+	old := ClaimWait
+	ClaimWait = 50 * time.Millisecond
+	err := q.Hold(context.Background(), id, testOp)
+	ClaimWait = old
+	if !errors.Is(err, ErrBusy) {
+		t.Fatalf("Hold during an attempt: %v, want ErrBusy", err)
+	}
+	if _, err := os.Stat(q.store.path(id)); err != nil {
+		t.Fatalf("message touched by a refused hold: %v", err)
+	}
+
+	done := make(chan error, 1)
+	go func() { done <- q.Hold(context.Background(), id, testOp) }()
+	select {
+	case err := <-done:
+		t.Fatalf("Hold returned during the attempt: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Hold did not return after the attempt ended")
+	}
+	if _, err := os.Stat(filepath.Join(q.dir, holdDir, id)); err != nil {
+		t.Fatalf("not in hold/: %v", err)
+	}
+	if state(q.Queue, id).present {
+		t.Fatal("held message still scheduled")
+	}
+	infos, _ := Scan(q.dir)
+	if len(infos) != 1 || !infos[0].Held || infos[0].Rcpts[0].State != RcptHeld || infos[0].Attempts != 1 {
+		t.Fatalf("after hold: %+v", infos)
+	}
+	// Delete waits the same way; here nothing runs: gone at once.
+	if err := q.Delete(context.Background(), id, testOp); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Locate(id); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after delete: %v", err)
+	}
+	if n, _ := q.HoldUsage(); n != 0 {
+		t.Fatalf("hold index still counts %d", n)
+	}
+}
