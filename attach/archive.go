@@ -121,6 +121,14 @@ func (in *inspector) readErr(pathIn string, err error) error {
 	return nil
 }
 
+// corrupt reports a decompressor's "this data is damaged".
+func corrupt(err error) bool {
+	var fe flate.CorruptInputError
+	var be bzip2.StructuralError
+	return errors.As(err, &fe) || errors.As(err, &be) || errors.Is(err, zip.ErrFormat) || errors.Is(err, zip.ErrChecksum) ||
+		errors.Is(err, zip.ErrAlgorithm) || errors.Is(err, gzip.ErrHeader) || errors.Is(err, gzip.ErrChecksum)
+}
+
 // deeper refuses to open an archive whose entries would be nested
 // deeper than the limit.
 func (in *inspector) deeper(pathIn string, depth int) error {
@@ -179,7 +187,15 @@ func (in *inspector) content(pathIn string, r io.Reader, depth int) error {
 		}
 	}
 	if damaged {
-		return in.readErr(pathIn, err)
+		if err := in.readErr(pathIn, err); err != nil {
+			return err
+		}
+		if pathIn != "" && corrupt(err) {
+			// What could not be unpacked is not known; an extraction
+			// tool may still write the file.
+			return in.found(Unopened, pathIn, "it is damaged (its data cannot be unpacked), so its content cannot be checked")
+		}
+		return nil
 	}
 	if s.kind == kindPlain && s.class == "" && isTar(head) {
 		// A tar file without the ustar mark (the old V7 format),

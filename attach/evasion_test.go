@@ -299,6 +299,18 @@ func TestArchiveEvasions(t *testing.T) {
 		broken[j] ^= 0xff
 	}
 
+	// An entry whose compressed data is damaged from its first byte: no
+	// byte of it can be read, so nothing can be told about it; an
+	// extraction tool may still write a file, and mail programs show it.
+	var bad bytes.Buffer
+	zw = zip.NewWriter(&bad)
+	f, _ = zw.CreateHeader(&zip.FileHeader{Name: "Rechnung.pdf", Method: zip.Deflate})
+	f.Write(append(append([]byte{}, pe...), noise...))
+	zw.Close()
+	corrupt := bad.Bytes()
+	at = bytes.Index(corrupt, []byte("Rechnung.pdf")) + len("Rechnung.pdf")
+	corrupt[at] = 0xff // BTYPE 11: a reserved block type, refused by every inflater
+
 	// A ZIP declaring an entry of 4 GiB that holds five bytes.
 	var small bytes.Buffer
 	zw = zip.NewWriter(&small)
@@ -334,6 +346,8 @@ func TestArchiveEvasions(t *testing.T) {
 			action: attach.Pass},
 		{name: "entry broken after its first bytes", msg: one("a.zip", broken),
 			action: attach.Reject, class: attach.Executable, file: "a.zip", path: "Rechnung.pdf"},
+		{name: "entry damaged from its first byte", msg: one("a.zip", corrupt),
+			action: attach.Reject, class: attach.Unopened, file: "a.zip", path: "Rechnung.pdf"},
 		// "#!" makes a script only of a file without an extension:
 		// desktops open the others by their extension.
 		{name: "shebang without a name", msg: rawMsg("Content-Type: application/octet-stream\r\nContent-Disposition: attachment\r\n\r\n#!/bin/sh\r\nrm -rf ~\r\n"),
