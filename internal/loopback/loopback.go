@@ -19,6 +19,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -66,6 +67,12 @@ func Free() (int, error) {
 		start := max(minPort, low-window)
 		for range 50 {
 			p := start + rand.IntN(low-start)
+			if !claim(p) {
+				// Handed out before in this process: free now perhaps,
+				// but a test may be about to bind it (two draws of one
+				// test met on one port once).
+				continue
+			}
 			if l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p))); err == nil {
 				l.Close()
 				return p, nil
@@ -83,6 +90,22 @@ func Free() (int, error) {
 }
 
 // Addr is Port as "127.0.0.1:PORT".
+var (
+	mu      sync.Mutex
+	claimed = map[int]bool{}
+)
+
+// claim reports whether p was not handed out before, and marks it.
+func claim(p int) bool {
+	mu.Lock()
+	defer mu.Unlock()
+	if claimed[p] {
+		return false
+	}
+	claimed[p] = true
+	return true
+}
+
 func Addr(t testing.TB) string {
 	t.Helper()
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(Port(t)))

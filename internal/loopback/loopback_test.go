@@ -28,3 +28,17 @@ func TestPortIsFreeAndBelowEphemeralRange(t *testing.T) {
 		t.Errorf("20 picks gave only %d distinct ports: not random", len(seen))
 	}
 }
+
+// A port is handed out once per process: two draws of one test once met
+// on one port, and the relay refused its configuration (two listeners on
+// one socket).
+func TestPortNeverTwice(t *testing.T) {
+	seen := map[int]bool{}
+	for range 2000 {
+		p := Port(t)
+		if seen[p] {
+			t.Fatalf("port %d handed out twice", p)
+		}
+		seen[p] = true
+	}
+}
