@@ -425,11 +425,12 @@ func (s *peerSession) Rcpt(to string, o *smtp.RcptOptions) error {
 
 // data reads the message and asks the Data hook; an error refuses it.
 func (s *peerSession) data(r io.Reader) ([]byte, error) {
+	// Counted before the read, so that a transfer cut short counts too.
+	s.p.datas.Add(1)
 	b, err := io.ReadAll(r)
 	if err != nil {
 		return nil, err
 	}
-	s.p.datas.Add(1)
 	if s.p.o.Data != nil {
 		if err := s.p.o.Data(b); err != nil {
 			if errors.Is(err, ErrDrop) {
