@@ -5,18 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 
-	"github.com/miekg/dns"
-
+	"securerelay/dnsutil/dnstest"
 	"securerelay/internal/nsresolv"
 )
 
@@ -156,76 +153,23 @@ func hasBareLF(b []byte) bool {
 	return false
 }
 
-// dnsQueries counts the questions the test DNS server answered, by
-// transport, to show the verifiers really looked the keys up.
-type dnsQueries struct{ udp, tcp atomic.Int64 }
-
-// startDNS serves the key records, parsed from ZoneEntry text, on
-// 127.53.0.x:53 (UDP and TCP) and returns the address.
-func startDNS(t *testing.T, z map[string]string, q *dnsQueries) (string, error) {
-	records := map[string]*dns.TXT{}
+// startDNS serves the key records, as ZoneEntry writes them, with the
+// shared test DNS server (dnsutil/dnstest, which truncates UDP answers as
+// a real server does) on 127.53.0.x:53, UDP and TCP: the tools find a
+// resolver only through /etc/resolv.conf, which has no port.
+func startDNS(t *testing.T, z map[string]string) (string, *dnstest.Server, error) {
+	var zone strings.Builder
 	for name, txt := range z {
 		sel, domain, _ := strings.Cut(name, "._domainkey.")
-		rr, err := dns.NewRR(ZoneEntry(domain, sel, txt))
-		if err != nil {
-			t.Fatalf("zone entry for %s: %v", name, err)
-		}
-		rr.Header().Ttl = 60
-		records[strings.ToLower(rr.Header().Name)] = rr.(*dns.TXT)
+		zone.WriteString(ZoneEntry(domain, sel, txt) + "\n")
 	}
-	handler := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(r)
-		m.Authoritative, m.RecursionAvailable = true, true
-		if len(r.Question) == 1 {
-			q := r.Question[0]
-			rr, ok := records[strings.ToLower(q.Name)]
-			switch {
-			case !ok:
-				m.Rcode = dns.RcodeNameError
-			case q.Qtype == dns.TypeTXT:
-				m.Answer = append(m.Answer, rr)
-			}
-		}
-		// A 2048-bit RSA record is near 512 octets: truncate (TC) for
-		// UDP clients as a real server does, so they retry over TCP.
-		size := dns.MinMsgSize
-		if opt := r.IsEdns0(); opt != nil {
-			size = int(opt.UDPSize())
-			m.SetEdns0(opt.UDPSize(), false)
-		}
-		if _, udp := w.LocalAddr().(*net.UDPAddr); udp {
-			q.udp.Add(1)
-			m.Truncate(size)
-		} else {
-			q.tcp.Add(1)
-		}
-		_ = w.WriteMsg(m)
-	})
-	var lastErr error
 	for i := 1; i <= 20; i++ {
 		ip := fmt.Sprintf("127.53.0.%d", i)
-		pc, err := net.ListenPacket("udp", ip+":53")
-		if err != nil {
-			lastErr = err
-			continue
+		if s, ok := dnstest.NewServerPort53(t, ip, zone.String()); ok {
+			return ip, s, nil
 		}
-		l, err := net.Listen("tcp", ip+":53")
-		if err != nil {
-			pc.Close()
-			lastErr = err
-			continue
-		}
-		for _, srv := range []*dns.Server{{PacketConn: pc, Handler: handler}, {Listener: l, Handler: handler}} {
-			started := make(chan struct{})
-			srv.NotifyStartedFunc = func() { close(started) }
-			go func() { _ = srv.ActivateAndServe() }()
-			<-started
-			t.Cleanup(func() { _ = srv.Shutdown() })
-		}
-		return ip, nil
 	}
-	return "", lastErr
+	return "", nil, errors.New("none of 127.53.0.1-20 has port 53 free (UDP and TCP), or binding it needs root")
 }
 
 // errNoNamespace: this host cannot run a private mount namespace (not
@@ -293,8 +237,7 @@ func TestInteropDkimverify(t *testing.T) {
 	dkimverify := requireTool(t, "dkimverify")
 	dir, cases, z := interopSetup(t)
 	perIndex, _ := writeCases(t, dir, cases)
-	var q dnsQueries
-	ip, err := startDNS(t, z, &q)
+	ip, dnsSrv, err := startDNS(t, z)
 	if err != nil {
 		t.Logf("cannot serve DNS on port 53 (%v); using the python3-dkim library with a dnsfunc instead", err)
 		dkimpyLibrary(t, dir, perIndex, z)
@@ -308,12 +251,21 @@ func TestInteropDkimverify(t *testing.T) {
 	runJobs(t, dir, ip, perIndex, func(j interopJob) string {
 		return fmt.Sprintf("%s --index %d", dkimverify, j.index)
 	})
-	checkQueries(t, &q)
+	checkQueries(t, dnsSrv)
 }
 
-func checkQueries(t *testing.T, q *dnsQueries) {
-	t.Logf("DNS queries: %d UDP, %d TCP", q.udp.Load(), q.tcp.Load())
-	if q.udp.Load() == 0 {
+// checkQueries shows the verifiers really looked the keys up.
+func checkQueries(t *testing.T, s *dnstest.Server) {
+	var udp, tcp int
+	for _, q := range s.Queries() {
+		if q.Net == "udp" {
+			udp++
+		} else {
+			tcp++
+		}
+	}
+	t.Logf("DNS queries: %d UDP, %d TCP", udp, tcp)
+	if udp == 0 {
 		t.Error("no DNS query reached the test server")
 	}
 }
@@ -384,8 +336,7 @@ func TestInteropOpenDKIM(t *testing.T) {
 	}
 	dir, cases, z := interopSetup(t)
 	_, perFile := writeCases(t, dir, cases)
-	var q dnsQueries
-	ip, err := startDNS(t, z, &q)
+	ip, dnsSrv, err := startDNS(t, z)
 	if err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("cannot serve DNS on port 53: %v", err)
@@ -395,5 +346,5 @@ func TestInteropOpenDKIM(t *testing.T) {
 	runJobs(t, dir, ip, perFile, func(interopJob) string {
 		return fmt.Sprintf("%s -t %q", testmsg, dir)
 	})
-	checkQueries(t, &q)
+	checkQueries(t, dnsSrv)
 }

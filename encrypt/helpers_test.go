@@ -3,16 +3,10 @@ package encrypt_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -27,6 +21,7 @@ import (
 	"securerelay/dnsutil"
 	"securerelay/dnsutil/dnstest"
 	"securerelay/encrypt"
+	"securerelay/internal/testutil"
 )
 
 // ---- real peer programs ----
@@ -280,67 +275,7 @@ func (c *clock) advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// ---- HTTPS: a test CA and one server for every WKD host ----
-
-// The certificate helpers of tlspolicy and test/e2e live in _test files
-// of other packages and cannot be imported; this is the one small copy.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
-
-func newCA(tb testing.TB) *testCA {
-	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "encrypt test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert: cert, key: key, pool: pool}
-}
-
-var serialMu sync.Mutex
-var serial int64 = 100
-
-// issue makes a server certificate for name, signed by ca (self-signed
-// when ca is nil).
-func (ca *testCA) issue(tb testing.TB, name string) tls.Certificate {
-	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	serialMu.Lock()
-	serial++
-	sn := big.NewInt(serial)
-	serialMu.Unlock()
-	tmpl := &x509.Certificate{
-		SerialNumber: sn, Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	parent, signer := tmpl, key
-	if ca != nil {
-		parent, signer = ca.cert, ca.key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, signer)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
+// ---- HTTPS: a test CA (internal/testutil) and one server for every WKD host ----
 
 type wkdResponse struct {
 	status int
@@ -353,7 +288,7 @@ type wkdResponse struct {
 // the answer by host and path.
 type wkdServer struct {
 	srv *httptest.Server
-	ca  *testCA
+	ca  *testutil.CA
 
 	mu         sync.Mutex
 	answers    map[string]wkdResponse // "host/path"
@@ -363,7 +298,7 @@ type wkdServer struct {
 
 func newWKDServer(tb testing.TB) *wkdServer {
 	tb.Helper()
-	w := &wkdServer{ca: newCA(tb), answers: map[string]wkdResponse{}, selfSigned: map[string]bool{}}
+	w := &wkdServer{ca: testutil.NewCA(tb, "encrypt test CA"), answers: map[string]wkdResponse{}, selfSigned: map[string]bool{}}
 	certs := map[string]*tls.Certificate{}
 	w.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		w.mu.Lock()
@@ -396,7 +331,7 @@ func newWKDServer(tb testing.TB) *wkdServer {
 		if w.selfSigned[name] {
 			ca = nil
 		}
-		c := ca.issue(tb, name)
+		c := ca.Issue(tb, testutil.CertSpec{Names: []string{name}, LeafOnly: true})
 		certs[name] = &c
 		return &c, nil
 	}}
@@ -432,7 +367,7 @@ func (w *wkdServer) client() *http.Client {
 	var d net.Dialer
 	return &http.Client{Transport: &http.Transport{
 		DisableKeepAlives: true,
-		TLSClientConfig:   &tls.Config{RootCAs: w.ca.pool},
+		TLSClientConfig:   &tls.Config{RootCAs: w.ca.Pool},
 		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			return d.DialContext(ctx, network, addr)
 		},

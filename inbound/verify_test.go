@@ -1,10 +1,6 @@
 package inbound_test
 
 import (
-	"io"
-	"log"
-	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,43 +8,21 @@ import (
 
 	"securerelay/inbound"
 	"securerelay/internal/loopback"
+	"securerelay/internal/testutil"
 	"securerelay/smtpd"
 )
 
-// downstream is a go-smtp server that knows one user and counts RCPTs.
-type downstream struct {
-	rcpts atomic.Int32
-}
-
-func (d *downstream) NewSession(*smtp.Conn) (smtp.Session, error) { return &dsSession{d}, nil }
-
-type dsSession struct{ d *downstream }
-
-func (s *dsSession) Mail(string, *smtp.MailOptions) error { return nil }
-func (s *dsSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	s.d.rcpts.Add(1)
-	if to != "bob@ours.test" {
-		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
-	}
-	return nil
-}
-func (s *dsSession) Data(io.Reader) error { return nil }
-func (s *dsSession) Reset()               {}
-func (s *dsSession) Logout() error        { return nil }
-
-func startDownstream(t *testing.T, lmtp bool) (*downstream, string) {
-	d := &downstream{}
-	srv := smtp.NewServer(d)
-	srv.Domain = "downstream.test"
-	srv.LMTP = lmtp
-	srv.ErrorLog = log.New(io.Discard, "", 0)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return d, ln.Addr().String()
+// startDownstream is the shared recording peer as a downstream system
+// that knows one user; its Rcpts count the probes.
+func startDownstream(t *testing.T, lmtp bool) (*testutil.Peer, string) {
+	d := testutil.StartPeer(t, testutil.PeerOptions{Domain: "downstream.test", LMTP: lmtp,
+		Rcpt: func(to string) error {
+			if to != "bob@ours.test" {
+				return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+			}
+			return nil
+		}})
+	return d, d.Addr
 }
 
 // Recipients verified against the downstream system: an existing one is
@@ -73,7 +47,7 @@ func TestRecipientVerification(t *testing.T) {
 					t.Fatalf("mallory: %d %v", c, e)
 				}
 			}
-			if n := d.rcpts.Load(); n != 2 {
+			if n := len(d.Rcpts()); n != 2 {
 				t.Errorf("%d probes for 6 RCPTs, want 2 (answers cached)", n)
 			}
 		})

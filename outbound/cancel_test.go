@@ -15,7 +15,9 @@ import (
 
 // stalledHop accepts a whole message and then never answers the final
 // dot, like a next hop whose content filter hangs. gotDot fires when the
-// message is in.
+// message is in. A raw socket rather than testutil.Peer: the test needs
+// the hop to hold the reply to the dot forever, which go-smtp never does
+// on its own, and a few lines show exactly what the hop does.
 func stalledHop(t *testing.T) (addr string, gotDot chan struct{}) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -68,7 +68,7 @@ func TestDeliverNullSender(t *testing.T) {
 func TestConnectionReuse(t *testing.T) {
 	for _, tc := range []struct {
 		idle  time.Duration
-		conns int32
+		conns int
 	}{{time.Minute, 1}, {0, 3}} {
 		t.Run(fmt.Sprint("idle=", tc.idle), func(t *testing.T) {
 			h := newHop(t, hopOptions{})
@@ -81,7 +81,7 @@ func TestConnectionReuse(t *testing.T) {
 					t.Errorf("message %d: to %v, %d bytes", i, m.To, len(m.Data))
 				}
 			}
-			if n := h.conns.Load(); n != tc.conns {
+			if n := h.Conns(); n != tc.conns {
 				t.Errorf("next hop saw %d connections for 3 messages, want %d", n, tc.conns)
 			}
 		})
@@ -101,7 +101,7 @@ func TestStalePooledConnection(t *testing.T) {
 	if m := h.next(); m.To[0] != "b@remote.test" {
 		t.Errorf("second message to %v", m.To)
 	}
-	if n := h.conns.Load(); n != 2 {
+	if n := h.Conns(); n != 2 {
 		t.Errorf("%d connections, want 2", n)
 	}
 }
@@ -134,7 +134,7 @@ func TestAllPooledConnectionsStale(t *testing.T) {
 	wg.Wait()
 	h.next()
 	h.next()
-	if n := h.conns.Load(); n != 2 {
+	if n := h.Conns(); n != 2 {
 		t.Fatalf("%d connections for two concurrent deliveries, want 2", n)
 	}
 	h.dropSessions()
@@ -142,7 +142,7 @@ func TestAllPooledConnectionsStale(t *testing.T) {
 	if m := h.next(); m.To[0] != "c@remote.test" {
 		t.Errorf("third message to %v", m.To)
 	}
-	if n := h.conns.Load(); n != 3 {
+	if n := h.Conns(); n != 3 {
 		t.Errorf("%d connections, want 3 (one fresh after the stale one)", n)
 	}
 }
@@ -418,7 +418,7 @@ func TestSTARTTLSHandshakeFailureFallsBack(t *testing.T) {
 		t.Errorf("next hop: TLS %v, data %q", m.TLS, m.Data)
 	}
 	h.none()
-	if n := h.conns.Load(); n != 2 {
+	if n := h.Conns(); n != 2 {
 		t.Errorf("%d connections, want 2 (TLS attempt, then clear text)", n)
 	}
 }
@@ -448,7 +448,7 @@ func TestRouteAuth(t *testing.T) {
 		e := engine(t, route(t, h, outbound.RouteAuth{Username: "relay", Password: "pw", TLS: tlspolicy.Encrypt}), nil)
 		res := deliver(t, e, newSpool(t).put("sender@ours.test", []string{"a@remote.test"}, message))
 		check(t, "clear text, auth.tls encrypt", res[0], queue.TempFail, "4.7.10")
-		if n := h.authTries.Load(); n != 0 {
+		if n := h.AuthTries(); n != 0 {
 			t.Errorf("password sent in clear: %d AUTH commands", n)
 		}
 		h.none()

@@ -727,7 +727,7 @@ func TestEncryptDroppedAtDataThenRetry(t *testing.T) {
 	}
 	// Each attempt: the session that fails the level, then the relaxed
 	// one; the dropped session is not reused.
-	if n := h.conns.Load(); n != 4 {
+	if n := h.Conns(); n != 4 {
 		t.Errorf("%d connections, want 4 (per attempt, one for the level, one relaxed)", n)
 	}
 }
@@ -809,7 +809,7 @@ func TestEncryptRouteCredentialsOverRelaxedSession(t *testing.T) {
 		if r.Status != queue.TempFail || !strings.HasPrefix(r.Code, "4.7.") || !strings.Contains(r.Reply, "credentials not sent") {
 			t.Errorf("%s %s %q; want it deferred, the credentials not sent", statusName(r.Status), r.Code, r.Reply)
 		}
-		if n := h.authTries.Load(); n != 0 {
+		if n := h.AuthTries(); n != 0 {
 			t.Errorf("the smarthost saw %d AUTH commands over a session that does not prove its name", n)
 		}
 		h.none()

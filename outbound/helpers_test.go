@@ -4,25 +4,17 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
-	"io"
-	"log"
 	"log/slog"
-	"net"
-	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
 	"securerelay/dnsutil/dnstest"
+	"securerelay/internal/testutil"
 	"securerelay/outbound"
 	"securerelay/queue"
-	"securerelay/smtpd"
 )
 
 const testTimeout = 10 * time.Second
@@ -103,22 +95,10 @@ func (s *spool) putEnv(env queue.Envelope, data string) *queue.Delivery {
 }
 
 // hopMsg is one message a test next hop accepted.
-type hopMsg struct {
-	From string
-	To   []string
-	Data []byte
-	TLS  bool
-	Auth string
-	Helo string
-	// UTF8: MAIL FROM carried SMTPUTF8.
-	UTF8 bool
-	// MailOpts and RcptOpts are the MAIL and RCPT parameters as the hop
-	// parsed them (RcptOpts by recipient).
-	MailOpts smtp.MailOptions
-	RcptOpts map[string]smtp.RcptOptions
-}
+type hopMsg = testutil.Message
 
-// hopOptions shape a test next hop's answers.
+// hopOptions shape a test next hop's answers (testutil.PeerOptions in
+// this package's words).
 type hopOptions struct {
 	LMTP bool
 	TLS  *tls.Config
@@ -128,7 +108,7 @@ type hopOptions struct {
 	Rcpt func(to string) error
 	// Status is the LMTP per-recipient reply after DATA.
 	Status func(to string) error
-	// Users enables AUTH PLAIN with these passwords.
+	// Users enables AUTH PLAIN with these passwords, and requires it.
 	Users map[string]string
 	// AllowInsecureAuth offers AUTH without TLS too.
 	AllowInsecureAuth bool
@@ -141,242 +121,47 @@ type hopOptions struct {
 	// DSN offers DSN (RFC 3461).
 	DSN bool
 	// Discard lists EHLO keywords the hop does not offer, as Postfix's
-	// smtpd_discard_ehlo_keywords ("8BITMIME"): taken out of its EHLO
-	// reply on the wire.
+	// smtpd_discard_ehlo_keywords ("8BITMIME").
 	Discard []string
 }
 
 // errDrop makes a hop close the connection instead of answering DATA.
-var errDrop = errors.New("connection dropped by the test")
+var errDrop = testutil.ErrDrop
 
-// hop is a go-smtp server on 127.0.0.1 that records what it is sent.
+// hop is the shared recording peer (internal/testutil) as a next hop.
 type hop struct {
-	t     *testing.T
-	o     hopOptions
-	addr  string
-	port  string
-	conns atomic.Int32
-	// authTries counts the AUTH commands that reached the session (with
-	// TLS, or AllowInsecureAuth), whether AUTH was offered or not.
-	authTries atomic.Int32
-	got       chan hopMsg
-
-	mu       sync.Mutex
-	sessions []*smtp.Conn
+	*testutil.Peer
+	t    *testing.T
+	addr string
+	port string
 }
 
 func newHop(t *testing.T, o hopOptions) *hop {
 	t.Helper()
-	addr := o.Addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &hop{t: t, o: o, addr: ln.Addr().String(), got: make(chan hopMsg, 100)}
-	_, h.port, _ = net.SplitHostPort(h.addr)
-	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
-		h.mu.Lock()
-		h.sessions = append(h.sessions, c)
-		h.mu.Unlock()
-		return &hopSession{h: h, c: c}, nil
-	}))
-	srv.Domain = "hop.test"
-	srv.LMTP = o.LMTP
-	srv.TLSConfig = o.TLS
-	srv.AllowInsecureAuth = o.AllowInsecureAuth
-	srv.EnableSMTPUTF8 = o.SMTPUTF8
-	srv.EnableDSN = o.DSN
-	srv.ReadTimeout = testTimeout
-	srv.WriteTimeout = testTimeout
-	srv.ErrorLog = log.New(io.Discard, "", 0)
-	go srv.Serve(countingListener{ln, &h.conns, o.Discard})
-	t.Cleanup(func() { srv.Close() })
-	return h
+	p := testutil.StartPeer(t, testutil.PeerOptions{
+		Addr: o.Addr, Domain: "hop.test", LMTP: o.LMTP, TLS: o.TLS,
+		DSN: o.DSN, SMTPUTF8: o.SMTPUTF8, Discard: o.Discard,
+		Users: o.Users, AllowInsecureAuth: o.AllowInsecureAuth, RequireAuth: o.Users != nil,
+		Mail: o.Mail, Rcpt: o.Rcpt, Data: o.Data, Status: o.Status,
+		Timeout: testTimeout,
+	})
+	return &hop{Peer: p, t: t, addr: p.Addr, port: p.Port}
 }
 
 // dropSessions closes the server side of every connection, as a next hop
 // does with idle clients.
-func (h *hop) dropSessions() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, c := range h.sessions {
-		c.Close()
-	}
-	h.sessions = nil
-}
+func (h *hop) dropSessions() { h.DropSessions() }
 
+// next waits for the next message the hop accepted.
 func (h *hop) next() hopMsg {
 	h.t.Helper()
-	select {
-	case m := <-h.got:
-		return m
-	case <-time.After(testTimeout):
-		h.t.Fatal("next hop received no message")
-	}
-	return hopMsg{}
+	return h.Next(h.t, testTimeout)
 }
 
 // none checks that nothing (more) arrived.
 func (h *hop) none() {
 	h.t.Helper()
-	select {
-	case m := <-h.got:
-		h.t.Errorf("next hop received an unexpected message from <%s> to %v", m.From, m.To)
-	default:
-	}
-}
-
-type countingListener struct {
-	net.Listener
-	n       *atomic.Int32
-	discard []string
-}
-
-func (l countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err == nil {
-		l.n.Add(1)
-		if len(l.discard) > 0 {
-			c = discardConn{c, l.discard}
-		}
-	}
-	return c, err
-}
-
-// discardConn takes keywords out of the EHLO reply the server writes.
-// go-smtp writes one reply line per Write and ends its EHLO reply with
-// SIZE, so dropping a "250-KEYWORD" line is all it takes.
-type discardConn struct {
-	net.Conn
-	keywords []string
-}
-
-func (c discardConn) Write(p []byte) (int, error) {
-	if line, ok := strings.CutPrefix(string(p), "250-"); ok {
-		kw, _, _ := strings.Cut(strings.TrimSuffix(line, "\r\n"), " ")
-		if slices.ContainsFunc(c.keywords, func(k string) bool { return strings.EqualFold(k, kw) }) {
-			return len(p), nil
-		}
-	}
-	return c.Conn.Write(p)
-}
-
-type hopSession struct {
-	h        *hop
-	c        *smtp.Conn
-	from     string
-	to       []string
-	auth     string
-	utf8     bool
-	mailOpts smtp.MailOptions
-	rcptOpts map[string]smtp.RcptOptions
-}
-
-func (s *hopSession) Reset() {
-	s.from, s.to, s.utf8, s.mailOpts, s.rcptOpts = "", nil, false, smtp.MailOptions{}, nil
-}
-func (s *hopSession) Logout() error { return nil }
-
-func (s *hopSession) AuthMechanisms() []string {
-	if s.h.o.Users == nil {
-		return nil
-	}
-	return []string{sasl.Plain}
-}
-
-func (s *hopSession) Auth(mech string) (sasl.Server, error) {
-	s.h.authTries.Add(1)
-	if s.h.o.Users == nil || mech != sasl.Plain {
-		return nil, smtp.ErrAuthUnknownMechanism
-	}
-	return sasl.NewPlainServer(func(_, user, pass string) error {
-		if p, ok := s.h.o.Users[user]; ok && p == pass {
-			s.auth = user
-			return nil
-		}
-		return smtp.ErrAuthFailed
-	}), nil
-}
-
-func (s *hopSession) Mail(from string, mo *smtp.MailOptions) error {
-	if mo != nil {
-		s.mailOpts = *mo
-	}
-	if s.h.o.Users != nil && s.auth == "" {
-		return smtp.ErrAuthRequired
-	}
-	if s.h.o.Mail != nil {
-		if err := s.h.o.Mail(from); err != nil {
-			return err
-		}
-	}
-	s.from = from
-	s.utf8 = mo != nil && mo.UTF8
-	return nil
-}
-
-func (s *hopSession) Rcpt(to string, o *smtp.RcptOptions) error {
-	if s.h.o.Rcpt != nil {
-		if err := s.h.o.Rcpt(to); err != nil {
-			return err
-		}
-	}
-	s.to = append(s.to, to)
-	if o != nil {
-		if s.rcptOpts == nil {
-			s.rcptOpts = map[string]smtp.RcptOptions{}
-		}
-		s.rcptOpts[to] = *o
-	}
-	return nil
-}
-
-func (s *hopSession) record(b []byte, to []string) {
-	_, isTLS := s.c.TLSConnectionState()
-	s.h.got <- hopMsg{From: s.from, To: to, Data: b, TLS: isTLS, Auth: s.auth, Helo: s.c.Hostname(), UTF8: s.utf8,
-		MailOpts: s.mailOpts, RcptOpts: s.rcptOpts}
-}
-
-func (s *hopSession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	if s.h.o.Data != nil {
-		if err := s.h.o.Data(b); err != nil {
-			if errors.Is(err, errDrop) {
-				s.c.Close()
-			}
-			return err
-		}
-	}
-	s.record(b, append([]string(nil), s.to...))
-	return nil
-}
-
-func (s *hopSession) LMTPData(r io.Reader, status smtp.StatusCollector) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	var ok []string
-	for _, to := range s.to {
-		var e error
-		if s.h.o.Status != nil {
-			e = s.h.o.Status(to)
-		}
-		status.SetStatus(to, e)
-		if e == nil {
-			ok = append(ok, to)
-		}
-	}
-	if len(ok) > 0 {
-		s.record(b, ok)
-	}
-	return nil
+	h.None(h.t)
 }
 
 func smtpErr(code int, enh smtp.EnhancedCode, msg string) error {
@@ -447,34 +232,20 @@ func check(t *testing.T, what string, r queue.Result, st queue.Status, code stri
 	}
 }
 
+// selfSigned is a server configuration with a self-signed certificate
+// for hop.test, which no client verifies.
 func selfSigned(t *testing.T) *tls.Config {
 	t.Helper()
-	c, err := smtpd.LoadCerts("", "", t.TempDir(), "hop.test", discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c.Config()
+	return testutil.ServerTLS(testutil.SelfSigned(t, "hop.test"))
 }
 
-// trustedTLS is a server configuration with a certificate for name (made
-// as selfSigned's) and a root pool that trusts it, so that a TLS policy
-// built with these roots verifies the next hop as name.
+// trustedTLS is a server configuration with a self-signed certificate for
+// name and a root pool that trusts it, so that a TLS policy built with
+// these roots verifies the next hop as name.
 func trustedTLS(t *testing.T, name string) (*tls.Config, *x509.CertPool) {
 	t.Helper()
-	c, err := smtpd.LoadCerts("", "", t.TempDir(), name, discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := c.Config()
-	cert, err := cfg.GetCertificate(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(cert.Certificate[0])
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := testutil.SelfSigned(t, name)
 	roots := x509.NewCertPool()
-	roots.AddCert(leaf)
-	return cfg, roots
+	roots.AddCert(c.Leaf)
+	return testutil.ServerTLS(c), roots
 }

@@ -12,6 +12,9 @@ import (
 // A next hop that accepts the first RCPT and drops the connection on the
 // second: the first recipient never got its DATA and must be retried, not
 // taken for delivered (found in review: it was the zero Result).
+// These hops are raw sockets, not testutil.Peer: go-smtp cannot drop a
+// connection in the middle of the RCPTs or between LMTP replies, which is
+// the misbehaviour under test.
 func TestConnectionLostAtRcptDefersAcceptedRecipients(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -158,7 +158,7 @@ func TestTLSFailedMXGoesLast(t *testing.T) {
 		}
 		good.next()
 	}
-	if n := plain.conns.Load(); n != 1 {
+	if n := plain.Conns(); n != 1 {
 		t.Errorf("the MX without STARTTLS got %d connections, want 1 (the second attempt must start with the other MX)", n)
 	}
 	plain.none()
@@ -189,7 +189,7 @@ func TestPoolNotReusedAcrossTLSReload(t *testing.T) {
 	res = deliver(t, e, sp.put("sender@ours.test", []string{"a@bank.example"}, message))
 	check(t, "after the reload", res[0], queue.TempFail, "4.7.10")
 	h.none()
-	if n := h.conns.Load(); n != 2 {
+	if n := h.Conns(); n != 2 {
 		t.Errorf("%d connections, want 2 (the pooled one must not be reused)", n)
 	}
 }

@@ -4,12 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"log/slog"
 	"net"
 	"testing"
 	"time"
 
-	"securerelay/smtpd"
+	"securerelay/internal/testutil"
 	"securerelay/tlspolicy"
 )
 
@@ -18,11 +17,8 @@ import (
 // roots that trust that certificate.
 func handshake(t *testing.T, name string) (*tls.ConnectionState, *x509.CertPool) {
 	t.Helper()
-	certs, err := smtpd.LoadCerts("", "", t.TempDir(), name, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvCfg := certs.Config()
+	cert := testutil.SelfSigned(t, name)
+	srvCfg := testutil.ServerTLS(cert)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -53,16 +49,8 @@ func handshake(t *testing.T, name string) (*tls.ConnectionState, *x509.CertPool)
 		t.Fatal(err)
 	}
 	cs := tc.ConnectionState()
-	cert, err := srvCfg.GetCertificate(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(cert.Certificate[0])
-	if err != nil {
-		t.Fatal(err)
-	}
 	roots := x509.NewCertPool()
-	roots.AddCert(leaf)
+	roots.AddCert(cert.Leaf)
 	return &cs, roots
 }
 

@@ -70,7 +70,7 @@ func TestPooledSessionMeetsEachTransactionsPolicy(t *testing.T) {
 		// refused it to b, it did not lose it.
 		check(t, "a.corp.test again", deliver(t, e, sp.put("s@ours.test", []string{"y@a.corp.test"}, message))[0], queue.Delivered, "2.0.0")
 		h.next()
-		if n := h.conns.Load(); n != 2 {
+		if n := h.Conns(); n != 2 {
 			t.Errorf("%d connections, want 2 (a's session pooled and reused, b's own refused)", n)
 		}
 	})
@@ -99,7 +99,7 @@ func TestLMTPObeysDomainRule(t *testing.T) {
 		if !strings.Contains(res[0].TLSPolicy, "match lmtpp.test") || !strings.Contains(res[0].TLSPolicy, "failure=no-starttls") {
 			t.Errorf("tls_policy %q does not name the rule and the failure", res[0].TLSPolicy)
 		}
-		if h.conns.Load() == 0 {
+		if h.Conns() == 0 {
 			t.Error("never connected; the test proves nothing")
 		}
 		h.none()
@@ -173,7 +173,7 @@ func TestRouteAuthNeedsVerifiedHost(t *testing.T) {
 		if !strings.Contains(r.Reply, "credentials") {
 			t.Errorf("reply %q does not say the credentials were held back", r.Reply)
 		}
-		if n := h.authTries.Load(); n != 0 {
+		if n := h.AuthTries(); n != 0 {
 			t.Errorf("%d AUTH commands sent to an unverified server", n)
 		}
 		h.none()
@@ -181,7 +181,7 @@ func TestRouteAuthNeedsVerifiedHost(t *testing.T) {
 	t.Run("self-signed, AUTH offered", func(t *testing.T) {
 		h, r := run(t, selfSigned(t), nil, hopOptions{Users: users}, creds)
 		check(t, "self-signed", r, queue.TempFail, "4.7.5")
-		if n := h.authTries.Load(); n != 0 {
+		if n := h.AuthTries(); n != 0 {
 			t.Errorf("%d AUTH commands sent to an unverified server", n)
 		}
 		h.none()
@@ -193,7 +193,7 @@ func TestRouteAuthNeedsVerifiedHost(t *testing.T) {
 		if !strings.Contains(r.Reply, "AUTH") {
 			t.Errorf("reply %q does not say AUTH was missing", r.Reply)
 		}
-		if n := h.authTries.Load(); n != 0 {
+		if n := h.AuthTries(); n != 0 {
 			t.Errorf("%d AUTH commands sent to a server that did not offer AUTH", n)
 		}
 		h.none()
@@ -201,7 +201,7 @@ func TestRouteAuthNeedsVerifiedHost(t *testing.T) {
 	t.Run("no TLS", func(t *testing.T) {
 		h, r := run(t, nil, nil, hopOptions{Users: users, AllowInsecureAuth: true}, creds)
 		check(t, "clear text", r, queue.TempFail, "4.7.10")
-		if n := h.authTries.Load(); n != 0 {
+		if n := h.AuthTries(); n != 0 {
 			t.Errorf("%d AUTH commands sent in clear", n)
 		}
 		h.none()

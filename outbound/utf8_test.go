@@ -133,7 +133,7 @@ func TestSMTPUTF8NotDowngradable(t *testing.T) {
 	}
 	check(t, "then an ASCII message", deliver(t, e, sp.put("a@ours.test", []string{"b@remote.test"}, message))[0], queue.Delivered, "2.0.0")
 	h.next()
-	if n := h.conns.Load(); n != 1 {
+	if n := h.Conns(); n != 1 {
 		t.Errorf("%d connections, want 1 (the session is reused)", n)
 	}
 }

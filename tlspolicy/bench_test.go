@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"testing"
 
+	"securerelay/internal/testutil"
 	"securerelay/tlspolicy"
 )
 
@@ -38,15 +39,15 @@ func BenchmarkDecideForMX(b *testing.B) {
 // connection (chain to a test root, name), as Check runs it.
 func BenchmarkCheckVerify(b *testing.B) {
 	t := &testing.T{}
-	ca := newCA(t, "bench CA")
-	cert := issue(t, ca, []string{"mx1.partner.example"}, certOpts{})
-	d, err := tlspolicy.New(tlspolicy.Options{RootCAs: ca.pool, Rules: []tlspolicy.Rule{{Match: "partner.example", Level: tlspolicy.Verify}}})
+	ca := testutil.NewCA(t, "bench CA")
+	cert := issue(t, ca, []string{"mx1.partner.example"}, testutil.CertSpec{})
+	d, err := tlspolicy.New(tlspolicy.Options{RootCAs: ca.Pool, Rules: []tlspolicy.Rule{{Match: "partner.example", Level: tlspolicy.Verify}}})
 	if err != nil {
 		b.Fatal(err)
 	}
 	p, _ := d.Decide(b.Context(), "partner.example", false, false)
 	h, _ := p.ForMX(b.Context(), "mx1.partner.example")
-	cs := &tls.ConnectionState{Version: tls.VersionTLS13, HandshakeComplete: true, PeerCertificates: []*x509.Certificate{cert.Leaf, ca.cert}}
+	cs := &tls.ConnectionState{Version: tls.VersionTLS13, HandshakeComplete: true, PeerCertificates: []*x509.Certificate{cert.Leaf, ca.Cert}}
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := h.Check(true, cs, nil); err != nil {

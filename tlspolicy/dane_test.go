@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"securerelay/internal/testutil"
 	"securerelay/tlspolicy"
 )
 
@@ -30,11 +31,11 @@ func daneZone(domain string, tlsa ...string) string {
 // TestDANE checks RFC 7672 over SMTP: which TLSA records count, when DNSSEC
 // is trusted, and what a match proves.
 func TestDANE(t *testing.T) {
-	daneCA := newCA(t, "DANE private CA") // not among the PKIX roots
+	daneCA := testutil.NewCA(t, "DANE private CA") // not among the PKIX roots
 	// DANE-EE proves the key, not names or dates: an expired certificate
 	// for another name must pass.
-	eeCert := issue(t, nil, []string{"unrelated.invalid"}, certOpts{notBefore: time.Now().Add(-48 * time.Hour), notAfter: time.Now().Add(-24 * time.Hour)})
-	other := issue(t, nil, []string{"x.invalid"}, certOpts{})
+	eeCert := issue(t, nil, []string{"unrelated.invalid"}, testutil.CertSpec{NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})
+	other := issue(t, nil, []string{"x.invalid"}, testutil.CertSpec{})
 	spkiEE := "3 1 1 " + sum256(eeCert.Leaf.RawSubjectPublicKeyInfo)
 
 	for _, tc := range []struct {
@@ -52,22 +53,24 @@ func TestDANE(t *testing.T) {
 		{name: "DANE-EE exact SPKI match", tlsa: []string{"3 1 0 " + hex.EncodeToString(eeCert.Leaf.RawSubjectPublicKeyInfo)}, level: tlspolicy.Dane},
 		{name: "DANE-EE mismatch", tlsa: []string{"3 1 1 " + sum256(other.Leaf.RawSubjectPublicKeyInfo)}, want: tlspolicy.CodeTLSAMismatch, level: tlspolicy.Dane},
 		{name: "one of several records matches", tlsa: []string{"3 1 1 " + sum256(other.Leaf.RawSubjectPublicKeyInfo), spkiEE}, level: tlspolicy.Dane},
-		{name: "DANE-TA with a private CA", tlsa: []string{"2 0 1 " + sum256(daneCA.cert.Raw)},
-			cert: func(d string) tls.Certificate { return issue(t, daneCA, []string{"mx1." + d}, certOpts{}) }, level: tlspolicy.Dane},
-		{name: "DANE-TA SPKI", tlsa: []string{"2 1 1 " + sum256(daneCA.cert.RawSubjectPublicKeyInfo)},
-			cert: func(d string) tls.Certificate { return issue(t, daneCA, []string{"mx1." + d}, certOpts{}) }, level: tlspolicy.Dane},
-		{name: "DANE-TA accepts the domain name", tlsa: []string{"2 0 1 " + sum256(daneCA.cert.Raw)},
-			cert: func(d string) tls.Certificate { return issue(t, daneCA, []string{d}, certOpts{}) }, level: tlspolicy.Dane},
-		{name: "DANE-TA wrong name", tlsa: []string{"2 0 1 " + sum256(daneCA.cert.Raw)},
-			cert: func(string) tls.Certificate { return issue(t, daneCA, []string{"mx.elsewhere.invalid"}, certOpts{}) },
+		{name: "DANE-TA with a private CA", tlsa: []string{"2 0 1 " + sum256(daneCA.Cert.Raw)},
+			cert: func(d string) tls.Certificate { return issue(t, daneCA, []string{"mx1." + d}, testutil.CertSpec{}) }, level: tlspolicy.Dane},
+		{name: "DANE-TA SPKI", tlsa: []string{"2 1 1 " + sum256(daneCA.Cert.RawSubjectPublicKeyInfo)},
+			cert: func(d string) tls.Certificate { return issue(t, daneCA, []string{"mx1." + d}, testutil.CertSpec{}) }, level: tlspolicy.Dane},
+		{name: "DANE-TA accepts the domain name", tlsa: []string{"2 0 1 " + sum256(daneCA.Cert.Raw)},
+			cert: func(d string) tls.Certificate { return issue(t, daneCA, []string{d}, testutil.CertSpec{}) }, level: tlspolicy.Dane},
+		{name: "DANE-TA wrong name", tlsa: []string{"2 0 1 " + sum256(daneCA.Cert.Raw)},
+			cert: func(string) tls.Certificate {
+				return issue(t, daneCA, []string{"mx.elsewhere.invalid"}, testutil.CertSpec{})
+			},
 			want: tlspolicy.CodeNameMismatch, level: tlspolicy.Dane},
-		{name: "DANE-TA expired leaf", tlsa: []string{"2 0 1 " + sum256(daneCA.cert.Raw)},
+		{name: "DANE-TA expired leaf", tlsa: []string{"2 0 1 " + sum256(daneCA.Cert.Raw)},
 			cert: func(d string) tls.Certificate {
-				return issue(t, daneCA, []string{"mx1." + d}, certOpts{notBefore: time.Now().Add(-48 * time.Hour), notAfter: time.Now().Add(-time.Hour)})
+				return issue(t, daneCA, []string{"mx1." + d}, testutil.CertSpec{NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
 			},
 			want: tlspolicy.CodeExpired, level: tlspolicy.Dane},
-		{name: "DANE-TA of another CA", tlsa: []string{"2 0 1 " + sum256(newCA(t, "other").cert.Raw)},
-			cert: func(d string) tls.Certificate { return issue(t, daneCA, []string{"mx1." + d}, certOpts{}) },
+		{name: "DANE-TA of another CA", tlsa: []string{"2 0 1 " + sum256(testutil.NewCA(t, "other").Cert.Raw)},
+			cert: func(d string) tls.Certificate { return issue(t, daneCA, []string{"mx1." + d}, testutil.CertSpec{}) },
 			want: tlspolicy.CodeTLSAMismatch, level: tlspolicy.Dane},
 		{name: "TLSA without AD bit is not used", tlsa: []string{"3 1 1 " + sum256(other.Leaf.RawSubjectPublicKeyInfo)},
 			signed: []string{"=%s", "=mx1.%s"}, level: tlspolicy.May},
@@ -136,7 +139,7 @@ func TestDANE(t *testing.T) {
 }
 
 func TestDANEFailuresDefer(t *testing.T) {
-	other := issue(t, nil, []string{"x.invalid"}, certOpts{})
+	other := issue(t, nil, []string{"x.invalid"}, testutil.CertSpec{})
 	const domain = "dane.example"
 	e := newEnv(t, daneZone(domain, "3 1 1 "+sum256(other.Leaf.RawSubjectPublicKeyInfo)), domain)
 	d := e.decider(func(o *tlspolicy.Options) { o.DANE = true })
@@ -193,7 +196,7 @@ func TestDANEOnlyWithoutTLSA(t *testing.T) {
 func TestDANEImplicitMX(t *testing.T) {
 	// No MX records, validated: the domain is its own mail host and its
 	// TLSA records count.
-	key := issue(t, nil, []string{"solo.example"}, certOpts{})
+	key := issue(t, nil, []string{"solo.example"}, testutil.CertSpec{})
 	zone := "$ORIGIN solo.example.\n@ SOA ns hostmaster 1 3600 600 86400 60\n@ A 127.0.0.1\n_25._tcp TLSA 3 1 1 " + sum256(key.Leaf.RawSubjectPublicKeyInfo) + "\n"
 	e := newEnv(t, zone, "solo.example")
 	d := e.decider(func(o *tlspolicy.Options) { o.DANE = true })

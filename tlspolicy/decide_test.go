@@ -6,17 +6,18 @@ import (
 	"strings"
 	"testing"
 
+	"securerelay/internal/testutil"
 	"securerelay/tlspolicy"
 )
 
 // TestRuleBeatsDANEAndMTASTS: an admin's rule decides alone, in both
 // directions: it can demand more than the domain publishes, or accept less.
 func TestRuleBeatsDANEAndMTASTS(t *testing.T) {
-	other := issue(t, nil, []string{"x.invalid"}, certOpts{})
+	other := issue(t, nil, []string{"x.invalid"}, testutil.CertSpec{})
 	zone := daneZone("dane.example", "3 1 1 "+sum256(other.Leaf.RawSubjectPublicKeyInfo)) + stsZone(stsDomain, "v=STSv1; id=1")
 	e := newEnv(t, zone, "dane.example")
 	e.sts.policy(stsDomain, stsPolicy("enforce", 86400, "mx1.sts.example"))
-	self := issue(t, nil, []string{"mx"}, certOpts{})
+	self := issue(t, nil, []string{"mx"}, testutil.CertSpec{})
 	d := e.decider(func(o *tlspolicy.Options) {
 		o.DANE, o.MTASTS = true, true
 		o.Rules = []tlspolicy.Rule{
@@ -105,7 +106,7 @@ func TestRequireTLS(t *testing.T) {
 	zone := partnerZone + daneZone("signed.example") + stsZone(stsDomain, "v=STSv1; id=1")
 	e := newEnv(t, zone, "signed.example")
 	e.sts.policy(stsDomain, stsPolicy("testing", 86400, "mx1.sts.example"))
-	certFor := func(host string) tls.Certificate { return issue(t, e.ca, []string{host}, certOpts{}) }
+	certFor := func(host string) tls.Certificate { return issue(t, e.ca, []string{host}, testutil.CertSpec{}) }
 	d := e.decider(func(o *tlspolicy.Options) {
 		o.MTASTS = true
 		o.Rules = []tlspolicy.Rule{
@@ -136,7 +137,7 @@ func TestRequireTLS(t *testing.T) {
 		if asFailure(err, &f); f.Status(true) != "5.7.30" {
 			t.Errorf("status %s, want 5.7.30", f.Status(true))
 		}
-		self := newMX(t, mxOpts{tls: tlsServer(issue(t, nil, []string{"mx1.signed.example"}, certOpts{}), nil), requireTLS: true})
+		self := newMX(t, mxOpts{tls: tlsServer(issue(t, nil, []string{"mx1.signed.example"}, testutil.CertSpec{}), nil), requireTLS: true})
 		if _, err := send(t, h, self.addr); failureCode(t, err) != tlspolicy.CodeUntrusted {
 			t.Errorf("self-signed server: %v", err)
 		}
@@ -253,7 +254,7 @@ func TestForRelay(t *testing.T) {
 }
 
 func TestExplain(t *testing.T) {
-	key := issue(t, nil, []string{"mx1.both.example"}, certOpts{})
+	key := issue(t, nil, []string{"mx1.both.example"}, testutil.CertSpec{})
 	zone := `
 $ORIGIN both.example.
 @            SOA  ns hostmaster 1 3600 600 86400 60

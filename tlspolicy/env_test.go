@@ -3,6 +3,7 @@ package tlspolicy_test
 import (
 	"testing"
 
+	"securerelay/internal/testutil"
 	"securerelay/tlspolicy"
 )
 
@@ -11,7 +12,7 @@ import (
 type env struct {
 	t     *testing.T
 	dns   *dnsServer
-	ca    *testCA
+	ca    *testutil.CA
 	sts   *stsServer
 	clock *clock
 	cache *tlspolicy.MemoryCache
@@ -19,7 +20,7 @@ type env struct {
 
 func newEnv(t *testing.T, zone string, signed ...string) *env {
 	t.Helper()
-	ca := newCA(t, "Test CA")
+	ca := testutil.NewCA(t, "Test CA")
 	return &env{t: t, dns: newDNS(t, zone, signed...), ca: ca, sts: newSTSServer(t, ca), clock: newClock(), cache: tlspolicy.NewMemoryCache(0)}
 }
 
@@ -30,7 +31,7 @@ func (e *env) decider(mod func(*tlspolicy.Options)) *tlspolicy.Decider {
 		Resolver:   e.dns.client(),
 		DNSSEC:     e.dns.client(),
 		HTTPClient: e.sts.client(),
-		RootCAs:    e.ca.pool,
+		RootCAs:    e.ca.Pool,
 		Now:        e.clock.Now,
 		Cache:      e.cache,
 	}

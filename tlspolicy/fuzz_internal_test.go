@@ -1,17 +1,14 @@
 package tlspolicy
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"securerelay/internal/testutil"
 )
 
 // FuzzTLSA: TLSA records come from DNS. Whatever their fields, filtering
@@ -19,11 +16,7 @@ import (
 // and matching types may be used, and a record that authenticates the
 // certificate must really be about it.
 func FuzzTLSA(f *testing.F) {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mx.example"}, DNSNames: []string{"mx.example"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	cert, _ := x509.ParseCertificate(der)
+	cert := testutil.SelfSigned(f, "mx.example").Leaf
 	good, _ := dns.CertificateToDANE(1, 1, cert)
 	f.Add(uint8(3), uint8(1), uint8(1), good)
 	f.Add(uint8(2), uint8(0), uint8(0), "00")

@@ -3,18 +3,10 @@ package tlspolicy_test
 import (
 	"bufio"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -24,10 +16,9 @@ import (
 	"testing"
 	"time"
 
-	gosmtp "github.com/emersion/go-smtp"
-
 	"securerelay/dnsutil"
 	"securerelay/dnsutil/dnstest"
+	"securerelay/internal/testutil"
 	"securerelay/tlspolicy"
 )
 
@@ -54,100 +45,12 @@ func (c *clock) advance(d time.Duration) {
 
 // ---- certificates ----
 
-var serial int64 = 1000
-
-var serialMu sync.Mutex
-
-func nextSerial() *big.Int {
-	serialMu.Lock()
-	defer serialMu.Unlock()
-	serial++
-	return big.NewInt(serial)
-}
-
-func ecKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-type testCA struct {
-	cert *x509.Certificate
-	key  crypto.Signer
-	pool *x509.CertPool
-}
-
-func newCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key := ecKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          nextSerial(),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert: cert, key: key, pool: pool}
-}
-
-type certOpts struct {
-	notBefore, notAfter time.Time
-	rsa                 bool
-}
-
 // issue makes a server certificate for names signed by ca (self-signed
-// when ca is nil); the chain sent includes the CA certificate.
-func issue(t *testing.T, ca *testCA, names []string, o certOpts) tls.Certificate {
+// when ca is nil) with testutil's maker; the chain sent includes the CA.
+func issue(t *testing.T, ca *testutil.CA, names []string, o testutil.CertSpec) tls.Certificate {
 	t.Helper()
-	if o.notBefore.IsZero() {
-		o.notBefore = time.Now().Add(-time.Hour)
-	}
-	if o.notAfter.IsZero() {
-		o.notAfter = time.Now().Add(24 * time.Hour)
-	}
-	var key crypto.Signer = ecKey(t)
-	if o.rsa {
-		k, err := rsa.GenerateKey(rand.Reader, 2048)
-		if err != nil {
-			t.Fatal(err)
-		}
-		key = k
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: nextSerial(),
-		Subject:      pkix.Name{CommonName: names[0]},
-		DNSNames:     names,
-		NotBefore:    o.notBefore,
-		NotAfter:     o.notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	parent, signer := tmpl, key
-	if ca != nil {
-		parent, signer = ca.cert, ca.key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	chain := [][]byte{der}
-	if ca != nil {
-		chain = append(chain, ca.cert.Raw)
-	}
-	return tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}
+	o.Names = names
+	return ca.Issue(t, o)
 }
 
 // ---- DNS: a zone server that plays a validating resolver ----
@@ -182,7 +85,7 @@ type stsResponse struct {
 // by Host.
 type stsServer struct {
 	srv *httptest.Server
-	ca  *testCA
+	ca  *testutil.CA
 
 	mu      sync.Mutex
 	certs   map[string]*tls.Certificate
@@ -190,7 +93,7 @@ type stsServer struct {
 	fetches map[string]int
 }
 
-func newSTSServer(t *testing.T, ca *testCA) *stsServer {
+func newSTSServer(t *testing.T, ca *testutil.CA) *stsServer {
 	t.Helper()
 	s := &stsServer{ca: ca, certs: map[string]*tls.Certificate{}, answers: map[string]stsResponse{}, fetches: map[string]int{}}
 	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -222,7 +125,7 @@ func newSTSServer(t *testing.T, ca *testCA) *stsServer {
 		if ok {
 			return c, nil
 		}
-		c2 := issue(t, ca, []string{name}, certOpts{})
+		c2 := issue(t, ca, []string{name}, testutil.CertSpec{})
 		s.mu.Lock()
 		s.certs[name] = &c2
 		s.mu.Unlock()
@@ -264,7 +167,7 @@ func (s *stsServer) client() *http.Client {
 	return &http.Client{Transport: &http.Transport{
 		// Every fetch must see the certificate the test set up now.
 		DisableKeepAlives: true,
-		TLSClientConfig:   &tls.Config{RootCAs: s.ca.pool},
+		TLSClientConfig:   &tls.Config{RootCAs: s.ca.Pool},
 		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			return d.DialContext(ctx, network, addr)
 		},
@@ -273,14 +176,10 @@ func (s *stsServer) client() *http.Client {
 
 // ---- SMTP peers ----
 
-// mx is a go-smtp server that records what reached it.
+// mx is the shared recording peer, as the MX host of a policy test.
 type mx struct {
+	*testutil.Peer
 	addr string
-
-	mu       sync.Mutex
-	mails    int // MAIL FROM commands seen
-	messages []string
-	tlsSeen  []bool // per message: was the session encrypted
 }
 
 type mxOpts struct {
@@ -290,63 +189,18 @@ type mxOpts struct {
 
 func newMX(t *testing.T, o mxOpts) *mx {
 	t.Helper()
-	m := &mx{}
-	be := gosmtp.BackendFunc(func(c *gosmtp.Conn) (gosmtp.Session, error) {
-		_, encrypted := c.TLSConnectionState()
-		return &mxSession{m: m, tls: encrypted}, nil
-	})
-	srv := gosmtp.NewServer(be)
-	srv.Domain = "mx.test"
-	srv.TLSConfig = o.tls
-	srv.EnableREQUIRETLS = o.requireTLS
-	srv.ReadTimeout = 10 * time.Second
-	srv.WriteTimeout = 10 * time.Second
-	srv.ErrorLog = quietLog{}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.addr = l.Addr().String()
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() { srv.Close() })
-	return m
+	p := testutil.StartPeer(t, testutil.PeerOptions{Domain: "mx.test", TLS: o.tls, RequireTLS: o.requireTLS, Timeout: 10 * time.Second})
+	return &mx{Peer: p, addr: p.Addr}
 }
 
-type quietLog struct{}
-
-func (quietLog) Printf(string, ...any) {}
-func (quietLog) Println(...any)        {}
-
+// received is what reached the MX: the MAIL FROM commands, and per
+// message its data and whether the session was encrypted.
 func (m *mx) received() (mails int, messages []string, encrypted []bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.mails, append([]string(nil), m.messages...), append([]bool(nil), m.tlsSeen...)
-}
-
-type mxSession struct {
-	m   *mx
-	tls bool
-}
-
-func (s *mxSession) Reset()        {}
-func (s *mxSession) Logout() error { return nil }
-func (s *mxSession) Mail(string, *gosmtp.MailOptions) error {
-	s.m.mu.Lock()
-	s.m.mails++
-	s.m.mu.Unlock()
-	return nil
-}
-func (s *mxSession) Rcpt(string, *gosmtp.RcptOptions) error { return nil }
-func (s *mxSession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
+	for _, msg := range m.Messages() {
+		messages = append(messages, string(msg.Data))
+		encrypted = append(encrypted, msg.TLS)
 	}
-	s.m.mu.Lock()
-	s.m.messages = append(s.m.messages, string(b))
-	s.m.tlsSeen = append(s.m.tlsSeen, s.tls)
-	s.m.mu.Unlock()
-	return nil
+	return len(m.Mails()), messages, encrypted
 }
 
 // tlsServer returns a server config with cert, tweaked by mod.

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"securerelay/internal/testutil"
 	"securerelay/tlspolicy"
 )
 
@@ -34,12 +35,12 @@ func colonHex(b []byte) string {
 func TestLevelsOverSMTP(t *testing.T) {
 	e := newEnv(t, partnerZone)
 	const host = "mx1.partner.example"
-	good := issue(t, e.ca, []string{host}, certOpts{})
-	self := issue(t, nil, []string{host}, certOpts{})
-	expired := issue(t, e.ca, []string{host}, certOpts{notBefore: time.Now().Add(-48 * time.Hour), notAfter: time.Now().Add(-24 * time.Hour)})
-	wrong := issue(t, e.ca, []string{"www.other.example"}, certOpts{})
-	domainCert := issue(t, e.ca, []string{"partner.example"}, certOpts{})
-	rsaCert := issue(t, e.ca, []string{host}, certOpts{rsa: true})
+	good := issue(t, e.ca, []string{host}, testutil.CertSpec{})
+	self := issue(t, nil, []string{host}, testutil.CertSpec{})
+	expired := issue(t, e.ca, []string{host}, testutil.CertSpec{NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})
+	wrong := issue(t, e.ca, []string{"www.other.example"}, testutil.CertSpec{})
+	domainCert := issue(t, e.ca, []string{"partner.example"}, testutil.CertSpec{})
+	rsaCert := issue(t, e.ca, []string{host}, testutil.CertSpec{RSA: true})
 
 	certPin := sha256.Sum256(self.Leaf.Raw)
 	spkiPin := sha256.Sum256(self.Leaf.RawSubjectPublicKeyInfo)

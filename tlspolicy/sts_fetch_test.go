@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"securerelay/internal/testutil"
 	"securerelay/tlspolicy"
 )
 
@@ -44,8 +45,8 @@ func explain(lines []string) string { return strings.Join(lines, "\n") }
 
 func TestMTASTSEnforce(t *testing.T) {
 	e, d := stsEnv(t, "v=STSv1; id=20260101", stsPolicy("enforce", 86400, "mx1.sts.example"))
-	good := issue(t, e.ca, []string{"mx1.sts.example"}, certOpts{})
-	self := issue(t, nil, []string{"mx1.sts.example"}, certOpts{})
+	good := issue(t, e.ca, []string{"mx1.sts.example"}, testutil.CertSpec{})
+	self := issue(t, nil, []string{"mx1.sts.example"}, testutil.CertSpec{})
 
 	p := must[*tlspolicy.Policy](t)(d.Decide(t.Context(), stsDomain, false, false))
 	if p.Level != tlspolicy.Verify || p.STS == nil || p.STS.Mode != tlspolicy.STSEnforce || p.STS.ID != "20260101" {
@@ -97,8 +98,8 @@ func TestMTASTSWildcard(t *testing.T) {
 
 func TestMTASTSTesting(t *testing.T) {
 	e, d := stsEnv(t, "v=STSv1; id=1", stsPolicy("testing", 86400, "mx1.sts.example"))
-	self := issue(t, nil, []string{"mx1.sts.example"}, certOpts{})
-	good := issue(t, e.ca, []string{"mx1.sts.example", "mx2.sts.example"}, certOpts{})
+	self := issue(t, nil, []string{"mx1.sts.example"}, testutil.CertSpec{})
+	good := issue(t, e.ca, []string{"mx1.sts.example", "mx2.sts.example"}, testutil.CertSpec{})
 	p := must[*tlspolicy.Policy](t)(d.Decide(t.Context(), stsDomain, false, false))
 	if p.Level != tlspolicy.May {
 		t.Errorf("testing mode: domain level %s, want may", p.Level)
@@ -197,13 +198,13 @@ func TestMTASTSFetchFailures(t *testing.T) {
 		why   string // in Explain
 	}{
 		{"self-signed certificate", func(e *env) {
-			e.sts.cert(stsDomain, issue(t, nil, []string{"mta-sts." + stsDomain}, certOpts{}))
+			e.sts.cert(stsDomain, issue(t, nil, []string{"mta-sts." + stsDomain}, testutil.CertSpec{}))
 		}, "certificate"},
 		{"certificate for another name", func(e *env) {
-			e.sts.cert(stsDomain, issue(t, e.ca, []string{"www." + stsDomain}, certOpts{}))
+			e.sts.cert(stsDomain, issue(t, e.ca, []string{"www." + stsDomain}, testutil.CertSpec{}))
 		}, "certificate"},
 		{"expired certificate", func(e *env) {
-			e.sts.cert(stsDomain, issue(t, e.ca, []string{"mta-sts." + stsDomain}, certOpts{notBefore: time.Now().Add(-48 * time.Hour), notAfter: time.Now().Add(-time.Hour)}))
+			e.sts.cert(stsDomain, issue(t, e.ca, []string{"mta-sts." + stsDomain}, testutil.CertSpec{NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)}))
 		}, "certificate"},
 		{"not found", func(e *env) { e.sts.answer(stsDomain, stsResponse{status: 404, ctype: "text/plain", body: valid}) }, "404"},
 		{"HTML", func(e *env) { e.sts.answer(stsDomain, stsResponse{status: 200, ctype: "text/html", body: valid}) }, "not text/plain"},
@@ -248,7 +249,7 @@ func TestMTASTSKeepsCachedPolicy(t *testing.T) {
 	must[*tlspolicy.Policy](t)(d.Decide(t.Context(), stsDomain, false, false))
 
 	e.dns.SetZone(stsZone(stsDomain, "v=STSv1; id=2"))
-	e.sts.cert(stsDomain, issue(t, nil, []string{"mta-sts." + stsDomain}, certOpts{}))
+	e.sts.cert(stsDomain, issue(t, nil, []string{"mta-sts." + stsDomain}, testutil.CertSpec{}))
 	p := must[*tlspolicy.Policy](t)(d.Decide(t.Context(), stsDomain, false, false))
 	if p.STS == nil || p.STS.ID != "1" || p.Level != tlspolicy.Verify {
 		t.Fatalf("bad certificate on refresh: %+v, level %s; want the cached enforce policy\n%s", p.STS, p.Level, explain(p.Explain))

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"securerelay/internal/testutil"
 	"securerelay/tlspolicy"
 )
 
@@ -38,10 +39,10 @@ func sessionState(t *testing.T, h *tlspolicy.HostPolicy, m *mx) *tls.ConnectionS
 // host policy enforces; a secure rule met with the recipient domain's
 // name does not prove the host.
 func TestVerifyHost(t *testing.T) {
-	ca := newCA(t, "test CA")
-	self := issue(t, nil, []string{"relay.test"}, certOpts{})
+	ca := testutil.NewCA(t, "test CA")
+	self := issue(t, nil, []string{"relay.test"}, testutil.CertSpec{})
 	pin := sha256.Sum256(self.Leaf.Raw)
-	d, err := tlspolicy.New(tlspolicy.Options{RootCAs: ca.pool, Rules: []tlspolicy.Rule{
+	d, err := tlspolicy.New(tlspolicy.Options{RootCAs: ca.Pool, Rules: []tlspolicy.Rule{
 		{Match: "partner.test", Level: tlspolicy.Secure},
 		{Match: "host:pinned.test", Level: tlspolicy.Fingerprint, Fingerprints: []string{hex.EncodeToString(pin[:])}},
 	}})
@@ -65,12 +66,12 @@ func TestVerifyHost(t *testing.T) {
 		cert         tls.Certificate
 		want         tlspolicy.Code // "" when proved
 	}{
-		{"trusted, names the host", "relay.test", "relay.test", issue(t, ca, []string{"relay.test"}, certOpts{}), ""},
-		{"trusted, another name", "relay.test", "relay.test", issue(t, ca, []string{"other.test"}, certOpts{}), tlspolicy.CodeNameMismatch},
+		{"trusted, names the host", "relay.test", "relay.test", issue(t, ca, []string{"relay.test"}, testutil.CertSpec{}), ""},
+		{"trusted, another name", "relay.test", "relay.test", issue(t, ca, []string{"other.test"}, testutil.CertSpec{}), tlspolicy.CodeNameMismatch},
 		{"self-signed", "relay.test", "relay.test", self, tlspolicy.CodeUntrusted},
-		{"expired", "relay.test", "relay.test", issue(t, ca, []string{"relay.test"}, certOpts{notBefore: time.Now().Add(-48 * time.Hour), notAfter: time.Now().Add(-24 * time.Hour)}), tlspolicy.CodeExpired},
+		{"expired", "relay.test", "relay.test", issue(t, ca, []string{"relay.test"}, testutil.CertSpec{NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)}), tlspolicy.CodeExpired},
 		{"pinned host", "pinned.test", "pinned.test", self, ""},
-		{"secure met by the domain's name only", "partner.test", "relay.test", issue(t, ca, []string{"partner.test"}, certOpts{}), tlspolicy.CodeNameMismatch},
+		{"secure met by the domain's name only", "partner.test", "relay.test", issue(t, ca, []string{"partner.test"}, testutil.CertSpec{}), tlspolicy.CodeNameMismatch},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := hostPolicy(tc.domain, tc.host)

@@ -20,7 +20,10 @@ import (
 	"securerelay/dnsutil"
 )
 
-// startZone serves dir's zone.txt on a free loopback port for the test.
+// startZone serves dir's zone.txt on a free loopback port for the test,
+// with the tool's own zone server rather than dnsutil/dnstest: the
+// benchmark runs that server outside go test, and this checks the zone as
+// the benchmark serves it.
 func startZone(t *testing.T, dir string) string {
 	t.Helper()
 	text, err := os.ReadFile(filepath.Join(dir, "zone.txt"))

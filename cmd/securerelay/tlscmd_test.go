@@ -1,31 +1,20 @@
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
-	"log"
-	"math/big"
 	"net"
 	netsmtp "net/smtp"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"securerelay/dnsutil/dnstest"
+	"securerelay/internal/testutil"
 )
 
 // The test MX servers, each on its own loopback address and all on one
@@ -73,61 +62,16 @@ broken.test.  MX 10 good.mx.test.
 null.test.    MX 0 .
 `
 
-// testMX is a go-smtp server that counts connections and what it is sent;
-// a probe must leave mails, rcpts and datas at zero.
-type testMX struct {
-	conns, mails, rcpts, datas atomic.Int32
-}
+// testMX is the shared recording peer as a probe's target; a probe must
+// send it no MAIL, RCPT or DATA.
+type testMX struct{ *testutil.Peer }
 
-type testMXSession struct{ m *testMX }
+func (m testMX) sent() int { return len(m.Mails()) + len(m.Rcpts()) + m.Datas() }
 
-func (s testMXSession) Reset()        {}
-func (s testMXSession) Logout() error { return nil }
-func (s testMXSession) Mail(string, *smtp.MailOptions) error {
-	s.m.mails.Add(1)
-	return nil
-}
-func (s testMXSession) Rcpt(string, *smtp.RcptOptions) error {
-	s.m.rcpts.Add(1)
-	return nil
-}
-func (s testMXSession) Data(r io.Reader) error {
-	s.m.datas.Add(1)
-	_, err := io.Copy(io.Discard, r)
-	return err
-}
-
-func (m *testMX) sent() int32 { return m.mails.Load() + m.rcpts.Load() + m.datas.Load() }
-
-func serveTestMX(t *testing.T, ln net.Listener, tc *tls.Config, requireTLS bool) *testMX {
+func serveTestMX(t *testing.T, ln net.Listener, tc *tls.Config, requireTLS bool) testMX {
 	t.Helper()
-	m := &testMX{}
-	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) {
-		return testMXSession{m}, nil
-	}))
-	srv.Domain = "mx.test"
-	srv.TLSConfig = tc
-	srv.EnableREQUIRETLS = requireTLS
-	srv.ReadTimeout, srv.WriteTimeout = 10*time.Second, 10*time.Second
-	srv.ErrorLog = log.New(io.Discard, "", 0)
-	go srv.Serve(countingListener{ln, &m.conns})
-	t.Cleanup(func() { srv.Close() })
-	return m
-}
-
-// countingListener counts connections; go-smtp starts a new session at
-// every EHLO, so sessions would count STARTTLS twice.
-type countingListener struct {
-	net.Listener
-	n *atomic.Int32
-}
-
-func (l countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err == nil {
-		l.n.Add(1)
-	}
-	return c, err
+	return testMX{testutil.StartPeer(t, testutil.PeerOptions{Listener: ln, Domain: "mx.test", TLS: tc,
+		RequireTLS: requireTLS, Timeout: 10 * time.Second})}
 }
 
 // listenSamePort listens on one port on every ip.
@@ -158,54 +102,12 @@ func listenSamePort(t *testing.T, ips []string) ([]net.Listener, string) {
 	return nil, ""
 }
 
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newTestCA(t *testing.T) *testCA {
+// leaf issues a server certificate with testutil's maker, valid for 60
+// days up to notAfter, without the CA in the chain (what the probe output
+// below expects); a nil ca makes it self-signed.
+func leaf(t *testing.T, ca *testutil.CA, notAfter time.Time, names ...string) tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "securerelay test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-var serial atomic.Int64
-
-// leaf issues a server certificate; a nil ca makes it self-signed.
-func leaf(t *testing.T, ca *testCA, notAfter time.Time, names ...string) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(100 + serial.Add(1)), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
-		NotBefore: notAfter.Add(-60 * 24 * time.Hour), NotAfter: notAfter,
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	parent, signer := tmpl, key
-	if ca != nil {
-		parent, signer = ca.cert, ca.key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return ca.Issue(t, testutil.CertSpec{Names: names, NotBefore: notAfter.Add(-60 * 24 * time.Hour), NotAfter: notAfter, LeafOnly: true})
 }
 
 type tlsFixture struct {
@@ -213,15 +115,15 @@ type tlsFixture struct {
 	dir  string
 	dns  *dnstest.Server
 	port string
-	mx   map[string]*testMX // by IP
+	mx   map[string]testMX // by IP
 }
 
 func newTLSFixture(t *testing.T) *tlsFixture {
 	t.Helper()
-	f := &tlsFixture{t: t, dir: t.TempDir(), dns: dnstest.NewServer(t, tlsZone), mx: map[string]*testMX{}}
+	f := &tlsFixture{t: t, dir: t.TempDir(), dns: dnstest.NewServer(t, tlsZone), mx: map[string]testMX{}}
 	f.dns.ServFail("broken.test")
-	ca := newTestCA(t)
-	if err := os.WriteFile(filepath.Join(f.dir, "ca.pem"), ca.pem, 0o600); err != nil {
+	ca := testutil.NewCA(t, "securerelay test CA")
+	if err := os.WriteFile(filepath.Join(f.dir, "ca.pem"), ca.PEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	soon := time.Now().Add(20 * 24 * time.Hour)
@@ -343,8 +245,8 @@ func TestTestMXCountsMail(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Quit()
-	if m.mails.Load() != 1 || m.sent() != 2 {
-		t.Errorf("mails %d, sent %d; want 1, 2", m.mails.Load(), m.sent())
+	if len(m.Mails()) != 1 || m.sent() != 2 {
+		t.Errorf("mails %d, sent %d; want 1, 2", len(m.Mails()), m.sent())
 	}
 }
 
@@ -373,7 +275,7 @@ func TestTLSPolicyExplainDefaultMay(t *testing.T) {
 	}
 	// explain looks, it does not connect.
 	for ip, m := range f.mx {
-		if n := m.conns.Load(); n != 0 {
+		if n := m.Conns(); n != 0 {
 			t.Errorf("explain connected to %s %d times", ip, n)
 		}
 	}
@@ -580,8 +482,8 @@ func TestTLSPolicyProbeVerify(t *testing.T) {
 		"  result    policy NOT met: handshake failed: ")
 	wantLines(t, out, "\n6 of 7 next-hop addresses do NOT meet the policy\n")
 	for _, ip := range []string{ipGood, ipPlain, ipSelf, ipWrongName, ipExpired, ipOld, ipBadTLS} {
-		if f.mx[ip].conns.Load() != 1 {
-			t.Errorf("test MX %s: %d connections, want 1", ip, f.mx[ip].conns.Load())
+		if f.mx[ip].Conns() != 1 {
+			t.Errorf("test MX %s: %d connections, want 1", ip, f.mx[ip].Conns())
 		}
 	}
 	f.noMailSent()
@@ -651,7 +553,7 @@ func TestTLSPolicyProbeRequireTLS(t *testing.T) {
 	wantLines(t, out,
 		"good.mx.test (not contacted)\n  result  policy NOT met: delivery would not use this host: TLS policy verify for good.test not met by good.mx.test",
 		"1 of 1 next-hop addresses do NOT meet the policy\n")
-	if n := f.mx[ipGood].conns.Load(); n != 1 {
+	if n := f.mx[ipGood].Conns(); n != 1 {
 		t.Errorf("good.mx.test: %d connections, want 1 (routed.test's only)", n)
 	}
 	f.noMailSent()

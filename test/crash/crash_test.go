@@ -7,8 +7,6 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"io"
-	"log"
 	"math/rand/v2"
 	"net"
 	"net/smtp"
@@ -25,6 +23,7 @@ import (
 	gosmtp "github.com/emersion/go-smtp"
 
 	"securerelay/internal/loopback"
+	"securerelay/internal/testutil"
 )
 
 var relayBin string
@@ -53,26 +52,16 @@ type sink struct {
 
 var msgIDRe = regexp.MustCompile(`(?mi)^Message-Id: <([^>]+)>`)
 
-func (s *sink) NewSession(*gosmtp.Conn) (gosmtp.Session, error) { return &sinkSession{s: s}, nil }
-
-type sinkSession struct{ s *sink }
-
-func (ss *sinkSession) Mail(string, *gosmtp.MailOptions) error { return nil }
-func (ss *sinkSession) Rcpt(string, *gosmtp.RcptOptions) error { return nil }
-func (ss *sinkSession) Reset()                                 {}
-func (ss *sinkSession) Logout() error                          { return nil }
-func (ss *sinkSession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
+// data is the downstream's Data hook: a message without a Message-Id is
+// refused, as the test cannot account for it.
+func (s *sink) data(b []byte) error {
 	m := msgIDRe.FindSubmatch(b)
 	if m == nil {
 		return &gosmtp.SMTPError{Code: 550, EnhancedCode: gosmtp.EnhancedCode{5, 6, 0}, Message: "no Message-Id"}
 	}
-	ss.s.mu.Lock()
-	ss.s.seen[string(m[1])]++
-	ss.s.mu.Unlock()
+	s.mu.Lock()
+	s.seen[string(m[1])]++
+	s.mu.Unlock()
 	return nil
 }
 
@@ -154,16 +143,10 @@ func TestKill9WhileSending(t *testing.T) {
 	}
 	state := t.TempDir()
 	sk := &sink{seen: map[string]int{}}
-	down := gosmtp.NewServer(sk)
-	down.Domain = "downstream.test"
-	// The relay is killed mid-session on purpose: resets are expected.
-	down.ErrorLog = log.New(io.Discard, "", 0)
-	dl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go down.Serve(dl)
-	t.Cleanup(func() { down.Close() })
+	// The shared recording peer (which ignores the resets of a relay
+	// killed mid-session); no idle limit the relay's pool could run into
+	// during the test, as go-smtp's default had none.
+	down := testutil.StartPeer(t, testutil.PeerOptions{Domain: "downstream.test", Data: sk.data, Timeout: 10 * time.Minute})
 
 	addr := freePort(t)
 	conf := filepath.Join(state, "relay.yaml")
@@ -176,7 +159,7 @@ domains:
   example.test: {deliver_to: "smtp://%s"}
 queue: {retry: [1s]}
 inbound: {checks: {sender_domain: "off"}}
-`, filepath.Join(state, "var"), addr, dl.Addr())), 0o600)
+`, filepath.Join(state, "var"), addr, down.Addr)), 0o600)
 
 	logs := &lockedBuffer{}
 	cmd := start(t, conf, addr, logs)

@@ -31,6 +31,7 @@ import (
 	gomail "github.com/emersion/go-message/mail"
 
 	"securerelay/dnsutil/dnstest"
+	"securerelay/internal/testutil"
 )
 
 // ---------------------------------------------------------------------------
@@ -479,7 +480,7 @@ func TestEncryptFallbackSigned(t *testing.T) {
 	org := g.newKey("Example Org <relay@example.test>", "cv25519")
 	orgKey := filepath.Join(dir, "org.sec.asc")
 	writeFile(t, orgKey, string(g.secret(org)))
-	mx := startPolicyMX(t, listenMX(t, "127.0.0.121"), mxOptions{TLS: serverTLS(selfSigned(t, "mx.partner.test"))})
+	mx := startPolicyMX(t, listenMX(t, "127.0.0.121"), mxOptions{TLS: testutil.ServerTLS(testutil.SelfSigned(t, "mx.partner.test"))})
 	dns := dnstest.NewServer(t, partnerZone("127.0.0.121")+rsaZone+edZone)
 	r := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(), Outbound: encryptionConfig(g.keyring(alice), false),
 		Domain: fmt.Sprintf("    dkim:\n      - {selector: s2026, key: %q}\n      - {selector: e2026, key: %q}\n    openpgp_signing_key: %q\n", rsaKey, edKey, orgKey),
@@ -857,7 +858,7 @@ func TestEncryptAlwaysTLSMet(t *testing.T) {
 	ca := newTestCA(t)
 	g := newGPGHome(t)
 	bob := g.newKey("Bob <bob@partner.test>", "cv25519")
-	mx := startPolicyMX(t, listenMX(t, "127.0.0.126"), mxOptions{TLS: serverTLS(ca.issue(t, certSpec{names: []string{"mx.partner.test"}}))})
+	mx := startPolicyMX(t, listenMX(t, "127.0.0.126"), mxOptions{TLS: testutil.ServerTLS(ca.issue(t, testutil.CertSpec{Names: []string{"mx.partner.test"}}))})
 	dns := dnstest.NewServer(t, partnerZone("127.0.0.126"))
 	r := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(), Outbound: encryptionConfig(g.keyring(bob), false),
 		TLS: fmt.Sprintf("    ca_file: %q\n    policies:\n      - {match: partner.test, level: verify, encrypt: always, without_key: tls}\n", ca.pemFile)})

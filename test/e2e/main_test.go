@@ -10,22 +10,15 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,9 +26,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"securerelay/internal/loopback"
+	"securerelay/internal/testutil"
 )
 
 // relayBin is the securerelay binary built by TestMain.
@@ -399,14 +391,8 @@ func (s swaksResult) ErrorReplies() []string {
 // ---------------------------------------------------------------------------
 // Test SMTP/LMTP servers (downstream systems and MX hosts).
 
-type received struct {
-	From string
-	To   []string
-	Data []byte
-	TLS  bool
-	Helo string
-	UTF8 bool // MAIL FROM carried SMTPUTF8
-}
+// received is one message a test server accepted.
+type received = testutil.Message
 
 type serverOptions struct {
 	LMTP bool
@@ -422,44 +408,22 @@ type serverOptions struct {
 	DataDelay time.Duration
 }
 
-type testServer struct {
-	Addr string
-	opts serverOptions
-	srv  *smtp.Server
-
-	mu    sync.Mutex
-	msgs  []received
-	rcpts []string // every RCPT TO seen, refused ones included
-	datas int      // DATA transfers seen, refused ones included
-}
+// testServer is internal/testutil's recording peer: Messages, Rcpts
+// (every RCPT TO seen, refused ones included), WaitMessages.
+type testServer = testutil.Peer
 
 // startTestServer serves SMTP (or LMTP) on ln until the test ends.
 func startTestServer(t *testing.T, ln net.Listener, o serverOptions) *testServer {
 	t.Helper()
-	ts := &testServer{Addr: ln.Addr().String(), opts: o}
-	s := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
-		return &testSession{ts: ts, c: c}, nil
-	}))
-	s.Domain = "downstream.e2e.test"
-	s.LMTP = o.LMTP
-	s.TLSConfig = o.TLS
-	s.ReadTimeout = 15 * time.Second
-	s.WriteTimeout = 15 * time.Second
-	s.MaxMessageBytes = 64 << 20
-	s.AllowInsecureAuth = true
-	s.EnableSMTPUTF8 = o.SMTPUTF8
-	ts.srv = s
-	done := make(chan struct{})
-	go func() { defer close(done); s.Serve(ln) }()
-	t.Cleanup(func() {
-		s.Close()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Errorf("test server %s did not stop", ts.Addr)
+	po := testutil.PeerOptions{Listener: ln, Domain: "downstream.e2e.test", LMTP: o.LMTP, TLS: o.TLS,
+		Rcpt: o.RcptErr, SMTPUTF8: o.SMTPUTF8, MaxMessageBytes: 64 << 20, AllowInsecureAuth: true}
+	if o.DataErr != nil || o.DataDelay > 0 {
+		po.Data = func([]byte) error {
+			time.Sleep(o.DataDelay)
+			return o.DataErr
 		}
-	})
-	return ts
+	}
+	return testutil.StartPeer(t, po)
 }
 
 // listenLoopback listens on 127.0.0.1 on a free port.
@@ -478,110 +442,6 @@ func listenLoopback(t *testing.T) net.Listener {
 func listenMX(t *testing.T, ip string) net.Listener {
 	t.Helper()
 	return listenOn(t, ip, "25")
-}
-
-type testSession struct {
-	ts   *testServer
-	c    *smtp.Conn
-	from string
-	to   []string
-	utf8 bool
-}
-
-func (s *testSession) Reset()        { s.from, s.to, s.utf8 = "", nil, false }
-func (s *testSession) Logout() error { return nil }
-
-func (s *testSession) Mail(from string, mo *smtp.MailOptions) error {
-	s.from, s.to, s.utf8 = from, nil, mo != nil && mo.UTF8
-	return nil
-}
-
-func (s *testSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	s.ts.mu.Lock()
-	s.ts.rcpts = append(s.ts.rcpts, to)
-	s.ts.mu.Unlock()
-	if s.ts.opts.RcptErr != nil {
-		if err := s.ts.opts.RcptErr(to); err != nil {
-			return err
-		}
-	}
-	s.to = append(s.to, to)
-	return nil
-}
-
-func (s *testSession) Data(r io.Reader) error {
-	data, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	if s.ts.opts.DataDelay > 0 {
-		time.Sleep(s.ts.opts.DataDelay)
-	}
-	_, tlsOn := s.c.TLSConnectionState()
-	s.ts.mu.Lock()
-	defer s.ts.mu.Unlock()
-	s.ts.datas++
-	if s.ts.opts.DataErr != nil {
-		return s.ts.opts.DataErr
-	}
-	s.ts.msgs = append(s.ts.msgs, received{
-		From: s.from, To: slices.Clone(s.to), Data: data, TLS: tlsOn, Helo: s.c.Hostname(), UTF8: s.utf8,
-	})
-	return nil
-}
-
-// Messages returns what the server accepted so far.
-func (ts *testServer) Messages() []received {
-	ts.mu.Lock()
-	defer ts.mu.Unlock()
-	return slices.Clone(ts.msgs)
-}
-
-// Rcpts returns every RCPT TO the server saw.
-func (ts *testServer) Rcpts() []string {
-	ts.mu.Lock()
-	defer ts.mu.Unlock()
-	return slices.Clone(ts.rcpts)
-}
-
-// WaitMessages waits until the server accepted at least n messages.
-func (ts *testServer) WaitMessages(t *testing.T, n int, timeout time.Duration) []received {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		m := ts.Messages()
-		if len(m) >= n {
-			return m
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("test server %s: %d messages after %v, want %d", ts.Addr, len(m), timeout, n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// selfSignedTLS makes a server TLS configuration with a fresh self-signed
-// certificate for names.
-func selfSignedTLS(t *testing.T, names ...string) *tls.Config {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: names[0]},
-		DNSNames:     names,
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
 }
 
 // ---------------------------------------------------------------------------

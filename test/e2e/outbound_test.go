@@ -15,6 +15,7 @@ import (
 
 	"securerelay/dnsutil/dnstest"
 	"securerelay/dsn"
+	"securerelay/internal/testutil"
 )
 
 // partnerZone sends partner.test's mail to mxIP (port 25).
@@ -62,7 +63,7 @@ func bcryptHash(t *testing.T, pass string) string {
 // port 25 over TLS. Without AUTH, or AUTH in clear, nothing is relayed.
 func TestSubmissionAuthToMX(t *testing.T) {
 	requireTool(t, "swaks")
-	mxDown := startTestServer(t, listenMX(t, "127.0.0.5"), serverOptions{TLS: selfSignedTLS(t, "mx.partner.test")})
+	mxDown := startTestServer(t, listenMX(t, "127.0.0.5"), serverOptions{TLS: testutil.ServerTLS(testutil.SelfSigned(t, "mx.partner.test"))})
 	dns := dnstest.NewServer(t, partnerZone("127.0.0.5"))
 
 	dir := t.TempDir()
@@ -168,7 +169,7 @@ func TestDSN(t *testing.T) {
 	requireTool(t, "swaks")
 	unknown := &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user here (e2e partner)"}
 	mxDown := startTestServer(t, listenMX(t, "127.0.0.6"), serverOptions{
-		TLS:     selfSignedTLS(t, "mx.partner.test"),
+		TLS:     testutil.ServerTLS(testutil.SelfSigned(t, "mx.partner.test")),
 		RcptErr: func(string) error { return unknown },
 	})
 	refusing := startTestServer(t, listenLoopback(t), serverOptions{

@@ -10,21 +10,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log"
-	"math/big"
 	"mime"
 	"mime/multipart"
 	"net"
@@ -39,192 +29,41 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
-
 	"securerelay/dnsutil/dnstest"
+	"securerelay/internal/testutil"
 )
 
 // ---------------------------------------------------------------------------
-// Certificates.
+// Certificates: internal/testutil's maker (testutil.SelfSigned, ServerTLS,
+// SPKISHA256, WriteKeyPair), with the CA written where the relay reads it.
 
 // testCA is a certificate authority the relay trusts through
 // outbound.tls.ca_file (for verify, secure and the MTA-STS fetch).
 type testCA struct {
-	cert    *x509.Certificate
-	key     *ecdsa.PrivateKey
+	*testutil.CA
 	pemFile string
 }
 
 func newTestCA(t *testing.T) *testCA {
 	t.Helper()
-	key := newECKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          newSerial(t),
-		Subject:               pkix.Name{CommonName: "securerelay e2e test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := &testCA{cert: cert, key: key, pemFile: filepath.Join(t.TempDir(), "ca.pem")}
-	writeFile(t, ca.pemFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
-	return ca
-}
-
-func newECKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func newSerial(t *testing.T) *big.Int {
-	t.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-// certSpec describes a server certificate; zero times mean valid from an
-// hour ago for a day.
-type certSpec struct {
-	names               []string
-	notBefore, notAfter time.Time
-	rsa                 bool
+	ca := testutil.NewCA(t, "securerelay e2e test CA")
+	return &testCA{CA: ca, pemFile: ca.WritePEM(t)}
 }
 
 // issue makes a server certificate signed by ca, or self-signed when ca
 // is nil. The chain sent includes the CA, as servers usually do.
-func (ca *testCA) issue(t *testing.T, s certSpec) tls.Certificate {
+func (ca *testCA) issue(t *testing.T, s testutil.CertSpec) tls.Certificate {
 	t.Helper()
-	if s.notBefore.IsZero() {
-		s.notBefore = time.Now().Add(-time.Hour)
-	}
-	if s.notAfter.IsZero() {
-		s.notAfter = time.Now().Add(24 * time.Hour)
-	}
-	var key any
-	var pub any
-	if s.rsa {
-		k, err := rsa.GenerateKey(rand.Reader, 2048)
-		if err != nil {
-			t.Fatal(err)
-		}
-		key, pub = k, &k.PublicKey
-	} else {
-		k := newECKey(t)
-		key, pub = k, &k.PublicKey
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: newSerial(t),
-		Subject:      pkix.Name{CommonName: s.names[0]},
-		DNSNames:     s.names,
-		NotBefore:    s.notBefore,
-		NotAfter:     s.notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	parent, signer := tmpl, key
+	var c *testutil.CA
 	if ca != nil {
-		parent, signer = ca.cert, any(ca.key)
+		c = ca.CA
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chain := [][]byte{der}
-	if ca != nil {
-		chain = append(chain, ca.cert.Raw)
-	}
-	return tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}
-}
-
-// selfSigned is a self-signed certificate for names.
-func selfSigned(t *testing.T, names ...string) tls.Certificate {
-	t.Helper()
-	var none *testCA
-	return none.issue(t, certSpec{names: names})
-}
-
-// serverTLS is a server configuration with one certificate.
-func serverTLS(c tls.Certificate) *tls.Config {
-	return &tls.Config{Certificates: []tls.Certificate{c}}
-}
-
-// spkiSHA256 is the association data of a TLSA 3 1 1 record for c.
-func spkiSHA256(c tls.Certificate) string {
-	sum := sha256.Sum256(c.Leaf.RawSubjectPublicKeyInfo)
-	return hex.EncodeToString(sum[:])
-}
-
-// writeKeyPair writes c as PEM files for the relay's tls.cert/tls.key.
-func writeKeyPair(t *testing.T, c tls.Certificate) (certFile, keyFile string) {
-	t.Helper()
-	dir := t.TempDir()
-	var certPEM []byte
-	for _, der := range c.Certificate {
-		certPEM = append(certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	writeFile(t, certFile, string(certPEM))
-	writeFile(t, keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})))
-	return certFile, keyFile
+	return c.Issue(t, s)
 }
 
 // ---------------------------------------------------------------------------
-// An MX that records everything.
-
-// recordingConn keeps every byte the peer sends, before any TLS: in clear
-// text, "no MAIL FROM in the bytes" means none was sent.
-type recordingConn struct {
-	net.Conn
-	rec func([]byte)
-}
-
-func (c recordingConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if n > 0 {
-		c.rec(p[:n])
-	}
-	return n, err
-}
-
-type recordingListener struct {
-	net.Listener
-	onAccept func()
-	rec      func([]byte)
-}
-
-func (l recordingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	l.onAccept()
-	return recordingConn{Conn: c, rec: l.rec}, nil
-}
+// An MX that records everything: internal/testutil's peer with the raw
+// bytes and the transcript kept.
 
 // mailCmd is one MAIL FROM a policyMX saw.
 type mailCmd struct {
@@ -258,208 +97,46 @@ type mxOptions struct {
 // policyMX is an MX host for TLS policy tests: it counts connections and
 // records the raw bytes it received, the dialogue as the server read and
 // wrote it (inside TLS too), every MAIL, RCPT and DATA, and who logged in.
-type policyMX struct {
-	Addr string
-
-	mu         sync.Mutex
-	conns      int
-	raw        bytes.Buffer
-	transcript bytes.Buffer
-	mails      []mailCmd
-	rcpts      []string
-	rcptCmds   []rcptCmd
-	msgs       []received
-	logins     []string
-}
-
-// transcriptWriter is go-smtp's Debug writer: the server's side of the
-// dialogue after TLS is taken off, commands and replies alike.
-type transcriptWriter struct{ m *policyMX }
-
-func (w transcriptWriter) Write(p []byte) (int, error) {
-	w.m.mu.Lock()
-	defer w.m.mu.Unlock()
-	return w.m.transcript.Write(p)
-}
+type policyMX struct{ *testutil.Peer }
 
 func startPolicyMX(t *testing.T, ln net.Listener, o mxOptions) *policyMX {
 	t.Helper()
-	m := &policyMX{Addr: ln.Addr().String()}
-	rl := recordingListener{Listener: ln,
-		onAccept: func() { m.mu.Lock(); m.conns++; m.mu.Unlock() },
-		rec:      func(p []byte) { m.mu.Lock(); m.raw.Write(p); m.mu.Unlock() },
+	return &policyMX{testutil.StartPeer(t, testutil.PeerOptions{Listener: ln, Domain: "mx.e2e.test",
+		TLS: o.TLS, RequireTLS: o.RequireTLS, DSN: o.DSN, LMTP: o.LMTP, Users: o.Users, Wire: true})}
+}
+
+// Mails are the MAIL FROM commands the server saw.
+func (m *policyMX) Mails() []mailCmd {
+	var out []mailCmd
+	for _, mc := range m.Peer.Mails() {
+		out = append(out, mailCmd{From: mc.From, TLS: mc.TLS, RequireTLS: mc.Opts.RequireTLS,
+			Body: string(mc.Opts.Body), Ret: string(mc.Opts.Return), EnvID: mc.Opts.EnvelopeID})
 	}
-	s := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
-		return &mxSession{m: m, c: c, users: o.Users}, nil
-	}))
-	s.Domain = "mx.e2e.test"
-	s.TLSConfig = o.TLS
-	s.EnableREQUIRETLS = o.RequireTLS
-	s.EnableDSN = o.DSN
-	s.LMTP = o.LMTP
-	s.Debug = transcriptWriter{m}
-	s.ReadTimeout = 15 * time.Second
-	s.WriteTimeout = 15 * time.Second
-	// Failed handshakes are the point of several tests.
-	s.ErrorLog = log.New(io.Discard, "", 0)
-	done := make(chan struct{})
-	go func() { defer close(done); s.Serve(rl) }()
-	t.Cleanup(func() {
-		s.Close()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Errorf("MX %s did not stop", m.Addr)
-		}
-	})
-	return m
-}
-
-type mxSession struct {
-	m     *policyMX
-	c     *smtp.Conn
-	users map[string]string
-	from  string
-	to    []string
-}
-
-func (s *mxSession) AuthMechanisms() []string {
-	if s.users == nil {
-		return nil
-	}
-	return []string{sasl.Plain}
-}
-
-func (s *mxSession) Auth(mech string) (sasl.Server, error) {
-	if s.users == nil || mech != sasl.Plain {
-		return nil, smtp.ErrAuthUnknownMechanism
-	}
-	return sasl.NewPlainServer(func(_, user, pass string) error {
-		if p, ok := s.users[user]; !ok || p != pass {
-			return smtp.ErrAuthFailed
-		}
-		s.m.mu.Lock()
-		s.m.logins = append(s.m.logins, user)
-		s.m.mu.Unlock()
-		return nil
-	}), nil
-}
-
-func (s *mxSession) Reset()        { s.from, s.to = "", nil }
-func (s *mxSession) Logout() error { return nil }
-
-func (s *mxSession) Mail(from string, opts *smtp.MailOptions) error {
-	_, tlsOn := s.c.TLSConnectionState()
-	s.m.mu.Lock()
-	mc := mailCmd{From: from, TLS: tlsOn}
-	if opts != nil {
-		mc.RequireTLS, mc.Body, mc.Ret, mc.EnvID = opts.RequireTLS, string(opts.Body), string(opts.Return), opts.EnvelopeID
-	}
-	s.m.mails = append(s.m.mails, mc)
-	s.m.mu.Unlock()
-	s.from, s.to = from, nil
-	return nil
-}
-
-func (s *mxSession) Rcpt(to string, opts *smtp.RcptOptions) error {
-	rc := rcptCmd{To: to}
-	if opts != nil {
-		var n []string
-		for _, v := range opts.Notify {
-			n = append(n, string(v))
-		}
-		rc.Notify = strings.Join(n, ",")
-		if opts.OriginalRecipient != "" {
-			rc.ORCPT = string(opts.OriginalRecipientType) + ";" + opts.OriginalRecipient
-		}
-	}
-	s.m.mu.Lock()
-	s.m.rcptCmds = append(s.m.rcptCmds, rc)
-	s.m.rcpts = append(s.m.rcpts, to)
-	s.m.mu.Unlock()
-	s.to = append(s.to, to)
-	return nil
-}
-
-func (s *mxSession) Data(r io.Reader) error {
-	data, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	_, tlsOn := s.c.TLSConnectionState()
-	s.m.mu.Lock()
-	defer s.m.mu.Unlock()
-	s.m.msgs = append(s.m.msgs, received{From: s.from, To: slices.Clone(s.to), Data: data, TLS: tlsOn, Helo: s.c.Hostname()})
-	return nil
-}
-
-func (m *policyMX) Conns() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.conns
-}
-
-// Raw is every byte the relay sent, as it crossed the wire (TLS records
-// encrypted).
-func (m *policyMX) Raw() string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.raw.String()
-}
-
-// Transcript is the dialogue so far as the server saw it, inside TLS too.
-func (m *policyMX) Transcript() string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.transcript.String()
-}
-
-// Rcpts are the RCPT TO addresses the server saw.
-func (m *policyMX) Rcpts() []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return slices.Clone(m.rcpts)
+	return out
 }
 
 // RcptCmds are the RCPT TO commands the server saw, with DSN parameters.
 func (m *policyMX) RcptCmds() []rcptCmd {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return slices.Clone(m.rcptCmds)
-}
-
-// Logins are the users that authenticated.
-func (m *policyMX) Logins() []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return slices.Clone(m.logins)
-}
-
-func (m *policyMX) Mails() []mailCmd {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return slices.Clone(m.mails)
-}
-
-func (m *policyMX) Messages() []received {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return slices.Clone(m.msgs)
+	var out []rcptCmd
+	for _, r := range m.Peer.RcptCmds() {
+		rc := rcptCmd{To: r.To}
+		var n []string
+		for _, v := range r.Opts.Notify {
+			n = append(n, string(v))
+		}
+		rc.Notify = strings.Join(n, ",")
+		if r.Opts.OriginalRecipient != "" {
+			rc.ORCPT = string(r.Opts.OriginalRecipientType) + ";" + r.Opts.OriginalRecipient
+		}
+		out = append(out, rc)
+	}
+	return out
 }
 
 // waitMessage waits for the first message the MX accepted.
 func (m *policyMX) waitMessage(t *testing.T, timeout time.Duration) received {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		if msgs := m.Messages(); len(msgs) > 0 {
-			return msgs[0]
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("MX %s: no message after %v", m.Addr, timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return m.WaitMessages(t, 1, timeout)[0]
 }
 
 // checkUntouched requires that the relay sent no envelope command and no
@@ -470,9 +147,7 @@ func (m *policyMX) waitMessage(t *testing.T, timeout time.Duration) received {
 // refused the host before connecting).
 func (m *policyMX) checkUntouched(t *testing.T, marker string, connected bool) {
 	t.Helper()
-	m.mu.Lock()
-	conns, mails, rcpts, msgs, raw := m.conns, len(m.mails), len(m.rcpts), len(m.msgs), m.raw.String()
-	m.mu.Unlock()
+	conns, mails, rcpts, msgs, raw := m.Conns(), len(m.Mails()), len(m.Rcpts()), len(m.Messages()), m.Raw()
 	if connected && conns == 0 {
 		t.Errorf("MX %s: the relay never connected; the test proves nothing", m.Addr)
 	}
@@ -550,7 +225,7 @@ func startStripProxy(t *testing.T, ln net.Listener, backend string) *stripProxy 
 			go func() {
 				defer wg.Done()
 				defer s.Close()
-				io.Copy(s, recordingConn{Conn: c, rec: func(b []byte) { p.mu.Lock(); p.fromPeer.Write(b); p.mu.Unlock() }})
+				io.Copy(s, io.TeeReader(c, fromPeerWriter{p}))
 			}()
 			go func() {
 				defer wg.Done()
@@ -569,6 +244,15 @@ func startStripProxy(t *testing.T, ln net.Listener, backend string) *stripProxy 
 		wg.Wait()
 	})
 	return p
+}
+
+// fromPeerWriter keeps what the relay sent through the proxy.
+type fromPeerWriter struct{ p *stripProxy }
+
+func (w fromPeerWriter) Write(b []byte) (int, error) {
+	w.p.mu.Lock()
+	defer w.p.mu.Unlock()
+	return w.p.fromPeer.Write(b)
 }
 
 // relayReplies copies server replies to the client one whole reply at a
@@ -708,7 +392,7 @@ func startHTTPSHost(t *testing.T, ln net.Listener, ca *testCA, policies map[stri
 			w.Header().Set("Content-Type", "text/plain")
 			io.WriteString(w, p)
 		}),
-		TLSConfig:         serverTLS(ca.issue(t, certSpec{names: names})),
+		TLSConfig:         testutil.ServerTLS(ca.issue(t, testutil.CertSpec{Names: names})),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          log.New(io.Discard, "", 0),
 	}

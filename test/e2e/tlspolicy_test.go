@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"securerelay/dnsutil/dnstest"
+	"securerelay/internal/testutil"
 )
 
 // policyCase is one destination of TestTLSPolicyEnforced.
@@ -55,7 +56,7 @@ func TestTLSPolicyEnforced(t *testing.T) {
 	past := time.Now().Add(-48 * time.Hour)
 
 	tls11 := func() *tls.Config {
-		c := serverTLS(selfSigned(t, "mx.tls11.test", "mx.tls11-may.test"))
+		c := testutil.ServerTLS(testutil.SelfSigned(t, "mx.tls11.test", "mx.tls11-may.test"))
 		c.MinVersion, c.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
 		return c
 	}
@@ -72,22 +73,22 @@ func TestTLSPolicyEnforced(t *testing.T) {
 			tls:  &tls.Config{},
 			want: "sent", wantTLS: false, log: []string{"required=may", "achieved=none"}},
 		{name: "self-signed, verify", domain: "selfsigned.test", ip: "127.0.0.34", rule: "level: verify",
-			tls:  serverTLS(selfSigned(t, "mx.selfsigned.test")),
+			tls:  testutil.ServerTLS(testutil.SelfSigned(t, "mx.selfsigned.test")),
 			want: "deferred", log: []string{"required=verify", "failure=untrusted", "dsn=4.7.5"}},
 		{name: "CA-issued with the MX name, verify", domain: "verified.test", ip: "127.0.0.35", rule: "level: verify",
-			tls:  serverTLS(ca.issue(t, certSpec{names: []string{"mx.verified.test"}})),
+			tls:  testutil.ServerTLS(ca.issue(t, testutil.CertSpec{Names: []string{"mx.verified.test"}})),
 			want: "sent", wantTLS: true, log: []string{"required=verify", "achieved=verify", "tls=\"TLS1.3"}},
 		{name: "expired, verify", domain: "expired.test", ip: "127.0.0.36", rule: "level: verify",
-			tls:  serverTLS(ca.issue(t, certSpec{names: []string{"mx.expired.test"}, notBefore: past.Add(-time.Hour), notAfter: past})),
+			tls:  testutil.ServerTLS(ca.issue(t, testutil.CertSpec{Names: []string{"mx.expired.test"}, NotBefore: past.Add(-time.Hour), NotAfter: past})),
 			want: "deferred", log: []string{"required=verify", "failure=expired"}},
 		{name: "wrong name, verify", domain: "wrongname.test", ip: "127.0.0.37", rule: "level: verify",
-			tls:  serverTLS(ca.issue(t, certSpec{names: []string{"mx.someone-else.test"}})),
+			tls:  testutil.ServerTLS(ca.issue(t, testutil.CertSpec{Names: []string{"mx.someone-else.test"}})),
 			want: "deferred", log: []string{"required=verify", "failure=name-mismatch"}},
 		{name: "secure, certificate names only the MX host", domain: "secure-mx.test", mxHost: "mx.hoster-a.test", ip: "127.0.0.38",
-			rule: "level: secure", tls: serverTLS(ca.issue(t, certSpec{names: []string{"mx.hoster-a.test"}})),
+			rule: "level: secure", tls: testutil.ServerTLS(ca.issue(t, testutil.CertSpec{Names: []string{"mx.hoster-a.test"}})),
 			want: "deferred", log: []string{"required=secure", "failure=name-mismatch"}},
 		{name: "secure, certificate names the domain", domain: "secure-dom.test", mxHost: "mx.hoster-b.test", ip: "127.0.0.39",
-			rule: "level: secure", tls: serverTLS(ca.issue(t, certSpec{names: []string{"mx.hoster-b.test", "secure-dom.test"}})),
+			rule: "level: secure", tls: testutil.ServerTLS(ca.issue(t, testutil.CertSpec{Names: []string{"mx.hoster-b.test", "secure-dom.test"}})),
 			want: "sent", wantTLS: true, log: []string{"required=secure", "achieved=secure"}},
 		{name: "TLS 1.0/1.1 only, encrypt", domain: "tls11.test", ip: "127.0.0.40", rule: "level: encrypt",
 			tls: tls11(), want: "deferred", log: []string{"required=encrypt", "failure=tls-version", "dsn=4.7.10"}},
@@ -96,11 +97,11 @@ func TestTLSPolicyEnforced(t *testing.T) {
 		{name: "TLS 1.0/1.1 only, may", domain: "tls11-may.test", ip: "127.0.0.41", rule: "level: may",
 			tls: tls11(), want: "sent", wantTLS: true, log: []string{"required=may", "tls=\"TLS1.1"}},
 		{name: "STARTTLS stripped, encrypt", domain: "stripped.test", ip: "127.0.0.42", rule: "level: encrypt", strip: true,
-			tls:  serverTLS(selfSigned(t, "mx.stripped.test")),
+			tls:  testutil.ServerTLS(testutil.SelfSigned(t, "mx.stripped.test")),
 			want: "deferred", log: []string{"required=encrypt", "failure=no-starttls"}},
 		// What the attack achieves against opportunistic TLS.
 		{name: "STARTTLS stripped, may", domain: "stripped-may.test", ip: "127.0.0.43", rule: "level: may", strip: true,
-			tls:  serverTLS(selfSigned(t, "mx.stripped-may.test")),
+			tls:  testutil.ServerTLS(testutil.SelfSigned(t, "mx.stripped-may.test")),
 			want: "sent", wantTLS: false, log: []string{"required=may", "achieved=none"}},
 	}
 
@@ -242,8 +243,8 @@ func TestTLSPolicyEnforced(t *testing.T) {
 // a partner rule (level may) overrides a mismatching TLSA record.
 func TestTLSPolicyDane(t *testing.T) {
 	requireTool(t, "swaks")
-	good := selfSigned(t, "mx.dane-ok.test")
-	other := selfSigned(t, "mx.dane-bad.test")
+	good := testutil.SelfSigned(t, "mx.dane-ok.test")
+	other := testutil.SelfSigned(t, "mx.dane-bad.test")
 	cases := []struct {
 		name, domain, ip string
 		cert             tls.Certificate
@@ -264,8 +265,8 @@ func TestTLSPolicyDane(t *testing.T) {
 	for _, c := range cases {
 		// Every TLSA record names the good key: only dane-ok.test's MX has it.
 		fmt.Fprintf(&zone, "%[1]s. MX 10 mx.%[1]s.\nmx.%[1]s. A %[2]s\n_25._tcp.mx.%[1]s. TLSA 3 1 1 %[3]s\n",
-			c.domain, c.ip, spkiSHA256(good))
-		mxs[c.domain] = startPolicyMX(t, listenMX(t, c.ip), mxOptions{TLS: serverTLS(c.cert)})
+			c.domain, c.ip, testutil.SPKISHA256(good))
+		mxs[c.domain] = startPolicyMX(t, listenMX(t, c.ip), mxOptions{TLS: testutil.ServerTLS(c.cert)})
 	}
 	dns := newADDNS(t, zone.String(), "dane-noad.test")
 	r := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(), DNSSEC: true,
@@ -319,22 +320,22 @@ func TestTLSPolicyMTASTS(t *testing.T) {
 		connected                bool // for deferred: the relay must have connected
 	}{
 		{"enforce, listed MX, valid certificate", "sts-enforce.test", "127.0.0.51", policy("enforce", "mx.sts-enforce.test"),
-			ca.issue(t, certSpec{names: []string{"mx.sts-enforce.test"}}), "sent",
+			ca.issue(t, testutil.CertSpec{Names: []string{"mx.sts-enforce.test"}}), "sent",
 			[]string{"required=verify (MTA-STS enforce", "achieved=verify"}, false},
 		{"enforce, MX not listed", "sts-badmx.test", "127.0.0.52", policy("enforce", "mx.elsewhere.test"),
-			ca.issue(t, certSpec{names: []string{"mx.sts-badmx.test"}}), "deferred",
+			ca.issue(t, testutil.CertSpec{Names: []string{"mx.sts-badmx.test"}}), "deferred",
 			[]string{"relay=mx.sts-badmx.test ", "failure=mx-not-allowed", "matches none of the MTA-STS mx patterns (mx.elsewhere.test)"}, false},
 		{"enforce, self-signed certificate", "sts-untrusted.test", "127.0.0.55", policy("enforce", "*.sts-untrusted.test"),
-			selfSigned(t, "mx.sts-untrusted.test"), "deferred",
+			testutil.SelfSigned(t, "mx.sts-untrusted.test"), "deferred",
 			[]string{"required=verify (MTA-STS enforce", "failure=untrusted"}, true},
 		{"testing, self-signed certificate", "sts-testing.test", "127.0.0.53", policy("testing", "mx.sts-testing.test"),
-			selfSigned(t, "mx.sts-testing.test"), "sent",
+			testutil.SelfSigned(t, "mx.sts-testing.test"), "sent",
 			[]string{"mta-sts-testing-report=untrusted"}, false},
 		{"testing, MX not listed", "sts-testing-mx.test", "127.0.0.56", policy("testing", "mx.elsewhere.test"),
-			ca.issue(t, certSpec{names: []string{"mx.sts-testing-mx.test"}}), "sent",
+			ca.issue(t, testutil.CertSpec{Names: []string{"mx.sts-testing-mx.test"}}), "sent",
 			[]string{"required=may (default (MTA-STS testing))", "mta-sts-testing-report=mx-not-allowed"}, false},
 		{"rule overrides enforce", "sts-override.test", "127.0.0.54", policy("enforce", "mx.elsewhere.test"),
-			selfSigned(t, "mx.sts-override.test"), "sent",
+			testutil.SelfSigned(t, "mx.sts-override.test"), "sent",
 			[]string{"required=encrypt (policy rule 1 (match sts-override.test))", "achieved=encrypt"}, false},
 	}
 	var zone strings.Builder
@@ -344,7 +345,7 @@ func TestTLSPolicyMTASTS(t *testing.T) {
 		fmt.Fprintf(&zone, "%[1]s. MX 10 mx.%[1]s.\nmx.%[1]s. A %[2]s\n_mta-sts.%[1]s. TXT \"v=STSv1; id=20261201T000000;\"\nmta-sts.%[1]s. A %[3]s\n",
 			c.domain, c.ip, stsIP)
 		policies[c.domain] = c.policy
-		mxs[c.domain] = startPolicyMX(t, listenMX(t, c.ip), mxOptions{TLS: serverTLS(c.cert)})
+		mxs[c.domain] = startPolicyMX(t, listenMX(t, c.ip), mxOptions{TLS: testutil.ServerTLS(c.cert)})
 	}
 	host := startSTSHost(t, listenOn(t, stsIP, "443"), ca, policies)
 	dns := dnstest.NewServer(t, zone.String())
@@ -393,9 +394,9 @@ func TestTLSPolicyRequireTLS(t *testing.T) {
 	requireTool(t, "swaks")
 	ca := newTestCA(t)
 	noMX := startPolicyMX(t, listenMX(t, "127.0.0.61"),
-		mxOptions{TLS: serverTLS(ca.issue(t, certSpec{names: []string{"mx.rtls-no.test"}}))})
+		mxOptions{TLS: testutil.ServerTLS(ca.issue(t, testutil.CertSpec{Names: []string{"mx.rtls-no.test"}}))})
 	yesMX := startPolicyMX(t, listenMX(t, "127.0.0.62"),
-		mxOptions{TLS: serverTLS(ca.issue(t, certSpec{names: []string{"mx.rtls-yes.test"}})), RequireTLS: true})
+		mxOptions{TLS: testutil.ServerTLS(ca.issue(t, testutil.CertSpec{Names: []string{"mx.rtls-yes.test"}})), RequireTLS: true})
 	dns := newADDNS(t, `rtls-no.test. MX 10 mx.rtls-no.test.
 mx.rtls-no.test. A 127.0.0.61
 rtls-yes.test. MX 10 mx.rtls-yes.test.
@@ -531,13 +532,13 @@ func TestTLSListenerProtocols(t *testing.T) {
 	ca := newTestCA(t)
 	// An RSA certificate, so that the RSA-authenticated weak suites are
 	// possible at all and their refusal means something.
-	cert := ca.issue(t, certSpec{names: []string{"relay.e2e.test"}, rsa: true})
-	certFile, keyFile := writeKeyPair(t, cert)
+	cert := ca.issue(t, testutil.CertSpec{Names: []string{"relay.e2e.test"}, RSA: true})
+	certFile, keyFile := testutil.WriteKeyPair(t, cert)
 	dns := dnstest.NewServer(t, "")
 	r := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(), Inbound: true, CertFile: certFile, KeyFile: keyFile})
 
 	// Controls: a server that allows TLS 1.0/1.1 and the weak suites.
-	weakCfg := serverTLS(ca.issue(t, certSpec{names: []string{"weak.e2e.test"}, rsa: true}))
+	weakCfg := testutil.ServerTLS(ca.issue(t, testutil.CertSpec{Names: []string{"weak.e2e.test"}, RSA: true}))
 	weakCfg.MinVersion = tls.VersionTLS10
 	weakCfg.MaxVersion = tls.VersionTLS12
 	var weakSuites []uint16
@@ -679,7 +680,7 @@ func TestMTASTSCacheSurvivesRestart(t *testing.T) {
 	requireTool(t, "swaks")
 	ca := newTestCA(t)
 	const domain, mxIP, stsIP = "sts-persist.test", "127.0.0.57", "127.0.0.58"
-	mx := startPolicyMX(t, listenMX(t, mxIP), mxOptions{TLS: serverTLS(ca.issue(t, certSpec{names: []string{"mx." + domain}}))})
+	mx := startPolicyMX(t, listenMX(t, mxIP), mxOptions{TLS: testutil.ServerTLS(ca.issue(t, testutil.CertSpec{Names: []string{"mx." + domain}}))})
 	host := startSTSHost(t, listenOn(t, stsIP, "443"), ca, map[string]string{
 		domain: "version: STSv1\r\nmode: enforce\r\nmx: mx.elsewhere.test\r\nmax_age: 86400\r\n"})
 	dns := dnstest.NewServer(t, fmt.Sprintf("%[1]s. MX 10 mx.%[1]s.\nmx.%[1]s. A %[2]s\n_mta-sts.%[1]s. TXT \"v=STSv1; id=1;\"\nmta-sts.%[1]s. A %[3]s\n",
@@ -715,7 +716,7 @@ func TestMTASTSCacheSurvivesRestart(t *testing.T) {
 func TestTLSPolicyPooledSession(t *testing.T) {
 	requireTool(t, "swaks")
 	ca := newTestCA(t)
-	gw := startPolicyMX(t, listenLoopback(t), mxOptions{TLS: serverTLS(ca.issue(t, certSpec{names: []string{"a.corp.test"}}))})
+	gw := startPolicyMX(t, listenLoopback(t), mxOptions{TLS: testutil.ServerTLS(ca.issue(t, testutil.CertSpec{Names: []string{"a.corp.test"}}))})
 	dns := dnstest.NewServer(t, "")
 	r := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(), IdleTimeout: "5m",
 		Routes: fmt.Sprintf("    - {match: .corp.test, next_hop: \"smtp://%s\"}\n", gw.Addr),
@@ -778,7 +779,7 @@ func TestTLSPolicyLMTPRoute(t *testing.T) {
 	ca := newTestCA(t)
 	plain := startPolicyMX(t, listenLoopback(t), mxOptions{LMTP: true})
 	secure := startPolicyMX(t, listenLoopback(t), mxOptions{LMTP: true,
-		TLS: serverTLS(ca.issue(t, certSpec{names: []string{"lmtps.test"}}))})
+		TLS: testutil.ServerTLS(ca.issue(t, testutil.CertSpec{Names: []string{"lmtps.test"}}))})
 	dns := dnstest.NewServer(t, "")
 	r := startPolicyRelay(t, policyRelayOpts{Resolver: dns.Addr(),
 		Routes: fmt.Sprintf("    - {match: lmtpp.test, next_hop: \"lmtp://%s\"}\n    - {match: lmtps.test, next_hop: \"lmtp://%s\"}\n", plain.Addr, secure.Addr),
@@ -860,24 +861,24 @@ func TestRouteCredentials(t *testing.T) {
 	}
 	cases := []hopCase{
 		{name: "self-signed, no AUTH offered", host: "selfsigned.smarthost.test",
-			mx:   mxOptions{TLS: serverTLS(selfSigned(t, "selfsigned.smarthost.test"))},
+			mx:   mxOptions{TLS: testutil.ServerTLS(testutil.SelfSigned(t, "selfsigned.smarthost.test"))},
 			want: "deferred", dsn: "4.7.5", reason: "not verified as selfsigned.smarthost.test (certificate not trusted"},
 		{name: "self-signed, AUTH offered", host: "selfsigned-auth.smarthost.test",
-			mx:   mxOptions{TLS: serverTLS(selfSigned(t, "selfsigned-auth.smarthost.test")), Users: users},
+			mx:   mxOptions{TLS: testutil.ServerTLS(testutil.SelfSigned(t, "selfsigned-auth.smarthost.test")), Users: users},
 			want: "deferred", dsn: "4.7.5", reason: "not verified as selfsigned-auth.smarthost.test"},
 		{name: "valid certificate for another name", host: "wrongname.smarthost.test",
-			mx:   mxOptions{TLS: serverTLS(ca.issue(t, certSpec{names: []string{"mx.elsewhere.test"}})), Users: users},
+			mx:   mxOptions{TLS: testutil.ServerTLS(ca.issue(t, testutil.CertSpec{Names: []string{"mx.elsewhere.test"}})), Users: users},
 			want: "deferred", dsn: "4.7.5", reason: "certificate name mismatch"},
 		{name: "verified, no AUTH offered", host: "noauth.smarthost.test",
-			mx:   mxOptions{TLS: serverTLS(ca.issue(t, certSpec{names: []string{"noauth.smarthost.test"}}))},
+			mx:   mxOptions{TLS: testutil.ServerTLS(ca.issue(t, testutil.CertSpec{Names: []string{"noauth.smarthost.test"}}))},
 			want: "deferred", dsn: "4.7.0", reason: "does not advertise AUTH"},
 		{name: "no TLS", host: "plain.smarthost.test", mx: mxOptions{Users: users},
 			want: "deferred", dsn: "4.7.10", reason: "not verified as plain.smarthost.test (the session is not encrypted)"},
 		{name: "verified, AUTH offered", host: "good.smarthost.test",
-			mx:   mxOptions{TLS: serverTLS(ca.issue(t, certSpec{names: []string{"good.smarthost.test"}})), Users: users},
+			mx:   mxOptions{TLS: testutil.ServerTLS(ca.issue(t, testutil.CertSpec{Names: []string{"good.smarthost.test"}})), Users: users},
 			want: "sent"},
 		{name: "self-signed, auth.tls encrypt", host: "encrypt.smarthost.test",
-			mx:   mxOptions{TLS: serverTLS(selfSigned(t, "encrypt.smarthost.test")), Users: users},
+			mx:   mxOptions{TLS: testutil.ServerTLS(testutil.SelfSigned(t, "encrypt.smarthost.test")), Users: users},
 			auth: ", tls: encrypt", want: "sent"},
 	}
 	var zone, routes strings.Builder
@@ -953,7 +954,7 @@ func TestRouteCredentials(t *testing.T) {
 func TestTLSPolicyPooledSessionAcrossReload(t *testing.T) {
 	requireTool(t, "swaks")
 	oldCA, newCA := newTestCA(t), newTestCA(t)
-	gw := startPolicyMX(t, listenLoopback(t), mxOptions{TLS: serverTLS(oldCA.issue(t, certSpec{names: []string{"gw.corp.test"}}))})
+	gw := startPolicyMX(t, listenLoopback(t), mxOptions{TLS: testutil.ServerTLS(oldCA.issue(t, testutil.CertSpec{Names: []string{"gw.corp.test"}}))})
 	_, port, _ := strings.Cut(gw.Addr, ":")
 	dns := dnstest.NewServer(t, "gw.corp.test. A 127.0.0.1\n")
 	tlsConf := func(ca *testCA) string {
