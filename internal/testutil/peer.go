@@ -171,6 +171,10 @@ func StartPeer(tb testing.TB, o PeerOptions) *Peer {
 	go func() { defer close(done); _ = s.Serve(peerListener{ln, p}) }()
 	tb.Cleanup(func() {
 		s.Close()
+		// Also the listener itself: a Close that comes before Serve has
+		// registered it (a test that never connects) leaves Serve in
+		// Accept for ever.
+		ln.Close()
 		select {
 		case <-done:
 		case <-time.After(5 * time.Second):
