@@ -3,6 +3,8 @@ package inbound
 import (
 	"strings"
 
+	"github.com/emersion/go-smtp"
+
 	"securerelay/smtpd"
 	"securerelay/smtputil"
 )
@@ -70,8 +72,8 @@ func (r *Role) plaintextPartner(st *smtpd.State, domain string) error {
 	rules := *r.tlsFrom.Load()
 	if domain != "" {
 		if rule := tlsFromRule(rules, domain); rule != nil && rule.Action != "off" {
-			r.refused(st, "plaintext_partner", "action", rule.Action, "domain", domain, "rule", rule.Rule)
-			return partnerReply(rule, "mail from "+domain)
+			return smtpd.Refuse("plaintext_partner", partnerReply(rule, "mail from "+domain),
+				"action", rule.Action, "domain", domain, "rule", rule.Rule)
 		}
 	}
 	helo, err := smtputil.ParseDomain(st.Helo)
@@ -79,13 +81,14 @@ func (r *Role) plaintextPartner(st *smtpd.State, domain string) error {
 		return nil
 	}
 	if rule := tlsFromHost(rules, helo); rule != nil && rule.Action != "off" {
-		r.refused(st, "plaintext_partner", "action", rule.Action, "helo", helo, "rule", rule.Rule)
-		return partnerReply(rule, "mail from the servers of "+strings.TrimPrefix(rule.Match, ".")+" (EHLO "+helo+")")
+		// The EHLO name is the session's helo key of the log line.
+		return smtpd.Refuse("plaintext_partner", partnerReply(rule, "mail from the servers of "+strings.TrimPrefix(rule.Match, ".")+" (EHLO "+helo+")"),
+			"action", rule.Action, "rule", rule.Rule)
 	}
 	return nil
 }
 
-func partnerReply(rule *TLSFrom, what string) error {
+func partnerReply(rule *TLSFrom, what string) *smtp.SMTPError {
 	if rule.Action == "reject" {
 		return smtputil.PartnerNeedsTLS(what, rule.Match)
 	}

@@ -10,7 +10,6 @@ import (
 	"context"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -79,7 +78,6 @@ func (d *DomainSet) Has(domain string) bool {
 type Submission struct {
 	opts  SubmissionOptions
 	users *Users
-	count counters
 }
 
 // NewSubmission returns the role for one outbound listener.
@@ -121,21 +119,24 @@ func (s *Submission) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (st
 	if st.AuthUser == "" {
 		switch {
 		case s.opts.Auth == "required":
-			return "", smtputil.AuthRequired()
+			return "", smtpd.Refuse("auth", smtputil.AuthRequired())
 		case !s.trusted(st.RemoteIP):
 			if s.opts.Auth == "off" {
-				return "", smtputil.RelayNotTrusted(st.RemoteIP.String())
+				return "", smtpd.Refuse("trusted_networks", smtputil.RelayNotTrusted(st.RemoteIP.String()))
 			}
-			return "", smtputil.AuthRequired()
+			return "", smtpd.Refuse("auth", smtputil.AuthRequired())
 		}
 	}
 	canon, err := smtputil.ReversePath(from, st.SMTPUTF8)
-	if err != nil || st.AuthUser == "" || canon == "" {
-		return canon, err
+	if err != nil {
+		return "", smtpd.RefuseErr("address_syntax", err)
+	}
+	if st.AuthUser == "" || canon == "" {
+		return canon, nil
 	}
 	if why := s.users.lookup(st.AuthUser).refusal(st.AuthUser, canon, s.opts.Ours, false); why != "" {
-		s.refused(st, "sender_binding", "field", "MAIL FROM", "address", canon, "reason", why)
-		return "", smtputil.SenderNotOwned(canon, st.AuthUser, why)
+		return "", smtpd.Refuse("sender_binding", smtputil.SenderNotOwned(canon, st.AuthUser, why),
+			"field", "MAIL FROM", "address", canon, "reason", why)
 	}
 	return canon, nil
 }
@@ -144,15 +145,14 @@ func (s *Submission) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (st
 func (s *Submission) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, error) {
 	a, err := smtputil.ForwardPath(to, st.SMTPUTF8)
 	if err != nil {
-		return "", err
+		return "", smtpd.RefuseErr("address_syntax", err)
 	}
 	rcpt := a.String()
 	if s.opts.RecipientKey != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), recipientKeyTimeout)
 		defer cancel()
 		if rerr := s.opts.RecipientKey(ctx, rcpt); rerr != nil {
-			s.refused(st, "without_key", "to", rcpt, "code", rerr.Code)
-			return "", rerr
+			return "", smtpd.Refuse("without_key", rerr)
 		}
 	}
 	return rcpt, nil
@@ -194,8 +194,7 @@ func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
 			// be answered or bounced, and loops between two such systems
 			// go unnoticed.
 			if s.opts.NullSender != "rewrite" {
-				s.refused(st, "null_sender", "reason", why.Error())
-				return smtputil.NullSenderRefused(why.Error())
+				return smtpd.Refuse("null_sender", smtputil.NullSenderRefused(why.Error()), "reason", why.Error())
 			}
 			msg.NewFrom = s.opts.NullSenderAddress
 			msg.AddHeader = "X-Securerelay-Null-Sender: envelope sender <> rewritten to <" + s.opts.NullSenderAddress + ">\r\n"
@@ -209,12 +208,10 @@ func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
 	}
 	dom, err := dkim.FromDomain(header)
 	if err != nil {
-		s.refused(st, "foreign_from", "reason", err.Error())
-		return smtputil.FromUnusable(err.Error())
+		return smtpd.Refuse("foreign_from", smtputil.FromUnusable(err.Error()), "reason", err.Error())
 	}
 	if !s.opts.Ours.Has(dom) {
-		s.refused(st, "foreign_from", "domain", dom)
-		return smtputil.FromNotOurs(dom)
+		return smtpd.Refuse("foreign_from", smtputil.FromNotOurs(dom), "domain", dom)
 	}
 	return nil
 }
@@ -234,56 +231,16 @@ func (s *Submission) checkHeaderSenders(st *smtpd.State, header []byte) error {
 			}
 			list, err := headerParser.ParseList(v)
 			if err != nil {
-				s.refused(st, "sender_binding", "field", name, "reason", err.Error())
-				return smtputil.HeaderSenderUnparsable(name, err.Error(), st.AuthUser)
+				return smtpd.Refuse("sender_binding", smtputil.HeaderSenderUnparsable(name, err.Error(), st.AuthUser),
+					"field", name, "reason", err.Error())
 			}
 			for _, a := range list {
 				if why := acct.refusal(st.AuthUser, a.Address, s.opts.Ours, foreignOK); why != "" {
-					s.refused(st, "sender_binding", "field", name, "address", a.Address, "reason", why)
-					return smtputil.HeaderSenderNotOwned(name, a.Address, st.AuthUser, why)
+					return smtpd.Refuse("sender_binding", smtputil.HeaderSenderNotOwned(name, a.Address, st.AuthUser, why),
+						"field", name, "address", a.Address, "reason", why)
 				}
 			}
 		}
 	}
 	return nil
-}
-
-// refused logs and counts one refusal of an outbound check, named as in
-// the configuration (sender_binding, null_sender, foreign_from).
-func (s *Submission) refused(st *smtpd.State, check string, kv ...any) {
-	n := s.count.inc(check)
-	if st.Log != nil {
-		st.Log.Info("outbound check refused", append([]any{"check", check, "count", n}, kv...)...)
-	}
-}
-
-// counters count refusals per check, for the logs now and metrics later.
-type counters struct {
-	mu sync.Mutex
-	m  map[string]*atomic.Int64
-}
-
-func (c *counters) inc(check string) int64 {
-	c.mu.Lock()
-	if c.m == nil {
-		c.m = map[string]*atomic.Int64{}
-	}
-	v := c.m[check]
-	if v == nil {
-		v = &atomic.Int64{}
-		c.m[check] = v
-	}
-	c.mu.Unlock()
-	return v.Add(1)
-}
-
-// Refusals returns how often each check has refused so far.
-func (s *Submission) Refusals() map[string]int64 {
-	s.count.mu.Lock()
-	defer s.count.mu.Unlock()
-	out := map[string]int64{}
-	for k, v := range s.count.m {
-		out[k] = v.Load()
-	}
-	return out
 }

@@ -1,6 +1,7 @@
 package outbound_test
 
 import (
+	"errors"
 	"io"
 	"net/netip"
 	"strings"
@@ -23,9 +24,12 @@ func hash(t *testing.T, pw string) string {
 	return string(h)
 }
 
+// code is the reply of a refusal: a bare *smtp.SMTPError, or the one
+// inside the *smtpd.Refusal that names the check (smtpd sends the reply,
+// logs and counts the check).
 func code(err error) (int, smtp.EnhancedCode, bool) {
-	se, ok := err.(*smtp.SMTPError)
-	if !ok {
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) {
 		return 0, smtp.EnhancedCode{}, false
 	}
 	return se.Code, se.EnhancedCode, true
@@ -160,9 +164,9 @@ func TestSubmissionForeignFrom(t *testing.T) {
 	} {
 		s := outbound.NewSubmission(outbound.SubmissionOptions{ForeignFrom: c.policy, Ours: ours}, outbound.NewUsers(map[string]string{"otrs": "x"}))
 		err := s.Data(&smtpd.State{AuthUser: c.user}, msg(c.header))
-		se, isSMTP := err.(*smtp.SMTPError)
+		n, enh, isSMTP := code(err)
 		switch {
-		case c.refused && (!isSMTP || se.Code != 553 || se.EnhancedCode != (smtp.EnhancedCode{5, 7, 1})):
+		case c.refused && (!isSMTP || n != 553 || enh != (smtp.EnhancedCode{5, 7, 1}) || smtpd.CheckOf(err) == ""):
 			t.Errorf("%s/%q/%q: %v, want a bare 553 5.7.1", c.policy, c.user, c.header, err)
 		case !c.refused && err != nil:
 			t.Errorf("%s/%q/%q: refused: %v", c.policy, c.user, c.header, err)
@@ -210,7 +214,7 @@ func TestSubmissionNullSender(t *testing.T) {
 	}
 	for _, h := range others {
 		err := reject.Data(&smtpd.State{}, msg(h))
-		if se, ok := err.(*smtp.SMTPError); !ok || se.Code != 550 || se.EnhancedCode != (smtp.EnhancedCode{5, 7, 1}) {
+		if n, enh, ok := code(err); !ok || n != 550 || enh != (smtp.EnhancedCode{5, 7, 1}) || smtpd.CheckOf(err) != "null_sender" {
 			t.Errorf("%q under reject: %v, want a bare 550 5.7.1", h, err)
 		}
 		m := msg(h)
@@ -322,12 +326,15 @@ func TestSubmissionSenderBinding(t *testing.T) {
 			t.Errorf("%s/%s %q: %v, want 553 5.7.1 naming %s", c.user, c.foreign, c.header, err, c.bad)
 		}
 	}
+	// Each refusal names its check, which smtpd logs and counts.
 	s := sub("reject")
-	s.Mail(&smtpd.State{RemoteIP: out, AuthUser: "kopano"}, "x@outsider.test", &smtp.MailOptions{})
-	s.Data(&smtpd.State{RemoteIP: out, AuthUser: "kopano", From: "kopano@example.test"}, msg("From: x@outsider.test\r\n"))
-	s.Data(&smtpd.State{RemoteIP: out}, msg("Subject: from <>\r\n"))
-	if got := s.Refusals(); got["sender_binding"] != 2 || got["null_sender"] != 1 {
-		t.Errorf("refusals counted %v, want sender_binding 2, null_sender 1", got)
+	got := map[string]int{}
+	_, err := s.Mail(&smtpd.State{RemoteIP: out, AuthUser: "kopano"}, "x@outsider.test", &smtp.MailOptions{})
+	got[smtpd.CheckOf(err)]++
+	got[smtpd.CheckOf(s.Data(&smtpd.State{RemoteIP: out, AuthUser: "kopano", From: "kopano@example.test"}, msg("From: x@outsider.test\r\n")))]++
+	got[smtpd.CheckOf(s.Data(&smtpd.State{RemoteIP: out}, msg("Subject: from <>\r\n")))]++
+	if got["sender_binding"] != 2 || got["null_sender"] != 1 {
+		t.Errorf("refusals %v, want sender_binding 2, null_sender 1", got)
 	}
 
 	// A reload replaces the lists at once.
