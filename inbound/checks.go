@@ -18,12 +18,11 @@ import (
 	"securerelay/smtputil"
 )
 
-// Checks are the envelope checks' actions: "reject", "tempfail" or "off"
-// ("" means reject).
+// Checks are the envelope checks' actions (ActionDefault: reject).
 type Checks struct {
-	SenderFQDN, RecipientFQDN, SenderDomain, UnknownRecipient string
+	SenderFQDN, RecipientFQDN, SenderDomain, UnknownRecipient Action
 	// HeloFQDN is off unless set (many legitimate servers fail it).
-	HeloFQDN string
+	HeloFQDN Action
 }
 
 // Options configure the inbound role beyond its domains.
@@ -57,21 +56,21 @@ type Options struct {
 // act applies a check's action to a refusal: the permanent reply, its
 // temporary twin (so an admin can try a check out without losing mail),
 // or nothing. smtpd logs and counts the refusal under check.
-func (r *Role) act(check, action string, perm *smtp.SMTPError) error {
-	if action == "off" {
+func (r *Role) act(check string, action Action, perm *smtp.SMTPError) error {
+	switch action {
+	case ActionOff:
 		return nil
+	case ActionTempfail:
+		return smtpd.Refuse(check, smtputil.Deferred(perm), "action", action.String())
 	}
-	if action == "tempfail" {
-		return smtpd.Refuse(check, smtputil.Deferred(perm), "action", action)
-	}
-	return smtpd.Refuse(check, perm, "action", action)
+	return smtpd.Refuse(check, perm, "action", action.String())
 }
 
 // senderDomain checks that the sender's domain can receive a reply (RFC
 // 5321 §5.1 order: MX, else A/AAAA). A DNS failure is always temporary: a
 // timeout must never reject mail.
 func (r *Role) senderDomain(domain string) error {
-	if r.resolver == nil || r.checks.SenderDomain == "off" || strings.HasPrefix(domain, "[") {
+	if r.resolver == nil || r.checks.SenderDomain == ActionOff || strings.HasPrefix(domain, "[") {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

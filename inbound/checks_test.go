@@ -18,6 +18,16 @@ import (
 	"securerelay/smtpd"
 )
 
+// action is an action as the configuration spells it.
+func action(t *testing.T, s string) inbound.Action {
+	t.Helper()
+	a, err := inbound.ParseAction(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
 func dnsMock() dnstest.Mock {
 	return dnstest.Mock{
 		MX: map[string][]dnsutil.MX{
@@ -63,16 +73,16 @@ func TestSenderChecks(t *testing.T) {
 		{"reject", "a@localhost", 553, smtp.EnhancedCode{5, 1, 7}},
 	} {
 		r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Resolver: dnsMock(),
-			Checks: inbound.Checks{SenderDomain: c.action, SenderFQDN: c.action}})
+			Checks: inbound.Checks{SenderDomain: action(t, c.action), SenderFQDN: action(t, c.action)}})
 		_, err := r.Mail(&smtpd.State{}, c.from, nil)
 		if got, enh := code(err); got != c.code || enh != c.enh {
 			t.Errorf("%s, MAIL FROM:<%s>: %d %v (%v), want %d %v", c.action, c.from, got, enh, err, c.code, c.enh)
 		}
 	}
-	for action, want := range map[string]int{"tempfail": 450, "off": 250} {
-		r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Checks: inbound.Checks{SenderFQDN: action}})
+	for name, want := range map[string]int{"tempfail": 450, "off": 250} {
+		r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Checks: inbound.Checks{SenderFQDN: action(t, name)}})
 		if got, _ := code(func() error { _, err := r.Mail(&smtpd.State{}, "a@localhost", nil); return err }()); got != want {
-			t.Errorf("sender_fqdn %s: %d, want %d", action, got, want)
+			t.Errorf("sender_fqdn %s: %d, want %d", name, got, want)
 		}
 	}
 }
@@ -127,7 +137,7 @@ func TestRecipientList(t *testing.T) {
 	}
 	// tempfail lets an admin try the list out without losing mail.
 	rt := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"},
-		Recipients: map[string]*inbound.RecipientSet{"ours.test": set}, Checks: inbound.Checks{UnknownRecipient: "tempfail"}})
+		Recipients: map[string]*inbound.RecipientSet{"ours.test": set}, Checks: inbound.Checks{UnknownRecipient: inbound.ActionTempfail}})
 	if _, err := rt.Rcpt(&smtpd.State{}, "nobody@ours.test", nil); func() bool { c, _ := code(err); return c != 450 }() {
 		t.Errorf("tempfail: %v", err)
 	}
@@ -141,8 +151,8 @@ func TestRecipientList(t *testing.T) {
 // policy), accepted over TLS; subdomain rules and other domains.
 func TestPlaintextPartner(t *testing.T) {
 	r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, TLSFrom: []inbound.TLSFrom{
-		{Match: "bank.example", Action: "tempfail", Rule: "outbound.tls.policies[0]"},
-		{Match: ".insurer.example", Action: "reject", Rule: "outbound.tls.policies[1]"},
+		{Match: "bank.example", Action: inbound.ActionTempfail, Rule: "outbound.tls.policies[0]"},
+		{Match: ".insurer.example", Action: inbound.ActionReject, Rule: "outbound.tls.policies[1]"},
 	}})
 	plain, withTLS := &smtpd.State{}, &smtpd.State{TLS: &tls.ConnectionState{Version: tls.VersionTLS13}}
 	for _, c := range []struct {
@@ -231,7 +241,7 @@ func TestMaxMailPerSession(t *testing.T) {
 // whatever sender_fqdn says: downstream MTAs would qualify "ceo" with
 // their own domain.
 func TestBareSenderAlwaysRefused(t *testing.T) {
-	r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Checks: inbound.Checks{SenderFQDN: "off"}})
+	r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Checks: inbound.Checks{SenderFQDN: inbound.ActionOff}})
 	for _, from := range []string{"ceo", "post\x00master", "a@local\rhost"} {
 		_, err := r.Mail(&smtpd.State{}, from, nil)
 		if got, enh := code(err); got != 553 || enh != (smtp.EnhancedCode{5, 1, 7}) {

@@ -36,9 +36,10 @@ type Content struct {
 	// names a domain's policy ("default" when absent).
 	Chains       map[string]*milter.Chain
 	DomainPolicy map[string]string
-	// RecipientDeletion: "reject" (550 5.7.1) or "tempfail" (451 4.7.1)
-	// when a milter asks to remove some recipients.
-	RecipientDeletion string
+	// RecipientDeletion: ActionReject (550 5.7.1; also ActionDefault) or
+	// ActionTempfail (451 4.7.1) when a milter asks to remove some
+	// recipients.
+	RecipientDeletion Action
 	// Hostname is our name (milter macro j).
 	Hostname string
 	// Timeout bounds the whole stage for one message.
@@ -241,7 +242,7 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 			// The catalogue cleans the milter's addresses: they must
 			// neither break the reply into lines nor overrun 512 octets.
 			reply := smtputil.RecipientDeletionRefused(strings.Join(del, ", "))
-			if c.RecipientDeletion == "tempfail" {
+			if c.RecipientDeletion == ActionTempfail {
 				reply = smtputil.RecipientDeletionDeferred(strings.Join(del, ", "))
 			}
 			// A warning: a milter asked to delete recipients; the whole

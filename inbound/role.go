@@ -149,7 +149,7 @@ func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, 
 		// and take a stranger's mail for internal.
 		action := r.checks.SenderFQDN
 		if !strings.Contains(from, "@") {
-			action = "reject"
+			action = ActionReject
 		}
 		if err := r.act("sender_fqdn", action, smtputil.NotFQDNSender(from)); err != nil {
 			return "", err
@@ -221,7 +221,7 @@ func (r *Role) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, er
 				return "", err
 			}
 		}
-	} else if v := (*r.verifiers.Load())[a.Domain]; v != nil && r.checks.UnknownRecipient != "off" {
+	} else if v := (*r.verifiers.Load())[a.Domain]; v != nil && r.checks.UnknownRecipient != ActionOff {
 		exists, err := v.Exists(a.String())
 		switch {
 		case errors.Is(err, errNoSMTPUTF8):

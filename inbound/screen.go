@@ -137,8 +137,8 @@ func (r *Role) Connect(st *smtpd.State) error {
 	if err := r.screenClient(ip, st); err != nil {
 		return err
 	}
-	if r.checks.HeloFQDN != "" && r.checks.HeloFQDN != "off" && !validHelo(st.Helo) {
-		return r.act("helo_fqdn", r.checks.HeloFQDN, smtputil.HeloNotFQDN(sanitizeHelo(st.Helo)))
+	if a := r.checks.HeloFQDN.or(ActionOff); a != ActionOff && !validHelo(st.Helo) {
+		return r.act("helo_fqdn", a, smtputil.HeloNotFQDN(sanitizeHelo(st.Helo)))
 	}
 	return nil
 }

@@ -66,7 +66,7 @@ func TestScreen(t *testing.T) {
 
 func TestHeloCheck(t *testing.T) {
 	for helo, want := range map[string]int{"mail.example.org": 250, "[192.0.2.1]": 250, "[IPv6:2001:db8::1]": 250, "localhost": 504, "bad_name!": 504, "[300.1.1.1]": 504} {
-		r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Checks: inbound.Checks{HeloFQDN: "reject"}})
+		r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Checks: inbound.Checks{HeloFQDN: inbound.ActionReject}})
 		if got, _ := code(r.Connect(&smtpd.State{RemoteIP: netip.MustParseAddr("192.0.2.1"), Helo: helo})); got != want {
 			t.Errorf("EHLO %s: %d, want %d", helo, got, want)
 		}

@@ -582,7 +582,7 @@ func tlsFrom(cfg *config.Config) []inbound.TLSFrom {
 	var out []inbound.TLSFrom
 	for i, p := range cfg.Outbound.TLS.Policies {
 		if p.Inbound != "" && p.Inbound != "off" {
-			out = append(out, inbound.TLSFrom{Match: p.Match, Action: p.Inbound, Rule: fmt.Sprintf("outbound.tls.policies[%d]", i)})
+			out = append(out, inbound.TLSFrom{Match: p.Match, Action: action(p.Inbound), Rule: fmt.Sprintf("outbound.tls.policies[%d]", i)})
 		}
 	}
 	return out
@@ -590,8 +590,19 @@ func tlsFrom(cfg *config.Config) []inbound.TLSFrom {
 
 func inboundChecks(cfg *config.Config) inbound.Checks {
 	c := cfg.Inbound.Checks
-	return inbound.Checks{SenderFQDN: c.SenderFQDN, RecipientFQDN: c.RecipientFQDN,
-		SenderDomain: c.SenderDomain, UnknownRecipient: c.UnknownRecipient, HeloFQDN: c.HeloFQDN}
+	return inbound.Checks{SenderFQDN: action(c.SenderFQDN), RecipientFQDN: action(c.RecipientFQDN),
+		SenderDomain: action(c.SenderDomain), UnknownRecipient: action(c.UnknownRecipient), HeloFQDN: action(c.HeloFQDN)}
+}
+
+// action converts a check's action, as validated (validate.go allows
+// reject, tempfail and off), once, when the role is built. Should anything
+// else slip through, tempfail loses no mail and lets nothing through.
+func action(s string) inbound.Action {
+	a, err := inbound.ParseAction(s)
+	if err != nil {
+		return inbound.ActionTempfail
+	}
+	return a
 }
 
 func prefixes(list []string) []netip.Prefix {
