@@ -25,19 +25,21 @@ import (
 type SubmissionOptions struct {
 	// Trusted networks relay without AUTH (Postfix's mynetworks).
 	Trusted []netip.Prefix
-	// Auth: "required", "optional" or "off".
-	Auth string
-	// ForeignFrom: "reject" (default) or "unsigned": what to do with mail
-	// from an authenticated user whose From: domain is not one of ours.
-	ForeignFrom string
+	// Auth: AuthOptional (the zero value), AuthRequired or AuthOff.
+	Auth AuthMode
+	// ForeignFrom: ForeignFromReject (the zero value) or
+	// ForeignFromUnsigned: what to do with mail from an authenticated user
+	// whose From: domain is not one of ours.
+	ForeignFrom ForeignFrom
 	// Ours tells whether a domain is one of ours (receive or sign). nil
 	// turns off what depends on it: the foreign_from check and the default
 	// sender binding (users without senders or login binding).
 	Ours *DomainSet
-	// NullSender: "reject" or "rewrite" mail from <> that is not a
-	// delivery status or disposition notification; "" applies no policy.
-	NullSender string
-	// NullSenderAddress replaces <> under "rewrite".
+	// NullSender: NullSenderReject or NullSenderRewrite mail from <> that
+	// is not a delivery status or disposition notification; NullSenderAny
+	// (the zero value) applies no policy.
+	NullSender NullSender
+	// NullSenderAddress replaces <> under NullSenderRewrite.
 	NullSenderAddress string
 	// RecipientKey, when set, refuses a recipient whose mail must always
 	// be encrypted and who has no usable OpenPGP key (Engine.RequiredKey).
@@ -92,7 +94,7 @@ func (s *Submission) Origin() string { return queue.OriginOutbound }
 func (s *Submission) Connect(*smtpd.State) error { return nil }
 
 // AuthEnabled implements smtpd.Role.
-func (s *Submission) AuthEnabled() bool { return s.opts.Auth != "off" }
+func (s *Submission) AuthEnabled() bool { return s.opts.Auth != AuthOff }
 
 // Authenticate implements smtpd.Role.
 func (s *Submission) Authenticate(_ *smtpd.State, user, pass string) error {
@@ -118,10 +120,10 @@ func (s *Submission) trusted(ip netip.Addr) bool {
 func (s *Submission) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, error) {
 	if st.AuthUser == "" {
 		switch {
-		case s.opts.Auth == "required":
+		case s.opts.Auth == AuthRequired:
 			return "", smtpd.Refuse("auth", smtputil.AuthRequired())
 		case !s.trusted(st.RemoteIP):
-			if s.opts.Auth == "off" {
+			if s.opts.Auth == AuthOff {
 				return "", smtpd.Refuse("trusted_networks", smtputil.RelayNotTrusted(st.RemoteIP.String()))
 			}
 			return "", smtpd.Refuse("auth", smtputil.AuthRequired())
@@ -167,7 +169,7 @@ func (s *Submission) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (stri
 // the null-sender policy, which only a real report escapes.
 func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
 	authed := st.AuthUser != ""
-	checkNull := st.From == "" && s.opts.NullSender != ""
+	checkNull := st.From == "" && s.opts.NullSender != NullSenderAny
 	if !authed && !checkNull {
 		return nil
 	}
@@ -193,7 +195,7 @@ func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
 			// mail; a notification or auto-reply sent from <> can never
 			// be answered or bounced, and loops between two such systems
 			// go unnoticed.
-			if s.opts.NullSender != "rewrite" {
+			if s.opts.NullSender != NullSenderRewrite {
 				return smtpd.Refuse("null_sender", smtputil.NullSenderRefused(why.Error()), "reason", why.Error())
 			}
 			msg.NewFrom = s.opts.NullSenderAddress
@@ -203,7 +205,7 @@ func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
 			}
 		}
 	}
-	if !authed || s.opts.ForeignFrom == "unsigned" || s.opts.Ours == nil {
+	if !authed || s.opts.ForeignFrom == ForeignFromUnsigned || s.opts.Ours == nil {
 		return nil
 	}
 	dom, err := dkim.FromDomain(header)
@@ -223,7 +225,7 @@ func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
 // refused: a mail client may still show an address from it.
 func (s *Submission) checkHeaderSenders(st *smtpd.State, header []byte) error {
 	acct := s.users.lookup(st.AuthUser)
-	foreignOK := s.opts.ForeignFrom == "unsigned"
+	foreignOK := s.opts.ForeignFrom == ForeignFromUnsigned
 	for _, name := range senderFields {
 		for _, v := range smtputil.HeaderFields(header, name) {
 			if strings.TrimSpace(v) == "" {

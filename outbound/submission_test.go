@@ -15,6 +15,16 @@ import (
 	"securerelay/smtpd"
 )
 
+// parse reads a setting as the configuration spells it.
+func parse[T any](t *testing.T, f func(string) (T, error), s string) T {
+	t.Helper()
+	v, err := f(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
 func hash(t *testing.T, pw string) string {
 	t.Helper()
 	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
@@ -37,7 +47,7 @@ func code(err error) (int, smtp.EnhancedCode, bool) {
 
 func TestSubmissionAuthenticate(t *testing.T) {
 	users := outbound.NewUsers(map[string]string{"otrs": hash(t, "s3cret")})
-	s := outbound.NewSubmission(outbound.SubmissionOptions{Auth: "required"}, users)
+	s := outbound.NewSubmission(outbound.SubmissionOptions{Auth: outbound.AuthRequired}, users)
 	st := &smtpd.State{}
 	if s.Origin() != queue.OriginOutbound || !s.AuthEnabled() {
 		t.Fatalf("Origin %q AuthEnabled %v", s.Origin(), s.AuthEnabled())
@@ -61,7 +71,7 @@ func TestSubmissionAuthenticate(t *testing.T) {
 	if err := outbound.NewSubmission(outbound.SubmissionOptions{}, nil).Authenticate(st, "otrs", "new"); err == nil {
 		t.Error("authenticated without any user table")
 	}
-	if outbound.NewSubmission(outbound.SubmissionOptions{Auth: "off"}, users).AuthEnabled() {
+	if outbound.NewSubmission(outbound.SubmissionOptions{Auth: outbound.AuthOff}, users).AuthEnabled() {
 		t.Error("AUTH enabled with auth: off")
 	}
 	if !outbound.NewSubmission(outbound.SubmissionOptions{}, users).AuthEnabled() {
@@ -97,7 +107,7 @@ func TestSubmissionMailPolicy(t *testing.T) {
 		{"off", in, "", ok},
 		{"off", out, "", denied},
 	} {
-		s := outbound.NewSubmission(outbound.SubmissionOptions{Trusted: trusted, Auth: c.auth, Ours: outbound.NewDomainSet([]string{"ours.test"})},
+		s := outbound.NewSubmission(outbound.SubmissionOptions{Trusted: trusted, Auth: parse(t, outbound.ParseAuthMode, c.auth), Ours: outbound.NewDomainSet([]string{"ours.test"})},
 			outbound.NewUsers(map[string]string{"otrs": "x"}))
 		st := &smtpd.State{RemoteIP: c.ip, AuthUser: c.user}
 		got, err := s.Mail(st, "App@Ours.Test", &smtp.MailOptions{})
@@ -162,7 +172,7 @@ func TestSubmissionForeignFrom(t *testing.T) {
 		{"unsigned", "otrs", "From: a@elsewhere.test\r\n", false},
 		{"reject", "", "From: a@elsewhere.test\r\n", false},
 	} {
-		s := outbound.NewSubmission(outbound.SubmissionOptions{ForeignFrom: c.policy, Ours: ours}, outbound.NewUsers(map[string]string{"otrs": "x"}))
+		s := outbound.NewSubmission(outbound.SubmissionOptions{ForeignFrom: parse(t, outbound.ParseForeignFrom, c.policy), Ours: ours}, outbound.NewUsers(map[string]string{"otrs": "x"}))
 		err := s.Data(&smtpd.State{AuthUser: c.user}, msg(c.header))
 		n, enh, isSMTP := code(err)
 		switch {
@@ -202,8 +212,8 @@ func TestSubmissionNullSender(t *testing.T) {
 		"Content-Type: multipart/report; report-type=delivery-status; boundary=x\r\n",
 		"Content-Type: Multipart/Report;\r\n\treport-type=\"disposition-notification\"; boundary=x\r\n",
 	}
-	reject := outbound.NewSubmission(outbound.SubmissionOptions{NullSender: "reject"}, nil)
-	rewrite := outbound.NewSubmission(outbound.SubmissionOptions{NullSender: "rewrite", NullSenderAddress: "noreply@example.test"}, nil)
+	reject := outbound.NewSubmission(outbound.SubmissionOptions{NullSender: outbound.NullSenderReject}, nil)
+	rewrite := outbound.NewSubmission(outbound.SubmissionOptions{NullSender: outbound.NullSenderRewrite, NullSenderAddress: "noreply@example.test"}, nil)
 	for _, h := range reports {
 		for _, s := range []*outbound.Submission{reject, rewrite} {
 			m := msgWith(h)
@@ -243,8 +253,8 @@ func TestSubmissionSenderBinding(t *testing.T) {
 	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
 	in, out := netip.MustParseAddr("10.0.0.7"), netip.MustParseAddr("192.0.2.1")
 	sub := func(foreign string) *outbound.Submission {
-		return outbound.NewSubmission(outbound.SubmissionOptions{Trusted: trusted, Auth: "optional", Ours: ours,
-			ForeignFrom: foreign, NullSender: "reject"}, users)
+		return outbound.NewSubmission(outbound.SubmissionOptions{Trusted: trusted, Auth: outbound.AuthOptional, Ours: ours,
+			ForeignFrom: parse(t, outbound.ParseForeignFrom, foreign), NullSender: outbound.NullSenderReject}, users)
 	}
 	for _, c := range []struct {
 		user, from string
