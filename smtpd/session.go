@@ -149,9 +149,15 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 			return nil
 		}
 		s.authFails++
-		s.st.Log.Warn("authentication failed", "mechanism", mech, "sasl_username", sanitize(user), "failures", s.authFails)
 		// Slow guessing down: each failure in a session costs more.
 		time.Sleep(time.Duration(min(s.authFails, 5)) * time.Second)
+		if se, ok := err.(*smtp.SMTPError); ok {
+			// The one line of the failed login: a warning, as a guesser
+			// must be noticed.
+			ref := Refuse("auth", se, "mechanism", mech, "sasl_username", sanitize(user), "failures", s.authFails)
+			ref.Level = slog.LevelWarn
+			err = ref
+		}
 		return s.edgeCheck(err, "auth", "auth")
 	}
 	switch strings.ToUpper(mech) {
