@@ -171,7 +171,8 @@ func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, 
 // notOurs refuses a recipient this server must not take mail for: an IP
 // literal or a domain not ours (it would relay), or a local part that a
 // downstream MTA could read as a route elsewhere. check names the
-// counter. Rcpt and the recipients a milter adds both pass it.
+// refusal (smtpd logs and counts it under that name). Rcpt and the
+// recipients a milter adds both pass it.
 func (r *Role) notOurs(a smtputil.Address) (check string, refusal *smtp.SMTPError) {
 	if a.IsIPLiteral() || !(*r.domains.Load())[a.Domain] {
 		return "relay", smtputil.RelayDenied(a.Domain)
