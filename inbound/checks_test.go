@@ -78,6 +78,15 @@ func TestSenderChecks(t *testing.T) {
 		if got, enh := code(err); got != c.code || enh != c.enh {
 			t.Errorf("%s, MAIL FROM:<%s>: %d %v (%v), want %d %v", c.action, c.from, got, enh, err, c.code, c.enh)
 		}
+		// Refused by the setting that smtpd logs and counts it under,
+		// DNS trouble included.
+		want := map[string]string{"a@localhost": "sender_fqdn"}[c.from]
+		if want == "" && err != nil {
+			want = "sender_domain"
+		}
+		if got := smtpd.CheckOf(err); got != want {
+			t.Errorf("%s, MAIL FROM:<%s>: refused as %q, want %q", c.action, c.from, got, want)
+		}
 	}
 	for name, want := range map[string]int{"tempfail": 450, "off": 250} {
 		r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Checks: inbound.Checks{SenderFQDN: action(t, name)}})

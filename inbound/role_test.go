@@ -116,6 +116,9 @@ func TestRcpt(t *testing.T) {
 	for _, in := range relay {
 		_, err := r.Rcpt(st, in, &smtp.RcptOptions{})
 		bare(t, "Rcpt("+in+")", err, denied.Code, denied.EnhancedCode)
+		if c := smtpd.CheckOf(err); c != "relay" && c != "routing_trick" {
+			t.Errorf("Rcpt(%s) refused as %q, want relay or routing_trick", in, c)
+		}
 	}
 	for _, in := range []string{"no-at-sign", "user@", "@ours.test", "user@ours..test", "user@localhost"} {
 		_, err := r.Rcpt(st, in, &smtp.RcptOptions{})

@@ -61,6 +61,10 @@ func TestScreen(t *testing.T) {
 		if got, enh := code(err); got != c.want || (got != 250 && enh[1] != 7) {
 			t.Errorf("%s: %d %v (%v), want %d 5.7.x", c.name, got, enh, err, c.want)
 		}
+		// The check smtpd logs and counts the refusal under.
+		if want := map[int]string{550: "dnsbl", 554: "deny"}[c.want]; smtpd.CheckOf(err) != want {
+			t.Errorf("%s: refused as %q, want %q", c.name, smtpd.CheckOf(err), want)
+		}
 	}
 }
 
@@ -123,8 +127,8 @@ func TestDeepProtocolTest(t *testing.T) {
 	}
 	if _, err := r.Mail(st, "a@example.org", nil); err == nil {
 		t.Fatal("first session's MAIL accepted")
-	} else if c, e := code(err); c != 450 || e != (smtp.EnhancedCode{4, 7, 1}) {
-		t.Fatalf("first MAIL: %d %v", c, e)
+	} else if c, e := code(err); c != 450 || e != (smtp.EnhancedCode{4, 7, 1}) || smtpd.CheckOf(err) != "deep_protocol_test" {
+		t.Fatalf("first MAIL: %d %v, refused as %q", c, e, smtpd.CheckOf(err))
 	}
 	st2 := &smtpd.State{RemoteIP: ip, Helo: "mail.example.org"}
 	if err := r.Connect(st2); err != nil {

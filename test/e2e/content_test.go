@@ -245,7 +245,7 @@ func TestSplitTransaction(t *testing.T) {
 	})
 	dns := dnstest.NewServer(t, "")
 	down := startTestServer(t, listenLoopback(t), serverOptions{})
-	_, mx, _ := startContentRelay(t, dns.Addr(), fmt.Sprintf(`  content:
+	r, mx, _ := startContentRelay(t, dns.Addr(), fmt.Sprintf(`  content:
     milters:
       - {name: tm, address: %q}
     policies:
@@ -266,6 +266,11 @@ func TestSplitTransaction(t *testing.T) {
 	}
 	if res.Code() != 250 {
 		t.Fatalf("DATA: %q", res.Data)
+	}
+	// The split is a refusal like any other: one line, with the setting.
+	r.WaitLog(0, 5*time.Second, "msg=reject", "stage=rcpt", "check=content_policy", "code=452", "rcpt=y@b.test")
+	if n := len(r.LogLines("msg=reject", "rcpt=y@b.test")); n != 1 {
+		t.Errorf("%d refusal lines for y@b.test, want 1", n)
 	}
 	// The sender's MTA retries the deferred recipient in a new
 	// transaction, on the same connection.
