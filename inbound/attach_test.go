@@ -1,7 +1,9 @@
 package inbound_test
 
 import (
+	"errors"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 
@@ -47,14 +49,18 @@ func TestAttachmentStage(t *testing.T) {
 	}
 	_, err := r.Rcpt(st, "z@b.test", nil)
 	bare(t, "RCPT of another policy", err, 452, smtp.EnhancedCode{4, 5, 3})
+	if c := smtpd.CheckOf(err); c != "attachment_policy" {
+		t.Errorf("RCPT of another policy refused as %q, want attachment_policy", c)
+	}
 	err = r.Data(st, message(exe))
 	bare(t, "DATA with a program", err, 554, smtp.EnhancedCode{5, 7, 1})
 	if !strings.Contains(err.Error(), `"Bewerbung.zip", file "Bewerbung.exe" inside it`) {
 		t.Errorf("reply %q", err)
 	}
-	c := r.Refusals()
-	if c["attachment"] != 1 || c["attachment_executable"] != 1 || c["attachment_policy_split"] != 1 {
-		t.Errorf("counts %v", c)
+	// Counted (by smtpd) as attachment, logged with the class.
+	var ref *smtpd.Refusal
+	if !errors.As(err, &ref) || ref.Check != "attachment" || !slices.Contains(ref.Attrs, any("executable")) {
+		t.Errorf("refusal %+v, want check attachment, class executable", ref)
 	}
 
 	// The lenient domain's transaction: accepted, with a header.

@@ -9,7 +9,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -19,12 +18,11 @@ import (
 	"securerelay/smtputil"
 )
 
-// Checks are the envelope checks' actions: "reject", "tempfail" or "off"
-// ("" means reject).
+// Checks are the envelope checks' actions (ActionDefault: reject).
 type Checks struct {
-	SenderFQDN, RecipientFQDN, SenderDomain, UnknownRecipient string
+	SenderFQDN, RecipientFQDN, SenderDomain, UnknownRecipient Action
 	// HeloFQDN is off unless set (many legitimate servers fail it).
-	HeloFQDN string
+	HeloFQDN Action
 }
 
 // Options configure the inbound role beyond its domains.
@@ -55,69 +53,24 @@ type Options struct {
 	MaxMailPerSession int
 }
 
-// counters count refusals per check, for the logs now and metrics later.
-type counters struct {
-	mu sync.Mutex
-	m  map[string]*atomic.Int64
-}
-
-func (c *counters) inc(check string) int64 {
-	c.mu.Lock()
-	v := c.m[check]
-	if v == nil {
-		v = &atomic.Int64{}
-		c.m[check] = v
-	}
-	c.mu.Unlock()
-	return v.Add(1)
-}
-
-// Refusals returns how often each check has refused so far.
-func (r *Role) Refusals() map[string]int64 {
-	r.count.mu.Lock()
-	defer r.count.mu.Unlock()
-	out := map[string]int64{}
-	for k, v := range r.count.m {
-		out[k] = v.Load()
-	}
-	return out
-}
-
-// refused counts a refusal under its check's name and logs it once, on
-// the session's logger (with its connection) when there is one.
-func (r *Role) refused(st *smtpd.State, check string, kv ...any) {
-	n := r.count.inc(check)
-	log := r.log
-	if st != nil && st.Log != nil {
-		log = st.Log
-	}
-	if log != nil {
-		log.Info("inbound check refused", append(append([]any{"check", check}, kv...), "count", n)...)
-	}
-}
-
 // act applies a check's action to a refusal: the permanent reply, its
 // temporary twin (so an admin can try a check out without losing mail),
-// or nothing.
-func (r *Role) act(check, action string, perm *smtp.SMTPError) error {
-	if action == "off" {
+// or nothing. smtpd logs and counts the refusal under check.
+func (r *Role) act(check string, action Action, perm *smtp.SMTPError) error {
+	switch action {
+	case ActionOff:
 		return nil
+	case ActionTempfail:
+		return smtpd.Refuse(check, smtputil.Deferred(perm), "action", action.String())
 	}
-	n := r.count.inc(check)
-	if r.log != nil {
-		r.log.Info("inbound check refused", "check", check, "action", action, "count", n)
-	}
-	if action == "tempfail" {
-		return smtputil.Deferred(perm)
-	}
-	return perm
+	return smtpd.Refuse(check, perm, "action", action.String())
 }
 
 // senderDomain checks that the sender's domain can receive a reply (RFC
 // 5321 §5.1 order: MX, else A/AAAA). A DNS failure is always temporary: a
 // timeout must never reject mail.
 func (r *Role) senderDomain(domain string) error {
-	if r.resolver == nil || r.checks.SenderDomain == "off" || strings.HasPrefix(domain, "[") {
+	if r.resolver == nil || r.checks.SenderDomain == ActionOff || strings.HasPrefix(domain, "[") {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -127,8 +80,8 @@ func (r *Role) senderDomain(domain string) error {
 	case err == nil:
 		return nil
 	case dnsutil.IsTemporary(err):
-		r.count.inc("sender_domain_dns")
-		return smtputil.SenderDomainTempFail(domain)
+		// Whatever the action: DNS trouble never rejects mail.
+		return smtpd.Refuse("sender_domain", smtputil.SenderDomainTempFail(domain), "error", err.Error())
 	case dnsutil.IsNullMX(err):
 		return r.act("sender_domain", r.checks.SenderDomain, smtputil.SenderNullMX(domain))
 	default:

@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/emersion/go-smtp"
 
 	"securerelay/attach"
 	"securerelay/authres"
@@ -33,9 +36,10 @@ type Content struct {
 	// names a domain's policy ("default" when absent).
 	Chains       map[string]*milter.Chain
 	DomainPolicy map[string]string
-	// RecipientDeletion: "reject" (550 5.7.1) or "tempfail" (451 4.7.1)
-	// when a milter asks to remove some recipients.
-	RecipientDeletion string
+	// RecipientDeletion: ActionReject (550 5.7.1; also ActionDefault) or
+	// ActionTempfail (451 4.7.1) when a milter asks to remove some
+	// recipients.
+	RecipientDeletion Action
 	// Hostname is our name (milter macro j).
 	Hostname string
 	// Timeout bounds the whole stage for one message.
@@ -117,9 +121,8 @@ func (r *Role) spfOnce(st *smtpd.State) error {
 	if t.spf.Reject == nil {
 		return nil
 	}
-	r.refused(st, "spf", "result", t.spf.Result, "from", st.From)
 	refusal := *t.spf.Reject
-	return &refusal
+	return smtpd.Refuse("spf", &refusal, "result", t.spf.Result)
 }
 
 // splitPolicy keeps one content policy per transaction: SMTP has one reply
@@ -138,8 +141,7 @@ func (r *Role) splitPolicy(st *smtpd.State, domain string) error {
 		case t.attach == "":
 			t.attach = p
 		case t.attach != p:
-			r.count.inc("attachment_policy_split")
-			return smtputil.AttachmentPolicySplit(domain)
+			return smtpd.Refuse("attachment_policy", smtputil.AttachmentPolicySplit(domain), "policy", p, "transaction_policy", t.attach)
 		}
 	}
 	if len(c.Chains) == 0 {
@@ -150,8 +152,7 @@ func (r *Role) splitPolicy(st *smtpd.State, domain string) error {
 	case t.policy == "":
 		t.policy = p
 	case t.policy != p && (c.scans(p) || c.scans(t.policy)):
-		r.count.inc("content_policy_split")
-		return smtputil.ContentPolicySplit(domain)
+		return smtpd.Refuse("content_policy", smtputil.ContentPolicySplit(domain), "policy", p, "transaction_policy", t.policy)
 	}
 	return nil
 }
@@ -225,16 +226,13 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 		if errors.Is(err, dkim.ErrHeaderTooLarge) {
 			// Checked headers are held in memory; no retry will shrink
 			// one, so the refusal is permanent (as too big a message).
-			r.count.inc("header_too_large")
-			st.Log.Info("inbound check refused", "check", "header_too_large", "queue_id", msg.QueueID)
-			return smtputil.HeaderTooLarge(dkim.MaxHeaderBytes)
+			return smtpd.Refuse("header_too_large", smtputil.HeaderTooLarge(dkim.MaxHeaderBytes))
 		}
 		if err != nil {
 			return r.contentFailed(msg, "SPF/DKIM/DMARC", err)
 		}
 		if v.Reject != nil {
-			r.refused(st, v.Check, "queue_id", msg.QueueID, "reply", v.Reject.Message)
-			return v.Reject
+			return smtpd.Refuse(v.Check, v.Reject)
 		}
 		msg.AddHeader += v.Header
 		strip = v.Forged > 0
@@ -246,19 +244,20 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 			return r.contentFailed(msg, "content scanning", err)
 		}
 		if res.Action != milter.Accept {
-			r.count.inc("content")
-			return milterReply(res)
+			return smtpd.Refuse("milter", milterReply(res), "milter", res.Milter, "action", res.Action.String(), "policy", policy)
 		}
 		if del := res.RecipientsDeleted(); len(del) > 0 {
-			r.count.inc("content_rcpt_deleted")
-			st.Log.Warn("milter asked to delete recipients; refusing the whole message rather than losing them",
-				"queue_id", msg.QueueID, "deleted", strings.Join(del, ","))
 			// The catalogue cleans the milter's addresses: they must
 			// neither break the reply into lines nor overrun 512 octets.
-			if c.RecipientDeletion == "tempfail" {
-				return smtputil.RecipientDeletionDeferred(strings.Join(del, ", "))
+			reply := smtputil.RecipientDeletionRefused(strings.Join(del, ", "))
+			if c.RecipientDeletion == ActionTempfail {
+				reply = smtputil.RecipientDeletionDeferred(strings.Join(del, ", "))
 			}
-			return smtputil.RecipientDeletionRefused(strings.Join(del, ", "))
+			// A warning: a milter asked to delete recipients; the whole
+			// message is refused rather than losing them.
+			ref := smtpd.Refuse("recipient_deletion", reply, "deleted", strings.Join(del, ","), "policy", policy)
+			ref.Level = slog.LevelWarn
+			return ref
 		}
 		for _, a := range res.RecipientsAdded() {
 			addr, err := smtputil.ParseMailbox(strings.Trim(a, "<>"), st.SMTPUTF8)
@@ -356,13 +355,12 @@ func (r *Role) attachments(ctx context.Context, st *smtpd.State, msg *smtpd.Mess
 		}
 		return v.Forged > 0, nil
 	}
-	r.count.inc("attachment_" + string(f.Class))
-	r.refused(st, "attachment", "class", string(f.Class), "file", f.File, "path", f.Path, "action", v.Action,
-		"policy", pol.Name, "reason", f.Reason, "queue_id", msg.QueueID)
+	reply := smtputil.AttachmentRefused(f.Where(), f.Reason)
 	if v.Action == attach.Tempfail {
-		return false, smtputil.AttachmentTempFail(f.Where(), f.Reason)
+		reply = smtputil.AttachmentTempFail(f.Where(), f.Reason)
 	}
-	return false, smtputil.AttachmentRefused(f.Where(), f.Reason)
+	return false, smtpd.Refuse("attachment", reply, "class", string(f.Class), "file", f.File, "path", f.Path, "action", v.Action,
+		"policy", pol.Name, "reason", f.Reason)
 }
 
 // maxAttachmentHeaders bounds the header lines one message gets.
@@ -418,11 +416,11 @@ func (r *Role) contentFailed(msg *smtpd.Message, what string, err error) error {
 	if r.log != nil {
 		r.log.Error("content stage failed", "queue_id", msg.QueueID, "stage", what, "error", err)
 	}
-	return smtputil.ContentCheckFailed(what)
+	return smtpd.Refuse("local_error", smtputil.ContentCheckFailed(what))
 }
 
 // milterReply is the milter's own reply (code, enhanced code and text), as
 // Postfix passes it on, checked by the catalogue.
-func milterReply(res *milter.Result) error {
+func milterReply(res *milter.Result) *smtp.SMTPError {
 	return smtputil.MilterReply(res.Code, res.Enhanced, res.Text, res.Milter)
 }

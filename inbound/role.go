@@ -33,7 +33,6 @@ type Role struct {
 	screen     Screen
 	passed     *PassCache
 	log        *slog.Logger
-	count      counters
 	postmaster string
 	maxMail    int
 }
@@ -69,7 +68,7 @@ func New(domains []string) *Role {
 // NewWithOptions returns an inbound role with its envelope checks.
 func NewWithOptions(o Options) *Role {
 	r := &Role{resolver: o.Resolver, checks: o.Checks, screen: o.Screen, log: o.Log, postmaster: o.Postmaster,
-		count: counters{m: map[string]*atomic.Int64{}}, maxMail: o.MaxMailPerSession}
+		maxMail: o.MaxMailPerSession}
 	r.passed = o.PassCache
 	if r.passed == nil {
 		r.passed = NewPassCache()
@@ -131,8 +130,7 @@ func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, 
 		// Each MAIL may cost DNS questions (the sender's domain, SPF at
 		// the first recipient); RSET must not repeat them without end.
 		if s.mails++; s.mails > r.maxMail {
-			r.refused(st, "max_mail_per_session", "limit", r.maxMail)
-			return "", smtputil.TooManyTransactions(r.maxMail)
+			return "", smtpd.Refuse("max_mail_per_session", smtputil.TooManyTransactions(r.maxMail), "limit", r.maxMail)
 		}
 	}
 	if err := r.deepCheck(st); err != nil {
@@ -142,7 +140,7 @@ func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, 
 		return "", r.plaintextPartner(st, "")
 	}
 	if strings.IndexFunc(from, func(c rune) bool { return c < 0x20 || c == 0x7f }) >= 0 {
-		return "", smtputil.SenderControlChars(from)
+		return "", smtpd.Refuse("address_syntax", smtputil.SenderControlChars(from))
 	}
 	a, err := smtputil.ParseMailbox(from, st != nil && st.SMTPUTF8)
 	if isNotFQDN(err) {
@@ -151,7 +149,7 @@ func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, 
 		// and take a stranger's mail for internal.
 		action := r.checks.SenderFQDN
 		if !strings.Contains(from, "@") {
-			action = "reject"
+			action = ActionReject
 		}
 		if err := r.act("sender_fqdn", action, smtputil.NotFQDNSender(from)); err != nil {
 			return "", err
@@ -159,7 +157,7 @@ func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, 
 		return from, nil
 	}
 	if err != nil {
-		return "", smtputil.AddressReply(err, true)
+		return "", smtpd.Refuse("address_syntax", smtputil.AddressReply(err, true))
 	}
 	if err := r.plaintextPartner(st, a.Domain); err != nil {
 		return "", err
@@ -173,8 +171,9 @@ func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, 
 // notOurs refuses a recipient this server must not take mail for: an IP
 // literal or a domain not ours (it would relay), or a local part that a
 // downstream MTA could read as a route elsewhere. check names the
-// counter. Rcpt and the recipients a milter adds both pass it.
-func (r *Role) notOurs(a smtputil.Address) (check string, refusal error) {
+// refusal (smtpd logs and counts it under that name). Rcpt and the
+// recipients a milter adds both pass it.
+func (r *Role) notOurs(a smtputil.Address) (check string, refusal *smtp.SMTPError) {
 	if a.IsIPLiteral() || !(*r.domains.Load())[a.Domain] {
 		return "relay", smtputil.RelayDenied(a.Domain)
 	}
@@ -209,14 +208,13 @@ func (r *Role) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, er
 			return "", err
 		}
 		// Without a domain it cannot be one of ours either.
-		return "", smtputil.RelayDenied(to)
+		return "", smtpd.Refuse("relay", smtputil.RelayDenied(to))
 	}
 	if err != nil {
-		return "", smtputil.AddressReply(err, false)
+		return "", smtpd.Refuse("address_syntax", smtputil.AddressReply(err, false))
 	}
 	if check, refusal := r.notOurs(a); refusal != nil {
-		r.count.inc(check)
-		return "", refusal
+		return "", smtpd.Refuse(check, refusal)
 	}
 	if set := (*r.recipients.Load())[a.Domain]; set != nil {
 		if !set.Has(a) {
@@ -224,22 +222,19 @@ func (r *Role) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, er
 				return "", err
 			}
 		}
-	} else if v := (*r.verifiers.Load())[a.Domain]; v != nil && r.checks.UnknownRecipient != "off" {
+	} else if v := (*r.verifiers.Load())[a.Domain]; v != nil && r.checks.UnknownRecipient != ActionOff {
 		exists, err := v.Exists(a.String())
 		switch {
 		case errors.Is(err, errNoSMTPUTF8):
 			// In the dialog, not after our 250: the message could only
 			// be held (RFC 6531 §3.2 allows no downgrade of it).
-			r.refused(st, "verify_smtputf8", "rcpt", a.String())
-			return "", smtputil.DownstreamNoSMTPUTF8(a.String())
+			return "", smtpd.Refuse("verify", smtputil.DownstreamNoSMTPUTF8(a.String()), "error", err.Error())
 		case err != nil:
 			// Never a silent accept: the sender retries until the
-			// downstream can answer.
-			r.count.inc("verify_unavailable")
-			if r.log != nil {
-				r.log.Warn("recipient verification failed", "rcpt", a.String(), "error", err)
-			}
-			return "", smtputil.RecipientVerifyTempFail(a.String())
+			// downstream can answer. A warning: the downstream is down.
+			ref := smtpd.Refuse("verify", smtputil.RecipientVerifyTempFail(a.String()), "error", err.Error())
+			ref.Level = slog.LevelWarn
+			return "", ref
 		case !exists:
 			if err := r.act("unknown_recipient", r.checks.UnknownRecipient, smtputil.RecipientUnknown(a.String())); err != nil {
 				return "", err

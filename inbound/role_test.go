@@ -1,6 +1,7 @@
 package inbound_test
 
 import (
+	"errors"
 	"testing"
 
 	"github.com/emersion/go-smtp"
@@ -11,16 +12,20 @@ import (
 	"securerelay/smtputil"
 )
 
-// bare asserts that err is exactly a *smtp.SMTPError (go-smtp uses a type
-// assertion, so a wrapped one would turn into a 451/554 with internal text)
-// with the given codes.
+// bare asserts that err is a role's refusal: a *smtpd.Refusal naming the
+// check that refused (smtpd logs and counts it under that name) around
+// the catalogue's bare *smtp.SMTPError with the given codes, which smtpd
+// hands to go-smtp as it is (go-smtp uses a type assertion, so anything
+// else would turn into a 451/554 with internal text; smtpd's
+// TestRefusalLoggedOnce sends one through).
 func bare(t *testing.T, what string, err error, code int, enh smtp.EnhancedCode) {
 	t.Helper()
-	se, ok := err.(*smtp.SMTPError)
-	if !ok {
-		t.Errorf("%s: error %T %v, want a bare *smtp.SMTPError", what, err, err)
+	var ref *smtpd.Refusal
+	if !errors.As(err, &ref) || ref.Check == "" || ref.Reply == nil {
+		t.Errorf("%s: error %T %v, want a *smtpd.Refusal naming its check", what, err, err)
 		return
 	}
+	se := ref.Reply
 	if se.Code != code || se.EnhancedCode != enh {
 		t.Errorf("%s: %d %v %q, want %d %v", what, se.Code, se.EnhancedCode, se.Message, code, enh)
 	}
@@ -111,6 +116,9 @@ func TestRcpt(t *testing.T) {
 	for _, in := range relay {
 		_, err := r.Rcpt(st, in, &smtp.RcptOptions{})
 		bare(t, "Rcpt("+in+")", err, denied.Code, denied.EnhancedCode)
+		if c := smtpd.CheckOf(err); c != "relay" && c != "routing_trick" {
+			t.Errorf("Rcpt(%s) refused as %q, want relay or routing_trick", in, c)
+		}
 	}
 	for _, in := range []string{"no-at-sign", "user@", "@ours.test", "user@ours..test", "user@localhost"} {
 		_, err := r.Rcpt(st, in, &smtp.RcptOptions{})

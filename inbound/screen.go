@@ -137,8 +137,8 @@ func (r *Role) Connect(st *smtpd.State) error {
 	if err := r.screenClient(ip, st); err != nil {
 		return err
 	}
-	if r.checks.HeloFQDN != "" && r.checks.HeloFQDN != "off" && !validHelo(st.Helo) {
-		return r.act("helo_fqdn", r.checks.HeloFQDN, smtputil.HeloNotFQDN(sanitizeHelo(st.Helo)))
+	if a := r.checks.HeloFQDN.or(ActionOff); a != ActionOff && !validHelo(st.Helo) {
+		return r.act("helo_fqdn", a, smtputil.HeloNotFQDN(sanitizeHelo(st.Helo)))
 	}
 	return nil
 }
@@ -151,8 +151,7 @@ func (r *Role) Allowed(ip netip.Addr) bool {
 
 func (r *Role) screenClient(ip netip.Addr, st *smtpd.State) error {
 	if inAny(ip, r.screen.Deny) {
-		r.count.inc("deny")
-		return smtputil.ClientDenied(ip.String())
+		return smtpd.Refuse("deny", smtputil.ClientDenied(ip.String()))
 	}
 	if inAny(ip, r.screen.Allow) {
 		return nil
@@ -162,11 +161,8 @@ func (r *Role) screenClient(ip netip.Addr, st *smtpd.State) error {
 	}
 	total, listed := r.score(ip)
 	if len(r.screen.DNSBL.Lists) > 0 && total >= r.screen.DNSBL.Threshold && len(listed) > 0 {
-		r.count.inc("dnsbl")
-		if r.log != nil {
-			r.log.Info("inbound check refused", "check", "dnsbl", "client", ip.String(), "score", total, "lists", strings.Join(listed, ","))
-		}
-		return smtputil.ClientListed(ip.String(), strings.Join(listed, ", "))
+		return smtpd.Refuse("dnsbl", smtputil.ClientListed(ip.String(), strings.Join(listed, ", ")),
+			"score", total, "lists", strings.Join(listed, ","))
 	}
 	if total > 0 && r.screen.Tarpit > 0 {
 		st.Tarpit = r.screen.Tarpit // listed somewhere: slow it down
@@ -191,8 +187,7 @@ func (r *Role) deepCheck(st *smtpd.State) error {
 	}
 	s.deepPending = false
 	r.passed.add(st.RemoteIP, time.Now().Add(max(r.screen.CacheTTL, time.Hour)))
-	r.count.inc("deep_protocol")
-	return smtputil.FirstContact(st.RemoteIP.String())
+	return smtpd.Refuse("deep_protocol_test", smtputil.FirstContact(st.RemoteIP.String()))
 }
 
 func validHelo(h string) bool {

@@ -61,12 +61,16 @@ func TestScreen(t *testing.T) {
 		if got, enh := code(err); got != c.want || (got != 250 && enh[1] != 7) {
 			t.Errorf("%s: %d %v (%v), want %d 5.7.x", c.name, got, enh, err, c.want)
 		}
+		// The check smtpd logs and counts the refusal under.
+		if want := map[int]string{550: "dnsbl", 554: "deny"}[c.want]; smtpd.CheckOf(err) != want {
+			t.Errorf("%s: refused as %q, want %q", c.name, smtpd.CheckOf(err), want)
+		}
 	}
 }
 
 func TestHeloCheck(t *testing.T) {
 	for helo, want := range map[string]int{"mail.example.org": 250, "[192.0.2.1]": 250, "[IPv6:2001:db8::1]": 250, "localhost": 504, "bad_name!": 504, "[300.1.1.1]": 504} {
-		r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Checks: inbound.Checks{HeloFQDN: "reject"}})
+		r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Checks: inbound.Checks{HeloFQDN: inbound.ActionReject}})
 		if got, _ := code(r.Connect(&smtpd.State{RemoteIP: netip.MustParseAddr("192.0.2.1"), Helo: helo})); got != want {
 			t.Errorf("EHLO %s: %d, want %d", helo, got, want)
 		}
@@ -123,8 +127,8 @@ func TestDeepProtocolTest(t *testing.T) {
 	}
 	if _, err := r.Mail(st, "a@example.org", nil); err == nil {
 		t.Fatal("first session's MAIL accepted")
-	} else if c, e := code(err); c != 450 || e != (smtp.EnhancedCode{4, 7, 1}) {
-		t.Fatalf("first MAIL: %d %v", c, e)
+	} else if c, e := code(err); c != 450 || e != (smtp.EnhancedCode{4, 7, 1}) || smtpd.CheckOf(err) != "deep_protocol_test" {
+		t.Fatalf("first MAIL: %d %v, refused as %q", c, e, smtpd.CheckOf(err))
 	}
 	st2 := &smtpd.State{RemoteIP: ip, Helo: "mail.example.org"}
 	if err := r.Connect(st2); err != nil {

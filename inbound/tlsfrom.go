@@ -3,6 +3,8 @@ package inbound
 import (
 	"strings"
 
+	"github.com/emersion/go-smtp"
+
 	"securerelay/smtpd"
 	"securerelay/smtputil"
 )
@@ -12,10 +14,10 @@ import (
 // domains"): a sender domain, or all subdomains with a leading dot.
 type TLSFrom struct {
 	Match string // "partner.example" or ".partner.example"
-	// Action: "tempfail" (450 4.7.0: the partner's MTA keeps the mail and
-	// retries, so a passing STARTTLS outage loses nothing) or "reject"
-	// (530 5.7.0).
-	Action string
+	// Action: ActionTempfail (450 4.7.0: the partner's MTA keeps the mail
+	// and retries, so a passing STARTTLS outage loses nothing; also
+	// ActionDefault), ActionReject (530 5.7.0) or ActionOff.
+	Action Action
 	// Rule names the policy in replies and logs ("outbound.tls.policies[2]").
 	Rule string
 }
@@ -69,24 +71,28 @@ func (r *Role) plaintextPartner(st *smtpd.State, domain string) error {
 	}
 	rules := *r.tlsFrom.Load()
 	if domain != "" {
-		if rule := tlsFromRule(rules, domain); rule != nil && rule.Action != "off" {
-			r.refused(st, "plaintext_partner", "action", rule.Action, "domain", domain, "rule", rule.Rule)
-			return partnerReply(rule, "mail from "+domain)
+		if rule := tlsFromRule(rules, domain); rule != nil && rule.Action != ActionOff {
+			return smtpd.Refuse("plaintext_partner", partnerReply(rule, "mail from "+domain),
+				"action", rule.action(), "domain", domain, "rule", rule.Rule)
 		}
 	}
 	helo, err := smtputil.ParseDomain(st.Helo)
 	if err != nil || strings.HasPrefix(helo, "[") {
 		return nil
 	}
-	if rule := tlsFromHost(rules, helo); rule != nil && rule.Action != "off" {
-		r.refused(st, "plaintext_partner", "action", rule.Action, "helo", helo, "rule", rule.Rule)
-		return partnerReply(rule, "mail from the servers of "+strings.TrimPrefix(rule.Match, ".")+" (EHLO "+helo+")")
+	if rule := tlsFromHost(rules, helo); rule != nil && rule.Action != ActionOff {
+		// The EHLO name is the session's helo key of the log line.
+		return smtpd.Refuse("plaintext_partner", partnerReply(rule, "mail from the servers of "+strings.TrimPrefix(rule.Match, ".")+" (EHLO "+helo+")"),
+			"action", rule.action(), "rule", rule.Rule)
 	}
 	return nil
 }
 
-func partnerReply(rule *TLSFrom, what string) error {
-	if rule.Action == "reject" {
+// action is the rule's action as logged: the default is tempfail here.
+func (t *TLSFrom) action() string { return t.Action.or(ActionTempfail).String() }
+
+func partnerReply(rule *TLSFrom, what string) *smtp.SMTPError {
+	if rule.Action == ActionReject {
 		return smtputil.PartnerNeedsTLS(what, rule.Match)
 	}
 	return smtputil.PartnerNeedsTLSDefer(what, rule.Match)

@@ -392,8 +392,8 @@ func (r *Run) Check(open func() (io.Reader, error)) (*Result, error) {
 			}
 		}
 		if out.action != Accept {
-			c.log.Info("milter refused message", "milter", m.name, "queue_id", env.QueueID, "action", out.action,
-				"code", out.code, "enhanced", out.enhanced, "text", out.text)
+			// Not logged here: the caller returns the refusal, and smtpd
+			// logs every refusal once (with Result.Milter).
 			return &Result{Action: out.action, Code: out.code, Enhanced: out.enhanced, Text: out.text,
 				Milter: m.name, Mods: res.Mods}, nil
 		}

@@ -10,7 +10,6 @@ import (
 	"context"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,19 +25,21 @@ import (
 type SubmissionOptions struct {
 	// Trusted networks relay without AUTH (Postfix's mynetworks).
 	Trusted []netip.Prefix
-	// Auth: "required", "optional" or "off".
-	Auth string
-	// ForeignFrom: "reject" (default) or "unsigned": what to do with mail
-	// from an authenticated user whose From: domain is not one of ours.
-	ForeignFrom string
+	// Auth: AuthOptional (the zero value), AuthRequired or AuthOff.
+	Auth AuthMode
+	// ForeignFrom: ForeignFromReject (the zero value) or
+	// ForeignFromUnsigned: what to do with mail from an authenticated user
+	// whose From: domain is not one of ours.
+	ForeignFrom ForeignFrom
 	// Ours tells whether a domain is one of ours (receive or sign). nil
 	// turns off what depends on it: the foreign_from check and the default
 	// sender binding (users without senders or login binding).
 	Ours *DomainSet
-	// NullSender: "reject" or "rewrite" mail from <> that is not a
-	// delivery status or disposition notification; "" applies no policy.
-	NullSender string
-	// NullSenderAddress replaces <> under "rewrite".
+	// NullSender: NullSenderReject or NullSenderRewrite mail from <> that
+	// is not a delivery status or disposition notification; NullSenderAny
+	// (the zero value) applies no policy.
+	NullSender NullSender
+	// NullSenderAddress replaces <> under NullSenderRewrite.
 	NullSenderAddress string
 	// RecipientKey, when set, refuses a recipient whose mail must always
 	// be encrypted and who has no usable OpenPGP key (Engine.RequiredKey).
@@ -79,7 +80,6 @@ func (d *DomainSet) Has(domain string) bool {
 type Submission struct {
 	opts  SubmissionOptions
 	users *Users
-	count counters
 }
 
 // NewSubmission returns the role for one outbound listener.
@@ -94,7 +94,7 @@ func (s *Submission) Origin() string { return queue.OriginOutbound }
 func (s *Submission) Connect(*smtpd.State) error { return nil }
 
 // AuthEnabled implements smtpd.Role.
-func (s *Submission) AuthEnabled() bool { return s.opts.Auth != "off" }
+func (s *Submission) AuthEnabled() bool { return s.opts.Auth != AuthOff }
 
 // Authenticate implements smtpd.Role.
 func (s *Submission) Authenticate(_ *smtpd.State, user, pass string) error {
@@ -120,22 +120,25 @@ func (s *Submission) trusted(ip netip.Addr) bool {
 func (s *Submission) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, error) {
 	if st.AuthUser == "" {
 		switch {
-		case s.opts.Auth == "required":
-			return "", smtputil.AuthRequired()
+		case s.opts.Auth == AuthRequired:
+			return "", smtpd.Refuse("auth", smtputil.AuthRequired())
 		case !s.trusted(st.RemoteIP):
-			if s.opts.Auth == "off" {
-				return "", smtputil.RelayNotTrusted(st.RemoteIP.String())
+			if s.opts.Auth == AuthOff {
+				return "", smtpd.Refuse("trusted_networks", smtputil.RelayNotTrusted(st.RemoteIP.String()))
 			}
-			return "", smtputil.AuthRequired()
+			return "", smtpd.Refuse("auth", smtputil.AuthRequired())
 		}
 	}
 	canon, err := smtputil.ReversePath(from, st.SMTPUTF8)
-	if err != nil || st.AuthUser == "" || canon == "" {
-		return canon, err
+	if err != nil {
+		return "", smtpd.RefuseErr("address_syntax", err)
+	}
+	if st.AuthUser == "" || canon == "" {
+		return canon, nil
 	}
 	if why := s.users.lookup(st.AuthUser).refusal(st.AuthUser, canon, s.opts.Ours, false); why != "" {
-		s.refused(st, "sender_binding", "field", "MAIL FROM", "address", canon, "reason", why)
-		return "", smtputil.SenderNotOwned(canon, st.AuthUser, why)
+		return "", smtpd.Refuse("sender_binding", smtputil.SenderNotOwned(canon, st.AuthUser, why),
+			"field", "MAIL FROM", "address", canon, "reason", why)
 	}
 	return canon, nil
 }
@@ -144,15 +147,14 @@ func (s *Submission) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (st
 func (s *Submission) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, error) {
 	a, err := smtputil.ForwardPath(to, st.SMTPUTF8)
 	if err != nil {
-		return "", err
+		return "", smtpd.RefuseErr("address_syntax", err)
 	}
 	rcpt := a.String()
 	if s.opts.RecipientKey != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), recipientKeyTimeout)
 		defer cancel()
 		if rerr := s.opts.RecipientKey(ctx, rcpt); rerr != nil {
-			s.refused(st, "without_key", "to", rcpt, "code", rerr.Code)
-			return "", rerr
+			return "", smtpd.Refuse("without_key", rerr)
 		}
 	}
 	return rcpt, nil
@@ -167,7 +169,7 @@ func (s *Submission) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (stri
 // the null-sender policy, which only a real report escapes.
 func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
 	authed := st.AuthUser != ""
-	checkNull := st.From == "" && s.opts.NullSender != ""
+	checkNull := st.From == "" && s.opts.NullSender != NullSenderAny
 	if !authed && !checkNull {
 		return nil
 	}
@@ -193,9 +195,8 @@ func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
 			// mail; a notification or auto-reply sent from <> can never
 			// be answered or bounced, and loops between two such systems
 			// go unnoticed.
-			if s.opts.NullSender != "rewrite" {
-				s.refused(st, "null_sender", "reason", why.Error())
-				return smtputil.NullSenderRefused(why.Error())
+			if s.opts.NullSender != NullSenderRewrite {
+				return smtpd.Refuse("null_sender", smtputil.NullSenderRefused(why.Error()), "reason", why.Error())
 			}
 			msg.NewFrom = s.opts.NullSenderAddress
 			msg.AddHeader = "X-Securerelay-Null-Sender: envelope sender <> rewritten to <" + s.opts.NullSenderAddress + ">\r\n"
@@ -204,17 +205,15 @@ func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
 			}
 		}
 	}
-	if !authed || s.opts.ForeignFrom == "unsigned" || s.opts.Ours == nil {
+	if !authed || s.opts.ForeignFrom == ForeignFromUnsigned || s.opts.Ours == nil {
 		return nil
 	}
 	dom, err := dkim.FromDomain(header)
 	if err != nil {
-		s.refused(st, "foreign_from", "reason", err.Error())
-		return smtputil.FromUnusable(err.Error())
+		return smtpd.Refuse("foreign_from", smtputil.FromUnusable(err.Error()), "reason", err.Error())
 	}
 	if !s.opts.Ours.Has(dom) {
-		s.refused(st, "foreign_from", "domain", dom)
-		return smtputil.FromNotOurs(dom)
+		return smtpd.Refuse("foreign_from", smtputil.FromNotOurs(dom), "domain", dom)
 	}
 	return nil
 }
@@ -226,7 +225,7 @@ func (s *Submission) Data(st *smtpd.State, msg *smtpd.Message) error {
 // refused: a mail client may still show an address from it.
 func (s *Submission) checkHeaderSenders(st *smtpd.State, header []byte) error {
 	acct := s.users.lookup(st.AuthUser)
-	foreignOK := s.opts.ForeignFrom == "unsigned"
+	foreignOK := s.opts.ForeignFrom == ForeignFromUnsigned
 	for _, name := range senderFields {
 		for _, v := range smtputil.HeaderFields(header, name) {
 			if strings.TrimSpace(v) == "" {
@@ -234,56 +233,16 @@ func (s *Submission) checkHeaderSenders(st *smtpd.State, header []byte) error {
 			}
 			list, err := headerParser.ParseList(v)
 			if err != nil {
-				s.refused(st, "sender_binding", "field", name, "reason", err.Error())
-				return smtputil.HeaderSenderUnparsable(name, err.Error(), st.AuthUser)
+				return smtpd.Refuse("sender_binding", smtputil.HeaderSenderUnparsable(name, err.Error(), st.AuthUser),
+					"field", name, "reason", err.Error())
 			}
 			for _, a := range list {
 				if why := acct.refusal(st.AuthUser, a.Address, s.opts.Ours, foreignOK); why != "" {
-					s.refused(st, "sender_binding", "field", name, "address", a.Address, "reason", why)
-					return smtputil.HeaderSenderNotOwned(name, a.Address, st.AuthUser, why)
+					return smtpd.Refuse("sender_binding", smtputil.HeaderSenderNotOwned(name, a.Address, st.AuthUser, why),
+						"field", name, "address", a.Address, "reason", why)
 				}
 			}
 		}
 	}
 	return nil
-}
-
-// refused logs and counts one refusal of an outbound check, named as in
-// the configuration (sender_binding, null_sender, foreign_from).
-func (s *Submission) refused(st *smtpd.State, check string, kv ...any) {
-	n := s.count.inc(check)
-	if st.Log != nil {
-		st.Log.Info("outbound check refused", append([]any{"check", check, "count", n}, kv...)...)
-	}
-}
-
-// counters count refusals per check, for the logs now and metrics later.
-type counters struct {
-	mu sync.Mutex
-	m  map[string]*atomic.Int64
-}
-
-func (c *counters) inc(check string) int64 {
-	c.mu.Lock()
-	if c.m == nil {
-		c.m = map[string]*atomic.Int64{}
-	}
-	v := c.m[check]
-	if v == nil {
-		v = &atomic.Int64{}
-		c.m[check] = v
-	}
-	c.mu.Unlock()
-	return v.Add(1)
-}
-
-// Refusals returns how often each check has refused so far.
-func (s *Submission) Refusals() map[string]int64 {
-	s.count.mu.Lock()
-	defer s.count.mu.Unlock()
-	out := map[string]int64{}
-	for k, v := range s.count.m {
-		out[k] = v.Load()
-	}
-	return out
 }

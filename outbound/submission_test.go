@@ -1,6 +1,7 @@
 package outbound_test
 
 import (
+	"errors"
 	"io"
 	"net/netip"
 	"strings"
@@ -14,6 +15,16 @@ import (
 	"securerelay/smtpd"
 )
 
+// parse reads a setting as the configuration spells it.
+func parse[T any](t *testing.T, f func(string) (T, error), s string) T {
+	t.Helper()
+	v, err := f(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
 func hash(t *testing.T, pw string) string {
 	t.Helper()
 	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
@@ -23,9 +34,12 @@ func hash(t *testing.T, pw string) string {
 	return string(h)
 }
 
+// code is the reply of a refusal: a bare *smtp.SMTPError, or the one
+// inside the *smtpd.Refusal that names the check (smtpd sends the reply,
+// logs and counts the check).
 func code(err error) (int, smtp.EnhancedCode, bool) {
-	se, ok := err.(*smtp.SMTPError)
-	if !ok {
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) {
 		return 0, smtp.EnhancedCode{}, false
 	}
 	return se.Code, se.EnhancedCode, true
@@ -33,7 +47,7 @@ func code(err error) (int, smtp.EnhancedCode, bool) {
 
 func TestSubmissionAuthenticate(t *testing.T) {
 	users := outbound.NewUsers(map[string]string{"otrs": hash(t, "s3cret")})
-	s := outbound.NewSubmission(outbound.SubmissionOptions{Auth: "required"}, users)
+	s := outbound.NewSubmission(outbound.SubmissionOptions{Auth: outbound.AuthRequired}, users)
 	st := &smtpd.State{}
 	if s.Origin() != queue.OriginOutbound || !s.AuthEnabled() {
 		t.Fatalf("Origin %q AuthEnabled %v", s.Origin(), s.AuthEnabled())
@@ -57,7 +71,7 @@ func TestSubmissionAuthenticate(t *testing.T) {
 	if err := outbound.NewSubmission(outbound.SubmissionOptions{}, nil).Authenticate(st, "otrs", "new"); err == nil {
 		t.Error("authenticated without any user table")
 	}
-	if outbound.NewSubmission(outbound.SubmissionOptions{Auth: "off"}, users).AuthEnabled() {
+	if outbound.NewSubmission(outbound.SubmissionOptions{Auth: outbound.AuthOff}, users).AuthEnabled() {
 		t.Error("AUTH enabled with auth: off")
 	}
 	if !outbound.NewSubmission(outbound.SubmissionOptions{}, users).AuthEnabled() {
@@ -93,7 +107,7 @@ func TestSubmissionMailPolicy(t *testing.T) {
 		{"off", in, "", ok},
 		{"off", out, "", denied},
 	} {
-		s := outbound.NewSubmission(outbound.SubmissionOptions{Trusted: trusted, Auth: c.auth, Ours: outbound.NewDomainSet([]string{"ours.test"})},
+		s := outbound.NewSubmission(outbound.SubmissionOptions{Trusted: trusted, Auth: parse(t, outbound.ParseAuthMode, c.auth), Ours: outbound.NewDomainSet([]string{"ours.test"})},
 			outbound.NewUsers(map[string]string{"otrs": "x"}))
 		st := &smtpd.State{RemoteIP: c.ip, AuthUser: c.user}
 		got, err := s.Mail(st, "App@Ours.Test", &smtp.MailOptions{})
@@ -158,11 +172,11 @@ func TestSubmissionForeignFrom(t *testing.T) {
 		{"unsigned", "otrs", "From: a@elsewhere.test\r\n", false},
 		{"reject", "", "From: a@elsewhere.test\r\n", false},
 	} {
-		s := outbound.NewSubmission(outbound.SubmissionOptions{ForeignFrom: c.policy, Ours: ours}, outbound.NewUsers(map[string]string{"otrs": "x"}))
+		s := outbound.NewSubmission(outbound.SubmissionOptions{ForeignFrom: parse(t, outbound.ParseForeignFrom, c.policy), Ours: ours}, outbound.NewUsers(map[string]string{"otrs": "x"}))
 		err := s.Data(&smtpd.State{AuthUser: c.user}, msg(c.header))
-		se, isSMTP := err.(*smtp.SMTPError)
+		n, enh, isSMTP := code(err)
 		switch {
-		case c.refused && (!isSMTP || se.Code != 553 || se.EnhancedCode != (smtp.EnhancedCode{5, 7, 1})):
+		case c.refused && (!isSMTP || n != 553 || enh != (smtp.EnhancedCode{5, 7, 1}) || smtpd.CheckOf(err) == ""):
 			t.Errorf("%s/%q/%q: %v, want a bare 553 5.7.1", c.policy, c.user, c.header, err)
 		case !c.refused && err != nil:
 			t.Errorf("%s/%q/%q: refused: %v", c.policy, c.user, c.header, err)
@@ -198,8 +212,8 @@ func TestSubmissionNullSender(t *testing.T) {
 		"Content-Type: multipart/report; report-type=delivery-status; boundary=x\r\n",
 		"Content-Type: Multipart/Report;\r\n\treport-type=\"disposition-notification\"; boundary=x\r\n",
 	}
-	reject := outbound.NewSubmission(outbound.SubmissionOptions{NullSender: "reject"}, nil)
-	rewrite := outbound.NewSubmission(outbound.SubmissionOptions{NullSender: "rewrite", NullSenderAddress: "noreply@example.test"}, nil)
+	reject := outbound.NewSubmission(outbound.SubmissionOptions{NullSender: outbound.NullSenderReject}, nil)
+	rewrite := outbound.NewSubmission(outbound.SubmissionOptions{NullSender: outbound.NullSenderRewrite, NullSenderAddress: "noreply@example.test"}, nil)
 	for _, h := range reports {
 		for _, s := range []*outbound.Submission{reject, rewrite} {
 			m := msgWith(h)
@@ -210,7 +224,7 @@ func TestSubmissionNullSender(t *testing.T) {
 	}
 	for _, h := range others {
 		err := reject.Data(&smtpd.State{}, msg(h))
-		if se, ok := err.(*smtp.SMTPError); !ok || se.Code != 550 || se.EnhancedCode != (smtp.EnhancedCode{5, 7, 1}) {
+		if n, enh, ok := code(err); !ok || n != 550 || enh != (smtp.EnhancedCode{5, 7, 1}) || smtpd.CheckOf(err) != "null_sender" {
 			t.Errorf("%q under reject: %v, want a bare 550 5.7.1", h, err)
 		}
 		m := msg(h)
@@ -239,8 +253,8 @@ func TestSubmissionSenderBinding(t *testing.T) {
 	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
 	in, out := netip.MustParseAddr("10.0.0.7"), netip.MustParseAddr("192.0.2.1")
 	sub := func(foreign string) *outbound.Submission {
-		return outbound.NewSubmission(outbound.SubmissionOptions{Trusted: trusted, Auth: "optional", Ours: ours,
-			ForeignFrom: foreign, NullSender: "reject"}, users)
+		return outbound.NewSubmission(outbound.SubmissionOptions{Trusted: trusted, Auth: outbound.AuthOptional, Ours: ours,
+			ForeignFrom: parse(t, outbound.ParseForeignFrom, foreign), NullSender: outbound.NullSenderReject}, users)
 	}
 	for _, c := range []struct {
 		user, from string
@@ -322,12 +336,15 @@ func TestSubmissionSenderBinding(t *testing.T) {
 			t.Errorf("%s/%s %q: %v, want 553 5.7.1 naming %s", c.user, c.foreign, c.header, err, c.bad)
 		}
 	}
+	// Each refusal names its check, which smtpd logs and counts.
 	s := sub("reject")
-	s.Mail(&smtpd.State{RemoteIP: out, AuthUser: "kopano"}, "x@outsider.test", &smtp.MailOptions{})
-	s.Data(&smtpd.State{RemoteIP: out, AuthUser: "kopano", From: "kopano@example.test"}, msg("From: x@outsider.test\r\n"))
-	s.Data(&smtpd.State{RemoteIP: out}, msg("Subject: from <>\r\n"))
-	if got := s.Refusals(); got["sender_binding"] != 2 || got["null_sender"] != 1 {
-		t.Errorf("refusals counted %v, want sender_binding 2, null_sender 1", got)
+	got := map[string]int{}
+	_, err := s.Mail(&smtpd.State{RemoteIP: out, AuthUser: "kopano"}, "x@outsider.test", &smtp.MailOptions{})
+	got[smtpd.CheckOf(err)]++
+	got[smtpd.CheckOf(s.Data(&smtpd.State{RemoteIP: out, AuthUser: "kopano", From: "kopano@example.test"}, msg("From: x@outsider.test\r\n")))]++
+	got[smtpd.CheckOf(s.Data(&smtpd.State{RemoteIP: out}, msg("Subject: from <>\r\n")))]++
+	if got["sender_binding"] != 2 || got["null_sender"] != 1 {
+		t.Errorf("refusals %v, want sender_binding 2, null_sender 1", got)
 	}
 
 	// A reload replaces the lists at once.

@@ -1,8 +1,9 @@
 package smtpd
 
 import (
+	"context"
 	"errors"
-	"fmt"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"sync"
@@ -105,17 +106,28 @@ func (s *Server) Refusals() map[string]int64 {
 	return out
 }
 
-// rejectConn logs and counts a refusal outside a session (at connect, or a
-// command go-smtp answers itself), in the form edge uses.
-func (s *Server) rejectConn(tc *trackedConn, stage, check string, se *smtp.SMTPError) {
+// reject writes the one log line of a refusal ("reject", the vocabulary
+// of Refusal) and counts it under check. log carries the listener and,
+// once there is a connection, conn_id and client; known are the session's
+// keys (helo, from, queue_id) as far as they are known.
+func (s *Server) reject(log *slog.Logger, level slog.Level, stage, check string, se *smtp.SMTPError, known, attrs []any) {
 	n := s.refused(check)
-	level := s.log.Info
+	args := make([]any, 0, 12+len(known)+len(attrs))
+	args = append(args, "stage", stage, "check", check, "code", se.Code, "dsn", dsnOf(se), "reply", se.Message)
+	args = append(args, known...)
+	args = append(args, "count", n)
+	args = append(args, attrs...)
+	log.Log(context.Background(), level, "reject", args...)
+}
+
+// rejectConn is reject outside a session (at connect, or a command
+// go-smtp answers itself).
+func (s *Server) rejectConn(tc *trackedConn, stage, check string, se *smtp.SMTPError) {
+	level := slog.LevelInfo
 	if check == "max_connections" {
-		level = s.log.Warn // the listener is full: the admin must know
+		level = slog.LevelWarn // the listener is full: the admin must know
 	}
-	level("reject", "stage", stage, "check", check, "conn_id", tc.id, "client", tc.remote.String(),
-		"code", se.Code, "dsn", fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2]),
-		"reply", se.Message, "count", n)
+	s.reject(s.log.With("conn_id", tc.id, "client", tc.remote.String()), level, stage, check, se, nil, nil)
 }
 
 // connectionRate counts a new connection and refuses it over the rate.

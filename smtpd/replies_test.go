@@ -73,7 +73,7 @@ func TestEveryReplyFromTheCatalogue(t *testing.T) {
 			{"AUTH PLAIN AG90cnMAczNjcmV0", "502 5.5.1", smtputil.AuthNotOffered(), false},
 		}},
 		{"outbound", func(t *testing.T) *harness {
-			return submission(t, outbound.SubmissionOptions{Trusted: []netip.Prefix{loopback}, Auth: "optional"}, limits)
+			return submission(t, outbound.SubmissionOptions{Trusted: []netip.Prefix{loopback}, Auth: outbound.AuthOptional}, limits)
 		}, []replyStep{
 			{"AUTH", "501 5.5.4", smtputil.CommandSyntax("AUTH"), false},
 			{"AUTH CRAM-MD5", "504 5.5.4", smtputil.AuthUnknownMechanism("CRAM-MD5"), false},
@@ -188,11 +188,11 @@ func (c *client) handshakeAfterReply() {
 // Without a certificate STARTTLS is not offered, and AUTH in clear text
 // (where it is allowed only over TLS) gets RFC 4954's 538.
 func TestRepliesWithoutTLS(t *testing.T) {
-	h := submission(t, outbound.SubmissionOptions{Trusted: []netip.Prefix{loopback}, Auth: "optional"}, func(o *smtpd.Options) { o.TLS = nil })
+	h := submission(t, outbound.SubmissionOptions{Trusted: []netip.Prefix{loopback}, Auth: outbound.AuthOptional}, func(o *smtpd.Options) { o.TLS = nil })
 	c := dial(t, h.addr)
 	c.ehlo("client.example.org")
 	c.check(replyStep{"STARTTLS", "502 5.5.1", smtputil.TLSNotOffered(), false})
-	h2 := submission(t, outbound.SubmissionOptions{Trusted: []netip.Prefix{loopback}, Auth: "optional"}, nil)
+	h2 := submission(t, outbound.SubmissionOptions{Trusted: []netip.Prefix{loopback}, Auth: outbound.AuthOptional}, nil)
 	c = dial(t, h2.addr)
 	c.ehlo("client.example.org")
 	c.check(replyStep{"AUTH PLAIN AG90cnMAczNjcmV0", "538 5.7.11", smtputil.EncryptionRequiredForAuth(), false})

@@ -87,8 +87,10 @@ type Message struct {
 	AddRcpts []string
 }
 
-// Role decides what a listener accepts. Every method returns nil or a bare
-// *smtp.SMTPError; anything else is logged and turned into a 451 4.3.0.
+// Role decides what a listener accepts. A refusal is returned as a
+// *Refusal naming the check (smtpd logs and counts it, the role does
+// neither); a bare *smtp.SMTPError is sent as well, logged as check
+// "unnamed"; anything else is logged and turned into a 451 4.3.0.
 type Role interface {
 	// Origin is recorded in the queue envelope (queue.OriginInbound or
 	// queue.OriginOutbound); it decides, for one, whether DSNs are sent.

@@ -125,7 +125,7 @@ var (
 )
 
 func TestSubmissionUntrustedNeedsAuth(t *testing.T) {
-	h := submission(t, outbound.SubmissionOptions{Trusted: []netip.Prefix{elsewhere}, Auth: "optional"}, nil)
+	h := submission(t, outbound.SubmissionOptions{Trusted: []netip.Prefix{elsewhere}, Auth: outbound.AuthOptional}, nil)
 	c := dial(t, h.addr)
 	c.ehlo("client.example.org")
 	c.expect("MAIL FROM:<app@ours.test>", 530, "5.7.0")
@@ -134,7 +134,7 @@ func TestSubmissionUntrustedNeedsAuth(t *testing.T) {
 }
 
 func TestSubmissionAuthOffUntrustedRefused(t *testing.T) {
-	h := submission(t, outbound.SubmissionOptions{Trusted: []netip.Prefix{elsewhere}, Auth: "off"}, nil)
+	h := submission(t, outbound.SubmissionOptions{Trusted: []netip.Prefix{elsewhere}, Auth: outbound.AuthOff}, nil)
 	c := dial(t, h.addr)
 	c.ehlo("client.example.org")
 	c.starttls()
@@ -145,7 +145,7 @@ func TestSubmissionAuthOffUntrustedRefused(t *testing.T) {
 }
 
 func TestSubmissionTrustedNetwork(t *testing.T) {
-	h := submission(t, outbound.SubmissionOptions{Trusted: []netip.Prefix{loopback}, Auth: "optional"}, nil)
+	h := submission(t, outbound.SubmissionOptions{Trusted: []netip.Prefix{loopback}, Auth: outbound.AuthOptional}, nil)
 	c := dial(t, h.addr)
 	c.ehlo("otrs.ours.test")
 	c.expect("MAIL FROM:<app@ours.test>", 250, "")
@@ -163,7 +163,7 @@ func TestSubmissionTrustedNetwork(t *testing.T) {
 
 // auth: required wins over trusted_networks.
 func TestSubmissionAuthRequiredEvenWhenTrusted(t *testing.T) {
-	h := submission(t, outbound.SubmissionOptions{Trusted: []netip.Prefix{loopback}, Auth: "required"}, nil)
+	h := submission(t, outbound.SubmissionOptions{Trusted: []netip.Prefix{loopback}, Auth: outbound.AuthRequired}, nil)
 	c := dial(t, h.addr)
 	c.ehlo("otrs.ours.test")
 	c.expect("MAIL FROM:<app@ours.test>", 530, "5.7.0")
@@ -171,7 +171,7 @@ func TestSubmissionAuthRequiredEvenWhenTrusted(t *testing.T) {
 
 // AUTH PLAIN and LOGIN after STARTTLS, with go-smtp's client.
 func TestSubmissionAuthAfterSTARTTLS(t *testing.T) {
-	h := submission(t, outbound.SubmissionOptions{Auth: "required"}, nil)
+	h := submission(t, outbound.SubmissionOptions{Auth: outbound.AuthRequired}, nil)
 	for name, mech := range map[string]sasl.Client{
 		"PLAIN": sasl.NewPlainClient("", "otrs", "s3cret"),
 		"LOGIN": sasl.NewLoginClient("otrs", "s3cret"),
@@ -211,7 +211,7 @@ func TestSubmissionAuthAfterSTARTTLS(t *testing.T) {
 
 // LOGIN without initial response: the server prompts for both.
 func TestSubmissionAuthLoginPrompts(t *testing.T) {
-	h := submission(t, outbound.SubmissionOptions{Auth: "required"}, nil)
+	h := submission(t, outbound.SubmissionOptions{Auth: outbound.AuthRequired}, nil)
 	c := dial(t, h.addr)
 	c.ehlo("client.example.org")
 	c.starttls()
@@ -228,7 +228,7 @@ func TestSubmissionAuthLoginPrompts(t *testing.T) {
 }
 
 func TestSubmissionAuthBeforeSTARTTLSRefused(t *testing.T) {
-	h := submission(t, outbound.SubmissionOptions{Auth: "required"}, nil)
+	h := submission(t, outbound.SubmissionOptions{Auth: outbound.AuthRequired}, nil)
 	c := dial(t, h.addr)
 	if _, ok := hasExt(c.ehlo("client.example.org"), "AUTH"); ok {
 		t.Error("AUTH advertised before STARTTLS")
@@ -240,7 +240,7 @@ func TestSubmissionAuthBeforeSTARTTLSRefused(t *testing.T) {
 }
 
 func TestSubmissionAllowInsecureAuth(t *testing.T) {
-	h := submission(t, outbound.SubmissionOptions{Auth: "required"}, func(o *smtpd.Options) { o.AllowInsecureAuth = true })
+	h := submission(t, outbound.SubmissionOptions{Auth: outbound.AuthRequired}, func(o *smtpd.Options) { o.AllowInsecureAuth = true })
 	c := dial(t, h.addr)
 	if v, ok := hasExt(c.ehlo("client.example.org"), "AUTH"); !ok || !strings.Contains(v, "PLAIN") {
 		t.Errorf("AUTH not advertised with allow_insecure_auth: %q", v)
@@ -258,7 +258,7 @@ func TestSubmissionAllowInsecureAuth(t *testing.T) {
 
 // One failed attempt only: each failure costs the client a growing delay.
 func TestSubmissionWrongPassword(t *testing.T) {
-	h := submission(t, outbound.SubmissionOptions{Auth: "required"}, nil)
+	h := submission(t, outbound.SubmissionOptions{Auth: outbound.AuthRequired}, nil)
 	c := dial(t, h.addr)
 	c.ehlo("client.example.org")
 	c.starttls()
@@ -274,7 +274,7 @@ func TestSubmissionWrongPassword(t *testing.T) {
 // PLAIN with an authorisation identity other than the user is refused
 // (no proxy authorisation), without the failure delay.
 func TestSubmissionPlainForeignIdentity(t *testing.T) {
-	h := submission(t, outbound.SubmissionOptions{Auth: "required"}, nil)
+	h := submission(t, outbound.SubmissionOptions{Auth: outbound.AuthRequired}, nil)
 	c := dial(t, h.addr)
 	c.ehlo("client.example.org")
 	c.starttls()

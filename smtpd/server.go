@@ -266,7 +266,7 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	}
 	if err := s.opts.Role.Connect(&ss.st); err != nil {
 		tc.closeAfterWrite.Store(true)
-		return nil, ss.edge(err, "connect")
+		return nil, ss.edge(err, "helo")
 	}
 	tc.tarpit.Store(int64(ss.st.Tarpit))
 	return ss, nil
@@ -401,9 +401,10 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 
 // protocolViolation ends a session that failed a protocol test.
 func (c *trackedConn) protocolViolation(what, fix string) (int, error) {
-	c.s.log.Info("reject", "stage", "protocol", "conn_id", c.id, "client", c.remote.String(), "reply", what)
+	se := smtputil.ProtocolViolation(what, fix)
+	c.s.rejectConn(c, "protocol", "protocol_tests", se)
 	c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	io.WriteString(c.Conn, smtputil.Line(smtputil.ProtocolViolation(what, fix), c.s.opts.Hostname, false))
+	io.WriteString(c.Conn, smtputil.Line(se, c.s.opts.Hostname, false))
 	c.Close()
 	return 0, net.ErrClosed
 }
@@ -451,9 +452,9 @@ func (c *trackedConn) pregreet() bool {
 		return true // silent, as a real MTA is
 	}
 	if n > 0 {
-		c.s.log.Info("reject", "stage", "pregreet", "conn_id", c.id, "client", c.remote.String(),
-			"reply", "talked before the greeting ended")
-		io.WriteString(c.Conn, smtputil.Line(smtputil.ProtocolViolation("you talked before the greeting ended", `wait for the "220 " line`), o.Hostname, false))
+		se := smtputil.ProtocolViolation("you talked before the greeting ended", `wait for the "220 " line`)
+		c.s.rejectConn(c, "pregreet", "pregreet", se)
+		io.WriteString(c.Conn, smtputil.Line(se, o.Hostname, false))
 	}
 	c.Close()
 	return false
@@ -510,14 +511,13 @@ func (s *Server) reply(c *smtp.Conn, r smtp.Reply, arg string) *smtp.SMTPError {
 	}
 	log := s.log.With("conn_id", tc.id, "client", tc.remote.String())
 	if r != smtp.ReplyConnError { // a reset connection is no refusal
-		args := []any{"stage", "command", "code", se.Code,
-			"dsn", fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2]), "reply", se.Message}
+		var known []any
 		if ss, ok := c.Session().(*session); ok {
 			ss.mu.Lock()
-			args = append(args, "helo", ss.st.Helo, "from", ss.st.From)
+			known = []any{"helo", ss.st.Helo, "from", ss.st.From}
 			ss.mu.Unlock()
 		}
-		log.Info("reject", args...)
+		s.reject(log, slog.LevelInfo, "command", builtinCheck(r), se, known, nil)
 	}
 	if tc.tooManyErrors(se, log) {
 		return smtputil.TooManyErrors()
@@ -526,6 +526,29 @@ func (s *Server) reply(c *smtp.Conn, r smtp.Reply, arg string) *smtp.SMTPError {
 		tc.closeAfterWrite.Store(true)
 	}
 	return se
+}
+
+// builtinCheck names what refused in one of go-smtp's own error
+// replies: the setting where one applies, else "protocol" (a command out
+// of sequence or that does not parse).
+func builtinCheck(r smtp.Reply) string {
+	switch r {
+	case smtp.ReplyTooBig:
+		return "max_message_size"
+	case smtp.ReplyTooManyRcpts:
+		return "max_recipients"
+	case smtp.ReplyLineTooLong:
+		return "max_line_length"
+	case smtp.ReplyTimeout:
+		return "command_timeout"
+	case smtp.ReplyAuthNeedsTLS:
+		return "allow_insecure_auth"
+	case smtp.ReplyInternalError, smtp.ReplyLocalError:
+		return "local_error"
+	case smtp.ReplyBusy:
+		return "busy"
+	}
+	return "protocol"
 }
 
 func trackedOf(c net.Conn) *trackedConn {

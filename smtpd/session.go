@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"slices"
 	"strings"
@@ -42,34 +43,39 @@ type session struct {
 	mu        sync.Mutex
 	st        State
 	authFails int
+	// queueID is the spooled message's ID during DATA (under mu), for
+	// the refusals of the message.
+	queueID string
+	// rcpt is the address of the RCPT command being answered (under mu).
+	rcpt string
 }
 
 // edge turns whatever a role or the queue returned into the bare
-// *smtp.SMTPError go-smtp needs, counts refusals, and ends the session once
-// the client has had max_errors of them, go-smtp's own error replies
-// included (builtin; a client that keeps trying addresses is probing, not
-// sending mail).
+// *smtp.SMTPError go-smtp needs, logs and counts refusals (Refusal), and
+// ends the session once the client has had max_errors of them, go-smtp's
+// own error replies included (builtin; a client that keeps trying
+// addresses is probing, not sending mail).
 func (s *session) edge(err error, stage string) error {
 	return s.edgeCheck(err, stage, "")
 }
 
-// edgeCheck is edge for a refusal by a limit: check, the name of its
-// setting, is logged and counted (Server.Refusals).
-func (s *session) edgeCheck(err error, stage, check string) error {
+// edgeCheck is edge for a bare reply of smtpd's own: check names the
+// setting (or always-on rule) that refused. A Refusal names its own check.
+func (s *session) edgeCheck(err error, stage, check string, attrs ...any) error {
 	if err == nil {
 		return nil
 	}
-	var count int64
-	if check != "" {
-		count = s.srv.refused(check)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	se, ok := err.(*smtp.SMTPError)
-	if !ok {
+	level := slog.LevelInfo
+	var se *smtp.SMTPError
+	if ref := (*Refusal)(nil); errors.As(err, &ref) && ref.Reply != nil {
+		se, check, attrs, level = ref.Reply, ref.Check, ref.Attrs, ref.Level
+	} else if bare, ok := err.(*smtp.SMTPError); ok {
+		se = bare
+	} else {
 		s.st.Log.Error("internal error, answering with a temporary failure", "stage", stage, "error", err)
+		check = "local_error"
 		switch stage {
-		case "data":
+		case "data", "content":
 			se = smtputil.QueueFailed()
 		case "auth":
 			se = smtputil.AuthTempFail()
@@ -77,14 +83,22 @@ func (s *session) edgeCheck(err error, stage, check string) error {
 			se = smtputil.LocalError()
 		}
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if se.Code >= 400 {
-		args := []any{"stage", stage, "code", se.Code,
-			"dsn", fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2]),
-			"reply", se.Message, "helo", s.st.Helo, "from", s.st.From}
-		if check != "" {
-			args = append(args, "check", check, "count", count)
+		if check == "" {
+			// A role's bare reply: still logged and counted, under a name
+			// that says the role did not name its check.
+			check = "unnamed"
 		}
-		s.st.Log.Info("reject", args...)
+		known := []any{"helo", s.st.Helo, "from", s.st.From}
+		if s.rcpt != "" {
+			known = append(known, "rcpt", sanitize(s.rcpt))
+		}
+		if s.queueID != "" {
+			known = append(known, "queue_id", s.queueID)
+		}
+		s.srv.reject(s.st.Log, level, stage, check, se, known, attrs)
 		if s.tc.tooManyErrors(se, s.st.Log) {
 			return smtputil.TooManyErrors()
 		}
@@ -135,16 +149,22 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 			return nil
 		}
 		s.authFails++
-		s.st.Log.Warn("authentication failed", "mechanism", mech, "sasl_username", sanitize(user), "failures", s.authFails)
 		// Slow guessing down: each failure in a session costs more.
 		time.Sleep(time.Duration(min(s.authFails, 5)) * time.Second)
-		return s.edge(err, "auth")
+		if se, ok := err.(*smtp.SMTPError); ok {
+			// The one line of the failed login: a warning, as a guesser
+			// must be noticed.
+			ref := Refuse("auth", se, "mechanism", mech, "sasl_username", sanitize(user), "failures", s.authFails)
+			ref.Level = slog.LevelWarn
+			err = ref
+		}
+		return s.edgeCheck(err, "auth", "auth")
 	}
 	switch strings.ToUpper(mech) {
 	case sasl.Plain:
 		return sasl.NewPlainServer(func(identity, user, pass string) error {
 			if identity != "" && identity != user {
-				return s.edge(smtputil.AuthFailed(), "auth")
+				return s.edgeCheck(smtputil.AuthFailed(), "auth", "auth")
 			}
 			return check(user, pass)
 		}), nil
@@ -156,21 +176,21 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if s.srv.shutting.Load() {
-		return s.edge(smtputil.ShuttingDown(), "mail")
+		return s.edgeCheck(smtputil.ShuttingDown(), "mail", "shutdown")
 	}
 	if se := s.rate("msg", s.srv.opts.MaxMessageRate); se != nil {
 		return s.edgeCheck(se, "mail", "max_message_rate_per_client")
 	}
 	if s.srv.opts.RequireTLS && s.st.TLS == nil {
-		return s.edge(smtputil.TLSRequired(), "mail")
+		return s.edgeCheck(smtputil.TLSRequired(), "mail", "require_tls")
 	}
 	if opts != nil && opts.RequireTLS && s.st.TLS == nil {
 		// Advertised only inside TLS (RFC 8689 section 3): over a clear
 		// session the sender's own hop already broke the promise.
-		return s.edge(smtputil.RequireTLSInClear(), "mail")
+		return s.edgeCheck(smtputil.RequireTLSInClear(), "mail", "requiretls")
 	}
 	if opts != nil && len(smtputil.EncodeXtext(opts.EnvelopeID)) > smtputil.MaxEnvIDLen {
-		return s.edge(smtputil.DSNParamTooLong("ENVID", smtputil.MaxEnvIDLen), "mail")
+		return s.edgeCheck(smtputil.DSNParamTooLong("ENVID", smtputil.MaxEnvIDLen), "mail", "dsn_parameters")
 	}
 	// A new transaction: the role's state of an earlier one that ended
 	// with a refused MAIL (go-smtp calls no Reset then) must not carry
@@ -194,6 +214,8 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 }
 
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	s.setRcpt(to)
+	defer s.setRcpt("")
 	if se := s.rate("rcpt", s.srv.opts.MaxRecipientRate); se != nil {
 		return s.edgeCheck(se, "rcpt", "max_recipient_rate_per_client")
 	}
@@ -210,16 +232,17 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		dsn.ORCPT = strings.ToLower(string(opts.OriginalRecipientType)) + ";" + opts.OriginalRecipient
 		enc, ok := smtputil.EncodeORCPT(dsn.ORCPT)
 		if !ok {
-			return s.edge(smtputil.BadDSNParameter("ORCPT", "the original recipient is not an address of type rfc822 or utf-8"), "rcpt")
+			return s.edgeCheck(smtputil.BadDSNParameter("ORCPT", "the original recipient is not an address of type rfc822 or utf-8"), "rcpt", "dsn_parameters")
 		}
 		if len(enc) > smtputil.MaxORCPTLen {
-			return s.edge(smtputil.DSNParamTooLong("ORCPT", smtputil.MaxORCPTLen), "rcpt")
+			return s.edgeCheck(smtputil.DSNParamTooLong("ORCPT", smtputil.MaxORCPTLen), "rcpt", "dsn_parameters")
 		}
 	}
 	canon, err := s.srv.opts.Role.Rcpt(&s.st, to, opts)
 	if err != nil {
 		return s.edge(err, "rcpt")
 	}
+
 	s.st.Rcpts = append(s.st.Rcpts, canon)
 	if dsn != (queue.RcptDSN{}) {
 		for len(s.st.RcptDSN) < len(s.st.Rcpts)-1 {
@@ -261,9 +284,11 @@ func (s *session) Data(r io.Reader) error {
 	w, err := o.Queue.NewWriter(env)
 	if err != nil {
 		s.st.Log.Error("cannot spool message", "error", err)
-		return s.edge(smtputil.QueueFailed(), "data")
+		return s.edgeCheck(smtputil.QueueFailed(), "data", "local_error")
 	}
 	defer w.Abort()
+	s.setQueueID(w.ID())
+	defer s.setQueueID("")
 
 	ri := smtputil.ReceivedInfo{
 		FromHelo: helo,
@@ -290,7 +315,7 @@ func (s *session) Data(r io.Reader) error {
 	}
 	if _, err := io.WriteString(w, smtputil.Received(ri)); err != nil {
 		s.st.Log.Error("cannot spool message", "queue_id", w.ID(), "error", err)
-		return s.edge(smtputil.QueueFailed(), "data")
+		return s.edgeCheck(smtputil.QueueFailed(), "data", "local_error")
 	}
 	hops := &smtputil.HopCounter{Max: maxHeader}
 	// Whether the data has 8-bit octets, seen on the way to the spool:
@@ -307,7 +332,7 @@ func (s *session) Data(r io.Reader) error {
 			// says why it is temporary).
 			return smtputil.TransferAborted()
 		case errors.Is(err, smtputil.ErrBareLineEnding):
-			return s.edge(smtputil.BareLineEnding(), "data")
+			return s.edgeCheck(smtputil.BareLineEnding(), "data", "bare_line_endings")
 		case errors.Is(err, smtputil.ErrLineTooLong):
 			// Permanent: no retry shortens the line. go-smtp reads the
 			// rest of the data before this reply goes out.
@@ -319,17 +344,17 @@ func (s *session) Data(r io.Reader) error {
 			return s.edgeCheck(smtputil.HeaderTooLarge(maxHeader), "data", "header_too_large")
 		case errors.Is(err, smtp.ErrDataTooLarge):
 			// go-smtp's DATA reader counted past max_message_size.
-			return s.edge(smtputil.MessageTooBig(o.MaxMessageSize), "data")
+			return s.edgeCheck(smtputil.MessageTooBig(o.MaxMessageSize), "data", "max_message_size")
 		case errors.As(err, &ne) && ne.Timeout():
 			s.tc.closeAfterWrite.Store(true)
-			return s.edge(smtputil.DataTimeout(), "data")
+			return s.edgeCheck(smtputil.DataTimeout(), "data", "data_timeout")
 		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 			s.st.Log.Info("client disconnected during DATA", "queue_id", w.ID())
-			return s.edge(smtputil.ConnectionLost(), "data")
+			return s.edgeCheck(smtputil.ConnectionLost(), "data", "connection_lost")
 		default:
 			// Anything else is our side: the spool could not be written.
 			s.st.Log.Error("cannot spool message", "queue_id", w.ID(), "error", err)
-			return s.edge(smtputil.QueueFailed(), "data")
+			return s.edgeCheck(smtputil.QueueFailed(), "data", "local_error")
 		}
 	}
 	maxHops := o.MaxHops
@@ -341,30 +366,31 @@ func (s *session) Data(r io.Reader) error {
 		// forwarding rule pointing back here). Refusing ends it; for our
 		// own deliveries the refusal reaches the queue, which holds or
 		// bounces the message once instead of circulating it forever.
-		return s.edge(smtputil.TooManyHops(hops.N, maxHops), "data")
+		return s.edgeCheck(smtputil.TooManyHops(hops.N, maxHops), "data", "max_hops")
 	}
 	if err := s.loopCheck(hops.Header, env); err != nil {
 		return s.edge(err, "data")
 	}
 	msg := &Message{QueueID: w.ID(), Size: w.Size(), Open: w.Reader}
 	if err := o.Role.Data(&s.st, msg); err != nil {
-		return s.edge(err, "data")
+		return s.edge(err, "content")
 	}
 	w.SetContent(contentOf(eight))
 	if msg.NewFrom != "" || msg.AddHeader != "" || msg.Rewrite != nil || len(msg.AddRcpts) > 0 {
 		w2, err := s.respool(w, env, msg)
 		if err != nil {
 			s.st.Log.Error("cannot spool the changed message", "queue_id", w.ID(), "error", err)
-			return s.edge(smtputil.QueueFailed(), "data")
+			return s.edgeCheck(smtputil.QueueFailed(), "data", "local_error")
 		}
 		defer w2.Abort()
 		s.st.Log.Info("message changed before queueing", "old_queue_id", w.ID(), "queue_id", w2.ID(),
 			"old_from", env.From, "from", w2.Envelope().From)
 		w, env = w2, w2.Envelope()
+		s.setQueueID(w.ID())
 	}
 	if err := w.Commit(); err != nil {
 		s.st.Log.Error("cannot commit message to the spool", "queue_id", w.ID(), "error", err)
-		return s.edge(smtputil.QueueFailed(), "data")
+		return s.edgeCheck(smtputil.QueueFailed(), "data", "local_error")
 	}
 	s.st.Log.Info("queued", "queue_id", w.ID(), "from", env.From, "nrcpt", len(env.To),
 		"size", w.Size(), "helo", sanitize(helo), "tls", ri.TLSVersion)
@@ -389,14 +415,14 @@ func (s *session) loopCheck(header []byte, env queue.Envelope) error {
 		forRcpt := "for <" + smtputil.TraceFor(env.To[0]) + ">"
 		for _, r := range smtputil.HeaderFields(header, "Received") {
 			if strings.Contains(r, mark) && strings.Contains(r, forRcpt) {
-				return smtputil.MailLoop(s.srv.opts.Hostname, env.To[0])
+				return Refuse("mail_loop", smtputil.MailLoop(s.srv.opts.Hostname, env.To[0]), "to", env.To[0])
 			}
 		}
 	}
 	if env.From == "" || smtputil.IsAutomatic(header) {
 		for _, rc := range env.To {
 			if smtputil.IsAutomaticSender(rc, s.srv.opts.AutomaticSenders) {
-				return smtputil.AutoReplyToProgram(rc)
+				return Refuse("automatic_senders", smtputil.AutoReplyToProgram(rc), "to", rc)
 			}
 		}
 		o := &s.srv.opts
@@ -415,8 +441,11 @@ func (s *session) loopCheck(header []byte, env queue.Envelope) error {
 					if from == "" {
 						from = "<>"
 					}
-					s.st.Log.Warn("auto-reply loop refused", "from", from, "to", rc, "count", n, "window", o.AutoReplyWindow.String())
-					return smtputil.AutoReplyLoop(n, from, rc, o.AutoReplyWindow, o.MaxAutoReplies)
+					// A warning: two systems are answering each other.
+					ref := Refuse("max_auto_replies", smtputil.AutoReplyLoop(n, from, rc, o.AutoReplyWindow, o.MaxAutoReplies),
+						"to", rc, "auto_replies", n, "window", o.AutoReplyWindow.String())
+					ref.Level = slog.LevelWarn
+					return ref
 				}
 			}
 		}
@@ -471,6 +500,18 @@ func contentOf(d *downgrade.Detector) queue.Content {
 		return queue.Content8Bit
 	}
 	return queue.Content7Bit
+}
+
+func (s *session) setRcpt(to string) {
+	s.mu.Lock()
+	s.rcpt = to
+	s.mu.Unlock()
+}
+
+func (s *session) setQueueID(id string) {
+	s.mu.Lock()
+	s.queueID = id
+	s.mu.Unlock()
 }
 
 func (s *session) endTxn() {

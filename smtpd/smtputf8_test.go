@@ -67,7 +67,7 @@ func TestSMTPUTF8Inbound(t *testing.T) {
 // recipient domain; an ASCII message that declared SMTPUTF8 is recorded
 // as such (delivery passes the parameter on where it is offered).
 func TestSMTPUTF8Submission(t *testing.T) {
-	h := submission(t, outbound.SubmissionOptions{Trusted: []netip.Prefix{loopback}, Auth: "off"}, nil)
+	h := submission(t, outbound.SubmissionOptions{Trusted: []netip.Prefix{loopback}, Auth: outbound.AuthOff}, nil)
 	c := dial(t, h.addr)
 	if _, ok := hasExt(c.ehlo("client.example.org"), "SMTPUTF8"); !ok {
 		t.Fatal("SMTPUTF8 not offered on an outbound listener")

@@ -83,7 +83,7 @@ func tlsDecider(cfg *config.Config, res *dnsutil.Client, log *slog.Logger, cache
 func inboundContent(cfg *config.Config, res *dnsutil.Client, log *slog.Logger) (*inbound.Content, error) {
 	ct, au := cfg.Inbound.Content, cfg.Inbound.Auth
 	c := &inbound.Content{Chains: map[string]*milter.Chain{}, DomainPolicy: map[string]string{},
-		RecipientDeletion: ct.RecipientDeletion, Hostname: cfg.Hostname}
+		RecipientDeletion: action(ct.RecipientDeletion), Hostname: cfg.Hostname}
 	if au.Enabled {
 		c.AuthServID = au.AuthServID
 		c.Auth = authres.New(authres.Options{AuthServID: au.AuthServID, Resolver: res, Timeout: au.Timeout.D(),

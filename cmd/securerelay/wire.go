@@ -343,8 +343,8 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 			role = ir
 		} else {
 			role = outbound.NewSubmission(outbound.SubmissionOptions{
-				Trusted: trusted(l), Auth: l.Auth, ForeignFrom: l.ForeignFrom, Ours: r.ours,
-				NullSender: l.NullSender, NullSenderAddress: l.NullSenderAddress,
+				Trusted: trusted(l), Auth: authMode(l.Auth), ForeignFrom: foreignFrom(l.ForeignFrom), Ours: r.ours,
+				NullSender: nullSender(l.NullSender), NullSenderAddress: l.NullSenderAddress,
 				RecipientKey: r.engine.RequiredKey,
 			}, r.users)
 		}
@@ -611,7 +611,7 @@ func tlsFrom(cfg *config.Config) []inbound.TLSFrom {
 	var out []inbound.TLSFrom
 	for i, p := range cfg.Outbound.TLS.Policies {
 		if p.Inbound != "" && p.Inbound != "off" {
-			out = append(out, inbound.TLSFrom{Match: p.Match, Action: p.Inbound, Rule: fmt.Sprintf("outbound.tls.policies[%d]", i)})
+			out = append(out, inbound.TLSFrom{Match: p.Match, Action: action(p.Inbound), Rule: fmt.Sprintf("outbound.tls.policies[%d]", i)})
 		}
 	}
 	return out
@@ -619,8 +619,43 @@ func tlsFrom(cfg *config.Config) []inbound.TLSFrom {
 
 func inboundChecks(cfg *config.Config) inbound.Checks {
 	c := cfg.Inbound.Checks
-	return inbound.Checks{SenderFQDN: c.SenderFQDN, RecipientFQDN: c.RecipientFQDN,
-		SenderDomain: c.SenderDomain, UnknownRecipient: c.UnknownRecipient, HeloFQDN: c.HeloFQDN}
+	return inbound.Checks{SenderFQDN: action(c.SenderFQDN), RecipientFQDN: action(c.RecipientFQDN),
+		SenderDomain: action(c.SenderDomain), UnknownRecipient: action(c.UnknownRecipient), HeloFQDN: action(c.HeloFQDN)}
+}
+
+// authMode, foreignFrom and nullSender convert a listener's settings, as
+// validated, once, when the role is built. Should anything else slip
+// through, the strict choice is taken: AUTH required, refusal.
+func authMode(s string) outbound.AuthMode {
+	a, err := outbound.ParseAuthMode(s)
+	if err != nil {
+		return outbound.AuthRequired
+	}
+	return a
+}
+
+func foreignFrom(s string) outbound.ForeignFrom {
+	f, _ := outbound.ParseForeignFrom(s) // on error: ForeignFromReject
+	return f
+}
+
+func nullSender(s string) outbound.NullSender {
+	n, err := outbound.ParseNullSender(s)
+	if err != nil {
+		return outbound.NullSenderReject
+	}
+	return n
+}
+
+// action converts a check's action, as validated (validate.go allows
+// reject, tempfail and off), once, when the role is built. Should anything
+// else slip through, tempfail loses no mail and lets nothing through.
+func action(s string) inbound.Action {
+	a, err := inbound.ParseAction(s)
+	if err != nil {
+		return inbound.ActionTempfail
+	}
+	return a
 }
 
 func prefixes(list []string) []netip.Prefix {

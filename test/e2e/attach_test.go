@@ -123,7 +123,7 @@ func TestAttachmentPolicy(t *testing.T) {
 					t.Errorf("reply %q lacks %q\n%s", replies, w, res.Out)
 				}
 			}
-			r.WaitLog(mark, 5*time.Second, append([]string{"inbound check refused"}, tc.log...)...)
+			r.WaitLog(mark, 5*time.Second, append([]string{"msg=reject"}, tc.log...)...)
 		})
 	}
 

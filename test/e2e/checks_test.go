@@ -71,7 +71,7 @@ outbound:
 		t.Errorf("downstream got from %q to %v", m.From, m.To)
 	}
 	for _, check := range []string{"check=sender_fqdn", "check=recipient_fqdn", "check=sender_domain", "check=unknown_recipient"} {
-		r.WaitLog(0, 5*time.Second, "inbound check refused", check)
+		r.WaitLog(0, 5*time.Second, "msg=reject", check)
 	}
 }
 
@@ -277,8 +277,8 @@ func TestMailPerSessionCap(t *testing.T) {
 	if n, err := c.br.ReadByte(); err == nil {
 		t.Errorf("the connection stays open after 421 (read %q)", n)
 	}
-	r.WaitLog(0, 5*time.Second, "inbound check refused", "check=max_mail_per_session")
-	if n := len(r.LogLines("inbound check refused")); n != 1 {
+	r.WaitLog(0, 5*time.Second, "msg=reject", "check=max_mail_per_session")
+	if n := len(r.LogLines("msg=reject")); n != 1 {
 		t.Errorf("%d refusal lines, want 1", n)
 	}
 	c = dialSMTP(t, mx)
@@ -348,7 +348,7 @@ func TestPartnerNullSender(t *testing.T) {
 	if got := mailboxes(t, r.Mail); len(got) != len(delivered) {
 		t.Errorf("mailboxes %v, want %v", got, delivered)
 	}
-	r.waitLine(t, 5*time.Second, "inbound check refused", "check=plaintext_partner", "helo=mx1.partner.test", "rule=outbound.tls.policies[0]")
+	r.waitLine(t, 5*time.Second, "msg=reject", "check=plaintext_partner", "helo=mx1.partner.test", "rule=outbound.tls.policies[0]")
 }
 
 // TestDNSAnswersCached: the relay keeps DNS answers for their TTL

@@ -157,7 +157,7 @@ func TestContentScanners(t *testing.T) {
 	if n := len(r.LogLines("msg=queued")); n != delivered {
 		t.Errorf("%d messages queued, want %d", n, delivered)
 	}
-	if n, m := len(r.LogLines("milter refused message", "milter=rspamd")), len(r.LogLines("milter refused message", "milter=clamav")); n != 2 || m != 2 {
+	if n, m := len(r.LogLines("msg=reject", "check=milter", "milter=rspamd")), len(r.LogLines("msg=reject", "check=milter", "milter=clamav")); n != 2 || m != 2 {
 		t.Errorf("refusals logged: rspamd %d, clamav %d; want 2 and 2", n, m)
 	}
 }
@@ -245,7 +245,7 @@ func TestSplitTransaction(t *testing.T) {
 	})
 	dns := dnstest.NewServer(t, "")
 	down := startTestServer(t, listenLoopback(t), serverOptions{})
-	_, mx, _ := startContentRelay(t, dns.Addr(), fmt.Sprintf(`  content:
+	r, mx, _ := startContentRelay(t, dns.Addr(), fmt.Sprintf(`  content:
     milters:
       - {name: tm, address: %q}
     policies:
@@ -266,6 +266,11 @@ func TestSplitTransaction(t *testing.T) {
 	}
 	if res.Code() != 250 {
 		t.Fatalf("DATA: %q", res.Data)
+	}
+	// The split is a refusal like any other: one line, with the setting.
+	r.WaitLog(0, 5*time.Second, "msg=reject", "stage=rcpt", "check=content_policy", "code=452", "rcpt=y@b.test")
+	if n := len(r.LogLines("msg=reject", "rcpt=y@b.test")); n != 1 {
+		t.Errorf("%d refusal lines for y@b.test, want 1", n)
 	}
 	// The sender's MTA retries the deferred recipient in a new
 	// transaction, on the same connection.
@@ -617,7 +622,7 @@ _dmarc.reject.test.        TXT "v=DMARC1; p=reject"
 		if !strings.HasPrefix(res.Data, "550 5.7.26 ") || !strings.Contains(res.Data, "reject.test") {
 			t.Errorf("reply %q, want 550 5.7.26 naming reject.test", res.Data)
 		}
-		r.WaitLog(0, 5*time.Second, "inbound check refused", "check=dmarc")
+		r.WaitLog(0, 5*time.Second, "msg=reject", "check=dmarc")
 	})
 
 	t.Run("header too large", func(t *testing.T) {
@@ -791,11 +796,11 @@ _dmarc.typo-p.test.   TXT "v=DMARC1; p=rejekt; rua=mailto:dmarc@typo-p.test"
 		// The line is written before the reply; the log pipe may lag.
 		var lines []string
 		for deadline := time.Now().Add(5 * time.Second); len(lines) == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			lines = r.LogLines("inbound check refused", tc.check, "queue_id=")
+			lines = r.LogLines("msg=reject", "stage=content", tc.check, "queue_id=")
 			lines = slices.DeleteFunc(lines, func(l string) bool { return !strings.Contains(r.log.String()[mark:], l) })
 		}
-		if n := strings.Count(r.log.String()[mark:], "inbound check refused"); len(lines) != 1 || n != 1 {
-			t.Errorf("%s: want one line \"inbound check refused %s\", got:\n%s", tc.name, tc.check, r.log.String()[mark:])
+		if n := strings.Count(r.log.String()[mark:], "msg=reject"); len(lines) != 1 || n != 1 {
+			t.Errorf("%s: want one line \"msg=reject stage=content %s\", got:\n%s", tc.name, tc.check, r.log.String()[mark:])
 		}
 	}
 

@@ -71,7 +71,7 @@ outbound:
 			time.Sleep(100 * time.Millisecond)
 		}
 		if !allow {
-			r.WaitLog(0, 5*time.Second, "inbound check refused", "check=dnsbl", "lists=bl.test")
+			r.WaitLog(0, 5*time.Second, "msg=reject", "check=dnsbl", "lists=bl.test")
 		}
 	}
 }

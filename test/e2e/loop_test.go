@@ -108,5 +108,5 @@ outbound:
 	if na != 4 || nb != 3 {
 		t.Errorf("A received %d, B %d; want 4 and 3 with a limit of 3 per pair", na, nb)
 	}
-	r.WaitLog(0, 5*time.Second, "auto-reply loop refused", "from=bot@a.test", "to=bot@b.test")
+	r.WaitLog(0, 5*time.Second, "msg=reject", "check=max_auto_replies", "from=bot@a.test", "to=bot@b.test")
 }

@@ -445,7 +445,7 @@ outbound:
 			}
 		})
 	}
-	r.WaitLog(0, 5*time.Second, "outbound check refused", "check=null_sender")
+	r.WaitLog(0, 5*time.Second, "msg=reject", "check=null_sender")
 
 	reports := map[string][]byte{"relay-dsn": ownDSN(t)}
 	for _, name := range []string{"postfix-dsn", "exim-dsn", "exchange2007-ndr", "dovecot-mdn", "thunderbird-mdn"} {
@@ -533,7 +533,7 @@ outbound:
 	// From: is ours; only the envelope sender is an outsider's.
 	res := authSend(t, sub, "kopano", "someone@outsider.test", "agent@partner.test", "--header", "From: kopano@example.test")
 	wantRefused(t, "outsider as envelope sender", res, "553 5.7.1 ", "<someone@outsider.test>", "kopano")
-	r.WaitLog(0, 5*time.Second, "outbound check refused", "check=sender_binding", "address=someone@outsider.test")
+	r.WaitLog(0, 5*time.Second, "msg=reject", "check=sender_binding", "address=someone@outsider.test")
 
 	for field, hdr := range map[string][]string{
 		"Sender":      {"--add-header", "Sender: someone@outsider.test"},
@@ -642,7 +642,7 @@ outbound:
 	if n := len(down.Messages()); n != sent {
 		t.Errorf("the partner got %d messages, want only the %d allowed ones", n, sent)
 	}
-	if n := len(r.LogLines("outbound check refused", "check=sender_binding")); n != 7 {
+	if n := len(r.LogLines("msg=reject", "check=sender_binding")); n != 7 {
 		t.Errorf("%d sender_binding refusals logged, want 7 (one line each)", n)
 	}
 
