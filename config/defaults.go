@@ -405,6 +405,15 @@ func (l *loader) applyDefaults(c *Config) {
 	if q.DSNReturnMaxSize == 0 {
 		q.DSNReturnMaxSize = DefaultDSNReturnMaxSize
 	}
+	if !l.idx.has("queue.min_free_space") {
+		// Postfix's rule for queue_minfree 0: room for one and a half
+		// of the largest message a listener takes.
+		largest := c.Limits.MaxMessageSize
+		for _, ln := range c.Listeners {
+			largest = max(largest, ln.Limits.MaxMessageSize)
+		}
+		q.MinFreeSpace = largest + largest/2
+	}
 }
 
 // defaultPerClient is max_connections_per_client when no file sets it: 50,

@@ -160,7 +160,7 @@ outbound:
 
 			HoldMaxAge: Duration(30 * 24 * time.Hour), HoldMaxSize: 1000 * 1000 * 1000,
 			QuarantineMaxAge: Duration(30 * 24 * time.Hour),
-			DSNReturnMaxSize: Size(1000 * 1000),
+			DSNReturnMaxSize: Size(1000 * 1000), MinFreeSpace: Size(75 * 1000 * 1000),
 		},
 	}
 	got := *cfg

@@ -705,6 +705,13 @@ type Queue struct {
 	// whole (RET=FULL) is returned so up to this size, else as its
 	// header. Default 1MB.
 	DSNReturnMaxSize Size `yaml:"dsn_return_max_size"`
+	// MinFreeSpace: while the file system of state_dir has less free space
+	// (plus the SIZE a client declares), new mail gets 452 4.3.1 at MAIL
+	// FROM, before the client sends it, logged as a refusal with
+	// check=min_free_space; accepting resumes by itself once there is
+	// room. Default: one and a half times the largest max_message_size
+	// (Postfix's rule); 0 turns the check off.
+	MinFreeSpace Size `yaml:"min_free_space"`
 }
 
 // Duration is a time.Duration that also accepts a "d" (day) unit: "5d", "1h30m".

@@ -96,6 +96,13 @@ type Options struct {
 	StressCommandTimeout time.Duration
 	// Now is the clock of the per-client limits; nil: time.Now.
 	Now func() time.Time
+
+	// MinFreeSpace: below this many free bytes on the spool's file system
+	// (as FreeSpace reports them, plus the SIZE a client declares) a new
+	// message gets 452 4.3.1 at MAIL, before the client sends it (Postfix's
+	// queue_minfree). 0 or a nil FreeSpace: no check.
+	MinFreeSpace int64
+	FreeSpace    func() (int64, error)
 }
 
 // Counter counts events per key within a window. The embedded

@@ -189,6 +189,22 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		// session the sender's own hop already broke the promise.
 		return s.edgeCheck(smtputil.RequireTLSInClear(), "mail", "requiretls")
 	}
+	if o := &s.srv.opts; o.MinFreeSpace > 0 && o.FreeSpace != nil {
+		free, err := o.FreeSpace()
+		var size int64
+		if opts != nil {
+			size = opts.Size
+		}
+		// A free-space figure that cannot be read is no reason to refuse:
+		// the spool write itself still fails safely (451, never 250).
+		if err == nil && free-size < o.MinFreeSpace {
+			// A warning: the operator has to make room (or the spool's
+			// file system fills on its own); it ends by itself then.
+			ref := Refuse("min_free_space", smtputil.InsufficientStorage(), "free_bytes", free, "size", size, "min_free_space", o.MinFreeSpace)
+			ref.Level = slog.LevelWarn
+			return s.edgeCheck(ref, "mail", "min_free_space")
+		}
+	}
 	if opts != nil && len(smtputil.EncodeXtext(opts.EnvelopeID)) > smtputil.MaxEnvIDLen {
 		return s.edgeCheck(smtputil.DSNParamTooLong("ENVID", smtputil.MaxEnvIDLen), "mail", "dsn_parameters")
 	}

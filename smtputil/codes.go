@@ -155,6 +155,7 @@ import (
 //	LineTooLong               500 5.5.2  RFC 5321 §4.5.3.1.9 names "500 Line too long" for the text-line limit of §4.5.3.1.6; X.5.2 syntax error, the class 500 belongs to (permanent, unlike the 451 a read error gave)
 //	TooManyRecipients         452 4.5.3  RFC 5321 §4.5.3.1.10; X.5.3 too many recipients
 //	QueueFailed               451 4.3.0  X.3.0 mail system error: nothing was stored, the client retries
+//	InsufficientStorage       452 4.3.1  RFC 5321 §4.2.2 452; RFC 3463 X.3.1 mail system full: refused at MAIL, before any data
 //	TLSRequired               530 5.7.0  RFC 3207 §4 "Must issue a STARTTLS command first"
 //	AuthRequired              530 5.7.0  RFC 4954 §6 authentication required
 //	AuthFailed                535 5.7.8  RFC 4954 §6 authentication credentials invalid
@@ -950,6 +951,14 @@ func TooManyRecipients(limit int) *smtp.SMTPError {
 // not accepted, so the client keeps it and retries.
 func QueueFailed() *smtp.SMTPError {
 	return Reply(451, 4, 3, 0, "message not accepted: local error while storing it; please try again later")
+}
+
+// InsufficientStorage refuses a new message while the spool's file system
+// has less free space than the configured minimum (Postfix's "452 4.3.1
+// Insufficient system storage"): at MAIL, so the client sends no data,
+// and temporary, so it retries.
+func InsufficientStorage() *smtp.SMTPError {
+	return Reply(452, 4, 3, 1, "insufficient system storage: this server's mail spool is almost full; please try again later")
 }
 
 // TLSRequired refuses commands before STARTTLS on a listener that requires it.

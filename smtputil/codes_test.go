@@ -36,6 +36,7 @@ func TestReplies(t *testing.T) {
 		{"MessageTooBig", MessageTooBig(52428800), 552, smtp.EnhancedCode{5, 3, 4}, "52428800 bytes"},
 		{"TooManyRecipients", TooManyRecipients(100), 452, smtp.EnhancedCode{4, 5, 3}, "too many recipients in this transaction (limit 100)"},
 		{"QueueFailed", QueueFailed(), 451, smtp.EnhancedCode{4, 3, 0}, "try again later"},
+		{"InsufficientStorage", InsufficientStorage(), 452, smtp.EnhancedCode{4, 3, 1}, "try again later"},
 		{"TLSRequired", TLSRequired(), 530, smtp.EnhancedCode{5, 7, 0}, "STARTTLS"},
 		{"AuthRequired", AuthRequired(), 530, smtp.EnhancedCode{5, 7, 0}, "authentication required"},
 		{"AuthFailed", AuthFailed(), 535, smtp.EnhancedCode{5, 7, 8}, "credentials invalid"},

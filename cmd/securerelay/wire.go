@@ -358,6 +358,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 			Name: l.Name, Address: l.Address, Hostname: cfg.Hostname, TLS: tlsConf,
 			MaxMessageSize: int64(lim.MaxMessageSize), MaxRecipients: lim.MaxRecipients,
 			MaxLineLength: lim.MaxLineLength, MaxErrors: lim.MaxErrors, MaxConnections: lim.MaxConnections, MaxHops: lim.MaxHops,
+			MinFreeSpace: int64(cfg.Queue.MinFreeSpace), FreeSpace: freeSpace(cfg.StateDir),
 			CommandTimeout: lim.CommandTimeout.D(), DataTimeout: lim.DataTimeout.D(),
 			NormalizeLineEndings: lim.BareLineEndings == "normalize",
 			AllowInsecureAuth:    l.AllowInsecureAuth, RequireTLS: l.RequireTLS,
@@ -720,4 +721,16 @@ func servedPostmaster(cfg *config.Config) string {
 		return ""
 	}
 	return cfg.Postmaster
+}
+
+// freeSpace reports the bytes an unprivileged process may still write on
+// the file system of dir (the spool's), for smtpd's MinFreeSpace check.
+func freeSpace(dir string) func() (int64, error) {
+	return func() (int64, error) {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(dir, &st); err != nil {
+			return 0, err
+		}
+		return int64(st.Bavail) * int64(st.Bsize), nil
+	}
 }

@@ -128,8 +128,15 @@ func writeFile(t *testing.T, path, content string) {
 // the test failed.
 func startRelay(t *testing.T, cfgPath string, addrs ...string) *Relay {
 	t.Helper()
+	return startRelayCmd(t, exec.Command(relayBin, "serve", "--config", cfgPath), cfgPath, addrs...)
+}
+
+// startRelayCmd is startRelay with the command that runs the relay (one
+// that execs it, so that its PID is the relay's: signals reach it).
+func startRelayCmd(t *testing.T, cmd *exec.Cmd, cfgPath string, addrs ...string) *Relay {
+	t.Helper()
 	r := &Relay{t: t, Config: cfgPath, log: &logBuffer{}, exited: make(chan struct{})}
-	r.cmd = exec.Command(relayBin, "serve", "--config", cfgPath)
+	r.cmd = cmd
 	r.cmd.Stdout, r.cmd.Stderr = r.log, r.log
 	if err := r.cmd.Start(); err != nil {
 		t.Fatalf("starting relay: %v", err)
