@@ -33,6 +33,7 @@ type Config struct {
 	Inbound  Inbound           `yaml:"inbound"`
 	Outbound Outbound          `yaml:"outbound"`
 	Queue    Queue             `yaml:"queue"`
+	Metrics  Metrics           `yaml:"metrics"`
 
 	// Path is the file the config was read from (not a YAML key).
 	Path string `yaml:"-"`
@@ -101,6 +102,14 @@ type DNS struct {
 	// cache off (a local caching resolver still helps: it serves every
 	// program on the host). Default 10000. Changed only by a restart.
 	CacheSize int `yaml:"cache_size"`
+}
+
+// Metrics is the operations HTTP listener: /healthz (the process is up)
+// and /readyz (listeners bound, spool writable, free space above
+// queue.min_free_space). Off unless Address is set; loopback only.
+type Metrics struct {
+	// Address is a loopback host:port, e.g. 127.0.0.1:9325.
+	Address string `yaml:"address"`
 }
 
 // Limits apply to every listener unless the listener overrides them.

@@ -55,6 +55,16 @@ func (l *loader) validate(c *Config) {
 		}
 	}
 	l.positiveDuration("dns.timeout", c.DNS.Timeout, "the default, "+DefaultDNSTimeout.String())
+	if a := c.Metrics.Address; a != "" {
+		host, _, err := net.SplitHostPort(a)
+		ip, perr := netip.ParseAddr(host)
+		switch {
+		case err != nil:
+			l.errorf("metrics.address", "%q: %v; write a loopback address and port, e.g. 127.0.0.1:9325", a, err)
+		case perr != nil || !ip.IsLoopback():
+			l.errorf("metrics.address", "%q: must be a loopback address (127.0.0.1 or [::1]); the health and metrics pages are for this host, reach them from elsewhere through a proxy or an SSH tunnel", a)
+		}
+	}
 	if c.DNS.CacheSize < 0 {
 		l.errorf("dns.cache_size", "%d: must be 0 (no cache) or a number of answers, e.g. the default, %d", c.DNS.CacheSize, DefaultDNSCacheSize)
 	}

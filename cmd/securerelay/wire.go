@@ -156,6 +156,7 @@ type relay struct {
 	serveErr chan error
 	stsCache tlspolicy.STSCache
 	dnsCache *dnsutil.Cache // nil: dns.cache_size 0
+	health   *health        // nil: metrics.address unset
 	// keys is the OpenPGP key directory of the encryption fallback, one
 	// for the process (its settings need a restart; keyring files are
 	// read again when they change).
@@ -393,6 +394,16 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	for _, s := range r.servers {
 		go func(s *smtpd.Server) { r.serveErr <- s.Serve() }(s)
 	}
+	if cfg.Metrics.Address != "" {
+		r.health = &health{spoolDir: spoolDir(cfg), minFree: int64(cfg.Queue.MinFreeSpace), freeSpace: freeSpace(cfg.StateDir)}
+		if err := r.health.start(cfg.Metrics.Address); err != nil {
+			r.shutdown()
+			return err
+		}
+		// Bound: every listener's Listen succeeded above.
+		r.health.ready.Store(true)
+		log.Info("listening", "listener", "metrics", "address", cfg.Metrics.Address, "paths", "/healthz /readyz")
+	}
 	log.Info("securerelay started", "version", versionString(), "config", path, "hostname", cfg.Hostname,
 		"state_dir", cfg.StateDir, "spooled", r.q.Len(), "screened_clients", passedLen(r.passed), "pid", os.Getpid())
 	return r.loop()
@@ -477,6 +488,10 @@ func (r *relay) loop() error {
 }
 
 func (r *relay) shutdown() {
+	if r.health != nil {
+		// Not ready from the first moment of shutdown on.
+		r.health.close()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -557,6 +572,7 @@ func (r *relay) reload() {
 		{"listeners", r.cfg.Listeners, cfg.Listeners},
 		{"state_dir", r.cfg.StateDir, cfg.StateDir},
 		{"queue", r.cfg.Queue, cfg.Queue},
+		{"metrics", r.cfg.Metrics, cfg.Metrics},
 		{"log", r.cfg.Log, cfg.Log},
 		{"dns", r.cfg.DNS, cfg.DNS},
 		{"hostname", r.cfg.Hostname, cfg.Hostname},

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,8 +21,30 @@ import (
 // MAIL FROM gets 452 4.3.1 before any data, logged with
 // check=min_free_space; with the file gone, the same client's next
 // message is accepted and delivered, without a restart.
+//
+// /healthz and /readyz (metrics.address) follow: ready, then 503 naming
+// the free space while the file system is nearly full, then ready again.
 func TestDiskGuard(t *testing.T) {
 	r, sub, mail, inside := startTmpfsRelay(t, "3MB")
+	ready := func(want int, body string) {
+		t.Helper()
+		for _, p := range []struct {
+			path string
+			code int
+			body string
+		}{{"/healthz", 200, "ok"}, {"/readyz", want, body}} {
+			resp, err := http.Get("http://" + r.metrics + p.path)
+			if err != nil {
+				t.Fatalf("GET %s: %v", p.path, err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != p.code || !strings.Contains(string(b), p.body) {
+				t.Errorf("GET %s: %d %q, want %d with %q", p.path, resp.StatusCode, b, p.code, p.body)
+			}
+		}
+	}
+	ready(200, "ready")
 
 	mustSend(t, "--server", sub, "--from", "alice@example.test", "--to", "bob@example.test")
 	waitMaildir(t, mail, "bob@example.test", 1, 30*time.Second)
@@ -36,10 +60,12 @@ func TestDiskGuard(t *testing.T) {
 		t.Fatalf("MAIL with the spool's file system nearly full: %q, want 452 4.3.1", text)
 	}
 	r.WaitLog(0, 5*time.Second, "msg=reject", "level=WARN", "check=min_free_space", "code=452")
+	ready(503, "below queue.min_free_space")
 
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
+	ready(200, "ready")
 	c.Expect("MAIL FROM:<alice@example.test>", 250)
 	c.Expect("RCPT TO:<bob@example.test>", 250)
 	c.Expect("DATA", 354)
@@ -51,7 +77,7 @@ func TestDiskGuard(t *testing.T) {
 // startTmpfsRelay runs a relay whose state_dir is an 8 MiB tmpfs in a
 // private mount namespace, with queue.min_free_space minFree; inside is
 // state_dir as the relay sees it (through /proc/PID/root).
-func startTmpfsRelay(t *testing.T, minFree string) (r *Relay, sub, mail, inside string) {
+func startTmpfsRelay(t *testing.T, minFree string) (r *tmpfsRelay, sub, mail, inside string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		skipOrFail(t, "mounting a tmpfs in a private mount namespace needs root")
@@ -66,18 +92,26 @@ func startTmpfsRelay(t *testing.T, minFree string) (r *Relay, sub, mail, inside 
 		t.Fatal(err)
 	}
 	sub = freeAddr(t)
+	metrics := freeAddr(t)
 	cfg := filepath.Join(dir, "relay.yaml")
 	writeFile(t, cfg, configHead(state, dns.Addr())+fmt.Sprintf(`limits: {max_message_size: 1MB}
 queue: {min_free_space: %s}
+metrics: {address: %q}
 listeners:
   - {name: submission, address: %q, role: outbound, trusted_networks: [127.0.0.0/8], auth: "off"}
 domains:
   example.test:
     deliver_to: "maildir:%s"
     recipients: {list: [bob]}
-`, minFree, sub, mail))
+`, minFree, metrics, sub, mail))
 	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
 		`mount -t tmpfs -o size=8m,mode=0700 tmpfs "$0" && exec "$1" serve --config "$2"`, state, relayBin, cfg)
-	r = startRelayCmd(t, cmd, cfg, sub)
-	return r, sub, mail, fmt.Sprintf("/proc/%d/root%s", r.cmd.Process.Pid, state)
+	rel := startRelayCmd(t, cmd, cfg, sub, metrics)
+	return &tmpfsRelay{rel, metrics}, sub, mail, fmt.Sprintf("/proc/%d/root%s", rel.cmd.Process.Pid, state)
+}
+
+// tmpfsRelay is a relay with its metrics listener's address.
+type tmpfsRelay struct {
+	*Relay
+	metrics string
 }
