@@ -2,7 +2,6 @@ package attach_test
 
 import (
 	"archive/zip"
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -11,13 +10,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 
 	"securerelay/attach"
 	"securerelay/attach/attachtest"
+	"securerelay/internal/testutil"
 )
 
 // textMessage is a 4 KiB text-only message: most mail.
@@ -175,23 +174,11 @@ func TestInspectPeakRSSChild(t *testing.T) {
 }
 
 func vmHWM(t *testing.T) int64 {
-	f, err := os.Open("/proc/self/status")
+	kb, err := testutil.ProcStatusKB("VmHWM")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if v, ok := strings.CutPrefix(s.Text(), "VmHWM:"); ok {
-			n, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return n
-		}
-	}
-	t.Fatal("no VmHWM")
-	return 0
+	return kb
 }
 
 // TestWriteBenchFiles writes the benchmark's messages to

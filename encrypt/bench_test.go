@@ -1,7 +1,6 @@
 package encrypt_test
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/rand"
 	"encoding/base64"
@@ -11,13 +10,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 
 	"securerelay/encrypt"
+	"securerelay/internal/testutil"
 )
 
 // sizedMessage is a message of about size bytes as a ticket system sends
@@ -186,21 +185,9 @@ func TestEncryptPeakRSSChild(t *testing.T) {
 }
 
 func vmHWM(t *testing.T) int64 {
-	f, err := os.Open("/proc/self/status")
+	kb, err := testutil.ProcStatusKB("VmHWM")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if v, ok := strings.CutPrefix(s.Text(), "VmHWM:"); ok {
-			n, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return n
-		}
-	}
-	t.Fatal("no VmHWM")
-	return 0
+	return kb
 }

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	gomilter "github.com/d--j/go-milter"
+
+	"securerelay/internal/testutil"
 )
 
 // The benchmarks talk to a trivial milter (go-milter's NoOpMilter: it
@@ -240,16 +242,9 @@ func mib(b int64) float64 { return float64(b) / (1 << 20) }
 
 // procStatus reads a "kB" field of /proc/self/status, in bytes.
 func procStatus(t testing.TB, key string) int64 {
-	data, err := os.ReadFile("/proc/self/status")
+	kb, err := testutil.ProcStatusKB(key)
 	if err != nil {
-		t.Skipf("no /proc/self/status: %v", err)
+		t.Skip(err)
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && k == key {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb << 10
-		}
-	}
-	t.Skipf("no %s in /proc/self/status", key)
-	return 0
+	return kb << 10
 }
