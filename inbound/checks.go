@@ -18,41 +18,6 @@ import (
 	"securerelay/smtputil"
 )
 
-// Checks are the envelope checks' actions (ActionDefault: reject).
-type Checks struct {
-	SenderFQDN, RecipientFQDN, SenderDomain, UnknownRecipient Action
-	// HeloFQDN is off unless set (many legitimate servers fail it).
-	HeloFQDN Action
-}
-
-// Options configure the inbound role beyond its domains.
-type Options struct {
-	Domains []string
-	// Recipients, per domain, that exist; a domain without an entry
-	// accepts every local part.
-	Recipients map[string]*RecipientSet
-	// Verifiers, per domain without a list: recipients are verified
-	// downstream by an RCPT probe.
-	Verifiers map[string]*Verifier
-	// Resolver for the sender-domain check; nil skips it.
-	Resolver dnsutil.Resolver
-	Checks   Checks
-	Screen   Screen
-	Log      *slog.Logger
-	// Postmaster receives RCPT TO:<Postmaster> without a domain, which
-	// RFC 5321 section 4.1.1.3 says every server MUST accept. Empty: the
-	// bare form is refused like any unqualified recipient.
-	Postmaster string
-	// TLSFrom lists partner domains whose mail must arrive over TLS.
-	TLSFrom []TLSFrom
-	// PassCache is shared by the inbound listeners and may be kept in a
-	// file; nil: a cache in memory for this role alone.
-	PassCache *PassCache
-	// MaxMailPerSession ends a session at the MAIL command over it (421
-	// 4.7.0); 0: no limit.
-	MaxMailPerSession int
-}
-
 // act applies a check's action to a refusal: the permanent reply, its
 // temporary twin (so an admin can try a check out without losing mail),
 // or nothing. smtpd logs and counts the refusal under check.
@@ -69,7 +34,7 @@ func (r *Role) act(check string, action Action, perm *smtp.SMTPError) error {
 // senderDomain checks that the sender's domain can receive a reply (RFC
 // 5321 §5.1 order: MX, else A/AAAA). A DNS failure is always temporary: a
 // timeout must never reject mail.
-func (r *Role) senderDomain(domain string) error {
+func (r *Role) senderDomain(domain, check string) error {
 	if r.resolver == nil || r.checks.SenderDomain == ActionOff || strings.HasPrefix(domain, "[") {
 		return nil
 	}
@@ -81,11 +46,11 @@ func (r *Role) senderDomain(domain string) error {
 		return nil
 	case dnsutil.IsTemporary(err):
 		// Whatever the action: DNS trouble never rejects mail.
-		return smtpd.Refuse("sender_domain", smtputil.SenderDomainTempFail(domain), "error", err.Error())
+		return smtpd.Refuse(check, smtputil.SenderDomainTempFail(domain), "error", err.Error())
 	case dnsutil.IsNullMX(err):
-		return r.act("sender_domain", r.checks.SenderDomain, smtputil.SenderNullMX(domain))
+		return r.act(check, r.checks.SenderDomain, smtputil.SenderNullMX(domain))
 	default:
-		return r.act("sender_domain", r.checks.SenderDomain, smtputil.SenderDomainNotFound(domain))
+		return r.act(check, r.checks.SenderDomain, smtputil.SenderDomainNotFound(domain))
 	}
 }
 

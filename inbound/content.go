@@ -21,7 +21,8 @@ import (
 	"securerelay/smtputil"
 )
 
-// Content is the expensive stage after DATA, run while the client waits:
+// Content configures the expensive stages after DATA (dataStages,
+// pipeline.go), run while the client waits: the attachment policy,
 // SPF/DKIM/DMARC verdicts, then the milters of the recipients' content
 // policy. Each verdict is a reply in the dialog; nothing turns into a
 // bounce or a silent drop.
@@ -99,15 +100,15 @@ func (c *Content) policyOf(domain string) string {
 // holds only policies with milters).
 func (c *Content) scans(policy string) bool { return c.Chains[policy] != nil }
 
-// spfOnce evaluates SPF once per transaction, at its first accepted
+// spfStage evaluates SPF once per transaction, at its first accepted
 // recipient, and refuses every recipient when reject_spf_fail says so.
 // Not at MAIL: a sender's SPF record may cost over a hundred DNS
 // questions (RFC 7208 §4.6.4 allows ten terms of ten MX hosts each), and
 // a client that names no recipient we accept, or repeats MAIL and RSET,
 // must not make us ask them. The refusal therefore comes at RCPT (550
 // 5.7.23), which RFC 5321 permits and senders treat alike.
-func (r *Role) spfOnce(st *smtpd.State) error {
-	c := r.content.Load()
+func (r *Role) spfStage(p *pass, check string) error {
+	c, st := r.content.Load(), p.st
 	if c == nil || c.Auth == nil || st == nil {
 		return nil
 	}
@@ -122,37 +123,41 @@ func (r *Role) spfOnce(st *smtpd.State) error {
 		return nil
 	}
 	refusal := *t.spf.Reject
-	return smtpd.Refuse("spf", &refusal, "result", t.spf.Result)
+	return smtpd.Refuse(check, &refusal, "result", t.spf.Result)
 }
 
-// splitPolicy keeps one content policy per transaction: SMTP has one reply
-// to DATA for all recipients, so recipients whose scanning differs are
-// sent by the client in another transaction (452 4.5.3 makes a real MTA
-// retry them at once), never accepted and then treated alike.
-// The attachment policy is split the same way.
-func (r *Role) splitPolicy(st *smtpd.State, domain string) error {
+// attachmentSplitStage and contentSplitStage keep one attachment and one
+// content policy per transaction: SMTP has one reply to DATA for all
+// recipients, so recipients whose scanning differs are sent by the client
+// in another transaction (452 4.5.3 makes a real MTA retry them at once),
+// never accepted and then treated alike.
+func (r *Role) attachmentSplitStage(p *pass, check string) error {
 	c := r.content.Load()
-	if c == nil {
+	if c == nil || c.Attachments == nil {
 		return nil
 	}
-	t := txnOf(st)
-	if a := c.Attachments; a != nil {
-		switch p := a.policyOf(domain); {
-		case t.attach == "":
-			t.attach = p
-		case t.attach != p:
-			return smtpd.Refuse("attachment_policy", smtputil.AttachmentPolicySplit(domain), "policy", p, "transaction_policy", t.attach)
-		}
+	t, domain := txnOf(p.st), p.addr.Domain
+	switch pol := c.Attachments.policyOf(domain); {
+	case t.attach == "":
+		t.attach = pol
+	case t.attach != pol:
+		return smtpd.Refuse(check, smtputil.AttachmentPolicySplit(domain), "policy", pol, "transaction_policy", t.attach)
 	}
-	if len(c.Chains) == 0 {
+	return nil
+}
+
+func (r *Role) contentSplitStage(p *pass, check string) error {
+	c := r.content.Load()
+	if c == nil || len(c.Chains) == 0 {
 		return nil
 	}
-	p := c.policyOf(domain)
+	t, domain := txnOf(p.st), p.addr.Domain
+	pol := c.policyOf(domain)
 	switch {
 	case t.policy == "":
-		t.policy = p
-	case t.policy != p && (c.scans(p) || c.scans(t.policy)):
-		return smtpd.Refuse("content_policy", smtputil.ContentPolicySplit(domain), "policy", p, "transaction_policy", t.policy)
+		t.policy = pol
+	case t.policy != pol && (c.scans(pol) || c.scans(t.policy)):
+		return smtpd.Refuse(check, smtputil.ContentPolicySplit(domain), "policy", pol, "transaction_policy", t.policy)
 	}
 	return nil
 }
@@ -164,146 +169,143 @@ func (c *Content) timeout() time.Duration {
 	return 5 * time.Minute
 }
 
-// Data implements smtpd.Role: the content stage.
-func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
-	c := r.content.Load()
-	if c == nil {
+// attachmentStage: the attachment policy of the transaction.
+func (r *Role) attachmentStage(p *pass, _ string) error {
+	if p.c.Attachments == nil {
 		return nil
 	}
-	t := txnOf(st)
-	policy := t.policy
-	if policy == "" {
-		policy = "default"
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout())
-	defer cancel()
-	// forged: the sender wrote X-Securerelay-Attachment fields, which
-	// must not reach the recipient looking like ours.
-	forged := false
-	if c.Attachments != nil {
-		f, err := r.attachments(ctx, st, msg, c.Attachments, t.attach)
-		if err != nil {
-			return err
-		}
-		forged = f
-	}
-	if c.Auth == nil && !c.scans(policy) {
-		if forged {
-			msg.Rewrite = stripAttachmentFields
-		}
+	forged, err := r.attachments(p.ctx, p.st, p.msg, p.c.Attachments, p.t.attach)
+	p.forged = forged
+	return err
+}
+
+// authStage: SPF (from RCPT), DKIM and DMARC, recorded in an
+// Authentication-Results field on top; authres names the check that
+// refuses.
+func (r *Role) authStage(p *pass, _ string) error {
+	c, st, msg := p.c, p.st, p.msg
+	if c.Auth == nil {
 		return nil
 	}
-	var rewrites []func(io.Writer, io.Reader) error
-	strip := false
-
-	// The milters' conversations begin now, through the envelope, while
-	// SPF/DKIM/DMARC runs: they see the message only if it passes.
-	var run *milter.Run
-	if ch := c.Chains[policy]; ch != nil {
-		env := &milter.Envelope{
-			// {daemon_name} is our host name, as Postfix's default
-			// milter_daemon_name: rspamd uses it as its authserv-id.
-			QueueID: msg.QueueID, Hostname: c.Hostname, DaemonName: c.Hostname,
-			ClientAddr: st.RemoteIP, ClientPort: int(st.Remote.Port()), LocalAddr: st.Local,
-			Helo: st.Helo, AuthUser: st.AuthUser, From: st.From, Rcpts: st.Rcpts,
-		}
-		if st.TLS != nil {
-			// Postfix's spelling of the macros: TLSv1.3 and the IANA name.
-			env.TLSVersion = strings.Replace(tls.VersionName(st.TLS.Version), " ", "v", 1)
-			env.TLSCipher = tls.CipherSuiteName(st.TLS.CipherSuite)
-		}
-		run = ch.Begin(ctx, env)
-		defer run.Close()
+	src, err := msg.Open()
+	if err != nil {
+		return r.contentFailed(msg, "reading the spooled message", err)
 	}
-
-	if c.Auth != nil {
-		src, err := msg.Open()
-		if err != nil {
-			return r.contentFailed(msg, "reading the spooled message", err)
-		}
-		v, err := c.Auth.Check(ctx, st.RemoteIP, st.Helo, st.From, t.spf, src)
-		closeReader(src)
-		if errors.Is(err, dkim.ErrHeaderTooLarge) {
-			// Checked headers are held in memory; no retry will shrink
-			// one, so the refusal is permanent (as too big a message).
-			return smtpd.Refuse("header_too_large", smtputil.HeaderTooLarge(dkim.MaxHeaderBytes))
-		}
-		if err != nil {
-			return r.contentFailed(msg, "SPF/DKIM/DMARC", err)
-		}
-		if v.Reject != nil {
-			return smtpd.Refuse(v.Check, v.Reject)
-		}
-		msg.AddHeader += v.Header
-		strip = v.Forged > 0
+	v, err := c.Auth.Check(p.ctx, st.RemoteIP, st.Helo, st.From, p.t.spf, src)
+	closeReader(src)
+	if errors.Is(err, dkim.ErrHeaderTooLarge) {
+		// Checked headers are held in memory; no retry will shrink
+		// one, so the refusal is permanent (as too big a message).
+		return smtpd.Refuse("header_too_large", smtputil.HeaderTooLarge(dkim.MaxHeaderBytes))
 	}
+	if err != nil {
+		return r.contentFailed(msg, "SPF/DKIM/DMARC", err)
+	}
+	if v.Reject != nil {
+		return smtpd.Refuse(v.Check, v.Reject)
+	}
+	msg.AddHeader += v.Header
+	p.strip = v.Forged > 0
+	return nil
+}
 
-	if run != nil {
-		res, err := run.Check(func() (io.Reader, error) { return msg.Open() })
+// milterBegin starts the conversations of the transaction's milter chain
+// through the envelope; Data closes them.
+func (r *Role) milterBegin(p *pass) {
+	ch := p.c.Chains[p.policy]
+	if ch == nil {
+		return
+	}
+	st := p.st
+	env := &milter.Envelope{
+		// {daemon_name} is our host name, as Postfix's default
+		// milter_daemon_name: rspamd uses it as its authserv-id.
+		QueueID: p.msg.QueueID, Hostname: p.c.Hostname, DaemonName: p.c.Hostname,
+		ClientAddr: st.RemoteIP, ClientPort: int(st.Remote.Port()), LocalAddr: st.Local,
+		Helo: st.Helo, AuthUser: st.AuthUser, From: st.From, Rcpts: st.Rcpts,
+	}
+	if st.TLS != nil {
+		// Postfix's spelling of the macros: TLSv1.3 and the IANA name.
+		env.TLSVersion = strings.Replace(tls.VersionName(st.TLS.Version), " ", "v", 1)
+		env.TLSCipher = tls.CipherSuiteName(st.TLS.CipherSuite)
+	}
+	p.milters = ch.Begin(p.ctx, env)
+}
+
+// milterStage: the message, one milter after another; their verdict and
+// changes.
+func (r *Role) milterStage(p *pass, check string) error {
+	if p.milters == nil {
+		return nil
+	}
+	c, st, msg, policy := p.c, p.st, p.msg, p.policy
+	res, err := p.milters.Check(func() (io.Reader, error) { return msg.Open() })
+	if err != nil {
+		return r.contentFailed(msg, "content scanning", err)
+	}
+	if res.Action != milter.Accept {
+		return smtpd.Refuse(check, milterReply(res), "milter", res.Milter, "action", res.Action.String(), "policy", policy)
+	}
+	if del := res.RecipientsDeleted(); len(del) > 0 {
+		// The catalogue cleans the milter's addresses: they must
+		// neither break the reply into lines nor overrun 512 octets.
+		reply := smtputil.RecipientDeletionRefused(strings.Join(del, ", "))
+		if c.RecipientDeletion == ActionTempfail {
+			reply = smtputil.RecipientDeletionDeferred(strings.Join(del, ", "))
+		}
+		// A warning: a milter asked to delete recipients; the whole
+		// message is refused rather than losing them.
+		ref := smtpd.Refuse("recipient_deletion", reply, "deleted", strings.Join(del, ","), "policy", policy)
+		ref.Level = slog.LevelWarn
+		return ref
+	}
+	for _, a := range res.RecipientsAdded() {
+		addr, err := smtputil.ParseMailbox(strings.Trim(a, "<>"), st.SMTPUTF8)
 		if err != nil {
-			return r.contentFailed(msg, "content scanning", err)
+			return r.contentFailed(msg, "a milter's added recipient", fmt.Errorf("%q: %w", a, err))
 		}
-		if res.Action != milter.Accept {
-			return smtpd.Refuse("milter", milterReply(res), "milter", res.Milter, "action", res.Action.String(), "policy", policy)
+		// The MX relays for nobody, its milters included: an added
+		// recipient passes the same domain and routing checks as RCPT.
+		if _, refusal := r.notOurs(addr); refusal != nil {
+			return r.contentFailed(msg, "a milter's added recipient", fmt.Errorf("%s is not in a domain this server accepts mail for; not relaying for a content filter", addr))
 		}
-		if del := res.RecipientsDeleted(); len(del) > 0 {
-			// The catalogue cleans the milter's addresses: they must
-			// neither break the reply into lines nor overrun 512 octets.
-			reply := smtputil.RecipientDeletionRefused(strings.Join(del, ", "))
-			if c.RecipientDeletion == ActionTempfail {
-				reply = smtputil.RecipientDeletionDeferred(strings.Join(del, ", "))
-			}
-			// A warning: a milter asked to delete recipients; the whole
-			// message is refused rather than losing them.
-			ref := smtpd.Refuse("recipient_deletion", reply, "deleted", strings.Join(del, ","), "policy", policy)
-			ref.Level = slog.LevelWarn
-			return ref
-		}
-		for _, a := range res.RecipientsAdded() {
-			addr, err := smtputil.ParseMailbox(strings.Trim(a, "<>"), st.SMTPUTF8)
-			if err != nil {
-				return r.contentFailed(msg, "a milter's added recipient", fmt.Errorf("%q: %w", a, err))
-			}
-			// The MX relays for nobody, its milters included: an added
-			// recipient passes the same domain and routing checks as RCPT.
-			if _, refusal := r.notOurs(addr); refusal != nil {
-				return r.contentFailed(msg, "a milter's added recipient", fmt.Errorf("%s is not in a domain this server accepts mail for; not relaying for a content filter", addr))
-			}
-			st.Log.Info("milter added a recipient", "queue_id", msg.QueueID, "rcpt", addr.String())
-			msg.AddRcpts = append(msg.AddRcpts, addr.String())
-		}
-		if from, ok := res.NewFrom(); ok {
-			from = strings.Trim(from, "<>")
-			if from == "" {
-				// The null sender cannot be set through NewFrom; keep the
-				// sender rather than guess.
-				st.Log.Warn("milter changed the sender to <>; kept the original", "queue_id", msg.QueueID)
-			} else if a, err := smtputil.ParseMailbox(from, st.SMTPUTF8); err != nil {
-				return r.contentFailed(msg, "a milter's new sender", fmt.Errorf("%q: %w", from, err))
-			} else {
-				msg.NewFrom = a.String()
-			}
-		}
-		if res.ChangesContent() {
-			rewrites = append(rewrites, res.Apply)
-			// A milter may add a field claiming our authserv-id too.
-			strip = strip || c.Auth != nil
+		st.Log.Info("milter added a recipient", "queue_id", msg.QueueID, "rcpt", addr.String())
+		msg.AddRcpts = append(msg.AddRcpts, addr.String())
+	}
+	if from, ok := res.NewFrom(); ok {
+		from = strings.Trim(from, "<>")
+		if from == "" {
+			// The null sender cannot be set through NewFrom; keep the
+			// sender rather than guess.
+			st.Log.Warn("milter changed the sender to <>; kept the original", "queue_id", msg.QueueID)
+		} else if a, err := smtputil.ParseMailbox(from, st.SMTPUTF8); err != nil {
+			return r.contentFailed(msg, "a milter's new sender", fmt.Errorf("%q: %w", from, err))
+		} else {
+			msg.NewFrom = a.String()
 		}
 	}
-	if strip {
-		// Last: the milters' header positions refer to the message they
-		// saw, forged fields included.
-		id := c.AuthServID
-		rewrites = append(rewrites, func(w io.Writer, r io.Reader) error {
+	if res.ChangesContent() {
+		p.rewrites = append(p.rewrites, res.Apply)
+		// A milter may add a field claiming our authserv-id too.
+		p.strip = p.strip || c.Auth != nil
+	}
+	return nil
+}
+
+// forgedStage removes the fields that claim to be ours: forged
+// Authentication-Results (after the milters, whose header positions
+// refer to the message they saw, forged fields included) and the
+// sender's X-Securerelay-Attachment fields.
+func (r *Role) forgedStage(p *pass, _ string) error {
+	if p.strip {
+		id := p.c.AuthServID
+		p.rewrites = append(p.rewrites, func(w io.Writer, r io.Reader) error {
 			_, err := authres.StripForged(w, r, id)
 			return err
 		})
 	}
-	if forged {
-		rewrites = append(rewrites, stripAttachmentFields)
-	}
-	if len(rewrites) > 0 {
-		msg.Rewrite = chain(rewrites)
+	if p.forged {
+		p.rewrites = append(p.rewrites, stripAttachmentFields)
 	}
 	return nil
 }

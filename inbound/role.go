@@ -1,9 +1,10 @@
 // Package inbound is the MX role: it accepts mail only for our own domains,
-// screens clients at EHLO (screen.go), checks the envelope at MAIL and RCPT
-// (role.go, checks.go, tlsfrom.go, verify.go) and the content after DATA
-// (content.go: attachment policy, then SPF/DKIM/DMARC, then milters), all
-// inside the SMTP dialog, so that nothing has to be bounced afterwards.
-// docs/flow.md walks a message through these stages in order.
+// screens clients at EHLO, checks the envelope at MAIL and RCPT and the
+// content after DATA, all inside the SMTP dialog, so that nothing has to
+// be bounced afterwards. pipeline.go lists every stage in the order it
+// runs; the stages live in screen.go (screening), role.go, checks.go,
+// tlsfrom.go and verify.go (the envelope), content.go (attachment policy,
+// SPF/DKIM/DMARC, milters). docs/flow.md walks a message through them.
 package inbound
 
 import (
@@ -35,6 +36,41 @@ type Role struct {
 	log        *slog.Logger
 	postmaster string
 	maxMail    int
+}
+
+// Checks are the envelope checks' actions (ActionDefault: reject).
+type Checks struct {
+	SenderFQDN, RecipientFQDN, SenderDomain, UnknownRecipient Action
+	// HeloFQDN is off unless set (many legitimate servers fail it).
+	HeloFQDN Action
+}
+
+// Options configure the inbound role beyond its domains.
+type Options struct {
+	Domains []string
+	// Recipients, per domain, that exist; a domain without an entry
+	// accepts every local part.
+	Recipients map[string]*RecipientSet
+	// Verifiers, per domain without a list: recipients are verified
+	// downstream by an RCPT probe.
+	Verifiers map[string]*Verifier
+	// Resolver for the sender-domain check; nil skips it.
+	Resolver dnsutil.Resolver
+	Checks   Checks
+	Screen   Screen
+	Log      *slog.Logger
+	// Postmaster receives RCPT TO:<Postmaster> without a domain, which
+	// RFC 5321 section 4.1.1.3 says every server MUST accept. Empty: the
+	// bare form is refused like any unqualified recipient.
+	Postmaster string
+	// TLSFrom lists partner domains whose mail must arrive over TLS.
+	TLSFrom []TLSFrom
+	// PassCache is shared by the inbound listeners and may be kept in a
+	// file; nil: a cache in memory for this role alone.
+	PassCache *PassCache
+	// MaxMailPerSession ends a session at the MAIL command over it (421
+	// 4.7.0); 0: no limit.
+	MaxMailPerSession int
 }
 
 // session is the role's per-session state (smtpd.State.Data). STARTTLS
@@ -122,50 +158,68 @@ func (r *Role) AuthEnabled() bool { return false }
 // Authenticate implements smtpd.Role.
 func (r *Role) Authenticate(*smtpd.State, string, string) error { return smtputil.AuthNotOffered() }
 
-// Mail implements smtpd.Role: a fully qualified sender whose domain
-// exists. The null sender is always valid (RFC 5321 §4.5.5). SPF waits
-// for the first accepted recipient (spfOnce).
-func (r *Role) Mail(st *smtpd.State, from string, _ *smtp.MailOptions) (string, error) {
-	if s := sessionOf(st); r.maxMail > 0 {
-		// Each MAIL may cost DNS questions (the sender's domain, SPF at
-		// the first recipient); RSET must not repeat them without end.
+// mailCountStage: each MAIL may cost DNS questions (the sender's domain,
+// SPF at the first recipient); RSET must not repeat them without end.
+func (r *Role) mailCountStage(p *pass, check string) error {
+	if s := sessionOf(p.st); r.maxMail > 0 {
 		if s.mails++; s.mails > r.maxMail {
-			return "", smtpd.Refuse("max_mail_per_session", smtputil.TooManyTransactions(r.maxMail), "limit", r.maxMail)
+			return smtpd.Refuse(check, smtputil.TooManyTransactions(r.maxMail), "limit", r.maxMail)
 		}
 	}
-	if err := r.deepCheck(st); err != nil {
-		return "", err
-	}
+	return nil
+}
+
+// senderSyntaxStage parses the sender; UTF-8 only with SMTPUTF8. A
+// sender without a dot in its domain is left to sender_fqdn.
+func (r *Role) senderSyntaxStage(p *pass, check string) error {
+	from := p.raw
 	if from == "" {
-		return "", r.plaintextPartner(st, "")
+		return nil
 	}
 	if strings.IndexFunc(from, func(c rune) bool { return c < 0x20 || c == 0x7f }) >= 0 {
-		return "", smtpd.Refuse("address_syntax", smtputil.SenderControlChars(from))
+		return smtpd.Refuse(check, smtputil.SenderControlChars(from))
 	}
-	a, err := smtputil.ParseMailbox(from, st != nil && st.SMTPUTF8)
+	a, err := smtputil.ParseMailbox(from, p.st != nil && p.st.SMTPUTF8)
 	if isNotFQDN(err) {
-		// "off" lets user@host through; a sender with no domain at all
-		// never: downstream MTAs would qualify it with their own domain
-		// and take a stranger's mail for internal.
-		action := r.checks.SenderFQDN
-		if !strings.Contains(from, "@") {
-			action = ActionReject
-		}
-		if err := r.act("sender_fqdn", action, smtputil.NotFQDNSender(from)); err != nil {
-			return "", err
-		}
-		return from, nil
+		p.notFQDN = true
+		return nil
 	}
 	if err != nil {
-		return "", smtpd.Refuse("address_syntax", smtputil.AddressReply(err, true))
+		return smtpd.Refuse(check, smtputil.AddressReply(err, true))
 	}
-	if err := r.plaintextPartner(st, a.Domain); err != nil {
-		return "", err
+	p.addr, p.out = a, a.String()
+	return nil
+}
+
+// senderFQDNStage: "off" lets user@host through; a sender with no domain
+// at all never: downstream MTAs would qualify it with their own domain
+// and take a stranger's mail for internal.
+func (r *Role) senderFQDNStage(p *pass, check string) error {
+	if !p.notFQDN {
+		return nil
 	}
-	if err := r.senderDomain(a.Domain); err != nil {
-		return "", err
+	action := r.checks.SenderFQDN
+	if !strings.Contains(p.raw, "@") {
+		action = ActionReject
 	}
-	return a.String(), nil
+	if err := r.act(check, action, smtputil.NotFQDNSender(p.raw)); err != nil {
+		return err
+	}
+	p.out, p.done = p.raw, true
+	return nil
+}
+
+// partnerStage: a partner's mail in clear (tlsfrom.go); for <> by the
+// EHLO name alone.
+func (r *Role) partnerStage(p *pass, check string) error {
+	return r.plaintextPartner(p.st, p.addr.Domain, check)
+}
+
+func (r *Role) senderDomainStage(p *pass, check string) error {
+	if p.raw == "" {
+		return nil
+	}
+	return r.senderDomain(p.addr.Domain, check)
 }
 
 // notOurs refuses a recipient this server must not take mail for: an IP
@@ -183,44 +237,72 @@ func (r *Role) notOurs(a smtputil.Address) (check string, refusal *smtp.SMTPErro
 	return "", nil
 }
 
-// Rcpt implements smtpd.Role: only our domains, no local part that a
-// downstream MTA could read as a route elsewhere, and a recipient that
-// exists when the domain lists its recipients.
-func (r *Role) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, error) {
-	if strings.EqualFold(to, "postmaster") && r.postmaster != "" {
-		// RFC 5321 4.1.1.3: the one unqualified recipient every server
-		// must take, whatever the other checks say: it is how a blocked
-		// sender reaches a human.
-		if st != nil && st.Log != nil {
-			st.Log.Info("bare postmaster recipient", "rcpt", to, "routed_to", r.postmaster)
-		}
-		if err := r.splitPolicy(st, strings.ToLower(r.postmaster[strings.LastIndexByte(r.postmaster, '@')+1:])); err != nil {
-			return "", err
-		}
-		if err := r.spfOnce(st); err != nil {
-			return "", err
-		}
-		return r.postmaster, nil
+// postmasterStage: RFC 5321 4.1.1.3: the one unqualified recipient
+// every server must take, whatever the other checks say: it is how a
+// blocked sender reaches a human.
+func (r *Role) postmasterStage(p *pass, _ string) error {
+	if !strings.EqualFold(p.raw, "postmaster") || r.postmaster == "" {
+		return nil
 	}
-	a, err := smtputil.ParseMailbox(to, st != nil && st.SMTPUTF8)
+	if p.st != nil && p.st.Log != nil {
+		p.st.Log.Info("bare postmaster recipient", "rcpt", p.raw, "routed_to", r.postmaster)
+	}
+	p.bare, p.out = true, r.postmaster
+	p.addr.Domain = strings.ToLower(r.postmaster[strings.LastIndexByte(r.postmaster, '@')+1:])
+	return nil
+}
+
+// rcptSyntaxStage parses the recipient; one without a dot in its domain
+// is left to recipient_fqdn.
+func (r *Role) rcptSyntaxStage(p *pass, check string) error {
+	if p.bare {
+		return nil
+	}
+	a, err := smtputil.ParseMailbox(p.raw, p.st != nil && p.st.SMTPUTF8)
 	if isNotFQDN(err) {
-		if err := r.act("recipient_fqdn", r.checks.RecipientFQDN, smtputil.NotFQDNRecipient(to)); err != nil {
-			return "", err
-		}
-		// Without a domain it cannot be one of ours either.
-		return "", smtpd.Refuse("relay", smtputil.RelayDenied(to))
+		p.notFQDN = true
+		return nil
 	}
 	if err != nil {
-		return "", smtpd.Refuse("address_syntax", smtputil.AddressReply(err, false))
+		return smtpd.Refuse(check, smtputil.AddressReply(err, false))
 	}
-	if check, refusal := r.notOurs(a); refusal != nil {
-		return "", smtpd.Refuse(check, refusal)
+	p.addr, p.out = a, a.String()
+	return nil
+}
+
+func (r *Role) recipientFQDNStage(p *pass, check string) error {
+	if !p.notFQDN {
+		return nil
 	}
+	if err := r.act(check, r.checks.RecipientFQDN, smtputil.NotFQDNRecipient(p.raw)); err != nil {
+		return err
+	}
+	// Without a domain it cannot be one of ours either.
+	return smtpd.Refuse("relay", smtputil.RelayDenied(p.raw))
+}
+
+// relayStage: only our domains, no local part that a downstream MTA
+// could read as a route elsewhere (notOurs names the check).
+func (r *Role) relayStage(p *pass, _ string) error {
+	if p.bare {
+		return nil
+	}
+	if check, refusal := r.notOurs(p.addr); refusal != nil {
+		return smtpd.Refuse(check, refusal)
+	}
+	return nil
+}
+
+// recipientStage: a recipient that exists, when the domain lists its
+// recipients or has them verified downstream.
+func (r *Role) recipientStage(p *pass, check string) error {
+	if p.bare {
+		return nil
+	}
+	a := p.addr
 	if set := (*r.recipients.Load())[a.Domain]; set != nil {
 		if !set.Has(a) {
-			if err := r.act("unknown_recipient", r.checks.UnknownRecipient, smtputil.RecipientUnknown(a.String())); err != nil {
-				return "", err
-			}
+			return r.act(check, r.checks.UnknownRecipient, smtputil.RecipientUnknown(a.String()))
 		}
 	} else if v := (*r.verifiers.Load())[a.Domain]; v != nil && r.checks.UnknownRecipient != ActionOff {
 		exists, err := v.Exists(a.String())
@@ -228,24 +310,16 @@ func (r *Role) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, er
 		case errors.Is(err, errNoSMTPUTF8):
 			// In the dialog, not after our 250: the message could only
 			// be held (RFC 6531 §3.2 allows no downgrade of it).
-			return "", smtpd.Refuse("verify", smtputil.DownstreamNoSMTPUTF8(a.String()), "error", err.Error())
+			return smtpd.Refuse("verify", smtputil.DownstreamNoSMTPUTF8(a.String()), "error", err.Error())
 		case err != nil:
 			// Never a silent accept: the sender retries until the
 			// downstream can answer. A warning: the downstream is down.
 			ref := smtpd.Refuse("verify", smtputil.RecipientVerifyTempFail(a.String()), "error", err.Error())
 			ref.Level = slog.LevelWarn
-			return "", ref
+			return ref
 		case !exists:
-			if err := r.act("unknown_recipient", r.checks.UnknownRecipient, smtputil.RecipientUnknown(a.String())); err != nil {
-				return "", err
-			}
+			return r.act(check, r.checks.UnknownRecipient, smtputil.RecipientUnknown(a.String()))
 		}
 	}
-	if err := r.splitPolicy(st, a.Domain); err != nil {
-		return "", err
-	}
-	if err := r.spfOnce(st); err != nil {
-		return "", err
-	}
-	return a.String(), nil
+	return nil
 }

@@ -129,39 +129,35 @@ func containsAddr(as []netip.Addr, a netip.Addr) bool {
 	return false
 }
 
-// Connect implements smtpd.Role: the screening seam. Deny first, then
-// allow (which skips the rest of screening), then DNSBL scoring, then the
-// EHLO name check (off by default).
-func (r *Role) Connect(st *smtpd.State) error {
-	ip := st.RemoteIP
-	if err := r.screenClient(ip, st); err != nil {
-		return err
-	}
-	if a := r.checks.HeloFQDN.or(ActionOff); a != ActionOff && !validHelo(st.Helo) {
-		return r.act("helo_fqdn", a, smtputil.HeloNotFQDN(sanitizeHelo(st.Helo)))
-	}
-	return nil
-}
-
 // Allowed reports whether a client skips screening, including the
 // pregreet wait: on the allow list, or passed recently (the cache).
 func (r *Role) Allowed(ip netip.Addr) bool {
 	return inAny(ip, r.screen.Allow) || (r.screen.CacheTTL > 0 && r.passed.has(ip, time.Now()))
 }
 
-func (r *Role) screenClient(ip netip.Addr, st *smtpd.State) error {
-	if inAny(ip, r.screen.Deny) {
-		return smtpd.Refuse("deny", smtputil.ClientDenied(ip.String()))
+func (r *Role) denyStage(p *pass, check string) error {
+	if inAny(p.st.RemoteIP, r.screen.Deny) {
+		return smtpd.Refuse(check, smtputil.ClientDenied(p.st.RemoteIP.String()))
 	}
-	if inAny(ip, r.screen.Allow) {
+	return nil
+}
+
+// allowStage ends the screening for a client on the allow list or
+// screened recently (the pass cache: no DNS query).
+func (r *Role) allowStage(p *pass, _ string) error {
+	p.screened = inAny(p.st.RemoteIP, r.screen.Allow) ||
+		r.screen.CacheTTL > 0 && r.passed.has(p.st.RemoteIP, time.Now())
+	return nil
+}
+
+func (r *Role) dnsblStage(p *pass, check string) error {
+	if p.screened {
 		return nil
 	}
-	if r.screen.CacheTTL > 0 && r.passed.has(ip, time.Now()) {
-		return nil // screened recently: no DNS query
-	}
+	ip, st := p.st.RemoteIP, p.st
 	total, listed := r.score(ip)
 	if len(r.screen.DNSBL.Lists) > 0 && total >= r.screen.DNSBL.Threshold && len(listed) > 0 {
-		return smtpd.Refuse("dnsbl", smtputil.ClientListed(ip.String(), strings.Join(listed, ", ")),
+		return smtpd.Refuse(check, smtputil.ClientListed(ip.String(), strings.Join(listed, ", ")),
 			"score", total, "lists", strings.Join(listed, ","))
 	}
 	if total > 0 && r.screen.Tarpit > 0 {
@@ -179,15 +175,24 @@ func (r *Role) screenClient(ip netip.Addr, st *smtpd.State) error {
 	return nil
 }
 
-// deepCheck is the second half of the deep protocol test, at MAIL.
-func (r *Role) deepCheck(st *smtpd.State) error {
+// heloStage is the EHLO name check (off by default).
+func (r *Role) heloStage(p *pass, check string) error {
+	if a := r.checks.HeloFQDN.or(ActionOff); a != ActionOff && !validHelo(p.st.Helo) {
+		return r.act(check, a, smtputil.HeloNotFQDN(sanitizeHelo(p.st.Helo)))
+	}
+	return nil
+}
+
+// deepStage is the second half of the deep protocol test, at MAIL.
+func (r *Role) deepStage(p *pass, check string) error {
+	st := p.st
 	s := sessionOf(st)
 	if !s.deepPending {
 		return nil
 	}
 	s.deepPending = false
 	r.passed.add(st.RemoteIP, time.Now().Add(max(r.screen.CacheTTL, time.Hour)))
-	return smtpd.Refuse("deep_protocol_test", smtputil.FirstContact(st.RemoteIP.String()))
+	return smtpd.Refuse(check, smtputil.FirstContact(st.RemoteIP.String()))
 }
 
 func validHelo(h string) bool {

@@ -65,14 +65,14 @@ func tlsFromHost(rules []TLSFrom, helo string) *TLSFrom {
 // himself refused. What it cannot cover: a partner whose MTAs use a
 // provider's name (a hosted mail service); README.md says what the admin
 // can do then.
-func (r *Role) plaintextPartner(st *smtpd.State, domain string) error {
+func (r *Role) plaintextPartner(st *smtpd.State, domain, check string) error {
 	if st.TLS != nil {
 		return nil
 	}
 	rules := *r.tlsFrom.Load()
 	if domain != "" {
 		if rule := tlsFromRule(rules, domain); rule != nil && rule.Action != ActionOff {
-			return smtpd.Refuse("plaintext_partner", partnerReply(rule, "mail from "+domain),
+			return smtpd.Refuse(check, partnerReply(rule, "mail from "+domain),
 				"action", rule.action(), "domain", domain, "rule", rule.Rule)
 		}
 	}
@@ -82,7 +82,7 @@ func (r *Role) plaintextPartner(st *smtpd.State, domain string) error {
 	}
 	if rule := tlsFromHost(rules, helo); rule != nil && rule.Action != ActionOff {
 		// The EHLO name is the session's helo key of the log line.
-		return smtpd.Refuse("plaintext_partner", partnerReply(rule, "mail from the servers of "+strings.TrimPrefix(rule.Match, ".")+" (EHLO "+helo+")"),
+		return smtpd.Refuse(check, partnerReply(rule, "mail from the servers of "+strings.TrimPrefix(rule.Match, ".")+" (EHLO "+helo+")"),
 			"action", rule.action(), "rule", rule.Rule)
 	}
 	return nil
