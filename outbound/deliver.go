@@ -232,7 +232,7 @@ func (e *Engine) Deliver(ctx context.Context, d *queue.Delivery) []queue.Result 
 			rcpts[k] = d.Rcpts[i]
 		}
 		var gr []queue.Result
-		if g.t.Kind == "maildir" {
+		if g.t.Kind == KindMaildir {
 			gr = deliverMaildir(g.t.Addr, e.o.Helo, d, rcpts)
 		} else {
 			gr = e.deliverRemote(ctx, ts, d, g.t, g.dom, rcpts)
@@ -294,7 +294,7 @@ func (e *Engine) deliverRemote(ctx context.Context, ts *tlsState, d *queue.Deliv
 	}
 	// The encryption rule is the recipient domain's: a route's next-hop
 	// host is no address to look a key up for.
-	if r := ts.enc.ruleFor(pol, d); r != nil && (t.Kind == "mx" || ruleDom != "") {
+	if r := ts.enc.ruleFor(pol, d); r != nil && (t.Kind == KindMX || ruleDom != "") {
 		return e.deliverEncrypting(ctx, ds, ts.enc, r, d, t, pol, key, rcpts)
 	}
 	res, _ := e.send(ctx, ds, d, t, pol, key, rcpts, nil, false)
@@ -427,7 +427,7 @@ func forHost(ctx context.Context, pol *tlspolicy.Policy, t Target, host string, 
 	if relaxed {
 		return pol.Opportunistic(host), nil
 	}
-	if t.Kind == "mx" {
+	if t.Kind == KindMX {
 		return pol.ForMX(ctx, host)
 	}
 	return pol.ForRelay(ctx, host)
@@ -486,7 +486,7 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 			// next hop did not take the request over (RFC 3461 §5.2.2).
 			switch {
 			case dsnHop:
-			case t.Kind == "lmtp":
+			case t.Kind == KindLMTP:
 				r.Success = queue.ActionDelivered
 			default:
 				r.Success = queue.ActionRelayed
@@ -763,20 +763,20 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 		if a, ok := resolved[h]; ok {
 			return a, nil
 		}
-		a, err := NextHopAddrs(ctx, e.o.Resolver, h, t.Kind != "mx")
+		a, err := NextHopAddrs(ctx, e.o.Resolver, h, t.Kind != KindMX)
 		if err == nil {
 			resolved[h] = a
 		}
 		return a, err
 	}
 	switch t.Kind {
-	case "smtp", "lmtp":
+	case KindSMTP, KindLMTP:
 		h, p, err := net.SplitHostPort(t.Addr)
 		if err != nil {
 			return nil, &queue.Result{Status: queue.TempFail, Code: "4.3.5", Reply: "bad next hop " + t.Addr + ": " + err.Error()}, false
 		}
 		hosts, port = []string{h}, p
-	case "mx":
+	case KindMX:
 		var self func(string) bool
 		if e.o.Self != nil {
 			self = func(h string) bool {
@@ -917,7 +917,7 @@ func (e *tlsPolicyError) Error() string {
 // smtp_tls_policy_maps by next-hop destination).
 func (e *Engine) decideTLS(ctx context.Context, ts *tlsState, d *queue.Delivery, t Target, ruleDom string) (*tlspolicy.Policy, string, *queue.Result) {
 	dest := t.Addr
-	if t.Kind != "mx" {
+	if t.Kind != KindMX {
 		dest, _, _ = net.SplitHostPort(t.Addr)
 		if ruleDom != "" {
 			dest = ruleDom
@@ -925,13 +925,13 @@ func (e *Engine) decideTLS(ctx context.Context, ts *tlsState, d *queue.Delivery,
 	}
 	// REQUIRETLS binds every relay hop; final delivery of inbound mail to
 	// the organisation's own mail store (a route) is where it ends.
-	requireTLS := d.Envelope.RequireTLS && (t.Kind == "mx" || d.Envelope.Origin != queue.OriginInbound)
+	requireTLS := d.Envelope.RequireTLS && (t.Kind == KindMX || d.Envelope.Origin != queue.OriginInbound)
 	tlsNo := false
 	if ts.honour && !requireTLS {
 		tlsNo = tlsRequiredNo(d)
 	}
 	decide := ts.d.Decide
-	if t.Kind != "mx" {
+	if t.Kind != KindMX {
 		decide = ts.d.DecideRelay
 	}
 	pol, err := decide(ctx, dest, requireTLS, tlsNo)
@@ -1040,7 +1040,7 @@ func (e *Engine) open(ctx context.Context, t Target, host, addr, relay string, h
 			return nil, err
 		}
 		var cl client
-		if t.Kind == "lmtp" {
+		if t.Kind == KindLMTP {
 			cl, err = newLMTPClient(conn, e.o.Helo, e.o.CommandTimeout)
 		} else {
 			cl, err = newSMTPClient(conn, host, e.o.Helo, e.o.CommandTimeout)

@@ -68,7 +68,7 @@ func TestReuseChecksTheLiveSession(t *testing.T) {
 	e := NewEngine(EngineOptions{IdleTimeout: time.Minute, TLS: d}, &Router{})
 	defer e.Close()
 	ctx := context.Background()
-	tg := Target{Kind: "smtp", Addr: "127.0.0.1:25"}
+	tg := Target{Kind: KindSMTP, Addr: "127.0.0.1:25"}
 	ds := e.dest(tg.Key())
 	defer e.releaseDest(ds)
 	const key = "the same key for both"
@@ -102,7 +102,7 @@ func TestReuseKeepsOpportunisticTLS(t *testing.T) {
 	e := NewEngine(EngineOptions{IdleTimeout: time.Minute, StartTLS: true}, &Router{})
 	defer e.Close()
 	ctx := context.Background()
-	tg := Target{Kind: "smtp", Addr: "127.0.0.1:25"}
+	tg := Target{Kind: KindSMTP, Addr: "127.0.0.1:25"}
 	ds := e.dest(tg.Key())
 	defer e.releaseDest(ds)
 	pol, err := e.tls.Load().d.DecideRelay(ctx, "127.0.0.1", false, false)

@@ -10,8 +10,7 @@ import (
 
 // Target is where a recipient's mail goes next.
 type Target struct {
-	// Kind is "smtp", "lmtp", "maildir" or "mx".
-	Kind string
+	Kind Kind
 	// Addr is host:port for smtp/lmtp, the directory for maildir, the
 	// recipient domain for mx.
 	Addr string
@@ -19,14 +18,45 @@ type Target struct {
 	Auth *RouteAuth
 }
 
+// Kind is how a Target takes mail; the zero Kind is none (a Target
+// that ParseTarget refused).
+type Kind uint8
+
+const (
+	// KindMX: the recipient domain's MX hosts (Addr is the domain).
+	KindMX Kind = iota + 1
+	// KindSMTP: a configured next hop, smtp://host:port.
+	KindSMTP
+	// KindLMTP: a configured next hop, lmtp://host:port.
+	KindLMTP
+	// KindMaildir: a local directory, maildir:/path.
+	KindMaildir
+)
+
+// String is the kind as a route spells it (and as Key and logs show
+// it): "mx", "smtp", "lmtp" or "maildir".
+func (k Kind) String() string {
+	switch k {
+	case KindSMTP:
+		return "smtp"
+	case KindLMTP:
+		return "lmtp"
+	case KindMaildir:
+		return "maildir"
+	case KindMX:
+		return "mx"
+	}
+	return ""
+}
+
 // Key identifies a destination for connection reuse and concurrency limits.
 // The AUTH user is part of it: a pooled session is already authenticated,
 // so two routes to one smarthost with different accounts must not share.
 func (t Target) Key() string {
 	if t.Auth != nil {
-		return t.Kind + ":" + t.Auth.Username + "@" + t.Addr
+		return t.Kind.String() + ":" + t.Auth.Username + "@" + t.Addr
 	}
-	return t.Kind + ":" + t.Addr
+	return t.Kind.String() + ":" + t.Addr
 }
 
 // configured reports a next hop the configuration names (smtp://,
@@ -34,7 +64,7 @@ func (t Target) Key() string {
 // than its own, so a rule naming a recipient domain must be applied to it
 // explicitly. Not for MX delivery (decided per recipient domain anyway)
 // or maildir (local: nothing crosses a network).
-func (t Target) configured() bool { return t.Kind != "mx" && t.Kind != "maildir" }
+func (t Target) configured() bool { return t.Kind != KindMX && t.Kind != KindMaildir }
 
 // RouteAuth are credentials for a next hop.
 type RouteAuth struct {
@@ -80,11 +110,11 @@ type Router struct {
 func ParseTarget(s string) (Target, error) {
 	switch {
 	case strings.HasPrefix(s, "smtp://"):
-		return Target{Kind: "smtp", Addr: strings.TrimSuffix(strings.TrimPrefix(s, "smtp://"), "/")}, nil
+		return Target{Kind: KindSMTP, Addr: strings.TrimSuffix(strings.TrimPrefix(s, "smtp://"), "/")}, nil
 	case strings.HasPrefix(s, "lmtp://"):
-		return Target{Kind: "lmtp", Addr: strings.TrimSuffix(strings.TrimPrefix(s, "lmtp://"), "/")}, nil
+		return Target{Kind: KindLMTP, Addr: strings.TrimSuffix(strings.TrimPrefix(s, "lmtp://"), "/")}, nil
 	case strings.HasPrefix(s, "maildir:"):
-		return Target{Kind: "maildir", Addr: strings.TrimPrefix(s, "maildir:")}, nil
+		return Target{Kind: KindMaildir, Addr: strings.TrimPrefix(s, "maildir:")}, nil
 	}
 	return Target{}, fmt.Errorf("unknown target %q (want smtp://host:port, lmtp://host:port or maildir:PATH)", s)
 }
@@ -99,5 +129,5 @@ func (r *Router) Route(domain string) Target {
 			return rt.Target
 		}
 	}
-	return Target{Kind: "mx", Addr: domain}
+	return Target{Kind: KindMX, Addr: domain}
 }

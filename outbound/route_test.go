@@ -10,10 +10,10 @@ import (
 
 func TestParseTarget(t *testing.T) {
 	for in, want := range map[string]outbound.Target{
-		"smtp://kopano.internal:25":  {Kind: "smtp", Addr: "kopano.internal:25"},
-		"smtp://kopano.internal:25/": {Kind: "smtp", Addr: "kopano.internal:25"},
-		"lmtp://127.0.0.1:24":        {Kind: "lmtp", Addr: "127.0.0.1:24"},
-		"maildir:/var/mail/ours":     {Kind: "maildir", Addr: "/var/mail/ours"},
+		"smtp://kopano.internal:25":  {Kind: outbound.KindSMTP, Addr: "kopano.internal:25"},
+		"smtp://kopano.internal:25/": {Kind: outbound.KindSMTP, Addr: "kopano.internal:25"},
+		"lmtp://127.0.0.1:24":        {Kind: outbound.KindLMTP, Addr: "127.0.0.1:24"},
+		"maildir:/var/mail/ours":     {Kind: outbound.KindMaildir, Addr: "/var/mail/ours"},
 	} {
 		got, err := outbound.ParseTarget(in)
 		if err != nil || got.Kind != want.Kind || got.Addr != want.Addr {
@@ -28,11 +28,11 @@ func TestParseTarget(t *testing.T) {
 }
 
 func TestRouteOrder(t *testing.T) {
-	local := outbound.Target{Kind: "maildir", Addr: "/var/mail"}
-	lmtp := outbound.Target{Kind: "lmtp", Addr: "groupware:24"}
-	exact := outbound.Target{Kind: "smtp", Addr: "exact:25"}
-	parent := outbound.Target{Kind: "smtp", Addr: "parent:25"}
-	star := outbound.Target{Kind: "smtp", Addr: "smarthost:25"}
+	local := outbound.Target{Kind: outbound.KindMaildir, Addr: "/var/mail"}
+	lmtp := outbound.Target{Kind: outbound.KindLMTP, Addr: "groupware:24"}
+	exact := outbound.Target{Kind: outbound.KindSMTP, Addr: "exact:25"}
+	parent := outbound.Target{Kind: outbound.KindSMTP, Addr: "parent:25"}
+	star := outbound.Target{Kind: outbound.KindSMTP, Addr: "smarthost:25"}
 	r := &outbound.Router{
 		Local: map[string]outbound.Target{"ours.test": local, "sub.parent.test": lmtp, "exact.test": lmtp},
 		Routes: []outbound.Route{
@@ -62,7 +62,7 @@ func TestRouteOrder(t *testing.T) {
 
 	// Without "*" the rest goes by MX.
 	r = &outbound.Router{Routes: []outbound.Route{{Match: "partner.test", Target: exact}}}
-	if got := r.Route("other.test"); got.Kind != "mx" || got.Addr != "other.test" {
+	if got := r.Route("other.test"); got.Kind != outbound.KindMX || got.Addr != "other.test" {
 		t.Errorf("Route(other.test) = %+v, want MX delivery", got)
 	}
 
@@ -77,7 +77,7 @@ func TestRouteOrder(t *testing.T) {
 func TestTargetKeys(t *testing.T) {
 	keys := map[string]bool{}
 	for _, tg := range []outbound.Target{
-		{Kind: "smtp", Addr: "h:25"}, {Kind: "lmtp", Addr: "h:25"}, {Kind: "mx", Addr: "h"}, {Kind: "maildir", Addr: "h"},
+		{Kind: outbound.KindSMTP, Addr: "h:25"}, {Kind: outbound.KindLMTP, Addr: "h:25"}, {Kind: outbound.KindMX, Addr: "h"}, {Kind: outbound.KindMaildir, Addr: "h"},
 	} {
 		if keys[tg.Key()] {
 			t.Errorf("two targets share the key %q", tg.Key())

@@ -150,7 +150,9 @@ type destination struct {
 	host, port string // configured next hop only
 }
 
-func (d destination) relay() bool { return d.target.Kind == "smtp" || d.target.Kind == "lmtp" }
+func (d destination) relay() bool {
+	return d.target.Kind == outbound.KindSMTP || d.target.Kind == outbound.KindLMTP
+}
 
 func (e *tlsEnv) destination(domain string) (destination, error) {
 	t := e.rt.Route(domain)
@@ -162,17 +164,17 @@ func (e *tlsEnv) destination(domain string) (destination, error) {
 		// The first route that takes the domain on its own is the one
 		// Route used: same matching code, no copy of it here.
 		for i, r := range e.rt.Routes {
-			if (&outbound.Router{Routes: []outbound.Route{r}}).Route(domain).Kind != "mx" {
+			if (&outbound.Router{Routes: []outbound.Route{r}}).Route(domain).Kind != outbound.KindMX {
 				key = fmt.Sprintf("outbound.routes[%d] (match %s)", i, r.Match)
 				break
 			}
 		}
 	}
 	switch t.Kind {
-	case "mx":
+	case outbound.KindMX:
 		d.how = "the MX hosts of " + domain + ", looked up through " + e.cfg.DNS.Resolver
 		return d, nil
-	case "maildir":
+	case outbound.KindMaildir:
 		d.how = "the local maildir " + t.Addr + " (" + key + "): nothing crosses a network, so no TLS policy applies, not even a rule naming " + domain
 		return d, nil
 	}
@@ -189,7 +191,7 @@ func (e *tlsEnv) destination(domain string) (destination, error) {
 	} else {
 		d.how = fmt.Sprintf("%s://%s (%s); the policy is decided for the next-hop host %s, as delivery does (no rule names %s)", t.Kind, t.Addr, key, d.policyFor, domain)
 	}
-	if t.Kind == "lmtp" {
+	if t.Kind == outbound.KindLMTP {
 		d.how += "; LMTP uses STARTTLS when offered and is checked like SMTP"
 	}
 	if a := t.Auth; a != nil {
@@ -215,7 +217,7 @@ func (e *tlsEnv) decide(ctx context.Context, w io.Writer, a tlsCmdArgs, d destin
 		msg += " (as for submitted mail: inbound mail keeps REQUIRETLS only to MX hosts)"
 	}
 	fmt.Fprintln(w, msg)
-	if d.target.Kind == "maildir" {
+	if d.target.Kind == outbound.KindMaildir {
 		return nil, 0, false
 	}
 	decide := e.dec.Decide
@@ -466,7 +468,7 @@ func tlsProbe(args []string, stdout, stderr io.Writer) int {
 				fmt.Fprintln(stdout)
 			}
 			total++
-			r := p.probe(ctx, hp, h, ad, port, d.target.Kind == "lmtp")
+			r := p.probe(ctx, hp, h, ad, port, d.target.Kind == outbound.KindLMTP)
 			r.print(stdout)
 			if !r.met {
 				failed++

@@ -70,7 +70,7 @@ func router(cfg *config.Config) (*outbound.Router, error) {
 	}
 	for i, rt := range cfg.Outbound.Routes {
 		t, err := outbound.ParseTarget(rt.NextHop)
-		if err != nil || t.Kind == "maildir" {
+		if err != nil || t.Kind == outbound.KindMaildir {
 			return nil, fmt.Errorf("outbound.routes[%d].next_hop: %q is not smtp://host:port or lmtp://host:port", i, rt.NextHop)
 		}
 		if rt.Auth != nil {
