@@ -344,22 +344,22 @@ func (e *Engine) send(ctx context.Context, ds *dest, d *queue.Delivery, t Target
 		// is what ends a transaction in progress; its recipients then
 		// fail temporarily as with any lost connection.
 		stop := context.AfterFunc(ctx, p.cl.abort)
-		res, broken, stale := e.transact(d, t, p, rcpts, s)
+		tr := e.transact(d, t, p, rcpts, s)
 		if !stop() {
-			broken, stale = true, false
+			tr.sessionBroken, tr.noReplyToMail = true, false
 		}
-		if stale && reused && try == 0 {
+		if tr.noReplyToMail && reused && try == 0 {
 			// A pooled session the peer had already closed: not a real
 			// failure, try once more on a fresh connection.
 			p.cl.quit()
 			continue
 		}
-		if broken || e.o.IdleTimeout <= 0 {
+		if tr.sessionBroken || e.o.IdleTimeout <= 0 {
 			p.cl.quit()
 		} else {
 			e.release(ds, p)
 		}
-		return res, false
+		return tr.res, false
 	}
 }
 
@@ -454,14 +454,27 @@ func (e *Engine) release(ds *dest, p *pooled) {
 	})
 }
 
-// transact runs one MAIL/RCPT/DATA. broken reports that the session cannot
-// be reused; stale that it failed on its very first command without a reply
-// (a pooled session the peer had closed), so nothing was sent.
-func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string, s *sealing) (res []queue.Result, broken, stale bool) {
+// txnResult is what one transaction leaves: the recipients' results and
+// what may become of the session.
+type txnResult struct {
+	// res holds one result per recipient, in the order transact got them.
+	res []queue.Result
+	// sessionBroken: the session cannot carry another transaction (the
+	// connection is gone or out of step, or RSET failed): quit it, never
+	// pool it.
+	sessionBroken bool
+	// noReplyToMail: MAIL, the first command, got no reply: on a pooled
+	// session, the peer closed it while it idled. Nothing was sent, so a
+	// fresh connection may try the transaction again.
+	noReplyToMail bool
+}
+
+// transact runs one MAIL/RCPT/DATA on p.
+func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string, s *sealing) txnResult {
 	tlsInfo := p.tls.info
 	// Every recipient starts as a temporary failure: only a reply to the
 	// end of DATA may turn one into Delivered.
-	res = all(len(rcpts), queue.Result{Status: queue.TempFail, Code: "4.4.2", Relay: p.relay, TLS: tlsInfo,
+	res := all(len(rcpts), queue.Result{Status: queue.TempFail, Code: "4.4.2", Relay: p.relay, TLS: tlsInfo,
 		Reply: "transaction with " + p.relay + " did not complete"})
 	for i := range res {
 		res[i].TLSPolicy = p.outcome
@@ -469,8 +482,8 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 	if p.hp == nil || p.hp.RequiresTLS() && tlsInfo == "" {
 		// open() and reuse() never hand out such a session; this is the
 		// last line of defence before any byte of the message is sent.
-		return all(len(rcpts), queue.Result{Status: queue.TempFail, Code: "4.7.10", Relay: p.relay, TLSPolicy: p.outcome,
-			Reply: fmt.Sprintf("TLS required for %s, session is not encrypted; not sent", t.Addr)}), true, false
+		return txnResult{sessionBroken: true, res: all(len(rcpts), queue.Result{Status: queue.TempFail, Code: "4.7.10", Relay: p.relay, TLSPolicy: p.outcome,
+			Reply: fmt.Sprintf("TLS required for %s, session is not encrypted; not sent", t.Addr)})}
 	}
 	env := d.Envelope
 	dsnHop, _ := p.cl.extension("DSN")
@@ -508,14 +521,14 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 	offered, _ := p.cl.extension("SMTPUTF8")
 	plan, err := planEnvelope(d, rcpts, offered)
 	if err != nil {
-		return all(len(rcpts), queue.Result{Status: queue.TempFail, Code: "4.3.0", Relay: p.relay, TLS: tlsInfo, TLSPolicy: p.outcome,
-			Reply: "cannot read spool file: " + err.Error()}), false, false
+		return txnResult{res: all(len(rcpts), queue.Result{Status: queue.TempFail, Code: "4.3.0", Relay: p.relay, TLS: tlsInfo, TLSPolicy: p.outcome,
+			Reply: "cannot read spool file: " + err.Error()})}
 	}
 	if plan.whole != "" {
 		// Nothing was sent: the session stays good for other mail.
 		r := noSMTPUTF8(p.relay, plan.whole, plan.wholeWhat)
 		r.TLS, r.TLSPolicy = tlsInfo, p.outcome
-		return all(len(rcpts), r), false, false
+		return txnResult{res: all(len(rcpts), r)}
 	}
 	for i, why := range plan.refused {
 		if why != "" {
@@ -559,12 +572,12 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 			for i := range res {
 				res[i] = not7Bit(p, de.Reason)
 			}
-			return res, false, false
+			return txnResult{res: res}
 		case err != nil:
 			for i := range res {
 				res[i].Code, res[i].Reply = "4.3.0", "converting the message to 7 bit failed: "+err.Error()
 			}
-			return res, false, false
+			return txnResult{res: res}
 		}
 		if c != nil {
 			defer c.Close()
@@ -575,9 +588,9 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 	if err := p.cl.mail(plan.from, mp); err != nil {
 		setAll(err, "MAIL FROM")
 		if toReply(err, "") == nil {
-			return res, true, true
+			return txnResult{res: res, sessionBroken: true, noReplyToMail: true}
 		}
-		return res, p.cl.reset() != nil, false
+		return txnResult{res: res, sessionBroken: p.cl.reset() != nil}
 	}
 	var ok, okWire []string
 	var okIdx []int
@@ -602,7 +615,7 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 						set(j, err, "RCPT TO")
 					}
 				}
-				return res, true, false
+				return txnResult{res: res, sessionBroken: true}
 			}
 			continue
 		}
@@ -611,7 +624,7 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 		okIdx = append(okIdx, i)
 	}
 	if len(ok) == 0 {
-		return res, p.cl.reset() != nil, false
+		return txnResult{res: res, sessionBroken: p.cl.reset() != nil}
 	}
 	out := &Outgoing{Delivery: d, Target: t, Rcpts: ok, TLS: tlsInfo,
 		Reopen: func() (io.ReadCloser, error) { return d.Open() }}
@@ -642,11 +655,11 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 					Explanation: "Your organisation's policy requires this message to be encrypted end to end for this recipient, and it could not be: " +
 						"its header is malformed (" + why + "). Nothing was sent. Ask whoever runs the program that wrote the message to fix it, then send it again."}
 			}
-			return res, p.cl.reset() != nil, false
+			return txnResult{res: res, sessionBroken: p.cl.reset() != nil}
 		}
 		if err != nil {
 			fail("4.3.0", "encrypting the message failed: "+err.Error())
-			return res, p.cl.reset() != nil, false
+			return txnResult{res: res, sessionBroken: p.cl.reset() != nil}
 		}
 		defer sc.Close()
 		out.Reopen, out.Encrypted = sc.Open, true
@@ -660,14 +673,14 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 					res[i] = not7Bit(p, de.Reason)
 					res[i].Encryption = s.note(rcpts[i])
 				}
-				return res, p.cl.reset() != nil, false
+				return txnResult{res: res, sessionBroken: p.cl.reset() != nil}
 			}
 		}
 	}
 	r, err := out.Reopen()
 	if err != nil {
 		fail("4.3.0", "cannot read spool file: "+err.Error())
-		return res, true, false
+		return txnResult{res: res, sessionBroken: true}
 	}
 	defer r.Close()
 	out.Data = r
@@ -676,7 +689,7 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 		data, err = e.o.Transform(out)
 		if err != nil {
 			fail("4.3.0", "preparing the message failed: "+err.Error())
-			return res, p.cl.reset() != nil, false
+			return txnResult{res: res, sessionBroken: p.cl.reset() != nil}
 		}
 	}
 	// LMTP's replies are matched by the address as sent.
@@ -691,9 +704,9 @@ func (e *Engine) transact(d *queue.Delivery, t Target, p *pooled, rcpts []string
 		set(i, e, "end of DATA")
 	}
 	if err != nil && toReply(err, "") == nil {
-		return res, true, false
+		return txnResult{res: res, sessionBroken: true}
 	}
-	return res, false, false
+	return txnResult{res: res}
 }
 
 // not7Bit is the result for a message that a next hop without 8BITMIME
