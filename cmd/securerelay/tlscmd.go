@@ -2,8 +2,9 @@ package main
 
 // `securerelay tls-policy explain|probe`: what the TLS policy asks of a
 // destination, and whether its servers would meet it. Both walk the path
-// a delivery walks (outbound/deliver.go: Router.Route, Deliver's grouping,
-// decideTLS, connect, open; outbound/client.go: establish) with the same
+// a delivery walks (outbound: Router.Route and Deliver's grouping in
+// deliver.go, decideTLS in tlsdecide.go, connect and open in connect.go,
+// establish in client.go) with the same
 // tlspolicy calls, so that what they print is what a message would get,
 // not a second opinion that could drift from it.
 
