@@ -98,6 +98,9 @@ func (h *HopCounter) Write(p []byte) (int, error) {
 // HeaderFields returns the unfolded values of every field called name in
 // header, in order. Names compare as RFC 5322 reads them: case-insensitive,
 // with the obsolete white space before the colon (§4.5) allowed.
+// With dkim.ReadHeader it is the one header reader of the relay;
+// docs/flow.md ("Header readers") says why authres, milter and attach
+// read headers their own way.
 func HeaderFields(header []byte, name string) []string {
 	var out []string
 	lines := strings.Split(strings.ReplaceAll(string(header), "\r\n", "\n"), "\n")
