@@ -154,15 +154,20 @@ func (r *Role) screenClient(ip netip.Addr, st *smtpd.State) error {
 		return smtpd.Refuse("deny", smtputil.ClientDenied(ip.String()))
 	}
 	if inAny(ip, r.screen.Allow) {
+		st.Screen = "allow"
 		return nil
 	}
 	if r.screen.CacheTTL > 0 && r.passed.has(ip, time.Now()) {
+		st.Screen = "cached"
 		return nil // screened recently: no DNS query
 	}
 	total, listed := r.score(ip)
 	if len(r.screen.DNSBL.Lists) > 0 && total >= r.screen.DNSBL.Threshold && len(listed) > 0 {
 		return smtpd.Refuse("dnsbl", smtputil.ClientListed(ip.String(), strings.Join(listed, ", ")),
 			"score", total, "lists", strings.Join(listed, ","))
+	}
+	if total > 0 {
+		st.Screen = "listed" // below the threshold
 	}
 	if total > 0 && r.screen.Tarpit > 0 {
 		st.Tarpit = r.screen.Tarpit // listed somewhere: slow it down
