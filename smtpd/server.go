@@ -128,14 +128,15 @@ type Server struct {
 	counts    ClientCounter
 	perClient map[string]int
 	refusals  map[string]*atomic.Int64
+	stressed  atomic.Bool
+	authLocks keyedLocks
+
 	// byCode, sessions (by screening verdict) and accepted are the
 	// counts of Stats; byCode and sessions under mu.
 	byCode        map[RefusalKey]*atomic.Int64
 	sessions      map[string]*atomic.Int64
 	accepted      atomic.Int64
 	acceptedBytes atomic.Int64
-	stressed      atomic.Bool
-	authLocks     keyedLocks
 }
 
 // New prepares a listener; call Listen then Serve.
