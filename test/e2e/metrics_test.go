@@ -23,8 +23,9 @@ import (
 // did: on the MX listener one message accepted and delivered (maildir)
 // and two refused at RCPT by two different checks (unknown_recipient,
 // relay); on the submission listener one message the partner's server
-// defers (451) and one it refuses (550), which is bounced, its DSN
-// delivered to the sender's maildir. Then the delivery-delay histogram's
+// takes (DKIM-signed with example.test's one key), one it defers (451)
+// and one it refuses (550), which is bounced, its DSN delivered to the
+// sender's maildir. Then the delivery-delay histogram's
 // count, the queue gauge (the deferred message is the only one left) and
 // the TLS outcome of the configured rule for partner.test.
 func TestMetrics(t *testing.T) {
@@ -39,6 +40,7 @@ func TestMetrics(t *testing.T) {
 		return nil
 	}})
 	dir := t.TempDir()
+	edKey, _ := keygen(t, dir, "e2026", "ed25519")
 	dns := dnstest.NewServer(t, "example.org. A 192.0.2.1\n")
 	mx, sub, metricsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	mail := filepath.Join(dir, "mail")
@@ -52,13 +54,14 @@ domains:
   example.test:
     deliver_to: "maildir:%s"
     recipients: {list: [bob, alice]}
+    dkim: [{selector: e2026, key: %q}]
 outbound:
   routes:
     - {match: partner.test, next_hop: "smtp://%s"}
   tls:
     policies:
       - {match: partner.test, level: may}
-%s`, metricsAddr, mx, sub, mail, peer.Addr, outboundTimeouts))
+%s`, metricsAddr, mx, sub, mail, edKey, peer.Addr, outboundTimeouts))
 	r := startRelay(t, cfg, mx, sub, metricsAddr)
 
 	before := scrape(t, metricsAddr)
@@ -70,11 +73,13 @@ outbound:
 			t.Fatalf("mail to %s accepted:\n%s", to, res.Out)
 		}
 	}
+	mustSend(t, "--server", sub, "--from", "alice@example.test", "--to", "ok@partner.test")
 	mustSend(t, "--server", sub, "--from", "alice@example.test", "--to", "soft@partner.test")
 	mustSend(t, "--server", sub, "--from", "alice@example.test", "--to", "hard@partner.test")
 	waitMaildir(t, mail, "bob@example.test", 1, 30*time.Second)
 	waitMaildir(t, mail, "alice@example.test", 1, 30*time.Second) // the DSN
 	r.WaitLog(mark, 30*time.Second, "msg=deferred", "to=soft@partner.test")
+	r.WaitLog(mark, 30*time.Second, "msg=sent", "to=ok@partner.test")
 	// The DSN's own delivery is logged after the file is in the maildir.
 	r.WaitLog(mark, 30*time.Second, "msg=sent", "to=alice@example.test")
 
@@ -85,19 +90,23 @@ outbound:
 		want   float64
 	}{
 		{"securerelay_messages_accepted_total", map[string]string{"listener": "mx"}, 1},
-		{"securerelay_messages_accepted_total", map[string]string{"listener": "submission"}, 2},
+		{"securerelay_messages_accepted_total", map[string]string{"listener": "submission"}, 3},
 		{"securerelay_refusals_total", map[string]string{"listener": "mx", "check": "unknown_recipient", "code": "550"}, 1},
 		{"securerelay_refusals_total", map[string]string{"listener": "mx", "check": "relay", "code": "554"}, 1},
 		{"securerelay_refusals_total", map[string]string{"listener": "submission"}, 0},
 		{"securerelay_sessions_total", map[string]string{"listener": "mx"}, 3},
 		{"securerelay_sessions_total", map[string]string{"listener": "mx", "verdict": "pass"}, 1},
 		{"securerelay_sessions_total", map[string]string{"listener": "mx", "verdict": "cached"}, 2},
-		{"securerelay_sessions_total", map[string]string{"listener": "submission", "verdict": "pass"}, 2},
+		{"securerelay_sessions_total", map[string]string{"listener": "submission", "verdict": "pass"}, 3},
 		{"securerelay_deliveries_total", map[string]string{"origin": "inbound", "status": "sent"}, 1},
+		{"securerelay_deliveries_total", map[string]string{"origin": "outbound", "status": "sent"}, 1},
 		{"securerelay_deliveries_total", map[string]string{"origin": "outbound", "status": "deferred"}, 1},
 		{"securerelay_deliveries_total", map[string]string{"origin": "outbound", "status": "bounced"}, 1},
 		{"securerelay_deliveries_total", map[string]string{"origin": "local", "status": "sent"}, 1},
-		{"securerelay_deliveries_total", nil, 4},
+		{"securerelay_deliveries_total", nil, 5},
+		// Signed when a recipient was accepted: only ok@partner.test
+		// (maildir and refused transactions are not signed).
+		{"securerelay_dkim_signatures_total", nil, 1},
 	}
 	for _, c := range counters {
 		if got := sum(after, c.name, c.labels) - sum(before, c.name, c.labels); got != c.want {
@@ -119,7 +128,7 @@ outbound:
 	}{
 		{map[string]string{"origin": "outbound", "status": "bounced"}, 1},
 		{map[string]string{"origin": "inbound", "status": "sent"}, 1},
-		{nil, 3},
+		{nil, 4},
 	} {
 		if got := hist(after, c.labels) - hist(before, c.labels); got != c.want {
 			t.Errorf("securerelay_delivery_delay_seconds%v count moved by %d, want %d\n%s", c.labels, got, c.want,
