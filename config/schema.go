@@ -104,9 +104,10 @@ type DNS struct {
 	CacheSize int `yaml:"cache_size"`
 }
 
-// Metrics is the operations HTTP listener: /healthz (the process is up)
-// and /readyz (listeners bound, spool writable, free space above
-// queue.min_free_space). Off unless Address is set; loopback only.
+// Metrics is the operations HTTP listener: /healthz (the process is up),
+// /readyz (listeners bound, spool writable, free space above
+// queue.min_free_space) and /metrics (Prometheus). Off unless Address is
+// set; loopback only.
 type Metrics struct {
 	// Address is a loopback host:port, e.g. 127.0.0.1:9325.
 	Address string `yaml:"address"`

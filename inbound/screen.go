@@ -145,8 +145,12 @@ func (r *Role) denyStage(p *pass, check string) error {
 // allowStage ends the screening for a client on the allow list or
 // screened recently (the pass cache: no DNS query).
 func (r *Role) allowStage(p *pass, _ string) error {
-	p.screened = inAny(p.st.RemoteIP, r.screen.Allow) ||
-		r.screen.CacheTTL > 0 && r.passed.has(p.st.RemoteIP, time.Now())
+	switch {
+	case inAny(p.st.RemoteIP, r.screen.Allow):
+		p.st.Screen, p.screened = "allow", true
+	case r.screen.CacheTTL > 0 && r.passed.has(p.st.RemoteIP, time.Now()):
+		p.st.Screen, p.screened = "cached", true
+	}
 	return nil
 }
 
@@ -159,6 +163,9 @@ func (r *Role) dnsblStage(p *pass, check string) error {
 	if len(r.screen.DNSBL.Lists) > 0 && total >= r.screen.DNSBL.Threshold && len(listed) > 0 {
 		return smtpd.Refuse(check, smtputil.ClientListed(ip.String(), strings.Join(listed, ", ")),
 			"score", total, "lists", strings.Join(listed, ","))
+	}
+	if total > 0 {
+		st.Screen = "listed" // below the threshold
 	}
 	if total > 0 && r.screen.Tarpit > 0 {
 		st.Tarpit = r.screen.Tarpit // listed somewhere: slow it down

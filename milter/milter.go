@@ -114,6 +114,11 @@ type Chain struct {
 	// SMFIR_REPLBODY; go-milter holds it in memory (see the package doc).
 	// A milter that sends more has broken the protocol.
 	MaxBodyReplacement int64
+	// Observe, if set, gets each milter's verdict on a message ("accept",
+	// "reject", "tempfail", or "error" when it failed and its on_error
+	// applied) and the time from sending it the message to its answer,
+	// for metrics. It must be quick.
+	Observe func(milter, verdict string, took time.Duration)
 
 	milters []*milterDef
 	log     *slog.Logger
@@ -369,7 +374,15 @@ func (r *Run) Check(open func() (io.Reader, error)) (*Result, error) {
 			p.close()
 			return nil, err
 		}
+		start := time.Now()
 		out, err := p.finish(ctx, c, cnt)
+		if c.Observe != nil && err == nil {
+			verdict := out.action.String()
+			if out.failure != nil {
+				verdict = "error"
+			}
+			c.Observe(m.name, verdict, time.Since(start))
+		}
 		if err != nil {
 			if errors.Is(err, errHeaderTooLarge) {
 				return result(Reject, smtputil.ScannerHeaderTooLarge(maxHeaderBytes, maxHeaderFields), "", nil), nil

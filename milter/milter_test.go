@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -685,5 +686,34 @@ func TestBeginThenCloseSendsNoContent(t *testing.T) {
 	}
 	if _, err := r.Check(opener(testMessage, nil)); err == nil {
 		t.Error("Check after Close succeeded")
+	}
+}
+
+// Observe gets each milter's verdict, the failed one's as "error", and
+// none from a milter the chain did not reach.
+func TestObserve(t *testing.T) {
+	gtube, _ := gomilter.RejectWithCodeAndReason(554, "5.7.1 Gtube pattern")
+	c := newTestChain(t,
+		Config{Name: "dead", Address: "inet:127.0.0.1:" + itoa(freePort(t)), OnError: "accept", ConnectTimeout: 2 * time.Second},
+		Config{Name: "ok", Address: startMilter(t, &script{}, allActions, 0)},
+		Config{Name: "spam", Address: startMilter(t, &script{eom: func(gomilter.Modifier) (*gomilter.Response, error) { return gtube, nil }}, allActions, 0)},
+		Config{Name: "unreached", Address: startMilter(t, &script{}, allActions, 0)})
+	var mu sync.Mutex
+	var got []string
+	c.Observe = func(name, verdict string, took time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		if took < 0 {
+			t.Errorf("%s: negative duration %v", name, took)
+		}
+		got = append(got, name+"="+verdict)
+	}
+	if res := check(t, c, testEnvelope(), testMessage); res.Action != Reject || res.Milter != "spam" {
+		t.Fatalf("result %+v", res)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"dead=error", "ok=accept", "spam=reject"}; !slices.Equal(got, want) {
+		t.Errorf("observed %q, want %q", got, want)
 	}
 }

@@ -24,6 +24,16 @@ type DKIMKeys map[string][]dkim.Key
 type Signer struct {
 	cur atomic.Pointer[signerConfig]
 	log *slog.Logger
+	// Counts for a metrics endpoint (Counts).
+	signatures, unsigned, failed atomic.Int64
+}
+
+// Counts returns how many DKIM signatures were made, how many messages
+// left unsigned (no key for their domain) and how many signings failed
+// (the delivery was deferred), since start. A message is signed anew at
+// each attempt, so each attempt counts.
+func (s *Signer) Counts() (signatures, unsigned, failed int64) {
+	return s.signatures.Load(), s.unsigned.Load(), s.failed.Load()
 }
 
 type signerConfig struct {
@@ -93,6 +103,7 @@ func (s *Signer) Transform(m *Outgoing) (io.Reader, error) {
 			why = "no usable From: header (" + ferr.Error() + ")"
 		}
 		s.log.Info("dkim: sending unsigned", "queue_id", d.ID, "reason", why)
+		s.unsigned.Add(1)
 		return rest, nil
 	}
 	var sigs []string
@@ -110,8 +121,10 @@ func (s *Signer) Transform(m *Outgoing) (io.Reader, error) {
 		// A key that worked at start and fails now (or a message the
 		// signer cannot read) defers rather than sends unsigned mail
 		// nobody notices.
+		s.failed.Add(1)
 		return nil, fmt.Errorf("dkim signing for %s: %w", dom, err)
 	}
+	s.signatures.Add(int64(len(sigs)))
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
 		var sels []string
 		for _, k := range ks {

@@ -174,6 +174,22 @@ type Options struct {
 	// delay_warning_time), if it asked for one (NOTIFY=DELAY, or no
 	// NOTIFY). 0: none.
 	DelayWarning time.Duration
+	// Observe, if set, is told of every recipient's attempt where it is
+	// logged (logResult), so that a metric and the log never disagree.
+	// It runs on the delivery goroutine: it must be quick.
+	Observe func(Outcome)
+}
+
+// Outcome is one recipient's attempt, as logged.
+type Outcome struct {
+	Origin string // the message's (Envelope.Origin)
+	// State is the recipient's after the attempt: RcptSent,
+	// RcptDeferred, RcptBounced or RcptHeld.
+	State  string
+	Result Result
+	// Delay is the time since the message arrived; Attempt the
+	// attempt's duration.
+	Delay, Attempt time.Duration
 }
 
 // Queue is the spool plus its scheduler.
@@ -373,6 +389,20 @@ func (q *Queue) recover() error {
 		}
 	}
 	return nil
+}
+
+// Oldest returns the number of messages in the spool (as Len) and when
+// the oldest of them arrived (zero when there is none), for a metrics
+// endpoint; it looks at every message, so call it at scrape time only.
+func (q *Queue) Oldest() (n int, oldest time.Time) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, it := range q.items {
+		if r := it.st.env.Received; oldest.IsZero() || r.Before(oldest) {
+			oldest = r
+		}
+	}
+	return len(q.items), oldest
 }
 
 // Len is the number of messages in the spool.
@@ -801,6 +831,9 @@ func (q *Queue) logResult(it *item, rcpt string, r Result, st string, delay, att
 		q.log.Info(st, args...)
 	} else {
 		q.log.Warn(st, args...)
+	}
+	if q.opts.Observe != nil {
+		q.opts.Observe(Outcome{Origin: it.st.env.Origin, State: st, Result: r, Delay: delay, Attempt: attemptDur})
 	}
 }
 

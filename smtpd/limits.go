@@ -82,15 +82,23 @@ func (s *Server) exempt(ip netip.Addr) bool {
 }
 
 // refused counts a refusal by the name of the setting that fired, as
-// inbound counts its checks.
-func (s *Server) refused(check string) int64 {
+// inbound counts its checks, and by check and reply code for the metrics
+// (Stats): one place, so that the log's count and the metric agree.
+func (s *Server) refused(check string, code int) int64 {
 	s.mu.Lock()
 	v := s.refusals[check]
 	if v == nil {
 		v = &atomic.Int64{}
 		s.refusals[check] = v
 	}
+	k := RefusalKey{Check: check, Code: code}
+	c := s.byCode[k]
+	if c == nil {
+		c = &atomic.Int64{}
+		s.byCode[k] = c
+	}
 	s.mu.Unlock()
+	c.Add(1)
 	return v.Add(1)
 }
 
@@ -106,12 +114,59 @@ func (s *Server) Refusals() map[string]int64 {
 	return out
 }
 
+// RefusalKey names a refusal count of Stats: the check (as logged and
+// configured) and the reply code sent.
+type RefusalKey struct {
+	Check string
+	Code  int
+}
+
+// Stats are a listener's counts since it started, for a metrics endpoint.
+type Stats struct {
+	// Sessions by screening verdict: State.Screen, "pass", or the check
+	// that refused the client at EHLO/HELO.
+	Sessions map[string]int64
+	// Refusals by check and reply code: every refusal logged "reject".
+	Refusals map[RefusalKey]int64
+	// Accepted messages (250 after DATA) and their bytes as spooled.
+	Accepted, AcceptedBytes int64
+}
+
+// Stats returns the listener's counts.
+func (s *Server) Stats() Stats {
+	st := Stats{Sessions: map[string]int64{}, Refusals: map[RefusalKey]int64{},
+		Accepted: s.accepted.Load(), AcceptedBytes: s.acceptedBytes.Load()}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, v := range s.sessions {
+		st.Sessions[k] = v.Load()
+	}
+	for k, v := range s.byCode {
+		st.Refusals[k] = v.Load()
+	}
+	return st
+}
+
+// Name is the listener's name, as logged (listener=).
+func (s *Server) Name() string { return s.opts.Name }
+
+func (s *Server) countSession(verdict string) {
+	s.mu.Lock()
+	v := s.sessions[verdict]
+	if v == nil {
+		v = &atomic.Int64{}
+		s.sessions[verdict] = v
+	}
+	s.mu.Unlock()
+	v.Add(1)
+}
+
 // reject writes the one log line of a refusal ("reject", the vocabulary
 // of Refusal) and counts it under check. log carries the listener and,
 // once there is a connection, conn_id and client; known are the session's
 // keys (helo, from, queue_id) as far as they are known.
 func (s *Server) reject(log *slog.Logger, level slog.Level, stage, check string, se *smtp.SMTPError, known, attrs []any) {
-	n := s.refused(check)
+	n := s.refused(check, se.Code)
 	args := make([]any, 0, 12+len(known)+len(attrs))
 	args = append(args, "stage", stage, "check", check, "code", se.Code, "dsn", dsnOf(se), "reply", se.Message)
 	args = append(args, known...)

@@ -50,6 +50,11 @@ type State struct {
 	// RcptDSN holds NOTIFY and ORCPT of each recipient in Rcpts, by index.
 	RcptDSN []queue.RcptDSN
 	Log     *slog.Logger
+	// Screen is the screening verdict a role's Connect may set for the
+	// sessions count (Stats.Sessions): a short fixed word ("allow",
+	// "listed"…), never an address; "" counts as "pass", a refusal
+	// under its check.
+	Screen string
 	// Data is free for the role's per-session use (screening verdicts…).
 	Data any
 	// Txn is free for the role's per-transaction use (an SPF verdict, the

@@ -130,6 +130,13 @@ type Server struct {
 	refusals  map[string]*atomic.Int64
 	stressed  atomic.Bool
 	authLocks keyedLocks
+
+	// byCode, sessions (by screening verdict) and accepted are the
+	// counts of Stats; byCode and sessions under mu.
+	byCode        map[RefusalKey]*atomic.Int64
+	sessions      map[string]*atomic.Int64
+	accepted      atomic.Int64
+	acceptedBytes atomic.Int64
 }
 
 // New prepares a listener; call Listen then Serve.
@@ -138,7 +145,8 @@ func New(o Options) *Server {
 		o.Logger = slog.Default()
 	}
 	s := &Server{opts: o, log: o.Logger.With("listener", o.Name), conns: map[*trackedConn]struct{}{},
-		counts: o.ClientCounts, perClient: map[string]int{}, refusals: map[string]*atomic.Int64{}}
+		counts: o.ClientCounts, perClient: map[string]int{}, refusals: map[string]*atomic.Int64{},
+		byCode: map[RefusalKey]*atomic.Int64{}, sessions: map[string]*atomic.Int64{}}
 	if s.counts == nil {
 		s.counts = newCounts()
 	}
@@ -271,7 +279,22 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	if cs, ok := c.TLSConnectionState(); ok {
 		ss.st.TLS = &cs
 	}
-	if err := s.opts.Role.Connect(&ss.st); err != nil {
+	err := s.opts.Role.Connect(&ss.st)
+	if !tc.screened.Swap(true) {
+		// Once per connection: a second EHLO and the one after STARTTLS
+		// screen again, but it is still one session.
+		verdict := ss.st.Screen
+		if err != nil {
+			verdict = CheckOf(err)
+			if verdict == "" {
+				verdict = "refused"
+			}
+		} else if verdict == "" {
+			verdict = "pass"
+		}
+		s.countSession(verdict)
+	}
+	if err != nil {
 		tc.closeAfterWrite.Store(true)
 		return nil, ss.edge(err, "helo")
 	}
@@ -332,6 +355,7 @@ type trackedConn struct {
 	greeted         bool         // only go-smtp's goroutine writes before the greeting
 	tarpit          atomic.Int64 // time.Duration before each reply
 	sawMail         atomic.Bool
+	screened        atomic.Bool // counted in Stats.Sessions
 	// errors counts the error replies of the connection (the roles'
 	// refusals and go-smtp's own) towards max_errors.
 	errors atomic.Int64

@@ -410,6 +410,8 @@ func (s *session) Data(r io.Reader) error {
 	}
 	s.st.Log.Info("queued", "queue_id", w.ID(), "from", env.From, "nrcpt", len(env.To),
 		"size", w.Size(), "helo", sanitize(helo), "tls", ri.TLSVersion)
+	s.srv.accepted.Add(1)
+	s.srv.acceptedBytes.Add(w.Size())
 	s.endTxn()
 	// A message went through: the junk commands count from here, as
 	// Postfix resets its count after each delivered message.

@@ -320,3 +320,29 @@ MX host mx1.partner.example:
 		}
 	}
 }
+
+// Options.Observe gets each Evaluate's Outcome, which names what decided
+// the level and, for a rule, its match (the metrics' labels).
+func TestObserveOutcome(t *testing.T) {
+	e := newEnv(t, "")
+	var got []tlspolicy.Outcome
+	d := e.decider(func(o *tlspolicy.Options) {
+		o.Rules = []tlspolicy.Rule{{Match: "partner.example", Level: tlspolicy.Encrypt}}
+		o.Observe = func(out tlspolicy.Outcome) { got = append(got, out) }
+	})
+	for _, dom := range []string{"partner.example", "other.example"} {
+		p := must[*tlspolicy.Policy](t)(d.DecideRelay(t.Context(), dom, false, false))
+		h := must[*tlspolicy.HostPolicy](t)(p.ForRelay(t.Context(), "relay.example"))
+		h.Evaluate(false, nil, nil) // a server without STARTTLS
+	}
+	if len(got) != 2 {
+		t.Fatalf("observed %d outcomes, want 2: %+v", len(got), got)
+	}
+	if o := got[0]; o.Origin != "rule" || o.Rule != "partner.example" || o.Required != tlspolicy.Encrypt ||
+		o.Achieved != tlspolicy.None || o.Failure == nil {
+		t.Errorf("rule: %+v", o)
+	}
+	if o := got[1]; o.Origin != "default" || o.Rule != "" || o.Required != tlspolicy.May || o.Failure != nil {
+		t.Errorf("default: %+v", o)
+	}
+}

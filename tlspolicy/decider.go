@@ -75,6 +75,10 @@ type Options struct {
 	// Logger gets what is worth an operator's attention but not a
 	// delivery failure (a cache that cannot store); slog.Default when nil.
 	Logger *slog.Logger
+	// Observe, if set, gets every Outcome that HostPolicy.Evaluate
+	// returns: one per session checked (a new connection, or a pooled one
+	// checked again for a new transaction), for metrics. It must be quick.
+	Observe func(Outcome)
 }
 
 // RuleError is New's error for a bad rule; Index is 0-based into

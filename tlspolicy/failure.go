@@ -42,6 +42,21 @@ const (
 	originRequireTLS
 )
 
+// String names the origin for Outcome.Origin (a metric label).
+func (o origin) String() string {
+	switch o {
+	case originRule:
+		return "rule"
+	case originDANE:
+		return "dane"
+	case originSTS:
+		return "mta-sts"
+	case originRequireTLS:
+		return "requiretls"
+	}
+	return "default"
+}
+
 // Failure says that a connection (or an MX host, before connecting) does
 // not meet the required level. No message data may be sent when a Check
 // returns one. The delivery engine decides from Fallback and Temporary

@@ -42,9 +42,11 @@ type HostPolicy struct {
 	Explain    []string
 
 	origin origin
+	rule   *rule // the rule that decided, nil if none (Outcome.Rule)
 	// encryptFallback: the level required (for the log) when this is the
 	// opportunistic policy of mail encrypted end to end (Opportunistic).
 	encryptFallback *requiredLevel
+	observe         func(Outcome)
 	pins            [][sha256.Size]byte
 	extra           []string // rule names, added to the level's default identities
 	roots           *x509.CertPool
@@ -85,7 +87,7 @@ func (p *Policy) forHost(ctx context.Context, host string, viaMX bool) (*HostPol
 	} else {
 		ex.add("relay %s:", host)
 	}
-	h := &HostPolicy{Domain: p.Domain, Host: host, RequireTLS: p.RequireTLS, roots: d.o.RootCAs, now: d.o.Now}
+	h := &HostPolicy{Domain: p.Domain, Host: host, RequireTLS: p.RequireTLS, roots: d.o.RootCAs, now: d.o.Now, observe: d.o.Observe}
 
 	r := p.rule
 	if r == nil {
@@ -133,7 +135,7 @@ func (p *Policy) forHost(ctx context.Context, host string, viaMX bool) (*HostPol
 }
 
 func (h *HostPolicy) fromRule(r *rule) {
-	h.Level, h.Source, h.origin = r.Level, r.source(), originRule
+	h.Level, h.Source, h.origin, h.rule = r.Level, r.source(), originRule, r
 	h.Fingerprints, h.pins, h.extra = r.Fingerprints, r.pins, r.names
 	h.MinVersion, h.Ciphers, h.Fallback = r.MinVersion, r.Ciphers, r.Fallback
 }
@@ -452,6 +454,7 @@ type requiredLevel struct {
 func (p *Policy) Opportunistic(host string) *HostPolicy {
 	host = normalizeHost(host)
 	h := &HostPolicy{Domain: p.Domain, Host: host, Level: May, Source: "fallback=encrypt", origin: p.origin,
+		rule: p.rule, observe: p.d.o.Observe,
 		roots: p.d.o.RootCAs, now: p.d.o.Now, encryptFallback: &requiredLevel{p.Level, p.Source}}
 	ex := &explainer{lines: slices.Clone(p.Explain)}
 	ex.add("host %s: the message is encrypted end to end (OpenPGP): best session offered, as may", host)
@@ -525,6 +528,10 @@ type Outcome struct {
 	Host     string
 	Required Level
 	Source   string
+	// Origin says what kind of source decided Required: "rule",
+	// "dane", "mta-sts", "requiretls" or "default"; Rule is the match
+	// of the admin's policy rule that decided, "" when none did.
+	Origin, Rule string
 	// Achieved: None for clear text; Encrypt when the server was not
 	// authenticated; Verify when its certificate chain and MX name are
 	// valid; else the authenticated level required (dane, secure, …).
@@ -572,7 +579,13 @@ func (h *HostPolicy) Check(starttlsOffered bool, cs *tls.ConnectionState, handsh
 
 // Evaluate is Check with the full Outcome.
 func (h *HostPolicy) Evaluate(starttlsOffered bool, cs *tls.ConnectionState, handshakeErr error) Outcome {
-	o := Outcome{Host: h.Host, Required: h.Level, Source: h.Source, Achieved: None}
+	o := Outcome{Host: h.Host, Required: h.Level, Source: h.Source, Achieved: None, Origin: h.origin.String()}
+	if h.rule != nil {
+		o.Rule = h.rule.Match
+	}
+	if h.observe != nil {
+		defer func() { h.observe(o) }()
+	}
 	if f := h.encryptFallback; f != nil {
 		o.Required, o.Source, o.EncryptFallback = f.level, f.source, true
 	}

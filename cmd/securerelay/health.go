@@ -19,6 +19,7 @@ type health struct {
 	spoolDir  string
 	minFree   int64
 	freeSpace func() (int64, error)
+	metrics   http.Handler // /metrics (metrics.go); nil: none
 	srv       *http.Server
 }
 
@@ -60,6 +61,9 @@ func (h *health) handler() http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	if h.metrics != nil {
+		mux.Handle("GET /metrics", h.metrics)
+	}
 	return mux
 }
 

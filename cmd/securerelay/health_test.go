@@ -43,3 +43,30 @@ func TestReadyz(t *testing.T) {
 		t.Errorf("/readyz after close: %d", code)
 	}
 }
+
+// /metrics is served beside the health paths when metrics are on, from a
+// registry of our own (with the Go and process collectors), and only then.
+func TestMetricsPath(t *testing.T) {
+	m := newMetrics()
+	m.observeMilter("rspamd", "accept", 0)
+	for _, tc := range []struct {
+		h    http.Handler
+		code int
+	}{{m.handler(), 200}, {nil, 404}} {
+		h := &health{spoolDir: t.TempDir(), metrics: tc.h}
+		rec := httptest.NewRecorder()
+		h.handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+		b, _ := io.ReadAll(rec.Result().Body)
+		if rec.Code != tc.code {
+			t.Fatalf("GET /metrics: %d, want %d", rec.Code, tc.code)
+		}
+		if tc.code != 200 {
+			continue
+		}
+		for _, want := range []string{`securerelay_milter_verdicts_total{milter="rspamd",verdict="accept"} 1`, "go_goroutines", "process_"} {
+			if !strings.Contains(string(b), want) {
+				t.Errorf("/metrics lacks %q", want)
+			}
+		}
+	}
+}

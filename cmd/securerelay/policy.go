@@ -27,6 +27,12 @@ import (
 // the policy package refuses is a configuration error with its position,
 // like a bad DKIM key: never a rule silently dropped.
 func tlsDecider(cfg *config.Config, res *dnsutil.Client, log *slog.Logger, cache tlspolicy.STSCache) (*tlspolicy.Decider, error) {
+	return tlsDeciderObserved(cfg, res, log, cache, nil)
+}
+
+// tlsDeciderObserved is tlsDecider for the running relay: observe (nil:
+// none) gets every session's TLS outcome, for the metrics.
+func tlsDeciderObserved(cfg *config.Config, res *dnsutil.Client, log *slog.Logger, cache tlspolicy.STSCache, observe func(tlspolicy.Outcome)) (*tlspolicy.Decider, error) {
 	t := cfg.Outbound.TLS
 	def, err := tlspolicy.ParseLevel(t.Default)
 	if err != nil {
@@ -35,7 +41,7 @@ func tlsDecider(cfg *config.Config, res *dnsutil.Client, log *slog.Logger, cache
 	globalMin, _ := tlspolicy.ParseVersion(t.MinVersion)
 	o := tlspolicy.Options{
 		Default: def, DANE: t.DANE, MTASTS: t.MTASTS, AllowTLSRequiredNo: t.TLSRequiredNo == "honour",
-		Resolver: res, MinVersion: globalMin, Logger: log, Cache: cache,
+		Resolver: res, MinVersion: globalMin, Logger: log, Cache: cache, Observe: observe,
 	}
 	if cfg.DNS.DNSSECValidating {
 		o.DNSSEC = res

@@ -157,6 +157,7 @@ type relay struct {
 	stsCache tlspolicy.STSCache
 	dnsCache *dnsutil.Cache // nil: dns.cache_size 0
 	health   *health        // nil: metrics.address unset
+	metrics  *metrics       // nil: metrics.address unset
 	// keys is the OpenPGP key directory of the encryption fallback, one
 	// for the process (its settings need a restart; keyring files are
 	// read again when they change).
@@ -221,6 +222,10 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	}
 	r := &relay{cfg: cfg, log: log, certs: certs, cfgPath: path, serveErr: make(chan error, len(cfg.Listeners)), dnsCache: dnsCache}
 	r.signer = outbound.NewSigner(keys, dkimOptions(cfg), cfg.Outbound.DKIM.UseEnvelopeSender, log)
+	if cfg.Metrics.Address != "" {
+		r.metrics = newMetrics()
+		r.metrics.signer = r.signer
+	}
 	r.ours = outbound.NewDomainSet(ourDomains(cfg))
 	// One MTA-STS cache for the process, kept in state_dir: neither a
 	// reload nor a restart may forget the enforce policies an attacker
@@ -237,7 +242,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 			}
 		}
 	}
-	tlsPol, err := tlsDecider(cfg, res, log, r.stsCache)
+	tlsPol, err := tlsDeciderObserved(cfg, res, log, r.stsCache, r.metrics.tlsHook())
 	if err != nil {
 		return err
 	}
@@ -290,6 +295,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		Bouncer: outbound.NewBouncer(func() *queue.Queue { return r.q }, outbound.BouncerOptions{
 			Hostname: cfg.Hostname, Postmaster: cfg.Postmaster, MaxReturnSize: int64(cfg.Queue.DSNReturnMaxSize)}),
 		DelayWarning: cfg.Queue.DelayWarningTime.D(),
+		Observe:      r.metrics.queueHook(),
 		// Pre-created spool files take file creation and the directory
 		// fsync off the path to the 250 (see queue/pool.go): +15%
 		// delivered msg/s and -10% CPU in paired runs of smtp-source →
@@ -327,6 +333,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	r.metrics.watchMilters(content)
 	if hasInbound(cfg) && servedPostmaster(cfg) == "" {
 		log.Warn("postmaster is not in a domain with deliver_to: inbound listeners refuse RCPT TO:<Postmaster>", "postmaster", cfg.Postmaster)
 	}
@@ -395,14 +402,16 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		go func(s *smtpd.Server) { r.serveErr <- s.Serve() }(s)
 	}
 	if cfg.Metrics.Address != "" {
-		r.health = &health{spoolDir: spoolDir(cfg), minFree: int64(cfg.Queue.MinFreeSpace), freeSpace: freeSpace(cfg.StateDir)}
+		r.metrics.servers, r.metrics.q = r.servers, r.q
+		r.health = &health{spoolDir: spoolDir(cfg), minFree: int64(cfg.Queue.MinFreeSpace), freeSpace: freeSpace(cfg.StateDir),
+			metrics: r.metrics.handler()}
 		if err := r.health.start(cfg.Metrics.Address); err != nil {
 			r.shutdown()
 			return err
 		}
 		// Bound: every listener's Listen succeeded above.
 		r.health.ready.Store(true)
-		log.Info("listening", "listener", "metrics", "address", cfg.Metrics.Address, "paths", "/healthz /readyz")
+		log.Info("listening", "listener", "metrics", "address", cfg.Metrics.Address, "paths", "/healthz /readyz /metrics")
 	}
 	log.Info("securerelay started", "version", versionString(), "config", path, "hostname", cfg.Hostname,
 		"state_dir", cfg.StateDir, "spooled", r.q.Len(), "screened_clients", passedLen(r.passed), "pid", os.Getpid())
@@ -547,7 +556,7 @@ func (r *relay) reload() {
 	}
 	res := dnsutil.New(cfg.DNS.Resolver, cfg.DNS.Timeout.D())
 	res.Cache = r.dnsCache
-	tlsPol, err := tlsDecider(cfg, res, r.log, r.stsCache)
+	tlsPol, err := tlsDeciderObserved(cfg, res, r.log, r.stsCache, r.metrics.tlsHook())
 	if err != nil {
 		r.log.Error("reload failed, keeping the running configuration", "error", err)
 		return
@@ -557,6 +566,7 @@ func (r *relay) reload() {
 		r.log.Error("reload failed, keeping the running configuration", "error", err)
 		return
 	}
+	r.metrics.watchMilters(content)
 	enc, err := encryption(cfg, r.keys)
 	if err != nil {
 		r.log.Error("reload failed, keeping the running configuration", "error", err)
