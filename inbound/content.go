@@ -72,7 +72,24 @@ type txn struct {
 	spf    *authres.SPFResult
 	policy string // content policy of the first accepted recipient
 	attach string // attachment policy of the first accepted recipient
+	// early: the milter conversations DataStart began, for the milter
+	// stage to take over.
+	early *earlyMilters
 }
+
+// earlyMilters is a milter chain's check begun when DATA was accepted.
+type earlyMilters struct {
+	run    *milter.Run
+	cancel context.CancelFunc // ends run's context
+	begun  time.Time
+	chain  *milter.Chain
+}
+
+// earlyMaxWait is how long begun milter conversations may wait for the
+// client's data. clamav-milter drops a connection idle for ReadTimeout
+// (120 s by default); past this, the milter stage starts them afresh
+// rather than risk a 451 for a slow sender.
+const earlyMaxWait = 30 * time.Second
 
 func txnOf(st *smtpd.State) *txn {
 	if st == nil {
@@ -209,18 +226,44 @@ func (r *Role) authStage(p *pass, _ string) error {
 	return nil
 }
 
-// milterBegin starts the conversations of the transaction's milter chain
-// through the envelope; Data closes them.
-func (r *Role) milterBegin(p *pass) {
-	ch := p.c.Chains[p.policy]
-	if ch == nil {
-		return
+// DataStart implements smtpd.DataStarter: the conversations of the
+// transaction's milter chain begin as soon as DATA is accepted, and go
+// through the envelope while the client sends the message. They see the
+// message itself only in the milter stage, after the cheaper stages
+// passed (a banned attachment still never reaches a scanner: its
+// conversations end with ABORT).
+func (r *Role) DataStart(st *smtpd.State, queueID string) (end func()) {
+	c := r.content.Load()
+	if c == nil {
+		return func() {}
 	}
-	st := p.st
+	t := txnOf(st)
+	policy := t.policy
+	if policy == "" {
+		policy = "default"
+	}
+	ch := c.Chains[policy]
+	if ch == nil {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &earlyMilters{run: ch.Begin(ctx, milterEnvelope(c, st, queueID)), cancel: cancel, begun: time.Now(), chain: ch}
+	t.early = e
+	return func() {
+		// After the milter stage's own Close (if it ran), a no-op for
+		// the run; the context goes last, so that the conversations not
+		// reached still end with ABORT and QUIT.
+		e.run.Close()
+		cancel()
+	}
+}
+
+// milterEnvelope is what the milters learn of the transaction.
+func milterEnvelope(c *Content, st *smtpd.State, queueID string) *milter.Envelope {
 	env := &milter.Envelope{
 		// {daemon_name} is our host name, as Postfix's default
 		// milter_daemon_name: rspamd uses it as its authserv-id.
-		QueueID: p.msg.QueueID, Hostname: p.c.Hostname, DaemonName: p.c.Hostname,
+		QueueID: queueID, Hostname: c.Hostname, DaemonName: c.Hostname,
 		ClientAddr: st.RemoteIP, ClientPort: int(st.Remote.Port()), LocalAddr: st.Local,
 		Helo: st.Helo, AuthUser: st.AuthUser, From: st.From, Rcpts: st.Rcpts,
 	}
@@ -229,7 +272,29 @@ func (r *Role) milterBegin(p *pass) {
 		env.TLSVersion = strings.Replace(tls.VersionName(st.TLS.Version), " ", "v", 1)
 		env.TLSCipher = tls.CipherSuiteName(st.TLS.CipherSuite)
 	}
-	p.milters = ch.Begin(p.ctx, env)
+	return env
+}
+
+// milterBegin takes over the conversations DataStart began, bounded from
+// now on by the content stage's time-out; or, without them (a role used
+// without smtpd's DataStart, the chain changed by a reload, or a client
+// that took longer than earlyMaxWait to send), begins them now, beside
+// SPF/DKIM/DMARC. Data closes them.
+func (r *Role) milterBegin(p *pass) {
+	ch := p.c.Chains[p.policy]
+	if ch == nil {
+		return
+	}
+	if e := p.t.early; e != nil {
+		p.t.early = nil
+		if e.chain == ch && time.Since(e.begun) < earlyMaxWait {
+			context.AfterFunc(p.ctx, e.cancel)
+			p.milters = e.run
+			return
+		}
+		e.run.Close()
+	}
+	p.milters = ch.Begin(p.ctx, milterEnvelope(p.c, p.st, p.msg.QueueID))
 }
 
 // milterStage: the message, one milter after another; their verdict and

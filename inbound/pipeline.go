@@ -74,8 +74,10 @@ var dataStages = []stage{
 	// First: no DNS question, no scanner.
 	{name: "attachment", run: (*Role).attachmentStage},
 	{name: "dmarc", also: []string{"multiple_from", "author_domains", "header_too_large"}, run: (*Role).authStage},
-	// begin: the milters' envelope stages start as SPF/DKIM/DMARC does,
-	// and run beside it; they see the message only if it passes.
+	// The milters' envelope stages began when DATA was accepted
+	// (Role.DataStart); begin takes them over, or starts them beside
+	// SPF/DKIM/DMARC when they could not begin then. They see the
+	// message only if it passes.
 	{name: "milter", also: []string{"recipient_deletion"}, begin: (*Role).milterBegin, run: (*Role).milterStage},
 	// Last, so that only our fields reach the recipient.
 	{name: "forged_fields", run: (*Role).forgedStage},

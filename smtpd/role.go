@@ -92,6 +92,20 @@ type Message struct {
 	AddRcpts []string
 }
 
+// DataStarter is implemented by a role that has work to start as soon
+// as DATA (or the first BDAT) is accepted, before the client sends a
+// byte of the message: the envelope is final then, and what needs only
+// the envelope (the inbound role's milter conversations through connect
+// … RCPT, several round trips each) overlaps the client's sending and
+// our spooling instead of adding to the end-of-data wait, as Postfix's
+// smtpd talks to its milters during the dialog. queueID is the ID the
+// message is spooled under. end runs once the DATA command is over,
+// whatever its outcome (Role.Data included), so that nothing begun
+// outlives a refused or broken transfer.
+type DataStarter interface {
+	DataStart(st *State, queueID string) (end func())
+}
+
 // Role decides what a listener accepts. A refusal is returned as a
 // *Refusal naming the check (smtpd logs and counts it, the role does
 // neither); a bare *smtp.SMTPError is sent as well, logged as check

@@ -305,6 +305,9 @@ func (s *session) Data(r io.Reader) error {
 	defer w.Abort()
 	s.setQueueID(w.ID())
 	defer s.setQueueID("")
+	if ds, ok := o.Role.(DataStarter); ok {
+		defer ds.DataStart(&s.st, w.ID())()
+	}
 
 	ri := smtputil.ReceivedInfo{
 		FromHelo: helo,

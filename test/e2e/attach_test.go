@@ -10,6 +10,7 @@ import (
 
 	"securerelay/attach/attachtest"
 	"securerelay/dnsutil/dnstest"
+	"securerelay/internal/milterpeers"
 )
 
 // swaksData sends msg with swaks (--data from a file, as swaks reads
@@ -164,4 +165,69 @@ func TestAttachmentPolicy(t *testing.T) {
 		t.Errorf("the milter saw %d messages, want the %d delivered", n, delivered)
 	}
 	noMoreMessages(t, down, delivered)
+}
+
+// TestMilterEnvelopeDuringData: the milters hear the envelope as soon as
+// DATA is accepted, while the client is still sending (as Postfix's smtpd
+// talks to its milters during the dialog), so that their round trips do
+// not add to the wait after the final dot; and a message the attachment
+// policy refuses still never reaches a scanner.
+func TestMilterEnvelopeDuringData(t *testing.T) {
+	dns := dnstest.NewServer(t, "")
+	down := startTestServer(t, listenLoopback(t), serverOptions{})
+	scanner := startGoMilter(t, nil)
+	_, mx, _ := startContentRelay(t, dns.Addr(), fmt.Sprintf(`  content:
+    milters:
+      - {name: scanner, address: %q}
+`, scanner.Addr), fmt.Sprintf("  example.test: {deliver_to: \"smtp://%s\"}\n", down.Addr))
+
+	// heard waits until the milter has heard n recipients in all.
+	heard := func(n int32) bool {
+		for i := 0; i < 100; i++ {
+			if scanner.rcpts.Load() >= n {
+				return true
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return false
+	}
+	dataUnsent := func(c *rawSMTP, rcpt string) {
+		c.Expect("EHLO client.e2e.test", 250)
+		c.Expect("MAIL FROM:<alice@sender.example>", 250)
+		c.Expect("RCPT TO:<"+rcpt+">", 250)
+		c.Expect("DATA", 354)
+	}
+
+	c := dialSMTP(t, mx)
+	dataUnsent(c, "bob@example.test")
+	if !heard(1) {
+		t.Fatal("354 sent, no data yet: the milter has not heard the envelope within 5 s")
+	}
+	c.Write(strings.ReplaceAll(milterpeers.Message("alice@sender.example", "bob@example.test", "early", []string{"Content-Type: text/plain"}, "hello\r\n"), "\r\n.", "\r\n..") + ".\r\n")
+	code, text := c.Reply()
+	if code != 250 {
+		t.Fatalf("end of data: %d %s", code, text)
+	}
+	msgs := scanner.Messages()
+	if len(msgs) != 1 || msgs[0].Subject != "early" || !strings.Contains(text, "queued as "+msgs[0].QueueID) {
+		t.Fatalf("reply %q; the milter saw %+v, want one message under the queued ID", text, msgs)
+	}
+	c.Expect("QUIT", 221)
+	down.WaitMessages(t, 1, 10*time.Second)
+
+	// A banned attachment: the envelope was heard, the message never.
+	c = dialSMTP(t, mx)
+	dataUnsent(c, "carol@example.test")
+	if !heard(2) {
+		t.Fatal("the milter has not heard the second envelope within 5 s")
+	}
+	msg := attachtest.Message("alice@sender.example", "carol@example.test", "banned", attachtest.Part{Name: "tool.exe", Data: attachtest.PE()})
+	c.Write(strings.ReplaceAll(msg, "\r\n.", "\r\n..") + ".\r\n")
+	if code, text := c.Reply(); code != 554 {
+		t.Fatalf("banned attachment: %d %s, want 554", code, text)
+	}
+	c.Expect("QUIT", 221)
+	if n := len(scanner.Messages()); n != 1 {
+		t.Errorf("the milter reached the end of %d messages, want 1: the banned one must not reach it", n)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -243,6 +244,8 @@ type goMilter struct {
 
 	mu   sync.Mutex
 	msgs []milterMsg
+	// rcpts counts the RCPT events heard, as they arrive.
+	rcpts atomic.Int32
 }
 
 // Messages returns the messages that reached the end of message.
@@ -292,6 +295,7 @@ func (s *milterSession) MailFrom(from, _ string, _ gomilter.Modifier) (*gomilter
 
 func (s *milterSession) RcptTo(rcpt, _ string, _ gomilter.Modifier) (*gomilter.Response, error) {
 	s.cur.Rcpts = append(s.cur.Rcpts, rcpt)
+	s.g.rcpts.Add(1)
 	return gomilter.RespContinue, nil
 }
 
