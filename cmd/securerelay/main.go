@@ -42,6 +42,10 @@ commands:
   queue hold|release|retry --config FILE ID... (retry: or --all)
                                hold/release a message (release: to the recipients still owed);
                                retry: deliver now (needs the running relay)
+  queue bounce --config FILE ID...
+                               return to the sender with a failure DSN (status 5.0.0) for the
+                               recipients still owed, then delete; refused for the null sender
+                               <> and for inbound mail (delete those instead)
   queue delete --config FILE ID...|--from ADDR|--to ADDR [--yes]
                                delete for good and print the count; a filter needs --yes
   queue prune --config FILE [--held-older-than D] [--quarantined-older-than D]

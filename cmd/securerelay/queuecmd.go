@@ -27,6 +27,7 @@ import (
 
 	"securerelay/config"
 	"securerelay/internal/control"
+	"securerelay/outbound"
 	"securerelay/queue"
 )
 
@@ -65,7 +66,7 @@ func (f durationFlag) Set(s string) error {
 }
 
 var queueSubs = map[string]bool{"list": true, "count": true, "show": true, "hold": true, "release": true,
-	"retry": true, "delete": true, "prune": true}
+	"retry": true, "delete": true, "prune": true, "bounce": true}
 
 // parseQueueArgs parses SUB [flags and IDs in any order].
 func parseQueueArgs(args []string, stderr io.Writer) (*queueArgs, bool) {
@@ -127,7 +128,7 @@ func parseQueueArgs(args []string, stderr io.Writer) (*queueArgs, bool) {
 		if len(a.ids) != 1 {
 			return bad("takes one queue ID")
 		}
-	case "hold", "release":
+	case "hold", "release", "bounce":
 		if len(a.ids) == 0 {
 			return bad("takes one or more queue IDs")
 		}
@@ -202,8 +203,11 @@ func queueMain(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer unlock()
-	q, err := queue.Open(queue.Options{
+	var q *queue.Queue
+	q, err = queue.Open(queue.Options{
 		Dir: spoolDir(cfg),
+		// bounce: the DSN is spooled here, and sent when the relay starts.
+		Bouncer: outbound.NewBouncer(func() *queue.Queue { return q }, bouncerOptions(cfg)),
 		// Warnings only: the changes (logged as warnings, with the
 		// operator) and trouble, not a line per message recovered.
 		Logger:           slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -217,6 +221,12 @@ func queueMain(args []string, stdout, stderr io.Writer) int {
 	}
 	defer q.Close()
 	return queueControl(q, a, op, stdout, stderr)
+}
+
+// bouncerOptions are the relay's DSN settings (wire.go), also for a
+// bounce on the spool of a stopped relay.
+func bouncerOptions(cfg *config.Config) outbound.BouncerOptions {
+	return outbound.BouncerOptions{Hostname: cfg.Hostname, Postmaster: cfg.Postmaster, MaxReturnSize: int64(cfg.Queue.DSNReturnMaxSize)}
 }
 
 // ClaimTimeout bounds a command through the socket: it may wait for
@@ -313,6 +323,8 @@ func queueControl(q *queue.Queue, a *queueArgs, op queue.Operator, stdout, stder
 		each("held", q.Hold)
 	case "release":
 		each("released", q.Release)
+	case "bounce":
+		each("returned to its sender", q.Bounce)
 	case "retry":
 		if a.all {
 			fmt.Fprintf(stdout, "%d messages due now\n", q.RetryAll(op))
