@@ -206,3 +206,51 @@ func TestBounceWaitsAndReportsOwed(t *testing.T) {
 		t.Errorf("Bouncer called for a refused bounce: %+v", calls)
 	}
 }
+
+// The TLS outcome of the last attempt (queue list's "tls:") survives the
+// message being held, by the queue (no DSN possible) or by an operator,
+// and its release.
+func TestTLSOutcomeSurvivesHold(t *testing.T) {
+	const why = "required secure (policy rule 1); achieved none: no STARTTLS"
+	q := open(t, "", Options{Retry: []time.Duration{time.Hour}}, func(ctx context.Context, d *Delivery) []Result {
+		out := make([]Result, len(d.Rcpts))
+		for i, r := range d.Rcpts {
+			out[i] = Result{Status: TempFail, Code: "4.7.5", Reply: "TLS required", TLSPolicy: why}
+			if strings.HasPrefix(r, "perm") {
+				out[i].Status, out[i].Code = PermFail, "5.7.5"
+			}
+		}
+		return out
+	})
+	q.Start()
+	byOp := put(t, q.Queue, env("temp@example.com"), msg1)
+	q.rec.next(t)
+	idle(t, q.Queue, byOp)
+	byQueue := put(t, q.Queue, inboundEnv("perm@example.com"), msg1)
+	q.rec.next(t)
+	waitFor(t, 5*time.Second, "held", func() bool { n, _ := q.HoldUsage(); return n == 1 })
+	if err := q.Hold(context.Background(), byOp, testOp); err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string) {
+		t.Helper()
+		infos, err := Scan(q.dir)
+		if err != nil || len(infos) != 2 {
+			t.Fatalf("Scan: %v, %d", err, len(infos))
+		}
+		for _, in := range infos {
+			if in.ID != byOp && in.ID != byQueue {
+				t.Errorf("%s: unexpected %s", when, in.ID)
+			}
+			if in.TLSPolicy != why {
+				t.Errorf("%s: %s: TLS outcome %q, want %q", when, in.ID, in.TLSPolicy, why)
+			}
+		}
+	}
+	check("held")
+	q.stop() // the release must not be tried: its outcome would replace the last
+	if err := q.Release(context.Background(), byOp, testOp); err != nil {
+		t.Fatal(err)
+	}
+	check("released")
+}
