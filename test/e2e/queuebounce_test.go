@@ -14,7 +14,8 @@ import (
 // Issue 14: queue bounce returns a waiting message, and a held one, to
 // its sender with a failure DSN (status 5.0.0) for the recipients still
 // owed it, then removes it; it is logged per recipient as status=bounced
-// and with the operator; a message from <> is refused, nothing changed.
+// and with the operator; a message from <> is refused, nothing changed;
+// with the relay stopped it works on the spool.
 // The next hop (partner.test) defers everyone but bob, so messages wait;
 // DSNs to alice@example.test arrive in a maildir and are read with
 // Python's email package.
@@ -142,5 +143,25 @@ func TestQueueBounce(t *testing.T) {
 	}
 	if l := r.LogLines("non-delivery notification", "queue_id="+null); len(l) != 0 {
 		t.Errorf("a DSN was spooled for the <> message: %q", l)
+	}
+
+	// With the relay stopped the bounce works on the spool: the DSN is
+	// spooled there and sent when the relay starts again.
+	stopped := send("alice@example.test", []string{"gina@partner.test"},
+		[]byte("From: alice@example.test\r\nTo: gina@partner.test\r\nSubject: while stopped\r\n\r\nhello\r\n"))
+	r.Stop()
+	out, errOut, code = bounce(stopped)
+	if code != 0 || !strings.Contains(out, stopped+": returned to its sender") || !strings.Contains(errOut, "queue control: bounced") ||
+		!strings.Contains(errOut, "operator="+me.Username) || !strings.Contains(errOut, "via=spool") {
+		t.Fatalf("bounce with the relay stopped: exit %d\n%s%s", code, out, errOut)
+	}
+	r2 := startRelay(t, cfg, r.MX, r.Sub)
+	r.Relay = r2
+	d = r.dsnFor(t, 3)
+	if len(d.Recipients) != 1 || d.Recipients[0]["Final-Recipient"] != "rfc822; gina@partner.test" || d.Recipients[0]["Status"] != "5.0.0" {
+		t.Errorf("DSN of the bounce on the stopped relay's spool: %+v", d.Recipients)
+	}
+	if inQueue(stopped) {
+		t.Errorf("%s still queued after the bounce on the spool", stopped)
 	}
 }
