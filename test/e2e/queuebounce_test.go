@@ -130,7 +130,6 @@ func TestQueueBounce(t *testing.T) {
 	// refused, still queued, no DSN.
 	dsnMsg := waitMaildir(t, r.Mail, "alice@example.test", 2, 10*time.Second)[0]
 	null := send("", []string{"frank@partner.test"}, dsnMsg)
-	mark = r.Mark()
 	out, errOut, code := bounce(null)
 	if code != 1 || !strings.Contains(errOut, "null sender <>") || !strings.Contains(errOut, "queue delete "+null) {
 		t.Errorf("bounce of a <> message: exit %d\n%s%s", code, out, errOut)
