@@ -119,6 +119,11 @@ func (s *Server) handle(c *net.UnixConn) {
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	peer, cred, err := peerOf(c)
+	// The request is read before any refusal too: closing a Unix socket
+	// with unread data resets the connection, and the peer would lose
+	// the answer that says why it was refused.
+	var req request
+	derr := json.NewDecoder(io.LimitReader(c, 1<<20)).Decode(&req)
 	var resp response
 	switch {
 	case err != nil:
@@ -131,12 +136,9 @@ func (s *Server) handle(c *net.UnixConn) {
 			who = fmt.Sprintf("only root, uid %d and members of group %s", os.Geteuid(), s.o.Group)
 		}
 		resp = response{Stderr: fmt.Sprintf("control socket: %s may not control this relay (%s)\n", peer.User, who), Code: 1}
+	case derr != nil:
+		resp = response{Stderr: "control socket: bad request: " + derr.Error() + "\n", Code: 2}
 	default:
-		var req request
-		if err := json.NewDecoder(io.LimitReader(c, 1<<20)).Decode(&req); err != nil {
-			resp = response{Stderr: "control socket: bad request: " + err.Error() + "\n", Code: 2}
-			break
-		}
 		c.SetReadDeadline(time.Time{})
 		var o, e bytes.Buffer
 		resp.Code = s.h(peer, req.Args, &o, &e)

@@ -76,10 +76,7 @@ try:
 except OSError as e:
     print("connect: %s" % e.strerror)
     sys.exit(0)
-try:
-    s.sendall(json.dumps({"args": ["list"]}).encode() + b"\n")
-except OSError:
-    pass  # refused before the request was read: the answer is there
+s.sendall(json.dumps({"args": ["list"]}).encode() + b"\n")
 out = b""
 while True:
     b = s.recv(4096)
