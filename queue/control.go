@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -157,7 +158,7 @@ func (q *Queue) Hold(ctx context.Context, id string, op Operator) error {
 		}
 		reply := "held by operator " + op.User
 		if last := it.notes[i]; last.Reply != "" {
-			reply += "; last attempt: " + last.Code + " " + last.Reply
+			reply += lastAttempt + last.Code + " " + last.Reply
 		}
 		n := rcptNote{I: i, State: RcptHeld, Reply: reply, At: now}
 		notes = append(notes, n)
@@ -578,6 +579,21 @@ func (q *Queue) Bounce(ctx context.Context, id string, op Operator) error {
 	return nil
 }
 
+// lastAttempt introduces, in an operator's hold note, the attempt before
+// the hold.
+const lastAttempt = "; last attempt: "
+
+// lastResult is what the last delivery attempt to a recipient said, from
+// its note: for one an operator held, the attempt quoted in the note (the
+// operator's name is for our log, not for the sender's DSN).
+func lastResult(n rcptNote) string {
+	if n.State == RcptHeld && n.Code == "" {
+		_, after, _ := strings.Cut(n.Reply, lastAttempt)
+		return strings.TrimSpace(after)
+	}
+	return strings.TrimSpace(n.Code + " " + n.Reply)
+}
+
 // bounceItem reports the recipients of it still owed to its sender as failed,
 // logs each (status=bounced), and records them done with record.
 func (q *Queue) bounceItem(it *item, path string, op Operator, record func(status) error) error {
@@ -594,9 +610,9 @@ func (q *Queue) bounceItem(it *item, path string, op Operator, record func(statu
 		reason := "returned to the sender by the postmaster"
 		r := Result{Status: PermFail, Code: BounceCode, Reply: reason + " (operator " + op.User + ")", Relay: "none",
 			Explanation: "The postmaster returned this message to you before it could be delivered to this recipient."}
-		if last := it.notes[i]; last.Reply != "" {
-			r.Reply += "; last attempt: " + last.Code + " " + last.Reply
-			r.Explanation += " The last delivery attempt failed with: " + last.Code + " " + last.Reply
+		if last := lastResult(it.notes[i]); last != "" {
+			r.Reply += lastAttempt + last
+			r.Explanation += " The last delivery attempt failed with: " + last
 		}
 		d.Rcpts = append(d.Rcpts, rcpt)
 		d.idx = append(d.idx, i)

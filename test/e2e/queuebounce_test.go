@@ -119,6 +119,10 @@ func TestQueueBounce(t *testing.T) {
 		d.Recipients[0]["Action"] != "failed" || d.Recipients[0]["Status"] != "5.0.0" {
 		t.Errorf("DSN for the held message: %+v", d.Recipients)
 	}
+	// The attempt before the hold, not the operator's name.
+	if !strings.Contains(d.Text, "4.2.0 mailbox busy") || strings.Contains(d.Text, "operator") || strings.Contains(d.Text, me.Username) {
+		t.Errorf("DSN text for the held message:\n%s", d.Text)
+	}
 	if l := r.LogLines("queue_id="+held, "to=erin@partner.test", "status=bounced", "dsn=5.0.0"); len(l) != 1 {
 		t.Errorf("log lines status=bounced for erin: %d, want 1", len(l))
 	}
