@@ -722,6 +722,13 @@ type Queue struct {
 	// room. Default: one and a half times the largest max_message_size
 	// (Postfix's rule); 0 turns the check off.
 	MinFreeSpace Size `yaml:"min_free_space"`
+	// ControlGroup: members of this group (a name in the group database)
+	// may run the queue commands against the running relay, besides root
+	// and the relay's user: state_dir/control.sock becomes mode 0660 with
+	// this group, and state_dir gets the group and g+x (search, not
+	// list), nothing more. The relay's user must be root or a member.
+	// Default "" (the socket is mode 0600). A restart applies a change.
+	ControlGroup string `yaml:"control_group"`
 }
 
 // Duration is a time.Duration that also accepts a "d" (day) unit: "5d", "1h30m".

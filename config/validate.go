@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/user"
 	"path"
 	"slices"
 	"sort"
@@ -83,6 +84,19 @@ func (l *loader) validate(c *Config) {
 	l.positiveInt("queue.workers", c.Queue.Workers, "the default, "+strconv.Itoa(DefaultQueueWorkers))
 	l.checkHold(c)
 	l.checkDSN(c)
+	l.checkControlGroup(c)
+}
+
+// checkControlGroup checks that queue.control_group names a group of this
+// host.
+func (l *loader) checkControlGroup(c *Config) {
+	g := c.Queue.ControlGroup
+	if g == "" {
+		return
+	}
+	if _, err := user.LookupGroup(g); err != nil {
+		l.errorf("queue.control_group", "%q: no such group on this host (%v); create it (groupadd %s) and add the operators to it, or leave the key out (the control socket is then for root and the relay's user only)", g, err, g)
+	}
 }
 
 // checkDSN checks the DSN settings of the queue.

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -157,7 +158,7 @@ func (q *Queue) Hold(ctx context.Context, id string, op Operator) error {
 		}
 		reply := "held by operator " + op.User
 		if last := it.notes[i]; last.Reply != "" {
-			reply += "; last attempt: " + last.Code + " " + last.Reply
+			reply += lastAttempt + last.Code + " " + last.Reply
 		}
 		n := rcptNote{I: i, State: RcptHeld, Reply: reply, At: now}
 		notes = append(notes, n)
@@ -476,4 +477,175 @@ func History(dir, id string) ([]RcptInfo, error) {
 		}
 	}
 	return out, nil
+}
+
+// BounceCode is the status of a recipient an operator bounced: RFC 3463
+// X.0.0, "other undefined status". None of the specific subjects fits (it
+// is neither the address, the mailbox, the destination system, the
+// network, the protocol, the content nor security: an operator decided),
+// and the DSN's explanation says what happened in words.
+const BounceCode = "5.0.0"
+
+// ErrNoBounce: the message may not be returned to its sender (the null
+// sender, or inbound mail); nothing was changed.
+var ErrNoBounce = errors.New("not returned to its sender")
+
+// bounceable says why a message may not be bounced, or nil.
+func bounceable(id string, env *Envelope) error {
+	switch {
+	case env.From == "":
+		// RFC 5321 §6.1 / RFC 3461 §6.2: nothing is ever sent to <>, and
+		// a DSN about a DSN could loop. Deleting is the operator's
+		// explicit choice, with the command that says so.
+		return fmt.Errorf("%s: %w: its sender is the null sender <> (a DSN or other notification), which never gets a DSN; nothing changed — delete it with queue delete %s", id, ErrNoBounce, id)
+	case env.Origin == OriginInbound:
+		// DESIGN.md: inbound mail is refused in the dialog, never
+		// bounced; a sender from the internet may be forged (backscatter).
+		return fmt.Errorf("%s: %w: it is inbound mail (accepted as MX, its sender may be forged), which the relay never bounces; nothing changed — release it when the downstream takes it, or delete it with queue delete %s", id, ErrNoBounce, id)
+	}
+	return nil
+}
+
+// Bounce returns a queued, deferred or held message to its sender with a
+// failure DSN (through the queue's Bouncer, as for a permanent failure)
+// for the recipients still owed it, then removes it. A message being
+// delivered right now is waited for (ClaimWait). The null sender and
+// inbound mail are refused (ErrNoBounce), nothing changed. The DSN is
+// spooled before the message is removed: a crash in between may leave
+// both, never neither.
+func (q *Queue) Bounce(ctx context.Context, id string, op Operator) error {
+	where, err := q.Locate(id)
+	if err != nil {
+		return err
+	}
+	if q.opts.Bouncer == nil {
+		return fmt.Errorf("%s: no DSN can be sent from here (no bouncer); nothing changed", id)
+	}
+	switch where {
+	case WhereQuarantine:
+		return fmt.Errorf("%s: quarantined (a damaged file): it cannot be returned; look at it with queue show, then delete it", id)
+	case WhereHold:
+		h := &q.hold
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		p := filepath.Join(q.store.dir, holdDir, id)
+		st, err := readStored(p)
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%s: %w (released or deleted meanwhile; nothing changed)", id, ErrNotFound)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: cannot be returned: %w", id, err)
+		}
+		if err := bounceable(id, &st.env); err != nil {
+			return err
+		}
+		ps := readStatus(p+statusExt, id)
+		it := &item{id: id, st: st, done: ps.done, attempts: ps.attempts, notes: ps.notes}
+		if err := q.bounceItem(it, p, op, func(s status) error { s.ID = id; return appendStatusAt(p+statusExt, s) }); err != nil {
+			return err
+		}
+		os.Remove(p + statusExt)
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%s: returned to its sender, but not removed from hold/ (every recipient is recorded as done): %w", id, err)
+		}
+		if f := h.byID[id]; f != nil {
+			heap.Remove(&h.files, f.index)
+			delete(h.byID, id)
+			h.size -= f.size
+		}
+		syncDir(filepath.Dir(p))
+	default:
+		it, err := q.claim(ctx, id)
+		if err != nil {
+			return err
+		}
+		if err := bounceable(id, &it.st.env); err != nil {
+			q.unclaim(it)
+			return err
+		}
+		if err := q.bounceItem(it, q.store.path(id), op, func(s status) error { return q.store.appendStatus(id, s) }); err != nil {
+			q.unclaim(it)
+			return err
+		}
+		if err := q.store.remove(id, true); err != nil && !errors.Is(err, os.ErrNotExist) {
+			// Every recipient is recorded as done: if it comes back at a
+			// restart, nobody gets it a second time.
+			q.forget(it)
+			return fmt.Errorf("%s: returned to its sender, but not removed from the spool: %w", id, err)
+		}
+		q.store.syncer(id).sync()
+		q.forget(it)
+	}
+	return nil
+}
+
+// lastAttempt introduces, in an operator's hold note, the attempt before
+// the hold.
+const lastAttempt = "; last attempt: "
+
+// lastResult is what the last delivery attempt to a recipient said, from
+// its note: for one an operator held, the attempt quoted in the note (the
+// operator's name is for our log, not for the sender's DSN).
+func lastResult(n rcptNote) string {
+	if n.State == RcptHeld && n.Code == "" {
+		_, after, _ := strings.Cut(n.Reply, lastAttempt)
+		return strings.TrimSpace(after)
+	}
+	return strings.TrimSpace(n.Code + " " + n.Reply)
+}
+
+// bounceItem reports the recipients of it still owed to its sender as failed,
+// logs each (status=bounced), and records them done with record.
+func (q *Queue) bounceItem(it *item, path string, op Operator, record func(status) error) error {
+	env := &it.st.env
+	now := q.opts.Now()
+	d := &Delivery{ID: it.id, Envelope: env, Attempt: it.attempts, Size: it.st.dataLen, Content: it.st.content,
+		path: path, dataOff: it.st.dataOff}
+	var reports []Bounce
+	var notes []rcptNote
+	for i, rcpt := range env.To {
+		if it.done[i] {
+			continue
+		}
+		reason := "returned to the sender by the postmaster"
+		r := Result{Status: PermFail, Code: BounceCode, Reply: reason + " (operator " + op.User + ")", Relay: "none",
+			Explanation: "The postmaster returned this message to you before it could be delivered to this recipient."}
+		if last := lastResult(it.notes[i]); last != "" {
+			r.Reply += lastAttempt + last
+			r.Explanation += " The last delivery attempt failed with: " + last
+		}
+		d.Rcpts = append(d.Rcpts, rcpt)
+		d.idx = append(d.idx, i)
+		notes = append(notes, rcptNote{I: i, State: RcptBounced, Code: r.Code, Reply: r.Reply, At: now})
+		dsn := env.DSN(i)
+		if !dsn.Wants(NotifyFailure) {
+			q.log.Info("no DSN: the sender asked for none", "queue_id", it.id, "to", rcpt, "notify", dsn.Notify)
+			continue
+		}
+		// No Diagnostic-Code: it is for a remote reply, and this is none.
+		rep := r
+		rep.Reply, rep.Relay = "", ""
+		reports = append(reports, Bounce{Rcpt: rcpt, Result: rep, Action: ActionFailed, DSN: dsn})
+	}
+	if len(notes) == 0 {
+		return fmt.Errorf("%s: every recipient is done already; nothing to return — delete it", it.id)
+	}
+	if len(reports) > 0 {
+		if err := q.opts.Bouncer(d, reports); err != nil {
+			return fmt.Errorf("%s: could not queue the DSN; nothing changed: %w", it.id, err)
+		}
+	}
+	done := it.doneList()
+	for _, n := range notes {
+		done = append(done, n.I)
+	}
+	sort.Ints(done)
+	if err := record(status{Done: done, Attempts: it.attempts, Rcpts: notes}); err != nil {
+		q.log.Warn("could not record the bounce before removing the message", "queue_id", it.id, "error", err)
+	}
+	for _, n := range notes {
+		q.logResult(it, env.To[n.I], Result{Status: PermFail, Code: n.Code, Reply: n.Reply, Relay: "none"}, RcptBounced, now.Sub(env.Received), 0)
+	}
+	q.log.Warn("queue control: bounced", append([]any{"queue_id", it.id, "from", env.From, "nrcpt", len(notes), "dsn_rcpts", len(reports)}, op.logArgs()...)...)
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -118,4 +119,138 @@ func TestControlWaitsForDelivery(t *testing.T) {
 	if n, _ := q.HoldUsage(); n != 0 {
 		t.Fatalf("hold index still counts %d", n)
 	}
+}
+
+// Bounce of a message being delivered waits for the attempt, then
+// reports through the Bouncer the recipients it left owed (not the one
+// delivered, not one that asked NOTIFY=NEVER), and removes the message.
+// A Bouncer that fails, the null sender and inbound mail change nothing.
+func TestBounceWaitsAndReportsOwed(t *testing.T) {
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var calls [][]Bounce
+	bounceErr := errors.New("disk full")
+	failBouncer := true
+	q := open(t, "", Options{Retry: []time.Duration{time.Hour}, Bouncer: func(d *Delivery, b []Bounce) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if failBouncer {
+			return bounceErr
+		}
+		calls = append(calls, b)
+		return nil
+	}}, func(ctx context.Context, d *Delivery) []Result {
+		<-release
+		out := all(len(d.Rcpts), tempFail)
+		for i, r := range d.Rcpts {
+			if r == "b@example.com" {
+				out[i] = Result{Status: Delivered, Code: "2.0.0", Reply: "250 ok"}
+			}
+		}
+		return out
+	})
+	q.Start()
+	e := env("b@example.com", "c@example.com", "d@example.com")
+	e.RcptDSN = []RcptDSN{{}, {}, {Notify: "NEVER"}}
+	id := put(t, q.Queue, e, msg1)
+	q.rec.next(t) // the attempt is under way, blocked
+
+	done := make(chan error, 1)
+	go func() { done <- q.Bounce(context.Background(), id, testOp) }()
+	select {
+	case err := <-done:
+		t.Fatalf("Bounce returned during the attempt: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	// The Bouncer fails: nothing changed, the message stays scheduled.
+	if err := <-done; !errors.Is(err, bounceErr) {
+		t.Fatalf("Bounce with a failing Bouncer: %v", err)
+	}
+	if s := state(q.Queue, id); !s.present || strings.Contains(q.logs.String(), "status=bounced") {
+		t.Fatalf("a failed bounce changed the message: %+v\n%s", s, q.logs.String())
+	}
+	mu.Lock()
+	failBouncer = false
+	mu.Unlock()
+	if err := q.Bounce(context.Background(), id, testOp); err != nil {
+		t.Fatal(err)
+	}
+	if len(calls) != 1 || len(calls[0]) != 1 || calls[0][0].Rcpt != "c@example.com" || calls[0][0].Result.Code != BounceCode ||
+		calls[0][0].Action != ActionFailed || !strings.Contains(calls[0][0].Result.Explanation, "4.4.1 connect: connection refused") {
+		t.Fatalf("Bouncer calls: %+v; want one failure for c with %s and the last error", calls, BounceCode)
+	}
+	gone(t, q.Queue, id)
+	logs := q.logs.String()
+	for _, want := range []string{"to=c@example.com relay=none", "to=d@example.com relay=none", `msg="queue control: bounced" queue_id=` + id} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %q:\n%s", want, logs)
+		}
+	}
+	if strings.Count(logs, "status=bounced") != 2 {
+		t.Errorf("want status=bounced for c and d only:\n%s", logs)
+	}
+
+	for _, e := range []Envelope{inboundEnv("x@example.com"), func() Envelope { e := env("x@example.com"); e.From = ""; return e }()} {
+		release2 := put(t, q.Queue, e, msg1)
+		q.rec.next(t)
+		idle(t, q.Queue, release2)
+		if err := q.Bounce(context.Background(), release2, testOp); !errors.Is(err, ErrNoBounce) {
+			t.Errorf("Bounce of from=%q origin=%s: %v, want ErrNoBounce", e.From, e.Origin, err)
+		}
+		if !state(q.Queue, release2).present {
+			t.Errorf("a refused bounce removed %s", release2)
+		}
+	}
+	if len(calls) != 1 {
+		t.Errorf("Bouncer called for a refused bounce: %+v", calls)
+	}
+}
+
+// The TLS outcome of the last attempt (queue list's "tls:") survives the
+// message being held, by the queue (no DSN possible) or by an operator,
+// and its release.
+func TestTLSOutcomeSurvivesHold(t *testing.T) {
+	const why = "required secure (policy rule 1); achieved none: no STARTTLS"
+	q := open(t, "", Options{Retry: []time.Duration{time.Hour}}, func(ctx context.Context, d *Delivery) []Result {
+		out := make([]Result, len(d.Rcpts))
+		for i, r := range d.Rcpts {
+			out[i] = Result{Status: TempFail, Code: "4.7.5", Reply: "TLS required", TLSPolicy: why}
+			if strings.HasPrefix(r, "perm") {
+				out[i].Status, out[i].Code = PermFail, "5.7.5"
+			}
+		}
+		return out
+	})
+	q.Start()
+	byOp := put(t, q.Queue, env("temp@example.com"), msg1)
+	q.rec.next(t)
+	idle(t, q.Queue, byOp)
+	byQueue := put(t, q.Queue, inboundEnv("perm@example.com"), msg1)
+	q.rec.next(t)
+	waitFor(t, 5*time.Second, "held", func() bool { n, _ := q.HoldUsage(); return n == 1 })
+	if err := q.Hold(context.Background(), byOp, testOp); err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string) {
+		t.Helper()
+		infos, err := Scan(q.dir)
+		if err != nil || len(infos) != 2 {
+			t.Fatalf("Scan: %v, %d", err, len(infos))
+		}
+		for _, in := range infos {
+			if in.ID != byOp && in.ID != byQueue {
+				t.Errorf("%s: unexpected %s", when, in.ID)
+			}
+			if in.TLSPolicy != why {
+				t.Errorf("%s: %s: TLS outcome %q, want %q", when, in.ID, in.TLSPolicy, why)
+			}
+		}
+	}
+	check("held")
+	q.stop() // the release must not be tried: its outcome would replace the last
+	if err := q.Release(context.Background(), byOp, testOp); err != nil {
+		t.Fatal(err)
+	}
+	check("released")
 }

@@ -757,7 +757,7 @@ func (q *Queue) attempt(it *item) {
 			// The sidecar goes to hold/ with the message: which
 			// recipients were served and which are still owed, and why.
 			it.sidecar = true
-			if err := q.store.appendStatus(it.id, status{Done: doneList, Attempts: it.attempts, Held: true, Warned: warnedList, Rcpts: notes}); err != nil {
+			if err := q.store.appendStatus(it.id, status{Done: doneList, Attempts: it.attempts, Held: true, TLSPolicy: lastTLS, Warned: warnedList, Rcpts: notes}); err != nil {
 				q.log.Warn("could not record delivery status of a held message; a release would deliver to every recipient", "queue_id", it.id, "error", err)
 			}
 			// Not deleted now: whoever accepted it must deliver it, and

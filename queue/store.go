@@ -630,9 +630,13 @@ func readStatus(path, id string) progress {
 		for _, n := range st.Rcpts {
 			p.notes[n.I] = n
 		}
+		if st.Attempts != p.attempts {
+			// A new attempt's TLS outcome (or none); an operator's line
+			// (hold, release) records no attempt and keeps the last.
+			p.tlsPolicy = st.TLSPolicy
+		}
 		p.attempts, p.next = st.Attempts, st.Next
 		p.held = p.held || st.Held
-		p.tlsPolicy = st.TLSPolicy
 	}
 	return p
 }

@@ -42,6 +42,10 @@ commands:
   queue hold|release|retry --config FILE ID... (retry: or --all)
                                hold/release a message (release: to the recipients still owed);
                                retry: deliver now (needs the running relay)
+  queue bounce --config FILE ID...
+                               return to the sender with a failure DSN (status 5.0.0) for the
+                               recipients still owed, then delete; refused for the null sender
+                               <> and for inbound mail (delete those instead)
   queue delete --config FILE ID...|--from ADDR|--to ADDR [--yes]
                                delete for good and print the count; a filter needs --yes
   queue prune --config FILE [--held-older-than D] [--quarantined-older-than D]
@@ -221,16 +225,21 @@ func versionString() string {
 // printList prints list's table: one row per message, followed by the
 // lines of its recipients still owed.
 func printList(items []queue.Info, stdout io.Writer) int {
+	return printListAt(items, time.Now(), stdout)
+}
+
+// printListAt is printList with the clock for the ages.
+func printListAt(items []queue.Info, now time.Time, stdout io.Writer) int {
 	// The rows are aligned as a table; each is followed by the lines of
 	// its recipients still owed (like mailq), outside the table.
 	var rows bytes.Buffer
 	var details [][]string
 	tw := tabwriter.NewWriter(&rows, 2, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "QUEUE ID\tSIZE\tARRIVAL\tATTEMPTS\tNEXT\tSENDER\tRECIPIENTS")
+	fmt.Fprintln(tw, "QUEUE ID\tSIZE\tARRIVAL\tAGE\tATTEMPTS\tNEXT\tSENDER\tRECIPIENTS")
 	details = append(details, nil)
 	for _, it := range items {
 		if it.Err != nil {
-			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t(%v)\t\n", it.ID, it.Err)
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t(%v)\t\n", it.ID, it.Err)
 			details = append(details, nil)
 			continue
 		}
@@ -245,8 +254,8 @@ func printList(items []queue.Info, stdout io.Writer) int {
 		if it.Held || it.Quarantined {
 			next = messageState(&it)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\t%s\n", it.ID, it.Size,
-			it.Envelope.Received.Format(time.DateTime), it.Attempts, next, from, rcptSummary(&it))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%s\t%s\t%s\n", it.ID, it.Size,
+			it.Envelope.Received.Format(time.DateTime), age(now.Sub(it.Envelope.Received)), it.Attempts, next, from, rcptSummary(&it))
 		var d []string
 		if it.TLSPolicy != "" {
 			// Postfix's mailq shows the last error under the entry; the TLS
@@ -254,7 +263,13 @@ func printList(items []queue.Info, stdout io.Writer) int {
 			d = append(d, "  tls: "+it.TLSPolicy)
 		}
 		for _, r := range it.Rcpts {
-			if r.State == queue.RcptSent || r.State == queue.RcptBounced || r.State == "done" || r.Code == "" {
+			if r.State == queue.RcptSent || r.State == queue.RcptBounced || r.State == "done" {
+				continue
+			}
+			if r.Code == "" && r.Reply == "" {
+				// Owed and not tried yet: listed too, as mailq lists
+				// every recipient still to be delivered.
+				d = append(d, fmt.Sprintf("  [%s] %s", r.State, r.Addr))
 				continue
 			}
 			d = append(d, fmt.Sprintf("  [%s] %s: %s %s", r.State, r.Addr, r.Code, r.Reply))
@@ -271,6 +286,22 @@ func printList(items []queue.Info, stdout io.Writer) int {
 		}
 	}
 	return 0
+}
+
+// age is how long a message has been queued, in the two largest units
+// ("45s", "12m", "3h05m", "2d04h").
+func age(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "0s"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 24*time.Hour:
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
 }
 
 // rcptSummary counts a message's recipients by state: "2 of 3 pending",

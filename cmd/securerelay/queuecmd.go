@@ -27,6 +27,7 @@ import (
 
 	"securerelay/config"
 	"securerelay/internal/control"
+	"securerelay/outbound"
 	"securerelay/queue"
 )
 
@@ -65,7 +66,7 @@ func (f durationFlag) Set(s string) error {
 }
 
 var queueSubs = map[string]bool{"list": true, "count": true, "show": true, "hold": true, "release": true,
-	"retry": true, "delete": true, "prune": true}
+	"retry": true, "delete": true, "prune": true, "bounce": true}
 
 // parseQueueArgs parses SUB [flags and IDs in any order].
 func parseQueueArgs(args []string, stderr io.Writer) (*queueArgs, bool) {
@@ -127,7 +128,7 @@ func parseQueueArgs(args []string, stderr io.Writer) (*queueArgs, bool) {
 		if len(a.ids) != 1 {
 			return bad("takes one queue ID")
 		}
-	case "hold", "release":
+	case "hold", "release", "bounce":
 		if len(a.ids) == 0 {
 			return bad("takes one or more queue IDs")
 		}
@@ -158,21 +159,24 @@ func queueMain(args []string, stdout, stderr io.Writer) int {
 	if cfg == nil {
 		return code
 	}
+	// A member of queue.control_group may not read the spool (its files
+	// are the relay's, mode 0600): the relay reads it for them, through
+	// the socket. Root and the relay's user read it directly, so that
+	// list and show work with the relay stopped too.
+	readable := !errors.Is(syscall.Access(spoolDir(cfg), 0o5), syscall.EACCES)
 	switch a.sub {
 	case "list", "count":
-		return queueList(a, spoolDir(cfg), stdout, stderr)
-	case "show":
-		return queueShow(a, spoolDir(cfg), stdout, stderr)
-	}
-	if a.sub == "delete" && len(a.ids) == 0 && !a.yes {
-		// Say what it would do, change nothing.
-		items, err := queue.Scan(spoolDir(cfg))
-		if err != nil {
-			fmt.Fprintf(stderr, "securerelay queue: %v\n", err)
-			return 1
+		if readable {
+			return queueList(a, spoolDir(cfg), stdout, stderr)
 		}
-		fmt.Fprintf(stderr, "securerelay queue delete: %d messages match; add --yes to delete them\n", len(filterInfos(a, items, time.Now())))
-		return 2
+	case "show":
+		if readable {
+			return queueShow(a, spoolDir(cfg), stdout, stderr)
+		}
+	}
+	if a.sub == "delete" && len(a.ids) == 0 && !a.yes && readable {
+		// Say what it would do, change nothing.
+		return deletePreview(a, spoolDir(cfg), stderr)
 	}
 	sock := filepath.Join(cfg.StateDir, control.SocketName)
 	o, e, code, err := control.Call(sock, args, ClaimTimeout())
@@ -183,6 +187,10 @@ func queueMain(args []string, stdout, stderr io.Writer) int {
 	}
 	if !errors.Is(err, control.ErrNotRunning) {
 		fmt.Fprintf(stderr, "securerelay queue %s: %v\n", a.sub, err)
+		return 1
+	}
+	if !readable {
+		fmt.Fprintf(stderr, "securerelay queue %s: the relay is not running (%s does not answer), and the spool %s is not readable for you; run this as root or the relay's user\n", a.sub, sock, spoolDir(cfg))
 		return 1
 	}
 	if a.sub == "retry" {
@@ -202,8 +210,11 @@ func queueMain(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer unlock()
-	q, err := queue.Open(queue.Options{
+	var q *queue.Queue
+	q, err = queue.Open(queue.Options{
 		Dir: spoolDir(cfg),
+		// bounce: the DSN is spooled here, and sent when the relay starts.
+		Bouncer: outbound.NewBouncer(func() *queue.Queue { return q }, bouncerOptions(cfg)),
 		// Warnings only: the changes (logged as warnings, with the
 		// operator) and trouble, not a line per message recovered.
 		Logger:           slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -217,6 +228,12 @@ func queueMain(args []string, stdout, stderr io.Writer) int {
 	}
 	defer q.Close()
 	return queueControl(q, a, op, stdout, stderr)
+}
+
+// bouncerOptions are the relay's DSN settings (wire.go), also for a
+// bounce on the spool of a stopped relay.
+func bouncerOptions(cfg *config.Config) outbound.BouncerOptions {
+	return outbound.BouncerOptions{Hostname: cfg.Hostname, Postmaster: cfg.Postmaster, MaxReturnSize: int64(cfg.Queue.DSNReturnMaxSize)}
 }
 
 // ClaimTimeout bounds a command through the socket: it may wait for
@@ -313,6 +330,8 @@ func queueControl(q *queue.Queue, a *queueArgs, op queue.Operator, stdout, stder
 		each("held", q.Hold)
 	case "release":
 		each("released", q.Release)
+	case "bounce":
+		each("returned to its sender", q.Bounce)
 	case "retry":
 		if a.all {
 			fmt.Fprintf(stdout, "%d messages due now\n", q.RetryAll(op))
@@ -322,8 +341,7 @@ func queueControl(q *queue.Queue, a *queueArgs, op queue.Operator, stdout, stder
 	case "delete":
 		ids := a.ids
 		if len(ids) == 0 && !a.yes {
-			fmt.Fprintln(stderr, "securerelay queue delete: --from/--to need --yes")
-			return 2
+			return deletePreview(a, q.Dir(), stderr)
 		}
 		if len(ids) == 0 {
 			items, err := queue.Scan(q.Dir())
@@ -362,11 +380,67 @@ func queueControl(q *queue.Queue, a *queueArgs, op queue.Operator, stdout, stder
 	return 0
 }
 
-// controlHandler serves the control socket of the running relay.
+// deletePreview says what delete --from/--to would delete, and changes
+// nothing.
+func deletePreview(a *queueArgs, dir string, stderr io.Writer) int {
+	items, err := queue.Scan(dir)
+	if err != nil {
+		fmt.Fprintf(stderr, "securerelay queue: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stderr, "securerelay queue delete: %d messages match; add --yes to delete them\n", len(filterInfos(a, items, time.Now())))
+	return 2
+}
+
+// listenControl opens the control socket. With queue.control_group its
+// members may use it: the socket is 0660 with that group, and state_dir
+// gets the group and g+x, so that they reach the socket by its name
+// without listing state_dir or reading anything in it (the relay's files
+// there are 0600).
+func listenControl(cfg *config.Config, h control.Handler) (*control.Server, error) {
+	path := filepath.Join(cfg.StateDir, control.SocketName)
+	name := cfg.Queue.ControlGroup
+	if name == "" {
+		return control.Listen(path, h)
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return nil, fmt.Errorf("queue.control_group: %w", err)
+	}
+	gid, err := strconv.Atoi(g.Gid)
+	if err != nil {
+		return nil, fmt.Errorf("queue.control_group: %s: gid %q: %w", name, g.Gid, err)
+	}
+	fi, err := os.Stat(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("state_dir: %w", err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Gid) != gid {
+		if err := os.Chown(cfg.StateDir, -1, gid); err != nil {
+			return nil, fmt.Errorf("queue.control_group: giving state_dir %s to group %s (the relay's user must be root or a member of it): %w", cfg.StateDir, name, err)
+		}
+	}
+	if fi.Mode().Perm()&0o010 == 0 {
+		if err := os.Chmod(cfg.StateDir, fi.Mode().Perm()|0o010); err != nil {
+			return nil, fmt.Errorf("queue.control_group: letting group %s search state_dir %s: %w", name, cfg.StateDir, err)
+		}
+	}
+	return control.ListenWith(path, h, control.Options{Group: name, GID: gid})
+}
+
+// controlHandler serves the control socket of the running relay: the
+// commands that change the queue, and list, count and show for members
+// of queue.control_group, who cannot read the spool themselves.
 func (r *relay) controlHandler(peer control.Peer, args []string, stdout, stderr io.Writer) int {
 	a, ok := parseQueueArgs(args, stderr)
 	if !ok {
 		return 2
+	}
+	switch a.sub {
+	case "list", "count":
+		return queueList(a, r.q.Dir(), stdout, stderr)
+	case "show":
+		return queueShow(a, r.q.Dir(), stdout, stderr)
 	}
 	return queueControl(r.q, a, queue.Operator{User: peer.User, UID: peer.UID, Via: "socket"}, stdout, stderr)
 }

@@ -3,8 +3,10 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"securerelay/config"
+	"securerelay/queue"
 )
 
 // One process at a time owns the spool: a relay for its lifetime, a
@@ -42,12 +44,41 @@ func TestQueueArgs(t *testing.T) {
 		{[]string{"prune", "--config", "x", "--held-older-than", "7d"}, true},
 		{[]string{"list", "--config", "x", "--older-than", "2h", "--held", "--json"}, true},
 		{[]string{"show", "--config", "x"}, false},
+		{[]string{"bounce", "--config", "x"}, false},
+		{[]string{"bounce", "--config", "x", "0123456789ABCDEF", "1123456789ABCDEF"}, true},
 		{[]string{"bogus", "--config", "x"}, false},
 	} {
 		var errOut strings.Builder
 		_, ok := parseQueueArgs(c.args, &errOut)
 		if ok != c.ok {
 			t.Errorf("%v: ok=%v, want %v (%s)", c.args, ok, c.ok, errOut.String())
+		}
+	}
+}
+
+// queue list shows each message's age, and every recipient still owed,
+// tried or not, with its state and last error; done ones are counted.
+func TestPrintListAgeAndOwed(t *testing.T) {
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	in := queue.Info{ID: "0123456789ABCDEF", Size: 42, Attempts: 1, TLSPolicy: "required secure; achieved none",
+		Envelope: queue.Envelope{From: "a@example.org", To: []string{"b@x.test", "c@x.test", "d@x.test"}, Received: now.Add(-(26*time.Hour + 5*time.Minute))},
+		Rcpts: []queue.RcptInfo{{Addr: "b@x.test", State: queue.RcptSent, Code: "2.0.0"},
+			{Addr: "c@x.test", State: queue.RcptDeferred, Code: "4.2.0", Reply: "busy"},
+			{Addr: "d@x.test", State: queue.RcptPending}}}
+	var out strings.Builder
+	printListAt([]queue.Info{in}, now, &out)
+	for _, want := range []string{"AGE", " 1d02h ", "2 of 3 pending", "  tls: required secure; achieved none",
+		"  [deferred] c@x.test: 4.2.0 busy", "  [pending] d@x.test\n"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("list lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "b@x.test") {
+		t.Errorf("list shows a recipient done:\n%s", out.String())
+	}
+	for d, want := range map[time.Duration]string{45 * time.Second: "45s", 12 * time.Minute: "12m", 3*time.Hour + 5*time.Minute: "3h05m"} {
+		if got := age(d); got != want {
+			t.Errorf("age(%v) = %q, want %q", d, got, want)
 		}
 	}
 }

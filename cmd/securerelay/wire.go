@@ -395,7 +395,7 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	r.q.Start()
 	// The queue commands that change the spool come through here while
 	// the relay runs (queuecmd.go).
-	if r.ctl, err = control.Listen(filepath.Join(cfg.StateDir, control.SocketName), r.controlHandler); err != nil {
+	if r.ctl, err = listenControl(cfg, r.controlHandler); err != nil {
 		return err
 	}
 	for _, s := range r.servers {

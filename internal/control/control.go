@@ -1,9 +1,10 @@
 // Package control is the relay's control socket: a Unix socket in
-// state_dir (mode 0600, no network port) through which the queue commands
-// reach a running relay, so that they act on the queue that is delivering
-// instead of racing it on the spool. Each connection carries one command
-// line (JSON) and gets back what the command printed and its exit code;
-// the peer's Unix user comes from the kernel (SO_PEERCRED), for the log.
+// state_dir (mode 0600, or 0660 with a configured group; no network port)
+// through which the queue commands reach a running relay, so that they
+// act on the queue that is delivering instead of racing it on the spool.
+// Each connection carries one command line (JSON) and gets back what the
+// command printed and its exit code; the peer's Unix user comes from the
+// kernel (SO_PEERCRED), for the log.
 package control
 
 import (
@@ -16,6 +17,7 @@ import (
 	"os"
 	"os/user"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -48,13 +50,30 @@ type Server struct {
 	ln   net.Listener
 	path string
 	h    Handler
+	o    Options
 	wg   sync.WaitGroup
+}
+
+// Options configure the socket.
+type Options struct {
+	// Group, when not "", is the group (name, for messages) whose members
+	// may use the socket besides root and the relay's user: the socket is
+	// then mode 0660 with group GID. The directory it is in must let them
+	// search it (the caller's business).
+	Group string
+	GID   int
 }
 
 // Listen creates the socket at path (replacing a stale one left by a
 // crash: the caller holds the spool lock, so no other relay serves it)
 // with mode 0600, and serves h on it until Close.
 func Listen(path string, h Handler) (*Server, error) {
+	return ListenWith(path, h, Options{})
+}
+
+// ListenWith is Listen with options: with o.Group the socket is mode 0660
+// and belongs to that group.
+func ListenWith(path string, h Handler, o Options) (*Server, error) {
 	os.Remove(path)
 	// Between the bind and the chmod the socket has the umask's mode;
 	// state_dir is 0700, so nobody else can reach it meanwhile (no
@@ -63,11 +82,22 @@ func Listen(path string, h Handler) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	mode := os.FileMode(0o600)
+	if o.Group != "" {
+		// Group first, mode second: the socket is never 0660 with a group
+		// it should not have. Changing the group takes root or a relay
+		// user that is a member of it.
+		if err := os.Chown(path, -1, o.GID); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("control socket: giving it to group %s (queue.control_group; the relay's user must be root or a member of it): %w", o.Group, err)
+		}
+		mode = 0o660
+	}
+	if err := os.Chmod(path, mode); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	s := &Server{ln: ln, path: path, h: h}
+	s := &Server{ln: ln, path: path, h: h, o: o}
 	s.wg.Add(1)
 	go s.serve()
 	return s, nil
@@ -88,21 +118,27 @@ func (s *Server) serve() {
 func (s *Server) handle(c *net.UnixConn) {
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	peer, err := peerOf(c)
+	peer, cred, err := peerOf(c)
+	// The request is read before any refusal too: closing a Unix socket
+	// with unread data resets the connection, and the peer would lose
+	// the answer that says why it was refused.
+	var req request
+	derr := json.NewDecoder(io.LimitReader(c, 1<<20)).Decode(&req)
 	var resp response
 	switch {
 	case err != nil:
 		resp = response{Stderr: "control socket: " + err.Error() + "\n", Code: 1}
-	case peer.UID != 0 && peer.UID != os.Geteuid():
+	case peer.UID != 0 && peer.UID != os.Geteuid() && !s.member(cred):
 		// The socket's mode already keeps others out; this holds should
 		// its mode or directory ever be loosened.
-		resp = response{Stderr: fmt.Sprintf("control socket: %s may not control this relay (only root and uid %d)\n", peer.User, os.Geteuid()), Code: 1}
-	default:
-		var req request
-		if err := json.NewDecoder(io.LimitReader(c, 1<<20)).Decode(&req); err != nil {
-			resp = response{Stderr: "control socket: bad request: " + err.Error() + "\n", Code: 2}
-			break
+		who := fmt.Sprintf("only root and uid %d", os.Geteuid())
+		if s.o.Group != "" {
+			who = fmt.Sprintf("only root, uid %d and members of group %s", os.Geteuid(), s.o.Group)
 		}
+		resp = response{Stderr: fmt.Sprintf("control socket: %s may not control this relay (%s)\n", peer.User, who), Code: 1}
+	case derr != nil:
+		resp = response{Stderr: "control socket: bad request: " + derr.Error() + "\n", Code: 2}
+	default:
 		c.SetReadDeadline(time.Time{})
 		var o, e bytes.Buffer
 		resp.Code = s.h(peer, req.Args, &o, &e)
@@ -118,22 +154,61 @@ func (s *Server) Close() {
 	os.Remove(s.path)
 }
 
-func peerOf(c *net.UnixConn) (Peer, error) {
+// member reports whether the peer is in the configured group: its gid
+// (SO_PEERCRED gives the effective gid at connect) or one of its
+// supplementary groups, which SO_PEERCRED does not give. Those are read
+// from /proc/PID/status ("Groups:"), the process's own credentials, which
+// are what the kernel checked against the socket's mode at connect; the
+// group database (/etc/group) would accept a process that has dropped
+// the group. The peer waits for our answer, so its PID is still its own;
+// if it is gone, it is refused.
+func (s *Server) member(cred *syscall.Ucred) bool {
+	if s.o.Group == "" || cred == nil {
+		return false
+	}
+	if int(cred.Gid) == s.o.GID {
+		return true
+	}
+	return inGroups(fmt.Sprintf("/proc/%d/status", cred.Pid), s.o.GID)
+}
+
+// inGroups reads the Groups: line of a /proc status file.
+func inGroups(path string, gid int) bool {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		rest, ok := strings.CutPrefix(line, "Groups:")
+		if !ok {
+			continue
+		}
+		for _, f := range strings.Fields(rest) {
+			if n, err := strconv.Atoi(f); err == nil && n == gid {
+				return true
+			}
+		}
+		return false
+	}
+	return false
+}
+
+func peerOf(c *net.UnixConn) (Peer, *syscall.Ucred, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
-		return Peer{}, err
+		return Peer{}, nil, err
 	}
 	var cred *syscall.Ucred
 	var cerr error
 	if err := rc.Control(func(fd uintptr) {
 		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
 	}); err != nil {
-		return Peer{}, err
+		return Peer{}, nil, err
 	}
 	if cerr != nil {
-		return Peer{}, fmt.Errorf("SO_PEERCRED: %w", cerr)
+		return Peer{}, nil, fmt.Errorf("SO_PEERCRED: %w", cerr)
 	}
-	return PeerOf(int(cred.Uid)), nil
+	return PeerOf(int(cred.Uid)), cred, nil
 }
 
 // PeerOf names uid.

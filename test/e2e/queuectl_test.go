@@ -48,6 +48,13 @@ func startQueueRelay(t *testing.T, refuse func(to string) bool) *queueRelay {
 
 func startQueueRelayOpts(t *testing.T, rcpt func(to string) error, dataDelay time.Duration, retry string) *queueRelay {
 	t.Helper()
+	return startQueueRelayExtra(t, rcpt, dataDelay, retry, "")
+}
+
+// startQueueRelayExtra is startQueueRelayOpts with more keys of queue:
+// (each line indented by two spaces).
+func startQueueRelayExtra(t *testing.T, rcpt func(to string) error, dataDelay time.Duration, retry, queueKeys string) *queueRelay {
+	t.Helper()
 	dns := dnstest.NewServer(t, "")
 	down := startTestServer(t, listenLoopback(t), serverOptions{LMTP: true, RcptErr: rcpt, DataDelay: dataDelay})
 	dir := t.TempDir()
@@ -62,7 +69,7 @@ domains:
 outbound:
 %squeue:
   retry: [%s]
-`, mx, down.Addr, outboundTimeouts, retry))
+%s`, mx, down.Addr, outboundTimeouts, retry, queueKeys))
 	return &queueRelay{Relay: startRelay(t, cfg, mx), cfg: cfg, mx: mx, state: state, down: down}
 }
 
@@ -526,10 +533,27 @@ func TestQueueCommandsDuringDeliveries(t *testing.T) {
 // search permission), as a relay running as its own user would have it.
 func chownTree(t *testing.T, dir string, uid int) {
 	t.Helper()
+	searchableParents(t, dir)
+	err := filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, uid, uid)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// searchableParents lets other users search the directories above path, as
+// far as the temporary directory: a relay running as its own user, or an
+// operator, reaches the test's files.
+func searchableParents(t *testing.T, path string) {
+	t.Helper()
 	// Only the test's own directories, below the temporary directory,
 	// and only those others cannot search yet (never /tmp itself).
 	top := filepath.Clean(os.TempDir())
-	for p := filepath.Dir(dir); strings.HasPrefix(p, top+"/"); p = filepath.Dir(p) {
+	for p := filepath.Dir(path); strings.HasPrefix(p, top+"/"); p = filepath.Dir(p) {
 		fi, err := os.Stat(p)
 		if err != nil {
 			t.Fatal(err)
@@ -540,14 +564,5 @@ func chownTree(t *testing.T, dir string, uid int) {
 		if err := os.Chmod(p, fi.Mode()&(os.ModePerm|os.ModeSticky)|0o011); err != nil {
 			t.Fatal(err)
 		}
-	}
-	err := filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		return os.Lchown(p, uid, uid)
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 }
