@@ -20,20 +20,10 @@ import (
 func TestServeNotifiesSystemd(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "notify")
-	n, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
+	n := listenNotifyAs(t, sock)
 	next := func(want string) {
 		t.Helper()
-		n.SetReadDeadline(time.Now().Add(15 * time.Second))
-		buf := make([]byte, 4096)
-		k, err := n.Read(buf)
-		if err != nil {
-			t.Fatalf("waiting for %q on NOTIFY_SOCKET: %v", want, err)
-		}
-		if got := string(buf[:k]); !strings.HasPrefix(got, want) {
+		if got := readDatagram(t, n, 15*time.Second); !strings.HasPrefix(got, want) {
 			t.Fatalf("NOTIFY_SOCKET got %q, want %q first", got, want)
 		}
 	}
