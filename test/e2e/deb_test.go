@@ -22,8 +22,10 @@ import (
 
 // TestDebianPackage builds the .deb with the README's one command
 // (dist/build-deb.sh), installs it with dpkg -i, checks what it put where,
-// runs the relay as the unit does (its ExecStart as its User, READY=1 on
-// NOTIFY_SOCKET), sends a message through it, and purges the package.
+// installs it again over an admin's change to the conffile (kept), runs
+// the relay as the unit does (its ExecStart as its User, READY=1 on
+// NOTIFY_SOCKET), sends a message through it, removes the package (spool
+// and configuration kept) and purges it (gone).
 //
 // There is no systemd as PID 1 here, so the unit's sandbox itself is not
 // exercised (systemd-analyze verify checks the unit file); the relay runs
@@ -125,6 +127,18 @@ func TestDebianPackage(t *testing.T) {
 	}
 	t.Logf("dpkg -i:\n%s", install)
 
+	// An upgrade (here: the same package again) keeps the admin's
+	// changes to the conffile, and its owner and mode.
+	const note = "# changed by the admin\n"
+	if err := os.WriteFile("/etc/securerelay/config.yaml", append(mustRead(t, "/etc/securerelay/config.yaml"), note...), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	runCmd(t, 2*time.Minute, "", "dpkg", "-i", deb)
+	if !bytes.HasSuffix(mustRead(t, "/etc/securerelay/config.yaml"), []byte(note)) {
+		t.Error("reinstalling the package replaced the admin's config.yaml")
+	}
+	checkOwner(t, "/etc/securerelay/config.yaml", 0, gid, 0o640)
+
 	// The relay as the unit runs it.
 	execStart, runAs := unitValue(t, unit, "ExecStart"), unitValue(t, unit, "User")
 	const packaged = "--config /etc/securerelay/config.yaml"
@@ -194,6 +208,19 @@ func TestDebianPackage(t *testing.T) {
 	}
 	r.Stop()
 
+	// dpkg -r keeps the spool and the configuration; only --purge
+	// deletes them.
+	runCmd(t, 2*time.Minute, "", "dpkg", "-r", "securerelay")
+	for _, p := range []string{"/usr/bin/securerelay", unitPath} {
+		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s is still there after dpkg -r (%v)", p, err)
+		}
+	}
+	for _, p := range []string{"/var/lib/securerelay/spool", "/etc/securerelay/config.yaml"} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("dpkg -r removed %s: %v", p, err)
+		}
+	}
 	runCmd(t, 2*time.Minute, "", "dpkg", "--purge", "securerelay")
 	for _, p := range []string{"/usr/bin/securerelay", unitPath, "/etc/securerelay",
 		"/var/lib/securerelay", "/etc/systemd/system/multi-user.target.wants/securerelay.service"} {
@@ -254,6 +281,15 @@ func runCmdCode(t *testing.T, timeout time.Duration, dir, name string, args ...s
 		code = -1
 	}
 	return string(out), code, err
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func lastLine(s string) string {
