@@ -25,10 +25,14 @@ cd "$(dirname "$0")"
 # rnp decrypt it too, as independent implementations.
 # The attachment policy (attach/): zip and 7z (p7zip-full) make the
 # archives its tests send, beside tar and gzip, which every system has.
+# The Debian package test (test/e2e/deb_test.go) installs the .deb with
+# dpkg: its dependencies adduser and init-system-helpers, and systemd for
+# systemd-analyze verify of the unit.
 PKGS=(swaks libnet-ssleay-perl libio-socket-ssl-perl postfix openssl ca-certificates python3-dkim python3-nacl opendkim opendkim-tools rbldnsd
 	rspamd clamav clamav-daemon clamav-milter testssl.sh
 	gnupg sq rnp
-	zip p7zip-full tar gzip)
+	zip p7zip-full tar gzip
+	adduser init-system-helpers systemd)
 missing=()
 for p in "${PKGS[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

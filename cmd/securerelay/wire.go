@@ -191,6 +191,12 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 		defer func() { pprof.StopCPUProfile(); out.Close() }()
 		log.Info("writing a CPU profile", "file", f)
 	}
+	// Caught from the start, not only once the loop runs: a SIGHUP
+	// (systemctl reload) right after READY=1, or while starting, must
+	// not kill the relay with the signal's default action.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state_dir: %w", err)
 	}
@@ -415,7 +421,10 @@ func serve(cfg *config.Config, path string, stderr io.Writer) error {
 	}
 	log.Info("securerelay started", "version", versionString(), "config", path, "hostname", cfg.Hostname,
 		"state_dir", cfg.StateDir, "spooled", r.q.Len(), "screened_clients", passedLen(r.passed), "pid", os.Getpid())
-	return r.loop()
+	// Every listener is bound and the control socket is up: under
+	// systemd's Type=notify this is when `systemctl start` returns.
+	r.notify("READY=1\nSTATUS=serving")
+	return r.loop(sigs)
 }
 
 // selfAddrs reports whether an address is one of our listeners on port
@@ -473,9 +482,7 @@ func passedLen(p *inbound.PassCache) int {
 	return p.Len()
 }
 
-func (r *relay) loop() error {
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+func (r *relay) loop(sigs <-chan os.Signal) error {
 	for {
 		select {
 		case err := <-r.serveErr:
@@ -486,13 +493,24 @@ func (r *relay) loop() error {
 			}
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
+				// systemctl reload waits between the two (Type=notify).
+				r.notify("RELOADING=1")
 				r.reload()
+				r.notify("READY=1")
 				continue
 			}
 			r.log.Info("shutting down", "signal", sig.String())
+			r.notify("STOPPING=1")
 			r.shutdown()
 			return nil
 		}
+	}
+}
+
+// notify passes state to systemd (notify.go); a failure is only logged.
+func (r *relay) notify(state string) {
+	if err := sdNotify(state); err != nil {
+		r.log.Warn("could not notify the service manager", "error", err)
 	}
 }
 
