@@ -20,8 +20,10 @@ import (
 // the answers: existing recipients for PositiveTTL, unknown ones for
 // NegativeTTL. A downstream that cannot answer is never taken for a yes.
 type Verifier struct {
-	// Target is smtp://host:port or lmtp://host:port.
-	Kind, Addr  string
+	// Addr is the downstream's host:port; LMTP: it speaks LMTP (an
+	// lmtp:// deliver_to), else SMTP.
+	Addr        string
+	LMTP        bool
 	Helo        string
 	Timeout     time.Duration
 	PositiveTTL time.Duration
@@ -104,7 +106,7 @@ func (v *Verifier) probe(addr string) (bool, error) {
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(v.Timeout))
 	var rcptErr error
-	if v.Kind == "lmtp" {
+	if v.LMTP {
 		c := gosmtp.NewClientLMTP(conn)
 		if err := c.Hello(v.Helo); err != nil {
 			return false, err

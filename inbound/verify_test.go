@@ -32,7 +32,7 @@ func TestRecipientVerification(t *testing.T) {
 	for _, kind := range []string{"smtp", "lmtp"} {
 		t.Run(kind, func(t *testing.T) {
 			d, addr := startDownstream(t, kind == "lmtp")
-			v := &inbound.Verifier{Kind: kind, Addr: addr, Helo: "mx.ours.test", Timeout: 5 * time.Second,
+			v := &inbound.Verifier{LMTP: kind == "lmtp", Addr: addr, Helo: "mx.ours.test", Timeout: 5 * time.Second,
 				PositiveTTL: time.Hour, NegativeTTL: time.Hour}
 			r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Verifiers: map[string]*inbound.Verifier{"ours.test": v}})
 			rcpt := func(to string) (int, smtp.EnhancedCode) {
@@ -53,7 +53,7 @@ func TestRecipientVerification(t *testing.T) {
 		})
 	}
 	dead := loopback.Addr(t)
-	v := &inbound.Verifier{Kind: "smtp", Addr: dead, Helo: "mx.ours.test", Timeout: time.Second, PositiveTTL: time.Hour, NegativeTTL: time.Hour}
+	v := &inbound.Verifier{Addr: dead, Helo: "mx.ours.test", Timeout: time.Second, PositiveTTL: time.Hour, NegativeTTL: time.Hour}
 	r := inbound.NewWithOptions(inbound.Options{Domains: []string{"ours.test"}, Verifiers: map[string]*inbound.Verifier{"ours.test": v}})
 	_, err := r.Rcpt(&smtpd.State{}, "bob@ours.test", nil)
 	if c, e := code(err); c != 450 || e != (smtp.EnhancedCode{4, 1, 1}) {

@@ -748,7 +748,7 @@ func verifiers(cfg *config.Config) map[string]*inbound.Verifier {
 		if err != nil {
 			continue
 		}
-		out[name] = &inbound.Verifier{Kind: scheme, Addr: target, Helo: cfg.Hostname,
+		out[name] = &inbound.Verifier{LMTP: scheme == "lmtp", Addr: target, Helo: cfg.Hostname,
 			Timeout: v.Timeout.D(), PositiveTTL: v.PositiveTTL.D(), NegativeTTL: v.NegativeTTL.D()}
 	}
 	return out
