@@ -135,7 +135,7 @@ func (e *Engine) connect(ctx context.Context, t Target, pol *tlspolicy.Policy, k
 			r.Explanation = f.UserText()
 			// RFC 8689 section 4.2.1: a REQUIRETLS message that no next
 			// hop can take as required goes back to its sender.
-			if (f.Fallback == "bounce" || pol.RequireTLS) && !f.Temporary && !unreached {
+			if (f.Fallback == tlspolicy.FallbackBounce || pol.RequireTLS) && !f.Temporary && !unreached {
 				r.Status, r.Code = queue.PermFail, f.Status(true)
 			}
 		}
