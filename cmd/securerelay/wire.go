@@ -550,18 +550,44 @@ func (r *relay) shutdown() {
 // attachment and OpenPGP signing settings), outbound routes, users, dkim
 // and tls (the TLS policy with its encryption and inbound partner rules),
 // and inbound content, auth, attachments and verify. listeners, state_dir,
-// queue, log, dns, hostname, proxy_addresses and the other inbound and
-// outbound settings need a restart; a change to them is logged and not
-// applied. README.md ("Reload") lists the same, and where this falls short
-// of never half-applying a configuration: the restart warning also names
-// inbound.attachments and inbound.verify (stripInbound keeps them), and the
-// rebuilt parts already use the new dns and hostname.
+// queue, metrics, log, dns, hostname, postmaster, proxy_addresses and the
+// other inbound and outbound settings need a restart; a change to them is
+// logged (once the new configuration is applied) and not applied anywhere:
+// the parts rebuilt here get their running values. README.md ("Reload")
+// lists the same.
 func (r *relay) reload() {
 	cfg, err := config.Load(r.cfgPath)
 	if err != nil {
 		r.log.Error("reload failed, keeping the running configuration", "error", strings.ReplaceAll(err.Error(), "\n", "; "))
 		return
 	}
+	var restart []string
+	for _, k := range []struct {
+		name     string
+		old, new any
+	}{
+		{"listeners", r.cfg.Listeners, cfg.Listeners},
+		{"state_dir", r.cfg.StateDir, cfg.StateDir},
+		{"queue", r.cfg.Queue, cfg.Queue},
+		{"metrics", r.cfg.Metrics, cfg.Metrics},
+		{"log", r.cfg.Log, cfg.Log},
+		{"dns", r.cfg.DNS, cfg.DNS},
+		{"hostname", r.cfg.Hostname, cfg.Hostname},
+		{"proxy_addresses", r.cfg.ProxyAddresses, cfg.ProxyAddresses},
+		{"postmaster", r.cfg.Postmaster, cfg.Postmaster},
+		{"inbound (checks and screening)", stripInbound(r.cfg.Inbound), stripInbound(cfg.Inbound)},
+		{"outbound (except users, routes and dkim)", stripOutbound(r.cfg.Outbound), stripOutbound(cfg.Outbound)},
+	} {
+		if !reflect.DeepEqual(k.old, k.new) {
+			restart = append(restart, k.name)
+		}
+	}
+	// What needs a restart keeps its running value in everything built
+	// below: the resolver, the host name (HELO, authserv-id, milter
+	// macros), the spool's place, the postmaster. Applying such a key in
+	// some places and not others would be worse than not at all.
+	cfg.StateDir, cfg.DNS, cfg.Hostname, cfg.Postmaster = r.cfg.StateDir, r.cfg.DNS, r.cfg.Hostname, r.cfg.Postmaster
+	cfg.Listeners, cfg.Queue, cfg.Metrics, cfg.Log, cfg.ProxyAddresses = r.cfg.Listeners, r.cfg.Queue, r.cfg.Metrics, r.cfg.Log, r.cfg.ProxyAddresses
 	rt, err := router(cfg)
 	if err != nil {
 		r.log.Error("reload failed, keeping the running configuration", "error", err)
@@ -590,27 +616,11 @@ func (r *relay) reload() {
 		r.log.Error("reload failed, keeping the running configuration", "error", err)
 		return
 	}
+	for _, k := range restart {
+		r.log.Warn("reload: this setting changed but needs a restart; not applied", "key", k)
+	}
 	for _, w := range warnings {
 		r.log.Warn("dkim: weak key", "detail", w)
-	}
-	for _, k := range []struct {
-		name     string
-		old, new any
-	}{
-		{"listeners", r.cfg.Listeners, cfg.Listeners},
-		{"state_dir", r.cfg.StateDir, cfg.StateDir},
-		{"queue", r.cfg.Queue, cfg.Queue},
-		{"metrics", r.cfg.Metrics, cfg.Metrics},
-		{"log", r.cfg.Log, cfg.Log},
-		{"dns", r.cfg.DNS, cfg.DNS},
-		{"hostname", r.cfg.Hostname, cfg.Hostname},
-		{"proxy_addresses", r.cfg.ProxyAddresses, cfg.ProxyAddresses},
-		{"inbound (checks and screening)", stripInbound(r.cfg.Inbound), stripInbound(cfg.Inbound)},
-		{"outbound (except users, routes and dkim)", stripOutbound(r.cfg.Outbound), stripOutbound(cfg.Outbound)},
-	} {
-		if !reflect.DeepEqual(k.old, k.new) {
-			r.log.Warn("reload: this setting changed but needs a restart; not applied", "key", k.name)
-		}
 	}
 	if err := r.certs.Reload(cfg.TLS.Cert, cfg.TLS.Key, r.cfg.StateDir, r.cfg.Hostname, r.log); err != nil {
 		r.log.Error("reload: certificate not reloaded, keeping the old one", "error", err)
@@ -636,12 +646,11 @@ func (r *relay) reload() {
 	r.log.Info("configuration reloaded", "domains", len(cfg.Domains), "routes", len(cfg.Outbound.Routes), "users", len(cfg.Outbound.Users))
 }
 
-// stripInbound leaves what a reload cannot apply: content scanning and
-// authentication are swapped whole on SIGHUP. attachments and verify are
-// swapped too (inboundContent, verifiers) but not stripped here, so a
-// change to them is applied and still warned about (issue 16).
+// stripInbound leaves what a reload cannot apply: content scanning,
+// authentication and the attachment policy are swapped whole on SIGHUP
+// (inboundContent), the recipient verifiers too (verifiers).
 func stripInbound(i config.Inbound) config.Inbound {
-	i.Content, i.Auth = config.Content{}, config.Auth{}
+	i.Content, i.Auth, i.Attachments, i.Verify = config.Content{}, config.Auth{}, config.Attachments{}, config.Verify{}
 	return i
 }
 

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -188,6 +189,32 @@ func TestReloadSIGHUP(t *testing.T) {
 	}
 	mustSend(t, "--server", mx, "--from", "alice@example.org", "--to", "erin@new.test")
 	waitMaildir(t, mail, "erin@new.test", 1, 5*time.Second)
+
+	// The attachment policy is applied on SIGHUP, and not also reported
+	// as needing a restart; a new postmaster needs one, and says so.
+	changed := strings.Replace(string(orig), "  checks: {sender_domain: off}\n",
+		"  checks: {sender_domain: off}\n  attachments:\n    policies:\n      default: {action: tempfail}\n", 1)
+	changed = strings.Replace(changed, "postmaster: postmaster@relay.e2e.test", "postmaster: admin@example.test", 1)
+	if changed == string(orig) {
+		t.Fatal("the test's config edit did not apply")
+	}
+	writeFile(t, cfg, changed)
+	mark = r.Mark()
+	r.Signal(syscall.SIGHUP)
+	r.WaitLog(mark, 5*time.Second, "configuration reloaded")
+	var restart []string
+	for _, l := range r.LogLines("needs a restart") {
+		restart = append(restart, l[strings.Index(l, "key="):])
+	}
+	if !slices.Equal(restart, []string{"key=postmaster"}) {
+		t.Errorf("reported as needing a restart: %q, want only the postmaster", restart)
+	}
+	exe := filepath.Join(t.TempDir(), "tool.exe")
+	writeFile(t, exe, "MZ\x90\x00 a program")
+	res = swaks(t, "--server", mx, "--from", "alice@example.org", "--to", "bob@example.test", "--attach", exe)
+	if !strings.Contains(res.Out, "<** 451 ") {
+		t.Errorf("a program after the policy became tempfail on SIGHUP: want 451:\n%s", res.Out)
+	}
 }
 
 // TestDiskFull: when the spool cannot take a message, the client gets
