@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -51,7 +52,7 @@ func loadAllDKIM(cfg *config.Config) (map[string][]configuredKey, []string, erro
 				continue
 			}
 			for _, w := range warn {
-				warnings = append(warnings, fmt.Sprintf("%s:%d: %s: %s", cfg.Path, cfg.Line(key), key, w))
+				warnings = append(warnings, cfg.KeyError(key, errors.New(w)).Error())
 			}
 			keys[name] = append(keys[name], configuredKey{dkim.Key{Domain: name, Selector: k.Selector, Signer: signer, Path: k.Key}, k.Signs()})
 		}

@@ -169,14 +169,14 @@ func load(path string, stderr io.Writer) (*config.Config, int) {
 		if err == nil && cfg.Outbound.Encryption.Keyring != "" {
 			if dir, derr := keyDirectory(cfg, res, quietLog, false); derr == nil {
 				for _, p := range dir.KeyringProblems() {
-					fmt.Fprintf(stderr, "warning: %s:%d: outbound.encryption.keyring: %v\n", cfg.Path, cfg.Line("outbound.encryption.keyring"), p)
+					fmt.Fprintf(stderr, "warning: %v\n", cfg.KeyError("outbound.encryption.keyring", p))
 				}
 				dir.Close()
 			}
 		}
 		if err == nil && hasInbound(cfg) && servedPostmaster(cfg) == "" {
-			fmt.Fprintf(stderr, "warning: %s:%d: postmaster: %s is not in a domain with deliver_to, so inbound listeners refuse RCPT TO:<Postmaster> (RFC 5321 requires it); use an address in one of your domains\n",
-				cfg.Path, cfg.Line("postmaster"), cfg.Postmaster)
+			// A defaulted postmaster has no line: FILE: postmaster: ….
+			fmt.Fprintf(stderr, "warning: %v\n", cfg.KeyError("postmaster", fmt.Errorf("%s is not in a domain with deliver_to, so inbound listeners refuse RCPT TO:<Postmaster> (RFC 5321 requires it); use an address in one of your domains", cfg.Postmaster)))
 		}
 	}
 	if err != nil {

@@ -73,3 +73,15 @@ func TestCheckConfigBadDKIMKey(t *testing.T) {
 		}
 	}
 }
+
+// A warning about a key the file does not set (a defaulted postmaster)
+// names the file and the key, not a line 0.
+func TestCheckConfigDefaultedKeyWarning(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "c.yaml")
+	os.WriteFile(conf, []byte("hostname: relay.example.test\nstate_dir: "+dir+"\nlisteners:\n  - {name: mx, address: \"127.0.0.1:0\", role: inbound}\ndomains:\n  example.test: {deliver_to: \"maildir:"+dir+"/mail\"}\n"), 0o600)
+	code, _, errOut := runCLI("check-config", "--config", conf)
+	if want := "warning: " + conf + ": postmaster: postmaster@relay.example.test is not in a domain"; code != 0 || !strings.Contains(errOut, want) {
+		t.Errorf("exit %d, stderr %q; want it to contain %q", code, errOut, want)
+	}
+}
