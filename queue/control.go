@@ -418,7 +418,7 @@ func OpenData(dir, id string) (io.ReadCloser, error) {
 	return struct {
 		io.Reader
 		io.Closer
-	}{io.NewSectionReader(f, st.dataOff, st.dataLen), f}, nil
+	}{st.reader(f), f}, nil
 }
 
 // Busy lists the messages being delivered right now.
