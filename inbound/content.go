@@ -189,12 +189,12 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 	}
 	if c.Auth == nil && !c.scans(policy) {
 		if forged {
-			msg.Rewrite = stripAttachmentFields
+			msg.Rewrite, msg.RewriteHeaderOnly = stripAttachmentFields, true
 		}
 		return nil
 	}
 	var rewrites []func(io.Writer, io.Reader) error
-	strip := false
+	strip, bodyReplaced := false, false
 
 	// The milters' conversations begin now, through the envelope, while
 	// SPF/DKIM/DMARC runs: they see the message only if it passes.
@@ -286,6 +286,7 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 		}
 		if res.ChangesContent() {
 			rewrites = append(rewrites, res.Apply)
+			bodyReplaced = res.ReplacesBody()
 			// A milter may add a field claiming our authserv-id too.
 			strip = strip || c.Auth != nil
 		}
@@ -303,7 +304,8 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 		rewrites = append(rewrites, stripAttachmentFields)
 	}
 	if len(rewrites) > 0 {
-		msg.Rewrite = chain(rewrites)
+		// All header-only (smtpd amends the spool file) but a milter's body.
+		msg.Rewrite, msg.RewriteHeaderOnly = chain(rewrites), !bodyReplaced
 	}
 	return nil
 }
