@@ -268,3 +268,27 @@ func TestRecoverReadsSRQ1Files(t *testing.T) {
 		t.Fatalf("SRQ1 delivery: %s %d %q", c.id, c.size, c.data)
 	}
 }
+
+// A pre-created file (the relay's usual case) is amended like a created
+// one: the magic is written over in place.
+func TestAmendPooledFile(t *testing.T) {
+	h := open(t, "", Options{Preallocate: 4}, nil)
+	waitUntil(t, "pool filled", func() bool { _, e := countFiles(t, h.dir); return e == 4 })
+	c := amendCases()["all"]
+	e := env("a@example.com", "b@example.net")
+	w := putAmended(t, h.Queue, e, c)
+	if !w.pooled {
+		t.Fatal("writer did not take a pre-created file")
+	}
+	raw, err := os.ReadFile(h.store.path(w.ID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := buildAmendedFile(e, []byte(c.data), *c.env, []byte(c.header), c.bodyOff); !bytes.Equal(raw, want) {
+		t.Fatalf("pooled amended file:\n got %q\nwant %q", trunc(raw), trunc(want))
+	}
+	h.Start()
+	if got := h.rec.next(t); string(got.data) != c.want {
+		t.Fatalf("delivered %q, want %q", got.data, c.want)
+	}
+}
