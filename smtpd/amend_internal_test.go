@@ -24,13 +24,13 @@ func TestHeaderSection(t *testing.T) {
 	} {
 		for _, one := range []bool{false, true} {
 			r := iotestReader(tc.data, one)
-			got, err := headerSection(r, 1<<20)
+			got, err := headerSection(nil, r, 1<<20)
 			if err != nil || string(got) != tc.want {
 				t.Errorf("headerSection(%.40q, one byte reads %v) = %.40q, %v; want %.40q", tc.data, one, got, err, tc.want)
 			}
 		}
 	}
-	if _, err := headerSection(strings.NewReader(long+"\r\nbody"), 10<<10); !errors.Is(err, errHeaderSection) {
+	if _, err := headerSection(nil, strings.NewReader(long+"\r\nbody"), 10<<10); !errors.Is(err, errHeaderSection) {
 		t.Errorf("header over the limit: %v, want errHeaderSection", err)
 	}
 }

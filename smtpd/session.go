@@ -522,19 +522,26 @@ func (s *session) amend(w *queue.Writer, env queue.Envelope, msg *Message) (queu
 		if err != nil {
 			return env, false, err
 		}
-		hs, err := headerSection(r, dkim.MaxHeaderBytes)
+		in, out := hdrBufs.Get().(*[]byte), hdrBufs.Get().(*[]byte)
+		// Amend copies the header into the file's buffer: both go back.
+		defer putHdrBuf(in)
+		defer putHdrBuf(out)
+		hs, err := headerSection((*in)[:0], r, dkim.MaxHeaderBytes)
+		*in = hs
 		if errors.Is(err, errHeaderSection) {
 			return env, false, nil
 		}
 		if err != nil {
 			return env, false, err
 		}
-		b := bytes.NewBuffer(make([]byte, 0, len(header)+len(hs)+len(hs)/4))
+		b := bytes.NewBuffer((*out)[:0])
 		b.Write(header)
-		if err := msg.Rewrite(b, bytes.NewReader(hs)); err != nil {
+		err = msg.Rewrite(b, bytes.NewReader(hs))
+		*out = b.Bytes()
+		if err != nil {
 			return env, false, err
 		}
-		header, bodyOff = b.Bytes(), int64(len(hs))
+		header, bodyOff = *out, int64(len(hs))
 	}
 	var newEnv *queue.Envelope
 	if msg.NewFrom != "" || len(msg.AddRcpts) > 0 {
@@ -549,12 +556,27 @@ func (s *session) amend(w *queue.Writer, env queue.Envelope, msg *Message) (queu
 
 var errHeaderSection = errors.New("header section too large")
 
-// headerSection reads the stored message's header through the empty line
-// that ends it, or all of it when there is none, at most limit octets. The
-// spool holds CRLF line ends only (NewLineEndingReader), so the empty line
-// is the first CRLF right after a CRLF, or one at the very start.
-func headerSection(r io.Reader, limit int) ([]byte, error) {
-	buf := make([]byte, 0, 8<<10)
+// hdrBufs recycles amend's header buffers: two per changed message, the
+// GC's work otherwise. Buffers grown past 64 KiB are left to it.
+var hdrBufs = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
+
+func putHdrBuf(b *[]byte) {
+	if cap(*b) <= 64<<10 {
+		*b = (*b)[:0]
+		hdrBufs.Put(b)
+	}
+}
+
+// headerSection reads the stored message's header into buf through the
+// empty line that ends it, or all of it when there is none, at most limit
+// octets. The spool holds CRLF line ends only (NewLineEndingReader), so
+// the empty line is the first CRLF right after a CRLF, or one at the very
+// start.
+func headerSection(buf []byte, r io.Reader, limit int) ([]byte, error) {
+	buf = buf[:0]
+	if cap(buf) == 0 {
+		buf = make([]byte, 0, 8<<10)
+	}
 	for {
 		if len(buf) == cap(buf) {
 			if len(buf) >= limit {
