@@ -351,6 +351,7 @@ func (r *Role) milterStage(p *pass, check string) error {
 	}
 	if res.ChangesContent() {
 		p.rewrites = append(p.rewrites, res.Apply)
+		p.bodyReplaced = p.bodyReplaced || res.ReplacesBody()
 		// A milter may add a field claiming our authserv-id too.
 		p.strip = p.strip || c.Auth != nil
 	}

@@ -119,6 +119,9 @@ type pass struct {
 	forged   bool // X-Securerelay-Attachment fields of the sender's
 	strip    bool // forged Authentication-Results to remove
 	rewrites []func(io.Writer, io.Reader) error
+	// bodyReplaced: a milter replaced the body, so the rewrites are not
+	// header-only (smtpd then spools the message anew).
+	bodyReplaced bool
 }
 
 // run runs the stages in order up to the first refusal.
@@ -184,7 +187,7 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 		return err
 	}
 	if len(p.rewrites) > 0 {
-		msg.Rewrite = chain(p.rewrites)
+		msg.Rewrite, msg.RewriteHeaderOnly = chain(p.rewrites), !p.bodyReplaced
 	}
 	return nil
 }

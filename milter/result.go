@@ -158,6 +158,17 @@ func (r *Result) ChangesContent() bool {
 	return false
 }
 
+// ReplacesBody reports whether a milter replaced the body (SMFIR_REPLBODY):
+// without it Apply changes the header section only.
+func (r *Result) ReplacesBody() bool {
+	for _, m := range r.Mods {
+		if m.Kind == ReplaceBody {
+			return true
+		}
+	}
+	return false
+}
+
 // Apply writes the message with the milters' header and body changes: msg
 // is the original message as given to Check (CRLF line ends). Only the
 // header section is held in memory; the body is streamed from msg, or from

@@ -419,7 +419,7 @@ func OpenData(dir, id string) (io.ReadCloser, error) {
 	return struct {
 		io.Reader
 		io.Closer
-	}{io.NewSectionReader(f, st.dataOff, st.dataLen), f}, nil
+	}{st.reader(f), f}, nil
 }
 
 // Busy lists the messages being delivered right now.
@@ -599,8 +599,8 @@ func lastResult(n rcptNote) string {
 func (q *Queue) bounceItem(it *item, path string, op Operator, record func(status) error) error {
 	env := &it.st.env
 	now := q.opts.Now()
-	d := &Delivery{ID: it.id, Envelope: env, Attempt: it.attempts, Size: it.st.dataLen, Content: it.st.content,
-		path: path, dataOff: it.st.dataOff}
+	d := &Delivery{ID: it.id, Envelope: env, Attempt: it.attempts, Size: it.st.size(), Content: it.st.content,
+		path: path, ext: it.st.extent}
 	var reports []Bounce
 	var notes []rcptNote
 	for i, rcpt := range env.To {

@@ -376,8 +376,12 @@ func (q *Queue) pruner(stop <-chan struct{}, done chan<- struct{}) {
 	}
 }
 
-// readEnvelope reads only the envelope of a spool file, for a log line:
-// unlike readStored it does not read (and check) the data.
+// readEnvelope reads only the envelope of a spool file, for a log line
+// and for naming the recipients a sidecar counts by index: unlike
+// readStored it does not read (and check) the data. Of an amended file it
+// returns the amended envelope, or the first one when the amend record
+// cannot be read (recipients are only ever added at the end, so the
+// indexes of the first ones hold).
 func readEnvelope(path string) (*Envelope, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -386,7 +390,7 @@ func readEnvelope(path string) (*Envelope, error) {
 	defer f.Close()
 	br := bufio.NewReader(f)
 	line, err := br.ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, magic) {
+	if err != nil || !(strings.HasPrefix(line, magic) || strings.HasPrefix(line, magic2)) {
 		return nil, fmt.Errorf("%w: bad header", errIncomplete)
 	}
 	n, err := strconv.Atoi(strings.TrimSuffix(line[len(magic):], "\n"))
@@ -401,7 +405,42 @@ func readEnvelope(path string) (*Envelope, error) {
 	if err := json.Unmarshal(ej, &env); err != nil {
 		return nil, fmt.Errorf("%w: envelope: %v", errIncomplete, err)
 	}
+	if strings.HasPrefix(line, magic2) {
+		if amended, err := readAmendedEnvelope(f, int64(len(line)+n+1)); err == nil {
+			return amended, nil
+		}
+	}
 	return &env, nil
+}
+
+// readAmendedEnvelope finds an SRQ2 file's amend record through its
+// trailer and returns the envelope in it, unchecked.
+func readAmendedEnvelope(f *os.File, dataOff int64) (*Envelope, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() < dataOff+trailer2Len {
+		return nil, fmt.Errorf("%w: no trailer", errIncomplete)
+	}
+	tr := make([]byte, trailer2Len)
+	if _, err := f.ReadAt(tr, fi.Size()-trailer2Len); err != nil {
+		return nil, err
+	}
+	var dlen, alen int64
+	var sum uint32
+	if _, err := fmt.Sscanf(string(tr), trailer2Fmt, &dlen, &alen, &sum); err != nil {
+		return nil, fmt.Errorf("%w: no trailer", errIncomplete)
+	}
+	if dlen < 0 || alen < 0 || dlen > fi.Size() || alen > fi.Size() || dataOff+dlen+alen+trailer2Len != fi.Size() {
+		return nil, fmt.Errorf("%w: length mismatch", errIncomplete)
+	}
+	st := &stored{}
+	st.dataOff, st.dataLen = dataOff, dlen
+	if err := readAmend(f, st, alen); err != nil {
+		return nil, err
+	}
+	return &st.env, nil
 }
 
 // envelopeLog is the part of a removal's log line that says whose message

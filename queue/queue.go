@@ -86,14 +86,15 @@ type Delivery struct {
 	Rcpts []string
 	// Attempt counts from 1.
 	Attempt int
-	// Size is the length of the message data.
+	// Size is the length of the message data (as amended, see
+	// Writer.Amend).
 	Size int64
 	// Content is what is known of the data's octets (8-bit or not).
 	Content Content
 
-	path    string
-	dataOff int64
-	idx     []int // Rcpts[k] is Envelope.To[idx[k]]
+	path string
+	ext  extent
+	idx  []int // Rcpts[k] is Envelope.To[idx[k]]
 }
 
 // DSN returns the DSN parameters of a recipient of this attempt (of its
@@ -116,7 +117,7 @@ func (d *Delivery) Open() (io.ReadCloser, error) {
 	return struct {
 		io.Reader
 		io.Closer
-	}{io.NewSectionReader(f, d.dataOff, d.Size), f}, nil
+	}{d.ext.reader(f), f}, nil
 }
 
 // Deliverer delivers messages; implemented by the outbound delivery engine.
@@ -464,7 +465,7 @@ func (w *Writer) Commit() error {
 	}
 	w.closed = true
 	w.releaseBuf()
-	st := &stored{env: w.env, dataOff: w.off, dataLen: w.n, content: w.content}
+	st := &stored{env: w.env, extent: w.extent(), content: w.contentNow()}
 	it := &item{id: w.id, st: st, done: map[int]bool{}, warned: map[int]bool{}, notes: map[int]rcptNote{}, next: w.q.opts.Now(), index: -1}
 	w.q.mu.Lock()
 	w.q.items[w.id] = it
@@ -611,8 +612,8 @@ func (q *Queue) attempt(it *item) {
 	}()
 	env := &it.st.env
 	d := &Delivery{
-		ID: it.id, Envelope: env, Attempt: it.attempts + 1, Size: it.st.dataLen, Content: it.st.content,
-		path: q.store.path(it.id), dataOff: it.st.dataOff,
+		ID: it.id, Envelope: env, Attempt: it.attempts + 1, Size: it.st.size(), Content: it.st.content,
+		path: q.store.path(it.id), ext: it.st.extent,
 	}
 	var idx []int
 	for i, r := range env.To {
@@ -768,7 +769,7 @@ func (q *Queue) attempt(it *item) {
 				q.log.Error("could not move undeliverable message to spool/hold; it stays in the spool and may be tried again", "queue_id", it.id, "error", err)
 			} else {
 				q.log.Warn("held: message could not be delivered to every recipient and no DSN was possible; kept in spool/hold",
-					"queue_id", it.id, "from", env.From, "size", it.st.dataLen)
+					"queue_id", it.id, "from", env.From, "size", it.st.size())
 				q.pruneHold()
 			}
 			return
@@ -964,7 +965,7 @@ func Scan(dir string) ([]Info, error) {
 			if err != nil {
 				inf.Err = err
 			} else {
-				inf.Envelope, inf.Size = st.env, st.dataLen
+				inf.Envelope, inf.Size = st.env, st.size()
 				ps := readStatus(filepath.Join(sd, e.Name()+statusExt), e.Name())
 				inf.Done, inf.Attempts, inf.Next, inf.TLSPolicy = len(ps.done), ps.attempts, ps.next, ps.tlsPolicy
 				inf.Rcpts = rcptInfos(&st.env, ps.done, ps.notes)

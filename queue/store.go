@@ -25,6 +25,31 @@ import (
 //	<message data, CRLF lines, as it will be sent>
 //	\nSRQ-END <data-length %016x> <crc32c of envelope JSON and data %08x>\n
 //
+// A message whose envelope or header a content hook changed before it was
+// committed (Writer.Amend: Authentication-Results on top, a milter's header
+// changes, a new sender or added recipients) is not copied into a second
+// file; an amend record goes between the data and the trailer instead:
+//
+//	SRQ2 <envelope-length>\n
+//	<envelope JSON>\n
+//	<message data as received>
+//	\nSRQ-AMEND <envelope-length> <header-length> <body-offset>\n
+//	<amended envelope JSON>\n
+//	<header>
+//	\nSRQ-END <data-length %016x> <amend-length %016x> <crc32c %08x>\n
+//
+// The message to deliver is then <header> followed by data[body-offset:]
+// (the header replaces the data's first body-offset octets, which is how a
+// prepended field, body-offset 0, and a rewritten header section, up to
+// the empty line, are both said), under the amended envelope; the queue ID
+// stays. The CRC covers the envelope JSON, the data and the whole amend
+// record, so a damaged amend record is a damaged file. "SRQ2" is written
+// over "SRQ1" by Amend, before the commit's fsync: the magic says which
+// trailer to expect, so a file is never read as the other kind, a file
+// without an amend record stays byte for byte what earlier versions write
+// and read (a downgrade reads them; it quarantines, never deletes, an
+// SRQ2 file), and SRQ1 files of earlier versions are read as before.
+//
 // Why one file and no rename: on ext4 the cost of a spool is in creating,
 // renaming and unlinking directory entries and in directory lock contention,
 // not in fsync (0.14 ms on the reference machine). Postfix needs one file per
@@ -51,12 +76,19 @@ import (
 const (
 	shards      = 16
 	magic       = "SRQ1 "
+	magic2      = "SRQ2 "
 	trailerFmt  = "\nSRQ-END %016x %08x\n"
 	trailerLen  = 1 + 8 + 16 + 1 + 8 + 1
-	statusExt   = ".st"
-	brokenDir   = "quarantine"
-	holdDir     = "hold"
-	maxEnvelope = 1 << 20
+	trailer2Fmt = "\nSRQ-END %016x %016x %08x\n"
+	trailer2Len = 1 + 8 + 16 + 1 + 16 + 1 + 8 + 1
+	amendFmt    = "\nSRQ-AMEND %d %d %d\n"
+	// maxAmendHeader bounds an amend record's header; smtpd's are below
+	// dkim.MaxHeaderBytes (1 MiB).
+	maxAmendHeader = 8 << 20
+	statusExt      = ".st"
+	brokenDir      = "quarantine"
+	holdDir        = "hold"
+	maxEnvelope    = 1 << 20
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -338,6 +370,12 @@ type Writer struct {
 	closed bool
 	// content is what the writer was told of the data (SetContent).
 	content Content
+	// amend is where Amend put the replacement header (amend.amended),
+	// amendLen the length of its record and hdr8 whether that header has
+	// 8-bit octets.
+	amend    extent
+	amendLen int64
+	hdr8     bool
 }
 
 // ID is the queue ID the message will have.
@@ -350,6 +388,9 @@ func (w *Writer) Envelope() Envelope { return w.env }
 func (w *Writer) Write(p []byte) (int, error) {
 	if w.closed {
 		return 0, errors.New("queue: write after Commit or Abort")
+	}
+	if w.amend.amended {
+		return 0, errors.New("queue: write after Amend")
 	}
 	if w.err != nil {
 		return 0, w.err
@@ -368,10 +409,108 @@ func (w *Writer) Write(p []byte) (int, error) {
 // without reading the message again. It is kept in memory only, since the
 // envelope is on disk before the data; after a restart delivery looks
 // again where it matters.
+// A header given to Amend is looked at by the writer itself.
 func (w *Writer) SetContent(c Content) { w.content = c }
 
-// Size is the number of data bytes written so far.
-func (w *Writer) Size() int64 { return w.n }
+// contentNow is SetContent's word, raised to 8-bit when an amended header
+// has 8-bit octets: claiming 8-bit costs a conversion at worst, claiming
+// 7-bit wrongly would send 8-bit octets to a next hop that cannot take
+// them.
+func (w *Writer) contentNow() Content {
+	if w.hdr8 && w.content == Content7Bit {
+		return Content8Bit
+	}
+	return w.content
+}
+
+// Size is the number of octets of the message as it will be delivered:
+// the data written so far, or after Amend the amended message.
+func (w *Writer) Size() int64 { return w.extent().size() }
+
+// extent is where the message is in the file, as far as it is written.
+func (w *Writer) extent() extent {
+	e := w.amend
+	e.dataOff, e.dataLen = w.off, w.n
+	return e
+}
+
+// Amend changes the message without copying it to a new file: env, if not
+// nil, replaces the envelope (a new sender, added recipients; the queue ID
+// stays), and header replaces the first bodyOff octets of the data written
+// (bodyOff 0: header goes on top; bodyOff at the end of the header section:
+// a rewritten header). Readers of the committed message see header +
+// data[bodyOff:] under the new envelope. Call it at most once, after the
+// last Write and before Commit; an error leaves the writer failed (Commit
+// then fails too), so a half-written amend is never acknowledged.
+func (w *Writer) Amend(env *Envelope, header []byte, bodyOff int64) error {
+	if w.closed {
+		return errors.New("queue: Amend after Commit or Abort")
+	}
+	if w.err != nil {
+		return w.err
+	}
+	if w.amend.amended {
+		return errors.New("queue: Amend called twice")
+	}
+	if bodyOff < 0 || bodyOff > w.n {
+		return fmt.Errorf("queue: Amend: body offset %d outside the data (%d octets)", bodyOff, w.n)
+	}
+	if len(header) > maxAmendHeader {
+		return fmt.Errorf("queue: Amend: header of %d octets exceeds %d", len(header), maxAmendHeader)
+	}
+	e := w.env
+	if env != nil {
+		e = *env
+		if len(e.To) == 0 {
+			return errors.New("queue: Amend: message without recipients")
+		}
+		if e.Received.IsZero() {
+			e.Received = w.env.Received
+		}
+	}
+	ej, err := json.Marshal(&e)
+	if err == nil && len(ej) > maxEnvelope {
+		err = fmt.Errorf("envelope of %d octets exceeds %d", len(ej), maxEnvelope)
+	}
+	if err != nil {
+		return fmt.Errorf("queue: Amend: %w", err)
+	}
+	// The magic goes in place of SRQ1 only once the header line is in the
+	// file, or flushing the buffer would write SRQ1 over it again. No
+	// fsync of its own: Commit's covers it, and a file whose new magic or
+	// amend record did not reach the disk fails its own trailer's checks.
+	if err := w.bw.Flush(); err != nil {
+		w.err = fmt.Errorf("spool write %s: %w", w.id, err)
+		return w.err
+	}
+	if _, err := w.f.WriteAt([]byte(magic2), 0); err != nil {
+		w.err = fmt.Errorf("spool write %s: %w", w.id, err)
+		return w.err
+	}
+	rec := fmt.Sprintf(amendFmt, len(ej), len(header), bodyOff)
+	for _, p := range [][]byte{[]byte(rec), ej, {'\n'}, header} {
+		n, err := w.bw.Write(p)
+		w.crc.Write(p[:n])
+		if err != nil {
+			w.err = fmt.Errorf("spool write %s: %w", w.id, err)
+			return w.err
+		}
+	}
+	w.amendLen = int64(len(rec) + len(ej) + 1 + len(header))
+	w.amend = extent{amended: true, hdrOff: w.off + w.n + w.amendLen - int64(len(header)), hdrLen: int64(len(header)), bodyOff: bodyOff}
+	w.env = e
+	w.hdr8 = has8Bit(header)
+	return nil
+}
+
+func has8Bit(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return true
+		}
+	}
+	return false
+}
 
 // Abort discards the message. It is safe to call after Commit (then it does
 // nothing) and more than once.
@@ -389,7 +528,13 @@ func (w *Writer) finish() error {
 	if w.err != nil {
 		return w.err
 	}
-	if _, err := fmt.Fprintf(w.bw, trailerFmt, w.n, w.crc.Sum32()); err != nil {
+	var err error
+	if w.amend.amended {
+		_, err = fmt.Fprintf(w.bw, trailer2Fmt, w.n, w.amendLen, w.crc.Sum32())
+	} else {
+		_, err = fmt.Fprintf(w.bw, trailerFmt, w.n, w.crc.Sum32())
+	}
+	if err != nil {
 		return err
 	}
 	if err := w.bw.Flush(); err != nil {
@@ -438,11 +583,38 @@ func startFile(f *os.File, ej []byte) (*bufio.Writer, int64) {
 	return bw, int64(len(hdr) + len(ej) + 1)
 }
 
+// extent says where a message's octets are in its spool file: the data as
+// received and, in an amended file, the header that replaces its first
+// bodyOff octets.
+type extent struct {
+	dataOff, dataLen int64
+	amended          bool
+	hdrOff, hdrLen   int64
+	bodyOff          int64
+}
+
+// size is the length of the message as delivered.
+func (e extent) size() int64 {
+	if !e.amended {
+		return e.dataLen
+	}
+	return e.hdrLen + e.dataLen - e.bodyOff
+}
+
+// reader returns the message as delivered, from its spool file f.
+func (e extent) reader(f io.ReaderAt) io.Reader {
+	data := io.NewSectionReader(f, e.dataOff, e.dataLen)
+	if !e.amended {
+		return data
+	}
+	return io.MultiReader(io.NewSectionReader(f, e.hdrOff, e.hdrLen),
+		io.NewSectionReader(f, e.dataOff+e.bodyOff, e.dataLen-e.bodyOff))
+}
+
 // stored is a message as found in the spool.
 type stored struct {
-	env     Envelope
-	dataOff int64
-	dataLen int64
+	env Envelope
+	extent
 	content Content
 }
 
@@ -464,9 +636,10 @@ func readStored(path string) (*stored, error) {
 	if err != nil && err != io.EOF {
 		return nil, err // an I/O error says nothing about the file
 	}
-	if err != nil || len(line) < len(magic)+2 || line[:len(magic)] != magic {
+	if err != nil || len(line) < len(magic)+2 || (line[:len(magic)] != magic && line[:len(magic2)] != magic2) {
 		return nil, fmt.Errorf("%w: bad header", errIncomplete)
 	}
+	amended := line[:len(magic2)] == magic2
 	elen, err := strconv.Atoi(line[len(magic) : len(line)-1])
 	if err != nil || elen <= 0 || elen > maxEnvelope {
 		return nil, fmt.Errorf("%w: bad envelope length", errIncomplete)
@@ -478,38 +651,107 @@ func readStored(path string) (*stored, error) {
 		}
 		return nil, fmt.Errorf("%w: short envelope", errIncomplete)
 	}
-	st := &stored{dataOff: int64(len(line) + elen + 1)}
+	st := &stored{}
+	st.dataOff = int64(len(line) + elen + 1)
 	if err := json.Unmarshal(ej[:elen], &st.env); err != nil {
 		return nil, fmt.Errorf("%w: envelope: %v", errIncomplete, err)
 	}
-	if fi.Size() < st.dataOff+trailerLen {
+	tlen := int64(trailerLen)
+	if amended {
+		tlen = trailer2Len
+	}
+	if fi.Size() < st.dataOff+tlen {
 		return nil, fmt.Errorf("%w: no trailer", errIncomplete)
 	}
-	tr := make([]byte, trailerLen)
-	if _, err := f.ReadAt(tr, fi.Size()-trailerLen); err != nil {
+	tr := make([]byte, tlen)
+	if _, err := f.ReadAt(tr, fi.Size()-tlen); err != nil {
 		return nil, err
 	}
-	var dlen int64
+	var dlen, alen int64
 	var sum uint32
-	if _, err := fmt.Sscanf(string(tr), trailerFmt, &dlen, &sum); err != nil {
+	if amended {
+		_, err = fmt.Sscanf(string(tr), trailer2Fmt, &dlen, &alen, &sum)
+	} else {
+		_, err = fmt.Sscanf(string(tr), trailerFmt, &dlen, &sum)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("%w: no trailer", errIncomplete)
 	}
-	if st.dataOff+dlen+trailerLen != fi.Size() {
+	// Each length alone within the file, so that their sum cannot wrap.
+	if dlen < 0 || alen < 0 || dlen > fi.Size() || alen > fi.Size() || st.dataOff+dlen+alen+tlen != fi.Size() {
 		return nil, fmt.Errorf("%w: length mismatch", errIncomplete)
 	}
 	st.dataLen = dlen
 	h := crc32.New(castagnoli)
 	h.Write(ej[:elen])
-	if _, err := io.Copy(h, io.NewSectionReader(f, st.dataOff, dlen)); err != nil {
+	if _, err := io.Copy(h, io.NewSectionReader(f, st.dataOff, dlen+alen)); err != nil {
 		return nil, err
 	}
 	if h.Sum32() != sum {
 		return nil, fmt.Errorf("%w: checksum mismatch", errIncomplete)
 	}
+	if amended {
+		if err := readAmend(f, st, alen); err != nil {
+			return nil, err
+		}
+	}
 	if len(st.env.To) == 0 {
 		return nil, fmt.Errorf("%w: no recipients", errIncomplete)
 	}
 	return st, nil
+}
+
+// readAmend reads the amend record of alen octets after st's data into
+// st: its envelope replaces st.env, its header extent is recorded. The
+// record's checksum has been checked by the caller (readEnvelope does
+// without).
+func readAmend(f io.ReaderAt, st *stored, alen int64) error {
+	off := st.dataOff + st.dataLen
+	if alen < 2 {
+		return fmt.Errorf("%w: short amend record", errIncomplete)
+	}
+	// The record line is short: three decimal numbers.
+	head := make([]byte, min(alen, 80))
+	if _, err := f.ReadAt(head, off); err != nil {
+		if err == io.EOF {
+			return fmt.Errorf("%w: short amend record", errIncomplete)
+		}
+		return err
+	}
+	nl := bytes.IndexByte(head[1:], '\n')
+	if nl < 0 {
+		return fmt.Errorf("%w: bad amend record", errIncomplete)
+	}
+	recLine := string(head[:nl+2])
+	var elen, hlen, bodyOff int64
+	// Printed back: the record's spelling is exactly what Amend writes,
+	// or it was not written by Amend.
+	if _, err := fmt.Sscanf(recLine, amendFmt, &elen, &hlen, &bodyOff); err != nil ||
+		fmt.Sprintf(amendFmt, elen, hlen, bodyOff) != recLine {
+		return fmt.Errorf("%w: bad amend record", errIncomplete)
+	}
+	if elen <= 0 || elen > maxEnvelope || hlen < 0 || hlen > maxAmendHeader || bodyOff < 0 || bodyOff > st.dataLen ||
+		int64(len(recLine))+elen+1+hlen != alen {
+		return fmt.Errorf("%w: amend record lengths", errIncomplete)
+	}
+	ej := make([]byte, elen+1)
+	if _, err := f.ReadAt(ej, off+int64(len(recLine))); err != nil {
+		if err == io.EOF {
+			return fmt.Errorf("%w: short amend record", errIncomplete)
+		}
+		return err
+	}
+	if ej[elen] != '\n' {
+		return fmt.Errorf("%w: bad amend record", errIncomplete)
+	}
+	var env Envelope
+	if err := json.Unmarshal(ej[:elen], &env); err != nil {
+		return fmt.Errorf("%w: amended envelope: %v", errIncomplete, err)
+	}
+	st.env = env
+	st.amended = true
+	st.hdrOff, st.hdrLen, st.bodyOff = off+alen-hlen, hlen, bodyOff
+	return nil
 }
 
 // status is one line of the sidecar.
@@ -674,7 +916,8 @@ func (s *store) quarantine(dir, name string, now time.Time) error {
 	return nil
 }
 
-// Reader returns the data written so far, for content checks before Commit.
+// Reader returns the data written so far, for content checks before
+// Commit; after Amend, the amended message.
 func (w *Writer) Reader() (io.Reader, error) {
 	if w.closed {
 		return nil, errors.New("queue: read after Commit or Abort")
@@ -686,7 +929,7 @@ func (w *Writer) Reader() (io.Reader, error) {
 		w.err = err
 		return nil, err
 	}
-	return io.NewSectionReader(w.f, w.off, w.n), nil
+	return w.extent().reader(w.f), nil
 }
 
 func (s *store) close() {

@@ -79,15 +79,25 @@ type Message struct {
 
 	// A Data hook may set these to change the message before it is
 	// committed: NewFrom replaces the envelope sender, AddHeader (one or
-	// more complete header fields, CRLF-terminated) goes on top. The
-	// message is then spooled anew (under a new queue ID) and the first
-	// copy discarded, so the change costs nothing when unused.
+	// more complete header fields, CRLF-terminated) goes on top. Changes
+	// that leave the body alone are recorded in the spool file itself
+	// (queue.Writer.Amend: no copy, same queue ID); a Rewrite that may
+	// change the body makes smtpd spool the message anew, under a new
+	// queue ID, and discard the first copy.
 	NewFrom   string
 	AddHeader string
 	// Rewrite, if set, produces the message to queue from the spooled
 	// one (a content filter's header and body changes), streaming; it runs
 	// after AddHeader is written.
 	Rewrite func(dst io.Writer, src io.Reader) error
+	// RewriteHeaderOnly promises that Rewrite changes the header section
+	// only: it copies the empty line that ends the header and everything
+	// after it as it is (the milters' header changes, the stripping of
+	// forged fields). smtpd may then give Rewrite the stored header
+	// section alone, up to and including that line, and keep the body
+	// where it is. Unset (the safe default), Rewrite gets the whole
+	// message.
+	RewriteHeaderOnly bool
 	// AddRcpts are envelope recipients to add (a milter's ADDRCPT).
 	AddRcpts []string
 }

@@ -1,6 +1,7 @@
 package smtpd
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -395,7 +396,24 @@ func (s *session) Data(r io.Reader) error {
 		return s.edge(err, "content")
 	}
 	w.SetContent(contentOf(eight))
-	if msg.NewFrom != "" || msg.AddHeader != "" || msg.Rewrite != nil || len(msg.AddRcpts) > 0 {
+	changed := msg.NewFrom != "" || msg.AddHeader != "" || msg.Rewrite != nil || len(msg.AddRcpts) > 0
+	if changed && (msg.Rewrite == nil || msg.RewriteHeaderOnly) {
+		// The common case (Authentication-Results on every inbound
+		// message): amended in place, no copy, same queue ID.
+		env2, ok, err := s.amend(w, env, msg)
+		if err != nil {
+			s.st.Log.Error("cannot spool the changed message", "queue_id", w.ID(), "error", err)
+			return s.edgeCheck(smtputil.QueueFailed(), "data", "local_error")
+		}
+		if ok {
+			if env2.From != env.From || len(env2.To) != len(env.To) {
+				s.st.Log.Info("envelope changed before queueing", "queue_id", w.ID(),
+					"old_from", env.From, "from", env2.From, "old_nrcpt", len(env.To), "nrcpt", len(env2.To))
+			}
+			env, changed = env2, false
+		}
+	}
+	if changed {
 		w2, err := s.respool(w, env, msg)
 		if err != nil {
 			s.st.Log.Error("cannot spool the changed message", "queue_id", w.ID(), "error", err)
@@ -474,9 +492,8 @@ func (s *session) loopCheck(header []byte, env queue.Envelope) error {
 	return nil
 }
 
-// respool writes the message again with the envelope sender and extra
-// header fields a Data hook asked for; the caller commits the new writer.
-func (s *session) respool(w *queue.Writer, env queue.Envelope, msg *Message) (*queue.Writer, error) {
+// changedEnvelope is env with the sender and recipients a Data hook set.
+func changedEnvelope(env queue.Envelope, msg *Message) queue.Envelope {
 	if msg.NewFrom != "" {
 		env.From = msg.NewFrom
 	}
@@ -491,6 +508,109 @@ func (s *session) respool(w *queue.Writer, env queue.Envelope, msg *Message) (*q
 	// A milter's new sender or recipient may be the first address that
 	// needs SMTPUTF8.
 	env.SMTPUTF8 = env.SMTPUTF8 || needsSMTPUTF8(env.From, env.To)
+	return env
+}
+
+// amend applies a Data hook's changes to the spooled message in its own
+// file (queue.Writer.Amend) when they leave the body alone: AddHeader
+// goes on top, a header-only Rewrite runs over the stored header section
+// alone (up to and including the empty line; the whole message when it
+// has none) and its output replaces it. Since the rewrite copies what
+// follows that line as it is, the result is the message respool would
+// write. ok false: the header section is larger than any header smtpd
+// accepts, which cannot happen; respool then does it the long way.
+func (s *session) amend(w *queue.Writer, env queue.Envelope, msg *Message) (queue.Envelope, bool, error) {
+	header := []byte(msg.AddHeader)
+	var bodyOff int64
+	if msg.Rewrite != nil {
+		r, err := w.Reader()
+		if err != nil {
+			return env, false, err
+		}
+		in, out := hdrBufs.Get().(*[]byte), hdrBufs.Get().(*[]byte)
+		// Amend copies the header into the file's buffer: both go back.
+		defer putHdrBuf(in)
+		defer putHdrBuf(out)
+		hs, err := headerSection((*in)[:0], r, dkim.MaxHeaderBytes)
+		*in = hs
+		if errors.Is(err, errHeaderSection) {
+			return env, false, nil
+		}
+		if err != nil {
+			return env, false, err
+		}
+		b := bytes.NewBuffer((*out)[:0])
+		b.Write(header)
+		err = msg.Rewrite(b, bytes.NewReader(hs))
+		*out = b.Bytes()
+		if err != nil {
+			return env, false, err
+		}
+		header, bodyOff = *out, int64(len(hs))
+	}
+	var newEnv *queue.Envelope
+	if msg.NewFrom != "" || len(msg.AddRcpts) > 0 {
+		e := changedEnvelope(env, msg)
+		newEnv = &e
+	}
+	if err := w.Amend(newEnv, header, bodyOff); err != nil {
+		return env, false, err
+	}
+	return w.Envelope(), true, nil
+}
+
+var errHeaderSection = errors.New("header section too large")
+
+// hdrBufs recycles amend's header buffers: two per changed message, the
+// GC's work otherwise. Buffers grown past 64 KiB are left to it.
+var hdrBufs = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
+
+func putHdrBuf(b *[]byte) {
+	if cap(*b) <= 64<<10 {
+		*b = (*b)[:0]
+		hdrBufs.Put(b)
+	}
+}
+
+// headerSection reads the stored message's header into buf through the
+// empty line that ends it, or all of it when there is none, at most limit
+// octets. The spool holds CRLF line ends only (NewLineEndingReader), so
+// the empty line is the first CRLF right after a CRLF, or one at the very
+// start.
+func headerSection(buf []byte, r io.Reader, limit int) ([]byte, error) {
+	buf = buf[:0]
+	if cap(buf) == 0 {
+		buf = make([]byte, 0, 8<<10)
+	}
+	for {
+		if len(buf) == cap(buf) {
+			if len(buf) >= limit {
+				return nil, errHeaderSection
+			}
+			buf = slices.Grow(buf, min(len(buf), limit-len(buf)))
+		}
+		from := max(0, len(buf)-3)
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if bytes.HasPrefix(buf, []byte("\r\n")) {
+			return buf[:2], nil
+		}
+		if i := bytes.Index(buf[from:], []byte("\r\n\r\n")); i >= 0 {
+			return buf[:from+i+4], nil
+		}
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// respool writes the message again with the envelope sender and extra
+// header fields a Data hook asked for; the caller commits the new writer.
+func (s *session) respool(w *queue.Writer, env queue.Envelope, msg *Message) (*queue.Writer, error) {
+	env = changedEnvelope(env, msg)
 	w2, err := s.srv.opts.Queue.NewWriter(env)
 	if err != nil {
 		return nil, err
