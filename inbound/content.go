@@ -72,12 +72,13 @@ type txn struct {
 	spf    *authres.SPFResult
 	policy string // content policy of the first accepted recipient
 	attach string // attachment policy of the first accepted recipient
-	// early: the milter conversations DataStart began, for the milter
-	// stage to take over.
+	// early: the milter conversations begun at the first accepted
+	// recipient, for the milter stage to take over.
 	early *earlyMilters
 }
 
-// earlyMilters is a milter chain's check begun when DATA was accepted.
+// earlyMilters is a milter chain's check begun at the transaction's
+// first accepted recipient.
 type earlyMilters struct {
 	run    *milter.Run
 	cancel context.CancelFunc // ends run's context
@@ -85,8 +86,15 @@ type earlyMilters struct {
 	chain  *milter.Chain
 }
 
+// close ends the conversations Check did not take (ABORT and QUIT, in
+// the background), then their context; it may be called more than once.
+func (e *earlyMilters) close() {
+	e.run.Close()
+	e.cancel()
+}
+
 // earlyMaxWait is how long begun milter conversations may wait for the
-// client's data. clamav-milter drops a connection idle for ReadTimeout
+// end of the client's data. clamav-milter drops a connection idle for ReadTimeout
 // (120 s by default); past this, the milter stage starts them afresh
 // rather than risk a 451 for a slow sender.
 const earlyMaxWait = 30 * time.Second
@@ -226,35 +234,55 @@ func (r *Role) authStage(p *pass, _ string) error {
 	return nil
 }
 
-// DataStart implements smtpd.DataStarter: the conversations of the
-// transaction's milter chain begin as soon as DATA is accepted, and go
-// through the envelope while the client sends the message. They see the
-// message itself only in the milter stage, after the cheaper stages
-// passed (a banned attachment still never reaches a scanner: its
-// conversations end with ABORT).
-func (r *Role) DataStart(st *smtpd.State, queueID string) (end func()) {
+// milterRcpt passes an accepted recipient to the transaction's milters:
+// the first begins their conversations (connect, HELO, MAIL, RCPT), as
+// Postfix's smtpd talks to its milters during the dialog, so that their
+// round trips are over before the client's data is; each later one
+// follows. They see the message itself only in the milter stage, after
+// the cheaper stages passed (a banned attachment still never reaches a
+// scanner: its conversations end with ABORT), and nothing at all if the
+// transaction ends without DATA (txn.End).
+func (r *Role) milterRcpt(st *smtpd.State, rcpt string) {
 	c := r.content.Load()
 	if c == nil {
-		return func() {}
+		return
 	}
 	t := txnOf(st)
+	if t.early != nil {
+		t.early.run.AddRcpt(rcpt)
+		return
+	}
 	policy := t.policy
 	if policy == "" {
 		policy = "default"
 	}
 	ch := c.Chains[policy]
 	if ch == nil {
+		return
+	}
+	env := milterEnvelope(c, st, "")
+	env.Rcpts = []string{rcpt}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.early = &earlyMilters{run: ch.BeginTransaction(ctx, env), cancel: cancel, begun: time.Now(), chain: ch}
+}
+
+// DataStart implements smtpd.DataStarter: the milters begun at RCPT get
+// the queue ID and DATA while the client sends the message.
+func (r *Role) DataStart(st *smtpd.State, queueID string) (end func()) {
+	t := txnOf(st)
+	e := t.early
+	if e == nil {
 		return func() {}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	e := &earlyMilters{run: ch.Begin(ctx, milterEnvelope(c, st, queueID)), cancel: cancel, begun: time.Now(), chain: ch}
-	t.early = e
-	return func() {
-		// After the milter stage's own Close (if it ran), a no-op for
-		// the run; the context goes last, so that the conversations not
-		// reached still end with ABORT and QUIT.
-		e.run.Close()
-		cancel()
+	e.run.EndEnvelope(queueID)
+	return e.close
+}
+
+// End implements smtpd's transaction end: milters begun for a
+// transaction that ended without DATA get ABORT.
+func (t *txn) End() {
+	if t.early != nil {
+		t.early.close()
 	}
 }
 
@@ -275,11 +303,11 @@ func milterEnvelope(c *Content, st *smtpd.State, queueID string) *milter.Envelop
 	return env
 }
 
-// milterBegin takes over the conversations DataStart began, bounded from
-// now on by the content stage's time-out; or, without them (a role used
-// without smtpd's DataStart, the chain changed by a reload, or a client
-// that took longer than earlyMaxWait to send), begins them now, beside
-// SPF/DKIM/DMARC. Data closes them.
+// milterBegin takes over the conversations begun at RCPT (milterRcpt),
+// bounded from now on by the content stage's time-out; or, without them
+// (the chain changed by a reload, or a client that took longer than
+// earlyMaxWait from its first recipient to the end of its data), begins
+// them now, beside SPF/DKIM/DMARC. Data closes them.
 func (r *Role) milterBegin(p *pass) {
 	ch := p.c.Chains[p.policy]
 	if ch == nil {
@@ -288,11 +316,14 @@ func (r *Role) milterBegin(p *pass) {
 	if e := p.t.early; e != nil {
 		p.t.early = nil
 		if e.chain == ch && time.Since(e.begun) < earlyMaxWait {
+			// Already done by DataStart unless the role runs without
+			// smtpd (tests).
+			e.run.EndEnvelope(p.msg.QueueID)
 			context.AfterFunc(p.ctx, e.cancel)
 			p.milters = e.run
 			return
 		}
-		e.run.Close()
+		e.close()
 	}
 	p.milters = ch.Begin(p.ctx, milterEnvelope(p.c, p.st, p.msg.QueueID))
 }

@@ -52,7 +52,9 @@ var mailStages = []stage{
 }
 
 // At RCPT TO (Role.Rcpt). go-smtp refuses recipients over
-// max_recipients before the role sees them.
+// max_recipients before the role sees them. A recipient that passes
+// them all goes on to the milters of the transaction's content policy
+// (milterRcpt: the first begins their conversations).
 var rcptStages = []stage{
 	// The bare <Postmaster>: skips the address stages, not the split
 	// nor SPF.
@@ -74,10 +76,10 @@ var dataStages = []stage{
 	// First: no DNS question, no scanner.
 	{name: "attachment", run: (*Role).attachmentStage},
 	{name: "dmarc", also: []string{"multiple_from", "author_domains", "header_too_large"}, run: (*Role).authStage},
-	// The milters' envelope stages began when DATA was accepted
-	// (Role.DataStart); begin takes them over, or starts them beside
-	// SPF/DKIM/DMARC when they could not begin then. They see the
-	// message only if it passes.
+	// The milters' envelope stages began in the dialog (milterRcpt at
+	// each accepted RCPT, Role.DataStart at DATA); begin takes them over,
+	// or starts them beside SPF/DKIM/DMARC when they could not begin
+	// then. They see the message only if it passes.
 	{name: "milter", also: []string{"recipient_deletion"}, begin: (*Role).milterBegin, run: (*Role).milterStage},
 	// Last, so that only our fields reach the recipient.
 	{name: "forged_fields", run: (*Role).forgedStage},
@@ -161,6 +163,7 @@ func (r *Role) Rcpt(st *smtpd.State, to string, _ *smtp.RcptOptions) (string, er
 	if err := r.run(rcptStages, p); err != nil {
 		return "", err
 	}
+	r.milterRcpt(st, p.out)
 	return p.out, nil
 }
 

@@ -10,6 +10,8 @@
 //	res, err := chain.Check(ctx, env, open)          // per message, after DATA
 //	// or, to overlap the envelope stages with other work:
 //	run := chain.Begin(ctx, env); defer run.Close(); …; res, err := run.Check(open)
+//	// or, in the dialog, as Postfix's smtpd: at the first accepted RCPT
+//	run := chain.BeginTransaction(ctx, env); run.AddRcpt(…); run.EndEnvelope(queueID)
 //	// err: the message could not be read, or ctx ended: answer 451.
 //	// res.Action Reject/Tempfail: answer res.Code res.Enhanced res.Text.
 //	// res.Action Accept: store res.Apply(w, original) (or the original when

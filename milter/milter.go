@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -298,6 +299,8 @@ type Run struct {
 	unlink  func() bool
 	bcancel context.CancelFunc
 	closed  bool
+	feed    *rcptFeed // nil: nothing was started
+	queueID string    // from EndEnvelope
 }
 
 // Begin starts the check of a message with envelope env: it opens every
@@ -307,6 +310,20 @@ type Run struct {
 // ctx bounds the whole check. Close must follow, after Check or instead
 // of it (the caller refused the message on its own).
 func (c *Chain) Begin(ctx context.Context, env *Envelope) *Run {
+	r := c.BeginTransaction(ctx, env)
+	r.EndEnvelope(env.QueueID)
+	return r
+}
+
+// BeginTransaction starts the check while the SMTP transaction is still
+// going on, as Postfix's smtpd does: at the first accepted recipient
+// (env.Rcpts, env.QueueID unused), every milter's conversation opens and
+// goes through connect, HELO, MAIL and RCPT; AddRcpt passes on each
+// recipient accepted later, EndEnvelope the queue ID and DATA, once the
+// client's DATA is accepted. Their round trips then cost the client
+// nothing at the end of data. Check after EndEnvelope; Close in any case
+// (a transaction that ends without DATA gets ABORT).
+func (c *Chain) BeginTransaction(ctx context.Context, env *Envelope) *Run {
 	r := &Run{c: c, ctx: ctx, env: env}
 	if len(c.milters) == 0 {
 		return r
@@ -315,6 +332,7 @@ func (c *Chain) Begin(ctx context.Context, env *Envelope) *Run {
 		r.err = errors.New("milter: check: envelope without recipients")
 		return r
 	}
+	r.feed = newRcptFeed(env.Rcpts)
 	macros := env.macros(c.Version)
 	// The conversations live on a context of their own, which ctx ends
 	// until Close; after that, the ones not reached end with ABORT and
@@ -326,9 +344,100 @@ func (c *Chain) Begin(ctx context.Context, env *Envelope) *Run {
 	for i, m := range c.milters {
 		r.begun[i] = make(chan *pending, 1)
 		bag := macros.Copy()
-		go func() { r.begun[i] <- c.begin(bctx, m, env, bag) }()
+		go func() { r.begun[i] <- c.begin(bctx, m, env, bag, r.feed) }()
 	}
 	return r
+}
+
+// AddRcpt passes a recipient accepted after BeginTransaction on to every
+// milter (in order, after the ones before it).
+func (r *Run) AddRcpt(rcpt string) {
+	if r.feed != nil {
+		r.feed.add(rcpt)
+	}
+}
+
+// EndEnvelope ends the recipients: the milters get the queue ID and DATA.
+func (r *Run) EndEnvelope(queueID string) {
+	r.queueID = queueID
+	if r.feed != nil {
+		r.feed.end(queueID, false)
+	}
+}
+
+// rcptFeed hands the transaction's recipients, as they are accepted, to
+// every milter's conversation; each reads them at its own pace.
+type rcptFeed struct {
+	mu      sync.Mutex
+	rcpts   []string
+	done    bool // no more recipients
+	aborted bool // done without DATA: the transaction ended (Close)
+	queueID string
+	changed chan struct{} // closed and replaced on every change
+}
+
+// open reports whether recipients may still come.
+func (f *rcptFeed) open() bool {
+	if f == nil {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return !f.done
+}
+
+func newRcptFeed(rcpts []string) *rcptFeed {
+	return &rcptFeed{rcpts: slices.Clone(rcpts), changed: make(chan struct{})}
+}
+
+func (f *rcptFeed) add(rcpt string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.done {
+		return
+	}
+	f.rcpts = append(f.rcpts, rcpt)
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+func (f *rcptFeed) end(queueID string, aborted bool) {
+	if f == nil {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.done {
+		return
+	}
+	f.done, f.aborted, f.queueID = true, aborted, queueID
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// next is the i-th recipient; ok false once the recipients ended (data:
+// with DATA to follow, and the queue ID) or ctx did.
+func (f *rcptFeed) next(ctx context.Context, i int) (rcpt string, ok, data bool, queueID string) {
+	for {
+		f.mu.Lock()
+		if i < len(f.rcpts) {
+			rcpt := f.rcpts[i]
+			f.mu.Unlock()
+			return rcpt, true, false, ""
+		}
+		if f.done {
+			data, queueID := !f.aborted, f.queueID
+			f.mu.Unlock()
+			return "", false, data, queueID
+		}
+		ch := f.changed
+		f.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return "", false, false, ""
+		}
+	}
 }
 
 // Close ends the conversations Check did not finish, in the background:
@@ -340,6 +449,8 @@ func (r *Run) Close() {
 		return
 	}
 	r.closed = true
+	// Conversations still waiting for recipients go no further.
+	r.feed.end("", true)
 	r.unlink()
 	go func(rest []chan *pending, cancel context.CancelFunc) {
 		for _, ch := range rest {
@@ -354,7 +465,7 @@ func (r *Run) Close() {
 // the first that rejects or fails. open is as for Chain.Check. Check is
 // called at most once.
 func (r *Run) Check(open func() (io.Reader, error)) (*Result, error) {
-	c, ctx, env := r.c, r.ctx, r.env
+	c, ctx, queueID := r.c, r.ctx, r.queueID
 	res := &Result{Action: Accept}
 	if r.err != nil {
 		return nil, r.err
@@ -364,6 +475,9 @@ func (r *Run) Check(open func() (io.Reader, error)) (*Result, error) {
 	}
 	if r.closed {
 		return nil, errors.New("milter: check after close")
+	}
+	if r.feed.open() {
+		return nil, errors.New("milter: check before EndEnvelope")
 	}
 	cnt := &content{open: open}
 	defer cnt.close()
@@ -393,7 +507,7 @@ func (r *Run) Check(open func() (io.Reader, error)) (*Result, error) {
 			c.observe(out.written, out.read)
 		}
 		if out.failure != nil {
-			c.log.Warn("milter failed", "milter", m.name, "queue_id", env.QueueID, "err", out.failure,
+			c.log.Warn("milter failed", "milter", m.name, "queue_id", queueID, "err", out.failure,
 				"on_error", m.cfg.OnError, "bytes_sent", out.written, "bytes_received", out.read)
 			switch m.cfg.OnError {
 			case OnErrorAccept:
@@ -411,7 +525,7 @@ func (r *Run) Check(open func() (io.Reader, error)) (*Result, error) {
 				Milter: m.name, Mods: res.Mods}, nil
 		}
 		if c.log.Enabled(ctx, slog.LevelDebug) {
-			c.log.Debug("milter accepted message", "milter", m.name, "queue_id", env.QueueID,
+			c.log.Debug("milter accepted message", "milter", m.name, "queue_id", queueID,
 				"modifications", len(out.mods), "bytes_sent", out.written, "bytes_received", out.read)
 		}
 		res.Mods = append(res.Mods, out.mods...)

@@ -717,3 +717,75 @@ func TestObserve(t *testing.T) {
 		t.Errorf("observed %q, want %q", got, want)
 	}
 }
+
+// waitEvent waits up to 5 s for the milter to have recorded ev.
+func waitEvent(t *testing.T, s *script, ev string) []string {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !slices.Contains(s.Events(), ev) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	return s.Events()
+}
+
+// A check begun in the dialog: the first recipient opens every
+// conversation, later ones follow as AddRcpt passes them on, and the
+// queue ID and DATA come with EndEnvelope; the milters see the message
+// only with Check.
+func TestBeginTransaction(t *testing.T) {
+	first, second := &script{}, &script{}
+	c := newTestChain(t,
+		Config{Name: "a", Address: startMilter(t, first, allActions, 0)},
+		Config{Name: "b", Address: startMilter(t, second, allActions, 0)})
+	env := testEnvelope()
+	env.QueueID, env.Rcpts = "", env.Rcpts[:1]
+	r := c.BeginTransaction(context.Background(), env)
+	defer r.Close()
+	for _, s := range []*script{first, second} {
+		if ev := waitEvent(t, s, "rcpt <bob@example.net>"); !slices.Contains(ev, "rcpt <bob@example.net>") {
+			t.Fatalf("first recipient not passed on before DATA: %q", ev)
+		}
+	}
+	if _, err := r.Check(opener(testMessage, nil)); err == nil {
+		t.Error("Check before EndEnvelope succeeded")
+	}
+	r.AddRcpt("carol@example.net")
+	r.EndEnvelope("4XyZ1abc")
+	res, err := r.Check(opener(testMessage, nil))
+	if err != nil || res.Action != Accept {
+		t.Fatalf("Check: %+v, %v", res, err)
+	}
+	for _, s := range []*script{first, second} {
+		ev := s.Events()
+		want := []string{"mail <alice@sender.example>", "rcpt <bob@example.net>", "rcpt <carol@example.net>", "data"}
+		var got []string
+		for _, e := range ev {
+			if slices.Contains(want, e) {
+				got = append(got, e)
+			}
+		}
+		if !slices.Equal(got, want) || !slices.Contains(ev, "eom") {
+			t.Errorf("events %q, want %q in order, then the message", ev, want)
+		}
+		if id := s.Macros()["i"]; id != "4XyZ1abc" {
+			t.Errorf("queue ID macro %q, want the one EndEnvelope gave", id)
+		}
+	}
+}
+
+// A transaction that ends before DATA (RSET, QUIT, every later command
+// refused): Close ends the conversations waiting for recipients with
+// ABORT, and nothing hangs.
+func TestBeginTransactionThenClose(t *testing.T) {
+	s := &script{}
+	c := newTestChain(t, Config{Name: "a", Address: startMilter(t, s, allActions, 0)})
+	env := testEnvelope()
+	env.Rcpts = env.Rcpts[:1]
+	r := c.BeginTransaction(context.Background(), env)
+	waitEvent(t, s, "rcpt <bob@example.net>")
+	r.Close()
+	ev := waitEvent(t, s, "abort")
+	if !slices.Contains(ev, "abort") || slices.Contains(ev, "data") {
+		t.Errorf("events %q, want ABORT and no DATA", ev)
+	}
+}

@@ -48,7 +48,7 @@ type pending struct {
 
 // begin opens the conversation with m and takes it through DATA. It does
 // not fail: a failure or a decision is in the outcome (p.over).
-func (c *Chain) begin(ctx context.Context, m *milterDef, env *Envelope, macros *gomilter.MacroBag) *pending {
+func (c *Chain) begin(ctx context.Context, m *milterDef, env *Envelope, macros *gomilter.MacroBag, feed *rcptFeed) *pending {
 	p := &pending{m: m, d: &dialer{ctx: ctx, timeout: m.cfg.ConnectTimeout, writeTimeout: m.cfg.WriteTimeout,
 		budget: c.MaxBodyReplacement + maxPacket}}
 	opts := append(m.opts[:len(m.opts):len(m.opts)], gomilter.WithDialer(p.d))
@@ -87,7 +87,20 @@ func (c *Chain) begin(ctx context.Context, m *milterDef, env *Envelope, macros *
 		p.over = true
 		return p
 	}
-	for _, rcpt := range env.Rcpts {
+	for i := 0; ; i++ {
+		rcpt, ok, data, queueID := feed.next(ctx, i)
+		if !ok {
+			if !data {
+				// The transaction ended without DATA (or ctx did):
+				// close sends ABORT.
+				p.over = true
+				return p
+			}
+			if queueID != "" {
+				macros.Set(gomilter.MacroQueueId, queueID)
+			}
+			break
+		}
 		macros.Set(gomilter.MacroRcptAddr, rcpt)
 		macros.Set(gomilter.MacroRcptHost, domainOf(rcpt))
 		// A recipient refused by a milter refuses the message: the

@@ -59,7 +59,8 @@ type State struct {
 	Data any
 	// Txn is free for the role's per-transaction use (an SPF verdict, the
 	// content policy of the first recipient); cleared when a transaction
-	// ends.
+	// ends (after DATA, on RSET, a new MAIL, STARTTLS, the connection's
+	// end), after its End method if it is a TxnEnder.
 	Txn any
 	// Tarpit, set by Connect, delays every reply to this client by this
 	// much: a suspicious client is slowed down, costing us only a sleeping
@@ -102,16 +103,20 @@ type Message struct {
 	AddRcpts []string
 }
 
-// DataStarter is implemented by a role that has work to start as soon
+// TxnEnder is a State.Txn that holds something to release when the
+// transaction ends, however it ends (the inbound role's milter
+// conversations, begun at the first accepted recipient).
+type TxnEnder interface{ End() }
+
+// DataStarter is implemented by a role that has work to hand on as soon
 // as DATA (or the first BDAT) is accepted, before the client sends a
-// byte of the message: the envelope is final then, and what needs only
-// the envelope (the inbound role's milter conversations through connect
-// … RCPT, several round trips each) overlaps the client's sending and
-// our spooling instead of adding to the end-of-data wait, as Postfix's
-// smtpd talks to its milters during the dialog. queueID is the ID the
-// message is spooled under. end runs once the DATA command is over,
-// whatever its outcome (Role.Data included), so that nothing begun
-// outlives a refused or broken transfer.
+// byte of the message: the envelope is final then, and the queue ID
+// known (the inbound role's milters, their conversations begun at the
+// first recipient, get the queue ID and DATA, so that their round trips
+// overlap the client's sending and our spooling instead of adding to the
+// end-of-data wait). end runs once the DATA command is over, whatever
+// its outcome (Role.Data included), so that nothing begun outlives a
+// refused or broken transfer.
 type DataStarter interface {
 	DataStart(st *State, queueID string) (end func())
 }

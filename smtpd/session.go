@@ -212,7 +212,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	// A new transaction: the role's state of an earlier one that ended
 	// with a refused MAIL (go-smtp calls no Reset then) must not carry
 	// over, e.g. that sender's SPF verdict into this message's header.
-	s.st.Txn = nil
+	s.dropTxn()
 	s.st.SMTPUTF8 = opts != nil && opts.UTF8
 	canon, err := s.srv.opts.Role.Mail(&s.st, from, opts)
 	if err != nil {
@@ -663,7 +663,7 @@ func (s *session) endTxn() {
 	s.st.RequireTLS = false
 	s.st.SMTPUTF8 = false
 	s.st.Body, s.st.Ret, s.st.EnvID = "", "", ""
-	s.st.Txn = nil
+	s.dropTxn()
 	s.tc.inTxn.Store(false)
 	if s.srv.shutting.Load() {
 		s.tc.Conn.SetReadDeadline(time.Now())
@@ -684,8 +684,21 @@ func (s *session) Reset() {
 // transaction begun before STARTTLS ends with it, or Shutdown would take
 // the session for busy and wait for it until its deadline.
 func (s *session) Logout() error {
+	s.mu.Lock()
+	s.dropTxn()
+	s.mu.Unlock()
 	s.tc.inTxn.Store(false)
 	return nil
+}
+
+// dropTxn ends the role's state of the transaction; one with an End
+// method (TxnEnder) releases what it held, such as milter conversations
+// begun at RCPT.
+func (s *session) dropTxn() {
+	if e, ok := s.st.Txn.(TxnEnder); ok {
+		e.End()
+	}
+	s.st.Txn = nil
 }
 
 // needsSMTPUTF8 reports an envelope with a non-ASCII address: the queue

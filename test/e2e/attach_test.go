@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -167,12 +169,13 @@ func TestAttachmentPolicy(t *testing.T) {
 	noMoreMessages(t, down, delivered)
 }
 
-// TestMilterEnvelopeDuringData: the milters hear the envelope as soon as
-// DATA is accepted, while the client is still sending (as Postfix's smtpd
-// talks to its milters during the dialog), so that their round trips do
-// not add to the wait after the final dot; and a message the attachment
-// policy refuses still never reaches a scanner.
-func TestMilterEnvelopeDuringData(t *testing.T) {
+// TestMilterEnvelopeInDialog: the milters hear the envelope during the
+// dialog, from the first accepted recipient on (as Postfix's smtpd talks
+// to its milters), so that their round trips do not add to the wait
+// after the final dot; a transaction that ends without DATA ends their
+// conversations with ABORT; and a message the attachment policy refuses
+// still never reaches a scanner.
+func TestMilterEnvelopeInDialog(t *testing.T) {
 	dns := dnstest.NewServer(t, "")
 	down := startTestServer(t, listenLoopback(t), serverOptions{})
 	scanner := startGoMilter(t, nil)
@@ -181,53 +184,84 @@ func TestMilterEnvelopeDuringData(t *testing.T) {
       - {name: scanner, address: %q}
 `, scanner.Addr), fmt.Sprintf("  example.test: {deliver_to: \"smtp://%s\"}\n", down.Addr))
 
-	// heard waits until the milter has heard n recipients in all.
-	heard := func(n int32) bool {
+	// wait waits up to 5 s until counter reaches n.
+	wait := func(counter *atomic.Int32, n int32) bool {
 		for i := 0; i < 100; i++ {
-			if scanner.rcpts.Load() >= n {
+			if counter.Load() >= n {
 				return true
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
 		return false
 	}
-	dataUnsent := func(c *rawSMTP, rcpt string) {
-		c.Expect("EHLO client.e2e.test", 250)
+	envelope := func(c *rawSMTP, rcpts ...string) {
 		c.Expect("MAIL FROM:<alice@sender.example>", 250)
-		c.Expect("RCPT TO:<"+rcpt+">", 250)
+		for _, rc := range rcpts {
+			c.Expect("RCPT TO:<"+rc+">", 250)
+		}
+	}
+	data := func(c *rawSMTP, msg string) (int, string) {
 		c.Expect("DATA", 354)
+		c.Write(strings.ReplaceAll(msg, "\r\n.", "\r\n..") + ".\r\n")
+		return c.Reply()
 	}
 
 	c := dialSMTP(t, mx)
-	dataUnsent(c, "bob@example.test")
-	if !heard(1) {
-		t.Fatal("354 sent, no data yet: the milter has not heard the envelope within 5 s")
+	c.Expect("EHLO client.e2e.test", 250)
+	envelope(c, "bob@example.test")
+	if !wait(&scanner.rcpts, 1) {
+		t.Fatal("RCPT accepted, no DATA yet: the milter has not heard the recipient within 5 s")
 	}
-	c.Write(strings.ReplaceAll(milterpeers.Message("alice@sender.example", "bob@example.test", "early", []string{"Content-Type: text/plain"}, "hello\r\n"), "\r\n.", "\r\n..") + ".\r\n")
-	code, text := c.Reply()
+	c.Expect("RCPT TO:<carol@example.test>", 250)
+	code, text := data(c, milterpeers.Message("alice@sender.example", "bob@example.test", "early", []string{"Content-Type: text/plain"}, "hello\r\n"))
 	if code != 250 {
 		t.Fatalf("end of data: %d %s", code, text)
 	}
 	msgs := scanner.Messages()
-	if len(msgs) != 1 || msgs[0].Subject != "early" || !strings.Contains(text, "queued as "+msgs[0].QueueID) {
-		t.Fatalf("reply %q; the milter saw %+v, want one message under the queued ID", text, msgs)
+	if len(msgs) != 1 || msgs[0].Subject != "early" || !strings.Contains(text, "queued as "+msgs[0].QueueID) ||
+		!slices.Equal(msgs[0].Rcpts, []string{"bob@example.test", "carol@example.test"}) {
+		t.Fatalf("reply %q; the milter saw %+v, want one message to both recipients under the queued ID", text, msgs)
+	}
+	down.WaitMessages(t, 1, 10*time.Second)
+
+	// RSET after RCPT, and a session that quits after RCPT: ABORT, and
+	// nothing reaches the end of a message.
+	envelope(c, "dave@example.test")
+	if !wait(&scanner.rcpts, 3) {
+		t.Error("the milter has not heard the recipient of the transaction RSET ends")
+	}
+	c.Expect("RSET", 250)
+	if !wait(&scanner.aborts, 1) {
+		t.Error("RSET after RCPT: the milter's conversation was not aborted within 5 s")
 	}
 	c.Expect("QUIT", 221)
-	down.WaitMessages(t, 1, 10*time.Second)
+	c = dialSMTP(t, mx)
+	c.Expect("EHLO client.e2e.test", 250)
+	envelope(c, "erin@example.test")
+	if !wait(&scanner.rcpts, 4) {
+		t.Error("the milter has not heard the recipient of the session QUIT ends")
+	}
+	c.Expect("QUIT", 221)
+	if !wait(&scanner.aborts, 2) {
+		t.Error("QUIT after RCPT: the milter's conversation was not aborted within 5 s")
+	}
 
 	// A banned attachment: the envelope was heard, the message never.
 	c = dialSMTP(t, mx)
-	dataUnsent(c, "carol@example.test")
-	if !heard(2) {
-		t.Fatal("the milter has not heard the second envelope within 5 s")
+	c.Expect("EHLO client.e2e.test", 250)
+	envelope(c, "carol@example.test")
+	if !wait(&scanner.rcpts, 5) {
+		t.Fatal("the milter has not heard the last envelope within 5 s")
 	}
 	msg := attachtest.Message("alice@sender.example", "carol@example.test", "banned", attachtest.Part{Name: "tool.exe", Data: attachtest.PE()})
-	c.Write(strings.ReplaceAll(msg, "\r\n.", "\r\n..") + ".\r\n")
-	if code, text := c.Reply(); code != 554 {
+	if code, text := data(c, msg); code != 554 {
 		t.Fatalf("banned attachment: %d %s, want 554", code, text)
 	}
 	c.Expect("QUIT", 221)
 	if n := len(scanner.Messages()); n != 1 {
 		t.Errorf("the milter reached the end of %d messages, want 1: the banned one must not reach it", n)
+	}
+	if !wait(&scanner.aborts, 3) {
+		t.Error("refused at the attachment stage: the milter's conversation was not aborted within 5 s")
 	}
 }

@@ -244,8 +244,9 @@ type goMilter struct {
 
 	mu   sync.Mutex
 	msgs []milterMsg
-	// rcpts counts the RCPT events heard, as they arrive.
-	rcpts atomic.Int32
+	// rcpts counts the RCPT events heard, as they arrive; aborts the
+	// conversations ended with ABORT.
+	rcpts, aborts atomic.Int32
 }
 
 // Messages returns the messages that reached the end of message.
@@ -310,6 +311,11 @@ func (s *milterSession) Header(name, value string, _ gomilter.Modifier) (*gomilt
 func (s *milterSession) BodyChunk(chunk []byte, _ gomilter.Modifier) (*gomilter.Response, error) {
 	s.cur.Body = append(s.cur.Body, chunk...)
 	return gomilter.RespContinue, nil
+}
+
+func (s *milterSession) Abort(gomilter.Modifier) error {
+	s.g.aborts.Add(1)
+	return nil
 }
 
 func (s *milterSession) EndOfMessage(m gomilter.Modifier) (*gomilter.Response, error) {
