@@ -1,6 +1,7 @@
 package dkim
 
 import (
+	"bytes"
 	"io"
 	"strings"
 )
@@ -25,25 +26,76 @@ var canonicalizers = map[Canonicalization]canonicalizer{
 
 // crlfFixer fixes any lone LF without a preceding CR.
 type crlfFixer struct {
-	cr bool
+	cr  bool   // the last byte of the previous Fix was CR
+	buf []byte // reused by Fix, so that a Write allocates nothing
 }
 
+// Fix returns b with a CR inserted before every LF that does not follow a
+// CR, also when that CR ended the previous call. It copies whole runs
+// between such LFs, and returns b itself when there is none (the usual
+// case); otherwise the result is only valid until the next call.
 func (cf *crlfFixer) Fix(b []byte) []byte {
-	res := make([]byte, 0, len(b))
-	for _, ch := range b {
-		prevCR := cf.cr
-		cf.cr = false
-		switch ch {
-		case '\r':
-			cf.cr = true
-		case '\n':
-			if !prevCR {
-				res = append(res, '\r')
-			}
-		}
-		res = append(res, ch)
+	if len(b) == 0 {
+		return b
 	}
+	prevCR := cf.cr
+	cf.cr = b[len(b)-1] == '\r'
+
+	res, fixed := cf.buf[:0], false
+	copied := 0 // b[copied:] is not in res yet
+	for i := 0; ; i++ {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			break
+		}
+		i += j
+		if (i == 0 && !prevCR) || (i > 0 && b[i-1] != '\r') {
+			res = append(res, b[copied:i]...)
+			res = append(res, '\r')
+			copied, fixed = i, true
+		}
+	}
+	if !fixed {
+		return b
+	}
+	res = append(res, b[copied:]...)
+	cf.buf = res
 	return res
+}
+
+// maxCanonicalizeChunk bounds the buffers the body canonicalizers keep:
+// a larger Write is taken in pieces of this size (the output is the same
+// whatever the boundaries).
+const maxCanonicalizeChunk = 32 * 1024
+
+// crlfRun is (CRLF)* with a CR after any even prefix: crlfRun[:2n] is n
+// CRLFs and crlfRun[:2n+1] is n CRLFs and a CR.
+var crlfRun = []byte(strings.Repeat(crlf, 256))
+
+// writeCRLFs writes n CRLFs, followed by a CR if cr.
+func writeCRLFs(w io.Writer, n int, cr bool) error {
+	for {
+		k := n
+		if k > len(crlfRun)/2-1 {
+			k = len(crlfRun)/2 - 1
+		}
+		n -= k
+		l := 2 * k
+		if n > 0 {
+			if _, err := w.Write(crlfRun[:l]); err != nil {
+				return err
+			}
+			continue
+		}
+		if cr {
+			l++
+		}
+		if l == 0 {
+			return nil
+		}
+		_, err := w.Write(crlfRun[:l])
+		return err
+	}
 }
 
 type simpleCanonicalizer struct{}
@@ -52,50 +104,87 @@ func (c *simpleCanonicalizer) CanonicalizeHeader(s string) string {
 	return s
 }
 
+// simpleBodyCanonicalizer holds back what may turn out to be the empty
+// lines at the end of the body: the CRLFs at the end of what it was given
+// so far, and a CR after them that the next Write may complete with its
+// LF. They are written once something else follows; at Close, only a
+// final lone CR (with the CRLFs before it) is. They are kept as counts,
+// so that no Write copies them (v0.7.0 prepended them to every Write).
 type simpleBodyCanonicalizer struct {
 	w         io.Writer
-	crlfBuf   []byte
+	heldCRLFs int  // CRLFs held back
+	heldCR    bool // and a CR after them
 	crlfFixer crlfFixer
 }
 
 func (c *simpleBodyCanonicalizer) Write(b []byte) (int, error) {
 	written := len(b)
-	b = append(c.crlfBuf, b...)
+	for len(b) > maxCanonicalizeChunk {
+		if err := c.write(b[:maxCanonicalizeChunk]); err != nil {
+			return written, err
+		}
+		b = b[maxCanonicalizeChunk:]
+	}
+	return written, c.write(b)
+}
 
+// write does what v0.7.0's Write did: in held+b (b with lone LFs fixed),
+// keep back a final CR and then every CRLF before it, write the rest.
+// held is (CRLF)*[CR], so the scan needs to look at b and at the joint.
+func (c *simpleBodyCanonicalizer) write(b []byte) error {
 	b = c.crlfFixer.Fix(b)
-
-	end := len(b)
-	// If it ends with \r, maybe the next write will begin with \n
-	if end > 0 && b[end-1] == '\r' {
+	held := 2 * c.heldCRLFs
+	if c.heldCR {
+		held++
+	}
+	total := held + len(b)
+	end := total
+	if len(b) > 0 {
+		if b[len(b)-1] == '\r' {
+			end--
+		}
+	} else if c.heldCR {
 		end--
 	}
-	// Keep all \r\n sequences
-	for end >= 2 {
-		prev := b[end-2]
-		cur := b[end-1]
-		if prev != '\r' || cur != '\n' {
-			break
-		}
+	// CRLF pairs wholly inside b.
+	for end-held >= 2 && b[end-held-2] == '\r' && b[end-held-1] == '\n' {
 		end -= 2
 	}
-
-	c.crlfBuf = b[end:]
-
-	var err error
-	if end > 0 {
-		_, err = c.w.Write(b[:end])
+	// A pair across the joint: the held CR and an LF starting b.
+	if end-held == 1 && c.heldCR && b[0] == '\n' {
+		end -= 2
 	}
-	return written, err
+	// Inside held, a pair starts at every even offset and at no odd one:
+	// from an even end the scan goes down to 0, from an odd one (held
+	// ends with its CR) it stops at once.
+	if end <= held && end%2 == 0 {
+		end = 0
+	}
+
+	if end > 0 {
+		// end >= held here: all of held is written, then b up to end.
+		if err := writeCRLFs(c.w, c.heldCRLFs, c.heldCR); err != nil {
+			return err
+		}
+		if end > held {
+			if _, err := c.w.Write(b[:end-held]); err != nil {
+				return err
+			}
+		}
+	}
+	rest := total - end
+	c.heldCRLFs, c.heldCR = rest/2, rest%2 == 1
+	return nil
 }
 
 func (c *simpleBodyCanonicalizer) Close() error {
-	// Flush crlfBuf if it ends with a single \r (without a matching \n)
-	if len(c.crlfBuf) > 0 && c.crlfBuf[len(c.crlfBuf)-1] == '\r' {
-		if _, err := c.w.Write(c.crlfBuf); err != nil {
+	// Flush what is held if it ends with a single \r (without a matching \n)
+	if c.heldCR {
+		if err := writeCRLFs(c.w, c.heldCRLFs, true); err != nil {
 			return err
 		}
 	}
-	c.crlfBuf = nil
+	c.heldCRLFs, c.heldCR = 0, false
 
 	if _, err := c.w.Write([]byte(crlf)); err != nil {
 		return err
@@ -127,41 +216,83 @@ type relaxedBodyCanonicalizer struct {
 	crlfBuf   []byte
 	wsp       bool
 	written   bool
-	crlfFixer crlfFixer
+	crlfFixer crlfFixer // only its cr: Write fixes lone LFs itself
+	buf       []byte    // the output of a Write, reused
 }
+
+// relaxedSpecial marks the octets relaxed body canonicalization looks at;
+// runs of any other octet are copied as they are.
+var relaxedSpecial = [256]bool{' ': true, '\t': true, '\r': true, '\n': true}
 
 func (c *relaxedBodyCanonicalizer) Write(b []byte) (int, error) {
 	written := len(b)
+	for len(b) > maxCanonicalizeChunk {
+		if err := c.write(b[:maxCanonicalizeChunk]); err != nil {
+			return written, err
+		}
+		b = b[maxCanonicalizeChunk:]
+	}
+	return written, c.write(b)
+}
 
-	b = c.crlfFixer.Fix(b)
+// write does what v0.7.0's Write did byte by byte, a run at a time:
+// white space is remembered as one space and written only before
+// something else on the same line (so it disappears at the end of a
+// line); CRs and LFs (lone LFs fixed to CRLF) are held in crlfBuf and
+// written only before something else (so empty lines at the end
+// disappear); everything else is copied.
+func (c *relaxedBodyCanonicalizer) write(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	prevCR := c.crlfFixer.cr
+	c.crlfFixer.cr = b[len(b)-1] == '\r'
 
-	canonical := make([]byte, 0, len(b))
-	for _, ch := range b {
-		if ch == ' ' || ch == '\t' {
+	// Room for all but lone LFs (each grows by a CR): one allocation,
+	// then none.
+	if need := len(c.crlfBuf) + 1 + len(b); cap(c.buf) < need {
+		c.buf = make([]byte, 0, need)
+	}
+	out := c.buf[:0]
+	for i := 0; i < len(b); {
+		switch b[i] {
+		case ' ', '\t':
 			c.wsp = true
-		} else if ch == '\r' || ch == '\n' {
+			for i++; i < len(b) && (b[i] == ' ' || b[i] == '\t'); i++ {
+			}
+		case '\r', '\n':
 			c.wsp = false
-			c.crlfBuf = append(c.crlfBuf, ch)
-		} else {
+			for ; i < len(b) && (b[i] == '\r' || b[i] == '\n'); i++ {
+				if b[i] == '\n' && ((i == 0 && !prevCR) || (i > 0 && b[i-1] != '\r')) {
+					c.crlfBuf = append(c.crlfBuf, '\r')
+				}
+				c.crlfBuf = append(c.crlfBuf, b[i])
+			}
+		default:
+			j := i + 1
+			for j < len(b) && !relaxedSpecial[b[j]] {
+				j++
+			}
 			if len(c.crlfBuf) > 0 {
-				canonical = append(canonical, c.crlfBuf...)
+				out = append(out, c.crlfBuf...)
 				c.crlfBuf = c.crlfBuf[:0]
 			}
 			if c.wsp {
-				canonical = append(canonical, ' ')
+				out = append(out, ' ')
 				c.wsp = false
 			}
-
-			canonical = append(canonical, ch)
+			out = append(out, b[i:j]...)
+			i = j
 		}
 	}
+	c.buf = out
 
-	if !c.written && len(canonical) > 0 {
-		c.written = true
+	if len(out) == 0 {
+		return nil
 	}
-
-	_, err := c.w.Write(canonical)
-	return written, err
+	c.written = true
+	_, err := c.w.Write(out)
+	return err
 }
 
 func (c *relaxedBodyCanonicalizer) Close() error {
