@@ -32,3 +32,5 @@ require (
 )
 
 replace github.com/emersion/go-smtp => ./third_party/go-smtp
+
+replace github.com/emersion/go-msgauth => ./third_party/go-msgauth

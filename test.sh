@@ -75,3 +75,6 @@ echo "== go test -race (third_party/go-smtp)"
 # TestServerAcceptErrorHandling races in upstream's test itself (Close
 # right after handing Accept a permanent error; Serve may return nil).
 (cd third_party/go-smtp && go test -race -count=1 -timeout 5m -skip '^TestServerAcceptErrorHandling$' ./...)
+# The copied go-msgauth is its own module too (third_party/README.md).
+echo "== go test -race (third_party/go-msgauth)"
+(cd third_party/go-msgauth && go test -race -count=1 -timeout 5m ./...)
