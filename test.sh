@@ -28,11 +28,15 @@ cd "$(dirname "$0")"
 # The Debian package test (test/e2e/deb_test.go) installs the .deb with
 # dpkg: its dependencies adduser and init-system-helpers, and systemd for
 # systemd-analyze verify of the unit.
+# dovecot-lmtpd (pulls dovecot-core: dovecot, doveadm): a private Dovecot
+# LMTP server as the real downstream of an inbound domain (issue 14's held
+# message was found with one).
 PKGS=(swaks libnet-ssleay-perl libio-socket-ssl-perl postfix openssl ca-certificates python3-dkim python3-nacl opendkim opendkim-tools rbldnsd
 	rspamd clamav clamav-daemon clamav-milter testssl.sh
 	gnupg sq rnp
 	zip p7zip-full tar gzip
-	adduser init-system-helpers systemd)
+	adduser init-system-helpers systemd
+	dovecot-lmtpd)
 missing=()
 for p in "${PKGS[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
@@ -44,8 +48,25 @@ if [ ${#missing[@]} -gt 0 ]; then
 		# postfix must not configure or start a system MTA on port 25:
 		# the tests bind 127.0.0.x:25 themselves.
 		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+		# Nor may any package start its system service (a Dovecot, rspamd
+		# or clamd left running for good, Dovecot on imap 143 once
+		# dovecot-imapd comes along): invoke-rc.d and deb-systemd-invoke
+		# ask policy-rc.d, and 101 means "not now". Container images often
+		# have one already; ours goes as soon as apt-get is done. The
+		# tests run private instances of postfix, dovecot, rspamd, clamd.
+		ours_policy=
+		if [ ! -e /usr/sbin/policy-rc.d ]; then
+			ours_policy=1
+			printf '#!/bin/sh\n# test.sh: no service starts while it installs packages\nexit 101\n' >/usr/sbin/policy-rc.d
+			chmod 755 /usr/sbin/policy-rc.d
+			trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+		fi
 		apt-get update -qq
 		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+		if [ -n "$ours_policy" ]; then
+			rm -f /usr/sbin/policy-rc.d
+			trap - EXIT
+		fi
 	else
 		echo "== not root: cannot install ${missing[*]}; tests that need them will skip (or fail with CI=true)"
 	fi

@@ -55,8 +55,17 @@ func startQueueRelayOpts(t *testing.T, rcpt func(to string) error, dataDelay tim
 // (each line indented by two spaces).
 func startQueueRelayExtra(t *testing.T, rcpt func(to string) error, dataDelay time.Duration, retry, queueKeys string) *queueRelay {
 	t.Helper()
-	dns := dnstest.NewServer(t, "")
 	down := startTestServer(t, listenLoopback(t), serverOptions{LMTP: true, RcptErr: rcpt, DataDelay: dataDelay})
+	r := startQueueRelayTo(t, down.Addr, retry, queueKeys)
+	r.down = down
+	return r
+}
+
+// startQueueRelayTo is an inbound relay for example.test delivering by
+// LMTP to downAddr (a real Dovecot, say); its down is nil.
+func startQueueRelayTo(t *testing.T, downAddr, retry, queueKeys string) *queueRelay {
+	t.Helper()
+	dns := dnstest.NewServer(t, "")
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
 	mx := freeAddr(t)
@@ -69,8 +78,8 @@ domains:
 outbound:
 %squeue:
   retry: [%s]
-%s`, mx, down.Addr, outboundTimeouts, retry, queueKeys))
-	return &queueRelay{Relay: startRelay(t, cfg, mx), cfg: cfg, mx: mx, state: state, down: down}
+%s`, mx, downAddr, outboundTimeouts, retry, queueKeys))
+	return &queueRelay{Relay: startRelay(t, cfg, mx), cfg: cfg, mx: mx, state: state}
 }
 
 // Issue 14: a message for three recipients of which the downstream
@@ -107,6 +116,87 @@ func TestHeldMessageKeepsRecipientState(t *testing.T) {
 	if !strings.Contains(out, id) || !strings.Contains(out, "1 of 3 held, 2 done") ||
 		!strings.Contains(out, "[held] carol@example.test: 5.1.1 ") || strings.Contains(out, "alice@example.test:") {
 		t.Errorf("queue list does not show 1 of 3 held, 2 done, carol held with 5.1.1:\n%s", out)
+	}
+}
+
+// Issue 14's scenario with the downstream it was found with: a real
+// Dovecot LMTP server that knows alice and bob and refuses carol
+// ("550 5.1.1 ... User doesn't exist"). The message is held with two
+// copies delivered, the tools say 1 of 3 is owed and why, the log says
+// held; once Dovecot knows carol, release delivers to her alone.
+func TestHeldMessageWithDovecot(t *testing.T) {
+	requireTool(t, "swaks")
+	alice, bob, carol := "alice@example.test", "bob@example.test", "carol@example.test"
+	dc := startDovecot(t, alice, bob)
+	// No retry of its own within the test: a second copy could only come
+	// from the release.
+	r := startQueueRelayTo(t, dc.Addr, "1h", "")
+	mark := r.Mark()
+	id := mustSend(t, "--server", r.mx, "--from", "sender@example.org", "--to", alice+","+bob+","+carol,
+		"--header", "Subject: issue 14 with Dovecot").QueueID()
+	r.WaitLog(mark, 20*time.Second, "held:", "queue_id="+id)
+
+	oneCopy := func(who string) {
+		t.Helper()
+		m := dc.Mailbox(t, who)
+		if len(m) != 1 || !strings.Contains(m[0], "Subject: issue 14 with Dovecot") {
+			t.Errorf("%s's maildir has %d messages, want exactly one copy of the test message:\n%s",
+				who, len(m), strings.Join(m, "\n----\n"))
+		}
+	}
+	oneCopy(alice)
+	oneCopy(bob)
+	if m := dc.Mailbox(t, carol); len(m) != 0 {
+		t.Errorf("carol, unknown to Dovecot, has %d messages", len(m))
+	}
+	if _, err := os.Stat(filepath.Join(r.state, "spool", "hold", id)); err != nil {
+		t.Errorf("message not in spool/hold: %v", err)
+	}
+	for _, who := range []string{alice, bob} {
+		if l := r.LogLines("queue_id="+id, "to="+who, "status=sent"); len(l) != 1 {
+			t.Errorf("log lines for %s sent: %d, want 1", who, len(l))
+		}
+	}
+	if l := r.LogLines("msg=held", "queue_id="+id, "to="+carol, "status=held", "dsn=5.1.1"); len(l) != 1 {
+		t.Errorf("log lines for carol held: %d, want 1:\n%s", len(l), r.log.String())
+	}
+	if l := r.LogLines("queue_id="+id, "status=bounced"); len(l) != 0 {
+		t.Errorf("held mail logged as bounced:\n%s", strings.Join(l, "\n"))
+	}
+
+	out := r.queueCmd(t, "list", "--held")
+	if !strings.Contains(out, id) || !strings.Contains(out, "1 of 3 held, 2 done") ||
+		!strings.Contains(out, "[held] "+carol+": 5.1.1 ") || strings.Contains(out, alice+":") {
+		t.Errorf("queue list --held does not show 1 of 3 held, 2 done, carol held with 5.1.1:\n%s", out)
+	}
+	l := r.queueJSON(t, "--held")
+	if len(l) != 1 || l[0].ID != id || l[0].State != "held" ||
+		l[0].rcptStates() != alice+"=sent "+bob+"=sent "+carol+"=held" {
+		t.Fatalf("queue list --held --json: %+v", l)
+	}
+	if c := l[0].Recipients[2]; c.Code != "5.1.1" || !strings.Contains(c.Reply, "550") || !strings.Contains(c.Reply, "User doesn't exist") {
+		t.Errorf("carol's entry does not carry Dovecot's 550 5.1.1 reply: %+v", c)
+	}
+
+	// Dovecot reads its passwd-file again when it changes: carol exists
+	// now, and the release reaches her alone.
+	dc.AddUser(t, carol)
+	mark = r.Mark()
+	if out := r.queueCmd(t, "release", id); !strings.Contains(out, id+": released") {
+		t.Errorf("release: %s", out)
+	}
+	r.WaitLog(mark, 20*time.Second, "queue_id="+id, "to="+carol, "status=sent")
+	r.WaitLog(mark, 20*time.Second, "removed", "queue_id="+id)
+	oneCopy(carol)
+	oneCopy(alice)
+	oneCopy(bob)
+	for _, who := range []string{alice, bob} {
+		if l := r.LogLines("queue_id="+id, "to="+who, "status=sent"); len(l) != 1 {
+			t.Errorf("log lines for %s sent after the release: %d, want 1", who, len(l))
+		}
+	}
+	if l := r.queueJSON(t); len(l) != 0 {
+		t.Errorf("spool not empty after the release: %+v", l)
 	}
 }
 
@@ -155,6 +245,7 @@ type queueEntry struct {
 		Address string `json:"address"`
 		State   string `json:"state"`
 		Code    string `json:"code"`
+		Reply   string `json:"reply"`
 	} `json:"recipients"`
 }
 
