@@ -12,13 +12,15 @@ import (
 var errDiffRead = errors.New("test: connection broke")
 
 // chunkReader hands out its data in the sizes chunks names (cycling; 0 is a
-// read of nothing), then ends with err: the network's way of splitting a
-// message across reads, and its ways of ending.
+// read of nothing, never twice in a row, so that readers make progress),
+// then ends with err: the network's way of splitting a message across
+// reads, and its ways of ending.
 type chunkReader struct {
 	data   []byte
 	chunks []byte
 	i      int
 	err    error
+	empty  bool // the last read returned nothing
 }
 
 func (c *chunkReader) Read(p []byte) (int, error) {
@@ -30,6 +32,10 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 		k = int(c.chunks[c.i%len(c.chunks)])
 		c.i++
 	}
+	if k == 0 && c.empty {
+		k = 1
+	}
+	c.empty = k == 0
 	if k > len(p) {
 		k = len(p)
 	}
