@@ -22,6 +22,7 @@ import (
 
 	gosmtp "github.com/emersion/go-smtp"
 
+	"securerelay/dnsutil/dnstest"
 	"securerelay/internal/loopback"
 	"securerelay/internal/testutil"
 )
@@ -48,9 +49,13 @@ func TestMain(m *testing.M) {
 type sink struct {
 	mu   sync.Mutex
 	seen map[string]int
+	ar   int // messages that arrived with an Authentication-Results field
 }
 
-var msgIDRe = regexp.MustCompile(`(?mi)^Message-Id: <([^>]+)>`)
+var (
+	msgIDRe = regexp.MustCompile(`(?mi)^Message-Id: <([^>]+)>`)
+	arRe    = regexp.MustCompile(`(?mi)^Authentication-Results: relay\.crash\.test;`)
+)
 
 // data is the downstream's Data hook: a message without a Message-Id is
 // refused, as the test cannot account for it.
@@ -61,6 +66,9 @@ func (s *sink) data(b []byte) error {
 	}
 	s.mu.Lock()
 	s.seen[string(m[1])]++
+	if arRe.Match(b) {
+		s.ar++
+	}
 	s.mu.Unlock()
 	return nil
 }
@@ -135,7 +143,17 @@ func send(addr, id string) (acked bool) {
 	return true
 }
 
+// TestKill9WhileSending kills the relay again and again while clients
+// send; every message that got its 250 must arrive. "amended": with
+// SPF/DKIM/DMARC on, every message gets its Authentication-Results field
+// through queue.Writer.Amend (the SRQ2 spool record), so a kill can land
+// in the middle of writing that record too.
 func TestKill9WhileSending(t *testing.T) {
+	t.Run("plain", func(t *testing.T) { kill9(t, "", false) })
+	t.Run("amended", func(t *testing.T) { kill9(t, "auth: {enabled: true}, ", true) })
+}
+
+func kill9(t *testing.T, inboundExtra string, wantAR bool) {
 	kills := 10
 	senders := 8
 	if testing.Short() {
@@ -148,18 +166,21 @@ func TestKill9WhileSending(t *testing.T) {
 	// during the test, as go-smtp's default had none.
 	down := testutil.StartPeer(t, testutil.PeerOptions{Domain: "downstream.test", Data: sk.data, Timeout: 10 * time.Minute})
 
+	// An empty zone: SPF and DMARC find no record (none), never a
+	// temporary failure that would refuse every message.
+	dns := dnstest.NewServer(t, "")
 	addr := freePort(t)
 	conf := filepath.Join(state, "relay.yaml")
 	os.WriteFile(conf, []byte(fmt.Sprintf(`hostname: relay.crash.test
 state_dir: %s
-dns: {resolver: "127.0.0.1:1"}
+dns: {resolver: "%s"}
 listeners:
   - {name: mx, address: "%s", role: inbound}
 domains:
   example.test: {deliver_to: "smtp://%s"}
 queue: {retry: [1s]}
-inbound: {checks: {sender_domain: "off"}}
-`, filepath.Join(state, "var"), addr, down.Addr)), 0o600)
+inbound: {%schecks: {sender_domain: "off"}}
+`, filepath.Join(state, "var"), dns.Addr(), addr, down.Addr, inboundExtra)), 0o600)
 
 	logs := &lockedBuffer{}
 	cmd := start(t, conf, addr, logs)
@@ -243,6 +264,15 @@ inbound: {checks: {sender_domain: "off"}}
 		kills, sent.Load(), ackedN.Load(), delivered, unacked, dups, len(quarantined), len(missing))
 	if ackedN.Load() == 0 {
 		t.Fatalf("no message was acknowledged; log:\n%s", tail(logs.String()))
+	}
+	sk.mu.Lock()
+	ar, total := sk.ar, 0
+	for _, n := range sk.seen {
+		total += n
+	}
+	sk.mu.Unlock()
+	if wantAR && ar != total {
+		t.Errorf("%d of %d deliveries carried our Authentication-Results field: the amend path was not exercised throughout", ar, total)
 	}
 	if len(missing) > 0 {
 		t.Fatalf("LOST %d acknowledged messages, e.g. %v; log tail:\n%s", len(missing), missing[:min(5, len(missing))], tail(logs.String()))
