@@ -99,6 +99,15 @@ func (e *earlyMilters) close() {
 // rather than risk a 451 for a slow sender.
 const earlyMaxWait = 30 * time.Second
 
+// contentPolicy is the transaction's content policy: its first accepted
+// recipient's, or "default" before one (or when none set it).
+func (t *txn) contentPolicy() string {
+	if t.policy == "" {
+		return "default"
+	}
+	return t.policy
+}
+
 func txnOf(st *smtpd.State) *txn {
 	if st == nil {
 		return &txn{}
@@ -252,11 +261,7 @@ func (r *Role) milterRcpt(st *smtpd.State, rcpt string) {
 		t.early.run.AddRcpt(rcpt)
 		return
 	}
-	policy := t.policy
-	if policy == "" {
-		policy = "default"
-	}
-	ch := c.Chains[policy]
+	ch := c.Chains[t.contentPolicy()]
 	if ch == nil {
 		return
 	}

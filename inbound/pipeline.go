@@ -174,10 +174,7 @@ func (r *Role) Data(st *smtpd.State, msg *smtpd.Message) error {
 		return nil
 	}
 	t := txnOf(st)
-	p := &pass{st: st, msg: msg, c: c, t: t, policy: t.policy}
-	if p.policy == "" {
-		p.policy = "default"
-	}
+	p := &pass{st: st, msg: msg, c: c, t: t, policy: t.contentPolicy()}
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout())
 	defer cancel()
 	p.ctx = ctx
