@@ -669,11 +669,7 @@ func TestBeginThenCloseSendsNoContent(t *testing.T) {
 	r.Close()
 	r.Close() // twice is harmless
 	for _, s := range []*script{first, second} {
-		deadline := time.Now().Add(5 * time.Second)
-		for !slices.Contains(s.Events(), "abort") && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-		ev := s.Events()
+		ev := waitEvent(t, s, "abort")
 		if !slices.Contains(ev, "abort") {
 			t.Errorf("conversation not aborted: %q", ev)
 		}
