@@ -561,20 +561,28 @@ func (r *relay) reload() {
 		r.log.Error("reload failed, keeping the running configuration", "error", strings.ReplaceAll(err.Error(), "\n", "; "))
 		return
 	}
+	// What needs a restart keeps its running value in everything built
+	// below: the resolver, the host name (HELO, authserv-id, milter
+	// macros), the spool's place, the postmaster. Applying such a key in
+	// some places and not others would be worse than not at all. One list
+	// both notes the change and pins the running value, so the two cannot
+	// drift apart.
 	var restart []string
+	keepRunning(&restart, "listeners", r.cfg.Listeners, &cfg.Listeners)
+	keepRunning(&restart, "state_dir", r.cfg.StateDir, &cfg.StateDir)
+	keepRunning(&restart, "queue", r.cfg.Queue, &cfg.Queue)
+	keepRunning(&restart, "metrics", r.cfg.Metrics, &cfg.Metrics)
+	keepRunning(&restart, "log", r.cfg.Log, &cfg.Log)
+	keepRunning(&restart, "dns", r.cfg.DNS, &cfg.DNS)
+	keepRunning(&restart, "hostname", r.cfg.Hostname, &cfg.Hostname)
+	keepRunning(&restart, "proxy_addresses", r.cfg.ProxyAddresses, &cfg.ProxyAddresses)
+	keepRunning(&restart, "postmaster", r.cfg.Postmaster, &cfg.Postmaster)
+	// The rest of inbound and outbound is read only at start: compared
+	// (what a reload swaps stripped), not pinned.
 	for _, k := range []struct {
 		name     string
 		old, new any
 	}{
-		{"listeners", r.cfg.Listeners, cfg.Listeners},
-		{"state_dir", r.cfg.StateDir, cfg.StateDir},
-		{"queue", r.cfg.Queue, cfg.Queue},
-		{"metrics", r.cfg.Metrics, cfg.Metrics},
-		{"log", r.cfg.Log, cfg.Log},
-		{"dns", r.cfg.DNS, cfg.DNS},
-		{"hostname", r.cfg.Hostname, cfg.Hostname},
-		{"proxy_addresses", r.cfg.ProxyAddresses, cfg.ProxyAddresses},
-		{"postmaster", r.cfg.Postmaster, cfg.Postmaster},
 		{"inbound (checks and screening)", stripInbound(r.cfg.Inbound), stripInbound(cfg.Inbound)},
 		{"outbound (except users, routes and dkim)", stripOutbound(r.cfg.Outbound), stripOutbound(cfg.Outbound)},
 	} {
@@ -582,12 +590,6 @@ func (r *relay) reload() {
 			restart = append(restart, k.name)
 		}
 	}
-	// What needs a restart keeps its running value in everything built
-	// below: the resolver, the host name (HELO, authserv-id, milter
-	// macros), the spool's place, the postmaster. Applying such a key in
-	// some places and not others would be worse than not at all.
-	cfg.StateDir, cfg.DNS, cfg.Hostname, cfg.Postmaster = r.cfg.StateDir, r.cfg.DNS, r.cfg.Hostname, r.cfg.Postmaster
-	cfg.Listeners, cfg.Queue, cfg.Metrics, cfg.Log, cfg.ProxyAddresses = r.cfg.Listeners, r.cfg.Queue, r.cfg.Metrics, r.cfg.Log, r.cfg.ProxyAddresses
 	rt, err := router(cfg)
 	if err != nil {
 		r.log.Error("reload failed, keeping the running configuration", "error", err)
@@ -644,6 +646,15 @@ func (r *relay) reload() {
 	r.signer.Set(keys, dkimOptions(cfg), cfg.Outbound.DKIM.UseEnvelopeSender)
 	r.ours.Set(ourDomains(cfg))
 	r.log.Info("configuration reloaded", "domains", len(cfg.Domains), "routes", len(cfg.Outbound.Routes), "users", len(cfg.Outbound.Users))
+}
+
+// keepRunning notes name in restart when the loaded value differs from
+// the running one, and puts the running one back.
+func keepRunning[T any](restart *[]string, name string, running T, loaded *T) {
+	if !reflect.DeepEqual(running, *loaded) {
+		*restart = append(*restart, name)
+	}
+	*loaded = running
 }
 
 // stripInbound leaves what a reload cannot apply: content scanning,
