@@ -9,11 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	gomilter "github.com/d--j/go-milter"
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/miekg/dns"
 
@@ -187,5 +189,24 @@ func TestMilterForm(t *testing.T) {
 	}
 	if !bytes.HasPrefix(mm.body, []byte("Hello team,\r\n")) {
 		t.Errorf("body starts %q", mm.body[:20])
+	}
+}
+
+// The scanners-alone client hands each milter the header as the milters
+// before it left it, as an MTA's chain does.
+func TestApplyHeaderMods(t *testing.T) {
+	fields := [][2]string{{"Received", "a"}, {"Subject", "hi"}, {"X-A", "1"}, {"x-a", "2"}}
+	got := applyHeaderMods(fields, []gomilter.ModifyAction{
+		{Type: gomilter.ActionAddHeader, HeaderName: "X-Spam-Status", HeaderValue: " No,\r\n\tscore=1"},
+		{Type: gomilter.ActionInsertHeader, HeaderIndex: 0, HeaderName: "X-First", HeaderValue: "f"},
+		{Type: gomilter.ActionChangeHeader, HeaderIndex: 2, HeaderName: "X-A", HeaderValue: ""},
+		{Type: gomilter.ActionChangeHeader, HeaderIndex: 1, HeaderName: "subject", HeaderValue: "[SPAM] hi"},
+	})
+	want := [][2]string{{"X-First", "f"}, {"Received", "a"}, {"Subject", "[SPAM] hi"}, {"X-A", "1"}, {"X-Spam-Status", "No,\n\tscore=1"}}
+	if !slices.Equal(got, want) {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	if len(fields) != 4 || fields[1][1] != "hi" {
+		t.Errorf("the message's own fields changed: %q", fields)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -271,13 +272,18 @@ func scanMilters(addrs []string, m *message, rcpt, id string) (s sample) {
 	}
 	s.setup = time.Since(start)
 	t := time.Now()
+	// Each milter sees the header changes of the ones before it, as an
+	// MTA hands them on (Postfix's milter_message: "Each milter sees the
+	// result of any changes made by a preceding milter"): clamav-milter
+	// scans rspamd's added fields too, one round trip each.
+	fields := mm.fields
 	for i, ss := range sessions {
 		if !ss.ProtocolOption(gomilter.OptNoHeaders) {
 			lead := ""
 			if ss.ProtocolOption(gomilter.OptHeaderLeadingSpace) {
 				lead = " "
 			}
-			for _, f := range mm.fields {
+			for _, f := range fields {
 				if _, err := ss.HeaderField(f[0], lead+f[1], nil); err != nil {
 					s.err = addrs[i] + ": header: " + err.Error()
 					return s
@@ -291,11 +297,12 @@ func scanMilters(addrs []string, m *message, rcpt, id string) (s sample) {
 			s.err = addrs[i] + ": end of header: " + err.Error()
 			return s
 		}
-		_, act, err := ss.BodyReadFrom(bytes.NewReader(mm.body))
+		mods, act, err := ss.BodyReadFrom(bytes.NewReader(mm.body))
 		if err != nil {
 			s.err = addrs[i] + ": body: " + err.Error()
 			return s
 		}
+		fields = applyHeaderMods(fields, mods)
 		if act.Type != gomilter.ActionContinue && act.Type != gomilter.ActionAccept {
 			s.err = fmt.Sprintf("%s: verdict %c %d %s", addrs[i], act.Type, act.SMTPCode, act.SMTPReply)
 			return s
@@ -304,4 +311,38 @@ func scanMilters(addrs []string, m *message, rcpt, id string) (s sample) {
 	s.eod = time.Since(t)
 	s.session = time.Since(start)
 	return s
+}
+
+// applyHeaderMods applies a milter's header changes to fields, as the
+// next milter in an MTA's chain sees them: an added field goes last, an
+// inserted one at its index (1-based, 0 first), a changed one replaces
+// the index-th field of that name (an empty value deletes it).
+func applyHeaderMods(fields [][2]string, mods []gomilter.ModifyAction) [][2]string {
+	out := slices.Clone(fields)
+	for _, m := range mods {
+		value := strings.TrimPrefix(strings.ReplaceAll(m.HeaderValue, "\r\n", "\n"), " ")
+		switch m.Type {
+		case gomilter.ActionAddHeader:
+			out = append(out, [2]string{m.HeaderName, value})
+		case gomilter.ActionInsertHeader:
+			at := min(max(int(m.HeaderIndex)-1, 0), len(out))
+			out = slices.Insert(out, at, [2]string{m.HeaderName, value})
+		case gomilter.ActionChangeHeader:
+			n := 0
+			for j, f := range out {
+				if !strings.EqualFold(f[0], m.HeaderName) {
+					continue
+				}
+				if n++; n == int(m.HeaderIndex) {
+					if value == "" {
+						out = slices.Delete(out, j, j+1)
+					} else {
+						out[j][1] = value
+					}
+					break
+				}
+			}
+		}
+	}
+	return out
 }
