@@ -3,6 +3,7 @@ package inbound_test
 import (
 	"errors"
 	"io"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -11,22 +12,30 @@ import (
 
 	"securerelay/attach"
 	"securerelay/attach/attachtest"
+	"securerelay/authres"
+	"securerelay/dnsutil/dnstest"
 	"securerelay/inbound"
 	"securerelay/smtpd"
 )
 
 func attachRole(t *testing.T) *inbound.Role {
 	r := inbound.New([]string{"a.test", "b.test", "c.test"})
+	r.SetContent(attachContent(t))
+	return r
+}
+
+// attachContent: the default attachment policy, and "lenient" (accept
+// with a header) for b.test.
+func attachContent(t *testing.T) *inbound.Content {
 	lenient := attach.DefaultPolicy()
 	lenient.Name, lenient.Action = "lenient", attach.Accept
 	lim := attach.DefaultLimits()
 	lim.TempDir = t.TempDir()
-	r.SetContent(&inbound.Content{Attachments: &inbound.Attachments{
+	return &inbound.Content{Attachments: &inbound.Attachments{
 		Limits:       lim,
 		Policies:     map[string]*attach.Policy{"default": attach.DefaultPolicy(), "lenient": lenient},
 		DomainPolicy: map[string]string{"b.test": "lenient"},
-	}})
-	return r
+	}}
 }
 
 func message(s string) *smtpd.Message {
@@ -116,6 +125,55 @@ func TestAttachmentForgedHeader(t *testing.T) {
 		}
 		if strings.Contains(strings.ToLower(out.String()), "x-securerelay-attachment") || !strings.Contains(out.String(), "\r\n\r\n") {
 			t.Errorf("%s: the sender's field reaches the recipient:\n%.400s", c.rcpt, out.String())
+		}
+	}
+}
+
+// The pipeline's order decides what the client is told when both the
+// attachment stage and DMARC would refuse: a banned file is refused as
+// such (the cheaper check, and the one the sender's admin can act on),
+// DMARC refuses a message whose attachments pass, and the fields both add
+// keep their order (the attachment verdict, then Authentication-Results).
+func TestAttachmentThenDMARC(t *testing.T) {
+	r := inbound.New([]string{"a.test", "b.test", "c.test"})
+	c := attachContent(t)
+	c.Auth = authres.New(authres.Options{AuthServID: "mx.a.test", Resolver: dnstest.Mock{TXT: map[string][]string{
+		"_dmarc.sender.example":  {"v=DMARC1; p=reject"},
+		"_dmarc.relaxed.example": {"v=DMARC1; p=none"},
+	}}})
+	r.SetContent(c)
+	exe := attachtest.Part{Name: "Bewerbung.zip", Data: attachtest.Zip(t, map[string][]byte{"Bewerbung.exe": attachtest.PE()})}
+	pdf := attachtest.Part{Name: "a.pdf", Data: attachtest.PDF()}
+	for _, tc := range []struct {
+		name, from, rcpt string
+		part             attachtest.Part
+		check            string // the refusing check; "" accepted
+		header           []string
+	}{
+		{"banned file, DMARC reject", "a@sender.example", "x@a.test", exe, "attachment", nil},
+		{"clean file, DMARC reject", "a@sender.example", "x@a.test", pdf, "dmarc", nil},
+		{"clean file, DMARC none", "a@relaxed.example", "x@a.test", pdf, "", []string{"Authentication-Results: mx.a.test;"}},
+		{"file accepted with a header, DMARC none", "a@relaxed.example", "z@b.test", exe, "",
+			[]string{"X-Securerelay-Attachment: executable;", "Authentication-Results: mx.a.test;"}},
+	} {
+		st := &smtpd.State{RemoteIP: netip.MustParseAddr("192.0.2.1"), Helo: "mail.example", From: tc.from}
+		if _, err := r.Rcpt(st, tc.rcpt, nil); err != nil {
+			t.Fatalf("%s: RCPT: %v", tc.name, err)
+		}
+		msg := message(attachtest.Message(tc.from, tc.rcpt, "x", tc.part))
+		err := r.Data(st, msg)
+		if got := smtpd.CheckOf(err); got != tc.check {
+			t.Fatalf("%s: refused by %q (%v), want %q", tc.name, got, err, tc.check)
+		}
+		if tc.check != "" {
+			continue
+		}
+		var at []int
+		for _, h := range tc.header {
+			at = append(at, strings.Index(msg.AddHeader, h))
+		}
+		if len(at) == 0 || slices.Contains(at, -1) || !slices.IsSorted(at) || at[0] != 0 {
+			t.Fatalf("%s: fields %q, want %q in that order on top", tc.name, msg.AddHeader, tc.header)
 		}
 	}
 }
