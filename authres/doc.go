@@ -24,7 +24,8 @@
 // our replies say themselves what to fix). An adapter maps
 // dnsutil's error kinds onto the *net.DNSError flags the library reads:
 // NXDOMAIN and NODATA are "not found" (void lookups), temporary failures
-// give temperror. dnsutil.Resolver has no PTR lookup, so the ptr
+// give temperror. The adapter does no PTR lookup (the optional
+// dnsutil.PTRResolver serves the milters' client name only), so the ptr
 // mechanism never matches (RFC 7208 §5.5 says a failed reverse lookup is
 // no match, and discourages ptr) and the %{p} macro expands to
 // "unknown" (§7.3 allows that). The a and mx mechanisms ask only for

@@ -240,7 +240,7 @@ func (a *spfResolver) LookupIPAddr(ctx context.Context, host string) ([]net.IPAd
 	return out, nil
 }
 
-// LookupAddr always fails: dnsutil.Resolver has no PTR lookup. The
+// LookupAddr always fails: SPF gets no PTR lookup, on purpose. The
 // library then lets the ptr mechanism not match, which RFC 7208 §5.5
 // prescribes for a failed reverse lookup and which is what a record that
 // relies on the discouraged ptr mechanism deserves. The error is neither

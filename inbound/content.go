@@ -300,6 +300,8 @@ func milterEnvelope(c *Content, st *smtpd.State, queueID string) *milter.Envelop
 		ClientAddr: st.RemoteIP, ClientPort: int(st.Remote.Port()), LocalAddr: st.Local,
 		Helo: st.Helo, AuthUser: st.AuthUser, From: st.From, Rcpts: st.Rcpts,
 	}
+	cn := clientName(st)
+	env.ClientName, env.ClientPTR = cn.Verified, cn.PTR
 	if st.TLS != nil {
 		// Postfix's spelling of the macros: TLSv1.3 and the IANA name.
 		env.TLSVersion = strings.Replace(tls.VersionName(st.TLS.Version), " ", "v", 1)

@@ -144,7 +144,11 @@ func (r *Role) run(stages []stage, p *pass) error {
 
 // Connect implements smtpd.Role: the EHLO stages.
 func (r *Role) Connect(st *smtpd.State) error {
-	return r.run(ehloStages, &pass{st: st})
+	if err := r.run(ehloStages, &pass{st: st}); err != nil {
+		return err
+	}
+	r.beginClientName(st)
+	return nil
 }
 
 // Mail implements smtpd.Role: the MAIL stages. The null sender is always

@@ -4,7 +4,8 @@
 // be bounced afterwards. pipeline.go lists every stage in the order it
 // runs; the stages live in screen.go (screening), role.go, checks.go,
 // tlsfrom.go and verify.go (the envelope), content.go (attachment policy,
-// SPF/DKIM/DMARC, milters). docs/flow.md walks a message through them.
+// SPF/DKIM/DMARC, milters) and clientname.go (the client name the
+// milters are told). docs/flow.md walks a message through them.
 package inbound
 
 import (
@@ -81,6 +82,8 @@ type session struct {
 	deepPending bool
 	// mails counts the MAIL commands of the session.
 	mails int
+	// name is the client's reverse DNS for the milters (clientname.go).
+	name *nameLookup
 }
 
 func sessionOf(st *smtpd.State) *session {

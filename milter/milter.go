@@ -91,7 +91,8 @@ type Envelope struct {
 
 	ClientAddr netip.Addr // invalid: the connect event has family "unknown"
 	ClientPort int
-	ClientName string // verified PTR name, or "" ("unknown" is sent)
+	ClientName string // forward-confirmed PTR name, or "" ("unknown" is sent)
+	ClientPTR  string // {client_ptr}: the PTR name, confirmed or not; "" ("unknown")
 	// LocalAddr is the address the client connected to ({daemon_addr},
 	// {daemon_port}, {if_addr}); optional.
 	LocalAddr netip.AddrPort
@@ -238,7 +239,11 @@ func (e *Envelope) macros(version string) *gomilter.MacroBag {
 		set(gomilter.MacroRFC1413AuthInfo, clientName+" ["+a+"]")
 	}
 	set(gomilter.MacroClientName, clientName)
-	set(gomilter.MacroClientPTR, clientName)
+	ptr := e.ClientPTR
+	if ptr == "" {
+		ptr = clientName
+	}
+	set(gomilter.MacroClientPTR, ptr)
 	set(gomilter.MacroTlsVersion, e.TLSVersion)
 	set(gomilter.MacroCipher, e.TLSCipher)
 	set(gomilter.MacroProtocolUsed, smtputil.ProtocolName(true, e.TLSVersion != "", e.AuthUser != ""))

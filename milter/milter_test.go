@@ -74,7 +74,7 @@ func TestEnvelopeVariants(t *testing.T) {
 	c := newTestChain(t, Config{Address: addr})
 	env := testEnvelope()
 	env.ClientAddr = netipMust("2001:db8::25")
-	env.ClientName = ""
+	env.ClientName, env.ClientPTR = "", "forged.example.org" // a PTR name that did not confirm
 	env.AuthUser, env.AuthMech = "otrs", "PLAIN"
 	env.From = ""
 	env.TLSVersion, env.TLSCipher = "", ""
@@ -87,7 +87,7 @@ func TestEnvelopeVariants(t *testing.T) {
 	}
 	m := s.Macros()
 	for k, want := range map[string]string{"{auth_authen}": "otrs", "{auth_type}": "PLAIN", "r": "ESMTPA",
-		"{client_name}": "unknown", "_": "unknown [2001:db8::25]"} {
+		"{client_name}": "unknown", "{client_ptr}": "forged.example.org", "_": "unknown [2001:db8::25]"} {
 		if m[k] != want {
 			t.Errorf("macro %s = %q, want %q", k, m[k], want)
 		}

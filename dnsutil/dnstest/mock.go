@@ -19,12 +19,15 @@ type Mock struct {
 	MX   map[string][]dnsutil.MX
 	Host map[string][]netip.Addr
 	TXT  map[string][]string
+	// PTR is keyed by address ("192.0.2.1", "2001:db8::1").
+	PTR  map[string][]string
 	Fail map[string]dnsutil.Kind
 }
 
 var (
 	_ dnsutil.Resolver       = Mock{}
 	_ dnsutil.FamilyResolver = Mock{}
+	_ dnsutil.PTRResolver    = Mock{}
 )
 
 // LookupMX implements dnsutil.Resolver.
@@ -63,6 +66,20 @@ func (m Mock) LookupIP(ctx context.Context, name string, v6 bool) ([]netip.Addr,
 // LookupTXT implements dnsutil.Resolver.
 func (m Mock) LookupTXT(_ context.Context, name string) ([]string, error) {
 	return lookup(m, m.TXT, name, "TXT")
+}
+
+// LookupPTR implements dnsutil.PTRResolver from PTR; an address without
+// an entry is NXDOMAIN.
+func (m Mock) LookupPTR(_ context.Context, ip netip.Addr) ([]string, error) {
+	key := ip.Unmap().String()
+	if k, ok := m.Fail[key]; ok {
+		return nil, &dnsutil.Error{Name: key, Type: "PTR", Server: "mock", Kind: k, Err: errors.New("mock failure")}
+	}
+	names, ok := m.PTR[key]
+	if !ok {
+		return nil, &dnsutil.Error{Name: key, Type: "PTR", Server: "mock", Kind: dnsutil.NotFound, Err: errors.New("no such name")}
+	}
+	return slices.Clone(names), nil
 }
 
 func lookup[V any](m Mock, data map[string][]V, name, typ string) ([]V, error) {

@@ -265,3 +265,51 @@ func TestMilterEnvelopeInDialog(t *testing.T) {
 		t.Error("refused at the attachment stage: the milter's conversation was not aborted within 5 s")
 	}
 }
+
+// The milters are told the client's forward-confirmed reverse name, as
+// Postfix's smtpd tells them; "unknown" makes a scanner score every
+// message as from a client without reverse DNS (rspamd's hfilter:
+// HFILTER_HOSTNAME_UNKNOWN, 2.5 by default). A PTR name whose addresses
+// lead elsewhere is {client_ptr} only, never the client name.
+func TestMilterClientName(t *testing.T) {
+	dns := dnstest.NewServer(t, `
+1.0.0.127.in-addr.arpa. PTR Client.E2E.test.
+client.e2e.test.        A   127.0.0.1
+2.0.0.127.in-addr.arpa. PTR forged.e2e.test.
+forged.e2e.test.        A   192.0.2.7
+`)
+	down := startTestServer(t, listenLoopback(t), serverOptions{})
+	scanner := startGoMilter(t, nil)
+	_, mx, _ := startContentRelay(t, dns.Addr(), fmt.Sprintf(`  content:
+    milters:
+      - {name: scanner, address: %q}
+`, scanner.Addr), fmt.Sprintf("  example.test: {deliver_to: \"smtp://%s\"}\n", down.Addr))
+
+	for i, tc := range []struct{ from, client, ptr string }{
+		{"127.0.0.1", "client.e2e.test", "client.e2e.test"},
+		{"127.0.0.2", "unknown", "forged.e2e.test"},
+		{"127.0.0.3", "unknown", "unknown"}, // no PTR
+	} {
+		c, code, text := dialSMTPFrom(t, mx, tc.from)
+		if code != 220 {
+			t.Fatalf("%s: greeting %d %s", tc.from, code, text)
+		}
+		c.Expect("EHLO client.e2e.test", 250)
+		c.Expect("MAIL FROM:<alice@sender.example>", 250)
+		c.Expect("RCPT TO:<bob@example.test>", 250)
+		c.Expect("DATA", 354)
+		c.Write(milterpeers.Message("alice@sender.example", "bob@example.test", tc.from, []string{"Content-Type: text/plain"}, "hello\r\n") + ".\r\n")
+		if code, text := c.Reply(); code != 250 {
+			t.Fatalf("%s: end of data: %d %s", tc.from, code, text)
+		}
+		c.Expect("QUIT", 221)
+		msgs := scanner.Messages()
+		if len(msgs) != i+1 {
+			t.Fatalf("%s: the milter saw %d messages, want %d", tc.from, len(msgs), i+1)
+		}
+		if m := msgs[i]; m.Client != tc.client || m.ClientName != tc.client || m.ClientPTR != tc.ptr {
+			t.Errorf("%s: milter told connect %q, {client_name} %q, {client_ptr} %q; want %q, %q, %q",
+				tc.from, m.Client, m.ClientName, m.ClientPTR, tc.client, tc.client, tc.ptr)
+		}
+	}
+}

@@ -234,6 +234,9 @@ type milterMsg struct {
 	Fields  []string // "Name: value" as received
 	Body    []byte
 	QueueID string // macro i
+	// Client is the connect event's host name; ClientName and ClientPTR
+	// the macros {client_name} and {client_ptr} at the end of message.
+	Client, ClientName, ClientPTR string
 }
 
 // goMilter is a running test milter. eom decides at the end of each
@@ -285,8 +288,14 @@ func startGoMilter(t *testing.T, eom func(*milterMsg, gomilter.Modifier) (*gomil
 
 type milterSession struct {
 	gomilter.NoOpMilter
-	g   *goMilter
-	cur milterMsg
+	g      *goMilter
+	cur    milterMsg
+	client string
+}
+
+func (s *milterSession) Connect(host, _ string, _ uint16, _ string, _ gomilter.Modifier) (*gomilter.Response, error) {
+	s.client = host
+	return gomilter.RespContinue, nil
 }
 
 func (s *milterSession) MailFrom(from, _ string, _ gomilter.Modifier) (*gomilter.Response, error) {
@@ -320,6 +329,7 @@ func (s *milterSession) Abort(gomilter.Modifier) error {
 
 func (s *milterSession) EndOfMessage(m gomilter.Modifier) (*gomilter.Response, error) {
 	s.cur.QueueID = m.Get(gomilter.MacroQueueId)
+	s.cur.Client, s.cur.ClientName, s.cur.ClientPTR = s.client, m.Get(gomilter.MacroClientName), m.Get(gomilter.MacroClientPTR)
 	msg := s.cur
 	s.g.mu.Lock()
 	s.g.msgs = append(s.g.msgs, msg)
