@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"slices"
 	"strings"
 
 	"blitiri.com.ar/go/spf"
@@ -217,16 +216,9 @@ func (a *spfResolver) LookupIPAddr(ctx context.Context, host string) ([]net.IPAd
 	// client (A is right for all three then).
 	var addrs []netip.Addr
 	var err error
-	fr, ok := a.r.(dnsutil.FamilyResolver)
 	switch v6 := family && a.v6; {
-	case (family || !a.v6) && ok:
-		addrs, err = fr.LookupIP(ctx, host, v6)
 	case family || !a.v6:
-		addrs, err = a.r.LookupHost(ctx, host)
-		addrs = slices.DeleteFunc(addrs, func(ip netip.Addr) bool { return ip.Unmap().Is6() != v6 })
-		if err == nil && len(addrs) == 0 {
-			err = &dnsutil.Error{Name: host, Kind: dnsutil.NoData}
-		}
+		addrs, err = dnsutil.LookupFamily(ctx, a.r, host, v6)
 	default:
 		addrs, err = a.r.LookupHost(ctx, host)
 	}

@@ -74,12 +74,7 @@ func LookupClientName(ctx context.Context, r Resolver, ip netip.Addr) ClientName
 		if n == "." || n == "" {
 			continue
 		}
-		var addrs []netip.Addr
-		if fr, ok := r.(FamilyResolver); ok {
-			addrs, err = fr.LookupIP(ctx, n, ip.Is6())
-		} else {
-			addrs, err = r.LookupHost(ctx, n)
-		}
+		addrs, err := LookupFamily(ctx, r, n, ip.Is6())
 		if err != nil {
 			continue
 		}

@@ -58,3 +58,29 @@ v6.sender.example.        A    192.0.2.7
 
 // noPTR hides the Client's LookupPTR.
 type noPTR struct{ dnsutil.Resolver }
+
+// One family of a name, with or without the resolver's LookupIP: the
+// fallback filters LookupHost and answers NODATA for an empty remainder,
+// as the resolver itself would.
+func TestLookupFamily(t *testing.T) {
+	m := dnstest.Mock{Host: map[string][]netip.Addr{
+		"dual.example":   {netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")},
+		"v4only.example": {netip.MustParseAddr("192.0.2.2")},
+	}}
+	for _, r := range []dnsutil.Resolver{m, noPTR{m}} {
+		got, err := dnsutil.LookupFamily(t.Context(), r, "dual.example", true)
+		if err != nil || len(got) != 1 || got[0] != netip.MustParseAddr("2001:db8::1") {
+			t.Errorf("%T: dual, AAAA: %v %v", r, got, err)
+		}
+		got, err = dnsutil.LookupFamily(t.Context(), r, "dual.example", false)
+		if err != nil || len(got) != 1 || got[0] != netip.MustParseAddr("192.0.2.1") {
+			t.Errorf("%T: dual, A: %v %v", r, got, err)
+		}
+		if got, err := dnsutil.LookupFamily(t.Context(), r, "v4only.example", true); !dnsutil.IsNoData(err) {
+			t.Errorf("%T: v4only, AAAA: %v %v, want NODATA", r, got, err)
+		}
+		if _, err := dnsutil.LookupFamily(t.Context(), r, "none.example", false); !dnsutil.IsNotFound(err) {
+			t.Errorf("%T: none: %v, want NXDOMAIN", r, err)
+		}
+	}
+}

@@ -41,6 +41,22 @@ type FamilyResolver interface {
 	LookupIP(ctx context.Context, name string, v6 bool) ([]netip.Addr, error)
 }
 
+// LookupFamily returns the addresses of name of one family, AAAA when v6
+// is true, A otherwise: through FamilyResolver when r has it, else
+// LookupHost's answer filtered, an empty remainder being NODATA as a
+// resolver asked for that family would answer.
+func LookupFamily(ctx context.Context, r Resolver, name string, v6 bool) ([]netip.Addr, error) {
+	if fr, ok := r.(FamilyResolver); ok {
+		return fr.LookupIP(ctx, name, v6)
+	}
+	addrs, err := r.LookupHost(ctx, name)
+	addrs = slices.DeleteFunc(addrs, func(ip netip.Addr) bool { return ip.Unmap().Is6() != v6 })
+	if err == nil && len(addrs) == 0 {
+		err = &Error{Name: name, Kind: NoData}
+	}
+	return addrs, err
+}
+
 // MX is one mail exchanger. Host is lower case without the trailing dot,
 // except for the root (RFC 7505 null MX), which stays ".".
 type MX struct {
