@@ -295,12 +295,10 @@ forged.e2e.test.        A   192.0.2.7
 			t.Fatalf("%s: greeting %d %s", tc.from, code, text)
 		}
 		c.Expect("EHLO client.e2e.test", 250)
-		c.Expect("MAIL FROM:<alice@sender.example>", 250)
-		c.Expect("RCPT TO:<bob@example.test>", 250)
-		c.Expect("DATA", 354)
-		c.Write(milterpeers.Message("alice@sender.example", "bob@example.test", tc.from, []string{"Content-Type: text/plain"}, "hello\r\n") + ".\r\n")
-		if code, text := c.Reply(); code != 250 {
-			t.Fatalf("%s: end of data: %d %s", tc.from, code, text)
+		res := transaction(t, c, "alice@sender.example", []string{"bob@example.test"},
+			milterpeers.Message("alice@sender.example", "bob@example.test", tc.from, []string{"Content-Type: text/plain"}, "hello\r\n"), 15*time.Second)
+		if res.Code() != 250 {
+			t.Fatalf("%s: %+v", tc.from, res)
 		}
 		c.Expect("QUIT", 221)
 		msgs := scanner.Messages()
